@@ -1,0 +1,61 @@
+# Reproducible compendium of He et al. 2024. Two commands on a fresh machine:
+#   make paper   - build the virtualenv from requirements.lock (first use only), compute, render
+#   make test    - the test suite (what CI runs through .ci/run)
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTHON := $(BIN)/python
+RUN := $(PYTHON) -m analysis
+
+.DEFAULT_GOAL := help
+.PHONY: help venv results paper test lint validate bench nightly regen lock clean clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+
+$(STAMP): requirements.lock pyproject.toml | $(PYTHON)
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(PYTHON) -m ipykernel install --sys-prefix --name python3 > /dev/null
+	touch $@
+
+venv: $(STAMP) ## create .venv from the lock file (done automatically on first use)
+
+results: $(STAMP) ## compute every stage into results/ (valid cached stages are reused)
+	$(RUN) run
+
+paper: results ## compute and render the manuscript into _manuscript/ (Quarto if installed, else fallback)
+	$(RUN) render
+
+test: $(STAMP) ## lint and run the test suite (no Quarto, no network)
+	$(BIN)/ruff check analysis tests
+	$(BIN)/pytest
+
+validate: $(STAMP) ## engine validation against the public SDM-PSI run and simulations (slow)
+	$(RUN) validate-sdm
+	$(BIN)/pytest -m slow -p no:cacheprovider
+
+bench: $(STAMP) ## speed and memory benchmarks, as ratios measured in the same run
+	$(RUN) bench
+
+nightly: validate bench ## everything heavy
+
+regen: $(STAMP) ## regenerate the golden files on purpose (explain why in the commit)
+	$(BIN)/pytest --force-regen || true
+	@echo "golden files regenerated: review 'git diff tests/' and say why in the commit"
+
+lock: $(STAMP) ## re-resolve requirements.in into the hashed requirements.lock
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile requirements.in --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+clean: ## remove generated results and the rendered manuscript
+	rm -rf results _manuscript
+
+clean-venv: ## remove the virtualenv
+	rm -rf $(VENV)

@@ -1,0 +1,69 @@
+"""Command-line interface: ``python -m analysis <command> [options]``.
+
+The Makefile and the manuscript use only this entry point. Each command lives in the module
+named in :data:`COMMANDS`, which provides ``configure_parser(parser)`` and
+``run_command(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from analysis import __version__
+from analysis.errors import DataError, DataErrors
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate-data": ("analysis.commands.validate_data", "check the study table and peak table"),
+    "run": ("analysis.commands.run", "compute every stage into results/ (valid cached stages reused)"),
+    "import-sdm": ("analysis.commands.import_sdm", "import an SDM-PSI project folder into data/"),
+    "export-sdm": ("analysis.commands.export_sdm", "export data/ as an SDM-PSI project folder"),
+    "simulate-peaks": ("analysis.commands.simulate_peaks", "regenerate the simulated stand-in peaks"),
+    "fetch": ("analysis.commands.fetch", "download (or find in the mirror) the public datasets"),
+    "meta": ("analysis.commands.meta", "run the SDM-PSI engine on any SDM project folder"),
+    "validate-sdm": ("analysis.commands.validate_sdm", "compare the engine with the public SDM-PSI run"),
+    "characterise": ("analysis.commands.characterise", "network and behavioural profile of MNI peaks"),
+    "render": ("analysis.commands.render", "render the manuscript (Quarto, or the built-in fallback)"),
+    "bench": ("analysis.commands.bench", "speed and memory benchmarks (ratios in the same run)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m analysis",
+        description="Compendium for He et al. 2024 (pain empathy across mental disorders).",
+    )
+    parser.add_argument("--version", action="version", version=f"analysis {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (module, help_) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:  # only while a command is being developed
+            if exc.name != module:
+                raise
+            continue
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod.configure_parser(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run_command(args) or 0)
+    except (DataError, DataErrors) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,64 @@
+"""Shared fixtures. Tests never touch the network: datasets come from PAINEMP_MIRROR."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use("Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def rng():
+    """A seeded generator for tests."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def data_copy(tmp_path, monkeypatch):
+    """A writable copy of data/ that the package reads (PAINEMP_DATA_DIR)."""
+    dest = tmp_path / "data"
+    shutil.copytree(REPO / "data", dest)
+    monkeypatch.setenv("PAINEMP_DATA_DIR", str(dest))
+    return dest
+
+
+@pytest.fixture
+def results_tmp(tmp_path, monkeypatch):
+    """An empty results folder that the package writes to (PAINEMP_RESULTS_DIR)."""
+    dest = tmp_path / "results"
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(dest))
+    return dest
+
+
+def _mirror() -> Path | None:
+    env = os.environ.get("PAINEMP_MIRROR")
+    if env and Path(env).is_dir():
+        return Path(env)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mirror():
+    """The local dataset mirror; CI always has it (.ci/run sets PAINEMP_MIRROR)."""
+    m = _mirror()
+    if m is None:
+        if os.environ.get("CI"):
+            pytest.fail("PAINEMP_MIRROR is not set on CI")
+        pytest.skip("no dataset mirror (set PAINEMP_MIRROR to run this test)")
+    return m
+
+
+@pytest.fixture(scope="session")
+def enge_dir(mirror):
+    """The public SDM-PSI v6.21 run of Enge et al. (2021)."""
+    from analysis.fetch import fetch_dataset
+
+    return fetch_dataset("validation/enge2021_sdm", download=False)

@@ -1,0 +1,103 @@
+"""Configuration, seeds, atomic writes, the fetcher and the stage runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis import config, fetch, io, pipeline
+
+
+def test_config_holds_preregistered_parameters():
+    cfg = config.load_config()
+    assert cfg["sdm"]["fwhm_mm"] == 20
+    assert cfg["grid"]["voxel_mm"] == 2
+    assert cfg["sdm"]["threshold"]["p_uncorrected"] == 0.0025
+    assert cfg["sdm"]["threshold"]["min_cluster_voxels"] == 11  # k > 10
+    assert cfg["sdm"]["imputations"] == 50
+
+
+def test_stage_streams_are_reproducible_and_independent():
+    a1 = config.derive_rng(1, "meta").random(5)
+    a2 = config.derive_rng(1, "meta").random(5)
+    b = config.derive_rng(1, "robustness").random(5)
+    c = config.derive_rng(2, "meta").random(5)
+    np.testing.assert_array_equal(a1, a2)
+    assert not np.allclose(a1, b)
+    assert not np.allclose(a1, c)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    target = tmp_path / "x.json"
+    io.write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_fetch_rejects_unknown_and_corrupt(tmp_path, monkeypatch):
+    with pytest.raises(fetch.FetchError, match="not in the dataset registry"):
+        fetch.fetch_file("nope/file.txt")
+    rel = "atlases/cbig_network_correspondence/TY7.nii.gz"
+    bad = tmp_path / "mirror" / rel
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not the real file")
+    monkeypatch.setenv("PAINEMP_MIRROR", str(tmp_path / "mirror"))
+    with pytest.raises(fetch.FetchError, match="SHA-256"):
+        fetch.fetch_file(rel)
+
+
+def test_fetch_offline_without_mirror_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("PAINEMP_MIRROR", raising=False)
+    monkeypatch.setenv("PAINEMP_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(fetch.FetchError, match="neither in the mirror"):
+        fetch.fetch_file("atlases/cbig_network_correspondence/TY7.nii.gz", download=False)
+
+
+def test_fetch_reads_mirror_in_place(mirror):
+    rel = "atlases/cbig_network_correspondence/TY7.nii.gz"
+    assert fetch.fetch_file(rel) == mirror / rel
+
+
+def _toy_stage(calls):
+    def produce(ctx):
+        calls.append(ctx.stage)
+        ctx.out("tables/toy.tsv").write_text("a\n1\n")
+        return {"n": 1, "r": float(ctx.rng().random())}
+
+    return produce
+
+
+def test_stage_runner_caches_and_is_atomic(tmp_path, monkeypatch):
+    calls = []
+    stage = pipeline.Stage("toy", "x:y", inputs=["in.txt"], sources=["config.py"])
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: _toy_stage(calls))
+    monkeypatch.setattr(pipeline, "STAGES", [stage])
+    data, results = tmp_path / "data", tmp_path / "results"
+    data.mkdir()
+    (data / "in.txt").write_text("1")
+    kw = dict(data_dir=data, results_dir=results)
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    first = json.loads((results / "values.json").read_text())
+    assert pipeline.run_stages(**kw) == {"toy": "cached"}
+    (data / "in.txt").write_text("2")
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    assert json.loads((results / "values.json").read_text()) == first  # same seed, same numbers
+    # a corrupted output invalidates the cache
+    (results / "tables/toy.tsv").write_text("tampered")
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+
+    def failing(ctx):
+        ctx.out("tables/new.tsv").write_text("x")
+        raise RuntimeError("stage failed")
+
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: failing)
+    with pytest.raises(RuntimeError):
+        pipeline.run_stages(force=True, **kw)
+    assert not (results / "tables/new.tsv").exists()
+    assert not (results / ".staging").exists()
