@@ -17,9 +17,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ class Stage:
     depends: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
 
-    def function(self) -> Callable[["Context"], dict]:
+    def function(self) -> Callable[[Context], dict]:
         module, func = self.target.split(":")
         return getattr(importlib.import_module(module), func)
 
