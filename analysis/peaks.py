@@ -1,0 +1,361 @@
+"""The peak table ``data/peaks.tsv``: one row per reported (or simulated) peak.
+
+Columns, exactly and in this order (:data:`PEAK_COLUMNS`)::
+
+    study  peak_id  sign  x  y  z  space  stat_type  stat_value  provenance  note
+
+``sign``
+    ``1`` = patients > controls, ``-1`` = controls > patients.
+``space``
+    ``MNI``, ``TAL`` (native Talairach; converted with the inverse of Lancaster et al. 2007
+    icbm_other2tal) or ``TAL_BRETT`` (Talairach obtained with Brett's mni2tal; Brett inverse).
+``stat_type`` / ``stat_value``
+    ``t`` or ``z`` (signed: negative on a ``-1`` row), ``p`` (one-tailed, in (0, 1), unsigned) or
+    ``none`` (blank value; the statistic was not reported).
+``provenance``
+    ``original:<citation; table>``, ``simulated:v<generator_version>:seed=<seed>`` or
+    ``sdm-import:<folder>``.
+
+:func:`load_peaks` validates and adds MNI coordinates, the signed t, df and a record of every
+conversion; :func:`write_peaks` is the one canonical (atomic, sorted, formatted) writer.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import paths
+from analysis.config import load_config
+from analysis.coords import SPACE_TO_MNI, p_to_t, to_mni, z_to_t
+from analysis.errors import DataError, DataErrors
+from analysis.io import atomic_path
+from analysis.studies import STUDY_SPACES, reported_signs
+from analysis.tsvio import format_number, read_tsv_text
+
+LGR = logging.getLogger(__name__)
+
+PEAKS_FILE = "peaks.tsv"
+PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
+                "provenance", "note"]
+STAT_TYPES = ("t", "z", "p", "none")
+PROVENANCE_KINDS = ("original:", "simulated:", "sdm-import:")
+
+
+def _float(cell) -> float | None:
+    s = str(cell).strip()
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _int(cell) -> int | None:
+    v = _float(cell)
+    return int(v) if v is not None and float(v).is_integer() else None
+
+
+def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE,
+                config: dict | None = None, check_mask: bool = True
+                ) -> tuple[pd.DataFrame, list[DataError]]:
+    """Validate a peak table read as text and convert every peak to MNI and t.
+
+    Parameters
+    ----------
+    raw : pandas.DataFrame
+        Output of :func:`analysis.tsvio.read_tsv_text` (index = data row number).
+    studies : pandas.DataFrame
+        Validated study table (:func:`analysis.studies.load_studies`); gives df, the study's
+        space and its reported contrasts.
+    file : str
+        File name used in error messages.
+    config : dict, optional
+        Configuration (``data.mask_tolerance_mm``).
+    check_mask : bool
+        Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.grid.in_mask`,
+        with ``data.mask_tolerance_mm`` tolerance) after conversion to MNI.
+
+    Returns
+    -------
+    peaks : pandas.DataFrame
+        Typed table: the columns of :data:`PEAK_COLUMNS` plus ``x_mni, y_mni, z_mni, t, df,
+        conversion``.
+    errors : list of DataError
+        Every problem found.
+    """
+    cfg = config or load_config()
+    errors: list[DataError] = []
+
+    def err(row, field, msg):
+        errors.append(DataError(file, msg, row=row, field=field))
+
+    missing = [c for c in PEAK_COLUMNS if c not in raw.columns]
+    extra = [c for c in raw.columns if c not in PEAK_COLUMNS]
+    if missing or extra or list(raw.columns) != PEAK_COLUMNS:
+        err(0, (missing or extra or [None])[0],
+            f"columns must be exactly {PEAK_COLUMNS}; got {list(raw.columns)}")
+        return pd.DataFrame(columns=PEAK_COLUMNS), errors
+
+    st = studies.set_index("study")
+    allowed = reported_signs(studies)
+    n = len(raw)
+    rec = {c: [] for c in ["sign", "x", "y", "z", "stat_value", "peak_id"]}
+    seen_id: dict[tuple, int] = {}
+    seen_xyz: dict[tuple, int] = {}
+    first_space: dict[str, tuple[str, int]] = {}
+    for row, r in raw.iterrows():
+        study = r["study"].strip()
+        known = study in st.index
+        if not known:
+            err(row, "study", f"unknown study {study!r} (not in studies.tsv)")
+        pid = _int(r["peak_id"])
+        if pid is None or pid < 1:
+            err(row, "peak_id", f"{r['peak_id']!r} is not a positive integer")
+        elif (study, pid) in seen_id:
+            err(row, "peak_id", f"duplicate peak_id {pid} for {study} (also row "
+                f"{seen_id[(study, pid)]})")
+        else:
+            seen_id[(study, pid)] = row
+        rec["peak_id"].append(pid if pid is not None else -1)
+        sign = _int(r["sign"])
+        if sign not in (1, -1):
+            err(row, "sign", f"{r['sign']!r} is not 1 (patients > controls) or -1 "
+                "(controls > patients)")
+            sign = 0
+        elif known and sign not in allowed[study]:
+            rep = st.loc[study].get("contrasts_reported", "")
+            err(row, "sign", f"sign {sign:+d} contradicts the contrasts the study reported "
+                f"({rep!r})")
+        rec["sign"].append(sign)
+        xyz = []
+        for ax in ("x", "y", "z"):
+            v = _float(r[ax])
+            if v is None:
+                err(row, ax, f"coordinate {r[ax]!r} is not a number")
+                v = np.nan
+            xyz.append(v)
+            rec[ax].append(v)
+        space = r["space"].strip()
+        if space not in SPACE_TO_MNI:
+            err(row, "space", f"unknown space {space!r}; expected one of {sorted(SPACE_TO_MNI)}")
+        elif known:
+            sspace = str(st.loc[study].get("space", "") or "").strip()
+            if sspace in STUDY_SPACES and space not in STUDY_SPACES[sspace]:
+                err(row, "space", f"{space!r} contradicts the study's space {sspace!r} in "
+                    "studies.tsv")
+            if study in first_space and first_space[study][0] != space:
+                err(row, "space", f"{space!r} differs from the study's other peaks "
+                    f"({first_space[study][0]!r}, row {first_space[study][1]}); one space per "
+                    "study")
+            first_space.setdefault(study, (space, row))
+        key = (study, sign, *xyz)
+        if all(np.isfinite(xyz)) and key in seen_xyz:
+            err(row, "x", f"duplicate peak: same study, sign and coordinates as row "
+                f"{seen_xyz[key]}")
+        else:
+            seen_xyz[key] = row
+        stype = r["stat_type"].strip()
+        cell = r["stat_value"].strip()
+        val = np.nan
+        if stype not in STAT_TYPES:
+            err(row, "stat_type", f"{stype!r} is not one of {list(STAT_TYPES)}")
+        elif stype == "none":
+            if cell:
+                err(row, "stat_value", f"{cell!r} given with stat_type 'none' (leave it blank)")
+        else:
+            v = _float(cell)
+            if v is None:
+                err(row, "stat_value", f"{cell!r} is not a number (stat_type {stype!r})")
+            elif stype == "p":
+                if not 0 < v < 1:
+                    err(row, "stat_value", f"p value {cell} outside (0, 1)")
+                else:
+                    val = v
+            elif v == 0 or (sign and np.sign(v) != sign):
+                err(row, "stat_value", f"{stype} = {cell} contradicts sign {sign:+d} "
+                    f"({stype} must be {'positive' if sign > 0 else 'negative'} and non-zero)")
+            else:
+                val = v
+        rec["stat_value"].append(val)
+        prov = r["provenance"].strip()
+        if not prov.startswith(PROVENANCE_KINDS) or prov.endswith(":"):
+            err(row, "provenance", f"{prov!r} must start with one of {list(PROVENANCE_KINDS)} "
+                "followed by the source")
+
+    out = pd.DataFrame({
+        "study": raw["study"].str.strip().to_numpy(),
+        "peak_id": np.asarray(rec["peak_id"], dtype=np.int64),
+        "sign": np.asarray(rec["sign"], dtype=np.int64),
+        "x": np.asarray(rec["x"], float), "y": np.asarray(rec["y"], float),
+        "z": np.asarray(rec["z"], float),
+        "space": raw["space"].str.strip().to_numpy(),
+        "stat_type": raw["stat_type"].str.strip().to_numpy(),
+        "stat_value": np.asarray(rec["stat_value"], float),
+        "provenance": raw["provenance"].str.strip().to_numpy(),
+        "note": raw["note"].to_numpy(),
+    }, index=raw.index)
+    _convert(out, st)
+    if check_mask and n:
+        from analysis.grid import in_mask
+
+        tol = float(cfg["data"]["mask_tolerance_mm"])
+        xyz = out[["x_mni", "y_mni", "z_mni"]].to_numpy()
+        ok = np.isfinite(xyz).all(axis=1)
+        inside = np.ones(n, dtype=bool)
+        if ok.any():
+            inside[ok] = in_mask(xyz[ok], tolerance_mm=tol)
+        for row, good, (a, b, c) in zip(out.index, inside, xyz):
+            if not good:
+                err(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies outside the 2 mm "
+                    f"MNI152 brain mask (tolerance {tol:g} mm)")
+    errors.sort(key=lambda e: (e.row or 0))
+    return out.reset_index(drop=True), errors
+
+
+def _convert(peaks: pd.DataFrame, st: pd.DataFrame) -> None:
+    """Add ``x_mni, y_mni, z_mni, t, df, conversion`` in place (vectorised by group)."""
+    n = len(peaks)
+    mni = np.full((n, 3), np.nan)
+    t = np.full(n, np.nan)
+    df = peaks["study"].map(st["df"]).to_numpy(dtype=float) if "df" in st else np.full(n, np.nan)
+    conv = [[] for _ in range(n)]
+    xyz = peaks[["x", "y", "z"]].to_numpy(float)
+    for space, (_, text) in SPACE_TO_MNI.items():
+        idx = np.flatnonzero(peaks["space"].to_numpy() == space)
+        if len(idx):
+            mni[idx] = to_mni(xyz[idx], space)
+            if text:
+                for i in idx:
+                    conv[i].append(text)
+    stype = peaks["stat_type"].to_numpy()
+    val = peaks["stat_value"].to_numpy(float)
+    sign = peaks["sign"].to_numpy(float)
+    ok = np.isfinite(df) & (df > 0)
+    is_t = stype == "t"
+    t[is_t] = val[is_t]
+    with np.errstate(invalid="ignore"):
+        is_z = (stype == "z") & ok & np.isfinite(val)
+        t[is_z] = z_to_t(val[is_z], df[is_z])
+        is_p = (stype == "p") & ok & np.isfinite(val) & (val > 0) & (val < 1)
+        t[is_p] = sign[is_p] * p_to_t(val[is_p], df[is_p])
+    for i in np.flatnonzero(is_z):
+        conv[i].insert(0, f"z→t (df={df[i]:g})")
+    for i in np.flatnonzero(is_p):
+        conv[i].insert(0, f"one-tailed p→t (df={df[i]:g})")
+    peaks["x_mni"], peaks["y_mni"], peaks["z_mni"] = mni[:, 0], mni[:, 1], mni[:, 2]
+    peaks["t"] = t
+    peaks["df"] = df
+    peaks["conversion"] = ["; ".join(c) for c in conv]
+
+
+def load_peaks(data_dir: str | Path | None = None, studies: pd.DataFrame | None = None,
+               config: dict | None = None, check_mask: bool = True) -> pd.DataFrame:
+    """Read and validate ``peaks.tsv``; add MNI coordinates, signed t, df and conversions.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Folder holding ``peaks.tsv`` (and ``studies.tsv`` when ``studies`` is not given).
+    studies : pandas.DataFrame, optional
+        Validated study table (default :func:`analysis.studies.load_studies` of ``data_dir``).
+    config : dict, optional
+        Configuration.
+    check_mask : bool
+        Reject peaks outside the brain mask (see :func:`check_peaks`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`PEAK_COLUMNS` plus ``x_mni, y_mni, z_mni`` (mm), ``t`` (signed; NaN where the
+        statistic is unknown, ``stat_type == "none"``), ``df`` and ``conversion`` (e.g.
+        ``"z→t (df=28); TAL→MNI (Lancaster icbm_other2tal inverse)"``, empty if none), sorted by
+        study and peak_id.
+
+    Raises
+    ------
+    DataError, DataErrors
+        Any invalid cell (all of them are listed).
+    """
+    from analysis.studies import load_studies
+
+    ddir = Path(data_dir or paths.data_dir())
+    if studies is None:
+        studies = load_studies(ddir, config=config)
+    raw = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
+    peaks, errors = check_peaks(raw, studies, config=config, check_mask=check_mask)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    return peaks.sort_values(["study", "peak_id"], kind="stable").reset_index(drop=True)
+
+
+def format_peaks(df: pd.DataFrame) -> pd.DataFrame:
+    """Canonical text form of a peak table: :data:`PEAK_COLUMNS`, sorted, numbers normalised."""
+    missing = [c for c in PEAK_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(PEAKS_FILE, f"cannot write peaks: missing columns {missing}", row=0,
+                        field=missing[0])
+    out = df[PEAK_COLUMNS].copy()
+    out["_pid"] = pd.to_numeric(out["peak_id"], errors="coerce")
+    out = out.sort_values(["study", "_pid"], kind="stable").drop(columns="_pid")
+    text = pd.DataFrame(index=out.index)
+    for col in PEAK_COLUMNS:
+        vals = out[col]
+        if col in ("peak_id", "sign", "x", "y", "z", "stat_value"):
+            text[col] = [format_number(v) if not isinstance(v, str) else v.strip() for v in vals]
+        else:
+            text[col] = ["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
+                         for v in vals]
+        if text[col].str.contains("[\t\n\r]", regex=True).any():
+            raise DataError(PEAKS_FILE, "cells may not contain tabs or line breaks", field=col)
+    return text.reset_index(drop=True)
+
+
+def write_peaks(df: pd.DataFrame, data_dir: str | Path | None = None,
+                studies: pd.DataFrame | None = None, config: dict | None = None,
+                check_mask: bool = True) -> Path:
+    """Validate and atomically write ``peaks.tsv`` in canonical form.
+
+    The whole table is checked first (as :func:`load_peaks` would read it back); on any error
+    nothing is written. Rows are sorted by study and peak_id; numbers are written in their
+    shortest exact form. The simulator uses this to replace the simulated rows while keeping
+    the ``original:`` rows untouched.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        Peaks with (at least) :data:`PEAK_COLUMNS`; extra columns are dropped.
+    data_dir : path-like, optional
+        Destination folder (default :func:`analysis.paths.data_dir`).
+    studies : pandas.DataFrame, optional
+        Study table to validate against (default: ``studies.tsv`` of ``data_dir``).
+    config : dict, optional
+        Configuration.
+    check_mask : bool
+        Check coordinates against the brain mask.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    from analysis.studies import load_studies
+
+    ddir = Path(data_dir or paths.data_dir())
+    if studies is None:
+        studies = load_studies(ddir, config=config)
+    text = format_peaks(df)
+    raw = text.copy()
+    raw.index = pd.RangeIndex(1, len(raw) + 1)
+    _, errors = check_peaks(raw, studies, config=config, check_mask=check_mask)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    dest = ddir / PEAKS_FILE
+    with atomic_path(dest) as tmp:
+        lines = ["\t".join(PEAK_COLUMNS)] + ["\t".join(r) for r in text.itertuples(index=False)]
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    LGR.info("wrote %d peaks to %s", len(text), dest)
+    return dest

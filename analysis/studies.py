@@ -1,0 +1,286 @@
+"""The study table ``data/studies.tsv``: reading, validation and derived columns.
+
+One row per included study (He et al. 2024, Tables 1-2). :func:`load_studies` validates every
+cell (all problems reported at once, see :func:`check_studies`) and adds the columns the engine
+and the tables need:
+
+``n1``, ``n2``
+    Patients and controls (``n2`` NaN for a one-sample study, ``design == "one-sample"``).
+``df``
+    ``n1 + n2 - 2`` (two-sample) or ``n1 - 1`` (one-sample).
+``p_threshold``, ``threshold_kind``
+    The voxel p threshold and ``"corrected"`` / ``"uncorrected"``, parsed from ``correction``
+    (e.g. ``p<0.001 uncorrected``).
+``t_thr``
+    The voxel-level t threshold (sdm-psi spec §2.3): one-tailed ``T⁻¹_df(1 - p)`` for an
+    uncorrected p; for a corrected threshold the voxel-level t actually applied is unknown and
+    the rule of Enge et al. (2021) is used: t for p = ``config data.corrected_voxel_p`` (0.05).
+    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm_format`) takes precedence.
+``age``
+    Sample-size-weighted mean of the two groups' mean ages (NaN when either is not reported).
+``female_pct``, ``treated``
+    Percentage of women (0-100) and whether patients were treated (``Y``/``N`` → 1/0).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import paths
+from analysis.config import load_config
+from analysis.coords import t_threshold
+from analysis.errors import DataError, DataErrors
+from analysis.tsvio import read_tsv_text
+
+LGR = logging.getLogger(__name__)
+
+STUDIES_FILE = "studies.tsv"
+
+#: Columns every study table has.
+REQUIRED = ["study", "n_patients"]
+#: Allowed values of the ``contrasts_reported`` items.
+CONTRASTS = {"Patients>HC": 1, "HC>Patients": -1}
+#: ``space`` column of studies.tsv → allowed ``space`` values of the study's peaks.
+STUDY_SPACES = {"MNI": {"MNI"}, "Talairach": {"TAL", "TAL_BRETT"}}
+DESIGNS = ("two-sample", "one-sample")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+CORRECTION = re.compile(r"^\s*p\s*<\s*([0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?)\s+(corrected|uncorrected)\s*$",
+                        re.IGNORECASE)
+
+
+def _num(cell: str) -> float | None:
+    """Float of a cell; NaN for blank or NA; None when not numeric."""
+    s = cell.strip()
+    if s == "" or s.upper() == "NA":
+        return float("nan")
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if np.isfinite(v) else None
+
+
+def parse_correction(text: str) -> tuple[float, str] | None:
+    """``"p<0.001 uncorrected"`` → ``(0.001, "uncorrected")``; None if not recognised."""
+    m = CORRECTION.match(text or "")
+    if not m:
+        return None
+    return float(m.group(1)), m.group(2).lower()
+
+
+def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
+                  config: dict | None = None) -> tuple[pd.DataFrame, list[DataError]]:
+    """Validate a study table read as text and compute the derived columns.
+
+    Parameters
+    ----------
+    raw : pandas.DataFrame
+        Output of :func:`analysis.tsvio.read_tsv_text` (index = data row number).
+    file : str
+        File name used in error messages.
+    config : dict, optional
+        Configuration (defaults to :func:`analysis.config.load_config`).
+
+    Returns
+    -------
+    studies : pandas.DataFrame
+        Typed table with the derived columns (rows with errors are kept, with NaN where a value
+        could not be read).
+    errors : list of DataError
+        Every problem found.
+    """
+    cfg = config or load_config()
+    corrected_p = float(cfg["data"]["corrected_voxel_p"])
+    errors: list[DataError] = []
+
+    def err(row, field, msg):
+        errors.append(DataError(file, msg, row=row, field=field))
+
+    for col in REQUIRED:
+        if col not in raw.columns:
+            err(0, col, "required column is missing")
+    if errors:
+        return pd.DataFrame(), errors
+    cols = set(raw.columns)
+    has_explicit = {"t_thr", "threshold"} <= cols
+    if "correction" not in cols and not has_explicit:
+        err(0, "correction", "need a 'correction' column (e.g. 'p<0.001 uncorrected') or both "
+            "'t_thr' and 'threshold' columns")
+    if "n_controls" not in cols and "design" not in cols:
+        err(0, "n_controls", "need an 'n_controls' column (or 'design' = one-sample)")
+
+    out = raw.copy()
+    n = len(raw)
+    n1 = np.full(n, np.nan)
+    n2 = np.full(n, np.nan)
+    design = []
+    seen: dict[str, int] = {}
+    for k, (row, rec) in enumerate(raw.iterrows()):
+        name = rec["study"].strip()
+        if not STUDY_NAME.match(name):
+            err(row, "study", f"study identifier {name!r} must be non-empty letters, digits, '_' "
+                "or '-' (it names the SDM peak file)")
+        elif name in seen:
+            err(row, "study", f"duplicate study {name!r} (also row {seen[name]})")
+        else:
+            seen[name] = row
+        des = rec.get("design", "").strip() or "two-sample"
+        if des not in DESIGNS:
+            err(row, "design", f"{des!r} is not one of {list(DESIGNS)}")
+            des = "two-sample"
+        design.append(des)
+        v = _num(rec["n_patients"])
+        if v is None or not np.isfinite(v) or v < 2 or not float(v).is_integer():
+            err(row, "n_patients", f"sample size {rec['n_patients']!r} is missing or not an "
+                "integer >= 2")
+        else:
+            n1[k] = v
+        c = rec.get("n_controls", "")
+        v = _num(c)
+        if des == "one-sample":
+            if v is None or np.isfinite(v):
+                err(row, "n_controls", f"{c!r} given for a one-sample study (leave it blank)")
+        elif v is None or not np.isfinite(v) or v < 2 or not float(v).is_integer():
+            err(row, "n_controls", f"sample size {c!r} is missing or not an integer >= 2")
+        else:
+            n2[k] = v
+        if "n_total" in cols and np.isfinite(n1[k]):
+            tot = _num(rec["n_total"])
+            expect = n1[k] + (n2[k] if np.isfinite(n2[k]) else 0)
+            if tot is None or (np.isfinite(tot) and tot != expect):
+                err(row, "n_total", f"{rec['n_total']!r} differs from n_patients + n_controls = "
+                    f"{expect:g}")
+    out["design"] = design
+    out["n1"] = n1
+    out["n2"] = n2
+    out["df"] = np.where(np.isfinite(n2), n1 + n2 - 2, n1 - 1)
+
+    # thresholds
+    p_thr = np.full(n, np.nan)
+    kind = [""] * n
+    t_thr = np.full(n, np.nan)
+    for k, (row, rec) in enumerate(raw.iterrows()):
+        explicit = _num(rec["t_thr"]) if "t_thr" in cols else float("nan")
+        if explicit is None or (np.isfinite(explicit) and explicit <= 0):
+            err(row, "t_thr", f"{rec['t_thr']!r} is not a positive number")
+            explicit = float("nan")
+        if "correction" in cols and rec["correction"].strip():
+            parsed = parse_correction(rec["correction"])
+            if parsed is None:
+                err(row, "correction", f"{rec['correction']!r} not understood; expected "
+                    "'p<P corrected' or 'p<P uncorrected'")
+            elif not 0 < parsed[0] < 1:
+                err(row, "correction", f"p threshold {parsed[0]} outside (0, 1)")
+            else:
+                p_thr[k], kind[k] = parsed
+        if "threshold" in cols and rec["threshold"].strip():
+            th = rec["threshold"].strip().lower()
+            if th not in ("corrected", "uncorrected"):
+                err(row, "threshold", f"{rec['threshold']!r} is not 'corrected' or 'uncorrected'")
+            elif kind[k] and th != kind[k]:
+                err(row, "threshold", f"{th!r} contradicts correction {rec['correction']!r}")
+            else:
+                kind[k] = th
+        if np.isfinite(explicit):
+            t_thr[k] = explicit
+        elif kind[k] and np.isfinite(out["df"].iat[k]) and out["df"].iat[k] > 0:
+            p_use = p_thr[k] if kind[k] == "uncorrected" else corrected_p
+            t_thr[k] = float(t_threshold(p_use, out["df"].iat[k]))
+        elif not any(e.row == row for e in errors):
+            err(row, "correction", "no voxel threshold: give 'correction' or 't_thr' and "
+                "'threshold'")
+    out["p_threshold"] = p_thr
+    out["threshold_kind"] = kind
+    out["t_thr"] = t_thr
+
+    # optional descriptive columns
+    for col, lo, hi in [("age_patients_mean", 0, 120), ("age_controls_mean", 0, 120),
+                        ("age_patients_sd", 0, 120), ("age_controls_sd", 0, 120),
+                        ("female_pct", 0, 100), ("year", 1900, 2100)]:
+        if col not in cols:
+            out[col] = np.nan
+            continue
+        vals = np.full(n, np.nan)
+        for k, (row, cell) in enumerate(raw[col].items()):
+            v = _num(cell)
+            if v is None or (np.isfinite(v) and not lo <= v <= hi):
+                err(row, col, f"{cell!r} is not a number in [{lo}, {hi}]")
+            else:
+                vals[k] = v
+        out[col] = vals
+    m1, m2 = out["age_patients_mean"].to_numpy(float), out["age_controls_mean"].to_numpy(float)
+    two = np.isfinite(n2)
+    with np.errstate(invalid="ignore"):
+        out["age"] = np.where(two, (m1 * n1 + m2 * np.where(two, n2, 0)) / (n1 + np.where(two, n2, 0)),
+                              m1)
+    if "treated" in cols:
+        tr = np.full(n, np.nan)
+        for k, (row, cell) in enumerate(raw["treated"].items()):
+            s = cell.strip().upper()
+            if s in ("Y", "1"):
+                tr[k] = 1.0
+            elif s in ("N", "0"):
+                tr[k] = 0.0
+            elif s not in ("", "NA"):
+                err(row, "treated", f"{cell!r} is not Y or N")
+        out["treated"] = tr
+    else:
+        out["treated"] = np.nan
+    if "space" in cols:
+        for row, cell in raw["space"].items():
+            if cell.strip() not in STUDY_SPACES:
+                err(row, "space", f"{cell!r} is not one of {sorted(STUDY_SPACES)}")
+    if "contrasts_reported" in cols:
+        for row, cell in raw["contrasts_reported"].items():
+            items = [c.strip() for c in cell.split(";") if c.strip()]
+            bad = [c for c in items if c not in CONTRASTS]
+            if not items or bad:
+                err(row, "contrasts_reported", f"{cell!r}: expected items of {sorted(CONTRASTS)} "
+                    "separated by ';'")
+    out["study"] = out["study"].str.strip()
+    return out.reset_index(drop=True), errors
+
+
+def reported_signs(studies: pd.DataFrame) -> dict[str, set[int]]:
+    """Peak signs each study may have: from ``contrasts_reported`` (both when absent)."""
+    out = {}
+    for rec in studies.to_dict("records"):
+        cell = rec.get("contrasts_reported", "")
+        items = [c.strip() for c in str(cell or "").split(";") if c.strip() in CONTRASTS]
+        out[rec["study"]] = {CONTRASTS[c] for c in items} or {1, -1}
+    return out
+
+
+def load_studies(data_dir: str | Path | None = None, config: dict | None = None) -> pd.DataFrame:
+    """Read and validate ``studies.tsv``, adding n1, n2, df, thresholds and covariates.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Folder holding ``studies.tsv`` (default :func:`analysis.paths.data_dir`).
+    config : dict, optional
+        Configuration (defaults to :func:`analysis.config.load_config`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The study table in file order (original text columns kept, numeric ones typed) plus
+        ``design, n1, n2, df, p_threshold, threshold_kind, t_thr, age, female_pct, treated``.
+
+    Raises
+    ------
+    DataError, DataErrors
+        Any invalid cell (all of them are listed).
+    """
+    path = Path(data_dir or paths.data_dir()) / STUDIES_FILE
+    raw = read_tsv_text(path, required=REQUIRED)
+    studies, errors = check_studies(raw, file=STUDIES_FILE, config=config)
+    if errors:
+        raise errors[0] if len(errors) == 1 else DataErrors(errors)
+    studies["n1"] = studies["n1"].astype(np.int64)
+    return studies

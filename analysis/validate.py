@@ -1,0 +1,103 @@
+"""Validation of the curated inputs ``studies.tsv`` and ``peaks.tsv`` (all errors at once).
+
+:func:`validate_data` reads both files strictly (:mod:`analysis.tsvio`), checks every cell
+(:func:`analysis.studies.check_studies`, :func:`analysis.peaks.check_peaks`: encoding, columns,
+numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mask after
+conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
+contrasts or the statistic, p outside (0, 1), unknown spaces) and raises one
+:class:`analysis.errors.DataErrors` listing every problem, each naming file, row and field.
+It never writes anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import paths
+from analysis.config import load_config
+from analysis.errors import DataError, DataErrors
+from analysis.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks
+from analysis.studies import REQUIRED, STUDIES_FILE, check_studies
+from analysis.tsvio import read_tsv_text
+
+LGR = logging.getLogger(__name__)
+
+
+def validate_data(data_dir: str | Path | None = None, config: dict | None = None,
+                  check_mask: bool = True) -> dict:
+    """Check ``studies.tsv`` and ``peaks.tsv`` of a data folder.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Folder with the two files (default :func:`analysis.paths.data_dir`).
+    config : dict, optional
+        Configuration.
+    check_mask : bool
+        Check peaks against the brain mask.
+
+    Returns
+    -------
+    dict
+        Summary: ``n_studies, n_patients, n_controls, n_peaks, n_real, n_simulated,
+        n_imported, peaks_per_study`` (study → count).
+
+    Raises
+    ------
+    DataErrors
+        Every problem of both files (a single structural problem of a file, e.g. not UTF-8,
+        stops the checks of that file only).
+    """
+    cfg = config or load_config()
+    ddir = Path(data_dir or paths.data_dir())
+    errors: list[DataError] = []
+    studies = None
+    try:
+        raw_s = read_tsv_text(ddir / STUDIES_FILE, required=REQUIRED)
+        studies, errs = check_studies(raw_s, STUDIES_FILE, cfg)
+        errors.extend(errs)
+    except DataError as exc:
+        errors.append(exc)
+    peaks = None
+    try:
+        raw_p = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
+        if studies is not None and len(studies):
+            peaks, errs = check_peaks(raw_p, studies, PEAKS_FILE, cfg, check_mask=check_mask)
+            errors.extend(errs)
+    except DataError as exc:
+        errors.append(exc)
+    if errors:
+        raise DataErrors(errors)
+    return summarise(studies, peaks)
+
+
+def summarise(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict:
+    """Counts of a validated pair of tables (see :func:`validate_data`)."""
+    prov = peaks["provenance"].astype(str)
+    per = peaks.groupby("study").size()
+    return {
+        "n_studies": int(len(studies)),
+        "n_patients": int(studies["n1"].sum()),
+        "n_controls": int(studies["n2"].fillna(0).sum()),
+        "n_peaks": int(len(peaks)),
+        "n_real": int(prov.str.startswith("original:").sum()),
+        "n_simulated": int(prov.str.startswith("simulated:").sum()),
+        "n_imported": int(prov.str.startswith("sdm-import:").sum()),
+        "peaks_per_study": {s: int(per.get(s, 0)) for s in studies["study"]},
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable summary printed by ``python -m analysis validate-data``."""
+    lines = [
+        f"studies: {summary['n_studies']}  patients: {summary['n_patients']}  "
+        f"controls: {summary['n_controls']}",
+        f"peaks: {summary['n_peaks']}  (real {summary['n_real']}, simulated "
+        f"{summary['n_simulated']}, imported {summary['n_imported']})",
+    ]
+    for study, k in summary["peaks_per_study"].items():
+        lines.append(f"  {study:<20s} {k:4d}")
+    return "\n".join(lines)
