@@ -147,19 +147,64 @@ def _find(parent, a):
 
 
 @numba.njit(cache=True, nogil=True)
-def _tfce_uf(vals, order, nbr, n_steps, E, H, dh):  # pragma: no cover - compiled
+def _levels(vals, n_steps, dh):  # pragma: no cover - compiled
+    """Highest k in 1..n_steps with ``vals > k * dh`` (0 if none), same float comparisons."""
     n = vals.shape[0]
+    lev = np.zeros(n, dtype=np.int64)
+    for v in range(n):
+        x = vals[v]
+        k = min(max(int(x / dh), 0), n_steps)
+        while k >= 1 and not (x > k * dh):
+            k -= 1
+        while k < n_steps and x > (k + 1) * dh:
+            k += 1
+        lev[v] = k
+    return lev
+
+
+@numba.njit(cache=True, nogil=True)
+def _tfce_uf(vals, nbr, n_steps, E, H, dh):  # pragma: no cover - compiled
+    """Union-find over the heights, from the top; a merge tree carries the per-cluster sums.
+
+    At each height, every current cluster (root) adds ``size^E h^H`` to its running total
+    ``tot``; when cluster ``b`` is absorbed by ``a``, ``snap[b] = tot[a]`` is recorded so that
+    the members of ``b`` receive only what ``a`` gains afterwards:
+    ``value(x) = tot[x] - snap[x] + value(parent(x))``.
+    """
+    n = vals.shape[0]
+    lev = _levels(vals, n_steps, dh)
+    # counting sort of the voxels by level (descending levels visited in turn)
+    count = np.zeros(n_steps + 2, dtype=np.int64)
+    for v in range(n):
+        count[lev[v]] += 1
+    start = np.zeros(n_steps + 2, dtype=np.int64)
+    for k in range(1, n_steps + 2):
+        start[k] = start[k - 1] + count[k - 1]
+    order = np.empty(n, dtype=np.int64)
+    fill = start.copy()
+    for v in range(n):
+        order[fill[lev[v]]] = v
+        fill[lev[v]] += 1
     parent = np.arange(n)
     size = np.zeros(n, dtype=np.float64)
     active = np.zeros(n, dtype=np.bool_)
-    out = np.zeros(n, dtype=np.float64)
-    ptr = 0
+    tot = np.zeros(n, dtype=np.float64)
+    snap = np.zeros(n, dtype=np.float64)
+    mpar = np.full(n, -1, dtype=np.int64)
+    roots = np.empty(n, dtype=np.int64)
+    rpos = np.full(n, -1, dtype=np.int64)
+    nroots = 0
+    morder = np.empty(n, dtype=np.int64)
+    nmerged = 0
     for k in range(n_steps, 0, -1):
         h = k * dh
-        while ptr < n and vals[order[ptr]] > h:
-            u = order[ptr]
+        for idx in range(start[k], start[k] + count[k]):
+            u = order[idx]
             active[u] = True
             size[u] = 1.0
+            roots[nroots] = u
+            rpos[u] = nroots
+            nroots += 1
             for c in range(nbr.shape[1]):
                 w = nbr[u, c]
                 if w >= 0 and active[w]:
@@ -170,11 +215,25 @@ def _tfce_uf(vals, order, nbr, n_steps, E, H, dh):  # pragma: no cover - compile
                             ru, rw = rw, ru
                         parent[rw] = ru
                         size[ru] += size[rw]
-            ptr += 1
+                        mpar[rw] = ru
+                        snap[rw] = tot[ru]
+                        last = roots[nroots - 1]  # swap-remove rw from the root list
+                        roots[rpos[rw]] = last
+                        rpos[last] = rpos[rw]
+                        rpos[rw] = -1
+                        nroots -= 1
+                        morder[nmerged] = rw
+                        nmerged += 1
         hh = h ** H
-        for i in range(ptr):
-            v = order[i]
-            out[v] += size[_find(parent, v)] ** E * hh
+        for i in range(nroots):
+            r = roots[i]
+            tot[r] += size[r] ** E * hh
+    out = np.zeros(n, dtype=np.float64)
+    for i in range(nroots):
+        out[roots[i]] = tot[roots[i]]
+    for i in range(nmerged - 1, -1, -1):
+        x = morder[i]
+        out[x] = tot[x] - snap[x] + out[mpar[x]]
     return out
 
 
@@ -183,7 +242,8 @@ def tfce_vector(stat_pos: np.ndarray, neighbours: np.ndarray, n_steps: int = 100
     """TFCE of a non-negative statistic given as a vector over in-mask voxels.
 
     Same sums as :func:`tfce_reference` (heights ``k * max / n_steps``, voxels with
-    ``stat >= h`` included, clusters by face adjacency), computed with a union-find forest.
+    ``stat > h`` included, clusters by face adjacency), computed in O(V) with a union-find
+    forest over the heights and a merge tree (no labelling per height).
 
     Parameters
     ----------
@@ -204,8 +264,7 @@ def tfce_vector(stat_pos: np.ndarray, neighbours: np.ndarray, n_steps: int = 100
     top = float(vals.max()) if vals.size else 0.0
     if not top > 0:
         return np.zeros(len(vals), dtype=np.float64)
-    order = np.argsort(-vals, kind="stable")
-    return _tfce_uf(vals, order, neighbours, int(n_steps), float(E), float(H), top / n_steps)
+    return _tfce_uf(vals, neighbours, int(n_steps), float(E), float(H), top / n_steps)
 
 
 def tfce(z: np.ndarray, space, *, E: float | None = None, H: float | None = None,
