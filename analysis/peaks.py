@@ -60,8 +60,8 @@ def _int(cell) -> int | None:
 
 
 def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE,
-                config: dict | None = None, check_mask: bool = True
-                ) -> tuple[pd.DataFrame, list[DataError]]:
+                config: dict | None = None, check_mask: bool = True,
+                check_duplicates: bool = True) -> tuple[pd.DataFrame, list[DataError]]:
     """Validate a peak table read as text and convert every peak to MNI and t.
 
     Parameters
@@ -78,6 +78,10 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     check_mask : bool
         Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.grid.in_mask`,
         with ``data.mask_tolerance_mm`` tolerance) after conversion to MNI.
+    check_duplicates : bool
+        Reject two peaks of one study with the same sign and coordinates. Off when reading
+        or writing SDM projects: published projects contain such pairs (e.g. Enge et al.'s
+        lee2011vis, two t values at -42,27,0 from two contrasts).
 
     Returns
     -------
@@ -153,7 +157,7 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
                     "study")
             first_space.setdefault(study, (space, row))
         key = (study, sign, *xyz)
-        if all(np.isfinite(xyz)) and key in seen_xyz:
+        if check_duplicates and all(np.isfinite(xyz)) and key in seen_xyz:
             err(row, "x", f"duplicate peak: same study, sign and coordinates as row "
                 f"{seen_xyz[key]}")
         else:

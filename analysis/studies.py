@@ -216,8 +216,17 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
     m1, m2 = out["age_patients_mean"].to_numpy(float), out["age_controls_mean"].to_numpy(float)
     two = np.isfinite(n2)
     with np.errstate(invalid="ignore"):
-        out["age"] = np.where(two, (m1 * n1 + m2 * np.where(two, n2, 0)) / (n1 + np.where(two, n2, 0)),
-                              m1)
+        age = np.where(two, (m1 * n1 + m2 * np.where(two, n2, 0)) / (n1 + np.where(two, n2, 0)),
+                       m1)
+    if "age" in cols:  # an explicit covariate (e.g. an imported SDM table) is kept
+        age = np.full(n, np.nan)
+        for k, (row, cell) in enumerate(raw["age"].items()):
+            v = _num(cell)
+            if v is None:
+                err(row, "age", f"{cell!r} is not a number")
+            else:
+                age[k] = v
+    out["age"] = age
     if "treated" in cols:
         tr = np.full(n, np.nan)
         for k, (row, cell) in enumerate(raw["treated"].items()):

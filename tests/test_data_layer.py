@@ -96,6 +96,7 @@ def test_moriguchi_peaks():
 
 def test_conversions_recorded(data_copy):
     """A Talairach z peak and a p peak (labelled test rows) are converted and recorded."""
+    _only_moriguchi(data_copy / "peaks.tsv")
     peaks = pd.read_csv(data_copy / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
     extra = pd.DataFrame([
         ["Fujino2014", "1", "1", "40", "10", "20", "TAL", "z", "3.5", "simulated:vtest:seed=0", ""],
@@ -139,9 +140,18 @@ def _edit_line(path, row, col, value):
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _only_moriguchi(peaks_file):
+    """Keep the 27 real Moriguchi 2007 rows (stable row numbers whatever the simulated rows)."""
+    lines = peaks_file.read_text(encoding="utf-8").split("\n")
+    keep = [lines[0]] + [ln for ln in lines[1:] if ln.startswith("Moriguchi2007\t")]
+    assert len(keep) == 28
+    peaks_file.write_text("\n".join(keep) + "\n", encoding="utf-8")
+
+
 def _case(name, d):
     """Break the copy of data/ as named; return (file, row, field) the error must name."""
     P, S = d / "peaks.tsv", d / "studies.tsv"
+    _only_moriguchi(P)
     if name == "malformed-row":
         lines = P.read_text().split("\n")
         lines[3] = "\t".join(lines[3].split("\t")[:5])

@@ -1,0 +1,28 @@
+"""``python -m analysis export-sdm DIR [--data DATA]``: studies/peaks → SDM-PSI project folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from analysis import paths
+from analysis.peaks import PEAK_COLUMNS, PEAKS_FILE
+from analysis.sdm_format import write_sdm_project
+from analysis.studies import load_studies
+from analysis.tsvio import read_tsv_text
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="destination SDM project folder")
+    parser.add_argument("--data", metavar="DATA", default=None,
+                        help="folder with studies.tsv and peaks.tsv (default: data/)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    data = Path(args.data) if args.data else paths.data_dir()
+    studies = load_studies(data)
+    peaks = read_tsv_text(data / PEAKS_FILE, required=PEAK_COLUMNS)
+    write_sdm_project(studies, peaks, args.folder)
+    print(f"wrote SDM project with {len(studies)} studies and {len(peaks)} peaks to "
+          f"{args.folder}")
+    return 0

@@ -1,0 +1,315 @@
+"""Reading and writing SDM-PSI project folders (sdm-psi spec §2.1-2.2).
+
+An SDM project folder holds
+
+``sdm_table.txt``
+    tab-separated: ``study``, ``n1``, optional ``n2`` (absent or blank = one-sample study),
+    ``t_thr``, ``threshold`` (``corrected``/``uncorrected``), then covariate columns.
+``<study>.<software>_<space>.txt``
+    one peak per line, ``x,y,z,t``; ``t`` signed, or ``p`` / ``n`` for a positive / negative peak
+    whose statistic is unknown. Suffixes: ``spm_mni``, ``fsl_mni``, ``other_mni`` (MNI),
+    ``other_tal`` (native Talairach), ``spm_brett``, ``fsl_brett`` (Talairach from Brett's
+    mni2tal); ``<study>.no_peaks.txt`` for a study without peaks.
+
+:func:`read_sdm_project` gives the compendium's tables: a ``studies.tsv``-compatible table (text
+cells kept as written, so nothing is lost; columns ``study, design, n_patients, n_controls,
+t_thr, threshold, peak_file`` then the covariates) and a ``peaks.tsv`` table
+(:data:`analysis.peaks.PEAK_COLUMNS`, provenance ``sdm-import:<folder name>``).
+:func:`write_sdm_project` writes such a folder from either those tables or the validated ones of
+:func:`analysis.studies.load_studies` / :func:`analysis.peaks.load_peaks`. Numbers are written in
+their shortest exact form, so read → write → read returns identical values.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.config import load_config
+from analysis.errors import DataError, DataErrors
+from analysis.io import atomic_path
+from analysis.peaks import PEAK_COLUMNS, check_peaks, format_peaks
+from analysis.studies import check_studies
+from analysis.tsvio import format_number, read_tsv_text
+
+LGR = logging.getLogger(__name__)
+
+TABLE_FILE = "sdm_table.txt"
+#: Peak-file suffix → ``space`` of peaks.tsv.
+SUFFIX_SPACE = {
+    "spm_mni": "MNI", "fsl_mni": "MNI", "other_mni": "MNI",
+    "other_tal": "TAL", "spm_brett": "TAL_BRETT", "fsl_brett": "TAL_BRETT",
+}
+#: ``space`` → suffix used when a study has no recorded ``peak_file``.
+DEFAULT_SUFFIX = {"MNI": "other_mni", "TAL": "other_tal", "TAL_BRETT": "spm_brett"}
+NO_PEAKS = "no_peaks"
+PEAK_FILE = re.compile(r"^(?P<study>.+)\.(?P<suffix>" + "|".join([*SUFFIX_SPACE, NO_PEAKS])
+                       + r")\.txt$")
+#: Columns of the imported study table that are not covariates.
+CORE = ["study", "design", "n_patients", "n_controls", "t_thr", "threshold", "peak_file"]
+#: Columns of the compendium's studies.tsv and of load_studies() that are never covariates.
+NOT_COVARIATES = set(CORE) | {
+    "year", "disorder", "n_total", "n_patients", "age_patients_mean", "age_patients_sd",
+    "n_controls", "age_controls_mean", "age_controls_sd", "correction", "space",
+    "contrasts_reported", "paradigm", "citation", "disorder_label", "disorder_abbrev",
+    "n1", "n2", "df", "p_threshold", "threshold_kind", "treated", "female_pct", "age",
+}
+
+
+def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read an SDM-PSI project folder.
+
+    Parameters
+    ----------
+    folder : path-like
+        Folder with ``sdm_table.txt`` and one peak file per study.
+
+    Returns
+    -------
+    studies : pandas.DataFrame
+        Text cells: ``study, design`` (``one-sample`` where ``n2`` is absent or blank, else
+        ``two-sample``), ``n_patients`` (= n1), ``n_controls`` (= n2, blank for one-sample),
+        ``t_thr``, ``threshold``, ``peak_file`` (the suffix, e.g. ``other_mni``), then the
+        covariate columns of ``sdm_table.txt`` in their order. Valid input for
+        :func:`analysis.studies.check_studies`.
+    peaks : pandas.DataFrame
+        :data:`analysis.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
+        ``stat_type`` ``t`` (value signed) or ``none`` (``p``/``n`` lines), ``provenance``
+        ``sdm-import:<folder name>``.
+
+    Raises
+    ------
+    DataErrors
+        Every problem found (unreadable table, missing or duplicated peak file, bad line).
+    """
+    folder = Path(folder)
+    errors: list[DataError] = []
+    table = read_tsv_text(folder / TABLE_FILE, required=["study", "n1", "t_thr"])
+    has_n2 = "n2" in table.columns
+    covariates = [c for c in table.columns if c not in ("study", "n1", "n2", "t_thr", "threshold")]
+    clash = [c for c in covariates if c in CORE]
+    if clash:
+        errors.append(DataError(TABLE_FILE, "covariate name clashes with a reserved column",
+                                row=0, field=clash[0]))
+    files: dict[str, tuple[str, Path]] = {}
+    for f in sorted(folder.iterdir()):
+        m = PEAK_FILE.match(f.name)
+        if not m or not f.is_file():
+            continue
+        study = m.group("study")
+        if study in files:
+            errors.append(DataError(f.name, f"second peak file for study {study!r} (also "
+                                    f"{files[study][1].name})"))
+            continue
+        files[study] = (m.group("suffix"), f)
+    studies = []
+    peaks = []
+    provenance = f"sdm-import:{folder.name}"
+    for row, rec in table.iterrows():
+        study = rec["study"].strip()
+        n2 = rec["n2"].strip() if has_n2 else ""
+        if study not in files:
+            errors.append(DataError(TABLE_FILE, f"no peak file <study>.<suffix>.txt for {study!r} "
+                                    f"(suffixes: {[*SUFFIX_SPACE, NO_PEAKS]})", row=row,
+                                    field="study"))
+            suffix, path = "", None
+        else:
+            suffix, path = files.pop(study)
+        studies.append({
+            "study": study, "design": "two-sample" if n2 else "one-sample",
+            "n_patients": rec["n1"].strip(), "n_controls": n2, "t_thr": rec["t_thr"].strip(),
+            "threshold": rec["threshold"].strip() if "threshold" in table.columns else "",
+            "peak_file": suffix, **{c: rec[c] for c in covariates},
+        })
+        if path is not None and suffix != NO_PEAKS:
+            peaks.extend(_read_peak_file(path, study, SUFFIX_SPACE[suffix], provenance, errors))
+    for study, (_, path) in files.items():
+        errors.append(DataError(path.name, f"peak file of study {study!r}, which is not in "
+                                f"{TABLE_FILE}"))
+    if errors:
+        raise DataErrors(errors)
+    sdf = pd.DataFrame(studies, columns=CORE + covariates, dtype=object)
+    pdf = pd.DataFrame(peaks, columns=PEAK_COLUMNS, dtype=object)
+    LGR.info("read %d studies and %d peaks from %s", len(sdf), len(pdf), folder)
+    return sdf, pdf
+
+
+def _read_peak_file(path: Path, study: str, space: str, provenance: str,
+                    errors: list[DataError]) -> list[dict]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
+        return []
+    out = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        cells = [c for c in re.split(r"[,\s]+", line.strip()) if c]
+        if len(cells) != 4:
+            errors.append(DataError(path.name, f"expected 'x,y,z,t' (4 values), got {line!r}",
+                                    row=i, field="t" if len(cells) < 4 else None))
+            continue
+        bad = False
+        for ax, cell in zip(("x", "y", "z"), cells[:3]):
+            try:
+                if not np.isfinite(float(cell)):
+                    raise ValueError
+            except ValueError:
+                errors.append(DataError(path.name, f"{cell!r} is not a number", row=i, field=ax))
+                bad = True
+        tcell = cells[3]
+        if tcell.lower() in ("p", "n"):
+            sign, stype, val = (1 if tcell.lower() == "p" else -1), "none", ""
+        else:
+            try:
+                t = float(tcell)
+                if not np.isfinite(t) or t == 0:
+                    raise ValueError
+            except ValueError:
+                errors.append(DataError(path.name, f"t {tcell!r} is not a non-zero number, 'p' "
+                                        "or 'n'", row=i, field="t"))
+                continue
+            sign, stype, val = (1 if t > 0 else -1), "t", tcell
+        if bad:
+            continue
+        out.append({"study": study, "peak_id": str(len(out) + 1), "sign": str(sign),
+                    "x": cells[0], "y": cells[1], "z": cells[2], "space": space,
+                    "stat_type": stype, "stat_value": val, "provenance": provenance,
+                    "note": ""})
+    return out
+
+
+def _typed_studies(studies: pd.DataFrame, config: dict) -> pd.DataFrame:
+    if {"n1", "n2", "t_thr", "threshold_kind"} <= set(studies.columns):
+        return studies.reset_index(drop=True)
+    raw = studies.astype(object).where(studies.notna(), "").astype(str)
+    raw.index = pd.RangeIndex(1, len(raw) + 1)
+    typed, errors = check_studies(raw, "studies", config)
+    if errors:
+        raise DataErrors(errors)
+    return typed
+
+
+def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | Path,
+                      covariates: list[str] | None = None, config: dict | None = None) -> Path:
+    """Write an SDM-PSI project folder (``sdm_table.txt`` and one peak file per study).
+
+    Parameters
+    ----------
+    studies : pandas.DataFrame
+        :func:`analysis.studies.load_studies` output, or a table as returned by
+        :func:`read_sdm_project` / read from a compatible ``studies.tsv`` (validated here).
+    peaks : pandas.DataFrame
+        Peaks with :data:`analysis.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
+        converted to t (:mod:`analysis.coords`), unknown ones written as ``p`` / ``n``.
+        Coordinates are written in their own space, with the suffix recorded in the studies'
+        ``peak_file`` column or else ``other_mni`` / ``other_tal`` / ``spm_brett``.
+    folder : path-like
+        Destination (created; existing files of the same names are replaced atomically).
+    covariates : list of str, optional
+        Columns written after ``threshold``. Default: the table's columns that are neither
+        core nor descriptive columns of studies.tsv (i.e. imported covariates); if there are
+        none, ``config sdm.covariates`` (age, female_pct, treated). NaN is written blank.
+    config : dict, optional
+        Configuration.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder.
+    """
+    cfg = config or load_config()
+    folder = Path(folder)
+    st = _typed_studies(studies, cfg)
+    if covariates is None:
+        covariates = [c for c in studies.columns if c not in NOT_COVARIATES]
+        if not covariates:
+            covariates = [c for c in cfg["sdm"]["covariates"] if c in st.columns]
+    text = format_peaks(peaks)
+    raw = text.copy()
+    raw.index = pd.RangeIndex(1, len(raw) + 1)
+    typed, errors = check_peaks(raw, st, "peaks", cfg, check_mask=False,
+                                  check_duplicates=False)
+    if errors:
+        raise DataErrors(errors)
+    two = np.isfinite(st["n2"].to_numpy(float))
+    cols = ["study", "n1"] + (["n2"] if two.any() else []) + ["t_thr", "threshold"] + covariates
+    rows = []
+    for k, rec in enumerate(st.to_dict("records")):
+        row = [rec["study"], format_number(rec["n1"])]
+        if two.any():
+            row.append(format_number(rec["n2"]) if two[k] else "")
+        row += [format_number(rec["t_thr"]), rec["threshold_kind"]]
+        row += [format_number(rec.get(c, np.nan)) for c in covariates]
+        rows.append(row)
+    contents: dict[str, str] = {TABLE_FILE: "\n".join("\t".join(r) for r in [cols, *rows]) + "\n"}
+    for rec in st.to_dict("records"):
+        sp = typed[typed["study"] == rec["study"]]
+        suffix = str(rec.get("peak_file", "") or "")
+        if sp.empty:
+            contents[f"{rec['study']}.{NO_PEAKS}.txt"] = ""
+            continue
+        spaces = set(sp["space"])
+        if len(spaces) != 1:
+            raise DataError("peaks", f"study {rec['study']} mixes spaces {sorted(spaces)}; SDM "
+                            "needs one peak file (one space) per study", field="space")
+        space = spaces.pop()
+        if not suffix or suffix == NO_PEAKS:
+            suffix = DEFAULT_SUFFIX[space]
+        elif SUFFIX_SPACE.get(suffix) != space:
+            raise DataError("studies", f"peak_file {suffix!r} of {rec['study']} contradicts the "
+                            f"space {space!r} of its peaks", field="peak_file")
+        lines = []
+        for p in sp.to_dict("records"):
+            t = p["t"]
+            tt = format_number(t) if np.isfinite(t) else ("p" if p["sign"] > 0 else "n")
+            lines.append(",".join([format_number(p["x"]), format_number(p["y"]),
+                                   format_number(p["z"]), tt]))
+        contents[f"{rec['study']}.{suffix}.txt"] = "\n".join(lines) + "\n"
+    folder.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:  # all files replaced together, or none
+        for name, body in contents.items():
+            tmp = stack.enter_context(atomic_path(folder / name))
+            tmp.write_text(body, encoding="utf-8")
+    LGR.info("wrote SDM project (%d studies, %d peaks) to %s", len(st), len(typed), folder)
+    return folder
+
+
+def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str | Path,
+                      config: dict | None = None) -> tuple[Path, Path]:
+    """Validate and atomically write ``studies.tsv`` + ``peaks.tsv`` (text tables) together.
+
+    Used by ``import-sdm``. Coordinates are not checked against the brain mask, nor for
+    repeated coordinates, here (published SDM projects contain both); ``validate-data`` does
+    that.
+    """
+    cfg = config or load_config()
+    s = studies.astype(object).where(studies.notna(), "").astype(str)
+    s.index = pd.RangeIndex(1, len(s) + 1)
+    typed, errors = check_studies(s, "studies.tsv", cfg)
+    text = format_peaks(peaks)
+    raw = text.copy()
+    raw.index = pd.RangeIndex(1, len(raw) + 1)
+    if not errors:
+        errors += check_peaks(raw, typed, "peaks.tsv", cfg, check_mask=False,
+                              check_duplicates=False)[1]
+    if errors:
+        raise DataErrors(errors)
+    for col in s.columns:
+        if s[col].str.contains("[\t\n\r]", regex=True).any():
+            raise DataError("studies.tsv", "cells may not contain tabs or line breaks", field=col)
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    sp, pp = data_dir / "studies.tsv", data_dir / "peaks.tsv"
+    with atomic_path(sp) as ts, atomic_path(pp) as tp:
+        ts.write_text("\n".join("\t".join(r) for r in [list(s.columns), *s.values.tolist()])
+                      + "\n", encoding="utf-8")
+        tp.write_text("\n".join("\t".join(r) for r in [PEAK_COLUMNS, *text.values.tolist()])
+                      + "\n", encoding="utf-8")
+    return sp, pp
