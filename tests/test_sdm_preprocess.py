@@ -1,0 +1,444 @@
+"""SDM pre-processing: kernels, bound maps, and validation against SDM-PSI v6.21 (Enge et al. 2021).
+
+The Enge checks (spec ``sdm-psi.md`` §10.7 T1-T4) use the 10 mirrored bound-map pairs in
+``enge_dir/pp``. Tolerances are stated at each assertion with where they come from.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.errors import DataError
+from analysis.grid import grid_affine, grid_shape
+from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.effect_sizes import g_from_t
+from analysis.sdm.kernel import (
+    OFFSETS,
+    TRUNCATE,
+    AnisotropicKernel,
+    IsotropicKernel,
+    fwhm_to_sigma,
+    peak_voxels,
+)
+from analysis.sdm.preprocess import preprocess, study_bounds
+from analysis.sdm.space import MaskSpace
+
+ENGE_STUDIES = ["arnoldussen2006nc", "aylward2005", "bauer2017", "backes2002", "lee2016",
+                "mooreparks2010", "schafer2009", "balsamo2006", "krishnan2021", "skeide2014six"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def box_space(lo=(30, 40, 30), hi=(60, 70, 60), gap_x=None) -> MaskSpace:
+    """A box mask on the real grid (optionally with an empty slab at voxel x index gap_x)."""
+    data = np.zeros(grid_shape(), dtype=np.uint8)
+    data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = 1
+    if gap_x is not None:
+        data[gap_x[0]:gap_x[1]] = 0
+    return MaskSpace(nib.Nifti1Image(data, grid_affine()))
+
+
+def peaks_df(rows) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["x", "y", "z", "t"], dtype=float)
+    df["sign"] = np.where(np.isfinite(df["t"]), np.sign(df["t"]), 1.0)
+    return df
+
+
+def centre_xyz(space: MaskSpace) -> np.ndarray:
+    return space.xyz[len(space.xyz) // 2]
+
+
+def read_enge(folder, studies=None) -> SDMDataset:
+    """Parse Enge's sdm_table.txt and ``<study>.other_mni.txt`` (x,y,z,t with p = unknown)."""
+    tab = pd.read_csv(folder / "sdm_table.txt", sep="\t")
+    if studies is not None:
+        tab = tab[tab["study"].isin(studies)]
+    tab = tab.assign(n2=np.nan).reset_index(drop=True)
+    rows = []
+    for s in tab["study"]:
+        for line in (folder / f"{s}.other_mni.txt").read_text().split():
+            x, y, z, t = line.split(",")
+            unknown = t in ("p", "n")
+            tv = np.nan if unknown else float(t)
+            sign = (-1.0 if t == "n" else 1.0) if unknown else float(np.sign(tv))
+            rows.append(dict(study=s, x=float(x), y=float(y), z=float(z), t=tv, sign=sign))
+    return SDMDataset(tab, pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def enge(enge_dir):
+    space = MaskSpace(nib.load(enge_dir / "sdm_mask.nii.gz"))
+    ds = read_enge(enge_dir, ENGE_STUDIES)
+    sdm = {s: (space.from_img(nib.load(enge_dir / "pp" / f"{s}_lower.nii.gz")).astype(float),
+               space.from_img(nib.load(enge_dir / "pp" / f"{s}_upper.nii.gz")).astype(float))
+           for s in ENGE_STUDIES}
+    return space, ds, sdm
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def test_sigma_of_fwhm_20():
+    assert fwhm_to_sigma(20) == pytest.approx(8.4932, abs=1e-4)
+
+
+def test_isotropic_kernel_half_maximum_and_truncation():
+    space = box_space()
+    kern = IsotropicKernel(space, fwhm=20)
+    p = centre_xyz(space)
+    idx, k = kern.weights(p)
+    d = np.linalg.norm(space.xyz[idx] - p, axis=1)
+    assert k[d == 0] == pytest.approx(1.0)
+    # K = 1/2 at FWHM/2 = 10 mm (definition of the FWHM)
+    assert k[np.isclose(d, 10.0)] == pytest.approx(0.5, abs=1e-12)
+    assert k.min() >= TRUNCATE
+    # the truncation radius sigma*sqrt(2 ln 512) = 30.0 mm is respected
+    assert d.max() <= fwhm_to_sigma(20) * np.sqrt(2 * np.log(512)) + 1e-9
+
+
+def test_peak_between_voxels_marks_both():
+    space = box_space()
+    c = centre_xyz(space)
+    # one coordinate half-way between voxel centres (SDM-PSI: x = -45 -> -44 and -46)
+    assert len(peak_voxels(c + [1.0, 0.0, 0.0], space)) == 2
+    assert len(peak_voxels(c + [1.0, 1.0, 1.0], space)) == 8
+    assert len(peak_voxels(c + [0.4, 0.0, -0.6], space)) == 1
+
+
+def test_peak_outside_mask_moves_to_nearest_voxel():
+    space = box_space()
+    outside = space.xyz[np.argmin(space.xyz[:, 0])] - [6.0, 0.0, 0.0]
+    idx = peak_voxels(outside, space)
+    assert len(idx) == 1
+    assert np.linalg.norm(space.xyz[idx[0]] - outside) == pytest.approx(6.0)
+
+
+def uniform(space, s=1.0):
+    return np.full((len(OFFSETS), *space.shape), s, dtype=np.float32)
+
+
+def test_anisotropic_with_alpha_zero_is_isotropic():
+    space = box_space()
+    p = centre_xyz(space) + [0.3, -0.7, 0.2]
+    a = AnisotropicKernel(space, uniform(space), anisotropy=0.0)
+    i = IsotropicKernel(space)
+    ia, ka = a.weights(p)
+    ii, ki = i.weights(p)
+    np.testing.assert_array_equal(ia, ii)
+    np.testing.assert_allclose(ka, ki)
+
+
+def test_anisotropic_uniform_geodesic_close_to_isotropic_in_a_box():
+    # in a convex mask the 26-neighbour path length overestimates the Euclidean distance by
+    # at most ~8 % (chamfer error of 26-connectivity), so K stays close to the Gaussian
+    space = box_space()
+    p = centre_xyz(space)
+    ia, ka = AnisotropicKernel(space, uniform(space), anisotropy=1.0).weights(p)
+    full_i = np.zeros(space.n_voxels)
+    full_i[ia] = ka
+    d2 = np.sum((space.xyz - p) ** 2, axis=1)
+    full_iso = np.exp(-d2 / (2 * fwhm_to_sigma(20) ** 2))
+    assert np.abs(full_i - full_iso).max() < 0.1
+    assert np.all(full_i <= full_iso * (1 + 1e-6))  # path length >= Euclidean distance
+    # the exact axis direction has no chamfer error
+    d = space.xyz - p
+    axis = (np.abs(d[:, 1]) < 1e-9) & (np.abs(d[:, 2]) < 1e-9)
+    np.testing.assert_allclose(full_i[axis], full_iso[axis], atol=1e-12)
+
+
+def test_anisotropic_paths_stay_inside_the_mask():
+    # two slabs separated by an empty slab of 3 voxels (6 mm): the isotropic kernel jumps the
+    # gap, the anisotropic one has to go around (here: cannot, so K = 0 across)
+    space = box_space(gap_x=(44, 47))
+    p = space.xyz[space.ijk[:, 0] == 43].mean(axis=0)
+    p = space.xyz[np.argmin(np.linalg.norm(space.xyz - p, axis=1))]
+    ia, ka = AnisotropicKernel(space, uniform(space), anisotropy=1.0).weights(p)
+    ii, ki = IsotropicKernel(space).weights(p)
+    across = space.ijk[:, 0] >= 47
+    assert across[ii].any()
+    assert not across[ia].any()
+
+
+def test_stretch_below_one_widens_kernel():
+    space = box_space()
+    p = centre_xyz(space)
+    i1, k1 = AnisotropicKernel(space, uniform(space, 1.0)).weights(p)
+    i2, k2 = AnisotropicKernel(space, uniform(space, 0.7)).weights(p)
+    assert len(i2) > len(i1)
+    common, a, b = np.intersect1d(i1, i2, return_indices=True)
+    assert np.all(k2[b] >= k1[a] - 1e-12)
+
+
+def test_invalid_kernel_parameters():
+    space = box_space()
+    with pytest.raises(ValueError, match="anisotropy"):
+        AnisotropicKernel(space, uniform(space), anisotropy=1.5)
+    with pytest.raises(ValueError, match="shape"):
+        AnisotropicKernel(space, np.ones((13, 2, 2, 2)))
+
+
+# ----------------------------------------------------------------------------- bounds
+
+N1, T_THR = 20, 3.0
+
+
+def test_no_peaks_gives_plus_minus_g_thr_everywhere():
+    space = box_space()
+    lo, up = study_bounds(peaks_df([]), N1, np.nan, T_THR, space, IsotropicKernel(space))
+    g = g_from_t(T_THR, N1)
+    assert lo.dtype == np.float32
+    np.testing.assert_array_equal(lo, np.float32(-g))
+    np.testing.assert_array_equal(up, np.float32(g))
+
+
+def test_single_known_peak_bounds():
+    space = box_space()
+    c = centre_xyz(space)
+    t = 6.0
+    lo, up = study_bounds(peaks_df([[*c, t]]), N1, np.nan, T_THR, space, IsotropicKernel(space))
+    g, gp = g_from_t(T_THR, N1), g_from_t(t, N1)
+    v = space.voxel_index(c)[0]
+    assert lo[v] == pytest.approx(gp, rel=1e-6) and up[v] == pytest.approx(gp, rel=1e-6)
+    far = np.linalg.norm(space.xyz - c, axis=1) > 31
+    np.testing.assert_allclose(lo[far], -g, rtol=1e-6)
+    np.testing.assert_allclose(up[far], g, rtol=1e-6)
+    # spec §4.2: K from lower equals K from upper
+    k_lo = (lo.astype(float) + g) / (gp + g)
+    k_up = (up.astype(float) - g) / (gp - g)
+    np.testing.assert_allclose(k_lo, k_up, atol=1e-5)
+    assert np.all(lo <= up + 1e-6)
+
+
+def test_two_sample_threshold_effect():
+    space = box_space()
+    lo, up = study_bounds(peaks_df([]), 15, 12, T_THR, space, IsotropicKernel(space))
+    g = g_from_t(T_THR, 15, 12)
+    assert g == pytest.approx(T_THR * np.sqrt(1 / 15 + 1 / 12)
+                              * (1 - 3 / (4 * 25 - 1)), rel=1e-3)
+    np.testing.assert_allclose(up, g, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["corrected", "sdm621"])
+def test_unknown_peak_modes(mode):
+    space = box_space()
+    c = centre_xyz(space)
+    pk = peaks_df([[*c, np.nan]])
+    lo, up = study_bounds(pk, N1, np.nan, T_THR, space, IsotropicKernel(space),
+                          unknown_peak_mode=mode)
+    v = space.voxel_index(c)[0]
+    want = g_from_t(T_THR, N1) if mode == "corrected" else T_THR
+    assert lo[v] == pytest.approx(want, rel=1e-6) and up[v] == pytest.approx(want, rel=1e-6)
+    # negative unknown peak
+    pk["sign"] = -1.0
+    lo, up = study_bounds(pk, N1, np.nan, T_THR, space, IsotropicKernel(space),
+                          unknown_peak_mode=mode)
+    assert lo[v] == pytest.approx(-want, rel=1e-6)
+
+
+def test_negative_peak_and_maxmin_rule():
+    space = box_space()
+    c = centre_xyz(space)
+    kern = IsotropicKernel(space)
+    a, b = c + [-8.0, 0, 0], c + [8.0, 0, 0]
+    pk = peaks_df([[*a, -5.0], [*b, -9.0]])
+    lo, up = study_bounds(pk, N1, np.nan, T_THR, space, kern)
+    la, ua = study_bounds(pk.iloc[[0]], N1, np.nan, T_THR, space, kern)
+    lb, ub = study_bounds(pk.iloc[[1]], N1, np.nan, T_THR, space, kern)
+    np.testing.assert_allclose(lo, np.minimum(la, lb))
+    np.testing.assert_allclose(up, np.minimum(ua, ub))
+    # the "maxk" rule takes both bounds from one peak: differs from max/min between the peaks
+    lk, uk = study_bounds(pk, N1, np.nan, T_THR, space, kern, combine="maxk")
+    assert not np.allclose(lk, lo)
+    from_one = np.isclose(lk, la) & np.isclose(uk, ua) | np.isclose(lk, lb) & np.isclose(uk, ub)
+    assert from_one.all()
+
+
+def test_mixed_signs_stronger_kernel_wins():
+    space = box_space()
+    c = centre_xyz(space)
+    kern = IsotropicKernel(space)
+    pos, neg = c + [-10.0, 0, 0], c + [10.0, 0, 0]
+    lo, up = study_bounds(peaks_df([[*pos, 6.0], [*neg, -6.0]]), N1, np.nan, T_THR, space, kern)
+    vp, vn = space.voxel_index([pos, neg])
+    assert lo[vp] > 0 and up[vn] < 0
+    dp = np.linalg.norm(space.xyz - pos, axis=1)
+    dn = np.linalg.norm(space.xyz - neg, axis=1)
+    mid = g_from_t(T_THR, N1)
+    assert np.all(up[dp < dn] >= mid - 1e-6)   # positive side: upper >= +g_thr
+    assert np.all(lo[dn < dp] <= -mid + 1e-6)  # negative side: lower <= -g_thr
+    assert np.all(up[dn < dp] <= mid + 1e-6)
+
+
+def _ds(peaks: pd.DataFrame, **study) -> SDMDataset:
+    s = dict(study="s1", n1=N1, n2=np.nan, t_thr=T_THR)
+    s.update(study)
+    return SDMDataset(pd.DataFrame([s]), peaks.assign(study="s1"))
+
+
+@pytest.mark.parametrize("change, field", [
+    (dict(n1=1), "n1"), (dict(t_thr=-2.0), "t_thr"), (dict(t_thr=np.nan), "t_thr")])
+def test_bad_study_rows_raise_located_errors(change, field):
+    space = box_space()
+    with pytest.raises(DataError) as err:
+        preprocess(_ds(peaks_df([]), **change), space, anisotropy=0.0, progress=False)
+    assert err.value.field == field and err.value.row == 1
+
+
+def test_bad_peak_rows_raise_located_errors():
+    space = box_space()
+    c = centre_xyz(space)
+    pk = peaks_df([[*c, 4.0], [*c, 5.0]])
+    pk.loc[1, "sign"] = -1.0
+    with pytest.raises(DataError) as err:
+        preprocess(_ds(pk), space, anisotropy=0.0, progress=False)
+    assert err.value.field == "sign" and err.value.row == 2
+    pk = peaks_df([[*c, 4.0], [*c, np.nan]])
+    pk.loc[1, "sign"] = 0.0
+    with pytest.raises(DataError, match="sign"):
+        preprocess(_ds(pk), space, anisotropy=0.0, progress=False)
+
+
+def test_preprocess_shapes_and_metadata():
+    space = box_space()
+    c = centre_xyz(space)
+    studies = pd.DataFrame([dict(study="a", n1=20, n2=np.nan, t_thr=3.0),
+                            dict(study="b", n1=15, n2=14, t_thr=2.5)])
+    peaks = peaks_df([[*c, 5.0], [*(c + 10), -4.0]]).assign(study=["a", "b"])
+    b = preprocess(SDMDataset(studies, peaks), space, anisotropy=0.0, progress=False)
+    assert b.studies == ["a", "b"]
+    assert b.lower.shape == b.upper.shape == (2, space.n_voxels)
+    assert b.lower.dtype == np.float32
+    np.testing.assert_allclose(b.g_thr, [g_from_t(3.0, 20), g_from_t(2.5, 15, 14)])
+    assert np.isnan(b.n2[0]) and b.n2[1] == 14
+    assert b.known.sum() == 2
+
+
+# ----------------------------------------------------------------------------- Enge (SDM-PSI v6.21)
+
+def test_T1_far_field_is_plus_minus_g_thr(enge):
+    """T1: the most frequent lower/upper value of SDM's maps is -/+ J t_thr / sqrt(n)."""
+    space, ds, sdm = enge
+    for _, r in ds.studies.iterrows():
+        g = g_from_t(r.t_thr, r.n1)
+        for arr, sign in zip(sdm[r.study], (-1, 1)):
+            vals, counts = np.unique(arr, return_counts=True)
+            mode = vals[np.argmax(counts)]
+            # SDM stores float32 computed with its own J: measured max rel. diff 4.2e-6
+            # (krishnan2021, df 66); float32 rounding alone is 6e-8
+            assert mode == pytest.approx(sign * g, rel=1e-5), r.study
+
+
+def test_T2_known_peaks_carry_hedges_g(enge):
+    """T2: SDM's value at the nearest voxel of a peak with known t is J t / sqrt(n)."""
+    space, ds, sdm = enge
+    n_ok = n_all = 0
+    for _, r in ds.studies.iterrows():
+        pk = ds.study_peaks(r.study)
+        pk = pk[np.isfinite(pk["t"])]
+        lo, up = sdm[r.study]
+        for _, p in pk.iterrows():
+            v = space.voxel_index([p.x, p.y, p.z])[0]
+            if v < 0:
+                continue
+            n_all += 1
+            n_ok += (abs(lo[v] - g_from_t(p.t, r.n1)) < 1e-5 * abs(g_from_t(p.t, r.n1))
+                     and abs(up[v] - lo[v]) < 1e-6)
+    # the exceptions are peaks overridden by a stronger nearby peak (max rule, §4.4)
+    assert n_all > 60
+    assert n_ok / n_all > 0.9
+
+
+def test_T3_kernel_from_lower_equals_kernel_from_upper(enge):
+    """T3 on the single-peak study skeide2014six (t = 3.77)."""
+    space, ds, sdm = enge
+    r = ds.studies.set_index("study").loc["skeide2014six"]
+    g = g_from_t(r.t_thr, r.n1)
+    gp = g_from_t(ds.study_peaks("skeide2014six")["t"].iloc[0], r.n1)
+    lo, up = sdm["skeide2014six"]
+    k_lo, k_up = (lo + g) / (gp + g), (up - g) / (gp - g)
+    assert np.abs(k_lo - k_up).max() < 1e-4  # measured 1.1e-6
+    # SDM truncates the kernel at 2^-9: smallest non-zero K is 1/512 (measured 0.0019543)
+    kk = k_lo[k_lo > 1e-4]
+    assert kk.min() == pytest.approx(TRUNCATE, rel=0.01)
+
+
+def test_sdm621_mode_reproduces_unknown_peaks(enge):
+    """arnoldussen2006nc / aylward2005 (all peaks `p`): v6.21 puts t_thr itself at the peaks."""
+    space, ds, sdm = enge
+    sub = ds.subset(["arnoldussen2006nc", "aylward2005"])
+    b = preprocess(sub, space, anisotropy=0.0, unknown_peak_mode="sdm621", progress=False)
+    for i, s in enumerate(b.studies):
+        t_thr = sub.studies.set_index("study").at[s, "t_thr"]
+        pk = sub.study_peaks(s)
+        v = space.voxel_index(pk[["x", "y", "z"]].to_numpy())
+        v = v[v >= 0]
+        np.testing.assert_allclose(sdm[s][0][v], t_thr, rtol=1e-6)
+        np.testing.assert_allclose(b.lower[i][v], sdm[s][0][v], rtol=1e-6)
+        np.testing.assert_allclose(b.upper[i][v], sdm[s][1][v], rtol=1e-6)
+    corr = preprocess(sub, space, anisotropy=0.0, unknown_peak_mode="corrected", progress=False)
+    g = corr.g_thr[0]
+    v = space.voxel_index(sub.study_peaks(corr.studies[0])[["x", "y", "z"]].to_numpy())
+    np.testing.assert_allclose(corr.upper[0][v[v >= 0]], g, rtol=1e-6)
+
+
+def _t4(space, ds, sdm, **kw):
+    b = preprocess(ds, space, unknown_peak_mode="sdm621", progress=False, **kw)
+    out = {}
+    for i, s in enumerate(b.studies):
+        lo, up = sdm[s]
+        out[s] = (np.corrcoef(b.lower[i], lo)[0, 1], np.corrcoef(b.upper[i], up)[0, 1],
+                  max(np.abs(b.lower[i] - lo).max(), np.abs(b.upper[i] - up).max()))
+    return b, out
+
+
+def test_T4_isotropic_kernel_vs_sdm(enge):
+    """T4 (isotropic 20 mm): voxelwise correlation with SDM's bounds, per study.
+
+    Measured: r = 0.864 (bauer2017) ... 0.949 (balsamo2006), mean 0.917; SDM's kernel is
+    anisotropic and wider in grey matter, hence the floor of 0.85.
+    """
+    space, ds, sdm = enge
+    b, res = _t4(space, ds, sdm, anisotropy=0.0)
+    r = np.array([(a + c) / 2 for a, c, _ in res.values()])
+    assert r.min() > 0.85
+    assert r.mean() > 0.9
+    # bounds agree exactly where both are far field or at the peak voxels
+    for i, s in enumerate(b.studies):
+        far = (np.abs(sdm[s][0] + b.g_thr[i]) < 1e-5) & (np.abs(b.lower[i] + b.g_thr[i]) < 1e-5)
+        assert far.mean() > 0.2  # measured 0.233 (mooreparks2010) ... 0.906 (skeide2014six)
+
+
+def test_T4_anisotropic_kernel_vs_sdm(enge):
+    """T4 (anisotropic, ``gray_matter`` tissue template, alpha = 1, config parameters).
+
+    Measured (sdm621 mode, mean of lower/upper r): 0.903 (aylward2005) ... 0.970
+    (skeide2014six), mean 0.927; on the 5 studies not used to choose the template parameters
+    0.922 vs 0.920 for the isotropic kernel, on the 5 used 0.931 vs 0.914. Floors: every study
+    > 0.89, mean > 0.92.
+    """
+    space, ds, sdm = enge
+    b, res = _t4(space, ds, sdm, anisotropy=1.0, template="gray_matter")
+    r = np.array([(a + c) / 2 for a, c, _ in res.values()])
+    assert r.min() > 0.89
+    assert r.mean() > 0.92
+    # the anisotropic kernel is closer to SDM's than the isotropic one on average
+    _, iso = _t4(space, ds, sdm, anisotropy=0.0)
+    r_iso = np.array([(a + c) / 2 for a, c, _ in iso.values()])
+    assert r.mean() > r_iso.mean()
+
+
+@pytest.mark.bench
+def test_bench_enge_50_studies(enge_dir):
+    """All 50 Enge studies (687 peaks) with the anisotropic kernel: target well under 60 s."""
+    space = MaskSpace(nib.load(enge_dir / "sdm_mask.nii.gz"))
+    ds = read_enge(enge_dir)
+    t0 = time.perf_counter()
+    b = preprocess(ds, space, anisotropy=1.0, progress=False)
+    elapsed = time.perf_counter() - t0
+    print(f"50 studies, {len(ds.peaks)} peaks: {elapsed:.1f} s")
+    assert b.lower.shape == (50, space.n_voxels)
+    assert elapsed < 60
