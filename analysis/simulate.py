@@ -1,0 +1,594 @@
+"""Simulated group-difference t-maps and the peaks an SPM-style report would list.
+
+Only the peaks of Moriguchi et al. (2007) are available offline; the peaks of the other ten
+studies of He et al. (2024) cannot be obtained and are **never** presented as real. The pipeline
+instead runs on clearly labelled *simulated stand-ins*: for each such study a group-difference
+t-map is simulated on the 2 mm MNI grid with that study's real sample sizes, thresholded as the
+study was (its ``t_thr``) and reduced to local maxima as SPM lists them, keeping only the
+direction(s) the study reported (Table 2 of the paper). Every such row carries the provenance
+``simulated:v<generator_version>:seed=<seed>``.
+
+The same machinery gives a general simulator for validation and power studies of the engine
+(:func:`simulate_meta_dataset`), in the spirit of ``nimare.generate.create_coordinate_dataset``
+:footcite:p:`salo2023nimare`, but simulating whole-brain statistic maps rather than drawing foci.
+
+Model, per study ``s`` with ``n1`` patients and ``n2`` controls (``df = n1 + n2 - 2``):
+
+* noise: white Gaussian noise smoothed with an isotropic Gaussian of FWHM
+  ``simulation.smoothness_fwhm_mm``, re-standardised to zero mean and unit variance inside the
+  brain mask, then mapped to Student's t with ``df`` degrees of freedom by equal tail
+  probability (so thresholds have their nominal voxel-wise false-positive rate);
+* signal: planted effects ``k`` with centre ``c_k`` (MNI mm) and Hedges' g ``g_k``; the study's
+  true effect is ``g_sk = g_k + tau * e_sk`` with ``e_sk ~ N(0, 1)`` and ``tau`` the between-study
+  SD ``simulation.heterogeneity_tau``; its spatial profile is a Gaussian of FWHM
+  ``simulation.effect_fwhm_mm``; it is put on the t scale with
+  ``t = g / (J(df) * sqrt(1/n1 + 1/n2))`` (Hedges & Olkin, 1985; :func:`~analysis.sdm.effect_sizes.t_from_g`)
+  and added to the noise (a normal approximation of the non-central t).
+
+References
+----------
+.. footbibliography::
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, stats
+from tqdm.auto import tqdm
+
+from analysis.config import derive_rng, load_config
+from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
+
+LGR = logging.getLogger(__name__)
+
+FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
+SIMULATED_PREFIX = "simulated:"
+STANDIN_NOTE = "simulated stand-in, not the study's data"
+PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
+                "provenance", "note"]
+
+
+# ---------------------------------------------------------------------------------------------
+# grid helpers
+
+
+@lru_cache(maxsize=1)
+def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Brain mask (bool grid), its voxel indices (n x 3) and their MNI coordinates (n x 3)."""
+    from analysis.grid import brain_mask, ijk_to_mni
+
+    img = brain_mask()
+    mask = np.asarray(img.dataobj) > 0
+    ijk = np.argwhere(mask)
+    xyz = ijk_to_mni(ijk, img.affine)
+    mask.setflags(write=False)
+    ijk.setflags(write=False)
+    xyz.setflags(write=False)
+    return mask, ijk, xyz
+
+
+def provenance_label(seed: int, cfg: dict | None = None) -> str:
+    """Provenance of simulated rows: ``simulated:v<generator_version>:seed=<seed>``."""
+    cfg = cfg or load_config()
+    return f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:seed={int(seed)}"
+
+
+def is_simulated(provenance: pd.Series | Iterable[str]) -> np.ndarray:
+    """Whether each provenance string marks a simulated row."""
+    return np.array([str(p).startswith(SIMULATED_PREFIX) for p in provenance], dtype=bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# maps
+
+
+def smooth_noise(rng: np.random.Generator, fwhm_mm: float, mask: np.ndarray | None = None,
+                 voxel_mm: float | None = None) -> np.ndarray:
+    """Smooth Gaussian noise with unit variance inside the mask.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        Source of the white noise.
+    fwhm_mm : float
+        Isotropic full width at half maximum of the smoothing kernel.
+    mask : ndarray of bool, optional
+        Grid mask (default: the brain mask of :mod:`analysis.grid`); its shape is the grid's.
+    voxel_mm : float, optional
+        Voxel size (default: ``grid.voxel_mm`` of the configuration).
+
+    Returns
+    -------
+    ndarray of float64
+        Noise with mean 0 and SD 1 over the mask voxels (values outside the mask are kept, on the
+        same scale).
+    """
+    mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
+    voxel_mm = float(load_config()["grid"]["voxel_mm"]) if voxel_mm is None else float(voxel_mm)
+    field = rng.standard_normal(mask.shape)
+    if fwhm_mm > 0:
+        field = ndimage.gaussian_filter(field, fwhm_mm * FWHM_TO_SIGMA / voxel_mm, mode="reflect")
+    inside = field[mask]
+    return (field - inside.mean()) / inside.std()
+
+
+def gaussian_to_t(z: np.ndarray, df: float) -> np.ndarray:
+    """Map standard-normal values to Student's t with ``df`` by equal tail probability."""
+    z = np.asarray(z, dtype=float)
+    return np.sign(z) * stats.t.isf(stats.norm.sf(np.abs(z)), df)
+
+
+def effect_profile(xyz: np.ndarray, centres: np.ndarray, g: np.ndarray,
+                   fwhm_mm: float) -> np.ndarray:
+    """Sum of isotropic Gaussian blobs with peak heights ``g`` at ``centres`` (MNI mm)."""
+    xyz = np.asarray(xyz, dtype=float)
+    centres = np.atleast_2d(np.asarray(centres, dtype=float)).reshape(-1, 3)
+    g = np.asarray(g, dtype=float).reshape(-1)
+    out = np.zeros(len(xyz))
+    sigma2 = (fwhm_mm * FWHM_TO_SIGMA) ** 2
+    for c, gk in zip(centres, g):  # a handful of effects; each is vectorised over voxels
+        d2 = np.sum((xyz - c) ** 2, axis=1)
+        out += gk * np.exp(-0.5 * d2 / sigma2)
+    return out
+
+
+def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
+                  rng: np.random.Generator, cfg: dict | None = None,
+                  tau: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate one study's group-difference t-map on the analysis grid.
+
+    Parameters
+    ----------
+    n1, n2 : int
+        Patients and controls (``n2=None``: a one-sample study).
+    effects : DataFrame or None
+        Planted effects with columns ``x, y, z`` (MNI mm) and ``g`` (Hedges' g, positive =
+        patients > controls); ``None`` or empty for a null map.
+    rng : numpy.random.Generator
+        Random stream (the study's true effects are drawn first, then the noise).
+    cfg : dict, optional
+        Configuration (default: :func:`analysis.config.load_config`).
+    tau : float, optional
+        Between-study SD of the effects (default ``simulation.heterogeneity_tau``).
+
+    Returns
+    -------
+    tmap : ndarray, shape of the grid
+        t values inside the brain mask, 0 outside.
+    true_g : ndarray
+        The study's realised true Hedges' g of each planted effect.
+    """
+    cfg = cfg or load_config()
+    sim = cfg["simulation"]
+    tau = float(sim["heterogeneity_tau"]) if tau is None else float(tau)
+    mask, _, xyz = _mask_geometry()
+    if effects is None or len(effects) == 0:
+        true_g = np.zeros(0)
+    else:
+        base = effects["g"].to_numpy(dtype=float)
+        true_g = base + tau * rng.standard_normal(len(base))
+    z = smooth_noise(rng, float(sim["smoothness_fwhm_mm"]), mask, float(cfg["grid"]["voxel_mm"]))
+    df = float(degrees_of_freedom(n1, n2))
+    t = gaussian_to_t(z[mask], df)
+    if true_g.size:
+        gmap = effect_profile(xyz, effects[["x", "y", "z"]].to_numpy(float), true_g,
+                              float(sim["effect_fwhm_mm"]))
+        t = t + t_from_g(gmap, n1, n2)
+    tmap = np.zeros(mask.shape)
+    tmap[mask] = t
+    return tmap, true_g
+
+
+# ---------------------------------------------------------------------------------------------
+# SPM-like peak listing
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
+    if rank is None:
+        raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
+    return ndimage.generate_binary_structure(3, rank)
+
+
+def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -1),
+               cfg: dict | None = None, mask: np.ndarray | None = None,
+               max_peaks: int | None = None) -> pd.DataFrame:
+    """List the local maxima of a thresholded t-map as SPM's results table does.
+
+    For each requested direction (``+1``: t > t_thr, ``-1``: t < -t_thr) the supra-threshold
+    voxels are grouped into clusters (``simulation.cluster_connectivity``; clusters smaller than
+    ``simulation.cluster_extent_voxels`` are dropped). Local maxima (voxels not exceeded by any
+    of their 26 neighbours) are taken in decreasing height and kept when their cluster has fewer
+    than ``simulation.local_max_per_cluster`` peaks and they lie at least
+    ``simulation.local_max_min_distance_mm`` from every peak already kept in that direction
+    (SPM lists up to 3 maxima more than 8 mm apart per cluster; Friston et al., SPM12
+    ``spm_list``; here the distance rule also holds across clusters of the same direction).
+    Finally at most ``max_peaks`` of the highest peaks are kept, as a published table is finite.
+
+    Parameters
+    ----------
+    tmap : ndarray
+        t values on the analysis grid.
+    t_thr : float
+        Positive threshold on |t|.
+    directions : sequence of {1, -1}
+        Directions the study reported.
+    cfg : dict, optional
+        Configuration.
+    mask : ndarray of bool, optional
+        Search mask (default: the brain mask).
+    max_peaks : int, optional
+        Keep at most this many peaks (highest |t|) over all directions (default
+        ``simulation.max_peaks_per_study``; 0 = no limit).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``sign, x, y, z, stat_value, cluster, cluster_voxels``; ``stat_value`` is the
+        signed t; rows in SPM's table order (direction as requested, clusters by their
+        highest peak, then decreasing |t|); clusters numbered 1, 2, ... over the table.
+    """
+    cfg = cfg or load_config()
+    sim = cfg["simulation"]
+    from analysis.grid import grid_affine, ijk_to_mni
+
+    mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
+    structure = _structure(sim["cluster_connectivity"])
+    min_k = int(sim["cluster_extent_voxels"])
+    per_cluster = int(sim["local_max_per_cluster"])
+    min_dist2 = float(sim["local_max_min_distance_mm"]) ** 2
+    affine = grid_affine()
+    rows = []
+    for sign in directions:
+        if sign not in (1, -1):
+            raise ValueError(f"direction must be +1 or -1, not {sign}")
+        signed = sign * np.asarray(tmap, dtype=float)
+        supra = mask & (signed > t_thr)
+        labels, n_clusters = ndimage.label(supra, structure=structure)
+        if n_clusters == 0:
+            continue
+        sizes = np.bincount(labels.ravel())
+        supra &= sizes[labels] >= min_k
+        vals = np.where(supra, signed, -np.inf)
+        locmax = supra & (vals >= ndimage.maximum_filter(vals, size=3, mode="constant",
+                                                          cval=-np.inf))
+        ijk = np.argwhere(locmax)
+        height = vals[locmax]
+        order = np.lexsort((np.arange(len(height)), -height))  # stable by height
+        ijk, height = ijk[order], height[order]
+        clus = labels[tuple(ijk.T)]
+        xyz = ijk_to_mni(ijk, affine)
+        kept: list[int] = []
+        count = np.zeros(n_clusters + 1, dtype=int)
+        for i in range(len(height)):  # candidates are few (local maxima), not voxels
+            if count[clus[i]] >= per_cluster:
+                continue
+            if kept and np.min(np.sum((xyz[kept] - xyz[i]) ** 2, axis=1)) < min_dist2:
+                continue
+            kept.append(i)
+            count[clus[i]] += 1
+        for i in kept:
+            rows.append({"sign": sign, "x": int(round(xyz[i, 0])), "y": int(round(xyz[i, 1])),
+                         "z": int(round(xyz[i, 2])), "stat_value": sign * float(height[i]),
+                         "cluster": int(clus[i]), "cluster_voxels": int(sizes[clus[i]])})
+    out = pd.DataFrame(rows, columns=["sign", "x", "y", "z", "stat_value", "cluster",
+                                      "cluster_voxels"])
+    max_peaks = int(sim["max_peaks_per_study"]) if max_peaks is None else int(max_peaks)
+    if max_peaks > 0 and len(out) > max_peaks:
+        top = np.argsort(-np.abs(out["stat_value"].to_numpy()), kind="stable")[:max_peaks]
+        out = out.iloc[np.sort(top)].reset_index(drop=True)
+    # SPM-like table order: direction, then clusters by their highest peak, then height; clusters
+    # renumbered 1, 2, ... over the whole table
+    key = list(zip(out["sign"], out["cluster"]))
+    first = {k: i for i, k in reversed(list(enumerate(key)))}
+    rank = np.array([first[k] for k in key], dtype=int)
+    out = out.iloc[np.lexsort((np.arange(len(out)), rank))].reset_index(drop=True)
+    new_ids = {k: i for i, k in enumerate(dict.fromkeys(zip(out["sign"], out["cluster"])), 1)}
+    out["cluster"] = [new_ids[k] for k in zip(out["sign"], out["cluster"])]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# studies -> peaks
+
+
+def reported_directions(contrasts: str) -> list[int]:
+    """Directions of a ``contrasts_reported`` field (``'Patients>HC;HC>Patients'`` -> [1, -1]).
+
+    Uses the vocabulary of :data:`analysis.studies.CONTRASTS`.
+    """
+    from analysis.studies import CONTRASTS
+
+    out = set()
+    for token in str(contrasts).split(";"):
+        token = token.strip()
+        if not token:
+            continue
+        if token not in CONTRASTS:
+            raise ValueError(f"unknown contrast {token!r}; expected one of {sorted(CONTRASTS)}")
+        out.add(CONTRASTS[token])
+    return sorted(out, reverse=True)
+
+
+def published_effects(data_dir=None) -> pd.DataFrame:
+    """The four published Table 3 effects as planted effects (``x, y, z, g, label``).
+
+    Read from ``published_table3.tsv`` of the data directory (MNI location and Hedges' g;
+    positive = patients > controls).
+    """
+    from analysis import paths
+    from analysis.errors import DataError
+
+    path = (paths.data_dir() if data_dir is None else Path(data_dir)) / "published_table3.tsv"
+    df = pd.read_csv(path, sep="\t")
+    for col in ("x", "y", "z", "hedges_g", "aal_label"):
+        if col not in df.columns:
+            raise DataError(path, f"missing column {col!r}", field=col)
+    for i, row in enumerate(df.itertuples(index=False), start=1):
+        for col in ("x", "y", "z", "hedges_g"):
+            if not np.isfinite(pd.to_numeric(getattr(row, col), errors="coerce")):
+                raise DataError(path, "not a number", row=i, field=col)
+    return pd.DataFrame({"x": df["x"].astype(float), "y": df["y"].astype(float),
+                         "z": df["z"].astype(float), "g": df["hedges_g"].astype(float),
+                         "label": df["aal_label"].astype(str)})
+
+
+def simulate_study_peaks(n1: int, n2: int | None, t_thr: float, directions: Sequence[int],
+                         effects: pd.DataFrame | None, rng: np.random.Generator,
+                         cfg: dict | None = None, tau: float | None = None
+                         ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Simulate one study's t-map and list its peaks (see :func:`simulate_tmap`, :func:`find_peaks`).
+
+    Returns
+    -------
+    peaks : DataFrame
+        As :func:`find_peaks`.
+    true_g : ndarray
+        The study's realised true effect at each planted effect.
+    """
+    cfg = cfg or load_config()
+    tmap, true_g = simulate_tmap(n1, n2, effects, rng, cfg, tau=tau)
+    return find_peaks(tmap, float(t_thr), directions, cfg), true_g
+
+
+#: Study ``space`` (studies.tsv) -> (peak ``space`` of peaks.tsv, MNI -> that space, note).
+STUDY_SPACE_OUT = {
+    "MNI": ("MNI", None, ""),
+    "Talairach": ("TAL", "mni2tal_lancaster", "; simulated in MNI, reported in Talairach "
+                  "(Lancaster icbm_other2tal)"),
+}
+
+
+def _peak_rows(study: str, peaks: pd.DataFrame, provenance: str, note: str,
+               study_space: str = "MNI") -> pd.DataFrame:
+    """Peaks of :func:`find_peaks` as rows of the ``peaks.tsv`` schema (t rounded to 0.01).
+
+    ``peak_id`` numbers the study's peaks from 1; ``note`` adds the cluster and its size. A
+    study that reported Talairach coordinates gets its stand-ins converted from MNI with
+    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.coords` applies to ``TAL``
+    peaks) and rounded to whole millimetres, as a paper would print them.
+    """
+    from analysis import coords
+
+    if study_space not in STUDY_SPACE_OUT:
+        raise ValueError(f"{study}: unknown study space {study_space!r}; expected one of "
+                         f"{sorted(STUDY_SPACE_OUT)}")
+    space, func, space_note = STUDY_SPACE_OUT[study_space]
+    n = len(peaks)
+    xyz = peaks[["x", "y", "z"]].to_numpy(dtype=float).reshape(-1, 3)
+    if func is not None and n:
+        xyz = getattr(coords, func)(xyz)
+    xyz = np.rint(xyz).astype(int) + 0  # + 0: no negative zero
+    notes = [f"{note}; cluster {c} (k={k}){space_note}"
+             for c, k in zip(peaks["cluster"].astype(int), peaks["cluster_voxels"].astype(int))]
+    return pd.DataFrame({
+        "study": [study] * n,
+        "peak_id": np.arange(1, n + 1),
+        "sign": peaks["sign"].astype(int).to_numpy(),
+        "x": xyz[:, 0],
+        "y": xyz[:, 1],
+        "z": xyz[:, 2],
+        "space": [space] * n,
+        "stat_type": ["t"] * n,
+        "stat_value": np.round(peaks["stat_value"].to_numpy(dtype=float), 2),
+        "provenance": [provenance] * n,
+        "note": notes,
+    }, columns=PEAK_COLUMNS)
+
+
+def _n2(value) -> int | None:
+    v = pd.to_numeric(value, errors="coerce")
+    return int(v) if np.isfinite(v) and v > 0 else None
+
+
+def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
+                      skip: Iterable[str] = (), effects: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
+    """Simulated stand-in peaks for every study of ``studies`` not in ``skip``.
+
+    Each study gets its own random stream ``derive_rng(seed, "simulate-peaks/<study>")``, so
+    adding or removing a study leaves the others' peaks unchanged.
+
+    Parameters
+    ----------
+    studies : DataFrame
+        The study table (:func:`analysis.studies.load_studies`): ``study, n1, n2, t_thr,
+        contrasts_reported`` and optionally ``space`` (``MNI`` or ``Talairach``; Talairach
+        studies get ``TAL`` stand-ins).
+    seed : int
+        The seed (normally the configuration's ``seed``); recorded in ``provenance``.
+    cfg : dict, optional
+        Configuration.
+    skip : iterable of str
+        Studies with real peaks (not simulated).
+    effects : DataFrame, optional
+        Planted true effects ``x, y, z, g`` (default: :func:`published_effects`).
+
+    Returns
+    -------
+    DataFrame
+        Peak rows in the ``peaks.tsv`` schema (:data:`PEAK_COLUMNS`), ``provenance`` =
+        :func:`provenance_label`, ``note`` saying they are stand-ins.
+    """
+    cfg = cfg or load_config()
+    effects = published_effects() if effects is None else effects
+    prov = provenance_label(seed, cfg)
+    skip = set(skip)
+    parts = []
+    todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
+    for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
+        rng = derive_rng(seed, f"simulate-peaks/{row.study}")
+        peaks, _ = simulate_study_peaks(int(row.n1), _n2(row.n2), float(row.t_thr),
+                                        reported_directions(row.contrasts_reported), effects,
+                                        rng, cfg)
+        LGR.debug("%s: %d simulated peaks", row.study, len(peaks))
+        space = str(getattr(row, "space", "MNI") or "MNI").strip()
+        parts.append(_peak_rows(row.study, peaks, prov, STANDIN_NOTE, space))
+    if not parts:
+        return pd.DataFrame(columns=PEAK_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
+                          n_range: Sequence[int] | None = None, tau: float | None = None,
+                          null: bool = False, p_threshold: float | None = None,
+                          cfg: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A whole simulated meta-analysis with known truth, for validation and power studies.
+
+    Parameters
+    ----------
+    n_studies : int
+        Number of studies (``sim01``, ``sim02``, ...).
+    effects : DataFrame or sequence of (x, y, z, g)
+        Planted effects (MNI mm, Hedges' g; positive = patients > controls).
+    rng : numpy.random.Generator
+        The one random stream (sample sizes, then each study's effects and noise).
+    n_range : (int, int), optional
+        Inclusive range of each group's size (default ``simulation.validation.n_range``).
+    tau : float, optional
+        Between-study SD of the effects (default ``simulation.heterogeneity_tau``).
+    null : bool
+        Ignore ``effects`` (all true effects zero): for false-positive rates.
+    p_threshold : float, optional
+        One-tailed voxel p of every study (default ``simulation.validation.p_uncorrected``);
+        ``t_thr`` is the t of this p with the study's df.
+    cfg : dict, optional
+        Configuration.
+
+    Returns
+    -------
+    studies : DataFrame
+        ``study, n1, n2, df, t_thr, threshold_kind, contrasts_reported`` (both directions).
+        ``studies.attrs["true_g"]`` holds each study's realised true g per effect
+        (rows = studies, columns = effect index) and ``studies.attrs["effects"]`` the planted
+        effects, both labelled simulated.
+    peaks : DataFrame
+        Peak rows in the ``peaks.tsv`` schema, provenance ``simulated:v<version>:validation``.
+    """
+    from analysis.coords import t_threshold
+
+    cfg = cfg or load_config()
+    val = cfg["simulation"]["validation"]
+    lo, hi = (val["n_range"] if n_range is None else n_range)
+    p_threshold = float(val["p_uncorrected"]) if p_threshold is None else float(p_threshold)
+    eff = effects if isinstance(effects, pd.DataFrame) else pd.DataFrame(
+        list(effects) if effects is not None else [], columns=["x", "y", "z", "g"])
+    if null:
+        eff = eff.assign(g=0.0)
+    names = [f"sim{i:02d}" for i in range(1, n_studies + 1)]
+    n = rng.integers(int(lo), int(hi) + 1, size=(n_studies, 2))
+    df = n.sum(axis=1) - 2
+    t_thr = np.asarray(t_threshold(p_threshold, df), dtype=float)
+    studies = pd.DataFrame({"study": names, "n1": n[:, 0], "n2": n[:, 1], "df": df,
+                            "t_thr": t_thr, "threshold_kind": "uncorrected",
+                            "contrasts_reported": "Patients>HC;HC>Patients"})
+    prov = f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:validation"
+    parts, true_g = [], []
+    for row in studies.itertuples(index=False):
+        peaks, tg = simulate_study_peaks(int(row.n1), int(row.n2), float(row.t_thr), (1, -1),
+                                         eff, rng, cfg, tau=tau)
+        true_g.append(tg)
+        parts.append(_peak_rows(row.study, peaks, prov, "simulated validation study"))
+    peaks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PEAK_COLUMNS)
+    studies.attrs["true_g"] = pd.DataFrame(np.array(true_g).reshape(n_studies, len(eff)),
+                                           index=names)
+    studies.attrs["effects"] = eff.reset_index(drop=True)
+    return studies, peaks
+
+
+# ---------------------------------------------------------------------------------------------
+# data/peaks.tsv
+
+
+def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = None,
+                     write: bool = False) -> pd.DataFrame:
+    """Rebuild ``peaks.tsv``: every non-simulated row kept verbatim, simulated rows regenerated.
+
+    Studies that have at least one non-simulated row (``original:`` or ``sdm-import:``) keep
+    their peaks and are not simulated; every other study of ``studies.tsv`` gets stand-ins from
+    :func:`simulate_standins`.
+
+    Parameters
+    ----------
+    data_dir : path-like, optional
+        Folder with ``studies.tsv``, ``peaks.tsv`` and ``published_table3.tsv``.
+    seed : int, optional
+        Seed of the stand-ins (default: the configuration's ``seed``).
+    cfg : dict, optional
+        Configuration.
+    write : bool
+        Write the result with :func:`analysis.peaks.write_peaks` (validated, atomic; nothing
+        is written on any error).
+
+    Returns
+    -------
+    DataFrame
+        The new table in canonical text form (:func:`analysis.peaks.format_peaks`).
+    """
+    from analysis import paths
+    from analysis.peaks import PEAKS_FILE, format_peaks, write_peaks
+    from analysis.studies import load_studies
+    from analysis.tsvio import read_tsv_text
+
+    cfg = cfg or load_config()
+    seed = int(cfg["seed"] if seed is None else seed)
+    ddir = paths.data_dir() if data_dir is None else Path(data_dir)
+    studies = load_studies(ddir, config=cfg)
+    path = ddir / PEAKS_FILE
+    if path.exists():
+        current = read_tsv_text(path, required=PEAK_COLUMNS).reset_index(drop=True)
+        current = current[~is_simulated(current["provenance"].str.strip())]
+    else:
+        current = pd.DataFrame(columns=PEAK_COLUMNS)
+    real = set(current["study"].str.strip())
+    sim = simulate_standins(studies, seed, cfg, skip=real,
+                            effects=published_effects(ddir))
+    merged = format_peaks(pd.concat([current[PEAK_COLUMNS], sim], ignore_index=True))
+    if write:
+        write_peaks(merged, ddir, studies=studies, config=cfg)
+    return merged
+
+
+def summarise_peaks(peaks: pd.DataFrame, studies: pd.DataFrame) -> pd.DataFrame:
+    """Per-study counts: ``study, n1, n2, t_thr, contrasts_reported, kind, n_pos, n_neg, n``.
+
+    ``kind`` is ``simulated``, ``real`` or ``none`` (no peaks).
+    """
+    sign = pd.to_numeric(peaks["sign"])
+    sim = is_simulated(peaks["provenance"])
+    rows = []
+    for r in studies.itertuples(index=False):
+        sel = (peaks["study"] == r.study).to_numpy()
+        kind = "none" if not sel.any() else ("simulated" if sim[sel].all() else "real")
+        rows.append({"study": r.study, "n1": int(r.n1),
+                     "n2": _n2(r.n2) if _n2(r.n2) is not None else "",
+                     "t_thr": round(float(r.t_thr), 3), "contrasts_reported": r.contrasts_reported,
+                     "kind": kind, "n_pos": int((sign[sel] > 0).sum()),
+                     "n_neg": int((sign[sel] < 0).sum()), "n": int(sel.sum())})
+    return pd.DataFrame(rows)
