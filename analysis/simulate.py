@@ -10,7 +10,7 @@ direction(s) the study reported (Table 2 of the paper). Every such row carries t
 
 The same machinery gives a general simulator for validation and power studies of the engine
 (:func:`simulate_meta_dataset`), in the spirit of ``nimare.generate.create_coordinate_dataset``
-:footcite:p:`salo2023nimare`, but simulating whole-brain statistic maps rather than drawing foci.
+(Salo et al., 2023), but simulating whole-brain statistic maps rather than drawing foci.
 
 Model, per study ``s`` with ``n1`` patients and ``n2`` controls (``df = n1 + n2 - 2``):
 
@@ -22,12 +22,29 @@ Model, per study ``s`` with ``n1`` patients and ``n2`` controls (``df = n1 + n2 
   true effect is ``g_sk = g_k + tau * e_sk`` with ``e_sk ~ N(0, 1)`` and ``tau`` the between-study
   SD ``simulation.heterogeneity_tau``; its spatial profile is a Gaussian of FWHM
   ``simulation.effect_fwhm_mm``; it is put on the t scale with
-  ``t = g / (J(df) * sqrt(1/n1 + 1/n2))`` (Hedges & Olkin, 1985; :func:`~analysis.sdm.effect_sizes.t_from_g`)
-  and added to the noise (a normal approximation of the non-central t).
+  ``t = g / (J(df) * sqrt(1/n1 + 1/n2))`` (Hedges & Olkin, 1985;
+  :func:`~analysis.sdm.effect_sizes.t_from_g`) and added to the noise (a normal approximation
+  of the non-central t).
+
+Reporting, per study: supra-threshold voxels in each reported direction form clusters
+(``simulation.cluster_connectivity``, at least ``simulation.cluster_extent_voxels`` voxels); up
+to ``simulation.local_max_per_cluster`` local maxima per cluster, at least
+``simulation.local_max_min_distance_mm`` apart, are listed by height, and at most
+``simulation.max_peaks_per_study`` peaks are kept (SPM's results table; the paper's 143 peaks
+over 11 studies average 13 per study).
+
+The default true effects of the stand-ins are the four published Table 3 effects
+(``published_table3.tsv``, He et al. 2024). They are small (|g| about 0.4-0.5, i.e. t about 1-2
+at the centre for these sample sizes), so most stand-in peaks are maxima of the noise, as in
+underpowered real studies; the stand-ins are therefore *not* expected to reproduce Table 3.
 
 References
 ----------
-.. footbibliography::
+He, J. et al. (2024). Neural basis of pain empathy dysregulations in mental disorders: a
+pre-registered neuroimaging meta-analysis.
+Hedges, L. V. & Olkin, I. (1985). Statistical methods for meta-analysis. Academic Press.
+Salo, T. et al. (2023). NiMARE: Neuroimaging Meta-Analysis Research Environment. Aperture
+Neuro 3.
 """
 
 from __future__ import annotations
@@ -43,6 +60,7 @@ from scipy import ndimage, stats
 from tqdm.auto import tqdm
 
 from analysis.config import derive_rng, load_config
+from analysis.peaks import PEAK_COLUMNS
 from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
 
 LGR = logging.getLogger(__name__)
@@ -50,8 +68,6 @@ LGR = logging.getLogger(__name__)
 FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 SIMULATED_PREFIX = "simulated:"
 STANDIN_NOTE = "simulated stand-in, not the study's data"
-PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
-                "provenance", "note"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,7 +505,9 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
         (rows = studies, columns = effect index) and ``studies.attrs["effects"]`` the planted
         effects, both labelled simulated.
     peaks : DataFrame
-        Peak rows in the ``peaks.tsv`` schema, provenance ``simulated:v<version>:validation``.
+        Peak rows in the ``peaks.tsv`` schema (all MNI, ``stat_type`` t), provenance
+        ``simulated:v<version>:validation``, plus the signed ``t`` column, so that
+        ``SDMDataset(studies, peaks)`` (:mod:`analysis.sdm.dataset`) takes them directly.
     """
     from analysis.coords import t_threshold
 
@@ -516,6 +534,7 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
         true_g.append(tg)
         parts.append(_peak_rows(row.study, peaks, prov, "simulated validation study"))
     peaks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PEAK_COLUMNS)
+    peaks["t"] = peaks["stat_value"].astype(float)  # all MNI t: ready for SDMDataset
     studies.attrs["true_g"] = pd.DataFrame(np.array(true_g).reshape(n_studies, len(eff)),
                                            index=names)
     studies.attrs["effects"] = eff.reset_index(drop=True)

@@ -142,6 +142,9 @@ def test_planted_effects_produce_peaks_near_their_centres(cfg):
     assert list(studies.columns[:7]) == ["study", "n1", "n2", "df", "t_thr", "threshold_kind",
                                          "contrasts_reported"]
     assert peaks["provenance"].str.startswith("simulated:").all()
+    from analysis.sdm.dataset import SDMDataset
+
+    assert SDMDataset(studies, peaks).ids == list(studies["study"])
     assert studies.attrs["true_g"].shape == (8, 2)
     for x, y, z, g in effects:
         same = peaks[np.sign(peaks["stat_value"]) == np.sign(g)]
