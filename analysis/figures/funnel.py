@@ -1,0 +1,115 @@
+"""Funnel plots of the study effects at a meta-analytic peak (small-study effects).
+
+At one voxel each study contributes its Hedges' g and standard error. In SDM-PSI a study whose
+effect at the voxel was not reported (its bounds differ) has one imputed value per imputation
+(MetaNSUE; Albajes-Eizagirre et al. 2019, Stat Methods Med Res 28:3664-3686), so, as in the
+``metansue`` package's funnel plot, censored studies are drawn as clouds of their imputations
+and studies with a known effect as single points. The vertical line is the pooled effect and
+the dashed lines its pseudo 95 % confidence limits (g +/- 1.96 SE; Sterne & Egger 2001,
+J Clin Epidemiol 54:1046-1055). Egger's test (Egger et al. 1997, BMJ 315:629-634) is given in
+the title when supplied.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from analysis.sdm.effect_sizes import g_variance  # noqa: E402
+
+LGR = logging.getLogger(__name__)
+
+
+def study_points(g_imputed, n1, n2=None, atol: float = 1e-6) -> dict:
+    """Per-study effects and standard errors at one voxel.
+
+    Parameters
+    ----------
+    g_imputed : array-like, shape (m, k)
+        Imputed Hedges' g of the k studies in the m imputations.
+    n1, n2 : array-like, shape (k,)
+        Sample sizes (``n2`` NaN for one-sample studies).
+    atol : float
+        Studies whose imputations differ by less than this are "known".
+
+    Returns
+    -------
+    dict
+        ``g`` (m, k), ``se`` (m, k), ``g_mean`` (k,), ``se_mean`` (k,), ``known`` (k, bool).
+    """
+    g = np.atleast_2d(np.asarray(g_imputed, dtype=float))
+    n1 = np.asarray(n1, dtype=float)
+    n2 = None if n2 is None else np.asarray(n2, dtype=float)
+    if g.shape[1] != n1.shape[0]:
+        raise ValueError(f"g_imputed has {g.shape[1]} studies, n1 has {n1.shape[0]}")
+    se = np.sqrt(g_variance(g, n1, n2))
+    known = np.ptp(g, axis=0) < atol
+    gm = g.mean(axis=0)
+    return {"g": g, "se": se, "g_mean": gm, "se_mean": np.sqrt(g_variance(gm, n1, n2)),
+            "known": known}
+
+
+def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
+                egger_p: float | None = None, title: str = "", study_names=None, ax=None):
+    """Draw a funnel plot at one voxel.
+
+    Parameters
+    ----------
+    g_imputed : array-like, shape (m, k)
+        Imputed study effects at the voxel.
+    n1, n2 : array-like, shape (k,)
+        Sample sizes (``n2`` NaN for one-sample studies).
+    pooled_g : float, optional
+        Pooled effect (default: mean of the study means).
+    egger_p : float, optional
+        Egger test p-value to print.
+    title : str
+        Title (e.g. the peak's region and MNI coordinate).
+    study_names : list of str, optional
+        Labels of the known studies' points.
+    ax : matplotlib Axes, optional
+        Axes to draw on (a new figure otherwise).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    pts = study_points(g_imputed, n1, n2)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=150)
+    else:
+        fig = ax.figure
+    pooled = float(np.mean(pts["g_mean"]) if pooled_g is None else pooled_g)
+    se_max = float(np.nanmax(pts["se"])) * 1.1
+    s = np.linspace(0, se_max, 50)
+    ax.plot(pooled - 1.96 * s, s, "k--", lw=0.8)
+    ax.plot(pooled + 1.96 * s, s, "k--", lw=0.8, label="pseudo 95% CI")
+    ax.axvline(pooled, color="k", lw=1.0, label=f"pooled g = {pooled:.3f}")
+    cens = ~pts["known"]
+    if cens.any():
+        ax.scatter(pts["g"][:, cens].ravel(), pts["se"][:, cens].ravel(), s=4, alpha=0.15,
+                   color="tab:blue", linewidths=0, label="imputations (unreported)")
+        ax.scatter(pts["g_mean"][cens], pts["se_mean"][cens], s=22, color="tab:blue",
+                   edgecolors="k", linewidths=0.5, label="unreported: mean")
+    if pts["known"].any():
+        ax.scatter(pts["g_mean"][~cens], pts["se_mean"][~cens], s=26, color="tab:red",
+                   edgecolors="k", linewidths=0.5, marker="D", label="reported effect")
+        if study_names is not None:
+            for i in np.flatnonzero(~cens):
+                ax.annotate(str(study_names[i]), (pts["g_mean"][i], pts["se_mean"][i]),
+                            fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_ylim(se_max, 0)
+    ax.set_xlabel("Hedges' g")
+    ax.set_ylabel("Standard error")
+    t = title
+    if egger_p is not None and np.isfinite(egger_p):
+        t = f"{title}\nEgger test p = {egger_p:.3f}" if title else f"Egger test p = {egger_p:.3f}"
+    ax.set_title(t, fontsize=8)
+    ax.legend(fontsize=6, loc="lower left", frameon=False)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,348 @@
+"""Pipeline stage "meta": the SDM-PSI mean analysis, Table 3, Figure 2 and funnel plots.
+
+He et al. (2024) ran SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184) on the 11
+studies' peaks (20 mm FWHM anisotropic kernel, 2 mm voxels, MetaNSUE multiple imputation) and
+reported clusters at voxel p < 0.0025 (uncorrected, one-tailed), peak SDM-Z > 1, k > 10 with
+Hedges' g, I^2 and Egger's test at each peak (Table 3) and the thresholded map (Figure 2).
+
+This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``data/`` and writes:
+
+- ``maps/{g,var,z,tau2,i2,p}.nii.gz``, ``maps/z_thresholded.nii.gz``, ``maps/clusters.nii.gz``;
+- ``tables/table3.tsv`` (columns of ``data/published_table3.tsv``), ``tables/table3_peaks.tsv``
+  (cluster and local peaks), ``tables/table3_breakdown.tsv`` (AAL voxels per cluster),
+  ``tables/table3_vs_published.tsv`` (each published cluster beside the nearest reproduced
+  cluster of the same direction);
+- ``figures/figure2.{png,svg}`` and ``figures/funnel_<cluster>.png``.
+
+Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
+``data/peaks.tsv``) every output says so; the numbers are then not the paper's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import DataError
+from analysis.io import save_figure, save_nifti, write_tsv
+from analysis.labels import cluster_breakdown
+from analysis.sdm.clusters import (
+    DECREASE,
+    INCREASE,
+    threshold_clusters,
+    threshold_defaults,
+    values_at_peaks,
+)
+
+LGR = logging.getLogger(__name__)
+
+MAP_NAMES = ("g", "var", "z", "tau2", "i2", "p")
+TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y", "z", "sdm_z",
+                  "p_voxel", "hedges_g", "i2", "egger_p"]
+PUBLISHED_FILE = "published_table3.tsv"
+REAL_PREFIXES = ("original:", "sdm-import:")
+#: The engine's I2 map is a fraction (analysis.sdm.random_effects); Table 3 gives I2 in % like
+#: SDM-PSI's ``_h_i2`` maps and the paper (e.g. 0.355083 % at the ACC peak).
+I2_TO_PERCENT = 100.0
+SIMULATED_PREFIX = "simulated:"
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_published_table3(data_dir) -> pd.DataFrame:
+    """The paper's Table 3 as curated in ``data/published_table3.tsv``."""
+    path = Path(data_dir) / PUBLISHED_FILE
+    if not path.exists():
+        raise DataError(path, "file not found (the published Table 3 to compare against)")
+    df = pd.read_csv(path, sep="\t")
+    missing = [c for c in TABLE3_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(path, f"columns missing: {missing}", field=missing[0])
+    for i, d in enumerate(df["direction"], start=1):
+        if d not in (INCREASE, DECREASE):
+            raise DataError(path, f"expected {INCREASE!r} or {DECREASE!r}, got {d!r}", row=i,
+                            field="direction")
+    return df[TABLE3_COLUMNS]
+
+
+def input_provenance(dataset) -> dict:
+    """Which studies' peaks are real and which are simulated stand-ins.
+
+    A study is simulated when any of its peaks has ``provenance`` starting with ``simulated:``;
+    real when all start with ``original:`` or ``sdm-import:``; studies without peak rows are
+    listed apart.
+    """
+    studies = list(dataset.studies["study"])
+    peaks = dataset.peaks
+    if "provenance" not in peaks.columns:
+        return {"n_studies": len(studies), "real": studies, "simulated": [], "no_peaks": [],
+                "statement": f"{len(studies)} of {len(studies)} studies' inputs real"}
+    prov = peaks["provenance"].astype(str)
+    bad = ~(prov.str.startswith(SIMULATED_PREFIX) | prov.str.startswith(REAL_PREFIXES))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError("peaks.tsv", f"unknown provenance {prov.iloc[i]!r}", row=i + 1,
+                        field="provenance")
+    sim_study = prov.str.startswith(SIMULATED_PREFIX).groupby(peaks["study"]).any()
+    simulated = [s for s in studies if bool(sim_study.get(s, False))]
+    no_peaks = [s for s in studies if s not in sim_study.index]
+    real = [s for s in studies if s in sim_study.index and not sim_study[s]]
+    k = len(studies)
+    text = (f"{len(real)} of {k} studies' inputs real ({', '.join(real) or 'none'}); "
+            f"{len(simulated)} simulated stand-ins")
+    if no_peaks:
+        text += f"; {len(no_peaks)} without peaks ({', '.join(no_peaks)})"
+    return {"n_studies": k, "real": real, "simulated": simulated, "no_peaks": no_peaks,
+            "statement": text}
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: dict, space,
+                           inputs_statement: str) -> pd.DataFrame:
+    """Each published cluster beside the nearest reproduced cluster peak of the same direction.
+
+    Parameters
+    ----------
+    table3 : DataFrame
+        Reproduced Table 3 (cluster peaks).
+    published : DataFrame
+        Published Table 3.
+    maps : dict
+        Reproduced maps (``z``, ``g``) to read at the published coordinates.
+    space : MaskSpace
+        Their voxel space.
+    inputs_statement : str
+        Provenance of the inputs, repeated on every row.
+
+    Returns
+    -------
+    DataFrame
+        One row per published cluster; ``distance_mm`` is NaN when no reproduced cluster of that
+        direction exists.
+    """
+    rows = []
+    pub_xyz = published[["x", "y", "z"]].to_numpy(float)
+    vox = space.voxel_index(pub_xyz)
+    z = np.asarray(maps["z"], float)
+    g = np.asarray(maps["g"], float)
+    for i, pub in published.reset_index(drop=True).iterrows():
+        cand = table3[table3["direction"] == pub["direction"]]
+        row = {"direction": pub["direction"], "published_region": pub["region"],
+               "published_aal_label": pub["aal_label"]}
+        for c in ("x", "y", "z"):
+            row[f"published_{c}"] = int(pub[c])
+        if len(cand):
+            d = np.linalg.norm(cand[["x", "y", "z"]].to_numpy(float) - pub_xyz[i], axis=1)
+            j = int(np.argmin(d))
+            rep = cand.iloc[j]
+            row.update({"reproduced_x": int(rep["x"]), "reproduced_y": int(rep["y"]),
+                        "reproduced_z": int(rep["z"]), "distance_mm": round(float(d[j]), 3),
+                        "reproduced_aal_label": rep["aal_label"],
+                        "same_aal_label": bool(rep["aal_label"] == pub["aal_label"])})
+        else:
+            row.update({"reproduced_x": np.nan, "reproduced_y": np.nan, "reproduced_z": np.nan,
+                        "distance_mm": np.nan, "reproduced_aal_label": "no cluster",
+                        "same_aal_label": False})
+        for col in ("cluster_voxels", "sdm_z", "p_voxel", "hedges_g", "i2", "egger_p"):
+            row[f"published_{col}"] = pub[col]
+            row[f"reproduced_{col}"] = rep[col] if len(cand) else np.nan
+        inside = vox[i] >= 0
+        row["reproduced_z_at_published_peak"] = float(z[vox[i]]) if inside else np.nan
+        row["reproduced_g_at_published_peak"] = float(g[vox[i]]) if inside else np.nan
+        row["inputs"] = inputs_statement
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# the report of one fitted model
+
+
+def egger_at(result, dataset, voxels: np.ndarray) -> np.ndarray:
+    """Two-tailed Egger test p at the given voxels (Rubin-pooled over the imputations).
+
+    Uses :func:`analysis.sdm.egger.egger_test` on ``result.imputations[:, :, voxels]``.
+    """
+    voxels = np.asarray(voxels, dtype=np.int64)
+    if len(voxels) == 0:
+        return np.zeros(0)
+    from analysis.sdm.egger import egger_test
+
+    imputed = np.asarray(result.imputations)[:, :, voxels]
+    n2 = dataset.studies["n2"].to_numpy(float)
+    return np.asarray(egger_test(imputed, dataset.studies["n1"].to_numpy(float), n2)["p"],
+                      dtype=float)
+
+
+def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: dict,
+                 out: Callable[[str], Path]) -> None:
+    """Figure 2 (PNG and SVG) and one funnel plot per cluster peak.
+
+    Parameters
+    ----------
+    result : MetaResult-like
+        Fitted model (``.space``, ``.imputations``).
+    dataset : SDMDataset
+        Studies (``n1``, ``n2``, names).
+    clusters : ClusterResult
+        Thresholded map.
+    table3 : DataFrame
+        Cluster peaks with ``voxel``, ``hedges_g`` and ``egger_p``.
+    provenance : dict
+        Output of :func:`input_provenance`.
+    out : callable
+        ``relpath -> Path``.
+    """
+    import matplotlib.pyplot as plt
+
+    from analysis.figures.figure2 import plot_figure2
+    from analysis.figures.funnel import funnel_plot
+
+    space = result.space
+    simulated = bool(provenance["simulated"])
+    note = (f"Simulated stand-in data: {provenance['statement']}. Not the paper's result."
+            if simulated else None)
+    fig = plot_figure2(clusters, space, simulated_note=note, title=(
+        "Figure 2. Pain empathy, patients vs controls (SDM-PSI, p < "
+        f"{clusters.params['p_threshold']:g} uncorrected, k \u2265 {clusters.params['min_voxels']})"))
+    save_figure(fig, out("figures/figure2.png"))
+    save_figure(fig, out("figures/figure2.svg"))
+    plt.close(fig)
+    n1 = dataset.studies["n1"].to_numpy(float)
+    n2 = dataset.studies["n2"].to_numpy(float)
+    imputed = np.asarray(result.imputations)
+    for c, pk in table3.iterrows():
+        title = f"Cluster {c + 1}: {pk['region']} ({pk['x']}, {pk['y']}, {pk['z']})"
+        if simulated:
+            title += " [simulated inputs]"
+        f = funnel_plot(imputed[:, :, int(pk["voxel"])], n1, n2, pooled_g=pk["hedges_g"],
+                        egger_p=pk["egger_p"], title=title,
+                        study_names=list(dataset.studies["study"]))
+        save_figure(f, out(f"figures/funnel_{c + 1}.png"))
+        plt.close(f)
+
+
+def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path], *,
+           config: dict, provenance: dict, imputations: int,
+           egger: Callable | None = None, figures: bool = True) -> dict:
+    """Write the maps, tables and figures of one fitted mean model; return the cited values.
+
+    Parameters
+    ----------
+    result : MetaResult-like
+        ``.maps`` (dict of vectors: at least ``g, var, z, tau2, i2, p``), ``.space``
+        (:class:`~analysis.sdm.space.MaskSpace`) and ``.imputations`` (m x k x V imputed g).
+    dataset : SDMDataset
+        The studies (order of ``result.imputations``' second axis) with ``n1, n2``.
+    published : DataFrame
+        Published Table 3.
+    out : callable
+        ``relpath -> Path`` where to write (``ctx.out``).
+    config : dict
+        Configuration (thresholds from ``sdm.threshold``).
+    provenance : dict
+        Output of :func:`input_provenance`.
+    imputations : int
+        Number of imputations used.
+    egger : callable, optional
+        ``(result, dataset, voxels) -> p`` (default :func:`egger_at`).
+    figures : bool
+        Whether to draw Figure 2 and the funnel plots.
+
+    Returns
+    -------
+    dict
+        Values for ``results/values.json``.
+    """
+    space = result.space
+    maps = result.maps
+    for name in MAP_NAMES:
+        save_nifti(out(f"maps/{name}.nii.gz"), space.to_img(maps[name]))
+    clusters = threshold_clusters(maps["z"], space, **threshold_defaults(config))
+    save_nifti(out("maps/z_thresholded.nii.gz"), space.to_img(clusters.thresholded_z))
+    lab_img = space.to_img(clusters.labels)
+    lab_img.set_data_dtype(np.int16)
+    save_nifti(out("maps/clusters.nii.gz"), lab_img)
+
+    egger = egger or egger_at
+    i2_pct = np.asarray(maps["i2"], dtype=float) * I2_TO_PERCENT
+    peaks = values_at_peaks(clusters.table, {"hedges_g": maps["g"], "i2": i2_pct})
+    peaks["egger_p"] = egger(result, dataset, peaks["voxel"].to_numpy(np.int64))
+    table3 = peaks[peaks["peak_type"] == "cluster"].reset_index(drop=True)
+    write_tsv(out("tables/table3.tsv"), table3[TABLE3_COLUMNS], float_format="%.6g")
+    write_tsv(out("tables/table3_peaks.tsv"),
+              peaks[["cluster", "peak_type"] + TABLE3_COLUMNS], float_format="%.6g")
+    breakdown = [cluster_breakdown(clusters.labels == c, space, "aal").assign(cluster=c)
+                 for c in table3.index + 1]
+    bd = (pd.concat(breakdown, ignore_index=True) if breakdown
+          else pd.DataFrame(columns=["label", "voxels", "percent", "cluster"]))
+    write_tsv(out("tables/table3_breakdown.tsv"), bd[["cluster", "label", "voxels", "percent"]])
+    comparison = compare_with_published(table3, published, maps, space, provenance["statement"])
+    write_tsv(out("tables/table3_vs_published.tsv"), comparison, float_format="%.6g")
+
+    if figures:
+        draw_figures(result, dataset, clusters, table3, provenance, out)
+
+    clusters_values = [
+        {"cluster": c + 1, "direction": r["direction"], "region": r["region"],
+         "aal_label": r["aal_label"], "x": int(r["x"]), "y": int(r["y"]), "z": int(r["z"]),
+         "voxels": int(r["cluster_voxels"]), "sdm_z": round(float(r["sdm_z"]), 3),
+         "p": float(f"{r['p_voxel']:.3g}"), "hedges_g": round(float(r["hedges_g"]), 3),
+         "i2": round(float(r["i2"]), 3), "egger_p": round(float(r["egger_p"]), 3)}
+        for c, r in table3.iterrows()
+    ]
+    return {
+        "imputations": int(imputations),
+        "n_studies": provenance["n_studies"],
+        "inputs_real": len(provenance["real"]),
+        "inputs_simulated": len(provenance["simulated"]),
+        "inputs_statement": provenance["statement"],
+        "real_studies": provenance["real"],
+        "n_clusters_increase": clusters.n_clusters(INCREASE),
+        "n_clusters_decrease": clusters.n_clusters(DECREASE),
+        "clusters": clusters_values,
+        "threshold": clusters.params,
+        "published_matched_within_10mm": int((comparison["distance_mm"] <= 10).sum()),
+        "n_voxels": int(space.n_voxels),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def fit_mean_model(dataset, config: dict, imputations: int, rng):
+    """Fit the SDM-PSI mean model with the configured pre-processing (C2's estimator)."""
+    from analysis.grid import gm_mask
+    from analysis.sdm.estimator import SDMPSI
+
+    cfg = config["sdm"]
+    est = SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
+                 unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations,
+                 seed=int(rng.integers(2**31 - 1)))
+    return est.fit(dataset, mask_img=gm_mask())
+
+
+def produce(ctx) -> dict:
+    """Stage ``meta``: mean analysis of ``data/``, Table 3, Figure 2, funnel plots."""
+    from analysis.sdm.dataset import SDMDataset
+
+    dataset = SDMDataset.from_data_dir(ctx.data_dir)
+    cfg = ctx.config["sdm"]
+    n_imp = int(cfg["imputations_quick"] if ctx.quick else cfg["imputations"])
+    published = load_published_table3(ctx.data_dir)
+    provenance = input_provenance(dataset)
+    LGR.info("meta: %d studies (%s), %d imputations", len(dataset.studies),
+             provenance["statement"], n_imp)
+    result = fit_mean_model(dataset, ctx.config, n_imp, ctx.rng("fit"))
+    return report(result, dataset, published, ctx.out, config=ctx.config,
+                  provenance=provenance, imputations=n_imp)

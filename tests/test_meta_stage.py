@@ -1,0 +1,144 @@
+"""Stage "meta": report of a fitted model (Table 3, comparison, Figure 2, funnels)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import norm
+
+from analysis.errors import DataError
+from analysis.grid import gm_mask
+from analysis.sdm import stage
+from analysis.sdm.clusters import DECREASE, INCREASE
+from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.space import MaskSpace
+
+PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -3.8),
+                   ((-52, -70, 2), -4.2)]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return MaskSpace(gm_mask())
+
+
+def _synthetic_result(space, k, m=4, shift=(0, 0, 0), seed=0):
+    """A MetaResult-like object with four SIMULATED Gaussian blobs (test input only)."""
+    rng = np.random.default_rng(seed)
+    x = space.xyz
+    z = np.zeros(space.n_voxels)
+    for c, a in PUBLISHED_PEAKS:
+        z += a * np.exp(-np.sum((x - np.array(c) - np.array(shift)) ** 2, axis=1) / 120.0)
+    se = 0.12
+    g = z * se
+    imputed = (g[None, None, :] + rng.normal(0, 0.3, (m, k, 1))).astype(np.float32)
+    imputed[:, 0, :] = g  # study 0 "known" everywhere
+    maps = {"g": g, "var": np.full_like(g, se * se), "z": z, "tau2": np.zeros_like(g),
+            "i2": np.full_like(g, 0.01), "p": norm.sf(np.abs(z))}
+    return SimpleNamespace(maps=maps, space=space, imputations=imputed)
+
+
+def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
+    ds = SDMDataset.from_data_dir(data_dir)
+    published = stage.load_published_table3(data_dir)
+    prov = stage.input_provenance(ds)
+
+    def out(rel):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    from analysis.config import load_config
+
+    values = stage.report(result, ds, published, out, config=load_config(), provenance=prov,
+                          imputations=result.imputations.shape[0],
+                          egger=egger or (lambda r, d, v: np.full(len(v), 0.5)),
+                          figures=figures)
+    return values, ds
+
+
+def test_report_outputs(tmp_path, data_copy, space):
+    ds = SDMDataset.from_data_dir(data_copy)
+    res = _synthetic_result(space, len(ds.studies))
+    values, ds = _run_report(tmp_path, data_copy, space, res)
+    for name in stage.MAP_NAMES + ("z_thresholded", "clusters"):
+        assert (tmp_path / "maps" / f"{name}.nii.gz").exists()
+    t3 = pd.read_csv(tmp_path / "tables/table3.tsv", sep="\t")
+    pub = pd.read_csv(data_copy / "published_table3.tsv", sep="\t")
+    assert list(t3.columns) == list(pub.columns) == stage.TABLE3_COLUMNS
+    assert t3["direction"].tolist().count(INCREASE) == 2
+    assert t3["direction"].tolist().count(DECREASE) == 2
+    # the blobs were planted at the published peaks: same coordinates, same order convention
+    assert sorted(map(tuple, t3[["x", "y", "z"]].to_numpy())) == sorted(
+        c for c, _ in PUBLISHED_PEAKS)
+    assert np.allclose(t3["i2"], 1.0)  # fraction 0.01 reported in percent
+    assert np.allclose(t3["hedges_g"], t3["sdm_z"] * 0.12, atol=1e-6)
+    assert np.allclose(t3["egger_p"], 0.5)
+    cmp_ = pd.read_csv(tmp_path / "tables/table3_vs_published.tsv", sep="\t")
+    assert len(cmp_) == 4
+    assert np.allclose(cmp_["distance_mm"], 0)
+    assert cmp_["inputs"].str.contains("1 of 11 studies' inputs real").all()
+    assert np.allclose(cmp_["published_sdm_z"], pub["sdm_z"])
+    assert np.allclose(cmp_["reproduced_z_at_published_peak"],
+                       [a for _, a in PUBLISHED_PEAKS], atol=1e-6)
+    bd = pd.read_csv(tmp_path / "tables/table3_breakdown.tsv", sep="\t")
+    sizes = bd.groupby("cluster")["voxels"].sum().to_numpy()
+    assert np.array_equal(sizes, t3["cluster_voxels"].to_numpy())
+    for f in ("figure2.png", "figure2.svg", "funnel_1.png", "funnel_4.png"):
+        assert (tmp_path / "figures" / f).stat().st_size > 1000
+    assert not (tmp_path / "figures/funnel_5.png").exists()
+    svg = (tmp_path / "figures/figure2.svg").read_text()
+    assert "Simulated stand-in data" in svg
+    assert values["n_clusters_increase"] == 2 and values["n_clusters_decrease"] == 2
+    assert values["inputs_real"] == 1 and values["inputs_simulated"] == 10
+    assert values["real_studies"] == ["Moriguchi2007"]
+    assert values["published_matched_within_10mm"] == 4
+    assert len(values["clusters"]) == 4 and values["imputations"] == 4
+
+
+def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space):
+    ds = SDMDataset.from_data_dir(data_copy)
+    res = _synthetic_result(space, len(ds.studies), shift=(0, 4, 0))
+    res.maps["z"] = np.where(res.maps["z"] < 0, 0.0, res.maps["z"])  # no decreases
+    _run_report(tmp_path, data_copy, space, res, figures=False)
+    assert not (tmp_path / "figures").exists()
+    cmp_ = pd.read_csv(tmp_path / "tables/table3_vs_published.tsv", sep="\t")
+    inc = cmp_[cmp_["direction"] == INCREASE]
+    dec = cmp_[cmp_["direction"] == DECREASE]
+    assert np.allclose(inc["distance_mm"], 4.0)
+    assert dec["distance_mm"].isna().all()
+    assert (dec["reproduced_aal_label"] == "no cluster").all()
+
+
+def test_egger_at_uses_imputations(data_copy, space):
+    ds = SDMDataset.from_data_dir(data_copy)
+    res = _synthetic_result(space, len(ds.studies), m=3)
+    vox = space.voxel_index([(0, 48, 0), (60, -14, -12)])
+    p = stage.egger_at(res, ds, vox)
+    assert p.shape == (2,) and np.all((p >= 0) & (p <= 1))
+    assert stage.egger_at(res, ds, np.zeros(0, int)).shape == (0,)
+
+
+def test_input_provenance_and_errors(data_copy):
+    ds = SDMDataset.from_data_dir(data_copy)
+    prov = stage.input_provenance(ds)
+    assert prov["real"] == ["Moriguchi2007"] and len(prov["simulated"]) == 10
+    bad = ds.peaks.copy()
+    bad.loc[3, "provenance"] = "invented"
+    with pytest.raises(DataError, match="row 4, field 'provenance'"):
+        stage.input_provenance(SDMDataset(ds.studies, bad))
+
+
+def test_published_table_errors(data_copy):
+    path = data_copy / "published_table3.tsv"
+    df = pd.read_csv(path, sep="\t")
+    df.loc[1, "direction"] = "Patients=Controls"
+    df.to_csv(path, sep="\t", index=False)
+    with pytest.raises(DataError, match="row 2, field 'direction'"):
+        stage.load_published_table3(data_copy)
+    df.drop(columns="egger_p").to_csv(path, sep="\t", index=False)
+    with pytest.raises(DataError, match="egger_p"):
+        stage.load_published_table3(data_copy)
