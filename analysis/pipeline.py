@@ -63,7 +63,7 @@ class Stage:
 # The registry: the one place that says which stage produces what.
 STAGES: list[Stage] = [
     # Tables 1-2 and the sample numbers of the text
-    Stage("tables", "analysis.tables:produce", inputs=["studies.tsv", "peaks.tsv"]),
+    Stage("tables", "analysis.tables:produce", inputs=["studies.tsv", "peaks.tsv", "published_values.tsv"]),
     # Figure 1 (PRISMA 2020 flowchart)
     Stage("figure1", "analysis.figures.prisma:produce", inputs=["prisma.yaml"]),
     # SDM-PSI mean analysis: maps, Table 3, Figure 2, funnel plots, published-vs-reproduced
