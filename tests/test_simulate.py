@@ -244,7 +244,12 @@ def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     from analysis.cli import main
     from analysis.tsvio import read_tsv_text
 
+    keep = {"Moriguchi2007", "Bird2010", "Fujino2014"}  # real; one direction; Talairach
+    studies = (data_copy / "studies.tsv").read_text().splitlines()
+    (data_copy / "studies.tsv").write_text(
+        "\n".join([studies[0]] + [ln for ln in studies[1:] if ln.split("\t")[0] in keep]) + "\n")
     before = read_tsv_text(data_copy / "peaks.tsv").reset_index(drop=True)
+    before = before[before["study"].isin(keep)]
     real = before[~S.is_simulated(before["provenance"])]
     real.to_csv(data_copy / "peaks.tsv", sep="\t", index=False)  # drop the stand-ins
     assert main(["simulate-peaks"]) == 0
@@ -254,9 +259,12 @@ def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     after = read_tsv_text(data_copy / "peaks.tsv").reset_index(drop=True)
     kept = after[~S.is_simulated(after["provenance"])]
     assert kept.values.tolist() == real.values.tolist()  # real rows verbatim
-    assert (after.loc[S.is_simulated(after["provenance"]), "provenance"]
-            == "simulated:v1:seed=1").all()
-    assert not after.equals(before)
+    sim = after[S.is_simulated(after["provenance"])]
+    assert set(sim["study"]) == {"Bird2010", "Fujino2014"}
+    assert (sim["provenance"] == "simulated:v1:seed=1").all()
+    assert set(sim.loc[sim["study"] == "Fujino2014", "space"]) == {"TAL"}
+    assert set(sim.loc[sim["study"] == "Bird2010", "sign"]) == {"-1"}
+    assert sim.values.tolist() != before[S.is_simulated(before["provenance"])].values.tolist()
 
 
 def test_published_effects_and_bad_input(data_copy):
