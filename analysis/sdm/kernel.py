@@ -153,7 +153,7 @@ class IsotropicKernel:
         k = np.exp(-d2 / (2.0 * self.sigma ** 2))
         k[np.isin(idx, src)] = 1.0
         keep = k >= self.truncate
-        return idx[keep], k[keep]
+        return idx[keep].astype(np.int32), k[keep].astype(np.float32)
 
 
 @dataclass
@@ -177,6 +177,8 @@ class AnisotropicKernel:
         along the path (``-ln r`` additive) and ``K = K_iso^(1-alpha) r^alpha``.
     truncate : float
         Weights below this are set to 0.
+    max_cache_entries : int
+        Bound on the cached kernel values (voxels summed over peaks; 8 bytes each).
     """
 
     space: MaskSpace
@@ -186,7 +188,9 @@ class AnisotropicKernel:
     path_model: str = "gaussian"
     truncate: float = TRUNCATE
     _graph: sparse.csr_matrix = field(init=False, repr=False, default=None)
+    max_cache_entries: int = 25_000_000
     _cache: dict = field(init=False, repr=False, default_factory=dict)
+    _cached_size: int = field(init=False, repr=False, default=0)
 
     def __post_init__(self):
         if not 0.0 <= self.anisotropy <= 1.0:
@@ -241,19 +245,59 @@ class AnisotropicKernel:
 
     def weights(self, xyz) -> tuple[np.ndarray, np.ndarray]:
         """Sparse kernel of one peak: ``(voxel indices, K)`` with ``K >= truncate`` (cached)."""
-        key = tuple(np.round(np.asarray(xyz, dtype=float), 6))
-        if key in self._cache:
-            return self._cache[key]
+        key = self._key(xyz)
+        if key not in self._cache:
+            self.prefetch([xyz])
+        return self._cache[key]
+
+    @staticmethod
+    def _key(xyz) -> tuple:
+        return tuple(np.round(np.asarray(xyz, dtype=float), 6))
+
+    def prefetch(self, xyz, batch: int = 32) -> None:
+        """Compute and cache the kernels of many peaks, ``batch`` peaks per Dijkstra call.
+
+        Each peak becomes a virtual node joined to its peak voxels by edges of length 1e-9 mm,
+        so one :func:`scipy.sparse.csgraph.dijkstra` call serves a whole batch (scipy's
+        per-call input validation costs about as much as one local search).
+        """
+        todo, seen = [], set()
+        for p in np.atleast_2d(np.asarray(xyz, dtype=float)):
+            k = self._key(p)
+            if k not in self._cache and k not in seen:
+                seen.add(k)
+                todo.append(p)
         if self.anisotropy == 0.0:
-            out = self._iso.weights(xyz)
-            self._cache[key] = out
-            return out
-        xyz = np.asarray(xyz, dtype=float)
-        src = peak_voxels(xyz, self.space)
-        dist = dijkstra(self._graph, directed=True, indices=src, limit=self._limit(),
-                        min_only=True)
+            for p in todo:
+                self._store(self._key(p), self._iso.weights(p))
+            return
+        g = self._graph
+        nv = self.space.n_voxels
+        for b0 in range(0, len(todo), batch):
+            pts = todo[b0:b0 + batch]
+            srcs = [peak_voxels(p, self.space) for p in pts]
+            nb = len(pts)
+            extra_ptr = g.indptr[-1] + np.cumsum([len(x) for x in srcs])
+            indptr = np.concatenate([g.indptr, extra_ptr]).astype(g.indptr.dtype)
+            indices = np.concatenate([g.indices, *srcs]).astype(g.indices.dtype)
+            data = np.concatenate([g.data, np.full(extra_ptr[-1] - g.indptr[-1], 1e-9)])
+            aug = sparse.csr_matrix((data, indices, indptr), shape=(nv + nb, nv + nb))
+            dist = dijkstra(aug, directed=True, indices=np.arange(nv, nv + nb),
+                            limit=self._limit() * (1 + 1e-9) + 1e-9)
+            for p, src, row in zip(pts, srcs, dist[:, :nv]):
+                self._store(self._key(p), self._from_distance(p, src, row))
+
+    def _store(self, key, value) -> None:
+        """Cache one kernel; the oldest entries go once ``max_cache_entries`` is exceeded."""
+        self._cache[key] = value
+        self._cached_size += len(value[0])
+        while self._cached_size > self.max_cache_entries and len(self._cache) > 1:
+            old = next(iter(self._cache))
+            self._cached_size -= len(self._cache.pop(old)[0])
+
+    def _from_distance(self, xyz, src, dist) -> tuple[np.ndarray, np.ndarray]:
         idx = np.nonzero(np.isfinite(dist))[0]
-        big_d = dist[idx]
+        big_d = np.maximum(dist[idx] - 1e-9, 0.0)
         d2 = np.sum((self.space.xyz[idx] - xyz) ** 2, axis=1)
         a = self.anisotropy
         s2 = 2.0 * self.sigma ** 2
@@ -263,9 +307,7 @@ class AnisotropicKernel:
             k = np.exp(-(1.0 - a) * d2 / s2 - a * big_d / self.sigma)
         k[np.isin(idx, src)] = 1.0
         keep = k >= self.truncate
-        out = (idx[keep], k[keep])
-        self._cache[key] = out
-        return out
+        return idx[keep].astype(np.int32), k[keep].astype(np.float32)
 
 
 def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,

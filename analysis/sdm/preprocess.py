@@ -289,6 +289,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
                      dataset.study_peaks(studies.at[i, "study"]), i + 1)
     for i in tqdm(range(k), desc="SDM pre-processing", disable=not progress, unit="study"):
         sid = studies.at[i, "study"]
+        if hasattr(kernel, "prefetch"):  # one batched Dijkstra call for the study's peaks
+            kernel.prefetch(dataset.study_peaks(sid)[["x", "y", "z"]].to_numpy(dtype=float))
         lower[i], upper[i] = study_bounds(dataset.study_peaks(sid), n1[i], n2[i], t_thr[i],
                                           space, kernel, unknown_peak_mode, combine)
     g_thr = g_from_t(t_thr, n1, n2)
