@@ -79,9 +79,11 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.grid.in_mask`,
         with ``data.mask_tolerance_mm`` tolerance) after conversion to MNI.
     check_duplicates : bool
-        Reject two peaks of one study with the same sign and coordinates. Off when reading
-        or writing SDM projects: published projects contain such pairs (e.g. Enge et al.'s
-        lee2011vis, two t values at -42,27,0 from two contrasts).
+        Reject two peaks of one study with the same sign and coordinates, and known t values
+        below the study's ``t_thr`` (by more than ``data.t_below_threshold_tolerance``, the
+        rounding of printed statistics). Off when reading or writing SDM projects: published
+        projects contain both (Enge et al.'s lee2011vis reports -42,27,0 twice; booth2007 and
+        xue2004 have t below the t_thr entered).
 
     Returns
     -------
@@ -203,6 +205,16 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         "note": raw["note"].to_numpy(),
     }, index=raw.index)
     _convert(out, st)
+    if check_duplicates and "t_thr" in st:  # a reported peak cannot be below its threshold
+        tol = float(cfg["data"]["t_below_threshold_tolerance"])
+        thr = out["study"].map(st["t_thr"]).to_numpy(float)
+        tv = out["t"].to_numpy(float)
+        with np.errstate(invalid="ignore"):
+            low = np.isfinite(tv) & np.isfinite(thr) & (np.abs(tv) < thr - tol)
+        for row, a, b in zip(out.index[low], tv[low], thr[low]):
+            err(row, "stat_value", f"|t| = {abs(a):.3f} is below the study's voxel threshold "
+                f"t_thr = {b:.3f} (a reported peak must pass it; check the value or the "
+                "study's correction)")
     if check_mask and n:
         from analysis.grid import in_mask
 

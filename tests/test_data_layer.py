@@ -190,6 +190,9 @@ def _case(name, d):
     if name == "stat-vs-sign":
         _edit_line(P, 8, "stat_value", "4.5")  # row 8 has sign -1
         return "peaks.tsv", 8, "stat_value"
+    if name == "below-threshold":
+        _edit_line(P, 13, "stat_value", "-2.1")  # Moriguchi t_thr (p<0.005, df=28) = 2.763
+        return "peaks.tsv", 13, "stat_value"
     if name == "missing-n":
         _edit_line(S, 2, "n_patients", "")
         return "studies.tsv", 2, "n_patients"
@@ -211,7 +214,7 @@ def _case(name, d):
 
 CASES = ["malformed-row", "wrong-columns", "empty-file", "not-utf8", "unknown-study",
          "duplicate-peak", "outside-mask", "sign-vs-contrasts", "stat-vs-sign", "missing-n",
-         "non-numeric-n", "non-numeric-t", "unknown-space", "p-out-of-range"]
+         "non-numeric-n", "non-numeric-t", "unknown-space", "p-out-of-range", "below-threshold"]
 
 
 @pytest.mark.parametrize("case", CASES)
