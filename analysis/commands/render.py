@@ -1,0 +1,30 @@
+"""``python -m analysis render``: render the manuscript into ``_manuscript/``.
+
+With Quarto on PATH this is ``quarto render`` (HTML and Typst PDF, run with this interpreter as
+QUARTO_PYTHON); without it, the built-in fallback renderer (:mod:`analysis.render`) executes
+the same ``manuscript/index.qmd`` in a Jupyter kernel and writes ``_manuscript/index.html``.
+Both read only ``results/`` (run ``python -m analysis run`` or ``make paper`` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from analysis.render import RenderError, render
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["auto", "quarto", "fallback"], default="auto",
+                   help="auto: Quarto when installed, else the fallback renderer (default)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="render missing results as visible placeholders (development only)")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        engine, out = render(args.engine, allow_missing=args.allow_missing)
+    except RenderError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"manuscript rendered by {engine}: {out}")
+    return 0

@@ -1,0 +1,393 @@
+"""What the manuscript may cite, and where each cited thing comes from.
+
+The manuscript (``manuscript/index.qmd``) is a thin consumer: it loads only ``results/values.json``
+and the files the pipeline stages wrote. This module is the single place that says
+
+* which pipeline stage produces each figure and table the manuscript shows
+  (:data:`ARTEFACTS`, label -> (stage, path under ``results/``)),
+* which stage value each number in the prose is (:data:`VALUES`, name -> ``"stage.key"``; names
+  starting with ``config.`` are parameters of ``analysis/config.yaml``),
+* how many studies' peaks are real and how many are simulated stand-ins
+  (:func:`provenance`, computed from ``data/peaks.tsv``), so that results computed on stand-ins
+  are never presented as the paper's findings.
+
+Tests (``tests/test_manuscript.py``) check that every label and value the manuscript uses is
+declared here, that each declared file is written by exactly one stage and that each value
+resolves in a real ``values.json``. Set ``PAINEMP_ALLOW_MISSING=1`` to render with visible
+placeholders while a stage is still being developed (never for a release).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis import paths
+from analysis.config import load_config
+from analysis.errors import DataError
+
+LGR = logging.getLogger(__name__)
+
+#: Cross-reference label (or resource name) -> (producing stage, path under results/).
+ARTEFACTS: dict[str, tuple[str, str]] = {
+    "fig-prisma": ("figure1", "figures/figure1.png"),
+    "fig-meta": ("meta", "figures/figure2.png"),
+    "fig-network": ("characterisation", "figures/figure3.png"),
+    "fig-behaviour": ("characterisation", "figures/figure4.png"),
+    "tbl-demographics": ("tables", "tables/table1.tsv"),
+    "tbl-data": ("tables", "tables/table2.tsv"),
+    "tbl-results": ("meta", "tables/table3.tsv"),
+    "tbl-reproduction": ("meta", "tables/table3_vs_published.tsv"),
+    "tbl-jackknife": ("robustness", "tables/jackknife.tsv"),
+    "tbl-metaregression": ("robustness", "tables/metaregression.tsv"),
+    "tbl-networks": ("characterisation", "tables/network_overlap.tsv"),
+    "tbl-terms": ("characterisation", "tables/top_terms.tsv"),
+    "map-z": ("meta", "maps/z.nii.gz"),  # interactive viewer (HTML only)
+}
+
+#: Name used in the manuscript -> "stage.key" in values.json (or "config.<path>").
+#: TODO(lead): align the stage keys with what the stages return once they have landed; the
+#: test ``test_every_value_resolves`` lists any name that does not resolve.
+VALUES: dict[str, str] = {
+    # Figure 1 (stage figure1, analysis/figures/prisma.py)
+    "prisma_included": "figure1.n_included",
+    "prisma_databases": "figure1.databases",
+    "prisma_search_end": "figure1.search_end",
+    "prisma_counts_not_reported": "figure1.n_counts_not_reported",
+    # Tables 1-2 and the sample (stage tables, analysis/tables.py)
+    "n_studies": "tables.n_studies",
+    "n_patients": "tables.n_patients",
+    "n_controls": "tables.n_controls",
+    "n_total": "tables.n_total",
+    "age_mean": "tables.age_mean",
+    "age_sd": "tables.age_sd",
+    "n_peaks": "tables.n_peaks",
+    "n_peaks_published": "tables.n_peaks_published",
+    "n_patients_published": "tables.n_patients_published",
+    "n_controls_published": "tables.n_controls_published",
+    "age_mean_published": "tables.age_mean_published",
+    "age_sd_published": "tables.age_sd_published",
+    "agesd_t": "tables.age_sd_ttest_t",
+    "agesd_df": "tables.age_sd_ttest_df",
+    "agesd_p": "tables.age_sd_ttest_p",
+    "agesd_t_published": "tables.age_sd_ttest_t_published",
+    "agesd_df_published": "tables.age_sd_ttest_df_published",
+    "agesd_p_published": "tables.age_sd_ttest_p_published",
+    "agesd_p_from_published_t": "tables.age_sd_ttest_p_from_published_t",
+    # SDM-PSI mean analysis (stage meta, analysis/sdm/stage.py)
+    "n_clusters_increase": "meta.n_clusters_increase",
+    "n_clusters_decrease": "meta.n_clusters_decrease",
+    "n_published_recovered": "meta.published_matched_within_10mm",
+    "imputations": "meta.imputations",
+    # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
+    "permutations": "robustness.permutations",
+    "n_metaregression_significant": "robustness.n_metaregression_significant",
+    # Characterisation (stage characterisation)
+    "n_top_terms": "config.characterisation.top_terms",
+    # Parameters (analysis/config.yaml)
+    "fwhm_mm": "config.sdm.fwhm_mm",
+    "voxel_mm": "config.grid.voxel_mm",
+    "p_threshold": "config.sdm.threshold.p_uncorrected",
+    "min_cluster_voxels": "config.sdm.threshold.min_cluster_voxels",
+    "peak_z": "config.sdm.threshold.peak_z",
+    "imputations_config": "config.sdm.imputations",
+    "permutations_config": "config.sdm.permutations",
+    "rsfc_r_threshold": "config.characterisation.rsfc_r_threshold",
+    "macm_radius_mm": "config.characterisation.macm_radius_mm",
+    "seed": "config.seed",
+}
+
+#: Prefixes of data/peaks.tsv's provenance column.
+REAL_PREFIXES = ("original:", "sdm-import:")
+SIMULATED_PREFIX = "simulated:"
+
+
+class MissingArtefact(LookupError):
+    """A figure, table or value the manuscript needs was not produced."""
+
+
+def allow_missing() -> bool:
+    """Whether missing artefacts render as visible placeholders (development only)."""
+    return os.environ.get("PAINEMP_ALLOW_MISSING", "") not in ("", "0", "false")
+
+
+def _dig(tree: Any, dotted: str) -> Any:
+    node = tree
+    for part in dotted.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            raise KeyError(dotted)
+    return node
+
+
+class Values:
+    """Read-only access to ``values.json`` by manuscript name.
+
+    ``v["n_studies"]`` looks up :data:`VALUES`; a dotted ``"stage.key"`` works too.
+
+    Parameters
+    ----------
+    results_dir : path-like, optional
+        Defaults to :func:`analysis.paths.results_dir`.
+    """
+
+    def __init__(self, results_dir: str | Path | None = None):
+        self.results_dir = Path(results_dir or paths.results_dir())
+        path = self.results_dir / "values.json"
+        self.raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self._config = load_config()
+        self.missing: list[str] = []
+
+    def path_of(self, name: str) -> str:
+        """The ``stage.key`` a manuscript name stands for."""
+        return VALUES.get(name, name)
+
+    def get(self, name: str) -> Any:
+        """The value, or raise :class:`MissingArtefact` naming the stage to run."""
+        dotted = self.path_of(name)
+        try:
+            if dotted.startswith("config."):
+                return _dig(self._config, dotted[len("config."):])
+            return _dig(self.raw, dotted)
+        except KeyError:
+            stage = dotted.split(".")[0]
+            raise MissingArtefact(
+                f"value {name!r} ({dotted}) is not in {self.results_dir / 'values.json'}; "
+                f"run `python -m analysis run` (stage {stage!r})") from None
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self.get(name)
+        except MissingArtefact:
+            if not allow_missing():
+                raise
+            self.missing.append(name)
+            return f"[missing: {self.path_of(name)}]"
+
+    def fmt(self, name: str, spec: str = "") -> str:
+        """The value formatted with ``spec`` (placeholders pass through unformatted)."""
+        value = self[name]
+        if isinstance(value, str) or spec == "":
+            return str(value)
+        return format(value, spec)
+
+    def has(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except MissingArtefact:
+            return False
+        return True
+
+
+def fmt_p(p: float) -> str:
+    """A p-value as text: three significant digits, or ``< 0.001``."""
+    if isinstance(p, str):
+        return p  # a placeholder or text already formatted
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "NA"
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def artefact_path(label: str, results_dir: str | Path | None = None) -> Path:
+    """Path of the file behind a label of :data:`ARTEFACTS`."""
+    if label not in ARTEFACTS:
+        raise KeyError(f"{label!r} is not declared in analysis.manuscript_values.ARTEFACTS")
+    return Path(results_dir or paths.results_dir()) / ARTEFACTS[label][1]
+
+
+def _missing_note(label: str, path: Path):
+    from IPython.display import Markdown
+
+    stage = ARTEFACTS[label][0]
+    msg = f"{path} (label {label}, stage {stage!r}) does not exist; run `python -m analysis run`"
+    if not allow_missing():
+        raise MissingArtefact(msg)
+    LGR.warning("missing artefact: %s", msg)
+    return Markdown(f"**[missing artefact: {ARTEFACTS[label][1]} from stage {stage}]**")
+
+
+def figure(label: str, results_dir: str | Path | None = None):
+    """The figure file of ``label`` for display in a code cell (an IPython ``Image``)."""
+    from IPython.display import Image
+
+    path = artefact_path(label, results_dir)
+    if not path.exists():
+        return _missing_note(label, path)
+    return Image(filename=str(path))
+
+
+def read_table(label: str, results_dir: str | Path | None = None) -> pd.DataFrame | None:
+    """The TSV of ``label`` as a DataFrame (``None`` when missing and placeholders allowed)."""
+    path = artefact_path(label, results_dir)
+    if not path.exists():
+        _missing_note(label, path)
+        return None
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=[""])
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> str:
+    """A pipe table in Markdown (works for Quarto's HTML and Typst and the fallback)."""
+    if index:
+        df = df.reset_index()
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def table(label: str, columns: dict[str, str] | None = None, floatfmt: str = ".3g",
+          results_dir: str | Path | None = None):
+    """The table of ``label`` as Markdown for display in a code cell.
+
+    Parameters
+    ----------
+    label : str
+        A ``tbl-`` label of :data:`ARTEFACTS`.
+    columns : dict, optional
+        Columns to show (in order) and their headers; all columns when omitted.
+    floatfmt : str
+        Format of floating-point cells.
+    """
+    from IPython.display import Markdown
+
+    df = read_table(label, results_dir)
+    if df is None:
+        return _missing_note(label, artefact_path(label, results_dir))
+    if columns:
+        keep = [c for c in columns if c in df.columns]
+        df = df[keep].rename(columns=columns)
+    return Markdown(md_table(df, floatfmt=floatfmt))
+
+
+@dataclass
+class Provenance:
+    """Which studies' peaks are the authors' real coordinates and which are stand-ins."""
+
+    real_studies: list[str] = field(default_factory=list)
+    simulated_studies: list[str] = field(default_factory=list)
+    n_peaks_real: int = 0
+    n_peaks_simulated: int = 0
+
+    @property
+    def all_real(self) -> bool:
+        return not self.simulated_studies and self.n_peaks_simulated == 0
+
+    @property
+    def n_studies_real(self) -> int:
+        return len(self.real_studies)
+
+    @property
+    def n_studies_simulated(self) -> int:
+        return len(self.simulated_studies)
+
+
+def provenance(data_dir: str | Path | None = None) -> Provenance:
+    """Count real and simulated peaks and studies in ``data/peaks.tsv``.
+
+    A study counts as simulated when any of its peak rows is a simulated stand-in
+    (``provenance`` starting with ``simulated:``); rows starting with ``original:`` (transcribed
+    from a publication) or ``sdm-import:`` (imported from the authors' SDM project) are real.
+
+    Raises
+    ------
+    analysis.errors.DataError
+        When the file or its ``provenance`` column is missing, or a row has another prefix.
+    """
+    path = Path(data_dir or paths.data_dir()) / "peaks.tsv"
+    if not path.exists():
+        raise DataError(path, "file not found (needed for the data-provenance statement)")
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    for col in ("study", "provenance"):
+        if col not in df.columns:
+            raise DataError(path, "column missing", field=col)
+    prov = Provenance()
+    sim_by_study: dict[str, bool] = {}
+    for i, (study, tag) in enumerate(zip(df["study"], df["provenance"], strict=True), start=1):
+        if tag.startswith(SIMULATED_PREFIX):
+            simulated = True
+        elif tag.startswith(REAL_PREFIXES):
+            simulated = False
+        else:
+            raise DataError(path, f"expected a value starting with {SIMULATED_PREFIX!r} or one "
+                            f"of {list(REAL_PREFIXES)}, got {tag!r}", row=i, field="provenance")
+        prov.n_peaks_simulated += simulated
+        prov.n_peaks_real += not simulated
+        sim_by_study[study] = sim_by_study.get(study, False) or simulated
+    prov.real_studies = sorted(s for s, sim in sim_by_study.items() if not sim)
+    prov.simulated_studies = sorted(s for s, sim in sim_by_study.items() if sim)
+    return prov
+
+
+def provenance_banner(prov: Provenance) -> str:
+    """Markdown callout stating the data provenance; empty when every study's peaks are real."""
+    if prov.all_real:
+        return ""
+    real = ", ".join(prov.real_studies) if prov.real_studies else "none"
+    return (
+        '::: {.callout-warning title="Data provenance: simulated stand-ins"}\n'
+
+        f"The peak coordinates of {prov.n_studies_simulated} of "
+        f"{prov.n_studies_real + prov.n_studies_simulated} studies are **simulated stand-ins** "
+        f"({prov.n_peaks_simulated} simulated peaks), generated by `analysis.simulate` because "
+        f"the original coordinates are not available to this compendium. Real peaks: "
+        f"{prov.n_peaks_real} (studies: {real}). Every map, table and number computed from the "
+        "peaks below demonstrates the pipeline and is **not** a finding of the paper. "
+        "Substitute the authors' data (`python -m analysis import-sdm DIR`, or edit "
+        "`data/peaks.tsv`) and run `make paper`; this notice then disappears.\n"
+        ":::\n"
+    )
+
+
+def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshold=None):
+    """Interactive slice viewer of a result map (nilearn ``view_img``) as embeddable HTML.
+
+    Parameters
+    ----------
+    label : str
+        A map of :data:`ARTEFACTS`.
+    threshold : float, optional
+        Display threshold; defaults to the z of the configured voxel threshold.
+    """
+    from IPython.display import HTML
+    from nilearn.plotting import view_img
+    from scipy.stats import norm
+
+    path = artefact_path(label, results_dir)
+    if not path.exists():
+        return _missing_note(label, path)
+    if threshold is None:
+        threshold = float(norm.isf(load_config()["sdm"]["threshold"]["p_uncorrected"]))
+    view = view_img(str(path), threshold=threshold, cmap="cold_hot", symmetric_cmap=True,
+                    title=f"SDM-Z ({ARTEFACTS[label][1]}), |z| > {threshold:.2f}",
+                    black_bg=False, colorbar=True)
+    return HTML(view.get_iframe(width=760, height=320))
+
+
+def renderer() -> str:
+    """Which renderer is running the manuscript: ``quarto`` or ``fallback``."""
+    return os.environ.get("PAINEMP_RENDERER", "quarto")
+
+
+def renderer_name() -> str:
+    """Human-readable name of the renderer running the manuscript."""
+    if renderer() == "fallback":
+        return "the compendium's fallback renderer (analysis/render.py; Quarto not installed)"
+    return "Quarto"
