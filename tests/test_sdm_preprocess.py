@@ -181,6 +181,45 @@ def test_invalid_kernel_parameters():
         AnisotropicKernel(space, np.ones((13, 2, 2, 2)))
 
 
+def test_tissue_stretch_model():
+    from analysis.sdm.templates import tissue_stretch
+
+    shape = (4, 4, 4)
+    prob = np.zeros((3, *shape))
+    prob[0] = 1.0  # pure grey matter: s = s0 on every edge
+    s = tissue_stretch(prob, np.array([2.0, 2.0, 2.0]), 0.7, 3.0, 0.5)
+    assert s.shape == (13, *shape)
+    np.testing.assert_allclose(s, 0.7, rtol=1e-6)
+    prob[0, 2:], prob[1, 2:] = 0.0, 1.0  # grey | white boundary between x index 1 and 2
+    s = tissue_stretch(prob, np.array([2.0, 2.0, 2.0]), 1.0, 2.0, 0.0)
+    x_edge = int(np.nonzero((OFFSETS == [1, 0, 0]).all(axis=1))[0][0])
+    assert s[x_edge, 1, 1, 1] == pytest.approx(1 + 2.0 * 1.0 / 2.0)  # TV = 1 over 2 mm
+    assert s[x_edge, 0, 1, 1] == pytest.approx(1.0)
+
+
+def test_stretch_template_names():
+    from analysis.sdm.templates import stretch_template
+
+    shape = (5, 6, 7)
+    u = stretch_template("uniform", grid_affine(), shape)
+    assert u.shape == (13, *shape) and np.all(u == 1) and not u.flags.writeable
+    with pytest.raises(ValueError, match="unknown template"):
+        stretch_template("csf", grid_affine(), shape)
+
+
+def test_gray_matter_template_on_grid():
+    from analysis.config import load_config
+    from analysis.sdm.templates import stretch_template, tissue_probabilities
+
+    prob = tissue_probabilities(grid_affine(), grid_shape())
+    assert prob.shape == (3, *grid_shape())
+    assert prob.min() >= 0 and prob.sum(axis=0).max() <= 1 + 1e-6
+    s = stretch_template("gray_matter", grid_affine(), grid_shape())
+    p = load_config()["sdm"]["template"]
+    assert s.min() >= p["s0"] - 1e-6
+    assert s.max() <= p["s0"] * (1 + p["beta"] * np.sqrt(3) / 2) * (1 + p["gamma"]) + 1e-5
+
+
 # ----------------------------------------------------------------------------- bounds
 
 N1, T_THR = 20, 3.0
@@ -414,9 +453,9 @@ def test_T4_isotropic_kernel_vs_sdm(enge):
 def test_T4_anisotropic_kernel_vs_sdm(enge):
     """T4 (anisotropic, ``gray_matter`` tissue template, alpha = 1, config parameters).
 
-    Measured (sdm621 mode, mean of lower/upper r): 0.903 (aylward2005) ... 0.970
-    (skeide2014six), mean 0.927; on the 5 studies not used to choose the template parameters
-    0.922 vs 0.920 for the isotropic kernel, on the 5 used 0.931 vs 0.914. Floors: every study
+    Measured (sdm621 mode, mean of lower/upper r): 0.903 (bauer2017) ... 0.970
+    (skeide2014six), mean 0.929; on the 5 studies not used to choose the template parameters
+    0.927 vs 0.920 for the isotropic kernel, on the 5 used 0.932 vs 0.914. Floors: every study
     > 0.89, mean > 0.92.
     """
     space, ds, sdm = enge

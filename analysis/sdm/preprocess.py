@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis.config import load_config
 from analysis.errors import DataError
 from analysis.sdm.effect_sizes import g_from_t
 from analysis.sdm.space import MaskSpace
@@ -233,9 +234,9 @@ def study_bounds(peaks_df: pd.DataFrame, n1, n2, t_thr, space: MaskSpace, kernel
     return lower.astype(np.float32), upper.astype(np.float32)
 
 
-def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
-               unknown_peak_mode: str = "corrected", template=None,
-               path_model: str = "gaussian", combine: str = "maxmin",
+def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
+               anisotropy: float | None = None, unknown_peak_mode: str | None = None,
+               template=None, path_model: str | None = None, combine: str = "maxmin",
                kernel=None, progress: bool = True) -> Bounds:
     """Bound maps of every study of an :class:`~analysis.sdm.dataset.SDMDataset`.
 
@@ -245,16 +246,17 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
         Studies (``study, n1, n2, t_thr``) and MNI peaks (``study, x, y, z, t, sign``).
     space : MaskSpace
         Voxel space (any mask on the 2 mm grid).
-    fwhm : float
-        Kernel FWHM in mm (SDM-PSI default 20; config ``sdm.fwhm_mm``).
-    anisotropy : float
-        Degree of anisotropy in [0, 1] (SDM-PSI default 1; config ``sdm.anisotropy``).
-    unknown_peak_mode : {"corrected", "sdm621"}
-        Effect of peaks without a statistic (config ``sdm.unknown_peak_mode``).
+    fwhm : float, optional
+        Kernel FWHM in mm (default: config ``sdm.fwhm_mm``, 20 as SDM-PSI).
+    anisotropy : float, optional
+        Degree of anisotropy in [0, 1] (default: config ``sdm.anisotropy``, 1 as SDM-PSI).
+    unknown_peak_mode : {"corrected", "sdm621"}, optional
+        Effect of peaks without a statistic (default: config ``sdm.unknown_peak_mode``).
     template : str or numpy.ndarray, optional
         Stretch template of the anisotropic kernel (default ``"gray_matter"``).
-    path_model : {"gaussian", "product"}
-        See :class:`analysis.sdm.kernel.AnisotropicKernel`.
+    path_model : {"gaussian", "product"}, optional
+        See :class:`analysis.sdm.kernel.AnisotropicKernel` (default: config
+        ``sdm.path_model``).
     combine : {"maxmin", "maxk"}
         Rule for several peaks of a study.
     kernel : object, optional
@@ -273,6 +275,14 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     """
     from analysis.sdm.kernel import make_kernel
 
+    cfg = load_config()["sdm"]
+    fwhm = cfg["fwhm_mm"] if fwhm is None else fwhm
+    anisotropy = cfg["anisotropy"] if anisotropy is None else anisotropy
+    unknown_peak_mode = cfg["unknown_peak_mode"] if unknown_peak_mode is None else unknown_peak_mode
+    path_model = cfg.get("path_model", "gaussian") if path_model is None else path_model
+    if unknown_peak_mode not in UNKNOWN_PEAK_MODES:
+        raise ValueError(f"unknown_peak_mode must be one of {UNKNOWN_PEAK_MODES}, "
+                         f"got {unknown_peak_mode!r}")
     t0 = time.perf_counter()
     if kernel is None:
         kernel = make_kernel(space, fwhm=fwhm, anisotropy=anisotropy, template=template,
