@@ -11,6 +11,7 @@ input data are simulated stand-ins the title says so.
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import matplotlib
 
@@ -26,7 +27,7 @@ ROWS = ((INCREASE, "A", "autumn", 1.0), (DECREASE, "B", "winter", -1.0))
 
 
 def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = None,
-                 max_panels: int = 4):
+                 max_panels: int = 4, z=None, fallback_cuts: dict | None = None):
     """Draw Figure 2 from a cluster result.
 
     Parameters
@@ -42,6 +43,12 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
         the title when given.
     max_panels : int
         Most peaks shown per direction (largest clusters first).
+    z : array, optional
+        Unthresholded SDM-Z vector. With ``fallback_cuts``, a direction without any surviving
+        cluster is drawn unthresholded (clearly labelled as such) at those cuts instead of
+        being left empty.
+    fallback_cuts : dict, optional
+        ``direction -> list of (x, y, z)`` MNI cuts (e.g. the published peaks).
 
     Returns
     -------
@@ -50,38 +57,56 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
     from nilearn import plotting
 
     peaks = clusters.peaks()
-    n_cols = max(1, min(max_panels, max(
-        int((peaks["direction"] == d).sum()) for d, *_ in ROWS)))
-    fig = plt.figure(figsize=(5.5 * n_cols, 5.4), dpi=150)
-    top = 0.86 if simulated_note else 0.9
+    fallback_cuts = fallback_cuts if z is not None else None
+    counts = [int((peaks["direction"] == d).sum()) or
+              (len((fallback_cuts or {}).get(d, [])) if fallback_cuts else 0) for d, *_ in ROWS]
+    n_cols = max(2, min(max_panels, max(counts)))
+    fig = plt.figure(figsize=(5.5 * n_cols, 5.6), dpi=150)
+    top = 0.84 if simulated_note else 0.9
     grid = fig.add_gridspec(2, n_cols, left=0.02, right=0.98, bottom=0.03, top=top,
                             hspace=0.35, wspace=0.05)
-    z = np.asarray(clusters.thresholded_z, dtype=np.float32)
-    vmax = float(np.max(np.abs(z))) if np.any(z) else 1.0
+    zt = np.asarray(clusters.thresholded_z, dtype=np.float32)
+    vmax = float(np.max(np.abs(zt))) if np.any(zt) else 1.0
     for row, (direction, letter, cmap, sign) in enumerate(ROWS):
         sel = peaks[peaks["direction"] == direction].head(max_panels)
-        part = np.where(sign * z > 0, sign * z, 0.0).astype(np.float32)
-        img = space.to_img(part)
-        if sel.empty:
+        header = f"{letter}  {direction} (|SDM-Z|, thresholded)"
+        if sel.empty and fallback_cuts and fallback_cuts.get(direction):
+            # nothing survives: show the unthresholded map at the given cuts, labelled as such
+            zu = np.asarray(z, dtype=np.float32)
+            part = np.where(sign * zu > 0, sign * zu, 0.0).astype(np.float32)
+            vmax_u = max(float(part.max()), 1e-3)
+            cuts = [tuple(int(v) for v in c) for c in fallback_cuts[direction]][:max_panels]
+            panels = [(c, f"MNI {c}: SDM-Z = {float(zu[space.voxel_index(c)[0]]):.2f}"
+                       if space.voxel_index(c)[0] >= 0 else f"MNI {c}") for c in cuts]
+            img, vmax_row = space.to_img(part), vmax_u
+            header = (f"{letter}  {direction}: no cluster survives the threshold; "
+                      "UNTHRESHOLDED |SDM-Z| at the published peaks")
+        elif sel.empty:
             ax = fig.add_subplot(grid[row, :])
             ax.axis("off")
             ax.text(0.5, 0.5, f"({letter}) {direction}: no cluster survives the threshold",
                     ha="center", va="center", fontsize=10)
             continue
-        for col, (_, pk) in enumerate(sel.iterrows()):
+        else:
+            part = np.where(sign * zt > 0, sign * zt, 0.0).astype(np.float32)
+            img, vmax_row = space.to_img(part), vmax
+            panels = []
+            for _, pk in sel.iterrows():
+                cut = (int(pk["x"]), int(pk["y"]), int(pk["z"]))
+                panels.append((cut, f"{pk['region']}  MNI {cut}  SDM-Z = {pk['sdm_z']:.2f}"))
+        for col, (cut, text) in enumerate(panels):
             ax = fig.add_subplot(grid[row, col])
-            cut = (int(pk["x"]), int(pk["y"]), int(pk["z"]))
             display = plotting.plot_stat_map(
                 img, display_mode="ortho", cut_coords=cut, axes=ax, cmap=cmap,
-                threshold=1e-6, vmin=0.0, vmax=vmax, symmetric_cbar=False, colorbar=True,
+                threshold=1e-6, vmin=0.0, vmax=vmax_row, symmetric_cbar=False, colorbar=True,
                 draw_cross=False, annotate=True, black_bg=False,
             )
-            display.title(f"{pk['region']}  MNI {cut}  SDM-Z = {pk['sdm_z']:.2f}",
-                          size=7, color="black", bgcolor="white", alpha=0.0)
-        fig.text(0.01, grid[row, 0].get_position(fig).y1 + 0.01,
-                 f"{letter}  {direction} (|SDM-Z|)", fontsize=10, weight="bold")
+            display.title(text, size=7, color="black", bgcolor="white", alpha=0.0)
+        fig.text(0.01, grid[row, 0].get_position(fig).y1 + 0.01, header, fontsize=10,
+                 weight="bold")
     if title:
-        fig.suptitle(title, fontsize=11, y=0.985)
+        fig.suptitle(textwrap.fill(title, 120), fontsize=11, y=0.985)
     if simulated_note:
-        fig.text(0.5, 0.915, simulated_note, ha="center", color="firebrick", fontsize=9)
+        fig.text(0.5, top + 0.035, textwrap.fill(simulated_note, 140), ha="center", va="bottom",
+                 color="firebrick", fontsize=9)
     return fig

@@ -45,9 +45,9 @@ TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y"
                   "p_voxel", "hedges_g", "i2", "egger_p"]
 PUBLISHED_FILE = "published_table3.tsv"
 REAL_PREFIXES = ("original:", "sdm-import:")
-#: The engine's I2 map is a fraction (analysis.sdm.random_effects); Table 3 gives I2 in % like
-#: SDM-PSI's ``_h_i2`` maps and the paper (e.g. 0.355083 % at the ACC peak).
-I2_TO_PERCENT = 100.0
+#: Table 3 gives I2 in percent, like SDM-PSI's ``_h_i2`` maps, the paper (0.355083 % at the ACC
+#: peak) and the engine's ``MetaResult.maps["i2"]`` (analysis.sdm.estimator).
+I2_UNIT = "percent"
 SIMULATED_PREFIX = "simulated:"
 
 
@@ -178,13 +178,23 @@ def egger_at(result, dataset, voxels: np.ndarray) -> np.ndarray:
     from analysis.sdm.egger import egger_test
 
     imputed = np.asarray(result.imputations)[:, :, voxels]
-    n2 = dataset.studies["n2"].to_numpy(float)
-    return np.asarray(egger_test(imputed, dataset.studies["n1"].to_numpy(float), n2)["p"],
-                      dtype=float)
+    _, n1, n2 = study_info(result, dataset)
+    return np.asarray(egger_test(imputed, n1, n2)["p"], dtype=float)
+
+
+def study_info(result, dataset) -> tuple[list, np.ndarray, np.ndarray]:
+    """Study ids, n1 and n2 in the order of ``result.imputations``' study axis.
+
+    Taken from the result (``studies``, ``n1``, ``n2``) when it has them, else from the dataset.
+    """
+    if getattr(result, "n1", None) is not None:
+        return list(result.studies), np.asarray(result.n1, float), np.asarray(result.n2, float)
+    st = dataset.studies
+    return list(st["study"]), st["n1"].to_numpy(float), st["n2"].to_numpy(float)
 
 
 def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: dict,
-                 out: Callable[[str], Path]) -> None:
+                 out: Callable[[str], Path], published: pd.DataFrame | None = None) -> None:
     """Figure 2 (PNG and SVG) and one funnel plot per cluster peak.
 
     Parameters
@@ -201,6 +211,9 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
         Output of :func:`input_provenance`.
     out : callable
         ``relpath -> Path``.
+    published : DataFrame, optional
+        Published Table 3: a direction without any reproduced cluster is drawn unthresholded at
+        the published peaks (labelled so).
     """
     import matplotlib.pyplot as plt
 
@@ -211,14 +224,18 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
     simulated = bool(provenance["simulated"])
     note = (f"Simulated stand-in data: {provenance['statement']}. Not the paper's result."
             if simulated else None)
-    fig = plot_figure2(clusters, space, simulated_note=note, title=(
+    cuts = None
+    if published is not None:
+        cuts = {d: published.loc[published["direction"] == d, ["x", "y", "z"]].to_numpy().tolist()
+                for d in (INCREASE, DECREASE)}
+    fig = plot_figure2(clusters, space, simulated_note=note, z=result.maps["z"],
+                       fallback_cuts=cuts, title=(
         "Figure 2. Pain empathy, patients vs controls (SDM-PSI, p < "
         f"{clusters.params['p_threshold']:g} uncorrected, k \u2265 {clusters.params['min_voxels']})"))
     save_figure(fig, out("figures/figure2.png"))
     save_figure(fig, out("figures/figure2.svg"))
     plt.close(fig)
-    n1 = dataset.studies["n1"].to_numpy(float)
-    n2 = dataset.studies["n2"].to_numpy(float)
+    names, n1, n2 = study_info(result, dataset)
     imputed = np.asarray(result.imputations)
     for c, pk in table3.iterrows():
         title = f"Cluster {c + 1}: {pk['region']} ({pk['x']}, {pk['y']}, {pk['z']})"
@@ -226,7 +243,7 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
             title += " [simulated inputs]"
         f = funnel_plot(imputed[:, :, int(pk["voxel"])], n1, n2, pooled_g=pk["hedges_g"],
                         egger_p=pk["egger_p"], title=title,
-                        study_names=list(dataset.studies["study"]))
+                        study_names=names)
         save_figure(f, out(f"figures/funnel_{c + 1}.png"))
         plt.close(f)
 
@@ -274,8 +291,7 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     save_nifti(out("maps/clusters.nii.gz"), lab_img)
 
     egger = egger or egger_at
-    i2_pct = np.asarray(maps["i2"], dtype=float) * I2_TO_PERCENT
-    peaks = values_at_peaks(clusters.table, {"hedges_g": maps["g"], "i2": i2_pct})
+    peaks = values_at_peaks(clusters.table, {"hedges_g": maps["g"], "i2": maps["i2"]})
     peaks["egger_p"] = egger(result, dataset, peaks["voxel"].to_numpy(np.int64))
     table3 = peaks[peaks["peak_type"] == "cluster"].reset_index(drop=True)
     write_tsv(out("tables/table3.tsv"), table3[TABLE3_COLUMNS], float_format="%.6g")
@@ -290,7 +306,7 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     write_tsv(out("tables/table3_vs_published.tsv"), comparison, float_format="%.6g")
 
     if figures:
-        draw_figures(result, dataset, clusters, table3, provenance, out)
+        draw_figures(result, dataset, clusters, table3, provenance, out, published)
 
     clusters_values = [
         {"cluster": c + 1, "direction": r["direction"], "region": r["region"],
