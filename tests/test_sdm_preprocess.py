@@ -480,3 +480,42 @@ def test_bench_enge_50_studies(enge_dir):
     print(f"50 studies, {len(ds.peaks)} peaks: {elapsed:.1f} s")
     assert b.lower.shape == (50, space.n_voxels)
     assert elapsed < 60
+
+
+def test_bounds_save_round_trip(tmp_path):
+    space = box_space()
+    c = centre_xyz(space)
+    studies = pd.DataFrame([dict(study="a", n1=20, n2=np.nan, t_thr=3.0)])
+    b = preprocess(SDMDataset(studies, peaks_df([[*c, 5.0]]).assign(study="a")), space,
+                   anisotropy=0.0, progress=False)
+    paths = b.save(tmp_path / "pp")
+    assert [p.name for p in paths] == ["a_lower.nii.gz", "a_upper.nii.gz"]
+    back = space.from_img(nib.load(paths[0]))
+    np.testing.assert_array_equal(back, b.lower[0])
+    assert np.all(np.asarray(nib.load(paths[1]).dataobj)[~space.mask] == 0)
+
+
+@pytest.mark.parametrize("combine", ["maxmin", "maxk"])
+def test_random_studies_bounds_are_ordered_and_bounded(rng, combine):
+    """Invariants for random mixed-sign peaks: lower <= upper, values within the peak range."""
+    space = box_space()
+    kern = AnisotropicKernel(space, uniform(space, 0.8))
+    for _ in range(3):
+        n = int(rng.integers(1, 7))
+        xyz = space.xyz[rng.choice(space.n_voxels, n)] + rng.uniform(-1, 1, (n, 3))
+        t = rng.choice([-1, 1], n) * rng.uniform(3.5, 9, n)
+        t[rng.random(n) < 0.3] = np.nan
+        pk = peaks_df(np.c_[xyz, t])
+        pk["sign"] = rng.choice([-1.0, 1.0], n)
+        known = np.isfinite(pk["t"])
+        pk.loc[known, "sign"] = np.sign(pk.loc[known, "t"])
+        lo, up = study_bounds(pk, N1, np.nan, T_THR, space, kern, combine=combine)
+        g = g_from_t(T_THR, N1)
+        gp = np.where(known, g_from_t(pk["t"], N1), pk["sign"] * g)
+        assert np.all(lo <= up + 1e-6)
+        assert lo.min() >= min(-g, gp.min()) - 1e-5
+        assert up.max() <= max(g, gp.max()) + 1e-5
+        v = space.voxel_index(xyz)
+        strongest = np.argmax(np.abs(gp))
+        if np.sum(np.linalg.norm(xyz - xyz[strongest], axis=1) < 20) == 1 and known[strongest]:
+            assert lo[v[strongest]] == pytest.approx(gp[strongest], rel=1e-5)

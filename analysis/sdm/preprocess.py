@@ -91,7 +91,7 @@ class Bounds:
         for i, s in enumerate(self.studies):
             for name, arr in (("lower", self.lower), ("upper", self.upper)):
                 p = out_dir / f"{s}_{name}.nii.gz"
-                save_nifti(self.space.to_img(arr[i]), p)
+                save_nifti(p, self.space.to_img(arr[i]))
                 paths.append(p)
         return paths
 
