@@ -1,0 +1,287 @@
+"""Per-voxel statistics of the SDM engine: REML, MetaNSUE MLE/imputation, Rubin, Egger.
+
+Checked against independent implementations (PyMARE, statsmodels, scipy.optimize /
+scipy.integrate, scipy.stats.truncnorm) and against the per-voxel reference implementation
+(:mod:`analysis.sdm.reference`). Tolerances are stated at each assertion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from analysis.sdm import metansue as mn
+from analysis.sdm import reference as ref
+from analysis.sdm.effect_sizes import g_from_t, g_variance
+from analysis.sdm.egger import egger_test
+from analysis.sdm.random_effects import fit_random_effects, q_to_z, reml_tau2
+from analysis.sdm.rubin import pool_chi2, pool_cov, pool_fits, pool_scalar, pool_sqrt_mean
+
+
+def _random_meta(rng, k=12, nv=6):
+    y = rng.normal(0.3, 0.4, (k, nv))
+    v = rng.uniform(0.02, 0.2, (k, nv))
+    return y, v
+
+
+def _random_bounds(rng, k=11, nv=60, known_frac=0.1):
+    """Bounds shaped like SDM's: far field +-g_thr, pulled towards a peak g by a kernel K."""
+    n1 = rng.integers(10, 40, k).astype(float)
+    n2 = np.full(k, np.nan)
+    gthr = g_from_t(3.2, n1)[:, None]
+    K = np.clip(rng.uniform(-1, 1, (k, nv)), 0, 1)
+    gp = g_from_t(rng.uniform(3.2, 8, (k, 1)) * rng.choice([1, 1, 1, -1], (k, 1)), n1[:, None])
+    a = -gthr + K * (gp + gthr)
+    b = gthr + K * (gp - gthr)
+    lo, up = np.minimum(a, b), np.maximum(a, b)
+    up = np.where(rng.random((k, nv)) < known_frac, lo, up)
+    return lo, up, n1, n2
+
+
+# ----------------------------------------------------------------------------- random effects
+@pytest.mark.parametrize("with_cov", [False, True])
+def test_reml_matches_pymare(rng, with_cov):
+    from pymare import Dataset
+    from pymare.estimators import VarianceBasedLikelihoodEstimator
+
+    y, v = _random_meta(rng)
+    X = np.c_[np.ones(len(y)), rng.normal(size=len(y))] if with_cov else None
+    fit = fit_random_effects(y, v, X, max_iter=500, tol=1e-12)
+    for j in range(y.shape[1]):
+        ds = Dataset(y=y[:, j], v=v[:, j], X=None if X is None else X[:, 1:], add_intercept=True)
+        est = VarianceBasedLikelihoodEstimator(method="REML").fit_dataset(ds)
+        # PyMARE maximises numerically: agreement to 1e-6 absolute on tau2, 1e-6 on beta
+        assert fit["tau2"][j] == pytest.approx(float(est.params_["tau2"].ravel()[0]), abs=1e-6)
+        np.testing.assert_allclose(fit["beta"][j], est.params_["fe_params"].ravel(), atol=1e-6)
+
+
+def test_reml_matches_direct_likelihood(rng):
+    y, v = _random_meta(rng, k=8, nv=5)
+    tau2 = reml_tau2(y, v, max_iter=500, tol=1e-12)
+    for j in range(y.shape[1]):
+        assert tau2[j] == pytest.approx(ref.reml_voxel(y[:, j], v[:, j]), abs=1e-7)
+
+
+def test_fixed_effect_q_and_i2_match_statsmodels(rng):
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    y, v = _random_meta(rng, k=10, nv=4)
+    fit = fit_random_effects(y, v)
+    assert fit["df"] == 9
+    for j in range(y.shape[1]):
+        sm = combine_effects(y[:, j], v[:, j], method_re="dl")
+        assert fit["Q"][j] == pytest.approx(sm.q, rel=1e-10)
+        # H2 = 1 + tau2 tr(P_fe)/df, with tr(P_fe) = (Q - df)/tau2_DL from statsmodels' DL fit
+        if sm.tau2 > 0:
+            c = (sm.q - sm.df_resid) / sm.tau2
+            h2 = 1 + fit["tau2"][j] * c / 9
+            assert fit["H2"][j] == pytest.approx(h2, rel=1e-9)
+            assert fit["I2"][j] == pytest.approx(1 - 1 / h2, rel=1e-9)
+        # variance of the RE mean = 1 / sum(1/(v + tau2))
+        w = 1 / (v[:, j] + fit["tau2"][j])
+        assert fit["var"][j] == pytest.approx(1 / w.sum(), rel=1e-12)
+        assert fit["coef"][j] == pytest.approx((w * y[:, j]).sum() / w.sum(), rel=1e-12)
+
+
+def test_fit_batches_over_imputations(rng):
+    y = rng.normal(0.2, 0.3, (4, 9, 7))
+    v = rng.uniform(0.02, 0.1, (4, 9, 7))
+    fit = fit_random_effects(y, v)
+    assert fit["coef"].shape == (4, 7) and fit["cov"].shape == (4, 7, 1, 1)
+    one = fit_random_effects(y[2], v[2])
+    np.testing.assert_allclose(fit["tau2"][2], one["tau2"], atol=1e-12)
+    np.testing.assert_allclose(fit["z"][2], one["z"], rtol=1e-12)
+
+
+def test_q_to_z_matches_definition():
+    q = np.array([10.0, 49.0, 80.0])
+    np.testing.assert_allclose(q_to_z(q, 49), stats.norm.ppf(stats.chi2.cdf(q, 49)), rtol=1e-7)
+
+
+# ----------------------------------------------------------------------------- MetaNSUE
+def test_leave_n_out_rule():
+    # 'auto' = metansue + 1: 50 -> 3 (Enge's MleNLeaveOneOut), 21 -> 2 (JDKENT template)
+    assert mn.leave_n_out_count(50) == 3
+    assert mn.leave_n_out_count(21) == 2
+    assert mn.leave_n_out_count(50, "metansue") == 2
+    assert mn.leave_n_out_count(3) == 1
+    assert mn.leave_n_out_count(11, 0) == 0
+
+
+def test_interval_terms_against_integration_and_finite_differences():
+    lo, up, s = -0.4, 0.7, 0.3
+    for mu in (-2.0, 0.1, 0.9, 3.5):
+        f, d1, d2 = mn._interval_terms(np.array([mu]), lo, up, s, s)
+        prob = integrate.quad(stats.norm(mu, s).pdf, lo, up, epsabs=1e-14)[0]
+        assert f[0] == pytest.approx(-np.log(prob), rel=1e-8)
+        h = 1e-5
+        fp = mn._interval_terms(np.array([mu + h]), lo, up, s, s, deriv=False)
+        fm = mn._interval_terms(np.array([mu - h]), lo, up, s, s, deriv=False)
+        assert d1[0] == pytest.approx((fp - fm)[0] / (2 * h), rel=1e-5, abs=1e-7)
+        assert d2[0] == pytest.approx((fp - 2 * f + fm)[0] / h**2, rel=1e-3, abs=1e-5)
+    # far tail stays finite
+    f = mn._interval_terms(np.array([40.0]), lo, up, s, s, deriv=False)
+    assert np.isfinite(f[0]) and f[0] > 1000
+
+
+@pytest.mark.parametrize("with_cov", [False, True])
+def test_mle_matches_reference(rng, with_cov):
+    lo, up, n1, n2 = _random_bounds(rng, k=9 if with_cov else 11, nv=6 if with_cov else 25)
+    X = np.c_[np.ones(len(n1)), rng.normal(size=len(n1))] if with_cov else None
+    C = [0.0, 1.0] if with_cov else None
+    fast = mn.censored_mle(lo, up, n1, n2, X, C)
+    slow = ref.mle_map(lo, up, n1, n2, X, C)
+    # scipy's bounded Brent / BFGS vs Newton: 1e-5 on coefficients and tau2
+    np.testing.assert_allclose(fast["beta"], slow["beta"], atol=1e-5)
+    np.testing.assert_allclose(fast["tau2"], slow["tau2"], atol=1e-5)
+
+
+def test_mle_all_known_is_weighted_mean(rng):
+    k, nv = 7, 5
+    n1 = rng.integers(10, 30, k).astype(float)
+    g = rng.normal(0.4, 0.2, (k, nv))
+    res = mn.censored_mle(g, g, n1, None, leave_n_out=0, compress=False)
+    w = 1 / g_variance(g, n1[:, None])
+    np.testing.assert_allclose(res["beta"][:, 0], (w * g).sum(0) / w.sum(0), atol=1e-9)
+
+
+def test_mle_compression_is_exact(rng):
+    lo, up, n1, n2 = _random_bounds(rng, nv=20)
+    lo = np.repeat(lo, 3, axis=1)
+    up = np.repeat(up, 3, axis=1)
+    a = mn.censored_mle(lo, up, n1, n2, compress=True)
+    b = mn.censored_mle(lo, up, n1, n2, compress=False)
+    np.testing.assert_allclose(a["beta"], b["beta"], atol=1e-12)
+    np.testing.assert_allclose(a["tau2"], b["tau2"], atol=1e-12)
+
+
+def test_truncnorm_ppf_matches_scipy(rng):
+    u = rng.random(200)
+    mean = rng.normal(0, 1, 200)
+    sd = rng.uniform(0.1, 1, 200)
+    lo = mean + rng.normal(0, 3, 200)
+    up = lo + rng.uniform(0.01, 2, 200)
+    ours = mn.truncnorm_ppf(u, mean, sd, lo, up)
+    a, b = (lo - mean) / sd, (up - mean) / sd
+    theirs = stats.truncnorm.ppf(u, a, b, loc=mean, scale=sd)
+    ok = np.isfinite(theirs)
+    np.testing.assert_allclose(ours[ok], theirs[ok], atol=1e-7 * (up - lo)[ok].max())
+    assert np.all((ours >= lo) & (ours <= up))
+
+
+def _box_space(shape=(14, 12, 10)):
+    import nibabel as nib
+
+    from analysis.grid import grid_affine
+    from analysis.sdm.space import MaskSpace
+
+    data = np.zeros((91, 109, 91), np.uint8)
+    data[30:30 + shape[0], 40:40 + shape[1], 30:30 + shape[2]] = 1
+    return MaskSpace(nib.Nifti1Image(data, grid_affine()))
+
+
+def test_correlated_fields_are_standard_normal_and_smooth():
+    space = _box_space()
+    f = mn.correlated_fields(np.random.default_rng(1), 400, space, fwhm_mm=20)
+    assert f.shape == (400, space.n_voxels) and f.dtype == np.float32
+    # per-voxel mean 0 and SD 1 (400 draws: SE of the mean 0.05, of the SD ~0.035)
+    assert np.abs(f.mean(0)).max() < 0.25
+    assert np.abs(f.std(0) - 1).max() < 0.15
+    # neighbours strongly correlated, voxels 26 mm apart much less
+    a, b, c = 0, 1, space.n_voxels - 1
+    r_near = np.corrcoef(f[:, a], f[:, b])[0, 1]
+    r_far = np.corrcoef(f[:, a], f[:, c])[0, 1]
+    assert r_near > 0.9
+    assert r_far < r_near - 0.3
+
+
+def test_impute_respects_bounds_and_is_seeded(rng):
+    space = _box_space((6, 6, 5))
+    k, nv = 5, space.n_voxels
+    lo, up, n1, n2 = _random_bounds(rng, k=k, nv=nv)
+    mle = mn.censored_mle(lo, up, n1, n2)
+    kw = dict(imputations=30, fwhm_mm=20)
+    a = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
+    b = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
+    c = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(6), **kw)
+    assert a.shape == (30, k, nv) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    tol = 1e-6
+    assert np.all(a >= lo.astype(np.float32) - tol) and np.all(a <= up.astype(np.float32) + tol)
+    known = np.abs(up - lo) < mn.KNOWN_TOL
+    np.testing.assert_array_equal(a[:, known], np.broadcast_to(lo[known].astype(np.float32),
+                                                               (30, known.sum())))
+
+
+def test_impute_draws_follow_the_truncated_normal():
+    space = _box_space((3, 3, 3))
+    nv = space.n_voxels
+    n1 = np.array([20.0])
+    lo = np.full((1, nv), -0.7)
+    up = np.full((1, nv), 0.6)
+    mle = {"X": np.ones((1, 1)), "beta": np.full((nv, 1), 0.2), "tau2": np.full(nv, 0.05)}
+    draws = mn.impute(lo, up, mle, n1, None, space, imputations=2000,
+                      rng=np.random.default_rng(0), fwhm_mm=20)[:, 0, 0]
+    sd = np.sqrt(g_variance(0.2, 20.0) + 0.05)
+    a, b = (-0.7 - 0.2) / sd, (0.6 - 0.2) / sd
+    ks = stats.kstest(draws, stats.truncnorm(a, b, loc=0.2, scale=sd).cdf)
+    assert ks.pvalue > 0.001
+
+
+# ----------------------------------------------------------------------------- Rubin
+def test_pool_scalar_and_cov(rng):
+    est = rng.normal(size=(7, 3))
+    var = rng.uniform(0.1, 1, (7, 3))
+    mean, tot = pool_scalar(est, var)
+    np.testing.assert_allclose(mean, est.mean(0))
+    np.testing.assert_allclose(tot, var.mean(0) + (1 + 1 / 7) * est.var(0, ddof=1))
+    beta = rng.normal(size=(7, 3, 2))
+    cov = np.einsum("mvp,mvq->mvpq", beta, beta) + np.eye(2)
+    bbar, ctot = pool_cov(beta, cov)
+    for v in range(3):
+        expect = cov[:, v].mean(0) + (1 + 1 / 7) * np.cov(beta[:, v].T, ddof=1)
+        np.testing.assert_allclose(ctot[v], expect, rtol=1e-12)
+
+
+def test_pool_chi2_d2_formula(rng):
+    q = rng.chisquare(9, size=(20, 4))
+    out = pool_chi2(q, 9)
+    m = 20
+    r = (1 + 1 / m) * np.sqrt(q).var(0, ddof=1)
+    d2 = (q.mean(0) / 9 - (m + 1) / (m - 1) * r) / (1 + r)
+    df2 = (m - 1) / 9 ** (3 / m) * (1 + 1 / r) ** 2
+    np.testing.assert_allclose(out["F"], np.maximum(d2, 0))
+    np.testing.assert_allclose(out["p"], stats.f.sf(np.maximum(d2, 0), 9, df2))
+    np.testing.assert_allclose(stats.chi2.sf(out["Q"], 9), out["p"], rtol=1e-8)
+    # identical imputations: Q is the common Q
+    same = pool_chi2(np.repeat(q[:1], 5, axis=0), 9)
+    np.testing.assert_allclose(same["Q"], q[0], rtol=1e-6)
+
+
+def test_pool_fits_identical_imputations_equal_single_fit(rng):
+    y, v = _random_meta(rng, k=9, nv=5)
+    single = fit_random_effects(y, v)
+    pooled = pool_fits(fit_random_effects(np.repeat(y[None], 4, 0), np.repeat(v[None], 4, 0)))
+    np.testing.assert_allclose(pooled["g"], single["coef"], rtol=1e-10)
+    np.testing.assert_allclose(pooled["var"], single["var"], rtol=1e-10)
+    np.testing.assert_allclose(pooled["tau2"], single["tau2"], atol=1e-12)
+    np.testing.assert_allclose(pooled["i2"], single["I2"], atol=1e-12)
+    assert pool_sqrt_mean(np.array([[0.04], [0.16]]))[0] == pytest.approx(0.09)
+
+
+# ----------------------------------------------------------------------------- Egger
+def test_egger_matches_per_voxel_meta_regression(rng):
+    k, nv = 10, 3
+    n1 = rng.integers(8, 60, k).astype(float)
+    g = rng.normal(0.3, 0.3, (k, nv)) + 2.0 / np.sqrt(n1)[:, None]  # planted small-study effect
+    imputed = np.repeat(g[None], 3, axis=0)  # identical imputations: Rubin = single fit
+    out = egger_test(imputed, n1, None, max_iter=500, tol=1e-12)
+    for j in range(nv):
+        v = g_variance(g[:, j], n1)
+        X = np.c_[np.ones(k), np.sqrt(v)]
+        fit = fit_random_effects(g[:, [j]], v[:, None], X, C=[0, 1], max_iter=500, tol=1e-12)
+        assert out["b"][j] == pytest.approx(fit["coef"][0], rel=1e-6)
+        assert out["z"][j] == pytest.approx(fit["z"][0], rel=1e-5)
+    assert np.all((out["p"] > 0) & (out["p"] <= 1))
