@@ -10,9 +10,10 @@ SDM-PSI v6.21 computes TFCE (Smith & Nichols 2009, NeuroImage 44:83-98) separate
 
 These choices reproduce the unpermuted row of ``fwe/maxsMinsZ.asc`` of the public SDM-PSI run of
 Enge et al. (2021): 87097.36 vs SDM's 87097.48 and 821.2885 vs 821.2881 (spec ``sdm-psi.md``
-§7.4 and Appendix A). Voxels count at a height only when *strictly* above it, so the top height
-``h_100 = max`` contributes nothing: with ``>=`` the peak voxel would gain ``max^2`` and the
-maximum would be 87189.83, which does not match SDM.
+§7.4 and Appendix A). Voxels count at a height only when *strictly* above it, and the top height
+``h_100`` is the maximum itself, so it contributes nothing: counting the peak voxel there would
+add ``max^2`` (maximum 87189.83, which does not match SDM). The top height is skipped
+explicitly rather than through ``100 * (max / 100) >= max``, whose outcome depends on rounding.
 
 Two implementations are given: :func:`tfce_reference` labels every height with
 :func:`scipy.ndimage.label` (Appendix A of the spec, kept as the executable definition), and
@@ -82,7 +83,7 @@ def tfce_reference(stat_pos: np.ndarray, n_steps: int = 100, E: float = 0.5,
     if not top > 0:
         return out
     dh = top / n_steps
-    for k in range(1, n_steps + 1):
+    for k in range(1, n_steps):  # h_{n_steps} = max: no voxel is strictly above it
         h = k * dh
         lab, n = ndimage.label(stat_pos > h, structure=conn)
         if n == 0:
@@ -148,15 +149,16 @@ def _find(parent, a):
 
 @numba.njit(cache=True, nogil=True)
 def _levels(vals, n_steps, dh):  # pragma: no cover - compiled
-    """Highest k in 1..n_steps with ``vals > k * dh`` (0 if none), same float comparisons."""
+    """Highest k in 1..n_steps-1 with ``vals > k * dh`` (0 if none), same float comparisons."""
     n = vals.shape[0]
     lev = np.zeros(n, dtype=np.int64)
+    top = n_steps - 1
     for v in range(n):
         x = vals[v]
-        k = min(max(int(x / dh), 0), n_steps)
+        k = min(max(int(x / dh), 0), top)
         while k >= 1 and not (x > k * dh):
             k -= 1
-        while k < n_steps and x > (k + 1) * dh:
+        while k < top and x > (k + 1) * dh:
             k += 1
         lev[v] = k
     return lev
