@@ -1,0 +1,788 @@
+"""Permutation of subject images (PSI): family-wise error correction of SDM-PSI maps.
+
+Albajes-Eizagirre, Solanes, Vieta & Radua (2019), NeuroImage 186:174-184; spec ``sdm-psi.md``
+§5.4, §6.1, §7. Per study ``i`` a *single* preliminary set of subject images ``Z_i`` (``n_i``
+subjects x V voxels; spatially correlated; exactly zero mean and unit SD per voxel across the
+subjects of each group) is created once. The subject images of imputation ``j`` are
+``Z_i + g_ij / J_i`` (patients only, for a two-sample study). A permutation (a sign per subject
+of a one-sample study, a reassignment of the subjects of a two-sample study to the two groups;
+the same for all imputations; the first permutation is the identity) gives the study effect
+``J_i x (mean difference)``, which is linear in the subject values::
+
+    g_perm[i, j] = J_i (w_i . Z_i) + c_i g_ij
+
+with ``w_i`` the permutation's contrast weights over the subjects (``+-1/n`` for a sign flip,
+``1/n1`` or ``-1/n2`` for a group reassignment) and ``c_i = sum of w_i over the original
+patients``. So one permutation costs one product ``W Z`` per study (shared by all imputations)
+plus one random-effects meta-analysis per imputation: REML with a small bounded number of
+steps (DerSimonian-Laird start, Newton updates; :func:`reml_fixed`), variance ``v(g)`` of spec §3 at the
+permuted g, Rubin's rules over imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The
+maxima ``max z+, max z-, max TFCE+, max TFCE-`` of every permutation give the voxel- and
+TFCE-FWE corrected p maps.
+
+Meta-regressions (hypothesis not on the intercept) permute *studies* instead, Freedman & Lane
+(1983) as recommended by Winkler et al. (2014, NeuroImage 92:381-397): per imputation the
+reduced model (the columns the hypothesis does not test) is fitted by REML, its residuals are
+permuted across studies (one permutation shared by all imputations), added back to the reduced
+fit, and the full model is refitted. The variance of a permuted effect is recomputed at the
+study position it lands on (UNCONFIRMED whether SDM-PSI does the same; spec §7.1).
+
+Choices the spec marks UNCONFIRMED and that are made here: the group analysis after permutation
+is ``J x mean`` (the paper's text) rather than ``J x mean / sd``; the preliminary subject images
+are Gaussian-smoothed white noise (FWHM ``sdm.psi.subject_fwhm_mm``) instead of SDM's
+template-driven sequential imputation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from analysis.config import derive_rng, load_config
+from analysis.sdm import tfce as tfce_mod
+from analysis.sdm.backend import array_module, check_backend, to_numpy
+from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
+
+LGR = logging.getLogger(__name__)
+
+MAXIMA_COLUMNS = ["permutation", "max_z", "max_neg_z", "max_tfce", "max_neg_tfce"]
+
+
+def psi_params(cfg: dict | None = None) -> dict:
+    """Settings of the permutation engine (``sdm.psi`` of the configuration)."""
+    cfg = cfg or load_config()
+    return dict(cfg["sdm"]["psi"])
+
+
+# ============================================================================================
+# Inputs
+# ============================================================================================
+@dataclass
+class PSIInputs:
+    """What a permutation test needs.
+
+    Parameters
+    ----------
+    imputations : ndarray, float32, shape (m, k, V)
+        Imputed study Hedges g maps (MetaNSUE multiple imputation).
+    n1, n2 : ndarray, shape (k,)
+        Sample sizes (``n2`` NaN for one-sample studies).
+    space : MaskSpace
+        Voxel space of the maps.
+    X : ndarray, shape (k, p), optional
+        Design (default intercept only).
+    C : ndarray, shape (p,), optional
+        Hypothesis row (default: the first coefficient).
+    studies : list of str, optional
+        Study ids (for messages).
+    """
+
+    imputations: np.ndarray
+    n1: np.ndarray
+    n2: np.ndarray
+    space: object
+    X: np.ndarray | None = None
+    C: np.ndarray | None = None
+    studies: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.imputations = np.asarray(self.imputations, dtype=np.float32)
+        if self.imputations.ndim != 3:
+            raise ValueError(f"imputations must be (m, k, V), got shape {self.imputations.shape}")
+        m, k, nv = self.imputations.shape
+        self.n1 = np.asarray(self.n1, dtype=float).reshape(-1)
+        self.n2 = (np.full(k, np.nan) if self.n2 is None
+                   else np.asarray(self.n2, dtype=float).reshape(-1))
+        if len(self.n1) != k or len(self.n2) != k:
+            raise ValueError(f"n1/n2 have {len(self.n1)}/{len(self.n2)} entries for {k} studies")
+        if nv != self.space.n_voxels:
+            raise ValueError(f"maps have {nv} voxels but the space has {self.space.n_voxels}")
+        self.X = np.ones((k, 1)) if self.X is None else np.asarray(self.X, dtype=float)
+        if self.X.ndim == 1:
+            self.X = self.X[:, None]
+        if self.X.shape[0] != k:
+            raise ValueError(f"design has {self.X.shape[0]} rows for {k} studies")
+        p = self.X.shape[1]
+        if self.C is None:
+            self.C = np.eye(p)[0]
+        self.C = np.asarray(self.C, dtype=float).reshape(-1)
+        if len(self.C) != p:
+            raise ValueError(f"hypothesis has {len(self.C)} entries for {p} design columns")
+        if not self.studies:
+            self.studies = [f"study{i + 1}" for i in range(k)]
+        two = self.two_sample
+        bad = (self.n1 < 2) | (two & (self.n2 < 2))
+        if bad.any():
+            raise ValueError(f"studies need >= 2 subjects per group: {np.array(self.studies)[bad]}")
+
+    @property
+    def two_sample(self) -> np.ndarray:
+        return np.isfinite(self.n2) & (self.n2 > 0)
+
+    @property
+    def intercept_only(self) -> bool:
+        return self.X.shape[1] == 1 and np.allclose(self.X, 1.0)
+
+    @property
+    def method(self) -> str:
+        """``"subjects"`` (mean models: hypothesis on the intercept only) or
+        ``"freedman-lane"`` (meta-regression).
+        """
+        nz = np.flatnonzero(self.C)
+        is_intercept = np.allclose(self.X[:, 0], 1.0)
+        return "subjects" if (is_intercept and list(nz) == [0]) else "freedman-lane"
+
+    def variance_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (spec §3)."""
+        df = degrees_of_freedom(self.n1, self.n2)
+        j = hedges_j(df)
+        return _scale(self.n1, self.n2) ** 2, 1.0 - (df - 2.0) / (df * j * j)
+
+    @property
+    def j(self) -> np.ndarray:
+        return hedges_j(degrees_of_freedom(self.n1, self.n2))
+
+    @classmethod
+    def from_result(cls, result) -> PSIInputs:
+        """Inputs from the estimator's ``MetaResult`` (``imputations``, ``space``, sample
+        sizes from ``bounds``/``n1``/``n2``, design ``X`` and hypothesis ``C`` when present).
+        """
+        if isinstance(result, cls):
+            return result
+        bounds = getattr(result, "bounds", None)
+        n1 = getattr(result, "n1", None)
+        n2 = getattr(result, "n2", None)
+        if n1 is None and bounds is not None:
+            n1, n2 = bounds.n1, bounds.n2
+        studies = getattr(result, "studies", None) or getattr(bounds, "studies", None) or []
+        if n1 is None or getattr(result, "imputations", None) is None:
+            raise ValueError("the result has no imputations / sample sizes to permute")
+        return cls(result.imputations, n1, n2, result.space, getattr(result, "X", None),
+                   getattr(result, "C", None), list(studies))
+
+
+# ============================================================================================
+# Preliminary subject images and permutation codes
+# ============================================================================================
+def _standardise(a: np.ndarray) -> np.ndarray:
+    """Exactly zero mean and unit SD (ddof 1) per voxel across the rows."""
+    a = a - a.mean(0, keepdims=True)
+    sd = a.std(0, ddof=1, keepdims=True)
+    return (a / sd).astype(np.float32)
+
+
+def make_subject_images(n1, n2, space, rng: np.random.Generator,
+                        fwhm_mm: float | None = None) -> list[np.ndarray]:
+    """The single preliminary set of subject images of every study (spec §5.4).
+
+    Gaussian-smoothed white noise (:func:`analysis.sdm.metansue.correlated_fields`), then
+    standardised per voxel across the subjects of each group (exact zero mean, unit SD, as the
+    PSI supplement's ``z = (r - mean(r)) / sd(r)``). Rows ``0..n1-1`` are the patients (or the
+    one sample), rows ``n1..n1+n2-1`` the controls.
+
+    Returns
+    -------
+    list of ndarray (n_i, V), float32
+    """
+    from analysis.sdm.metansue import correlated_fields
+
+    fwhm_mm = float(psi_params()["subject_fwhm_mm"] if fwhm_mm is None else fwhm_mm)
+    n1 = np.asarray(n1, dtype=float).reshape(-1)
+    n2 = np.asarray(n2, dtype=float).reshape(-1)
+    out = []
+    for a, b in zip(n1, n2, strict=True):
+        groups = [int(a)] + ([int(b)] if np.isfinite(b) and b > 0 else [])
+        parts = [_standardise(correlated_fields(rng, g, space, fwhm_mm)) for g in groups]
+        out.append(np.concatenate(parts, axis=0))
+    return out
+
+
+@dataclass
+class PermutationCodes:
+    """All permutations of a test, generated up front (so chunking never changes them).
+
+    ``weights[i]`` is (N, n_i) float32: the contrast weights of study ``i``'s subjects in each
+    permutation; ``c`` (N, k) the coefficient of the imputed g. For Freedman-Lane, ``order`` is
+    (N, k): the study permutation. Row 0 is the identity.
+    """
+
+    method: str
+    n: int
+    weights: list = field(default_factory=list)
+    c: np.ndarray | None = None
+    order: np.ndarray | None = None
+
+    def chunk(self, start: int, stop: int) -> PermutationCodes:
+        return PermutationCodes(
+            self.method, stop - start,
+            [w[start:stop] for w in self.weights],
+            None if self.c is None else self.c[start:stop],
+            None if self.order is None else self.order[start:stop],
+        )
+
+
+def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
+               ) -> PermutationCodes:
+    """Permutation codes: sign flips / group reassignments per subject, or study orders.
+
+    The first permutation is the identity (spec §7.2). For a two-sample study with ``n1``
+    patients the first ``n1`` entries of a random permutation of its subjects become the
+    patients.
+    """
+    n = int(n_permutations)
+    if n < 1:
+        raise ValueError("n_permutations must be >= 1")
+    k = len(inputs.n1)
+    if inputs.method == "freedman-lane":
+        order = np.empty((n, k), dtype=np.int64)
+        order[0] = np.arange(k)
+        for b in range(1, n):
+            order[b] = rng.permutation(k)
+        return PermutationCodes("freedman-lane", n, order=order)
+    weights, c = [], np.empty((n, k), dtype=np.float64)
+    for i in range(k):
+        a = int(inputs.n1[i])
+        if inputs.two_sample[i]:
+            b2 = int(inputs.n2[i])
+            tot = a + b2
+            w = np.empty((n, tot), dtype=np.float64)
+            w[0, :a], w[0, a:] = 1.0 / a, -1.0 / b2
+            for b in range(1, n):
+                perm = rng.permutation(tot)
+                w[b, perm[:a]] = 1.0 / a
+                w[b, perm[a:]] = -1.0 / b2
+            c[:, i] = w[:, :a].sum(1)
+        else:
+            signs = rng.choice(np.array([-1.0, 1.0]), size=(n, a))
+            signs[0] = 1.0
+            w = signs / a
+            c[:, i] = w.sum(1)
+        weights.append(w.astype(np.float32))
+    return PermutationCodes("subjects", n, weights=weights, c=c)
+
+
+# ============================================================================================
+# Meta-analysis kernels: fixed-iteration REML, Rubin's rules
+# ============================================================================================
+def _dl_start(y, v, Xd, xp):
+    """DerSimonian-Laird estimate (closed form; the start of the REML iterations)."""
+    k = y.shape[-2]
+    w = 1.0 / v
+    if Xd is None:
+        sw = w.sum(-2)
+        mu = (w * y).sum(-2) / sw
+        q = (w * (y - mu[..., None, :]) ** 2).sum(-2)
+        den = sw - (w * w).sum(-2) / sw
+        df = k - 1
+    else:
+        beta, minv, r = _wls(y, w, Xd, xp)
+        q = (w * r * r).sum(-2)
+        A = xp.einsum("kp,...kn,kq->...npq", Xd, w * w, Xd)
+        den = w.sum(-2) - xp.einsum("...npq,...nqp->...n", minv, A)
+        df = k - Xd.shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = (q - df) / den
+    return xp.maximum(0.0, xp.where(den > 0, t, 0.0))
+
+
+def _wls(y, w, Xd, xp):
+    """Weighted least squares per column of (..., k, N): beta (..., N, p), Minv, residuals."""
+    M = xp.einsum("kp,...kn,kq->...npq", Xd, w, Xd)
+    minv = xp.linalg.inv(M)
+    b = xp.einsum("kp,...kn->...np", Xd, w * y)
+    beta = xp.einsum("...npq,...nq->...np", minv, b)
+    r = y - xp.einsum("kp,...np->...kn", Xd, beta)
+    return beta, minv, r
+
+
+def _newton_step(score, obs, tr_pp, xp):
+    """Newton step on the REML score where the log-likelihood is locally concave, else Fisher."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        step = xp.where(obs > 0, score / xp.where(obs > 0, obs, 1.0),
+                        xp.where(tr_pp > 0, score / xp.where(tr_pp > 0, tr_pp, 1.0), 0.0))
+    return xp.where(xp.isfinite(step), step, 0.0)
+
+
+def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
+    """REML random-effects fit, vectorised over voxels (and imputations).
+
+    Start: DerSimonian-Laird. Update: Newton-Raphson on the REML log-likelihood
+    ``l(tau2) = -1/2 [sum ln(v+tau2) + ln|X'WX| + y'Py]`` with score
+    ``(y'PPy - tr P)/2`` and observed information ``y'PPPy - tr(PP)/2``; where the
+    log-likelihood is not locally concave the Fisher-scoring step ``(y'PPy - tr P)/tr(PP)`` of
+    :func:`analysis.sdm.random_effects.reml_tau2` (Viechtbauer 2005, eq. 11) is used instead.
+    Plain Fisher scoring can oscillate for many iterations (observed on permuted data); the
+    Newton step converges in about five. Iterates are clipped at 0.
+
+    Parameters
+    ----------
+    y, v : array (..., k, N)
+        Effects and sampling variances.
+    X : ndarray (k, p), optional
+        Design (intercept only when None).
+    n_iter : int
+        Maximum number of updates.
+    xp : module
+        ``numpy`` or ``cupy``.
+    tol : float
+        Stop early when no tau2 moves by ``tol`` or more (0: always ``n_iter`` updates).
+
+    Returns
+    -------
+    beta : array (..., N, p)
+    cov : array (..., N, p, p)
+    tau2 : array (..., N)
+    """
+    intercept = X is None or (X.shape[1] == 1 and np.allclose(X, 1.0))
+    Xd = None if intercept else xp.asarray(X, dtype=y.dtype)
+    t = _dl_start(y, v, Xd, xp)
+    for _ in range(n_iter):
+        w = 1.0 / (v + t[..., None, :])
+        w2 = w * w
+        if intercept:
+            sw = w.sum(-2)
+            r = y - ((w * y).sum(-2) / sw)[..., None, :]
+            sw2 = w2.sum(-2)
+            tr_p = sw - sw2 / sw
+            tr_pp = sw2 - 2.0 * (w2 * w).sum(-2) / sw + (sw2 / sw) ** 2
+            w2r = w2 * r
+            ypppy = (w2r * r).sum(-2)
+            yp3y = (w2r * r * w).sum(-2) - w2r.sum(-2) ** 2 / sw
+        else:
+            _, minv, r = _wls(y, w, Xd, xp)
+            h = xp.einsum("kp,...npq,kq->...kn", Xd, minv, Xd)
+            ypppy = (w2 * r * r).sum(-2)
+            tr_p = w.sum(-2) - (w2 * h).sum(-2)
+            B = minv @ xp.einsum("kp,...kn,kq->...npq", Xd, w2, Xd)
+            tr_pp = w2.sum(-2) - 2.0 * (w2 * w * h).sum(-2) + xp.einsum("...npq,...nqp->...n", B, B)
+            u = w * r  # P y
+            bu = xp.einsum("kp,...kn->...np", Xd, w * u)
+            yp3y = (w * u * u).sum(-2) - xp.einsum("...np,...npq,...nq->...n", bu, minv, bu)
+        step = _newton_step(ypppy - tr_p, 2.0 * yp3y - tr_pp, tr_pp, xp)
+        new = xp.maximum(0.0, t + step)
+        moved = float(xp.abs(new - t).max()) if t.size else 0.0
+        t = new
+        if moved < tol:
+            break
+    w = 1.0 / (v + t[..., None, :])
+    if intercept:
+        sw = w.sum(-2)
+        return ((w * y).sum(-2) / sw)[..., None], (1.0 / sw)[..., None, None], t
+    beta, minv, _ = _wls(y, w, Xd, xp)
+    return beta, minv, t
+
+
+def rubin_z(coef, var, xp=np):
+    """Rubin's rules over the first axis (imputations): pooled coefficient, total variance, z.
+
+    ``T = mean(var) + (1 + 1/m) var_j(coef)`` (sample variance over imputations), z = coef/sqrt(T)
+    (normal reference, as SDM-PSI; spec §6.3).
+    """
+    m = coef.shape[0]
+    cbar = coef.mean(0)
+    between = coef.var(0, ddof=1) if m > 1 else 0.0 * cbar
+    total = var.mean(0) + (1.0 + 1.0 / m) * between
+    return cbar, total, cbar / xp.sqrt(total)
+
+
+def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
+    """Pooled (coef, var, z, tau2) for imputed effects y (m, k, V) on the array backend."""
+    m, k, nv = y.shape
+    k1d = xp.asarray(k1, dtype=xp.float64)[:, None]
+    k2d = xp.asarray(k2, dtype=xp.float64)[:, None]
+    Cd = xp.asarray(C, dtype=xp.float64)
+    out = [xp.empty(nv, dtype=xp.float64) for _ in range(4)]
+    for s in range(0, nv, block):
+        yy = xp.asarray(y[:, :, s:s + block], dtype=xp.float64)
+        vv = k1d + k2d * yy * yy
+        beta, cov, t = reml_fixed(yy, vv, X, n_iter, xp, tol)
+        coef = beta @ Cd
+        var = xp.einsum("p,...npq,q->...n", Cd, cov, Cd)
+        cb, tot, z = rubin_z(coef, var, xp)
+        for o, val in zip(out, (cb, tot, z, xp.sqrt(t).mean(0) ** 2), strict=True):
+            o[s:s + block] = val
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _mean_kernel(A, c, G, k1, k2, max_iter, tol, block, coef_out, var_out,
+                 tau2_out):  # pragma: no cover - compiled
+    """Intercept-only PSI meta-analysis of ``y_j = A + c G_j`` fused per voxel block.
+
+    The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
+    early stop per block of voxels of one imputation) followed by :func:`rubin_z`.
+    """
+    m, k, nv = G.shape
+    y = np.empty((k, block))
+    v = np.empty((k, block))
+    w = np.empty((k, block))
+    t = np.empty(block)
+    sw = np.empty(block)
+    swy = np.empty(block)
+    sw2 = np.empty(block)
+    sw3 = np.empty(block)
+    q = np.empty(block)
+    q3 = np.empty(block)
+    s2r = np.empty(block)
+    mu = np.empty(block)
+    acc_c = np.empty(block)
+    acc_c2 = np.empty(block)
+    acc_v = np.empty(block)
+    acc_t = np.empty(block)
+    for v0 in range(0, nv, block):
+        nb = min(block, nv - v0)
+        acc_c[:nb] = 0.0
+        acc_c2[:nb] = 0.0
+        acc_v[:nb] = 0.0
+        acc_t[:nb] = 0.0
+        for j in range(m):
+            for i in range(k):
+                ci = c[i]
+                a1 = k1[i]
+                a2 = k2[i]
+                for b in range(nb):
+                    g = A[i, v0 + b] + ci * G[j, i, v0 + b]
+                    y[i, b] = g
+                    v[i, b] = a1 + a2 * g * g
+            # DerSimonian-Laird start
+            sw[:nb] = 0.0
+            swy[:nb] = 0.0
+            sw2[:nb] = 0.0
+            q[:nb] = 0.0
+            for i in range(k):
+                for b in range(nb):
+                    wi = 1.0 / v[i, b]
+                    w[i, b] = wi
+                    sw[b] += wi
+                    swy[b] += wi * y[i, b]
+                    sw2[b] += wi * wi
+            for b in range(nb):
+                mu[b] = swy[b] / sw[b]
+            for i in range(k):
+                for b in range(nb):
+                    r = y[i, b] - mu[b]
+                    q[b] += w[i, b] * r * r
+            for b in range(nb):
+                den = sw[b] - sw2[b] / sw[b]
+                t[b] = max(0.0, (q[b] - (k - 1)) / den) if den > 0 else 0.0
+            for _ in range(max_iter):
+                sw[:nb] = 0.0
+                swy[:nb] = 0.0
+                sw2[:nb] = 0.0
+                sw3[:nb] = 0.0
+                q[:nb] = 0.0
+                q3[:nb] = 0.0
+                s2r[:nb] = 0.0
+                for i in range(k):
+                    for b in range(nb):
+                        wi = 1.0 / (v[i, b] + t[b])
+                        w[i, b] = wi
+                        sw[b] += wi
+                        swy[b] += wi * y[i, b]
+                        w2 = wi * wi
+                        sw2[b] += w2
+                        sw3[b] += w2 * wi
+                for b in range(nb):
+                    mu[b] = swy[b] / sw[b]
+                for i in range(k):
+                    for b in range(nb):
+                        r = y[i, b] - mu[b]
+                        wi = w[i, b]
+                        w2r = wi * wi * r
+                        q[b] += w2r * r
+                        q3[b] += w2r * r * wi
+                        s2r[b] += w2r
+                dmax = 0.0
+                for b in range(nb):
+                    a = sw2[b] / sw[b]
+                    trp = sw[b] - a
+                    trpp = sw2[b] - 2.0 * sw3[b] / sw[b] + a * a
+                    obs = 2.0 * (q3[b] - s2r[b] * s2r[b] / sw[b]) - trpp
+                    score = q[b] - trp
+                    if obs > 0:
+                        step = score / obs
+                    elif trpp > 0:
+                        step = score / trpp
+                    else:
+                        step = 0.0
+                    nt = max(0.0, t[b] + step)
+                    dmax = max(dmax, abs(nt - t[b]))
+                    t[b] = nt
+                if dmax < tol:
+                    break
+            sw[:nb] = 0.0
+            swy[:nb] = 0.0
+            for i in range(k):
+                for b in range(nb):
+                    wi = 1.0 / (v[i, b] + t[b])
+                    sw[b] += wi
+                    swy[b] += wi * y[i, b]
+            for b in range(nb):
+                cf = swy[b] / sw[b]
+                acc_c[b] += cf
+                acc_c2[b] += cf * cf
+                acc_v[b] += 1.0 / sw[b]
+                acc_t[b] += math.sqrt(t[b])
+        for b in range(nb):
+            cm = acc_c[b] / m
+            between = (acc_c2[b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+            coef_out[v0 + b] = cm
+            var_out[v0 + b] = acc_v[b] / m + (1.0 + 1.0 / m) * max(between, 0.0)
+            tau2_out[v0 + b] = (acc_t[b] / m) ** 2
+
+
+# ============================================================================================
+# One permutation chunk
+# ============================================================================================
+@dataclass
+class _Engine:
+    """Everything a worker needs (arrays shared, never copied per permutation)."""
+
+    inputs: PSIInputs
+    subjects: list | None
+    fl_fit: np.ndarray | None  # Freedman-Lane reduced fit (m, k, V)
+    fl_res: np.ndarray | None  # and residuals
+    n_iter: int
+    tol: float
+    backend: str
+    block: int
+    tfce: dict
+
+    def study_effects(self, codes: PermutationCodes, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(A (k, V), c (k,)) of permutation ``b`` of a subject-level code."""
+        inp = self.inputs
+        k = len(inp.n1)
+        A = np.empty((k, inp.space.n_voxels), dtype=np.float32)
+        jj = inp.j
+        for i in range(k):
+            A[i] = jj[i] * (codes.weights[i][b] @ self.subjects[i])
+        return A, codes.c[b]
+
+    def pooled(self, codes: PermutationCodes, b: int) -> dict:
+        """Pooled coefficient, variance, z and tau2 maps of permutation ``b``."""
+        inp = self.inputs
+        k1, k2 = inp.variance_coefficients()
+        nv = inp.space.n_voxels
+        if codes.method == "subjects":
+            A, c = self.study_effects(codes, b)
+            if self.backend == "numba" and inp.intercept_only:
+                coef, var, tau2 = (np.empty(nv) for _ in range(3))
+                _mean_kernel(A, np.asarray(c, np.float64), inp.imputations, k1, k2,
+                             self.n_iter, self.tol, 64, coef, var, tau2)
+                return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
+            y = _LazyY(A, c, inp.imputations)
+        else:
+            y = _LazyFL(self.fl_fit, self.fl_res, codes.order[b])
+        xp = array_module("cupy" if self.backend == "cupy" else "numpy")
+        X = None if inp.intercept_only else inp.X
+        coef, var, z, tau2 = _meta_numpy(y, k1, k2, X, inp.C, self.n_iter, self.tol, xp,
+                                         self.block)
+        return {"coef": to_numpy(coef), "var": to_numpy(var), "z": to_numpy(z),
+                "tau2": to_numpy(tau2)}
+
+    def maxima(self, z: np.ndarray) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
+        pos, neg = tfce_mod.tfce(z, self.inputs.space, **self.tfce)
+        return float(z.max()), float((-z).max()), float(pos.max()), float(neg.max()), pos, neg
+
+
+class _LazyY:
+    """``y[:, :, s:e] = A[:, s:e] + c[:, None] * G[:, :, s:e]`` built block by block."""
+
+    def __init__(self, A, c, G):
+        self.A, self.c, self.G = A, np.asarray(c, dtype=np.float64), G
+        self.shape = G.shape
+
+    def __getitem__(self, key):
+        _, _, sl = key
+        return self.A[None, :, sl] + self.c[None, :, None] * self.G[:, :, sl]
+
+
+class _LazyFL:
+    """Freedman-Lane permuted effects ``fit + residual[order]`` built block by block."""
+
+    def __init__(self, fit, res, order):
+        self.fit, self.res, self.order = fit, res, np.asarray(order)
+        self.shape = fit.shape
+
+    def __getitem__(self, key):
+        _, _, sl = key
+        return self.fit[:, :, sl] + self.res[:, self.order, sl]
+
+
+def _run_chunk(engine: _Engine, codes: PermutationCodes) -> np.ndarray:
+    out = np.empty((codes.n, 4))
+    for b in range(codes.n):
+        z = engine.pooled(codes, b)["z"]
+        out[b] = engine.maxima(z)[:4]
+    return out
+
+
+# ============================================================================================
+# Public API
+# ============================================================================================
+@dataclass
+class PermutationResult:
+    """Outcome of a PSI permutation test.
+
+    Attributes
+    ----------
+    maxima : DataFrame
+        One row per permutation (row 0 = identity): :data:`MAXIMA_COLUMNS`.
+    maps : dict of str -> ndarray (V,)
+        ``z``, ``g`` (pooled coefficient), ``var``, ``tau2``, ``tfce``, ``tfce_neg`` of the
+        unpermuted data (as computed by the permutation kernel), ``corrp_voxel``,
+        ``corrp_voxel_neg``, ``corrp_tfce``, ``corrp_tfce_neg`` (``1 - p_FWE``, each
+        direction corrected separately; SDM-PSI itself stores the negative direction as
+        ``-(1 - p)``) and ``p_voxel``, ``p_voxel_neg``, ``p_tfce``, ``p_tfce_neg`` (the p values).
+    space : MaskSpace
+    method : str
+        ``"subjects"`` or ``"freedman-lane"``.
+    info : dict
+        Settings and timing.
+    """
+
+    maxima: pd.DataFrame
+    maps: dict
+    space: object
+    method: str
+    info: dict
+
+    def get_map(self, name: str):
+        """A map as a NIfTI image."""
+        return self.space.to_img(self.maps[name])
+
+    def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
+        """Write the corrected-p maps (``<prefix>corrp_*.nii.gz``) and ``fwe/maxima.tsv``."""
+        from analysis.io import save_nifti, write_tsv
+
+        out_dir = Path(out_dir)
+        written = []
+        for name in ("corrp_voxel", "corrp_voxel_neg", "corrp_tfce", "corrp_tfce_neg"):
+            written.append(save_nifti(out_dir / f"{prefix}{name}.nii.gz", self.get_map(name)))
+        written.append(write_tsv(out_dir / "fwe" / f"{prefix}maxima.tsv", self.maxima,
+                                 float_format="%.6f"))
+        return written
+
+
+def _freedman_lane_parts(inputs: PSIInputs, n_iter: int, tol: float, block: int):
+    """Reduced-model REML fit and residuals per imputation (float32, (m, k, V))."""
+    k1, k2 = inputs.variance_coefficients()
+    red = np.flatnonzero(inputs.C == 0)
+    Xr = inputs.X[:, red]
+    G = inputs.imputations
+    fit = np.empty_like(G)
+    for s in range(0, G.shape[2], block):
+        y = G[:, :, s:s + block].astype(np.float64)
+        if Xr.shape[1] == 0:
+            fit[:, :, s:s + block] = 0.0
+            continue
+        beta, _, _ = reml_fixed(y, k1[:, None] + k2[:, None] * y * y, Xr, n_iter, np, tol)
+        fit[:, :, s:s + block] = np.einsum("kp,mnp->mkn", Xr, beta)
+    return fit, G - fit
+
+
+def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
+                         seed: int | None = None, n_jobs: int = 1, backend: str = "numpy", *,
+                         chunk_size: int | None = None, reml_iterations: int | None = None,
+                         subject_fwhm_mm: float | None = None, subject_images=None,
+                         progress: bool = False) -> PermutationResult:
+    """Family-wise error correction by permutation of subject images (SDM-PSI).
+
+    Parameters
+    ----------
+    result_or_inputs : PSIInputs or MetaResult
+        Imputed study maps, sample sizes, design and hypothesis.
+    n_permutations : int, optional
+        Number of permutations including the identity (default ``sdm.permutations``, 1000).
+    seed : int, optional
+        Seed of the subject images and the permutation codes (default: the configuration's);
+        streams ``psi/subject_images`` and ``psi/permutations`` via :func:`derive_rng`.
+    n_jobs : int
+        Parallel workers over permutation chunks (joblib; threads unless a
+        :func:`joblib.parallel_config` context, e.g. ``backend="dask"``, says otherwise).
+    backend : {"numpy", "numba", "cupy"}
+        Array back-end of the meta-analysis kernel (:mod:`analysis.sdm.backend`).
+    chunk_size : int, optional
+        Permutations per task (default ``sdm.psi.chunk_size``).
+    reml_iterations : int, optional
+        Maximum Newton/Fisher updates per REML fit (default ``sdm.psi.reml_iterations``; the
+        fit stops earlier when tau2 moves less than ``sdm.psi.reml_tol``).
+    subject_fwhm_mm : float, optional
+        Smoothness of the preliminary subject images (default ``sdm.psi.subject_fwhm_mm``).
+    subject_images : list of ndarray, optional
+        Pre-made subject images (else :func:`make_subject_images`).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    PermutationResult
+        Results are identical for any ``n_jobs``, ``chunk_size`` and joblib back-end.
+    """
+    cfg = load_config()
+    pp = psi_params(cfg)
+    n_permutations = int(cfg["sdm"]["permutations"] if n_permutations is None else n_permutations)
+    seed = int(cfg["seed"] if seed is None else seed)
+    n_iter = int(pp["reml_iterations"] if reml_iterations is None else reml_iterations)
+    chunk_size = int(pp["chunk_size"] if chunk_size is None else chunk_size)
+    block = int(pp["voxel_block"])
+    tol = float(pp["reml_tol"])
+    check_backend(backend)
+    inputs = PSIInputs.from_result(result_or_inputs)
+    t0 = time.perf_counter()
+    codes = make_codes(inputs, n_permutations, derive_rng(seed, "psi/permutations"))
+    subjects, fl_fit, fl_res = None, None, None
+    if codes.method == "subjects":
+        subjects = subject_images if subject_images is not None else make_subject_images(
+            inputs.n1, inputs.n2, inputs.space, derive_rng(seed, "psi/subject_images"),
+            subject_fwhm_mm)
+    else:
+        fl_fit, fl_res = _freedman_lane_parts(inputs, n_iter, tol, block)
+    engine = _Engine(inputs, subjects, fl_fit, fl_res, n_iter, tol, backend, block,
+                     {k: v for k, v in tfce_mod.tfce_params(cfg).items()})
+    t_setup = time.perf_counter() - t0
+    # identity permutation: the observed maps
+    obs = engine.pooled(codes, 0)
+    zmax, zmin, tmax, tmin, tpos, tneg = engine.maxima(obs["z"])
+    rows = [np.array([[zmax, zmin, tmax, tmin]])]
+    bounds = list(range(1, n_permutations, chunk_size))
+    chunks = [codes.chunk(s, min(s + chunk_size, n_permutations)) for s in bounds]
+    t1 = time.perf_counter()
+    if chunks:
+        par = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")
+        gen = par(delayed(_run_chunk)(engine, ch) for ch in chunks)
+        for r in tqdm(gen, total=len(chunks), desc="PSI permutations", disable=not progress,
+                      unit="chunk"):
+            rows.append(r)
+    t_perm = time.perf_counter() - t1
+    maxima = np.concatenate(rows, axis=0)
+    table = pd.DataFrame(maxima, columns=MAXIMA_COLUMNS[1:])
+    table.insert(0, "permutation", np.arange(1, n_permutations + 1))
+    z = obs["z"]
+    pv = tfce_mod.fwe_corrected_p(z, maxima[:, 0])
+    pvn = tfce_mod.fwe_corrected_p(-z, maxima[:, 1])
+    pt = tfce_mod.fwe_corrected_p(tpos, maxima[:, 2])
+    ptn = tfce_mod.fwe_corrected_p(tneg, maxima[:, 3])
+    maps = {"z": z, "g": obs["coef"], "var": obs["var"], "tau2": obs["tau2"], "tfce": tpos,
+            "tfce_neg": tneg, "p_voxel": pv, "p_voxel_neg": pvn, "p_tfce": pt, "p_tfce_neg": ptn,
+            "corrp_voxel": 1 - pv, "corrp_voxel_neg": 1 - pvn, "corrp_tfce": 1 - pt,
+            "corrp_tfce_neg": 1 - ptn}
+    info = {"n_permutations": n_permutations, "seed": seed, "backend": backend,
+            "n_jobs": n_jobs, "chunk_size": chunk_size, "reml_iterations": n_iter,
+            "imputations": int(inputs.imputations.shape[0]), "studies": len(inputs.n1),
+            "voxels": int(inputs.space.n_voxels), "method": codes.method,
+            "subject_fwhm_mm": float(pp["subject_fwhm_mm"] if subject_fwhm_mm is None
+                                     else subject_fwhm_mm),
+            "seconds_setup": round(t_setup, 3), "seconds_permutations": round(t_perm, 3)}
+    LGR.info("PSI: %d permutations (%s, %s) in %.1f s", n_permutations, codes.method, backend,
+             t_perm)
+    return PermutationResult(table, maps, inputs.space, codes.method, info)

@@ -1,0 +1,199 @@
+"""PSI permutation engine: REML kernel, permutation algebra, back-ends, parallel determinism."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.optimize import minimize_scalar
+
+from analysis.sdm import permutation as P
+from analysis.sdm.backend import array_module, available_backends, check_backend
+from analysis.sdm.effect_sizes import hedges_j
+from analysis.sdm.space import MaskSpace
+
+
+def _space(shape=(14, 14, 12)):
+    mask = np.zeros(shape, dtype=bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    return MaskSpace(nib.Nifti1Image(mask.astype(np.uint8), np.diag([-2.0, 2, 2, 1])))
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """Six studies (three one-sample, three two-sample), five imputations, simulated maps."""
+    rng = np.random.default_rng(7)
+    space = _space()
+    k, m = 6, 5
+    n1 = np.array([12, 15, 9, 20, 11, 14], dtype=float)
+    n2 = np.array([np.nan, 13, np.nan, 18, np.nan, 10])
+    g = 0.25 + 0.25 * rng.standard_normal((m, k, space.n_voxels))
+    return P.PSIInputs(g.astype(np.float32), n1, n2, space)
+
+
+def _reml_bruteforce(y, v, X):
+    """REML tau2 of one voxel by bounded 1-D minimisation (independent reference)."""
+    def nll(t):
+        w = 1.0 / (v + t)
+        M = X.T @ (w[:, None] * X)
+        beta = np.linalg.solve(M, X.T @ (w * y))
+        r = y - X @ beta
+        return 0.5 * (np.log(v + t).sum() + np.linalg.slogdet(M)[1] + (w * r * r).sum())
+
+    grid = np.linspace(0, 2, 401)
+    t0 = grid[np.argmin([nll(t) for t in grid])]
+    res = minimize_scalar(nll, bounds=(max(0.0, t0 - 0.01), t0 + 0.01), method="bounded",
+                          options={"xatol": 1e-12})
+    return min((res.x, 0.0), key=nll)
+
+
+@pytest.mark.parametrize("with_covariate", [False, True])
+def test_reml_kernel_reaches_the_reml_maximum(with_covariate):
+    rng = np.random.default_rng(3)
+    k, n = 9, 40
+    X = np.c_[np.ones(k), rng.standard_normal(k)] if with_covariate else np.ones((k, 1))
+    y = 0.3 + rng.standard_normal((k, n)) * rng.uniform(0.2, 0.7, n)
+    v = rng.uniform(0.05, 0.2, (k, n))
+    beta, cov, tau2 = P.reml_fixed(y, v, X if with_covariate else None, n_iter=30, tol=1e-12)
+    ref = np.array([_reml_bruteforce(y[:, i], v[:, i], X) for i in range(n)])
+    assert (ref > 0).sum() > 10  # both interior and boundary solutions are exercised
+    np.testing.assert_allclose(tau2, ref, atol=1e-7)
+    w = 1.0 / (v + tau2)
+    M = np.einsum("kp,kn,kq->npq", X, w, X)
+    np.testing.assert_allclose(cov, np.linalg.inv(M), rtol=1e-10)
+    np.testing.assert_allclose(beta, np.einsum("npq,nq->np", np.linalg.inv(M),
+                                               np.einsum("kp,kn->np", X, w * y)), rtol=1e-10)
+
+
+def test_rubin_rules_by_hand():
+    coef = np.array([[1.0], [2.0], [3.0]])
+    var = np.array([[0.5], [0.5], [0.5]])
+    cb, tot, z = P.rubin_z(coef, var)
+    assert cb[0] == 2.0
+    assert tot[0] == pytest.approx(0.5 + (1 + 1 / 3) * 1.0)
+    assert z[0] == pytest.approx(2.0 / np.sqrt(0.5 + 4 / 3))
+
+
+def test_subject_images_are_exactly_standardised(toy):
+    subj = P.make_subject_images(toy.n1, toy.n2, toy.space, np.random.default_rng(1), 8.0)
+    for i, s in enumerate(subj):
+        groups = [slice(0, int(toy.n1[i]))]
+        if toy.two_sample[i]:
+            groups.append(slice(int(toy.n1[i]), None))
+        assert s.shape == (sum(int(x) for x in (toy.n1[i], np.nan_to_num(toy.n2[i]))),
+                           toy.space.n_voxels)
+        for g in groups:
+            np.testing.assert_allclose(s[g].mean(0), 0, atol=1e-5)
+            np.testing.assert_allclose(s[g].std(0, ddof=1), 1, atol=1e-5)
+    # neighbouring voxels are correlated (smooth subject images)
+    nb = np.flatnonzero(toy.space.ijk[:, 0] == toy.space.ijk[0, 0])[:2]
+    r = np.corrcoef(subj[3][:, 0], subj[3][:, 1])[0, 1]
+    assert r > 0.5 and nb.size == 2
+
+
+def test_permutation_algebra_matches_explicit_subject_images(toy):
+    """g_perm = J (mean of permuted patients - controls) of the imputed subject images."""
+    rng = np.random.default_rng(5)
+    subj = P.make_subject_images(toy.n1, toy.n2, toy.space, rng, 8.0)
+    codes = P.make_codes(toy, 4, rng)
+    engine = P._Engine(toy, subj, None, None, 10, 1e-7, "numpy", 512, {})
+    j_imp = 2
+    jj = hedges_j(np.where(toy.two_sample, toy.n1 + np.nan_to_num(toy.n2) - 2, toy.n1 - 1))
+    # identity: the imputed g is recovered exactly
+    A, c = engine.study_effects(codes, 0)
+    np.testing.assert_allclose(A, 0, atol=2e-6)
+    np.testing.assert_allclose(c, 1.0)
+    for b in (1, 3):
+        A, c = engine.study_effects(codes, b)
+        for i in range(len(toy.n1)):
+            a = int(toy.n1[i])
+            y = subj[i].astype(float).copy()
+            y[:a] += toy.imputations[j_imp, i] / jj[i]  # patients (or the one sample)
+            w = codes.weights[i][b].astype(float)
+            if toy.two_sample[i]:
+                pat = w > 0
+                assert pat.sum() == a  # a reassignment keeps the group sizes
+                explicit = jj[i] * (y[pat].mean(0) - y[~pat].mean(0))
+            else:
+                signs = np.sign(w)
+                explicit = jj[i] * (signs[:, None] * y).mean(0)
+            np.testing.assert_allclose(A[i] + c[i] * toy.imputations[j_imp, i], explicit,
+                                       atol=2e-5)
+
+
+def test_identity_equals_direct_meta_analysis(toy):
+    res = P.psi_permutation_test(toy, n_permutations=3, seed=11, backend="numpy")
+    k1, k2 = toy.variance_coefficients()
+    y = toy.imputations.astype(float)
+    beta, cov, _ = P.reml_fixed(y, k1[:, None] + k2[:, None] * y * y, None, 30, tol=1e-12)
+    _, _, z = P.rubin_z(beta[..., 0], cov[..., 0, 0])
+    np.testing.assert_allclose(res.maps["z"], z, atol=1e-6)
+    assert res.maxima["max_z"].iloc[0] == pytest.approx(z.max())
+    assert list(res.maxima.columns) == P.MAXIMA_COLUMNS
+    assert res.maxima["permutation"].tolist() == [1, 2, 3]
+
+
+def test_backends_agree_and_results_are_reproducible(toy):
+    a = P.psi_permutation_test(toy, n_permutations=12, seed=2, backend="numpy", chunk_size=5)
+    b = P.psi_permutation_test(toy, n_permutations=12, seed=2, backend="numba", chunk_size=3,
+                               n_jobs=2)
+    np.testing.assert_allclose(a.maxima.to_numpy(), b.maxima.to_numpy(), rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(a.maps["z"], b.maps["z"], atol=1e-8)
+    c = P.psi_permutation_test(toy, n_permutations=12, seed=2, backend="numba", chunk_size=12)
+    assert np.array_equal(b.maxima.to_numpy(), c.maxima.to_numpy())
+    d = P.psi_permutation_test(toy, n_permutations=12, seed=3, backend="numba")
+    assert not np.allclose(c.maxima["max_z"].iloc[1:], d.maxima["max_z"].iloc[1:])
+    # FWE maps: p of the global maximum counts the permutations reaching it (identity included)
+    i = np.argmax(a.maps["z"])
+    n_ge = int((a.maxima["max_z"] >= a.maps["z"][i]).sum())
+    assert n_ge >= 1
+    assert a.maps["p_voxel"][i] == pytest.approx(n_ge / 12)
+    assert a.maps["corrp_voxel"][i] == pytest.approx(1 - n_ge / 12)
+    assert np.all(np.diff(a.maps["p_voxel"][np.argsort(a.maps["z"])]) <= 0)
+    assert np.all((a.maps["p_tfce"] > 0) & (a.maps["p_tfce"] <= 1))
+
+
+def test_dask_cluster_gives_the_serial_result(toy):
+    distributed = pytest.importorskip("distributed")
+    from joblib import parallel_config
+
+    serial = P.psi_permutation_test(toy, n_permutations=9, seed=4, backend="numba",
+                                    chunk_size=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster), parallel_config(backend="dask"):
+        par = P.psi_permutation_test(toy, n_permutations=9, seed=4, backend="numba",
+                                     chunk_size=2, n_jobs=2)
+    assert np.array_equal(serial.maxima.to_numpy(), par.maxima.to_numpy())
+
+
+def test_freedman_lane_meta_regression(toy):
+    rng = np.random.default_rng(9)
+    X = np.c_[np.ones(6), rng.standard_normal(6)]
+    inp = P.PSIInputs(toy.imputations, toy.n1, toy.n2, toy.space, X=X, C=[0, 1])
+    assert inp.method == "freedman-lane"
+    res = P.psi_permutation_test(inp, n_permutations=6, seed=1)
+    k1, k2 = inp.variance_coefficients()
+    y = inp.imputations.astype(float)
+    beta, cov, _ = P.reml_fixed(y, k1[:, None] + k2[:, None] * y * y, X, 30, tol=1e-12)
+    _, _, z = P.rubin_z(beta[..., 1], cov[..., 1, 1])
+    np.testing.assert_allclose(res.maps["z"], z, atol=1e-6)
+    codes = P.make_codes(inp, 6, P.derive_rng(1, "psi/permutations"))
+    assert np.array_equal(codes.order[0], np.arange(6))
+    assert all(sorted(o) == list(range(6)) for o in codes.order)
+    # a mean model adjusted for a covariate still permutes subjects
+    assert P.PSIInputs(toy.imputations, toy.n1, toy.n2, toy.space, X=X, C=[1, 0]).method \
+        == "subjects"
+
+
+def test_bad_inputs_raise(toy):
+    with pytest.raises(ValueError, match="voxels"):
+        P.PSIInputs(toy.imputations[:, :, :-1], toy.n1, toy.n2, toy.space)
+    with pytest.raises(ValueError, match="entries"):
+        P.PSIInputs(toy.imputations, toy.n1[:-1], toy.n2, toy.space)
+    with pytest.raises(ValueError, match=">= 2 subjects"):
+        P.PSIInputs(toy.imputations, np.r_[1.0, toy.n1[1:]], toy.n2, toy.space)
+    with pytest.raises(ValueError, match="unknown array backend"):
+        check_backend("torch")
+    assert "numpy" in available_backends()
+    assert array_module("numpy") is np
