@@ -254,7 +254,8 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False) -> st
 
 
 def table(label: str, columns: dict[str, str] | None = None, floatfmt: str = ".3g",
-          results_dir: str | Path | None = None):
+          results_dir: str | Path | None = None, query: str | None = None,
+          empty: str = "No rows."):
     """The table of ``label`` as Markdown for display in a code cell.
 
     Parameters
@@ -265,16 +266,59 @@ def table(label: str, columns: dict[str, str] | None = None, floatfmt: str = ".3
         Columns to show (in order) and their headers; all columns when omitted.
     floatfmt : str
         Format of floating-point cells.
+    query : str, optional
+        A :meth:`pandas.DataFrame.query` selecting the rows to show.
+    empty : str
+        Text shown instead of a table without rows.
     """
     from IPython.display import Markdown
 
     df = read_table(label, results_dir)
     if df is None:
         return _missing_note(label, artefact_path(label, results_dir))
+    if query:
+        df = df.query(query)
+    if df.empty:
+        return Markdown(f"*{empty}*")
     if columns:
         keep = [c for c in columns if c in df.columns]
         df = df[keep].rename(columns=columns)
     return Markdown(md_table(df, floatfmt=floatfmt))
+
+
+def terms_table(label: str = "tbl-terms", seed_set: str = "published", n: int | None = None,
+                results_dir: str | Path | None = None):
+    """Top terms per seed side by side (rank x seed, "term (p)"), from the characterisation.
+
+    Parameters
+    ----------
+    label : str
+        The label of the top-terms table in :data:`ARTEFACTS`.
+    seed_set : str
+        Which seeds: ``"published"`` (the paper's peaks) or ``"meta"`` (our clusters).
+    n : int, optional
+        Number of ranks shown (default: ``characterisation.top_terms`` of the configuration).
+    """
+    from IPython.display import Markdown
+
+    df = read_table(label, results_dir)
+    if df is None:
+        return _missing_note(label, artefact_path(label, results_dir))
+    n = n or load_config()["characterisation"]["top_terms"]
+    if "set" in df.columns:
+        df = df[df["set"] == seed_set]
+    if "source" in df.columns and len(df):
+        df = df[df["source"] == df["source"].iloc[0]]
+    if df.empty:
+        return Markdown(f"*No terms for the {seed_set} seeds.*")
+    df = df[df["rank"] <= n]
+    cells = df["term"].astype(str) + " (" + df["p"].map(fmt_p) + ")"
+    wide = (df.assign(cell=cells).pivot(index="rank", columns="seed", values="cell")
+            .reset_index().rename(columns={"rank": "Rank"}))
+    if "aal2_region" in df.columns:
+        regions = df.groupby("seed")["aal2_region"].first()
+        wide = wide.rename(columns={s: f"{s} ({regions[s]})" for s in regions.index})
+    return Markdown(md_table(wide))
 
 
 @dataclass

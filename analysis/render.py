@@ -557,7 +557,10 @@ def render_fallback(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None =
     nb, cell_of = build_notebook(chunks)
     LGR.info("fallback renderer: executing %d cells of %s", len(nb.cells), qmd.name)
     execute_notebook(nb, Path(cwd or paths.REPO_ROOT), timeout=timeout,
-                     env={"PAINEMP_RENDERER": "fallback"})
+                     env={"PAINEMP_RENDERER": "fallback",
+                          # figures drawn in a cell are shown inline, as with Quarto, even
+                          # where MPLBACKEND=Agg is set for the rest of the process (CI)
+                          "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
     for k, idx in cell_of.items():
         errs = [o for o in nb.cells[idx].get("outputs", []) if o.get("output_type") == "error"]
         if errs:
