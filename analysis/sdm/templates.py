@@ -24,7 +24,7 @@ Tissue-similarity model ("gray_matter")
     (``sdm.template``: 0.65, 0, 0.75). They were chosen by the mean voxelwise correlation with
     the SDM-PSI v6.21 bound maps of Enge et al. (2021) on 5 of the 10 mirrored studies
     (bauer2017, backes2002, mooreparks2010, balsamo2006, skeide2014six; r = 0.932 vs 0.914
-    for the isotropic 20 mm kernel) and checked on the other 5 (r = 0.927 vs 0.920). The
+    for the isotropic 20 mm kernel) and checked on the other 5 (r = 0.928 vs 0.920). The
     surface is flat (training r 0.930-0.932 for gamma 0.25-1 with a mean stretch near 0.8) and
     the tissue-boundary term ``beta`` brought nothing, so it is 0.
 
