@@ -1,0 +1,95 @@
+"""Meta-regression of SDM-PSI maps on study covariates, reported at the result peaks.
+
+He et al. (2024) regressed the pain-empathy maps on mean age, percentage of women and treatment
+status (no significant effects). As in SDM-PSI (spec ``sdm-psi.md`` §8.4; ``mi_lm``), the
+design is ``X = [1, covariate]`` and the hypothesis is the covariate's slope; the slope map, its
+Rubin variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation, REML
+meta-regression, Rubin's rules). Studies with a missing covariate value are left out of that
+regression (and counted). The covariate is centred on its mean, like Enge et al. (2021) did for
+SDM-PSI's ``age_mean_c``; the slope does not depend on the centring. Inference at a peak is the
+two-tailed normal p of the slope's SDM-Z; family-wise inference over the brain is by
+Freedman-Lane permutation of studies (:mod:`analysis.sdm.permutation`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from analysis.sdm.clusters import threshold_clusters
+
+LGR = logging.getLogger(__name__)
+
+REGRESSION_COLUMNS = ["covariate", "n_studies", "n_missing", "cluster", "direction", "x", "y",
+                      "z", "slope", "slope_se", "slope_z", "p_two_tailed",
+                      "n_slope_clusters"]
+
+
+def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray, np.ndarray]:
+    """Centred design ``[1, covariate]`` and the mask of studies with a value.
+
+    Parameters
+    ----------
+    studies : DataFrame
+        Study table (``analysis.studies.load_studies``): ``age``, ``female_pct``, ``treated``
+        (0/1) or any numeric column.
+    covariate : str
+
+    Returns
+    -------
+    X : ndarray (k_used, 2)
+    keep : ndarray of bool (k,)
+    """
+    if covariate not in studies.columns:
+        raise KeyError(f"covariate {covariate!r} is not a column of the study table")
+    vals = pd.to_numeric(studies[covariate], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(vals)
+    x = vals[keep]
+    if keep.sum() < 3 or np.ptp(x) == 0:
+        raise ValueError(f"covariate {covariate!r}: too few studies with distinct values "
+                         f"({int(keep.sum())} with a value)")
+    return np.column_stack([np.ones(keep.sum()), x - x.mean()]), keep
+
+
+def slope_at_peaks(result, peaks: pd.DataFrame, covariate: str, n_missing: int,
+                   **threshold_kwargs) -> pd.DataFrame:
+    """Slope, SE, z and two-tailed p of a fitted meta-regression at every result peak.
+
+    Parameters
+    ----------
+    result : MetaResult
+        Fit with hypothesis on the slope (``maps["g"]`` = slope, ``maps["var"]``, ``maps["z"]``).
+    peaks : DataFrame
+        Main-analysis cluster peaks with ``cluster, direction, x, y, z, voxel``.
+    covariate : str
+    n_missing : int
+        Studies left out for a missing value.
+    **threshold_kwargs
+        Thresholds for counting slope clusters anywhere in the brain (default: the paper's).
+
+    Returns
+    -------
+    DataFrame
+        :data:`REGRESSION_COLUMNS`, one row per peak (one row with empty peak columns when
+        there are no peaks).
+    """
+    maps = result.maps
+    n_cl = len(threshold_clusters(maps["z"], result.space, local_peaks=False,
+                                  **threshold_kwargs).peaks())
+    k = len(result.n1)
+    rows = []
+    for r in peaks.itertuples(index=False):
+        v = int(r.voxel)
+        z = float(maps["z"][v])
+        rows.append({"covariate": covariate, "n_studies": k, "n_missing": n_missing,
+                     "cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
+                     "z": r.z, "slope": float(maps["g"][v]),
+                     "slope_se": float(np.sqrt(maps["var"][v])), "slope_z": z,
+                     "p_two_tailed": float(2 * norm.sf(abs(z))), "n_slope_clusters": n_cl})
+    if not rows:
+        rows.append({"covariate": covariate, "n_studies": k, "n_missing": n_missing,
+                     "n_slope_clusters": n_cl})
+    return pd.DataFrame(rows, columns=REGRESSION_COLUMNS)

@@ -1,0 +1,227 @@
+"""Pipeline stage "robustness": permutation FWE, jackknife, meta-regression, heterogeneity, subgroups.
+
+He et al. (2024) complemented the SDM-PSI mean analysis (stage ``meta``) with a leave-one-study-
+out jackknife, meta-regressions on mean age, percentage of women and treatment (no significant
+effects), heterogeneity (I^2) at the peaks and family-wise-error-corrected inference by
+permutation of subject images (PSI; Albajes-Eizagirre et al. 2019). This stage re-creates the
+main fit exactly (same pre-processing, same seed as stage ``meta``; the agreement with
+``results/maps/z.nii.gz`` is reported), then writes
+
+- ``maps/corrp_voxel.nii.gz``, ``maps/corrp_voxel_neg.nii.gz``, ``maps/corrp_tfce.nii.gz``,
+  ``maps/corrp_tfce_neg.nii.gz`` (``1 - p_FWE``; each direction corrected separately);
+- ``tables/permutation_maxima.tsv`` (max z+, max z-, max TFCE+, max TFCE- per permutation;
+  row 1 = the unpermuted data) and ``tables/fwe_peaks.tsv`` (FWE p at every Table 3 peak);
+- ``tables/jackknife.tsv`` (every leave-one-study-out and leave-one-disorder-out analysis x
+  every cluster) and ``tables/jackknife_summary.tsv``;
+- ``tables/metaregression.tsv`` (slope, SE, z, two-tailed p per covariate and peak);
+- ``tables/heterogeneity.tsv`` (tau^2, I^2, H^2, Q and its z at every peak);
+- ``tables/subgroups.tsv`` (paradigm subgroups with enough studies: does each cluster survive).
+
+Where inputs are simulated stand-ins (``data/peaks.tsv`` provenance) the returned values say so.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from analysis.config import derive_rng
+from analysis.io import save_nifti, write_tsv
+from analysis.sdm.clusters import INCREASE, threshold_clusters, threshold_defaults
+
+LGR = logging.getLogger(__name__)
+
+HETEROGENEITY_COLUMNS = ["cluster", "direction", "x", "y", "z", "tau2", "i2_percent", "h2", "q",
+                         "q_z", "df"]
+FWE_COLUMNS = ["cluster", "direction", "x", "y", "z", "sdm_z", "sdm_z_psi", "p_fwe_voxel",
+               "p_fwe_tfce", "tfce", "survives_fwe_voxel", "survives_fwe_tfce"]
+
+
+def _estimator(config: dict, imputations: int, seed: int, **kw):
+    from analysis.sdm.estimator import SDMPSI
+
+    cfg = config["sdm"]
+    return SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
+                  unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations, seed=seed,
+                  **kw)
+
+
+def meta_fit_seed(config: dict) -> int:
+    """The seed stage ``meta`` gives its estimator (``analysis.sdm.stage.fit_mean_model``)."""
+    return int(derive_rng(config["seed"], "meta/fit").integers(2**31 - 1))
+
+
+def fwe_at_peaks(perm, peaks: pd.DataFrame, z_meta: np.ndarray, alpha: float) -> pd.DataFrame:
+    """FWE-corrected p (voxel and TFCE, direction of the cluster) at every cluster peak."""
+    rows = []
+    for r in peaks.itertuples(index=False):
+        v = int(r.voxel)
+        pos = r.direction == INCREASE
+        pv = perm.maps["p_voxel" if pos else "p_voxel_neg"][v]
+        pt = perm.maps["p_tfce" if pos else "p_tfce_neg"][v]
+        rows.append({"cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
+                     "z": r.z, "sdm_z": float(z_meta[v]), "sdm_z_psi": float(perm.maps["z"][v]),
+                     "p_fwe_voxel": float(pv), "p_fwe_tfce": float(pt),
+                     "tfce": float(perm.maps["tfce" if pos else "tfce_neg"][v]),
+                     "survives_fwe_voxel": bool(pv < alpha), "survives_fwe_tfce": bool(pt < alpha)})
+    return pd.DataFrame(rows, columns=FWE_COLUMNS)
+
+
+def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataFrame:
+    """tau^2, I^2 (%), H^2, Q and Q's z at every cluster peak (spec §8.1)."""
+    rows = []
+    for r in peaks.itertuples(index=False):
+        v = int(r.voxel)
+        rows.append({"cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
+                     "z": r.z, "tau2": float(maps["tau2"][v]), "i2_percent": float(maps["i2"][v]),
+                     "h2": float(maps["h2"][v]), "q": float(maps["q"][v]),
+                     "q_z": float(maps["q_z"][v]), "df": int(df)})
+    return pd.DataFrame(rows, columns=HETEROGENEITY_COLUMNS)
+
+
+def produce(ctx) -> dict:
+    """Stage ``robustness`` (see the module docstring)."""
+    from analysis.grid import gm_mask
+    from analysis.sdm import jackknife as jk
+    from analysis.sdm import metaregression as mr
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.permutation import psi_permutation_test
+    from analysis.sdm.preprocess import preprocess
+    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.stage import input_provenance
+
+    cfg = ctx.config
+    sdm = cfg["sdm"]
+    rob = sdm["robustness"]
+    n_imp = int(sdm["imputations_quick"] if ctx.quick else sdm["imputations"])
+    n_perm = int(sdm["permutations_quick"] if ctx.quick else sdm["permutations"])
+    alpha = float(rob["fwe_alpha"])
+    thr = threshold_defaults(cfg)
+
+    dataset = SDMDataset.from_data_dir(ctx.data_dir)
+    provenance = input_provenance(dataset)
+    space = MaskSpace(gm_mask())
+    bounds = preprocess(dataset, space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
+                        unknown_peak_mode=sdm["unknown_peak_mode"])
+    studies = list(bounds.studies)
+    table = dataset.studies.set_index("study").loc[studies].reset_index()
+    seed = meta_fit_seed(cfg)
+    n1, n2 = np.asarray(bounds.n1, float), np.asarray(bounds.n2, float)
+
+    def fit(idx, X=None, hypothesis=None, keep=False):
+        est = _estimator(cfg, n_imp, seed, hypothesis=hypothesis, keep_imputations=keep)
+        return est.fit_bounds(bounds.lower[idx], bounds.upper[idx], n1[idx], n2[idx], space,
+                              X=X, studies=[studies[i] for i in idx])
+
+    # ---- main fit (identical to stage "meta") and its clusters
+    all_idx = np.arange(len(studies))
+    base = fit(all_idx, keep=True)
+    z = base.maps["z"]
+    meta_z_path = ctx.result("maps/z.nii.gz")
+    agreement = None
+    if meta_z_path.exists():
+        agreement = float(np.nanmax(np.abs(space.from_img(nib.load(meta_z_path)) - z)))
+        LGR.info("robustness: re-fit vs stage meta z: max |diff| = %.3g", agreement)
+    clusters = threshold_clusters(z, space, local_peaks=False, **thr)
+    peaks = clusters.peaks()
+
+    # ---- permutation FWE (PSI)
+    psi = sdm["psi"]
+    perm = psi_permutation_test(base, n_perm, seed=int(ctx.rng("psi").integers(2**31 - 1)),
+                                n_jobs=int(psi["n_jobs"]), backend=psi["backend"])
+    for name in ("corrp_voxel", "corrp_voxel_neg", "corrp_tfce", "corrp_tfce_neg"):
+        save_nifti(ctx.out(f"maps/{name}.nii.gz"), perm.get_map(name))
+    write_tsv(ctx.out("tables/permutation_maxima.tsv"), perm.maxima, float_format="%.6f")
+    fwe = fwe_at_peaks(perm, peaks, z, alpha)
+    write_tsv(ctx.out("tables/fwe_peaks.tsv"), fwe, float_format="%.6g")
+
+    # ---- heterogeneity at the peaks
+    het = heterogeneity_at_peaks(base.maps, peaks, base.df)
+    write_tsv(ctx.out("tables/heterogeneity.tsv"), het, float_format="%.6g")
+
+    # ---- jackknife: leave one study out, leave one disorder out
+    loo = jk.leave_one_out_sets(studies)
+    lodo = jk.leave_group_out_sets(studies, list(table[rob["jackknife_group"]].astype(str)))
+    fits_loo = jk.refit_subsets(fit, studies, loo)
+    fits_lodo = jk.refit_subsets(fit, studies, lodo)
+    jt = pd.concat([
+        jk.cluster_survival(clusters.labels, peaks, {k: r.maps["z"] for k, r in fits_loo.items()},
+                            space, "leave-one-out",
+                            {k: len(r.n1) for k, r in fits_loo.items()}, **thr),
+        jk.cluster_survival(clusters.labels, peaks,
+                            {k: r.maps["z"] for k, r in fits_lodo.items()}, space,
+                            f"leave-one-{rob['jackknife_group']}-out",
+                            {k: len(r.n1) for k, r in fits_lodo.items()}, **thr),
+    ], ignore_index=True)
+    write_tsv(ctx.out("tables/jackknife.tsv"), jt, float_format="%.6g")
+    summary = jk.survival_summary(jt)
+    write_tsv(ctx.out("tables/jackknife_summary.tsv"), summary)
+
+    # ---- meta-regressions
+    regs = []
+    for cov in sdm["covariates"]:
+        X, keep = mr.covariate_design(table, cov)
+        res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1])
+        regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), **thr))
+    reg = pd.concat(regs, ignore_index=True)
+    write_tsv(ctx.out("tables/metaregression.tsv"), reg, float_format="%.6g")
+
+    # ---- subgroups (e.g. paradigm) with enough studies
+    col = rob["subgroup_column"]
+    groups = table[col].astype(str)
+    sub_rows, sub_fits = [], {}
+    for level in dict.fromkeys(groups):
+        idx = np.flatnonzero(groups.to_numpy() == level)
+        if len(idx) < int(rob["subgroup_min_studies"]):
+            LGR.info("subgroup %s=%s: %d studies, below the minimum", col, level, len(idx))
+            sub_rows.append(pd.DataFrame([{"analysis": f"subgroup {col}", "left_out": level,
+                                           "n_studies": len(idx)}]))
+            continue
+        sub_fits[level] = fit(idx)
+    if sub_fits:
+        sub_rows.insert(0, jk.cluster_survival(
+            clusters.labels, peaks, {k: r.maps["z"] for k, r in sub_fits.items()}, space,
+            f"subgroup {col}", {k: len(r.n1) for k, r in sub_fits.items()}, **thr))
+    subgroups = pd.concat(sub_rows, ignore_index=True) if sub_rows else pd.DataFrame(
+        columns=jk.JACKKNIFE_COLUMNS)
+    subgroups = subgroups.rename(columns={"left_out": "subgroup"})
+    write_tsv(ctx.out("tables/subgroups.tsv"), subgroups, float_format="%.6g")
+
+    # ---- values for the manuscript
+    def loo_counts(family):
+        s = summary[summary["analysis"] == family]
+        return [{"cluster": int(r.cluster), "direction": r.direction, "n_survive": int(r.n_survive),
+                 "n_analyses": int(r.n_analyses)} for r in s.itertuples(index=False)]
+
+    sig_reg = reg.dropna(subset=["p_two_tailed"])
+    return {
+        "inputs_statement": provenance["statement"],
+        "imputations": n_imp,
+        "permutations": n_perm,
+        "psi_backend": perm.info["backend"],
+        "psi_seconds": perm.info["seconds_permutations"],
+        "refit_vs_meta_max_abs_z_diff": agreement,
+        "psi_identity_vs_meta_max_abs_z_diff": float(np.max(np.abs(perm.maps["z"] - z))),
+        "n_clusters": int(len(peaks)),
+        "fwe_alpha": alpha,
+        "n_clusters_fwe_voxel": int(fwe["survives_fwe_voxel"].sum()),
+        "n_clusters_fwe_tfce": int(fwe["survives_fwe_tfce"].sum()),
+        "fwe_voxel_count": {"increase": int((perm.maps["p_voxel"] < alpha).sum()),
+                            "decrease": int((perm.maps["p_voxel_neg"] < alpha).sum())},
+        "max_z_null_median": float(np.median(perm.maxima["max_z"].to_numpy()[1:]))
+        if n_perm > 1 else None,
+        "jackknife_leave_one_out": loo_counts("leave-one-out"),
+        "jackknife_leave_one_group_out": loo_counts(f"leave-one-{rob['jackknife_group']}-out"),
+        "metaregression_min_p": float(sig_reg["p_two_tailed"].min()) if len(sig_reg) else None,
+        "metaregression_any_p_below_0_05": bool((sig_reg["p_two_tailed"] < 0.05).any()),
+        "metaregression_slope_clusters": {c: int(n) for c, n in
+                                          reg.groupby("covariate")["n_slope_clusters"].first()
+                                          .items()},
+        "metaregression_n_missing": {c: int(n) for c, n in
+                                     reg.groupby("covariate")["n_missing"].first().items()},
+        "i2_percent_at_peaks": [round(float(x), 3) for x in het["i2_percent"]],
+        "subgroups_fitted": sorted(sub_fits),
+    }

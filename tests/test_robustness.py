@@ -1,0 +1,120 @@
+"""Jackknife, meta-regression and the robustness stage (spec §7-8)."""
+
+from __future__ import annotations
+
+import types
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.grid import grid_affine
+from analysis.sdm import jackknife as jk
+from analysis.sdm import metaregression as mr
+from analysis.sdm import robustness_stage as rs
+from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
+from analysis.sdm.space import MaskSpace
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """A block of the real grid with one positive and one negative blob (simulated z)."""
+    shape = (91, 109, 91)
+    mask = np.zeros(shape, dtype=bool)
+    mask[30:60, 40:70, 30:50] = True
+    space = MaskSpace(nib.Nifti1Image(mask.astype(np.uint8), grid_affine()))
+    ijk = space.ijk
+    d_pos = np.linalg.norm(ijk - [38, 50, 40], axis=1)
+    d_neg = np.linalg.norm(ijk - [52, 60, 40], axis=1)
+    z = 5.0 * np.exp(-d_pos**2 / 8) - 4.0 * np.exp(-d_neg**2 / 8)
+    return space, z
+
+
+def test_leave_out_sets():
+    studies = ["a", "b", "c", "d"]
+    loo = jk.leave_one_out_sets(studies)
+    assert loo == {"a": ["b", "c", "d"], "b": ["a", "c", "d"], "c": ["a", "b", "d"],
+                   "d": ["a", "b", "c"]}
+    lgo = jk.leave_group_out_sets(studies, ["x", "y", "x", "z"])
+    assert lgo == {"x": ["b", "d"], "y": ["a", "c", "d"], "z": ["a", "b", "c"]}
+    with pytest.raises(ValueError, match="group labels"):
+        jk.leave_group_out_sets(studies, ["x"])
+
+
+def test_refit_subsets_passes_sorted_indices():
+    seen = []
+    out = jk.refit_subsets(lambda idx: seen.append(idx.tolist()) or len(idx), ["a", "b", "c"],
+                           {"no b": ["c", "a"]})
+    assert seen == [[0, 2]] and out == {"no b": 2}
+    with pytest.raises(ValueError, match="unknown studies"):
+        jk.refit_subsets(lambda idx: 0, ["a"], {"x": ["q"]})
+
+
+def test_cluster_survival(blobs):
+    space, z = blobs
+    base = threshold_clusters(z, space, local_peaks=False)
+    peaks = base.peaks()
+    assert list(peaks["direction"]) == [INCREASE, DECREASE]
+    no_pos = np.where(z > 0, 0.5 * z / z.max(), z)   # positive blob below threshold
+    shifted = np.roll(z, 1)                          # both blobs moved 2 mm: still overlap
+    flipped = -z                                     # directions swapped: nothing survives
+    tab = jk.cluster_survival(base.labels, peaks, {"same": z, "no_pos": no_pos,
+                                                   "shifted": shifted, "flipped": flipped},
+                              space, n_studies={"same": 10})
+    got = tab.set_index(["left_out", "direction"])["survives"]
+    assert got[("same", INCREASE)] and got[("same", DECREASE)]
+    assert not got[("no_pos", INCREASE)] and got[("no_pos", DECREASE)]
+    assert got[("shifted", INCREASE)] and got[("shifted", DECREASE)]
+    assert not got[("flipped", INCREASE)] and not got[("flipped", DECREASE)]
+    assert tab.loc[tab.left_out == "same", "n_studies"].iloc[0] == 10
+    summ = jk.survival_summary(tab)
+    pos = summ[summ.direction == INCREASE].iloc[0]
+    assert (pos.n_analyses, pos.n_survive) == (4, 2)
+    assert set(pos.failed_without.split(";")) == {"no_pos", "flipped"}
+
+
+def test_covariate_design():
+    studies = pd.DataFrame({"age": [20.0, 30.0, np.nan, 40.0], "treated": [1, 0, 1, 1]})
+    X, keep = mr.covariate_design(studies, "age")
+    assert keep.tolist() == [True, True, False, True]
+    np.testing.assert_allclose(X, [[1, -10], [1, 0], [1, 10]])
+    with pytest.raises(KeyError, match="not a column"):
+        mr.covariate_design(studies, "iq")
+    with pytest.raises(ValueError, match="distinct values"):
+        mr.covariate_design(studies.assign(treated=1), "treated")
+
+
+def test_slope_at_peaks_and_peak_tables(blobs):
+    space, z = blobs
+    peaks = threshold_clusters(z, space, local_peaks=False).peaks()
+    v = space.n_voxels
+    slope = np.full(v, 0.1)
+    var = np.full(v, 0.04)
+    res = types.SimpleNamespace(maps={"g": slope, "var": var, "z": slope / np.sqrt(var)},
+                                space=space, n1=np.ones(7))
+    tab = mr.slope_at_peaks(res, peaks, "age", 1)
+    assert list(tab.columns) == mr.REGRESSION_COLUMNS
+    assert len(tab) == 2
+    np.testing.assert_allclose(tab["slope_z"], 0.5)
+    np.testing.assert_allclose(tab["p_two_tailed"], 0.617075, atol=1e-6)
+    assert (tab["n_slope_clusters"] == 0).all() and (tab["n_studies"] == 7).all()
+    # heterogeneity and FWE at peaks read the right voxel and direction
+    maps = {"tau2": z * 0 + 0.01, "i2": np.arange(v, dtype=float), "h2": z * 0 + 1,
+            "q": z * 0 + 3, "q_z": z * 0}
+    het = rs.heterogeneity_at_peaks(maps, peaks, 10)
+    assert het["i2_percent"].tolist() == peaks["voxel"].astype(float).tolist()
+    pmap = {"p_voxel": np.full(v, 0.01), "p_voxel_neg": np.full(v, 0.2),
+            "p_tfce": np.full(v, 0.03), "p_tfce_neg": np.full(v, 0.04), "z": z,
+            "tfce": z * 0 + 5, "tfce_neg": z * 0 + 6}
+    fwe = rs.fwe_at_peaks(types.SimpleNamespace(maps=pmap), peaks, z, 0.05)
+    assert fwe["survives_fwe_voxel"].tolist() == [True, False]
+    assert fwe["survives_fwe_tfce"].tolist() == [True, True]
+    assert fwe["tfce"].tolist() == [5.0, 6.0]
+
+
+def test_meta_fit_seed_is_the_meta_stage_stream():
+    from analysis.config import derive_rng, load_config
+
+    cfg = load_config()
+    assert rs.meta_fit_seed(cfg) == int(derive_rng(cfg["seed"], "meta/fit").integers(2**31 - 1))
