@@ -1,0 +1,261 @@
+"""``python -m analysis bench``: speed and memory benchmarks, as ratios measured in the same run.
+
+A benchmark is a function ``(args) -> dict`` registered with :func:`register`; it returns
+``{"metrics": {...}, "ratios": {...}, "notes": [...]}``. The command runs the selected
+benchmarks (all by default) and writes ``bench.json`` and ``bench.md`` into ``--out``
+(default ``results/bench``). Other engineers add their own benchmarks with::
+
+    from analysis.commands.bench import register
+
+    @register("name", "one-line description")
+    def bench_name(args): ...
+
+(the module that defines them must be listed in :data:`BENCH_MODULES`).
+Every ratio compares timings taken in the same process on the same machine; extrapolated or
+scaled timings are labelled as such in ``notes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from analysis import paths
+from analysis.io import write_json, write_text
+
+LGR = logging.getLogger(__name__)
+
+#: name -> (function, description)
+BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
+#: modules imported before running, so that their ``@register`` calls take effect
+BENCH_MODULES: list[str] = ["analysis.commands.bench"]
+
+
+def register(name: str, description: str):
+    """Decorator adding a benchmark to :data:`BENCHMARKS`."""
+    def deco(func):
+        BENCHMARKS[name] = (func, description)
+        return func
+    return deco
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (GB; Linux ``ru_maxrss`` is in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# PSI permutations (engineer D)
+# ---------------------------------------------------------------------------------------------
+def _psi_inputs(imputations: int, seed: int):
+    """The 11-study data of ``data/``: pre-processing and MetaNSUE imputation (kept)."""
+    from analysis.config import load_config
+    from analysis.grid import gm_mask
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.permutation import PSIInputs
+    from analysis.sdm.preprocess import preprocess
+    from analysis.sdm.robustness_stage import _estimator
+    from analysis.sdm.space import MaskSpace
+
+    cfg = load_config()
+    sdm = cfg["sdm"]
+    ds = SDMDataset.from_data_dir()
+    space = MaskSpace(gm_mask())
+    b = preprocess(ds, space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
+                   unknown_peak_mode=sdm["unknown_peak_mode"])
+    res = _estimator(cfg, imputations, seed, keep_imputations=True).fit_bounds(
+        b.lower, b.upper, b.n1, b.n2, space, studies=list(b.studies))
+    return PSIInputs.from_result(res), ds
+
+
+def naive_permutation(inputs, subjects, codes, b: int) -> tuple[float, float, float, float]:
+    """Reference loop: one permutation recomputed from scratch (no algebra, no fusion).
+
+    For every imputation the subject images ``Z + g/J`` are built explicitly, permuted,
+    averaged (``J x mean difference``), meta-analysed with the converged REML of
+    :func:`analysis.sdm.random_effects.fit_random_effects` and pooled; TFCE by labelling every
+    height (:func:`analysis.sdm.tfce.tfce_reference`).
+    """
+    from analysis.sdm.permutation import rubin_z
+    from analysis.sdm.random_effects import fit_random_effects
+    from analysis.sdm.tfce import tfce_reference
+
+    k1, k2 = inputs.variance_coefficients()
+    jj = inputs.j
+    m, k, _ = inputs.imputations.shape
+    coefs, vars_ = [], []
+    for j in range(m):
+        g = np.empty((k, inputs.space.n_voxels))
+        for i in range(k):
+            a = int(inputs.n1[i])
+            y = subjects[i].astype(np.float64)
+            y[:a] += inputs.imputations[j, i] / jj[i]
+            w = codes.weights[i][b].astype(np.float64)
+            g[i] = jj[i] * (w @ y)
+        fit = fit_random_effects(g, k1[:, None] + k2[:, None] * g * g)
+        coefs.append(fit["coef"])
+        vars_.append(fit["var"])
+    _, _, z = rubin_z(np.array(coefs), np.array(vars_))
+    pos = tfce_reference(inputs.space.to_volume(np.maximum(z, 0)))
+    neg = tfce_reference(inputs.space.to_volume(np.maximum(-z, 0)))
+    return float(z.max()), float((-z).max()), float(pos.max()), float(neg.max())
+
+
+def _nimare_ale_fwe_seconds(ds, n_iters: int, n_cores: int) -> float:
+    """Seconds of NiMARE's ALE + Monte-Carlo FWE (``FWECorrector(method="montecarlo")``)."""
+    from nimare.correct import FWECorrector
+    from nimare.dataset import Dataset
+    from nimare.meta.cbma import ALE
+
+    data = {}
+    for s in ds.studies.itertuples(index=False):
+        p = ds.peaks[ds.peaks["study"] == s.study]
+        n = int(s.n1 + (0 if not np.isfinite(s.n2) else s.n2))
+        data[s.study] = {"contrasts": {"1": {
+            "coords": {"space": "MNI", "x": p["x"].tolist(), "y": p["y"].tolist(),
+                       "z": p["z"].tolist()},
+            "metadata": {"sample_sizes": [n]}}}}
+    dset = Dataset(data)
+    t0 = time.perf_counter()
+    res = ALE().fit(dset)
+    FWECorrector(method="montecarlo", n_iters=n_iters, n_cores=n_cores,
+                 voxel_thresh=0.001).transform(res)
+    return time.perf_counter() - t0
+
+
+@register("psi", "PSI permutations x imputations on the 11-study data (FWE + TFCE maxima)")
+def bench_psi(args: argparse.Namespace) -> dict:
+    from analysis.config import derive_rng, load_config
+    from analysis.sdm.permutation import make_codes, make_subject_images, psi_permutation_test
+
+    cfg = load_config()
+    n_perm = int(args.permutations)
+    t0 = time.perf_counter()
+    inputs, ds = _psi_inputs(int(args.imputations), int(cfg["seed"]))
+    t_fit = time.perf_counter() - t0
+    seed = int(cfg["seed"])
+    subjects = make_subject_images(inputs.n1, inputs.n2, inputs.space,
+                                   derive_rng(seed, "psi/subject_images"))
+    # warm-up (numba compilation) outside the timings
+    psi_permutation_test(inputs, 2, seed=seed, backend=args.backend, subject_images=subjects)
+    ours = psi_permutation_test(inputs, n_perm, seed=seed, n_jobs=args.n_jobs,
+                                backend=args.backend, subject_images=subjects)
+    t_ours = ours.info["seconds_permutations"]
+    per_perm = t_ours / max(n_perm - 1, 1)
+    metrics = {
+        "studies": len(inputs.n1), "voxels": int(inputs.space.n_voxels),
+        "imputations": int(inputs.imputations.shape[0]), "permutations": n_perm,
+        "backend": args.backend, "n_jobs": args.n_jobs,
+        "fit_seconds": round(t_fit, 1), "permutation_seconds": round(t_ours, 1),
+        "seconds_per_permutation": round(per_perm, 3),
+        "permutations_per_second": round(1 / per_perm, 3),
+        "extrapolated_seconds_1000": round(per_perm * 999, 1),
+        "peak_rss_gb": round(peak_rss_gb(), 2),
+    }
+    ratios, notes = {}, []
+    # NumPy backend on a few permutations (same data, same run)
+    n_np = int(args.naive_permutations) + 1
+    if args.backend != "numpy":
+        r = psi_permutation_test(inputs, n_np, seed=seed, backend="numpy",
+                                 subject_images=subjects)
+        t_np = r.info["seconds_permutations"] / (n_np - 1)
+        metrics["numpy_seconds_per_permutation"] = round(t_np, 3)
+        ratios["numpy_over_" + args.backend] = round(t_np / per_perm, 2)
+    # naive reference loop, timed on a few permutations and extrapolated
+    codes = make_codes(inputs, n_np, derive_rng(seed, "psi/permutations"))
+    t1 = time.perf_counter()
+    naive = [naive_permutation(inputs, subjects, codes, b) for b in range(1, n_np)]
+    t_naive = (time.perf_counter() - t1) / (n_np - 1)
+    metrics["naive_seconds_per_permutation"] = round(t_naive, 2)
+    ratios["naive_over_ours"] = round(t_naive / per_perm, 1)
+    notes.append(f"naive loop timed on {n_np - 1} permutation(s), extrapolated per permutation")
+    same = np.allclose(np.array(naive)[:, :2], ours.maxima.iloc[1:n_np, 1:3].to_numpy(),
+                       rtol=1e-3, atol=1e-3)
+    metrics["naive_max_z_agrees"] = bool(same)
+    # NiMARE ALE Monte-Carlo FWE, fewer iterations, scaled linearly to the same count
+    if args.nimare_iters > 0:
+        try:
+            t_small = _nimare_ale_fwe_seconds(ds, int(args.nimare_iters), int(args.n_jobs))
+            per_iter = t_small / int(args.nimare_iters)
+            metrics["nimare_ale_seconds_per_iteration"] = round(per_iter, 3)
+            ratios["nimare_ale_montecarlo_over_ours"] = round(per_iter / per_perm, 2)
+            notes.append(f"NiMARE ALE + FWECorrector(montecarlo) timed with n_iters="
+                         f"{args.nimare_iters} (ALE fit included) and scaled per iteration; "
+                         "ALE has no imputations, so this compares one FWE iteration of each")
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            notes.append(f"NiMARE benchmark failed: {exc!r}")
+    metrics["target_met_10min_2cores"] = bool(per_perm * 999 < 600)
+    metrics["target_met_6gb"] = bool(metrics["peak_rss_gb"] < 6)
+    return {"metrics": metrics, "ratios": ratios, "notes": notes}
+
+
+# ---------------------------------------------------------------------------------------------
+# command
+# ---------------------------------------------------------------------------------------------
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only this benchmark (repeatable); default: all")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default results/bench)")
+    p.add_argument("--permutations", type=int, default=1000,
+                   help="PSI permutations including the identity (default 1000)")
+    p.add_argument("--imputations", type=int, default=50, help="imputations (default 50)")
+    p.add_argument("--n-jobs", type=int, default=2, help="parallel workers (default 2)")
+    p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"],
+                   help="array backend of the PSI kernel (default numba)")
+    p.add_argument("--naive-permutations", type=int, default=2,
+                   help="permutations timed with the naive loop (default 2)")
+    p.add_argument("--nimare-iters", type=int, default=20,
+                   help="Monte-Carlo iterations of the NiMARE comparison (0 = skip)")
+
+
+def _markdown(report: dict) -> str:
+    lines = ["# Benchmarks", "", f"Machine: {report['machine']}", ""]
+    for name, r in report["benchmarks"].items():
+        lines += [f"## {name}", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in r.get("metrics", {}).items()]
+        if r.get("ratios"):
+            lines += ["", "| ratio (same run) | value |", "|---|---|"]
+            lines += [f"| {k} | {v} |" for k, v in r["ratios"].items()]
+        lines += [""] + [f"- {n}" for n in r.get("notes", [])] + [""]
+    return "\n".join(lines)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    for mod in BENCH_MODULES:
+        importlib.import_module(mod)
+    if args.list:
+        for name, (_, desc) in BENCHMARKS.items():
+            print(f"{name}: {desc}")
+        return 0
+    names = args.only or list(BENCHMARKS)
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        print(f"unknown benchmark(s): {sorted(unknown)}; known: {sorted(BENCHMARKS)}")
+        return 2
+    import os
+
+    report = {"machine": f"{platform.processor() or platform.machine()}, "
+                         f"{os.cpu_count()} logical CPUs, Python {platform.python_version()}",
+              "benchmarks": {}}
+    for name in names:
+        LGR.info("benchmark %s", name)
+        t0 = time.perf_counter()
+        res = BENCHMARKS[name][0](args)
+        res["seconds_total"] = round(time.perf_counter() - t0, 1)
+        report["benchmarks"][name] = res
+    out = Path(args.out or paths.results_dir() / "bench")
+    write_json(out / "bench.json", report)
+    write_text(out / "bench.md", _markdown(report))
+    print(json.dumps(report, indent=1, default=str))
+    return 0
