@@ -57,21 +57,34 @@ class SDMDataset:
 
         studies = load_studies(data_dir)
         peaks = load_peaks(data_dir, studies=studies)
-        p = peaks.rename(columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"}, errors="ignore")
-        if "x_mni" in peaks.columns:
-            p = peaks.drop(columns=["x", "y", "z"]).rename(
-                columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
+        p = peaks.drop(columns=["x", "y", "z"]).rename(
+            columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
         return cls(studies.reset_index(drop=True), p.reset_index(drop=True))
 
     @classmethod
-    def from_sdm_project(cls, folder: str | Path) -> SDMDataset:
-        """Any SDM-PSI project folder (``sdm_table.txt`` + peak files)."""
-        from analysis.sdm_format import read_sdm_project
+    def from_sdm_project(cls, folder: str | Path, config: dict | None = None) -> SDMDataset:
+        """Any SDM-PSI project folder (``sdm_table.txt`` + peak files), one- or two-sample.
 
-        studies, peaks = read_sdm_project(folder)
-        if "x_mni" in peaks.columns:
-            peaks = peaks.drop(columns=["x", "y", "z"]).rename(
-                columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
+        The text tables of :func:`analysis.sdm_format.read_sdm_project` are typed and converted
+        (Talairach to MNI, signed t) by the same checks as the compendium's own data, except the
+        brain-mask, duplicate and below-threshold checks, which published SDM projects fail.
+        """
+        from analysis.config import load_config
+        from analysis.errors import DataErrors
+        from analysis.peaks import check_peaks
+        from analysis.sdm_format import _typed_studies, read_sdm_project
+
+        cfg = config or load_config()
+        raw_s, raw_p = read_sdm_project(folder)
+        studies = _typed_studies(raw_s, cfg)
+        raw_p = raw_p.copy()
+        raw_p.index = pd.RangeIndex(1, len(raw_p) + 1)
+        peaks, errors = check_peaks(raw_p, studies, f"{Path(folder).name}/peaks", cfg,
+                                    check_mask=False, check_duplicates=False)
+        if errors:
+            raise DataErrors(errors)
+        peaks = peaks.drop(columns=["x", "y", "z"]).rename(
+            columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
         if "n2" not in studies.columns:
             studies = studies.assign(n2=np.nan)
         return cls(studies.reset_index(drop=True), peaks.reset_index(drop=True))
