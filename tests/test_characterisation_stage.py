@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -68,7 +69,11 @@ def test_characterise_command(mirror, tmp_path, capsys):
     cap = (out / "figures" / "figure3_caption.txt").read_text()
     assert "SUBSTITUTE" in cap and "MACM only" in cap
     nets = pd.read_csv(out / "tables" / "network_overlap.tsv", sep="\t")
-    assert nets.loc[nets["map"] == "S1", "Default"].item() > 0.5  # MTG conjunction mostly DMN
+    conj = nets[(nets["map"] == "S1") & (nets["kind"] == "conjunction")]
+    assert conj["Default"].item() > 0.5  # MTG conjunction mostly DMN
+    assert set(nets.loc[nets["map"] == "S2", "kind"]) == {"macm_only", "macm"}
+    shares = nets.loc[:, "outside":"Default"].sum(axis=1)
+    assert np.allclose(shares, 1.0, atol=1e-3)
     assert "229 studies" in capsys.readouterr().out
 
 
@@ -89,6 +94,32 @@ def test_stage_end_to_end(mirror, results_tmp, data_copy):
     _run_one(stage, "test", lc(), data_copy, results_tmp, False)
     vals = json.loads((results_tmp / "values" / "characterisation.json").read_text())
     assert "skipped" in vals["meta"]
+    _check_published(vals, results_tmp)
+
+
+@pytest.mark.slow
+def test_stage_with_meta_peaks(mirror, results_tmp, data_copy):
+    """With a table3.tsv from stage 'meta' (here two rows of the published Table 3 standing in
+    for it), the 'meta' seed set is characterised too and gets its own figures."""
+    from analysis.config import load_config as lc
+    from analysis.pipeline import STAGES, _run_one
+
+    pub = pd.read_csv(data_copy / "published_table3.tsv", sep="\t")
+    (results_tmp / "tables").mkdir(parents=True)
+    pub.iloc[[1, 3]].to_csv(results_tmp / "tables" / "table3.tsv", sep="\t", index=False)
+    stage = next(s for s in STAGES if s.name == "characterisation")
+    _run_one(stage, "test", lc(), data_copy, results_tmp, False)
+    vals = json.loads((results_tmp / "values" / "characterisation.json").read_text())
+    meta = vals["meta"]["seeds"]
+    assert [meta[k]["direction"] for k in ("M1", "M2")] == ["increase", "decrease"]
+    assert meta["M1"]["n_studies_6mm"] == 229 and meta["M2"]["n_studies_6mm"] == 440
+    assert (results_tmp / "figures" / "figure3_meta.png").exists()
+    assert (results_tmp / "figures" / "figure4_meta.svg").exists()
+    seeds = pd.read_csv(results_tmp / "tables" / "characterisation_seeds.tsv", sep="\t")
+    assert list(seeds["set"].unique()) == ["published", "meta"]
+
+
+def _check_published(vals, results_tmp):
     pub = vals["published"]
     assert [pub["seeds"][k]["n_studies_6mm"] for k in ("P1", "P2", "P3", "P4")] == \
         [366, 229, 130, 440]

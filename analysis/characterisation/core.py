@@ -178,6 +178,9 @@ def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_n
             "n_studies_6mm": m.n_selected,
             "n_studies_6mm_raw_coordinates": int(raw.studies_near(s.xyz, cfg["macm_radius_mm"])
                                                  .sum()),
+            "n_studies_old_web_rule": int(ns.studies_by_sphere_overlap(
+                s.xyz, cfg["macm_radius_mm"], cfg["macm_kernel_radius_mm"],
+                cfg["macm_old_rule_threshold"]).sum()),
             "n_studies_total": ns.n_studies, "macm_fdr_p_threshold": m.p_threshold,
             "macm_voxels_positive": int((m.z_fdr > 0).sum()),
             "rsfc_source": fc.source, "rsfc_parcel": fc.parcel,
@@ -192,10 +195,15 @@ def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_n
         label_tabs.append(_labelled(cj.clusters(net_map, cfg["conjunction_min_cluster_voxels"]),
                                     set_name, f"{kind}_{s.id}"))
         net_rows.append(_net_row(set_name, s.id, kind, net_map, names))
+        dmn = net_rows[-1]["Default"]
+        net_rows.append(_net_row(set_name, s.id, "macm", m.z_fdr, names))
+        dmn_macm = net_rows[-1]["Default"]
+        if fc.z is not None:
+            net_rows.append(_net_row(set_name, s.id, f"rsfc_{fc.source}", fc.z, names))
         values["seeds"][s.id] = {
             "xyz": list(s.xyz), "direction": s.direction, "n_studies_6mm": m.n_selected,
             "macm_voxels": int((m.z_fdr > 0).sum()), "rsfc_source": fc.source,
-            "network_map": kind, "dmn_share": net_rows[-1]["Default"],
+            "network_map": kind, "dmn_share": dmn, "dmn_share_macm": dmn_macm,
             "seed_yeo7": seed_net,
         }
         if decode:

@@ -124,6 +124,29 @@ class CoordinateDB:
         sel[self.foci["study"].to_numpy()[d2 <= radius_mm ** 2]] = True
         return sel
 
+    def studies_by_sphere_overlap(self, seed, radius_mm: float, kernel_mm: float,
+                                  threshold: float) -> np.ndarray:
+        """Older neurosynth.org rule: share of a seed sphere active in the study image > threshold.
+
+        ``get_ids_by_peaks([seed], r=radius, threshold=0.05)`` of an earlier neurosynth-web
+        version (spec section 3.1): a study is selected when more than ``threshold`` of the
+        in-mask voxels of the ``radius_mm`` sphere around the seed are active in its
+        ``kernel_mm``-sphere image. Effectively reaches foci ~10-12 mm away.
+        """
+        mimg = neurosynth_mask()
+        mask = np.asarray(mimg.dataobj) > 0
+        ijk = np.rint(np.linalg.inv(mimg.affine) @ np.r_[np.asarray(seed, float), 1.0])[:3]
+        pts = ijk.astype(np.int64) + sphere_offsets(radius_mm, abs(mimg.affine[0, 0]))
+        pts = pts[np.all((pts >= 0) & (pts < np.array(mask.shape)), axis=1)]
+        index = np.full(mask.shape, -1, dtype=np.int64)
+        index[mask] = np.arange(int(mask.sum()))
+        cols = index[tuple(pts.T)]
+        cols = cols[cols >= 0]
+        if len(cols) == 0:
+            return np.zeros(self.n_studies, dtype=bool)
+        frac = np.asarray(self.incidence(kernel_mm)[:, cols].sum(1)).ravel() / len(cols)
+        return frac > threshold
+
     def incidence(self, radius_mm: float) -> sparse.csr_matrix:
         """Study x in-mask-voxel 0/1 matrix (CSR, uint8) of ``radius_mm`` spheres (cached)."""
         key = float(radius_mm)
