@@ -91,7 +91,10 @@ def test_report_outputs(tmp_path, data_copy, space):
     bd = pd.read_csv(tmp_path / "tables/table3_breakdown.tsv", sep="\t")
     sizes = bd.groupby("cluster")["voxels"].sum().to_numpy()
     assert np.array_equal(sizes, t3["cluster_voxels"].to_numpy())
-    for f in ("figure2.png", "figure2.svg", "funnel_1.png", "funnel_4.png"):
+    assert np.allclose(cmp_["reproduced_egger_p_at_published_peak"], 0.5)
+    assert np.allclose(cmp_["reproduced_i2_at_published_peak"], 1.0)
+    for f in ("figure2.png", "figure2.svg", "funnel_1.png", "funnel_4.png",
+              "funnel_published_1.png", "funnel_published_4.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 1000
     assert not (tmp_path / "figures/funnel_5.png").exists()
     svg = (tmp_path / "figures/figure2.svg").read_text()
@@ -101,6 +104,7 @@ def test_report_outputs(tmp_path, data_copy, space):
     assert values["real_studies"] == ["Moriguchi2007"]
     assert values["published_matched_within_10mm"] == 4
     assert len(values["clusters"]) == 4 and values["imputations"] == 4
+    assert [v["egger_p"] for v in values["at_published_peaks"]] == [0.5] * 4
 
 
 def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space):
@@ -190,6 +194,8 @@ GOLDEN_TOLERANCES = {
     "egger_p": {"atol": 1e-3},
     "reproduced_z_at_published_peak": {"atol": 1e-3},
     "reproduced_g_at_published_peak": {"atol": 1e-4},
+    "reproduced_i2_at_published_peak": {"atol": 1e-2},
+    "reproduced_egger_p_at_published_peak": {"atol": 1e-3},
 }
 
 
@@ -229,7 +235,8 @@ def test_stage_quick_golden(quick_run, data_regression, dataframe_regression):
     data_regression.check(exact)
     cmp_ = pd.read_csv(results / "tables/table3_vs_published.tsv", sep="\t")
     golden = cmp_[["published_x", "published_y", "published_z",
-                   "reproduced_z_at_published_peak", "reproduced_g_at_published_peak"]]
+                   "reproduced_z_at_published_peak", "reproduced_g_at_published_peak",
+                   "reproduced_i2_at_published_peak", "reproduced_egger_p_at_published_peak"]]
     if len(t3):
         floats = t3[["sdm_z", "p_voxel", "hedges_g", "i2", "egger_p"]]
         golden = pd.concat([golden, floats.add_prefix("t3_")], axis=1)

@@ -12,7 +12,8 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   (cluster and local peaks), ``tables/table3_breakdown.tsv`` (AAL voxels per cluster),
   ``tables/table3_vs_published.tsv`` (each published cluster beside the nearest reproduced
   cluster of the same direction);
-- ``figures/figure2.{png,svg}`` and ``figures/funnel_<cluster>.png``.
+- ``figures/figure2.{png,svg}``, ``figures/funnel_<cluster>.png`` and
+  ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
 ``data/peaks.tsv``) every output says so; the numbers are then not the paper's data.
@@ -107,7 +108,7 @@ def input_provenance(dataset) -> dict:
 
 
 def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: dict, space,
-                           inputs_statement: str) -> pd.DataFrame:
+                           inputs_statement: str, egger_at_published=None) -> pd.DataFrame:
     """Each published cluster beside the nearest reproduced cluster peak of the same direction.
 
     Parameters
@@ -122,6 +123,8 @@ def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: 
         Their voxel space.
     inputs_statement : str
         Provenance of the inputs, repeated on every row.
+    egger_at_published : array, optional
+        Reproduced Egger p at each published peak (NaN outside the mask).
 
     Returns
     -------
@@ -158,6 +161,10 @@ def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: 
         inside = vox[i] >= 0
         row["reproduced_z_at_published_peak"] = float(z[vox[i]]) if inside else np.nan
         row["reproduced_g_at_published_peak"] = float(g[vox[i]]) if inside else np.nan
+        row["reproduced_i2_at_published_peak"] = (float(np.asarray(maps["i2"])[vox[i]])
+                                                  if inside else np.nan)
+        row["reproduced_egger_p_at_published_peak"] = (
+            float(egger_at_published[i]) if egger_at_published is not None else np.nan)
         row["inputs"] = inputs_statement
         rows.append(row)
     return pd.DataFrame(rows)
@@ -212,8 +219,10 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
     out : callable
         ``relpath -> Path``.
     published : DataFrame, optional
-        Published Table 3: a direction without any reproduced cluster is drawn unthresholded at
-        the published peaks (labelled so).
+        Published Table 3 (optionally with ``reproduced_egger_p_at_published_peak``): a
+        direction without any reproduced cluster is drawn unthresholded at the published peaks
+        (labelled so), and a funnel plot of the reproduced data is drawn at every published
+        peak (``figures/funnel_published_<n>.png``).
     """
     import matplotlib.pyplot as plt
 
@@ -245,6 +254,22 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
                         egger_p=pk["egger_p"], title=title,
                         study_names=names)
         save_figure(f, out(f"figures/funnel_{c + 1}.png"))
+        plt.close(f)
+    if published is None:
+        return
+    pub_vox = space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
+    for i, pub in published.reset_index(drop=True).iterrows():
+        if pub_vox[i] < 0:
+            continue
+        title = (f"Published peak {i + 1}: {pub['aal_label']} ({pub['x']}, {pub['y']}, "
+                 f"{pub['z']}), reproduced data")
+        if simulated:
+            title += " [simulated inputs]"
+        pooled = float(result.maps["g"][pub_vox[i]])
+        egger_p = pub.get("reproduced_egger_p_at_published_peak", np.nan)
+        f = funnel_plot(imputed[:, :, int(pub_vox[i])], n1, n2, pooled_g=pooled,
+                        egger_p=egger_p, title=title, study_names=names)
+        save_figure(f, out(f"figures/funnel_published_{i + 1}.png"))
         plt.close(f)
 
 
@@ -302,11 +327,16 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     bd = (pd.concat(breakdown, ignore_index=True) if breakdown
           else pd.DataFrame(columns=["label", "voxels", "percent", "cluster"]))
     write_tsv(out("tables/table3_breakdown.tsv"), bd[["cluster", "label", "voxels", "percent"]])
-    comparison = compare_with_published(table3, published, maps, space, provenance["statement"])
+    pub_vox = space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
+    egger_pub = np.full(len(published), np.nan)
+    egger_pub[pub_vox >= 0] = egger(result, dataset, pub_vox[pub_vox >= 0])
+    comparison = compare_with_published(table3, published, maps, space, provenance["statement"],
+                                        egger_pub)
     write_tsv(out("tables/table3_vs_published.tsv"), comparison, float_format="%.6g")
 
     if figures:
-        draw_figures(result, dataset, clusters, table3, provenance, out, published)
+        draw_figures(result, dataset, clusters, table3, provenance, out,
+                     published.assign(reproduced_egger_p_at_published_peak=egger_pub))
 
     clusters_values = [
         {"cluster": c + 1, "direction": r["direction"], "region": r["region"],
@@ -328,6 +358,13 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
         "clusters": clusters_values,
         "threshold": clusters.params,
         "published_matched_within_10mm": int((comparison["distance_mm"] <= 10).sum()),
+        "at_published_peaks": [
+            {"x": int(r["published_x"]), "y": int(r["published_y"]), "z": int(r["published_z"]),
+             "sdm_z": round(float(r["reproduced_z_at_published_peak"]), 3),
+             "hedges_g": round(float(r["reproduced_g_at_published_peak"]), 3),
+             "egger_p": round(float(r["reproduced_egger_p_at_published_peak"]), 3)}
+            for _, r in comparison.iterrows()
+            if np.isfinite(r["reproduced_z_at_published_peak"])],
         "n_voxels": int(space.n_voxels),
     }
 
