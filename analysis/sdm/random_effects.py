@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+import numba
 import numpy as np
 
 from analysis.config import load_config
@@ -230,7 +231,159 @@ def q_to_z(q, df) -> np.ndarray:
     from scipy.stats import chi2, norm
 
     q = np.asarray(q, dtype=float)
-    return norm.isf(chi2.sf(q, df)) if df > 0 else np.zeros_like(q)
+    if df <= 0:
+        return np.zeros_like(q)
+    return norm.isf(np.clip(chi2.sf(q, df), 1e-300, 1.0 - 2.0**-53))  # finite at Q = 0
 
 
 __all__ = ["reml_tau2", "fit_random_effects", "q_to_z"]
+
+
+# ----------------------------------------------------------------------------- compiled fast path
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pooled_mean_kernel(y, k1, k2, tau2_init, use_init, max_iter, tol):  # pragma: no cover
+    m, k, nv = y.shape
+    out = np.empty((7, nv))
+    block = 64
+    nblocks = (nv + block - 1) // block
+    for b in numba.prange(nblocks):
+        yi = np.empty(k)
+        vi = np.empty(k)
+        for v in range(b * block, min((b + 1) * block, nv)):
+            s_c = 0.0
+            s_c2 = 0.0
+            s_var = 0.0
+            s_tau = 0.0
+            s_i = 0.0
+            s_q = 0.0
+            s_sq = 0.0
+            s_sq2 = 0.0
+            for j in range(m):
+                ym = 0.0
+                vm = 0.0
+                for i in range(k):
+                    g = y[j, i, v]
+                    yi[i] = g
+                    vi[i] = k1[i] + k2[i] * g * g
+                    ym += g
+                    vm += vi[i]
+                ym /= k
+                vm /= k
+                if use_init:
+                    t = tau2_init[v]
+                else:
+                    ss = 0.0
+                    for i in range(k):
+                        ss += (yi[i] - ym) ** 2
+                    t = max(0.0, ss / (k - 1) - vm) if k > 1 else 0.0
+                for _ in range(max_iter):
+                    sw = 0.0
+                    swy = 0.0
+                    for i in range(k):
+                        w = 1.0 / (vi[i] + t)
+                        sw += w
+                        swy += w * yi[i]
+                    mu = swy / sw
+                    sw2 = 0.0
+                    sw3 = 0.0
+                    rr = 0.0
+                    for i in range(k):
+                        w = 1.0 / (vi[i] + t)
+                        w2 = w * w
+                        sw2 += w2
+                        sw3 += w2 * w
+                        r = yi[i] - mu
+                        rr += w2 * r * r
+                    tr_p = sw - sw2 / sw
+                    tr_pp = sw2 - 2.0 * sw3 / sw + (sw2 / sw) ** 2
+                    new = t + (rr - tr_p) / tr_pp if tr_pp > 0 else t
+                    if not np.isfinite(new):
+                        new = t
+                    new = max(0.0, new)
+                    done = abs(new - t) < tol
+                    t = new
+                    if done:
+                        break
+                sw = 0.0
+                swy = 0.0
+                swf = 0.0
+                swfy = 0.0
+                swf2 = 0.0
+                for i in range(k):
+                    w = 1.0 / (vi[i] + t)
+                    sw += w
+                    swy += w * yi[i]
+                    wf = 1.0 / vi[i]
+                    swf += wf
+                    swfy += wf * yi[i]
+                    swf2 += wf * wf
+                coef = swy / sw
+                muf = swfy / swf
+                q = 0.0
+                for i in range(k):
+                    q += (yi[i] - muf) ** 2 / vi[i]
+                if k > 1:
+                    h2 = 1.0 + t * (swf - swf2 / swf) / (k - 1)
+                    i2 = max(0.0, 1.0 - 1.0 / h2)
+                else:
+                    i2 = 0.0
+                s_c += coef
+                s_c2 += coef * coef
+                s_var += 1.0 / sw
+                s_tau += np.sqrt(t)
+                s_i += np.sqrt(i2)
+                s_q += q
+                sq = np.sqrt(q)
+                s_sq += sq
+                s_sq2 += sq * sq
+            cbar = s_c / m
+            between = (s_c2 - m * cbar * cbar) / (m - 1) if m > 1 else 0.0
+            out[0, v] = cbar
+            out[1, v] = s_var / m + (1.0 + 1.0 / m) * max(between, 0.0)
+            out[2, v] = (s_tau / m) ** 2
+            out[3, v] = (s_i / m) ** 2
+            out[4, v] = s_q / m
+            sqbar = s_sq / m
+            out[5, v] = max((s_sq2 - m * sqbar * sqbar) / (m - 1), 0.0) if m > 1 else 0.0
+            out[6, v] = 0.0
+    return out
+
+
+def pooled_mean_model(imputed, k1, k2, tau2_init=None, max_iter: int | None = None,
+                      tol: float | None = None) -> dict:
+    """Intercept-only REML model of every imputation, Rubin-pooled, compiled (numba).
+
+    Same mathematics as :func:`fit_random_effects` followed by
+    :func:`analysis.sdm.rubin.pool_fits` for ``X = 1``, without the (m, k, V) float64
+    temporaries: one pass over the imputed images.
+
+    Parameters
+    ----------
+    imputed : ndarray, shape (m, k, V)
+        Imputed Hedges g (float32 or float64).
+    k1, k2 : ndarray, shape (k,)
+        Variance coefficients, ``v(g) = k1 + k2 g^2``.
+    tau2_init : ndarray (V,), optional
+        Starting tau2 (default ``max(0, var(y) - mean(v))`` per imputation).
+
+    Returns
+    -------
+    dict of (V,) arrays
+        ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df``.
+    """
+    from analysis.sdm.rubin import pool_chi2_moments
+
+    d_iter, d_tol = _defaults()
+    max_iter = d_iter if max_iter is None else int(max_iter)
+    tol = d_tol if tol is None else float(tol)
+    m, k, nv = imputed.shape
+    use = tau2_init is not None
+    t0 = np.asarray(tau2_init, dtype=float) if use else np.zeros(nv)
+    o = _pooled_mean_kernel(imputed, np.asarray(k1, float), np.asarray(k2, float), t0, use,
+                            max_iter, tol)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = o[0] / np.sqrt(o[1])
+    i2 = np.clip(o[3], 0.0, 1.0 - 1e-12)
+    qp = pool_chi2_moments(o[4], o[5], m, k - 1)
+    return {"g": o[0], "var": o[1], "z": z, "tau2": o[2], "i2": i2, "h2": 1.0 / (1.0 - i2),
+            "q": qp["Q"], "q_p": qp["p"], "df": k - 1}

@@ -69,6 +69,22 @@ def pool_sqrt_mean(x) -> np.ndarray:
     return np.sqrt(np.maximum(np.asarray(x, dtype=float), 0.0)).mean(axis=0) ** 2
 
 
+def pool_chi2_moments(q_mean, sqrt_q_var, m: int, df: int) -> dict:
+    """D2 pooling from ``mean_j Q_j`` and ``var_j sqrt(Q_j)`` (ddof 1); see :func:`pool_chi2`."""
+    q_mean = np.asarray(q_mean, dtype=float)
+    if df <= 0:
+        zeros = np.zeros(q_mean.shape)
+        return {"F": zeros, "df2": zeros + np.inf, "p": zeros + 1.0, "Q": zeros}
+    r = (1.0 + 1.0 / m) * np.asarray(sqrt_q_var, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d2 = (q_mean / df - (m + 1.0) / (m - 1.0) * r) / (1.0 + r)
+        df2 = (m - 1.0) / df ** (3.0 / m) * (1.0 + 1.0 / r) ** 2
+    d2 = np.maximum(d2, 0.0)
+    df2 = np.where(np.isfinite(df2), df2, 1e12)
+    p = stats.f.sf(d2, df, df2)
+    return {"F": d2, "df2": df2, "p": p, "Q": stats.chi2.isf(p, df)}
+
+
 def pool_chi2(q, df: int) -> dict:
     """D2 pooling of chi-square statistics ``q`` (m, ...) with ``df`` degrees of freedom.
 
@@ -79,18 +95,7 @@ def pool_chi2(q, df: int) -> dict:
         with the same upper-tail probability.
     """
     q = np.maximum(np.asarray(q, dtype=float), 0.0)
-    m = q.shape[0]
-    if df <= 0:
-        zeros = np.zeros(q.shape[1:])
-        return {"F": zeros, "df2": zeros + np.inf, "p": zeros + 1.0, "Q": zeros}
-    r = (1.0 + 1.0 / m) * np.sqrt(q).var(axis=0, ddof=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        d2 = (q.mean(axis=0) / df - (m + 1.0) / (m - 1.0) * r) / (1.0 + r)
-        df2 = (m - 1.0) / df ** (3.0 / m) * (1.0 + 1.0 / r) ** 2
-    d2 = np.maximum(d2, 0.0)
-    df2 = np.where(np.isfinite(df2), df2, 1e12)
-    p = stats.f.sf(d2, df, df2)
-    return {"F": d2, "df2": df2, "p": p, "Q": stats.chi2.isf(p, df)}
+    return pool_chi2_moments(q.mean(axis=0), np.sqrt(q).var(axis=0, ddof=1), q.shape[0], df)
 
 
 def pool_fits(fits: dict, C=None) -> dict:

@@ -1,0 +1,164 @@
+"""The SDM-PSI estimator: wiring, determinism, outputs, covariates (small masks, simulated data).
+
+All data here are simulated (labelled as such); they test the machinery, not any finding.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.errors import DataError
+from analysis.grid import grid_affine
+from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.estimator import (
+    SDMPSI,
+    analyse_imputations,
+    design_matrix,
+    parse_hypothesis,
+)
+from analysis.sdm.metansue import variance_coefficients
+from analysis.sdm.random_effects import fit_random_effects
+from analysis.sdm.rubin import pool_fits
+from analysis.sdm.space import MaskSpace
+
+
+def _box_mask(center=(-40, 16, -4), half=(14, 14, 10)):
+    """Box mask (on the 2 mm grid) around an MNI point."""
+    data = np.zeros((91, 109, 91), np.uint8)
+    inv = np.linalg.inv(grid_affine())
+    lo = np.rint(inv @ np.r_[np.subtract(center, half), 1])[:3].astype(int)
+    hi = np.rint(inv @ np.r_[np.add(center, half), 1])[:3].astype(int)
+    sl = tuple(slice(min(a, b), max(a, b) + 1) for a, b in zip(lo, hi, strict=True))
+    data[sl] = 1
+    return nib.Nifti1Image(data, grid_affine())
+
+
+def _simulated_dataset():
+    """Simulated studies: 4 report a positive peak near (-40,16,-4), 2 report nothing there."""
+    studies = pd.DataFrame({
+        "study": ["simA", "simB", "simC", "simD", "simE", "simF"],
+        "n1": [20, 25, 18, 30, 22, 16], "n2": [20, 24, 18, 28, np.nan, np.nan],
+        "t_thr": [3.3, 3.2, 3.5, 3.1, 3.4, 3.6], "age": [30.0, 35, 28, 40, 33, 25],
+    })
+    peaks = pd.DataFrame({
+        "study": ["simA", "simB", "simC", "simD", "simE"],
+        "x": [-40, -42, -38, -40, -30], "y": [16, 18, 14, 16, 10], "z": [-4, -6, -2, -4, 4],
+        "t": [5.1, 4.4, np.nan, 6.0, -4.0], "sign": [1, 1, 1, 1, -1],
+    })
+    return SDMDataset(studies, peaks)
+
+
+@pytest.fixture(scope="module")
+def small_fit():
+    mask = _box_mask()
+    est = SDMPSI(anisotropy=0.0, imputations=8, seed=11)
+    return est, mask, est.fit(_simulated_dataset(), mask_img=mask)
+
+
+def test_fit_outputs(small_fit):
+    _, mask, res = small_fit
+    nv = int(np.asarray(mask.dataobj).sum())
+    assert set(res.maps) >= {"g", "var", "z", "tau2", "i2", "h2", "q", "p", "p_pos", "p_neg"}
+    for name, vec in res.maps.items():
+        assert vec.shape == (nv,) and np.all(np.isfinite(vec)), name
+    m = res.maps
+    np.testing.assert_allclose(m["z"], m["g"] / np.sqrt(m["var"]), rtol=1e-5)
+    assert np.all((m["i2"] >= 0) & (m["i2"] <= 100)) and np.all(m["tau2"] >= 0)
+    np.testing.assert_allclose(m["h2"], 1 / (1 - m["i2"] / 100), rtol=1e-4)
+    np.testing.assert_allclose(m["p_pos"] + m["p_neg"], 1, atol=1e-6)
+    assert res.imputations.shape == (8, 6, nv) and res.df == 5
+    assert res.bounds.lower.shape == (6, nv)
+    assert "SDM-PSI" in res.description_
+    # the strongest positive effect lies near the simulated peaks
+    peak = res.space.xyz[np.argmax(m["z"])]
+    assert np.linalg.norm(peak - np.array([-40, 16, -4])) < 12
+    assert m["z"].max() > 2
+
+
+def test_fit_is_seeded(small_fit):
+    est, mask, res = small_fit
+    again = SDMPSI(anisotropy=0.0, imputations=8, seed=11).fit(_simulated_dataset(), mask)
+    np.testing.assert_array_equal(again.maps["z"], res.maps["z"])
+    other = SDMPSI(anisotropy=0.0, imputations=8, seed=12).fit(_simulated_dataset(), mask)
+    assert not np.array_equal(other.maps["z"], res.maps["z"])
+
+
+def test_save_maps_round_trip(small_fit, tmp_path):
+    _, _, res = small_fit
+    paths = res.save_maps(tmp_path, names=["g", "z"])
+    assert [p.name for p in paths] == ["g.nii.gz", "z.nii.gz"]
+    back = res.space.from_img(nib.load(paths[1]))
+    np.testing.assert_array_equal(back, res.maps["z"])
+    with pytest.raises(KeyError):
+        res.get_map("nope")
+
+
+def test_known_bounds_reduce_to_plain_random_effects(rng):
+    """With every effect known, all imputations coincide and Rubin = one REML fit."""
+    space = MaskSpace(_box_mask(half=(4, 4, 4)))
+    k, nv = 7, space.n_voxels
+    n1 = rng.integers(10, 40, k).astype(float)
+    g = rng.normal(0.3, 0.3, (k, nv)).astype(np.float32)
+    res = SDMPSI(imputations=3, seed=1).fit_bounds(g, g, n1, None, space)
+    k1, k2 = variance_coefficients(n1)
+    gd = g.astype(float)
+    fit = fit_random_effects(gd, k1[:, None] + k2[:, None] * gd**2)
+    # REML stops at |delta tau2| < 1e-6 from different starting values (MLE vs moment start):
+    # tolerances of that order on g, var and tau2
+    np.testing.assert_allclose(res.maps["g"], fit["coef"], atol=2e-5)
+    np.testing.assert_allclose(res.maps["var"], fit["var"], rtol=1e-4)
+    np.testing.assert_allclose(res.maps["tau2"], fit["tau2"], atol=2e-5)
+    np.testing.assert_allclose(res.maps["i2"], 100 * fit["I2"], atol=0.05)
+
+
+def test_compiled_and_numpy_pooling_agree(rng):
+    m, k, nv = 6, 9, 50
+    n1 = rng.integers(10, 40, k).astype(float)
+    y = rng.normal(0.2, 0.4, (m, k, nv)).astype(np.float32)
+    fast = analyse_imputations(y, n1)  # intercept-only: compiled kernel
+    k1, k2 = variance_coefficients(n1)
+    yd = y.astype(float)
+    slow = pool_fits(fit_random_effects(yd, k1[:, None] + k2[:, None] * yd**2))
+    for key in ("g", "var", "z", "tau2", "i2", "h2", "q"):
+        np.testing.assert_allclose(fast[key], slow[key], rtol=1e-7, atol=1e-10, err_msg=key)
+
+
+def test_meta_regression_path(rng):
+    m, k, nv = 5, 10, 30
+    n1 = rng.integers(10, 40, k).astype(float)
+    X = np.c_[np.ones(k), rng.normal(size=k)]
+    y = rng.normal(0.2, 0.4, (m, k, nv)).astype(np.float32)
+    out = analyse_imputations(y, n1, None, X, C=[0, 1])
+    k1, k2 = variance_coefficients(n1)
+    yd = y.astype(float)
+    ref = pool_fits(fit_random_effects(yd, k1[:, None] + k2[:, None] * yd**2, X, [0, 1]),
+                    [0, 1])
+    np.testing.assert_allclose(out["z"], ref["z"], rtol=1e-10)
+    assert out["df"] == k - 2
+
+
+def test_design_and_hypothesis():
+    studies = _simulated_dataset().studies.assign(kind=["a", "b", "a", "b", "c", "a"])
+    X, names = design_matrix(studies, ["age", "kind"])
+    assert names == ["intercept", "age", "kind[b]", "kind[c]"]
+    np.testing.assert_array_equal(X[:, 2], [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(parse_hypothesis("0+1+0+0", 4), [0, 1, 0, 0])
+    np.testing.assert_array_equal(parse_hypothesis(None, 2), [1, 0])
+    with pytest.raises(ValueError):
+        parse_hypothesis([1, 0], 3)
+    with pytest.raises(DataError, match="age2"):
+        design_matrix(studies, ["age2"])
+    bad = studies.assign(age=[1.0, np.nan, 2, 3, 4, 5])
+    with pytest.raises(DataError, match="row 2"):
+        design_matrix(bad, ["age"])
+
+
+def test_covariate_fit_runs(small_fit):
+    _, mask, _ = small_fit
+    res = SDMPSI(anisotropy=0.0, imputations=4, seed=3, covariates=["age"],
+                 hypothesis=[0, 1]).fit(_simulated_dataset(), mask)
+    assert res.df == 4 and np.all(np.isfinite(res.maps["z"]))
+    assert res.params["design_columns"] == ["intercept", "age"]
