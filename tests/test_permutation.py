@@ -214,3 +214,44 @@ def test_naive_recomputation_agrees_with_the_algebra(toy):
         naive = naive_permutation(toy, subj, codes, b)
         np.testing.assert_allclose(naive[:2], res.maxima.iloc[b, 1:3], rtol=1e-4)
         np.testing.assert_allclose(naive[2:], res.maxima.iloc[b, 3:5], rtol=1e-3)
+
+
+def _null_study_maps(rng, space, n1, n2, fwhm_mm):
+    """Simulated null studies: each map is J x (mean difference) of smooth N(0,1) subjects."""
+    from analysis.sdm.metansue import correlated_fields
+
+    g = np.empty((len(n1), space.n_voxels), dtype=np.float32)
+    for i, (a, b) in enumerate(zip(n1, n2, strict=True)):
+        pat = correlated_fields(rng, int(a), space, fwhm_mm)
+        if np.isfinite(b):
+            con = correlated_fields(rng, int(b), space, fwhm_mm)
+            d, df = pat.mean(0) - con.mean(0), a + b - 2
+        else:
+            d, df = pat.mean(0), a - 1
+        g[i] = hedges_j(df) * d
+    return g
+
+
+@pytest.mark.slow
+def test_voxel_fwe_false_positive_rate_under_the_null():
+    """Calibration (simulated null data): P(any voxel with p_FWE < 0.05) should be about 5 %."""
+    from scipy.stats import binomtest
+
+    space = _space((24, 24, 20))
+    n_sim, n_perm, alpha = 200, 100, 0.05
+    rng = np.random.default_rng(20240819)
+    hits_voxel = hits_tfce = 0
+    for s in range(n_sim):
+        n1 = rng.integers(10, 30, 8).astype(float)
+        n2 = np.where(np.arange(8) % 2 == 0, rng.integers(10, 30, 8), np.nan)
+        g = _null_study_maps(rng, space, n1, n2, 8.0)
+        imps = np.repeat(g[None], 3, axis=0)  # fully known study maps: identical imputations
+        res = P.psi_permutation_test(P.PSIInputs(imps, n1, n2, space), n_perm, seed=s,
+                                     backend="numba", subject_fwhm_mm=8.0)
+        hits_voxel += bool(min(res.maps["p_voxel"].min(), res.maps["p_voxel_neg"].min()) < alpha)
+        hits_tfce += bool(min(res.maps["p_tfce"].min(), res.maps["p_tfce_neg"].min()) < alpha)
+    # both directions are tested, each at alpha: the family-wise rate is about 2 alpha
+    for hits in (hits_voxel, hits_tfce):
+        ci = binomtest(hits, n_sim).proportion_ci(0.99)
+        print(f"FWE false-positive rate {hits / n_sim:.3f} (99% CI {ci.low:.3f}-{ci.high:.3f})")
+        assert ci.low <= 2 * alpha <= ci.high
