@@ -271,3 +271,23 @@ def test_stage_is_deterministic(quick_run, tmp_path):
     assert any(f.suffix == ".tsv" for f in files) and any(f.suffix == ".png" for f in files)
     for rel in files:
         assert sha256_file(first / rel) == sha256_file(second / rel), rel
+
+
+def test_funnel_study_points_and_plot():
+    from analysis.figures.funnel import funnel_plot, study_points
+    from analysis.sdm.effect_sizes import g_variance
+
+    rng = np.random.default_rng(1)
+    g = rng.normal(0.3, 0.2, (5, 3))
+    g[:, 1] = 0.7  # a study with a reported (known) effect
+    n1, n2 = np.array([10, 20, 30]), np.array([12, np.nan, 25])
+    pts = study_points(g, n1, n2)
+    assert pts["known"].tolist() == [False, True, False]
+    assert np.allclose(pts["se"], np.sqrt(g_variance(g, n1, n2)))
+    assert np.allclose(pts["g_mean"], g.mean(0))
+    with pytest.raises(ValueError, match="studies"):
+        study_points(g, n1[:2], n2[:2])
+    fig = funnel_plot(g, n1, n2, pooled_g=0.3, egger_p=0.42, title="peak")
+    ax = fig.axes[0]
+    assert "Egger test p = 0.420" in ax.get_title()
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # SE axis inverted

@@ -13,6 +13,7 @@ the title when supplied.
 from __future__ import annotations
 
 import logging
+import textwrap
 
 import matplotlib
 
@@ -81,7 +82,7 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
     """
     pts = study_points(g_imputed, n1, n2)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 4.0), dpi=150)
+        fig, ax = plt.subplots(figsize=(4.4, 4.8), dpi=150)
     else:
         fig = ax.figure
     pooled = float(np.mean(pts["g_mean"]) if pooled_g is None else pooled_g)
@@ -106,10 +107,11 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
     ax.set_ylim(se_max, 0)
     ax.set_xlabel("Hedges' g")
     ax.set_ylabel("Standard error")
-    t = title
+    t = textwrap.fill(title, 60)
     if egger_p is not None and np.isfinite(egger_p):
-        t = f"{title}\nEgger test p = {egger_p:.3f}" if title else f"Egger test p = {egger_p:.3f}"
+        t = f"{t}\nEgger test p = {egger_p:.3f}" if t else f"Egger test p = {egger_p:.3f}"
     ax.set_title(t, fontsize=8)
-    ax.legend(fontsize=6, loc="lower left", frameon=False)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+              frameon=False)
     fig.tight_layout()
     return fig
