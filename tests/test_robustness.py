@@ -118,3 +118,39 @@ def test_meta_fit_seed_is_the_meta_stage_stream():
 
     cfg = load_config()
     assert rs.meta_fit_seed(cfg) == int(derive_rng(cfg["seed"], "meta/fit").integers(2**31 - 1))
+
+
+def test_bench_command_lists_the_registry(capsys):
+    from analysis.cli import main
+
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "psi:" in out and "psi-enge:" in out
+
+
+@pytest.mark.slow
+def test_robustness_stage_quick_on_the_data(tmp_path):
+    """The whole stage in quick mode on data/ (re-fits 20 subsets: slow)."""
+    from analysis import paths
+    from analysis.config import load_config
+    from analysis.pipeline import Context
+
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    ctx = Context("robustness", load_config(), paths.data_dir(), tmp_path / "results", staging,
+                  quick=True)
+    values = rs.produce(ctx)
+    for rel in ["maps/corrp_voxel.nii.gz", "maps/corrp_voxel_neg.nii.gz",
+                "maps/corrp_tfce.nii.gz", "maps/corrp_tfce_neg.nii.gz",
+                "tables/permutation_maxima.tsv", "tables/fwe_peaks.tsv", "tables/jackknife.tsv",
+                "tables/jackknife_summary.tsv", "tables/metaregression.tsv",
+                "tables/heterogeneity.tsv", "tables/subgroups.tsv"]:
+        assert (staging / rel).is_file(), rel
+    maxima = pd.read_csv(staging / "tables/permutation_maxima.tsv", sep="\t")
+    assert len(maxima) == load_config()["sdm"]["permutations_quick"]
+    jack = pd.read_csv(staging / "tables/jackknife.tsv", sep="\t")
+    assert set(jack["analysis"]) <= {"leave-one-out", "leave-one-disorder-out"}
+    reg = pd.read_csv(staging / "tables/metaregression.tsv", sep="\t")
+    assert set(reg["covariate"]) == {"age", "female_pct", "treated"}
+    assert values["permutations"] == len(maxima)
+    assert values["psi_identity_vs_meta_max_abs_z_diff"] < 0.05
