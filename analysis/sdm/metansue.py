@@ -364,7 +364,8 @@ def _tau2_mle(prob: _Problem, mu, n_grid: int = 14, n_golden: int = 28):
 
 
 def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto",
-                 chunk: int = 8192, compress: bool = True, progress: bool = False) -> dict:
+                 chunk: int = 8192, compress: bool = True, progress: bool = False,
+                 compiled: bool = True) -> dict:
     """Per-voxel MetaNSUE maximum-likelihood estimates.
 
     Parameters
@@ -382,6 +383,9 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
         Voxel columns solved at once (memory).
     compress : bool
         Solve each distinct bound pattern once.
+    compiled : bool
+        Intercept-only models use the compiled (numba) per-voxel kernel; ``False`` forces the
+        vectorised numpy path (same mathematics).
 
     Returns
     -------
@@ -407,6 +411,12 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
     else:
         lo_u, up_u, inverse = lower.astype(float), upper.astype(float), None
     nu = lo_u.shape[1]
+    if compiled and p == 1 and np.all(X == 1):
+        beta, tau2, disc = _mle_mean_compiled(lo_u, up_u, k1, k2, n_out)
+        if inverse is not None:
+            beta, tau2, disc = beta[inverse], tau2[inverse], disc[:, inverse]
+        return {"beta": beta, "tau2": tau2, "discarded": disc, "n_leave_out": n_out, "X": X,
+                "C": C}
     beta = np.empty((nu, p))
     tau2 = np.empty(nu)
     disc = np.empty((n_out, nu), dtype=np.int16)
@@ -630,3 +640,245 @@ def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
                       res)
         out[:, i, :] = res
     return out
+
+
+# ----------------------------------------------------------------------------- compiled MLE
+_LOG_2PI_HALF = 0.5 * math.log(2.0 * math.pi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_ndtr(x):  # pragma: no cover - compiled
+    if x > -30.0:
+        return math.log(0.5 * math.erfc(-x / 1.4142135623730951))
+    x2 = x * x
+    s = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2) + 105.0 / (x2 * x2 * x2 * x2)
+    return -0.5 * x2 - math.log(-x) - _LOG_2PI_HALF + math.log(s)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_interval(a, b):  # pragma: no cover - compiled
+    """ln[Phi(b) - Phi(a)] for a < b (reflected so that the smaller tail is used)."""
+    if a > 0.0:
+        a, b = -b, -a
+    lh = _log_ndtr(b)
+    ll = _log_ndtr(a)
+    d = ll - lh
+    if d >= 0.0:
+        return lh - 1e4
+    return lh + math.log1p(-math.exp(d))
+
+
+@numba.njit(cache=True, nogil=True)
+def _coef_terms(mu, y, known, lo, up, v, s, act, want):  # pragma: no cover - compiled
+    """Sum over active studies of the coefficient objective (and derivatives if ``want``)."""
+    f = 0.0
+    g = 0.0
+    h = 0.0
+    for i in range(y.shape[0]):
+        if act[i] == 0:
+            continue
+        if known[i]:
+            r = mu - y[i]
+            f += 0.5 * r * r / v[i]
+            g += r / v[i]
+            h += 1.0 / v[i]
+        else:
+            a = (lo[i] - mu) / s[i]
+            b = (up[i] - mu) / s[i]
+            logz = _log_interval(a, b)
+            f -= logz
+            if want:
+                ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0))
+                rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0))
+                d1 = (rb - ra) / s[i]
+                g += d1
+                h += max((b * rb - a * ra) / (s[i] * s[i]) + d1 * d1, 0.0)
+    return f, g, h
+
+
+@numba.njit(cache=True, nogil=True)
+def _newton_1d(mu, lo_b, hi_b, y, known, lo, up, v, s, act):  # pragma: no cover - compiled
+    """Safeguarded Newton on a convex 1-D objective with the minimiser bracketed in
+    [lo_b, hi_b] (the derivative is <= 0 at lo_b and >= 0 at hi_b).
+    """
+    for _ in range(100):
+        f, g, h = _coef_terms(mu, y, known, lo, up, v, s, act, True)
+        if g > 0.0:
+            hi_b = mu
+        else:
+            lo_b = mu
+        new = mu - g / h if h > 0.0 else 0.5 * (lo_b + hi_b)
+        if not (new > lo_b and new < hi_b):
+            new = 0.5 * (lo_b + hi_b)
+        done = abs(new - mu) < 1e-11 or hi_b - lo_b < 1e-11
+        mu = new
+        if done:
+            break
+    return mu
+
+
+@numba.njit(cache=True, nogil=True)
+def _tau2_f(t2, mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - compiled
+    f = 0.0
+    for i in range(y.shape[0]):
+        if known[i]:
+            vv = v[i] + t2
+            r = y[i] - mu
+            f += 0.5 * (math.log(vv) + r * r / vv)
+        else:
+            a = (lo[i] - mu) / math.sqrt(v_lo[i] + t2)
+            b = (up[i] - mu) / math.sqrt(v_up[i] + t2)
+            if b <= a:  # bound-specific scales can cross far from the interval
+                f += 1e4
+            else:
+                f -= _log_interval(a, b)
+    return f
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _mle_mean_kernel(lower, upper, k1, k2, n_out, n_grid, taus, n_golden, n_cand,
+                     beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
+    k, nv = lower.shape
+    gr = (math.sqrt(5.0) - 1.0) / 2.0
+    for col in numba.prange(nv):
+        lo = np.empty(k)
+        up = np.empty(k)
+        y = np.empty(k)
+        v = np.empty(k)
+        s = np.empty(k)
+        v_lo = np.empty(k)
+        v_up = np.empty(k)
+        known = np.zeros(k, dtype=np.bool_)
+        act = np.ones(k, dtype=np.int8)
+        lmin = np.inf
+        umax = -np.inf
+        num = 0.0
+        den = 0.0
+        for i in range(k):
+            lo[i] = lower[i, col]
+            up[i] = upper[i, col]
+            known[i] = abs(up[i] - lo[i]) < 1e-6
+            y[i] = 0.5 * (lo[i] + up[i]) if known[i] else 0.0
+            v[i] = k1[i] + k2[i] * y[i] * y[i] if known[i] else 1.0
+            v_lo[i] = k1[i] + k2[i] * lo[i] * lo[i]
+            v_up[i] = k1[i] + k2[i] * up[i] * up[i]
+            s[i] = math.sqrt(v_up[i])
+            lmin = min(lmin, lo[i])
+            umax = max(umax, up[i])
+            mid = 0.5 * (lo[i] + up[i])
+            w = 1.0 / (k1[i] + k2[i] * mid * mid)
+            num += w * mid
+            den += w
+        if umax - lmin < 1e-12:
+            mu = lmin
+        else:
+            mu = _newton_1d(min(max(num / den, lmin), umax), lmin, umax, y, known, lo, up, v,
+                            s, act)
+        # conservative leave-n-out: grid of per-study objectives, exact refits of candidates
+        if n_out > 0 and umax - lmin >= 1e-12:
+            grid = np.empty(n_grid)
+            fg = np.empty((k, n_grid))
+            for gi in range(n_grid):
+                grid[gi] = lmin + (umax - lmin) * gi / (n_grid - 1)
+            for i in range(k):
+                for gi in range(n_grid):
+                    if known[i]:
+                        r = grid[gi] - y[i]
+                        fg[i, gi] = 0.5 * r * r / v[i]
+                    else:
+                        fg[i, gi] = -_log_interval((lo[i] - grid[gi]) / s[i],
+                                                   (up[i] - grid[gi]) / s[i])
+            est = np.empty(k)
+            for rnd in range(n_out):
+                tot = np.zeros(n_grid)
+                for i in range(k):
+                    if act[i]:
+                        for gi in range(n_grid):
+                            tot[gi] += fg[i, gi]
+                for i in range(k):
+                    if not act[i]:
+                        est[i] = np.inf
+                        continue
+                    best = 0
+                    for gi in range(n_grid):
+                        if tot[gi] - fg[i, gi] < tot[best] - fg[i, best]:
+                            best = gi
+                    x = grid[best]
+                    if 0 < best < n_grid - 1:
+                        f0 = tot[best - 1] - fg[i, best - 1]
+                        f1 = tot[best] - fg[i, best]
+                        f2 = tot[best + 1] - fg[i, best + 1]
+                        dd = f0 - 2.0 * f1 + f2
+                        if dd > 0:
+                            off = min(max(0.5 * (f0 - f2) / dd, -1.0), 1.0)
+                            x += off * (grid[1] - grid[0])
+                    est[i] = x
+                order = np.argsort(np.abs(est))
+                best_val = np.inf
+                best_i = -1
+                best_mu = mu
+                for c in range(min(n_cand, k)):
+                    i = order[c]
+                    if not np.isfinite(est[i]):
+                        break
+                    act[i] = 0
+                    m2 = _newton_1d(min(max(est[i], lmin), umax), lmin, umax, y, known, lo, up,
+                                    v, s, act)
+                    act[i] = 1
+                    if abs(m2) < best_val:
+                        best_val = abs(m2)
+                        best_i = i
+                        best_mu = m2
+                if best_i < 0:
+                    break
+                act[best_i] = 0
+                disc_out[rnd, col] = best_i
+                mu = best_mu
+        beta_out[col] = mu
+        # tau2: grid over tau then golden section, with all studies and mu fixed
+        nt = taus.shape[0]
+        bi = 0
+        bf = np.inf
+        fvals = np.empty(nt)
+        for ti in range(nt):
+            fvals[ti] = _tau2_f(taus[ti] * taus[ti], mu, y, known, lo, up, v, v_lo, v_up)
+            if fvals[ti] < bf:
+                bf = fvals[ti]
+                bi = ti
+        a = taus[max(bi - 1, 0)]
+        b = taus[min(bi + 1, nt - 1)]
+        c = b - gr * (b - a)
+        d = a + gr * (b - a)
+        fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
+        fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
+        for _ in range(n_golden):
+            if fc < fd:
+                b = d
+                d = c
+                fd = fc
+                c = b - gr * (b - a)
+                fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
+            else:
+                a = c
+                c = d
+                fc = fd
+                d = a + gr * (b - a)
+                fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
+        t = 0.5 * (a + b)
+        if _tau2_f(t * t, mu, y, known, lo, up, v, v_lo, v_up) > bf:
+            t = taus[bi]
+        tau2_out[col] = t * t
+
+
+def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out):
+    """Intercept-only MLE of all columns with the compiled kernel."""
+    k, n = lo_u.shape
+    beta = np.empty(n)
+    tau2 = np.empty(n)
+    disc = np.full((n_out, n), -1, dtype=np.int16)
+    taus = np.concatenate([[0.0], np.geomspace(1e-3, math.sqrt(TAU2_MAX), 13)])
+    _mle_mean_kernel(np.ascontiguousarray(lo_u, dtype=float),
+                     np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
+                     np.asarray(k2, float), n_out, N_GRID, taus, 24, 2, beta, tau2,
+                     disc)
+    return beta[:, None], tau2, disc
