@@ -75,3 +75,22 @@ def test_lda_cross_check(mirror):
     _, top = dec.lda_profile((-22, -48, -28), CFG, load_neurosynth())
     # spec 6.3: P3 -> 17_motor_cortex_hand, 2_cerebellar_cerebellum_basal
     assert list(top["term"][:2]) == ["17_motor_cortex_hand", "2_cerebellar_cerebellum_basal"]
+
+
+def test_fisher_table_from_counts_matches_scipy():
+    tab = dec.fisher_table(np.array([30, 5]), 100, np.array([60, 50]), 1000, ["x", "y"])
+    _, p_ref = stats.fisher_exact([[30, 70], [30, 870]], alternative="greater")
+    assert tab.iloc[0]["term"] == "x"
+    assert tab.iloc[0]["p"] == pytest.approx(p_ref, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_voxel_level_variant(mirror):
+    """Voxel-level BAT reconstruction (531 term maps; minutes on 2 cores). Spec 7.3 lists for
+    P3 (Cerebelum_4_5_L): motor, finger, gait, motor learning, skill learning, coordination."""
+    region, top = dec.voxel_profile((-22, -48, -28), CFG)
+    assert region == "Cerebelum_4_5_L"
+    assert {"motor learning", "finger", "skill learning", "coordination"} <= set(top["term"])
+    assert top["log10_p"].iloc[0] < -50      # voxel-level p-values are "tiny" (not independent)
+    _, top2 = dec.voxel_profile((60, -14, -12), CFG)
+    assert {"social", "theory mind", "gaze", "narrative"} <= set(top2["term"])

@@ -122,7 +122,8 @@ def seeds_from_table3(path: Path) -> list[Seed]:
 
 
 def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_name: str,
-                 rsfc_dir: str | Path | None = None, decode: bool = True) -> dict:
+                 rsfc_dir: str | Path | None = None, decode: bool = True,
+                 voxel_level: bool | None = None) -> dict:
     """Run every step for one seed set and write its maps; return tables and values.
 
     Parameters
@@ -138,6 +139,8 @@ def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_n
         Folder of user-supplied rs-FC maps (see :func:`connectivity.find_user_map`).
     decode : bool
         Also run the behavioural decoding.
+    voxel_level : bool, optional
+        Also the voxel-level BAT variant (default: config ``decoding_voxel_level``).
 
     Returns
     -------
@@ -148,11 +151,13 @@ def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_n
     from analysis.characterisation import conjunction as cj
     from analysis.characterisation.connectivity import rsfc_map
     from analysis.characterisation.databases import load_neurosynth
-    from analysis.characterisation.decoding import lda_profile, neuroquery_profile
+    from analysis.characterisation.decoding import lda_profile, neuroquery_profile, voxel_profile
     from analysis.characterisation.macm import macm as run_macm
     from analysis.characterisation.macm import vector_to_img
 
     t0 = time.perf_counter()
+    if voxel_level is None:
+        voxel_level = bool(cfg.get("decoding_voxel_level", False))
     ns = load_neurosynth()
     raw = load_neurosynth(tal_to_mni=False)
     names = cfg["yeo7_networks"]
@@ -209,7 +214,12 @@ def characterise(seeds: list[Seed], cfg: dict, out: Callable[[str], Path], set_n
         if decode:
             region, top = neuroquery_profile(s.xyz, cfg)
             _, lda = lda_profile(s.xyz, cfg, ns)
-            for src, tab in (("neuroquery_psychology_terms", top), ("neurosynth_lda50_topics", lda)):
+            tabs = [("neuroquery_psychology_terms", top), ("neurosynth_lda50_topics", lda)]
+            if voxel_level:
+                _, vox = voxel_profile(s.xyz, cfg)
+                tabs.append(("neuroquery_voxel_enrichment", vox))
+                values["seeds"][s.id]["top_terms_voxel_level"] = vox["term"].tolist()
+            for src, tab in tabs:
                 tab = tab.copy()
                 tab.insert(0, "source", src)
                 tab.insert(0, "aal2_region", region)

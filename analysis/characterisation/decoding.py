@@ -28,6 +28,7 @@ Fisher RA (1922). J R Stat Soc 85:87-94.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -82,10 +83,29 @@ def enrichment(in_region: np.ndarray, present: sparse.spmatrix | np.ndarray,
         ascending log10 p.
     """
     pres = sparse.csr_matrix(present, dtype=np.float64)
-    n_total = pres.shape[0]
     n_term = np.asarray(pres.sum(0)).ravel()
     a = np.asarray(pres[np.flatnonzero(in_region)].sum(0)).ravel()
-    n = int(in_region.sum())
+    return fisher_table(a, int(in_region.sum()), n_term, pres.shape[0], terms)
+
+
+def fisher_table(a: np.ndarray, n: int, n_term: np.ndarray, n_total: int,
+                 terms: list[str]) -> pd.DataFrame:
+    """One-sided Fisher exact tests from counts, sorted by ascending log10 p.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Per term, units (studies or voxels) in the region with the term.
+    n : int
+        Units in the region.
+    n_term : numpy.ndarray
+        Per term, units with the term.
+    n_total : int
+        All units.
+    terms : list of str
+    """
+    a = np.asarray(a, dtype=np.float64)
+    n_term = np.asarray(n_term, dtype=np.float64)
     logp = stats.hypergeom.logsf(a - 1, n_total, n_term, n)
     b, c = n - a, n_term - a
     d = n_total - n - c
@@ -138,6 +158,80 @@ def lda_profile(seed, cfg: dict, db: CoordinateDB) -> tuple[str, pd.DataFrame]:
     in_region &= db.ids[np.minimum(rows, db.n_studies - 1)] == ids
     table = enrichment(in_region, (w >= cfg["decoding_lda_presence"]).astype(float), names)
     return region, _top(table, cfg["top_terms"])
+
+
+def voxel_profile(seed, cfg: dict) -> tuple[str, pd.DataFrame]:
+    """Voxel-level BAT reconstruction (spec section 7.2; UNCONFIRMED against BAT's code).
+
+    1. For every psychology term (as in :func:`neuroquery_profile`), Neurosynth's association
+       test over NeuroQuery studies (term present vs absent; 6 mm sphere images), BH FDR
+       q = ``macm_fdr_q`` per term, voxels with p(A) < ``macm_min_study_fraction`` dropped:
+       the term's binary "voxel-level functional description" (positive z only); computed once
+       per process (:func:`term_voxel_maps`).
+    2. One-sided Fisher exact test over voxels: (in the AAL2 region of the seed / not) x
+       (significant for the term / not).
+
+    Voxels are not independent, so these p-values are astronomically small (ranked in log
+    space); only the ranking is informative.
+
+    Returns
+    -------
+    region : str
+    table : pandas.DataFrame
+        As :func:`fisher_table` (counts are voxels, not studies), top ``top_terms`` rows.
+    """
+    from analysis.characterisation.databases import neurosynth_mask
+
+    sig, terms = term_voxel_maps(cfg["macm_kernel_radius_mm"], cfg["macm_fdr_q"],
+                                 cfg["macm_min_study_fraction"], cfg["decoding_min_term_studies"],
+                                 cfg["decoding_term_category"])
+    mask = np.asarray(neurosynth_mask().dataobj) > 0
+    region, rvol = region_of(seed)
+    in_region = rvol[mask]
+    a = sig[:, in_region].sum(1)
+    table = fisher_table(a, int(in_region.sum()), sig.sum(1), sig.shape[1], terms)
+    return region, _top(table, cfg["top_terms"])
+
+
+@lru_cache(maxsize=1)
+def term_voxel_maps(kernel_mm: float, q: float, min_fraction: float, min_studies: int,
+                    category: str, chunk: int = 48) -> tuple[np.ndarray, list[str]]:
+    """Binary FDR-significant association maps of every kept NeuroQuery term, (terms, voxels)."""
+    from tqdm import tqdm
+
+    from analysis.characterisation.databases import load_neuroquery, neuroquery_terms
+    from analysis.characterisation.macm import association_test, fdr_threshold
+
+    db = load_neuroquery()
+    inc_t = db.incidence(kernel_mm).T.tocsr().astype(np.float32)
+    counts, terms, ids = neuroquery_terms(category)
+    rows = np.searchsorted(db.ids, ids)
+    ok = (rows < db.n_studies) & (db.ids[np.minimum(rows, db.n_studies - 1)] == ids)
+    pres = _place_rows(sparse.csr_matrix((counts[ok] > 0).astype(np.float32)), rows[ok],
+                       db.n_studies).tocsc()
+    keep = np.flatnonzero(np.asarray(pres.sum(0)).ravel() >= min_studies)
+    total = np.asarray(inc_t.sum(1)).ravel().astype(np.float64)
+    p_active = total / db.n_studies
+    sig = np.zeros((len(keep), inc_t.shape[0]), dtype=bool)
+    for lo in tqdm(range(0, len(keep), chunk), desc="term maps", disable=None, leave=False):
+        cols = keep[lo:lo + chunk]
+        pc = pres[:, cols]
+        n_sel = np.asarray(pc.sum(0)).ravel().astype(int)
+        sel_active = np.asarray((inc_t @ pc).todense(), dtype=np.float64).T  # (k, voxels)
+        for j in range(len(cols)):
+            z, p = association_test(sel_active[j], n_sel[j], total - sel_active[j],
+                                    db.n_studies - n_sel[j])
+            thr = fdr_threshold(p, q)
+            sig[lo + j] = (p <= thr) & (z > 0) & (p_active >= min_fraction)
+    LGR.info("term maps: %d terms, median %d significant voxels", len(keep),
+             int(np.median(sig.sum(1))))
+    return sig, [terms[i] for i in keep]
+
+
+def _place_rows(mat: sparse.spmatrix, rows: np.ndarray, n_rows: int) -> sparse.csr_matrix:
+    """Sparse matrix with ``mat``'s row i placed at row ``rows[i]`` of an ``n_rows`` matrix."""
+    coo = sparse.coo_matrix(mat)
+    return sparse.csr_matrix((coo.data, (rows[coo.row], coo.col)), shape=(n_rows, mat.shape[1]))
 
 
 def _top(table: pd.DataFrame, k: int) -> pd.DataFrame:

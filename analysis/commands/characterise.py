@@ -26,6 +26,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rsfc-dir", type=Path, default=None,
                    help="folder of user-supplied rs-FC r maps named ..._<x>_<y>_<z>.nii.gz")
     p.add_argument("--no-decode", action="store_true", help="skip the behavioural decoding")
+    p.add_argument("--voxel-level", action="store_true",
+                   help="also the voxel-level BAT variant (531 term maps; minutes)")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -50,7 +52,7 @@ def run_command(args: argparse.Namespace) -> int:
         return path
 
     res = characterise(seeds, cfg, out, "cli", rsfc_dir=args.rsfc_dir,
-                       decode=not args.no_decode)
+                       decode=not args.no_decode, voxel_level=args.voxel_level or None)
     write_tables([res], out)
     substitute = any(r == "hcp_substitute" for r in res["seeds"]["rsfc_source"])
     figure3.draw(res["panels"], out("figures/figure3.png"), out("figures/figure3.svg"),
