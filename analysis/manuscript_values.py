@@ -81,6 +81,13 @@ VALUES: dict[str, str] = {
     "agesd_df_published": "tables.age_sd_ttest_df_published",
     "agesd_p_published": "tables.age_sd_ttest_p_published",
     "agesd_p_from_published_t": "tables.age_sd_ttest_p_from_published_t",
+    "agesd_zero_t": "tables.age_sd_ttest_missing_as_zero.t",
+    "agesd_zero_df": "tables.age_sd_ttest_missing_as_zero.df",
+    "agesd_zero_levene_f": "tables.age_sd_ttest_missing_as_zero.levene_F",
+    "agesd_zero_levene_p": "tables.age_sd_ttest_missing_as_zero.levene_p",
+    "n_peaks_real": "tables.n_peaks_real",
+    "n_peaks_simulated": "tables.n_peaks_simulated",
+    "age_definition": "tables.age_definition",
     # SDM-PSI mean analysis (stage meta, analysis/sdm/stage.py)
     "n_clusters_increase": "meta.n_clusters_increase",
     "n_clusters_decrease": "meta.n_clusters_decrease",
@@ -89,7 +96,11 @@ VALUES: dict[str, str] = {
     # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
     "permutations": "robustness.permutations",
     "n_metaregression_significant": "robustness.n_metaregression_significant",
-    # Characterisation (stage characterisation)
+    # Characterisation (stage characterisation, published peaks)
+    "dmn_share_increase": "characterisation.published.overlap_increase.dmn_share",
+    "dmn_share_decrease": "characterisation.published.overlap_decrease.dmn_share",
+    "macm_studies_acc": "characterisation.published.seeds.P1.n_studies_6mm",
+    "macm_studies_mtg": "characterisation.published.seeds.P2.n_studies_6mm",
     "n_top_terms": "config.characterisation.top_terms",
     # Parameters (analysis/config.yaml)
     "fwhm_mm": "config.sdm.fwhm_mm",
