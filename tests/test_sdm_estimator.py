@@ -162,3 +162,35 @@ def test_covariate_fit_runs(small_fit):
                  hypothesis=[0, 1]).fit(_simulated_dataset(), mask)
     assert res.df == 4 and np.all(np.isfinite(res.maps["z"]))
     assert res.params["design_columns"] == ["intercept", "age"]
+
+
+def test_meta_command_on_an_sdm_folder(tmp_path):
+    """``python -m analysis meta`` on a small simulated SDM-PSI project folder."""
+    import json
+
+    from analysis.cli import main
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "sdm_table.txt").write_text(
+        "study\tn1\tt_thr\tthreshold\tage\n"
+        "simA\t20\t3.3\tuncorrected\t30\n"
+        "simB\t25\t3.2\tuncorrected\t35\n"
+        "simC\t18\t3.5\tuncorrected\t28\n"
+        "simD\t30\t3.1\tuncorrected\t40\n")
+    (folder / "simA.other_mni.txt").write_text("-40,16,-4,5.1\n")
+    (folder / "simB.other_mni.txt").write_text("-42,18,-6,4.4\n")
+    (folder / "simC.other_mni.txt").write_text("-38,14,-2,p\n")
+    (folder / "simD.no_peaks.txt").write_text("")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(_box_mask(half=(10, 10, 8)), str(mask))
+    out = tmp_path / "out"
+    rc = main(["meta", "--sdm-dir", str(folder), "--out", str(out), "--mask", str(mask),
+               "--imputations", "4", "--anisotropy", "0", "--seed", "5"])
+    assert rc == 0
+    for name in ("g", "var", "z", "tau2", "i2", "p"):
+        assert (out / f"{name}.nii.gz").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_studies"] == 4 and summary["params"]["imputations"] == 4
+    table = pd.read_csv(out / "clusters.tsv", sep="\t")
+    assert "sdm_z" in table.columns
