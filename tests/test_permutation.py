@@ -260,3 +260,16 @@ def test_voxel_fwe_false_positive_rate_under_the_null():
         print(f"FWE false-positive rate {hits / n_sim:.3f} (99% CI {ci.low:.3f}-{ci.high:.3f}), "
               f"expected {expected:.3f}")
         assert ci.low <= expected <= ci.high
+
+
+@pytest.mark.parametrize("C", [[0, 1], [1, 0]])
+def test_two_column_kernel_matches_numpy(toy, C):
+    """Compiled [1, x] kernel (Freedman-Lane for C=[0,1], sign flips for C=[1,0]) vs NumPy."""
+    X = np.c_[np.ones(6), np.array([20.0, 35, 27, 41, 30, 24])]
+    inp = P.PSIInputs(toy.imputations, toy.n1, toy.n2, toy.space, X=X, C=C)
+    a = P.psi_permutation_test(inp, n_permutations=5, seed=6, backend="numpy")
+    b = P.psi_permutation_test(inp, n_permutations=5, seed=6, backend="numba")
+    assert a.method == ("freedman-lane" if C == [0, 1] else "subjects")
+    for key in ("z", "g", "var", "tau2"):
+        np.testing.assert_allclose(b.maps[key], a.maps[key], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b.maxima.to_numpy(), a.maxima.to_numpy(), rtol=1e-6)

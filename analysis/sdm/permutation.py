@@ -129,6 +129,11 @@ class PSIInputs:
         return np.isfinite(self.n2) & (self.n2 > 0)
 
     @property
+    def two_column(self) -> bool:
+        """Design ``[1, x]`` (one covariate): served by the compiled two-column kernel."""
+        return self.X.shape[1] == 2 and np.allclose(self.X[:, 0], 1.0)
+
+    @property
     def intercept_only(self) -> bool:
         return self.X.shape[1] == 1 and np.allclose(self.X, 1.0)
 
@@ -540,6 +545,155 @@ def _mean_kernel(A, c, G, k1, k2, max_iter, tol, block, coef_out, var_out,
             tau2_out[v0 + b] = (acc_t[b] / m) ** 2
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, max_iter, tol, block, coef_out,
+                  var_out, tau2_out):  # pragma: no cover - compiled
+    """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per voxel block.
+
+    The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
+    ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
+    :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and :func:`rubin_z` for
+    the hypothesis ``c0 b0 + c1 b1``.
+    """
+    m, k, nv = P2.shape
+    y = np.empty((k, block))
+    v = np.empty((k, block))
+    w = np.empty((k, block))
+    t = np.empty(block)
+    acc = np.zeros((4, block))
+    sums = np.empty((16, block))
+    for v0 in range(0, nv, block):
+        nb = min(block, nv - v0)
+        acc[:, :nb] = 0.0
+        for j in range(m):
+            for i in range(k):
+                a1 = k1[i]
+                a2 = k2[i]
+                for b in range(nb):
+                    if mode == 0:
+                        g = P1[0, i, v0 + b] + c[i] * P2[j, i, v0 + b]
+                    else:
+                        g = P1[j, i, v0 + b] + P2[j, order[i], v0 + b]
+                    y[i, b] = g
+                    v[i, b] = a1 + a2 * g * g
+            for it in range(max_iter + 2):
+                # it == 0: DerSimonian-Laird (weights 1/v); it == max_iter + 1: final fit
+                sums[:, :nb] = 0.0
+                for i in range(k):
+                    xi = x[i]
+                    for b in range(nb):
+                        wi = 1.0 / (v[i, b] + (0.0 if it == 0 else t[b]))
+                        w[i, b] = wi
+                        wx = wi * xi
+                        sums[0, b] += wi
+                        sums[1, b] += wx
+                        sums[2, b] += wx * xi
+                        sums[3, b] += wi * y[i, b]
+                        sums[4, b] += wx * y[i, b]
+                        w2 = wi * wi
+                        sums[5, b] += w2
+                        sums[6, b] += w2 * xi
+                        sums[7, b] += w2 * xi * xi
+                        sums[8, b] += w2 * wi
+                        sums[9, b] += w2 * wi * xi
+                        sums[10, b] += w2 * wi * xi * xi
+                if it == max_iter + 1:
+                    break
+                for b in range(nb):
+                    det = sums[0, b] * sums[2, b] - sums[1, b] * sums[1, b]
+                    sums[14, b] = (sums[2, b] * sums[3, b] - sums[1, b] * sums[4, b]) / det
+                    sums[15, b] = (sums[0, b] * sums[4, b] - sums[1, b] * sums[3, b]) / det
+                    sums[11, b] = 0.0
+                    sums[12, b] = 0.0
+                    sums[13, b] = 0.0
+                    t[b] = det if it == 0 else t[b]
+                if it == 0:
+                    # Q = sum w r^2 with fixed-effect weights
+                    for b in range(nb):
+                        sums[11, b] = 0.0
+                    for i in range(k):
+                        for b in range(nb):
+                            r = y[i, b] - sums[14, b] - sums[15, b] * x[i]
+                            sums[11, b] += w[i, b] * r * r
+                    for b in range(nb):
+                        det = t[b]
+                        trma = (sums[2, b] * sums[5, b] - 2.0 * sums[1, b] * sums[6, b]
+                                + sums[0, b] * sums[7, b]) / det
+                        den = sums[0, b] - trma
+                        t[b] = max(0.0, (sums[11, b] - (k - 2)) / den) if den > 0 else 0.0
+                    continue
+                # Newton / Fisher update; reuse slots 11..13 for sum w^2 r^2, w^3 r^2, w^2 r
+                q0 = np.zeros(nb)
+                for i in range(k):
+                    xi = x[i]
+                    for b in range(nb):
+                        r = y[i, b] - sums[14, b] - sums[15, b] * xi
+                        wi = w[i, b]
+                        w2r = wi * wi * r
+                        sums[11, b] += w2r * r
+                        sums[12, b] += w2r * r * wi
+                        sums[13, b] += w2r
+                        q0[b] += w2r * xi
+                dmax = 0.0
+                for b in range(nb):
+                    s0, s1, s2 = sums[0, b], sums[1, b], sums[2, b]
+                    u0, u1, u2 = sums[5, b], sums[6, b], sums[7, b]
+                    det = s0 * s2 - s1 * s1
+                    trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
+                    trmv = (s2 * sums[8, b] - 2.0 * s1 * sums[9, b] + s0 * sums[10, b]) / det
+                    b00 = (s2 * u0 - s1 * u1) / det
+                    b01 = (s2 * u1 - s1 * u2) / det
+                    b10 = (s0 * u1 - s1 * u0) / det
+                    b11 = (s0 * u2 - s1 * u1) / det
+                    trp = s0 - trma
+                    trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
+                    r0 = sums[13, b]
+                    r1 = q0[b]
+                    yp3y = sums[12, b] - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
+                    score = sums[11, b] - trp
+                    obs = 2.0 * yp3y - trpp
+                    if obs > 0:
+                        step = score / obs
+                    elif trpp > 0:
+                        step = score / trpp
+                    else:
+                        step = 0.0
+                    nt = max(0.0, t[b] + step)
+                    dmax = max(dmax, abs(nt - t[b]))
+                    t[b] = nt
+                if dmax < tol:
+                    # one more pass computes the final fit at the converged tau2
+                    sums[:, :nb] = 0.0
+                    for i in range(k):
+                        xi = x[i]
+                        for b in range(nb):
+                            wi = 1.0 / (v[i, b] + t[b])
+                            wx = wi * xi
+                            sums[0, b] += wi
+                            sums[1, b] += wx
+                            sums[2, b] += wx * xi
+                            sums[3, b] += wi * y[i, b]
+                            sums[4, b] += wx * y[i, b]
+                    break
+            for b in range(nb):
+                s0, s1, s2 = sums[0, b], sums[1, b], sums[2, b]
+                det = s0 * s2 - s1 * s1
+                b0 = (s2 * sums[3, b] - s1 * sums[4, b]) / det
+                b1 = (s0 * sums[4, b] - s1 * sums[3, b]) / det
+                cf = c0 * b0 + c1 * b1
+                var = (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
+                acc[0, b] += cf
+                acc[1, b] += cf * cf
+                acc[2, b] += var
+                acc[3, b] += math.sqrt(t[b])
+        for b in range(nb):
+            cm = acc[0, b] / m
+            between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+            coef_out[v0 + b] = cm
+            var_out[v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * max(between, 0.0)
+            tau2_out[v0 + b] = (acc[3, b] / m) ** 2
+
+
 # ============================================================================================
 # One permutation chunk
 # ============================================================================================
@@ -579,8 +733,13 @@ class _Engine:
                 _mean_kernel(A, np.asarray(c, np.float64), inp.imputations, k1, k2,
                              self.n_iter, self.tol, 64, coef, var, tau2)
                 return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
+            if self.backend == "numba" and inp.two_column:
+                return self._slope(A[None], inp.imputations, c, np.arange(len(c)), 0)
             y = _LazyY(A, c, inp.imputations)
         else:
+            if self.backend == "numba" and inp.two_column:
+                return self._slope(self.fl_fit, self.fl_res, np.ones(len(inp.n1)),
+                                   codes.order[b], 1)
             y = _LazyFL(self.fl_fit, self.fl_res, codes.order[b])
         xp = array_module("cupy" if self.backend == "cupy" else "numpy")
         X = None if inp.intercept_only else inp.X
@@ -588,6 +747,16 @@ class _Engine:
                                          self.block)
         return {"coef": to_numpy(coef), "var": to_numpy(var), "z": to_numpy(z),
                 "tau2": to_numpy(tau2)}
+
+    def _slope(self, P1, P2, c, order, mode) -> dict:
+        inp = self.inputs
+        k1, k2 = inp.variance_coefficients()
+        nv = inp.space.n_voxels
+        coef, var, tau2 = (np.empty(nv) for _ in range(3))
+        _slope_kernel(P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
+                      inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
+                      self.n_iter, self.tol, 64, coef, var, tau2)
+        return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
 
     def maxima(self, z: np.ndarray) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
         pos, neg = tfce_mod.tfce(z, self.inputs.space, **self.tfce)
