@@ -99,6 +99,13 @@ def test_slope_at_peaks_and_peak_tables(blobs):
     np.testing.assert_allclose(tab["slope_z"], 0.5)
     np.testing.assert_allclose(tab["p_two_tailed"], 0.617075, atol=1e-6)
     assert (tab["n_slope_clusters"] == 0).all() and (tab["n_studies"] == 7).all()
+    assert tab["p_fwe_freedman_lane"].isna().all()
+    p_pos = np.full(v, 0.5)
+    p_pos[:3] = 0.01
+    fl = types.SimpleNamespace(maps={"p_voxel": p_pos, "p_voxel_neg": np.full(v, 0.9)})
+    tab = mr.slope_at_peaks(res, peaks, "age", 1, perm=fl)
+    assert (tab["n_fwe_voxels"] == 3).all()
+    np.testing.assert_allclose(tab["p_fwe_freedman_lane"], 0.5)  # positive slope: p_voxel
     # heterogeneity and FWE at peaks read the right voxel and direction
     maps = {"tau2": z * 0 + 0.01, "i2": np.arange(v, dtype=float), "h2": z * 0 + 1,
             "q": z * 0 + 3, "q_z": z * 0}

@@ -25,7 +25,7 @@ LGR = logging.getLogger(__name__)
 
 REGRESSION_COLUMNS = ["covariate", "n_studies", "n_missing", "cluster", "direction", "x", "y",
                       "z", "slope", "slope_se", "slope_z", "p_two_tailed",
-                      "n_slope_clusters"]
+                      "p_fwe_freedman_lane", "n_slope_clusters", "n_fwe_voxels"]
 
 
 def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray, np.ndarray]:
@@ -55,7 +55,7 @@ def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray,
 
 
 def slope_at_peaks(result, peaks: pd.DataFrame, covariate: str, n_missing: int,
-                   **threshold_kwargs) -> pd.DataFrame:
+                   perm=None, alpha: float = 0.05, **threshold_kwargs) -> pd.DataFrame:
     """Slope, SE, z and two-tailed p of a fitted meta-regression at every result peak.
 
     Parameters
@@ -67,6 +67,11 @@ def slope_at_peaks(result, peaks: pd.DataFrame, covariate: str, n_missing: int,
     covariate : str
     n_missing : int
         Studies left out for a missing value.
+    perm : PermutationResult, optional
+        Freedman-Lane permutation test of the slope (:func:`psi_permutation_test`); adds the
+        FWE-corrected p of the slope's direction at each peak and the number of voxels with
+        p_FWE < ``alpha`` (either direction).
+    alpha : float
     **threshold_kwargs
         Thresholds for counting slope clusters anywhere in the brain (default: the paper's).
 
@@ -80,16 +85,23 @@ def slope_at_peaks(result, peaks: pd.DataFrame, covariate: str, n_missing: int,
     n_cl = len(threshold_clusters(maps["z"], result.space, local_peaks=False,
                                   **threshold_kwargs).peaks())
     k = len(result.n1)
+    n_fwe = np.nan
+    if perm is not None:
+        n_fwe = int(((perm.maps["p_voxel"] < alpha) | (perm.maps["p_voxel_neg"] < alpha)).sum())
     rows = []
     for r in peaks.itertuples(index=False):
         v = int(r.voxel)
         z = float(maps["z"][v])
+        p_fwe = np.nan
+        if perm is not None:
+            p_fwe = float(perm.maps["p_voxel" if z >= 0 else "p_voxel_neg"][v])
         rows.append({"covariate": covariate, "n_studies": k, "n_missing": n_missing,
                      "cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
                      "z": r.z, "slope": float(maps["g"][v]),
                      "slope_se": float(np.sqrt(maps["var"][v])), "slope_z": z,
-                     "p_two_tailed": float(2 * norm.sf(abs(z))), "n_slope_clusters": n_cl})
+                     "p_two_tailed": float(2 * norm.sf(abs(z))), "p_fwe_freedman_lane": p_fwe,
+                     "n_slope_clusters": n_cl, "n_fwe_voxels": n_fwe})
     if not rows:
         rows.append({"covariate": covariate, "n_studies": k, "n_missing": n_missing,
-                     "n_slope_clusters": n_cl})
+                     "n_slope_clusters": n_cl, "n_fwe_voxels": n_fwe})
     return pd.DataFrame(rows, columns=REGRESSION_COLUMNS)

@@ -13,7 +13,9 @@ main fit exactly (same pre-processing, same seed as stage ``meta``; the agreemen
   row 1 = the unpermuted data) and ``tables/fwe_peaks.tsv`` (FWE p at every Table 3 peak);
 - ``tables/jackknife.tsv`` (every leave-one-study-out and leave-one-disorder-out analysis x
   every cluster) and ``tables/jackknife_summary.tsv``;
-- ``tables/metaregression.tsv`` (slope, SE, z, two-tailed p per covariate and peak);
+- ``tables/metaregression.tsv`` (slope, SE, z, two-tailed p per covariate and peak, and the
+  Freedman-Lane FWE p of the slope with ``sdm.robustness.metaregression_permutations``
+  permutations of studies);
 - ``tables/heterogeneity.tsv`` (tau^2, I^2, H^2, Q and its z at every peak);
 - ``tables/subgroups.tsv`` (paradigm subgroups with enough studies: does each cluster survive).
 
@@ -162,10 +164,17 @@ def produce(ctx) -> dict:
 
     # ---- meta-regressions
     regs = []
+    n_mr = int(sdm["permutations_quick"] if ctx.quick else rob["metaregression_permutations"])
     for cov in sdm["covariates"]:
         X, keep = mr.covariate_design(table, cov)
-        res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1])
-        regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), **thr))
+        res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1], keep=n_mr > 1)
+        fl = None
+        if n_mr > 1:  # Freedman-Lane permutation of studies (spec 7.1)
+            fl = psi_permutation_test(res, n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
+                                      n_jobs=int(psi["n_jobs"]), backend=psi["backend"])
+            res.imputations = None
+        regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), perm=fl, alpha=alpha,
+                                      **thr))
     reg = pd.concat(regs, ignore_index=True)
     write_tsv(ctx.out("tables/metaregression.tsv"), reg, float_format="%.6g")
 
@@ -220,6 +229,8 @@ def produce(ctx) -> dict:
         "metaregression_slope_clusters": {c: int(n) for c, n in
                                           reg.groupby("covariate")["n_slope_clusters"].first()
                                           .items()},
+        "metaregression_permutations": n_mr,
+        "metaregression_any_fwe_voxels": bool((reg["n_fwe_voxels"].fillna(0) > 0).any()),
         "metaregression_n_missing": {c: int(n) for c, n in
                                      reg.groupby("covariate")["n_missing"].first().items()},
         "i2_percent_at_peaks": [round(float(x), 3) for x in het["i2_percent"]],
