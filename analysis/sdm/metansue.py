@@ -660,6 +660,10 @@ def _log_interval(a, b):  # pragma: no cover - compiled
     """ln[Phi(b) - Phi(a)] for a < b (reflected so that the smaller tail is used)."""
     if a > 0.0:
         a, b = -b, -a
+    pb = 0.5 * math.erfc(-b / 1.4142135623730951)
+    pa = 0.5 * math.erfc(-a / 1.4142135623730951)
+    if pb - pa > 1e-6 * pb:  # no harmful cancellation: direct (erfc is relatively accurate)
+        return math.log(pb - pa)
     lh = _log_ndtr(b)
     ll = _log_ndtr(a)
     d = ll - lh
