@@ -45,7 +45,7 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     "tbl-data": ("tables", "tables/table2.tsv"),
     "tbl-results": ("meta", "tables/table3.tsv"),
     "tbl-reproduction": ("meta", "tables/table3_vs_published.tsv"),
-    "tbl-jackknife": ("robustness", "tables/jackknife.tsv"),
+    "tbl-jackknife": ("robustness", "tables/jackknife_summary.tsv"),
     "tbl-metaregression": ("robustness", "tables/metaregression.tsv"),
     "tbl-networks": ("characterisation", "tables/network_overlap.tsv"),
     "tbl-terms": ("characterisation", "tables/top_terms.tsv"),
@@ -95,7 +95,10 @@ VALUES: dict[str, str] = {
     "imputations": "meta.imputations",
     # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
     "permutations": "robustness.permutations",
-    "n_metaregression_significant": "robustness.n_metaregression_significant",
+    "metaregression_any_significant": "robustness.metaregression_any_p_below_0_05",
+    "metaregression_min_p": "robustness.metaregression_min_p",
+    "n_clusters_fwe_voxel": "robustness.n_clusters_fwe_voxel",
+    "n_clusters_fwe_tfce": "robustness.n_clusters_fwe_tfce",
     # Characterisation (stage characterisation, published peaks)
     "dmn_share_increase": "characterisation.published.overlap_increase.dmn_share",
     "dmn_share_decrease": "characterisation.published.overlap_decrease.dmn_share",
