@@ -631,6 +631,7 @@ def render_fallback(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None =
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = write_text(out_dir / "index.html", page)
+    out.chmod(0o644)  # a web page: readable by the server, not only by its author
     LGR.info("fallback renderer: wrote %s (%.1f kB)", out, out.stat().st_size / 1e3)
     return out
 
