@@ -133,6 +133,7 @@ def test_bench_command_lists_the_registry(capsys):
     assert main(["bench", "--list"]) == 0
     out = capsys.readouterr().out
     assert "psi:" in out and "psi-enge:" in out
+    assert "characterisation.macm_vs_nimare" in out  # adopted from another module's dict
 
 
 @pytest.mark.slow

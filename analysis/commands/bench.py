@@ -36,8 +36,9 @@ LGR = logging.getLogger(__name__)
 
 #: name -> (function, description)
 BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
-#: modules imported before running, so that their ``@register`` calls take effect
-BENCH_MODULES: list[str] = ["analysis.commands.bench"]
+#: modules imported before running: their ``@register`` calls take effect, and a module-level
+#: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
+BENCH_MODULES: list[str] = ["analysis.commands.bench", "analysis.characterisation.bench"]
 
 
 def register(name: str, description: str):
@@ -280,9 +281,23 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _adopt(module) -> None:
+    """Register the zero-argument benchmarks of a module's own ``BENCHMARKS`` dict."""
+    table = getattr(module, "BENCHMARKS", None)
+    if table is None or table is BENCHMARKS:
+        return
+    for name, func in table.items():
+        if name not in BENCHMARKS:
+            BENCHMARKS[name] = (lambda args, f=func: {"metrics": f()},
+                                f"{module.__name__}: {name}")
+
+
 def run_command(args: argparse.Namespace) -> int:
     for mod in BENCH_MODULES:
-        importlib.import_module(mod)
+        try:
+            _adopt(importlib.import_module(mod))
+        except ImportError as exc:
+            LGR.warning("benchmarks of %s unavailable: %s", mod, exc)
     if args.list:
         for name, (_, desc) in BENCHMARKS.items():
             print(f"{name}: {desc}")
