@@ -121,8 +121,14 @@ def test_permutation_algebra_matches_explicit_subject_images(toy):
                                        atol=2e-5)
 
 
-def test_identity_equals_direct_meta_analysis(toy):
+def test_identity_equals_direct_meta_analysis(toy, tmp_path):
     res = P.psi_permutation_test(toy, n_permutations=3, seed=11, backend="numpy")
+    written = res.save(tmp_path, prefix="mod_")
+    assert sorted(p.name for p in written) == sorted(
+        ["mod_corrp_voxel.nii.gz", "mod_corrp_voxel_neg.nii.gz", "mod_corrp_tfce.nii.gz",
+         "mod_corrp_tfce_neg.nii.gz", "mod_maxima.tsv"])
+    np.testing.assert_allclose(toy.space.from_img(nib.load(tmp_path / "mod_corrp_tfce.nii.gz")),
+                               res.maps["corrp_tfce"], atol=1e-6)
     k1, k2 = toy.variance_coefficients()
     y = toy.imputations.astype(float)
     beta, cov, _ = P.reml_fixed(y, k1[:, None] + k2[:, None] * y * y, None, 30, tol=1e-12)
