@@ -121,6 +121,20 @@ def test_permutation_algebra_matches_explicit_subject_images(toy):
                                        atol=2e-5)
 
 
+def test_codes_do_not_depend_on_the_number_of_permutations(toy):
+    short = P.make_codes(toy, 3, np.random.default_rng(1))
+    long = P.make_codes(toy, 7, np.random.default_rng(1))
+    for ws, wl in zip(short.weights, long.weights, strict=True):
+        assert np.array_equal(ws, wl[:3])
+    assert np.array_equal(short.c, long.c[:3])
+    for i, w in enumerate(long.weights):  # sign flips of 1/n, or group sizes kept
+        a = int(toy.n1[i])
+        if toy.two_sample[i]:
+            assert np.all((w > 0).sum(1) == a)
+        else:
+            np.testing.assert_allclose(np.abs(w), 1.0 / a)
+
+
 def test_identity_equals_direct_meta_analysis(toy, tmp_path):
     res = P.psi_permutation_test(toy, n_permutations=3, seed=11, backend="numpy")
     written = res.save(tmp_path, prefix="mod_")

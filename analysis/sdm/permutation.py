@@ -241,7 +241,8 @@ def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
 
     The first permutation is the identity (spec §7.2). For a two-sample study with ``n1``
     patients the first ``n1`` entries of a random permutation of its subjects become the
-    patients.
+    patients. Codes are drawn permutation by permutation, so the first ``N`` permutations are
+    the same whatever the total number asked for.
     """
     n = int(n_permutations)
     if n < 1:
@@ -253,26 +254,27 @@ def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
         for b in range(1, n):
             order[b] = rng.permutation(k)
         return PermutationCodes("freedman-lane", n, order=order)
-    weights, c = [], np.empty((n, k), dtype=np.float64)
-    for i in range(k):
-        a = int(inputs.n1[i])
-        if inputs.two_sample[i]:
-            b2 = int(inputs.n2[i])
-            tot = a + b2
-            w = np.empty((n, tot), dtype=np.float64)
-            w[0, :a], w[0, a:] = 1.0 / a, -1.0 / b2
-            for b in range(1, n):
-                perm = rng.permutation(tot)
-                w[b, perm[:a]] = 1.0 / a
-                w[b, perm[a:]] = -1.0 / b2
-            c[:, i] = w[:, :a].sum(1)
-        else:
-            signs = rng.choice(np.array([-1.0, 1.0]), size=(n, a))
-            signs[0] = 1.0
-            w = signs / a
-            c[:, i] = w.sum(1)
-        weights.append(w.astype(np.float32))
-    return PermutationCodes("subjects", n, weights=weights, c=c)
+    sizes = [int(a) + (int(b2) if two else 0)
+             for a, b2, two in zip(inputs.n1, np.nan_to_num(inputs.n2), inputs.two_sample,
+                                   strict=True)]
+    weights = [np.empty((n, t), dtype=np.float64) for t in sizes]
+    c = np.empty((n, k), dtype=np.float64)
+    for b in range(n):
+        for i in range(k):
+            a = int(inputs.n1[i])
+            w = weights[i][b]
+            if inputs.two_sample[i]:
+                b2 = sizes[i] - a
+                if b == 0:
+                    w[:a], w[a:] = 1.0 / a, -1.0 / b2
+                else:
+                    perm = rng.permutation(sizes[i])
+                    w[perm[:a]] = 1.0 / a
+                    w[perm[a:]] = -1.0 / b2
+            else:
+                w[:] = (1.0 if b == 0 else rng.choice(np.array([-1.0, 1.0]), size=a)) / a
+            c[b, i] = w[:a].sum()
+    return PermutationCodes("subjects", n, weights=[w.astype(np.float32) for w in weights], c=c)
 
 
 # ============================================================================================
