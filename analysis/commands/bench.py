@@ -188,7 +188,8 @@ def bench_psi(args: argparse.Namespace) -> dict:
     metrics["naive_vs_ours_max_abs_z_diff"] = float(diff.max())
     notes.append("the naive loop uses analysis.sdm.random_effects.fit_random_effects (Fisher "
                  "scoring, sdm.reml_max_iter/reml_tol), ours the Newton REML of "
-                 "analysis.sdm.permutation.reml_fixed: differences are non-converged Fisher fits")
+                 "analysis.sdm.permutation.reml_fixed: any difference beyond rounding comes from "
+                 "Fisher fits that stopped before the REML maximum")
     # NiMARE ALE Monte-Carlo FWE, fewer iterations, scaled linearly to the same count
     if args.nimare_iters > 0:
         try:
