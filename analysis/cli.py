@@ -40,12 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (module, help_) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # only while a command is being developed
-            if exc.name != module:
-                raise
-            continue
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)
         mod.configure_parser(p)
         p.set_defaults(_module=module)

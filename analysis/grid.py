@@ -89,3 +89,28 @@ def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0)
                 out[n] = True
                 break
     return out
+
+
+def analysis_mask(config: dict | None = None) -> nib.Nifti1Image:
+    """The engine's analysis mask: :func:`gm_mask`, optionally restricted to a region of interest.
+
+    ``sdm.analysis_roi_radius_mm`` (default ``null``: the whole grey-matter mask) keeps only the
+    grey-matter voxels within that radius of the published peaks
+    (``characterisation.seeds_published``). Only the test suite's quick pipeline runs use it,
+    to check the wiring of every stage in seconds; every result of ``make paper`` uses the whole
+    mask, and ``values.json`` records the number of voxels analysed.
+    """
+    cfg = config or load_config()
+    img = gm_mask()
+    radius = cfg["sdm"].get("analysis_roi_radius_mm")
+    if not radius:
+        return img
+    data = np.asarray(img.dataobj) > 0
+    ijk = np.argwhere(data)
+    xyz = ijk_to_mni(ijk, img.affine)
+    centres = np.asarray(cfg["characterisation"]["seeds_published"], dtype=float)
+    d2 = ((xyz[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    keep = np.zeros_like(data)
+    sel = ijk[d2 <= float(radius) ** 2]
+    keep[tuple(sel.T)] = True
+    return nib.Nifti1Image(keep.astype(np.uint8), img.affine)

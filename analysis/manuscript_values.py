@@ -53,8 +53,7 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
 }
 
 #: Name used in the manuscript -> "stage.key" in values.json (or "config.<path>").
-#: TODO(lead): align the stage keys with what the stages return once they have landed; the
-#: test ``test_every_value_resolves`` lists any name that does not resolve.
+#: The test ``test_every_value_resolves`` lists any name that does not resolve.
 VALUES: dict[str, str] = {
     # Figure 1 (stage figure1, analysis/figures/prisma.py)
     "prisma_included": "figure1.n_included",

@@ -14,8 +14,6 @@ Three groups of tests:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -330,21 +328,8 @@ def test_provenance_bad_tag_names_row_and_field(tmp_path):
 
 # --- against a real (quick) pipeline run ----------------------------------------------------------
 
-def _importable(stage) -> bool:
-    module = stage.target.split(":")[0]
-    if importlib.util.find_spec(module) is None:
-        return False
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError:
-        return False
-    return True
-
-
 def _quick_run(results: Path, skip: list[str]):
-    # TODO(lead): during development, stages whose modules do not exist yet are skipped here;
-    # once every stage has landed, `missing` must be empty (test_all_stages_present enforces it).
-    ready = [s.name for s in STAGES if _importable(s) and s.name not in skip]
+    ready = [s.name for s in STAGES if s.name not in skip]
     missing = [s.name for s in STAGES if s.name not in ready]
     # quick mode with the configured test overrides (fewer imputations and permutations)
     cfg = load_config(load_config()["manuscript"]["test_overrides"])
@@ -363,9 +348,7 @@ def quick_results(request):
 
 def test_all_stages_present(quick_results):
     _, _, missing = quick_results
-    if missing:
-        pytest.xfail(f"TODO(lead): stages not importable or left out of the default run: "
-                     f"{missing}")
+    assert missing == [], f"stages left out of the default run: {missing}"
 
 
 def test_artefacts_have_exactly_one_producer(quick_results):
@@ -392,8 +375,6 @@ def test_every_value_resolves(quick_results):
 
 def test_prisma_and_study_table_agree(quick_results):
     results, ready, _ = quick_results
-    if not {"figure1", "tables"} <= set(ready):
-        pytest.skip("TODO(lead): needs stages figure1 and tables")
     v = mv.Values(results)
     assert v.get("prisma_included") == v.get("n_studies")
 
@@ -415,18 +396,14 @@ def _check_manuscript(quick_results, tmp_path, monkeypatch):
     results, _, missing = quick_results
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
     monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
-    if missing:  # TODO(lead): remove once every stage has landed
-        monkeypatch.setenv("PAINEMP_ALLOW_MISSING", "1")
-    else:
-        monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
+    monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
     out = rd.render_fallback(QMD, tmp_path / "_manuscript", timeout=600)
     html = out.read_text()
     for label in _labels():
         if label.startswith(("fig-", "tbl-")):
             assert f'id="{label}"' in html, label
     assert "?@" not in html
-    if not missing:
-        assert "[missing" not in html
+    assert "[missing" not in html
     assert '<figure id="fig-prisma">' in html and "data:image/png;base64," in html
     # the provenance banner matches data/peaks.tsv
     prov = mv.provenance(REPO / "data")
@@ -449,8 +426,7 @@ def test_cited_values_golden(quick_results, data_regression):
     Regenerate on purpose only (``make regen``) and say why in the commit.
     """
     results, _, missing = quick_results
-    if missing:
-        pytest.skip(f"TODO(lead): golden values need every stage; missing {missing}")
+    assert missing == []
     v = mv.Values(results)
     data_regression.check({n: v.get(n) for n in sorted(mv.VALUES)}, round_digits=6)
 

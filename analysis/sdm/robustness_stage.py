@@ -86,7 +86,7 @@ def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataF
 
 def produce(ctx) -> dict:
     """Stage ``robustness`` (see the module docstring)."""
-    from analysis.grid import gm_mask
+    from analysis.grid import analysis_mask
     from analysis.sdm import jackknife as jk
     from analysis.sdm import metaregression as mr
     from analysis.sdm.dataset import SDMDataset
@@ -105,7 +105,7 @@ def produce(ctx) -> dict:
 
     dataset = SDMDataset.from_data_dir(ctx.data_dir)
     provenance = input_provenance(dataset)
-    space = MaskSpace(gm_mask())
+    space = MaskSpace(analysis_mask(cfg))
     bounds = preprocess(dataset, space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
                         unknown_peak_mode=sdm["unknown_peak_mode"])
     studies = list(bounds.studies)
