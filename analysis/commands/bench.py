@@ -38,7 +38,8 @@ LGR = logging.getLogger(__name__)
 BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: modules imported before running: their ``@register`` calls take effect, and a module-level
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
-BENCH_MODULES: list[str] = ["analysis.commands.bench", "analysis.characterisation.bench"]
+BENCH_MODULES: list[str] = ["analysis.commands.bench", "analysis.sdm.bench_meta",
+                              "analysis.characterisation.bench"]
 
 
 def register(name: str, description: str):
