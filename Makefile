@@ -42,6 +42,7 @@ validate: $(STAMP) ## engine validation against the public SDM-PSI run and simul
 
 bench: $(STAMP) ## speed and memory benchmarks, as ratios measured in the same run
 	$(RUN) bench
+	$(BIN)/pytest -m bench -s
 
 nightly: validate bench ## everything heavy
 
