@@ -96,7 +96,7 @@ def _leverage(X, minv):
 
 
 def _reml_2d(y, v, X, tau2, max_iter, tol):
-    """Fisher scoring on (k, N) arrays; only unconverged columns are updated."""
+    """Newton (Fisher fallback) REML on (k, N) arrays; only unconverged columns are updated."""
     tau2 = tau2.copy()
     active = np.arange(y.shape[1])
     for _ in range(max_iter):
@@ -117,8 +117,15 @@ def _reml_2d(y, v, X, tau2, max_iter, tol):
             B = minv @ A
             tr_bb = np.einsum("npq,nqp->n", B, B)
         tr_pp = w2.sum(0) - 2.0 * (w2 * w * h).sum(0) + tr_bb
+        # Newton step on the REML log-likelihood (observed information 2 y'PPPy - tr(PP)),
+        # Fisher scoring where the observed information is not positive: plain Fisher
+        # scoring can stop short of the maximum on permuted or imputed data.
+        py = w * r
+        u = np.einsum("kp,kn->np", X, w * py)
+        yp3y = (w * py * py).sum(0) - np.einsum("np,npq,nq->n", u, minv, u)
+        obs = 2.0 * yp3y - tr_pp
         with np.errstate(invalid="ignore", divide="ignore"):
-            step = (ypppy - tr_p) / tr_pp
+            step = (ypppy - tr_p) / np.where(obs > 0, obs, tr_pp)
         new = np.maximum(0.0, ta + np.where(np.isfinite(step), step, 0.0))
         tau2[active] = new
         active = active[np.abs(new - ta) >= tol]
@@ -287,6 +294,8 @@ def _pooled_mean_kernel(y, k1, k2, tau2_init, use_init, max_iter, tol):  # pragm
                     sw2 = 0.0
                     sw3 = 0.0
                     rr = 0.0
+                    s3r = 0.0
+                    s2r = 0.0
                     for i in range(k):
                         w = 1.0 / (vi[i] + t)
                         w2 = w * w
@@ -294,9 +303,14 @@ def _pooled_mean_kernel(y, k1, k2, tau2_init, use_init, max_iter, tol):  # pragm
                         sw3 += w2 * w
                         r = yi[i] - mu
                         rr += w2 * r * r
+                        s3r += w2 * w * r * r
+                        s2r += w2 * r
                     tr_p = sw - sw2 / sw
                     tr_pp = sw2 - 2.0 * sw3 / sw + (sw2 / sw) ** 2
-                    new = t + (rr - tr_p) / tr_pp if tr_pp > 0 else t
+                    # Newton step (observed information 2 y'PPPy - tr(PP)); Fisher fallback
+                    obs = 2.0 * (s3r - s2r * s2r / sw) - tr_pp
+                    info = obs if obs > 0 else tr_pp
+                    new = t + (rr - tr_p) / info if info > 0 else t
                     if not np.isfinite(new):
                         new = t
                     new = max(0.0, new)
