@@ -361,13 +361,19 @@ def resolve_citations(text: str, bib: dict[str, dict[str, str]], cited: list[str
                       unresolved: list[str]) -> str:
     """Author-year citations: ``[@a; @b]`` -> (A, 2020; B, 2021); ``@a`` -> A (2020)."""
 
-    def one(key: str, suppress: bool) -> str:
+    def lookup(key: str) -> tuple[str, str] | None:
+        """(author, year) of a cited key, recording it as cited or unresolved."""
         if key not in bib:
             unresolved.append(key)
-            return f"?@{key}"
+            return None
         if key not in cited:
             cited.append(key)
-        who, year = cite_label(bib[key])
+        return cite_label(bib[key])
+
+    def one(key: str, suppress: bool) -> str:
+        if (found := lookup(key)) is None:
+            return f"?@{key}"
+        who, year = found
         return f"[{year if suppress else who + ', ' + year}](#ref-{key})"
 
     def bracket(m):
@@ -390,12 +396,9 @@ def resolve_citations(text: str, bib: dict[str, dict[str, str]], cited: list[str
         key = m.group(1)
         if key.split("-")[0] in PREFIX_NAMES:
             return m.group(0)
-        if key not in bib:
-            unresolved.append(key)
+        if (found := lookup(key)) is None:
             return f"?@{key}"
-        if key not in cited:
-            cited.append(key)
-        who, year = cite_label(bib[key])
+        who, year = found
         return f"{who} ([{year}](#ref-{key}))"
 
     return NARRATIVE_CITE_RE.sub(narrative, text)
