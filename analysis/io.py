@@ -119,3 +119,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_figure_files(fig, png: str | os.PathLike, svg: str | os.PathLike | None = None,
+                      caption: str | None = None, dpi: int = 150) -> None:
+    """Save a figure as PNG (and SVG), close it, and write ``<png stem>_caption.txt``."""
+    import matplotlib.pyplot as plt
+
+    save_figure(fig, png, dpi=dpi)
+    if svg is not None:
+        save_figure(fig, svg)
+    plt.close(fig)
+    if caption is not None:
+        write_text(Path(png).with_name(Path(png).stem + "_caption.txt"), caption + "\n")

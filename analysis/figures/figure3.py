@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.io import save_figure, write_text  # noqa: E402
+from analysis.io import save_figure_files  # noqa: E402
 
 LGR = logging.getLogger(__name__)
 
@@ -130,9 +130,5 @@ def draw(panels: list[dict], png: Path, svg: Path | None, set_label: str,
         fig.text(0.01, 0.005, "rs-FC: SUBSTITUTE (HCP parcel FC, cortex only); projections: "
                  "sagittal, coronal, axial (left = left)", fontsize=7, color="firebrick")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    save_figure(fig, png, dpi=150)
-    if svg is not None:
-        save_figure(fig, svg)
-    plt.close(fig)
-    write_text(Path(png).with_name(Path(png).stem + "_caption.txt"), text + "\n")
+    save_figure_files(fig, png, svg, caption=text)
     return text

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.io import save_figure, write_text  # noqa: E402
+from analysis.io import save_figure_files  # noqa: E402
 
 LGR = logging.getLogger(__name__)
 
@@ -65,9 +65,5 @@ def draw(terms: pd.DataFrame, seeds: list, png: Path, svg: Path | None, set_labe
             "smaller p (stronger association). A BAT-like re-implementation, not BAT itself. "
             + " ".join(parts))
     fig.tight_layout()
-    save_figure(fig, png, dpi=150)
-    if svg is not None:
-        save_figure(fig, svg)
-    plt.close(fig)
-    write_text(Path(png).with_name(Path(png).stem + "_caption.txt"), text + "\n")
+    save_figure_files(fig, png, svg, caption=text)
     return text
