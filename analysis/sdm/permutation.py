@@ -35,6 +35,7 @@ template-driven sequential imputation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -420,280 +421,318 @@ def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
     return out
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _mean_kernel(A, c, G, k1, k2, max_iter, tol, block, coef_out, var_out,
-                 tau2_out):  # pragma: no cover - compiled
-    """Intercept-only PSI meta-analysis of ``y_j = A + c G_j`` fused per voxel block.
+# Compiled kernels: ``error_model="numpy"`` (no zero-division check, which otherwise stops
+# LLVM from vectorising any loop that divides), the number of studies ``K`` a compile-time
+# constant (the loop over studies is unrolled, so the loop over voxels is the innermost one and
+# runs in SIMD lanes with the per-voxel sums in registers), convergence counted rather than
+# max-reduced (a float max reduction is not vectorised). Measured on the 11-study data
+# (181,054 voxels, 50 imputations, one thread): 1.93 s -> 0.70 s per permutation.
+_JIT = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 
-    The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
-    early stop per block of voxels of one imputation) followed by :func:`rubin_z`.
-    """
-    m, k, nv = G.shape
-    y = np.empty((k, block))
-    v = np.empty((k, block))
-    w = np.empty((k, block))
-    t = np.empty(block)
-    sw = np.empty(block)
-    swy = np.empty(block)
-    sw2 = np.empty(block)
-    sw3 = np.empty(block)
-    q = np.empty(block)
-    q3 = np.empty(block)
-    s2r = np.empty(block)
-    mu = np.empty(block)
-    acc_c = np.empty(block)
-    acc_c2 = np.empty(block)
-    acc_v = np.empty(block)
-    acc_t = np.empty(block)
-    for v0 in range(0, nv, block):
-        nb = min(block, nv - v0)
-        acc_c[:nb] = 0.0
-        acc_c2[:nb] = 0.0
-        acc_v[:nb] = 0.0
-        acc_t[:nb] = 0.0
-        for j in range(m):
-            for i in range(k):
-                ci = c[i]
-                a1 = k1[i]
-                a2 = k2[i]
-                for b in range(nb):
-                    g = A[i, v0 + b] + ci * G[j, i, v0 + b]
-                    y[i, b] = g
-                    v[i, b] = a1 + a2 * g * g
-            # DerSimonian-Laird start
-            sw[:nb] = 0.0
-            swy[:nb] = 0.0
-            sw2[:nb] = 0.0
-            q[:nb] = 0.0
-            for i in range(k):
-                for b in range(nb):
-                    wi = 1.0 / v[i, b]
-                    w[i, b] = wi
-                    sw[b] += wi
-                    swy[b] += wi * y[i, b]
-                    sw2[b] += wi * wi
+
+@functools.cache
+def _mean_kernel_for(K: int):
+    """The intercept-only kernel compiled for ``K`` studies (cached on disk by numba)."""
+
+    @numba.njit(**_JIT)
+    def kernel(A, c, G, k1, k2, max_iter, tol, block, coef_out, var_out,
+               tau2_out):  # pragma: no cover - compiled
+        """Intercept-only PSI meta-analysis of ``y_j = A + c G_j`` fused per voxel block.
+
+        The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
+        early stop per block of voxels of one imputation) followed by :func:`rubin_z`. The
+        REML sums use raw weighted moments (``sum w^2 (y - mu)^2 = S_w2yy - 2 mu S_w2y +
+        mu^2 S_w2``), one pass over the studies per update.
+        """
+        m, _, nv = G.shape
+        y = np.empty((K, block))
+        v = np.empty((K, block))
+        t = np.empty(block)
+        acc_c = np.empty(block)
+        acc_c2 = np.empty(block)
+        acc_v = np.empty(block)
+        acc_t = np.empty(block)
+        for v0 in range(0, nv, block):
+            nb = min(block, nv - v0)
             for b in range(nb):
-                mu[b] = swy[b] / sw[b]
-            for i in range(k):
-                for b in range(nb):
-                    r = y[i, b] - mu[b]
-                    q[b] += w[i, b] * r * r
-            for b in range(nb):
-                den = sw[b] - sw2[b] / sw[b]
-                t[b] = max(0.0, (q[b] - (k - 1)) / den) if den > 0 else 0.0
-            for _ in range(max_iter):
-                sw[:nb] = 0.0
-                swy[:nb] = 0.0
-                sw2[:nb] = 0.0
-                sw3[:nb] = 0.0
-                q[:nb] = 0.0
-                q3[:nb] = 0.0
-                s2r[:nb] = 0.0
-                for i in range(k):
+                acc_c[b] = 0.0
+                acc_c2[b] = 0.0
+                acc_v[b] = 0.0
+                acc_t[b] = 0.0
+            for j in range(m):
+                for i in range(K):
+                    ci = c[i]
+                    a1 = k1[i]
+                    a2 = k2[i]
                     for b in range(nb):
-                        wi = 1.0 / (v[i, b] + t[b])
-                        w[i, b] = wi
-                        sw[b] += wi
-                        swy[b] += wi * y[i, b]
-                        w2 = wi * wi
-                        sw2[b] += w2
-                        sw3[b] += w2 * wi
+                        g = A[i, v0 + b] + ci * G[j, i, v0 + b]
+                        y[i, b] = g
+                        v[i, b] = a1 + a2 * g * g
+                # DerSimonian-Laird start
                 for b in range(nb):
-                    mu[b] = swy[b] / sw[b]
-                for i in range(k):
+                    sw = 0.0
+                    swy = 0.0
+                    sw2 = 0.0
+                    swyy = 0.0
+                    for i in range(K):
+                        wi = 1.0 / v[i, b]
+                        yi = y[i, b]
+                        sw += wi
+                        swy += wi * yi
+                        sw2 += wi * wi
+                        swyy += wi * yi * yi
+                    den = sw - sw2 / sw
+                    tt = (swyy - swy * swy / sw - (K - 1)) / den
+                    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                # Newton (Fisher where the log-likelihood is not locally concave) updates
+                for _ in range(max_iter):
+                    moving = 0.0
                     for b in range(nb):
-                        r = y[i, b] - mu[b]
-                        wi = w[i, b]
-                        w2r = wi * wi * r
-                        q[b] += w2r * r
-                        q3[b] += w2r * r * wi
-                        s2r[b] += w2r
-                dmax = 0.0
+                        tb = t[b]
+                        sw = 0.0
+                        swy = 0.0
+                        sw2 = 0.0
+                        sw2y = 0.0
+                        sw2yy = 0.0
+                        sw3 = 0.0
+                        sw3y = 0.0
+                        sw3yy = 0.0
+                        for i in range(K):
+                            wi = 1.0 / (v[i, b] + tb)
+                            yi = y[i, b]
+                            w2 = wi * wi
+                            w3 = w2 * wi
+                            sw += wi
+                            swy += wi * yi
+                            sw2 += w2
+                            sw2y += w2 * yi
+                            sw2yy += w2 * yi * yi
+                            sw3 += w3
+                            sw3y += w3 * yi
+                            sw3yy += w3 * yi * yi
+                        mu = swy / sw
+                        q = sw2yy - 2.0 * mu * sw2y + mu * mu * sw2      # y'PPy
+                        q3 = sw3yy - 2.0 * mu * sw3y + mu * mu * sw3     # sum w^3 r^2
+                        s2r = sw2y - mu * sw2                              # sum w^2 r
+                        a = sw2 / sw
+                        trp = sw - a
+                        trpp = sw2 - 2.0 * sw3 / sw + a * a
+                        obs = 2.0 * (q3 - s2r * s2r / sw) - trpp
+                        den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
+                        nt = tb + (q - trp) / den
+                        nt = nt if nt > 0.0 else 0.0
+                        d = nt - tb
+                        moving += 1.0 if (d >= tol or d <= -tol) else 0.0
+                        t[b] = nt
+                    if moving == 0.0:
+                        break
                 for b in range(nb):
-                    a = sw2[b] / sw[b]
-                    trp = sw[b] - a
-                    trpp = sw2[b] - 2.0 * sw3[b] / sw[b] + a * a
-                    obs = 2.0 * (q3[b] - s2r[b] * s2r[b] / sw[b]) - trpp
-                    score = q[b] - trp
-                    if obs > 0:
-                        step = score / obs
-                    elif trpp > 0:
-                        step = score / trpp
-                    else:
-                        step = 0.0
-                    nt = max(0.0, t[b] + step)
-                    dmax = max(dmax, abs(nt - t[b]))
-                    t[b] = nt
-                if dmax < tol:
-                    break
-            sw[:nb] = 0.0
-            swy[:nb] = 0.0
-            for i in range(k):
-                for b in range(nb):
-                    wi = 1.0 / (v[i, b] + t[b])
-                    sw[b] += wi
-                    swy[b] += wi * y[i, b]
+                    tb = t[b]
+                    sw = 0.0
+                    swy = 0.0
+                    for i in range(K):
+                        wi = 1.0 / (v[i, b] + tb)
+                        sw += wi
+                        swy += wi * y[i, b]
+                    cf = swy / sw
+                    acc_c[b] += cf
+                    acc_c2[b] += cf * cf
+                    acc_v[b] += 1.0 / sw
+                    acc_t[b] += math.sqrt(tb)
             for b in range(nb):
-                cf = swy[b] / sw[b]
-                acc_c[b] += cf
-                acc_c2[b] += cf * cf
-                acc_v[b] += 1.0 / sw[b]
-                acc_t[b] += math.sqrt(t[b])
-        for b in range(nb):
-            cm = acc_c[b] / m
-            between = (acc_c2[b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-            coef_out[v0 + b] = cm
-            var_out[v0 + b] = acc_v[b] / m + (1.0 + 1.0 / m) * max(between, 0.0)
-            tau2_out[v0 + b] = (acc_t[b] / m) ** 2
+                cm = acc_c[b] / m
+                between = (acc_c2[b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+                coef_out[v0 + b] = cm
+                var_out[v0 + b] = acc_v[b] / m + (1.0 + 1.0 / m) * (between if between > 0.0
+                                                                    else 0.0)
+                tau2_out[v0 + b] = (acc_t[b] / m) ** 2
+
+    return kernel
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, max_iter, tol, block, coef_out,
-                  var_out, tau2_out):  # pragma: no cover - compiled
-    """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per voxel block.
+@functools.cache
+def _slope_kernel_for(K: int):
+    """The two-column (``[1, x]``) kernel compiled for ``K`` studies."""
 
-    The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
-    ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
-    :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and :func:`rubin_z` for
-    the hypothesis ``c0 b0 + c1 b1``.
-    """
-    m, k, nv = P2.shape
-    y = np.empty((k, block))
-    v = np.empty((k, block))
-    w = np.empty((k, block))
-    t = np.empty(block)
-    acc = np.zeros((4, block))
-    sums = np.empty((16, block))
-    for v0 in range(0, nv, block):
-        nb = min(block, nv - v0)
-        acc[:, :nb] = 0.0
-        for j in range(m):
-            for i in range(k):
-                a1 = k1[i]
-                a2 = k2[i]
-                for b in range(nb):
+    @numba.njit(**_JIT)
+    def kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, max_iter, tol, block, coef_out,
+               var_out, tau2_out):  # pragma: no cover - compiled
+        """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per block.
+
+        The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
+        ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
+        :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and
+        :func:`rubin_z` for the hypothesis ``c0 b0 + c1 b1``.
+        """
+        m, _, nv = P2.shape
+        y = np.empty((K, block))
+        v = np.empty((K, block))
+        t = np.empty(block)
+        acc_c = np.empty(block)
+        acc_c2 = np.empty(block)
+        acc_v = np.empty(block)
+        acc_t = np.empty(block)
+        for v0 in range(0, nv, block):
+            nb = min(block, nv - v0)
+            for b in range(nb):
+                acc_c[b] = 0.0
+                acc_c2[b] = 0.0
+                acc_v[b] = 0.0
+                acc_t[b] = 0.0
+            for j in range(m):
+                for i in range(K):
+                    a1 = k1[i]
+                    a2 = k2[i]
                     if mode == 0:
-                        g = P1[0, i, v0 + b] + c[i] * P2[j, i, v0 + b]
-                    else:
-                        g = P1[j, i, v0 + b] + P2[j, order[i], v0 + b]
-                    y[i, b] = g
-                    v[i, b] = a1 + a2 * g * g
-            for it in range(max_iter + 2):
-                # it == 0: DerSimonian-Laird (weights 1/v); it == max_iter + 1: final fit
-                sums[:, :nb] = 0.0
-                for i in range(k):
-                    xi = x[i]
-                    for b in range(nb):
-                        wi = 1.0 / (v[i, b] + (0.0 if it == 0 else t[b]))
-                        w[i, b] = wi
-                        wx = wi * xi
-                        sums[0, b] += wi
-                        sums[1, b] += wx
-                        sums[2, b] += wx * xi
-                        sums[3, b] += wi * y[i, b]
-                        sums[4, b] += wx * y[i, b]
-                        w2 = wi * wi
-                        sums[5, b] += w2
-                        sums[6, b] += w2 * xi
-                        sums[7, b] += w2 * xi * xi
-                        sums[8, b] += w2 * wi
-                        sums[9, b] += w2 * wi * xi
-                        sums[10, b] += w2 * wi * xi * xi
-                if it == max_iter + 1:
-                    break
-                for b in range(nb):
-                    det = sums[0, b] * sums[2, b] - sums[1, b] * sums[1, b]
-                    sums[14, b] = (sums[2, b] * sums[3, b] - sums[1, b] * sums[4, b]) / det
-                    sums[15, b] = (sums[0, b] * sums[4, b] - sums[1, b] * sums[3, b]) / det
-                    sums[11, b] = 0.0
-                    sums[12, b] = 0.0
-                    sums[13, b] = 0.0
-                    t[b] = det if it == 0 else t[b]
-                if it == 0:
-                    # Q = sum w r^2 with fixed-effect weights
-                    for b in range(nb):
-                        sums[11, b] = 0.0
-                    for i in range(k):
+                        ci = c[i]
                         for b in range(nb):
-                            r = y[i, b] - sums[14, b] - sums[15, b] * x[i]
-                            sums[11, b] += w[i, b] * r * r
-                    for b in range(nb):
-                        det = t[b]
-                        trma = (sums[2, b] * sums[5, b] - 2.0 * sums[1, b] * sums[6, b]
-                                + sums[0, b] * sums[7, b]) / det
-                        den = sums[0, b] - trma
-                        t[b] = max(0.0, (sums[11, b] - (k - 2)) / den) if den > 0 else 0.0
-                    continue
-                # Newton / Fisher update; reuse slots 11..13 for sum w^2 r^2, w^3 r^2, w^2 r
-                q0 = np.zeros(nb)
-                for i in range(k):
-                    xi = x[i]
-                    for b in range(nb):
-                        r = y[i, b] - sums[14, b] - sums[15, b] * xi
-                        wi = w[i, b]
-                        w2r = wi * wi * r
-                        sums[11, b] += w2r * r
-                        sums[12, b] += w2r * r * wi
-                        sums[13, b] += w2r
-                        q0[b] += w2r * xi
-                dmax = 0.0
-                for b in range(nb):
-                    s0, s1, s2 = sums[0, b], sums[1, b], sums[2, b]
-                    u0, u1, u2 = sums[5, b], sums[6, b], sums[7, b]
-                    det = s0 * s2 - s1 * s1
-                    trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
-                    trmv = (s2 * sums[8, b] - 2.0 * s1 * sums[9, b] + s0 * sums[10, b]) / det
-                    b00 = (s2 * u0 - s1 * u1) / det
-                    b01 = (s2 * u1 - s1 * u2) / det
-                    b10 = (s0 * u1 - s1 * u0) / det
-                    b11 = (s0 * u2 - s1 * u1) / det
-                    trp = s0 - trma
-                    trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
-                    r0 = sums[13, b]
-                    r1 = q0[b]
-                    yp3y = sums[12, b] - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
-                    score = sums[11, b] - trp
-                    obs = 2.0 * yp3y - trpp
-                    if obs > 0:
-                        step = score / obs
-                    elif trpp > 0:
-                        step = score / trpp
+                            g = P1[0, i, v0 + b] + ci * P2[j, i, v0 + b]
+                            y[i, b] = g
+                            v[i, b] = a1 + a2 * g * g
                     else:
-                        step = 0.0
-                    nt = max(0.0, t[b] + step)
-                    dmax = max(dmax, abs(nt - t[b]))
-                    t[b] = nt
-                if dmax < tol:
-                    # one more pass computes the final fit at the converged tau2
-                    sums[:, :nb] = 0.0
-                    for i in range(k):
+                        oi = order[i]
+                        for b in range(nb):
+                            g = P1[j, i, v0 + b] + P2[j, oi, v0 + b]
+                            y[i, b] = g
+                            v[i, b] = a1 + a2 * g * g
+                # DerSimonian-Laird start
+                for b in range(nb):
+                    s0 = 0.0
+                    s1 = 0.0
+                    s2 = 0.0
+                    s3 = 0.0
+                    s4 = 0.0
+                    syy = 0.0
+                    u0 = 0.0
+                    u1 = 0.0
+                    u2 = 0.0
+                    for i in range(K):
+                        wi = 1.0 / v[i, b]
                         xi = x[i]
-                        for b in range(nb):
-                            wi = 1.0 / (v[i, b] + t[b])
+                        yi = y[i, b]
+                        wx = wi * xi
+                        s0 += wi
+                        s1 += wx
+                        s2 += wx * xi
+                        s3 += wi * yi
+                        s4 += wx * yi
+                        syy += wi * yi * yi
+                    for i in range(K):
+                        wi = 1.0 / v[i, b]
+                        xi = x[i]
+                        w2 = wi * wi
+                        u0 += w2
+                        u1 += w2 * xi
+                        u2 += w2 * xi * xi
+                    det = s0 * s2 - s1 * s1
+                    b0 = (s2 * s3 - s1 * s4) / det
+                    b1 = (s0 * s4 - s1 * s3) / det
+                    den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
+                    tt = (syy - b0 * s3 - b1 * s4 - (K - 2)) / den
+                    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                for _ in range(max_iter):
+                    moving = 0.0
+                    for b in range(nb):
+                        tb = t[b]
+                        # three short passes over the studies: a single long one is not
+                        # unrolled by LLVM and then not vectorised
+                        s0 = 0.0
+                        s1 = 0.0
+                        s2 = 0.0
+                        s3 = 0.0
+                        s4 = 0.0
+                        for i in range(K):
+                            wi = 1.0 / (v[i, b] + tb)
+                            xi = x[i]
                             wx = wi * xi
-                            sums[0, b] += wi
-                            sums[1, b] += wx
-                            sums[2, b] += wx * xi
-                            sums[3, b] += wi * y[i, b]
-                            sums[4, b] += wx * y[i, b]
-                    break
+                            s0 += wi
+                            s1 += wx
+                            s2 += wx * xi
+                            s3 += wi * y[i, b]
+                            s4 += wx * y[i, b]
+                        det = s0 * s2 - s1 * s1
+                        b0 = (s2 * s3 - s1 * s4) / det
+                        b1 = (s0 * s4 - s1 * s3) / det
+                        u0 = 0.0
+                        u1 = 0.0
+                        u2 = 0.0
+                        e0 = 0.0
+                        e1 = 0.0
+                        e2 = 0.0
+                        for i in range(K):
+                            wi = 1.0 / (v[i, b] + tb)
+                            xi = x[i]
+                            w2 = wi * wi
+                            w3 = w2 * wi
+                            u0 += w2
+                            u1 += w2 * xi
+                            u2 += w2 * xi * xi
+                            e0 += w3
+                            e1 += w3 * xi
+                            e2 += w3 * xi * xi
+                        q = 0.0   # sum w^2 r^2
+                        q3 = 0.0  # sum w^3 r^2
+                        r0 = 0.0  # sum w^2 r
+                        r1 = 0.0  # sum w^2 r x
+                        for i in range(K):
+                            wi = 1.0 / (v[i, b] + tb)
+                            xi = x[i]
+                            w2r = wi * wi * (y[i, b] - b0 - b1 * xi)
+                            q += w2r * (y[i, b] - b0 - b1 * xi)
+                            q3 += w2r * (y[i, b] - b0 - b1 * xi) * wi
+                            r0 += w2r
+                            r1 += w2r * xi
+                        trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
+                        trmv = (s2 * e0 - 2.0 * s1 * e1 + s0 * e2) / det
+                        b00 = (s2 * u0 - s1 * u1) / det
+                        b01 = (s2 * u1 - s1 * u2) / det
+                        b10 = (s0 * u1 - s1 * u0) / det
+                        b11 = (s0 * u2 - s1 * u1) / det
+                        trp = s0 - trma
+                        trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
+                        yp3y = q3 - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
+                        obs = 2.0 * yp3y - trpp
+                        den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
+                        nt = tb + (q - trp) / den
+                        nt = nt if nt > 0.0 else 0.0
+                        d = nt - tb
+                        moving += 1.0 if (d >= tol or d <= -tol) else 0.0
+                        t[b] = nt
+                    if moving == 0.0:
+                        break
+                for b in range(nb):
+                    tb = t[b]
+                    s0 = 0.0
+                    s1 = 0.0
+                    s2 = 0.0
+                    s3 = 0.0
+                    s4 = 0.0
+                    for i in range(K):
+                        wi = 1.0 / (v[i, b] + tb)
+                        xi = x[i]
+                        wx = wi * xi
+                        s0 += wi
+                        s1 += wx
+                        s2 += wx * xi
+                        s3 += wi * y[i, b]
+                        s4 += wx * y[i, b]
+                    det = s0 * s2 - s1 * s1
+                    b0 = (s2 * s3 - s1 * s4) / det
+                    b1 = (s0 * s4 - s1 * s3) / det
+                    cf = c0 * b0 + c1 * b1
+                    acc_c[b] += cf
+                    acc_c2[b] += cf * cf
+                    acc_v[b] += (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
+                    acc_t[b] += math.sqrt(tb)
             for b in range(nb):
-                s0, s1, s2 = sums[0, b], sums[1, b], sums[2, b]
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * sums[3, b] - s1 * sums[4, b]) / det
-                b1 = (s0 * sums[4, b] - s1 * sums[3, b]) / det
-                cf = c0 * b0 + c1 * b1
-                var = (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += var
-                acc[3, b] += math.sqrt(t[b])
-        for b in range(nb):
-            cm = acc[0, b] / m
-            between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-            coef_out[v0 + b] = cm
-            var_out[v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * max(between, 0.0)
-            tau2_out[v0 + b] = (acc[3, b] / m) ** 2
+                cm = acc_c[b] / m
+                between = (acc_c2[b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+                coef_out[v0 + b] = cm
+                var_out[v0 + b] = acc_v[b] / m + (1.0 + 1.0 / m) * (between if between > 0.0
+                                                                    else 0.0)
+                tau2_out[v0 + b] = (acc_t[b] / m) ** 2
+
+    return kernel
 
 
 # ============================================================================================
@@ -732,8 +771,8 @@ class _Engine:
             A, c = self.study_effects(codes, b)
             if self.backend == "numba" and inp.intercept_only:
                 coef, var, tau2 = (np.empty(nv) for _ in range(3))
-                _mean_kernel(A, np.asarray(c, np.float64), inp.imputations, k1, k2,
-                             self.n_iter, self.tol, 64, coef, var, tau2)
+                _mean_kernel_for(len(c))(A, np.asarray(c, np.float64), inp.imputations, k1,
+                                         k2, self.n_iter, self.tol, 16, coef, var, tau2)
                 return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
             if self.backend == "numba" and inp.two_column:
                 return self._slope(A[None], inp.imputations, c, np.arange(len(c)), 0)
@@ -755,9 +794,10 @@ class _Engine:
         k1, k2 = inp.variance_coefficients()
         nv = inp.space.n_voxels
         coef, var, tau2 = (np.empty(nv) for _ in range(3))
-        _slope_kernel(P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
-                      inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
-                      self.n_iter, self.tol, 64, coef, var, tau2)
+        _slope_kernel_for(len(c))(
+            P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
+            inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
+            self.n_iter, self.tol, 16, coef, var, tau2)
         return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
 
     def maxima(self, z: np.ndarray) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
