@@ -10,11 +10,13 @@ upstream stages) and whose outputs are intact is reused, not recomputed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -46,7 +48,9 @@ class Stage:
     depends : list of str
         Upstream stages whose outputs it reads.
     sources : list of str
-        Package paths (files or folders, relative to ``analysis/``) whose code decides its result.
+        Package paths (files or folders, relative to ``analysis/``) whose code decides its result;
+        empty (the default): every package module the target imports, transitively
+        (:func:`module_closure`).
     """
 
     name: str
@@ -103,13 +107,68 @@ class Context:
         return derive_rng(self.config["seed"], f"{self.stage}/{name}" if name else self.stage)
 
 
-def _source_hash(sources: list[str]) -> str:
+_MODULE_NAME = re.compile(r"^analysis(\.[A-Za-z_]\w*)*$")
+
+
+def _module_file(name: str) -> Path | None:
+    """File of package module ``analysis.a.b`` (``a/b.py`` or ``a/b/__init__.py``), if any."""
+    rel = Path(*name.split(".")[1:]) if "." in name else Path()
+    for cand in (paths.PACKAGE_DIR / rel.with_suffix(".py") if rel.parts else None,
+                 paths.PACKAGE_DIR / rel / "__init__.py"):
+        if cand is not None and cand.is_file():
+            return cand
+    return None
+
+
+def _referenced_modules(path: Path) -> set[str]:
+    """Package modules a file names: ``import``/``from ... import`` statements anywhere (also
+    inside functions), names imported from a package that are themselves modules, and string
+    constants that spell a module (``importlib.import_module("analysis.x")``, stage targets).
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.add(node.value.split(":")[0])
+    return {m for m in found if _MODULE_NAME.match(m) and _module_file(m) is not None}
+
+
+def module_closure(module: str) -> list[Path]:
+    """Files of every package module ``module`` reaches through imports (with parent packages'
+    ``__init__``), i.e. the code that can decide a stage's result.
+    """
+    todo, seen = [module], set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            parent = ".".join(parts[:i])
+            if parent not in seen and _module_file(parent) is not None:
+                seen.add(parent)
+                todo.extend(_referenced_modules(_module_file(parent)) - seen)
+    return sorted({_module_file(m) for m in seen})
+
+
+def _source_hash(stage: Stage) -> str:
+    """Hash of the code behind a stage: its ``sources`` when given, else the import closure of
+    its target module (so editing the renderer does not invalidate the permutation stage).
+    The configuration enters the stage key as parsed values, not as the file's text.
+    """
     h = hashlib.sha256(__version__.encode())
-    files: list[Path] = []
-    for rel in sources or ["."]:
-        p = paths.PACKAGE_DIR / rel
-        files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
-    files.append(paths.PACKAGE_DIR / "config.yaml")
+    if stage.sources:
+        files: list[Path] = []
+        for rel in stage.sources:
+            p = paths.PACKAGE_DIR / rel
+            files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
+    else:
+        files = module_closure(stage.target.split(":")[0])
+        if paths.PACKAGE_DIR / "fetch.py" in files:  # the dataset registry decides the inputs
+            files.append(paths.PACKAGE_DIR / "datasets.tsv")
     for f in files:
         if f.exists():
             h.update(str(f.relative_to(paths.PACKAGE_DIR)).encode())
@@ -126,7 +185,7 @@ def stage_key(stage: Stage, ctx_cfg: dict, data_dir: Path, quick: bool, upstream
         f = data_dir / rel
         h.update(rel.encode())
         h.update(sha256_file(f).encode() if f.exists() else b"missing")
-    h.update(_source_hash(stage.sources).encode())
+    h.update(_source_hash(stage).encode())
     for dep in stage.depends:
         h.update(upstream.get(dep, "").encode())
     return h.hexdigest()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from analysis import config, fetch, io, pipeline
+from analysis import config, fetch, io, paths, pipeline
 
 
 def test_config_holds_preregistered_parameters():
@@ -101,3 +102,29 @@ def test_stage_runner_caches_and_is_atomic(tmp_path, monkeypatch):
         pipeline.run_stages(force=True, **kw)
     assert not (results / "tables/new.tsv").exists()
     assert not (results / ".staging").exists()
+
+
+def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
+    """A stage's key covers the package modules its target imports (transitively, also inside
+    functions), and nothing else: editing the renderer must not invalidate the permutations."""
+    shutil.copytree(paths.PACKAGE_DIR, tmp_path / "analysis",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "analysis")
+    rel = {str(f.relative_to(tmp_path / "analysis"))
+           for f in pipeline.module_closure("analysis.sdm.robustness_stage")}
+    assert {"sdm/permutation.py", "sdm/tfce.py", "sdm/jackknife.py", "config.py",
+            "__init__.py", "sdm/__init__.py"} <= rel
+    assert not rel & {"render.py", "manuscript_values.py", "cli.py", "characterisation/macm.py"}
+
+    stage = pipeline.Stage("robustness", "analysis.sdm.robustness_stage:produce")
+    cfg = {"seed": 1}
+
+    def key():
+        return pipeline.stage_key(stage, cfg, tmp_path, False, {})
+
+    k0 = key()
+    (tmp_path / "analysis/render.py").write_text("# edited\n")
+    assert key() == k0
+    tfce = tmp_path / "analysis/sdm/tfce.py"  # imported by permutation.py, not by the stage
+    tfce.write_text(tfce.read_text() + "\n# edited\n")
+    assert key() != k0
