@@ -35,7 +35,6 @@ template-driven sequential imputation.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -423,12 +422,20 @@ def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
 
 # Compiled kernels: ``error_model="numpy"`` (no zero-division check, which otherwise stops
 # LLVM from vectorising any loop that divides), the number of studies ``K`` a compile-time
-# constant (the loop over studies is unrolled, so the loop over voxels is the innermost one and
-# runs in SIMD lanes with the per-voxel sums in registers), convergence counted rather than
+# constant (a tuple of that length is passed, its length being part of its type: the loops
+# over studies are unrolled, so the loop over voxels is the innermost one and runs in
+# SIMD lanes with the per-voxel sums in registers; one cached specialisation per K), convergence counted rather than
 # max-reduced (a float max reduction is not vectorised). Measured on the 11-study data
 # (181,054 voxels, 50 imputations, one thread): 1.93 s -> 0.70 s per permutation.
 _JIT = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
 _INLINE = dict(fastmath=True, error_model="numpy")  # helpers inlined into the kernels
+
+
+def _ktype(k: int) -> tuple:
+    """A tuple of length ``k``: passed to the kernels only for its type, which carries ``k`` (the
+    number of studies) into compilation; one cached specialisation per ``k``.
+    """
+    return (0.0,) * int(k)
 
 
 @numba.njit(inline="always", **_INLINE)
@@ -465,240 +472,237 @@ def _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out):  # pragma: no cove
         tau2_out[v0 + b] = (acc[3, b] / m) ** 2
 
 
+@numba.njit(**_JIT)
+def _mean_kernel(A, c, G, k1, k2, kt, max_iter, tol, block, coef_out, var_out,
+                 tau2_out):  # pragma: no cover - compiled
+    """Intercept-only PSI meta-analysis of ``y_j = A[0] + c G_j`` fused per voxel block.
 
-@functools.cache
-def _mean_kernel_for(K: int):
-    """The intercept-only kernel compiled for ``K`` studies (cached on disk by numba)."""
-
-    @numba.njit(**_JIT)
-    def kernel(A, c, G, k1, k2, max_iter, tol, block, coef_out, var_out,
-               tau2_out):  # pragma: no cover - compiled
-        """Intercept-only PSI meta-analysis of ``y_j = A[0] + c G_j`` fused per voxel block.
-
-        The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
-        early stop per block of voxels of one imputation) followed by :func:`rubin_z`. The
-        REML sums use raw weighted moments (``sum w^2 (y - mu)^2 = S_w2yy - 2 mu S_w2y +
-        mu^2 S_w2``), one pass over the studies per update.
-        """
-        m, _, nv = G.shape
-        y = np.empty((K, block))
-        v = np.empty((K, block))
-        t = np.empty(block)
-        acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
-        for v0 in range(0, nv, block):
-            nb = min(block, nv - v0)
-            acc[:, :nb] = 0.0
-            for j in range(m):
-                _load_block(y, v, A, G, c, c, 0, k1, k2, j, v0, nb)
-                # DerSimonian-Laird start
+    The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
+    early stop per block of voxels of one imputation) followed by :func:`rubin_z`. The
+    REML sums use raw weighted moments (``sum w^2 (y - mu)^2 = S_w2yy - 2 mu S_w2y +
+    mu^2 S_w2``), one pass over the studies per update.
+    """
+    K = len(kt)  # known at compile time: the study loops are unrolled
+    m, _, nv = G.shape
+    y = np.empty((K, block))
+    v = np.empty((K, block))
+    t = np.empty(block)
+    acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
+    for v0 in range(0, nv, block):
+        nb = min(block, nv - v0)
+        acc[:, :nb] = 0.0
+        for j in range(m):
+            _load_block(y, v, A, G, c, c, 0, k1, k2, j, v0, nb)
+            # DerSimonian-Laird start
+            for b in range(nb):
+                sw = 0.0
+                swy = 0.0
+                sw2 = 0.0
+                swyy = 0.0
+                for i in range(K):
+                    wi = 1.0 / v[i, b]
+                    yi = y[i, b]
+                    sw += wi
+                    swy += wi * yi
+                    sw2 += wi * wi
+                    swyy += wi * yi * yi
+                den = sw - sw2 / sw
+                tt = (swyy - swy * swy / sw - (K - 1)) / den
+                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+            # Newton (Fisher where the log-likelihood is not locally concave) updates
+            for _ in range(max_iter):
+                moving = 0.0
                 for b in range(nb):
+                    tb = t[b]
                     sw = 0.0
                     swy = 0.0
                     sw2 = 0.0
-                    swyy = 0.0
-                    for i in range(K):
-                        wi = 1.0 / v[i, b]
-                        yi = y[i, b]
-                        sw += wi
-                        swy += wi * yi
-                        sw2 += wi * wi
-                        swyy += wi * yi * yi
-                    den = sw - sw2 / sw
-                    tt = (swyy - swy * swy / sw - (K - 1)) / den
-                    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
-                # Newton (Fisher where the log-likelihood is not locally concave) updates
-                for _ in range(max_iter):
-                    moving = 0.0
-                    for b in range(nb):
-                        tb = t[b]
-                        sw = 0.0
-                        swy = 0.0
-                        sw2 = 0.0
-                        sw2y = 0.0
-                        sw2yy = 0.0
-                        sw3 = 0.0
-                        sw3y = 0.0
-                        sw3yy = 0.0
-                        for i in range(K):
-                            wi = 1.0 / (v[i, b] + tb)
-                            yi = y[i, b]
-                            w2 = wi * wi
-                            w3 = w2 * wi
-                            sw += wi
-                            swy += wi * yi
-                            sw2 += w2
-                            sw2y += w2 * yi
-                            sw2yy += w2 * yi * yi
-                            sw3 += w3
-                            sw3y += w3 * yi
-                            sw3yy += w3 * yi * yi
-                        mu = swy / sw
-                        q = sw2yy - 2.0 * mu * sw2y + mu * mu * sw2      # y'PPy
-                        q3 = sw3yy - 2.0 * mu * sw3y + mu * mu * sw3     # sum w^3 r^2
-                        s2r = sw2y - mu * sw2                              # sum w^2 r
-                        a = sw2 / sw
-                        trp = sw - a
-                        trpp = sw2 - 2.0 * sw3 / sw + a * a
-                        obs = 2.0 * (q3 - s2r * s2r / sw) - trpp
-                        den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                        nt = tb + (q - trp) / den
-                        nt = nt if nt > 0.0 else 0.0
-                        d = nt - tb
-                        moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                        t[b] = nt
-                    if moving == 0.0:
-                        break
-                for b in range(nb):
-                    tb = t[b]
-                    sw = 0.0
-                    swy = 0.0
+                    sw2y = 0.0
+                    sw2yy = 0.0
+                    sw3 = 0.0
+                    sw3y = 0.0
+                    sw3yy = 0.0
                     for i in range(K):
                         wi = 1.0 / (v[i, b] + tb)
+                        yi = y[i, b]
+                        w2 = wi * wi
+                        w3 = w2 * wi
                         sw += wi
-                        swy += wi * y[i, b]
-                    cf = swy / sw
-                    acc[0, b] += cf
-                    acc[1, b] += cf * cf
-                    acc[2, b] += 1.0 / sw
-                    acc[3, b] += math.sqrt(tb)
-            _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
+                        swy += wi * yi
+                        sw2 += w2
+                        sw2y += w2 * yi
+                        sw2yy += w2 * yi * yi
+                        sw3 += w3
+                        sw3y += w3 * yi
+                        sw3yy += w3 * yi * yi
+                    mu = swy / sw
+                    q = sw2yy - 2.0 * mu * sw2y + mu * mu * sw2      # y'PPy
+                    q3 = sw3yy - 2.0 * mu * sw3y + mu * mu * sw3     # sum w^3 r^2
+                    s2r = sw2y - mu * sw2                              # sum w^2 r
+                    a = sw2 / sw
+                    trp = sw - a
+                    trpp = sw2 - 2.0 * sw3 / sw + a * a
+                    obs = 2.0 * (q3 - s2r * s2r / sw) - trpp
+                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
+                    nt = tb + (q - trp) / den
+                    nt = nt if nt > 0.0 else 0.0
+                    d = nt - tb
+                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
+                    t[b] = nt
+                if moving == 0.0:
+                    break
+            for b in range(nb):
+                tb = t[b]
+                sw = 0.0
+                swy = 0.0
+                for i in range(K):
+                    wi = 1.0 / (v[i, b] + tb)
+                    sw += wi
+                    swy += wi * y[i, b]
+                cf = swy / sw
+                acc[0, b] += cf
+                acc[1, b] += cf * cf
+                acc[2, b] += 1.0 / sw
+                acc[3, b] += math.sqrt(tb)
+        _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
 
-    return kernel
 
 
-@functools.cache
-def _slope_kernel_for(K: int):
-    """The two-column (``[1, x]``) kernel compiled for ``K`` studies."""
+@numba.njit(inline="always", **_INLINE)
+def _wls_sums(v, y, x, kt, b, tb):  # pragma: no cover - compiled
+    """``sum w, wx, wx^2, wy, wxy, wy^2`` of voxel ``b`` at ``w = 1 / (v + tb)``.
 
-    @numba.njit(inline="always", **_INLINE)
-    def wls_sums(v, y, x, b, tb):  # pragma: no cover - compiled
-        """``sum w, wx, wx^2, wy, wxy, wy^2`` of voxel ``b`` at ``w = 1 / (v + tb)``."""
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        s4 = 0.0
-        syy = 0.0
-        for i in range(K):
-            wi = 1.0 / (v[i, b] + tb)
-            xi = x[i]
-            yi = y[i, b]
-            wx = wi * xi
-            s0 += wi
-            s1 += wx
-            s2 += wx * xi
-            s3 += wi * yi
-            s4 += wx * yi
-            syy += wi * yi * yi
-        return s0, s1, s2, s3, s4, syy
+    ``kt`` is a tuple as long as ``x``: its length, part of its type, is known at compile time,
+    so LLVM unrolls the loop over studies and vectorises the caller's loop over voxels.
+    """
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    syy = 0.0
+    for i in range(len(kt)):
+        wi = 1.0 / (v[i, b] + tb)
+        xi = x[i]
+        yi = y[i, b]
+        wx = wi * xi
+        s0 += wi
+        s1 += wx
+        s2 += wx * xi
+        s3 += wi * yi
+        s4 += wx * yi
+        syy += wi * yi * yi
+    return s0, s1, s2, s3, s4, syy
 
-    @numba.njit(inline="always", **_INLINE)
-    def power_sums(v, x, b, tb):  # pragma: no cover - compiled
-        """``sum w^2, w^2 x, w^2 x^2, w^3, w^3 x, w^3 x^2`` of voxel ``b``."""
-        u0 = 0.0
-        u1 = 0.0
-        u2 = 0.0
-        e0 = 0.0
-        e1 = 0.0
-        e2 = 0.0
-        for i in range(K):
-            wi = 1.0 / (v[i, b] + tb)
-            xi = x[i]
-            w2 = wi * wi
-            w3 = w2 * wi
-            u0 += w2
-            u1 += w2 * xi
-            u2 += w2 * xi * xi
-            e0 += w3
-            e1 += w3 * xi
-            e2 += w3 * xi * xi
-        return u0, u1, u2, e0, e1, e2
 
-    @numba.njit(**_JIT)
-    def kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, max_iter, tol, block, coef_out,
-               var_out, tau2_out):  # pragma: no cover - compiled
-        """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per block.
+@numba.njit(inline="always", **_INLINE)
+def _power_sums(v, x, kt, b, tb):  # pragma: no cover - compiled
+    """``sum w^2, w^2 x, w^2 x^2, w^3, w^3 x, w^3 x^2`` of voxel ``b``."""
+    u0 = 0.0
+    u1 = 0.0
+    u2 = 0.0
+    e0 = 0.0
+    e1 = 0.0
+    e2 = 0.0
+    for i in range(len(kt)):
+        wi = 1.0 / (v[i, b] + tb)
+        xi = x[i]
+        w2 = wi * wi
+        w3 = w2 * wi
+        u0 += w2
+        u1 += w2 * xi
+        u2 += w2 * xi * xi
+        e0 += w3
+        e1 += w3 * xi
+        e2 += w3 * xi * xi
+    return u0, u1, u2, e0, e1, e2
 
-        The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
-        ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
-        :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and
-        :func:`rubin_z` for the hypothesis ``c0 b0 + c1 b1``.
-        """
-        m, _, nv = P2.shape
-        y = np.empty((K, block))
-        v = np.empty((K, block))
-        t = np.empty(block)
-        acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
-        for v0 in range(0, nv, block):
-            nb = min(block, nv - v0)
-            acc[:, :nb] = 0.0
-            for j in range(m):
-                _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb)
-                # DerSimonian-Laird start
-                for b in range(nb):
-                    s0, s1, s2, s3, s4, syy = wls_sums(v, y, x, b, 0.0)
-                    u0, u1, u2, _, _, _ = power_sums(v, x, b, 0.0)
-                    det = s0 * s2 - s1 * s1
-                    b0 = (s2 * s3 - s1 * s4) / det
-                    b1 = (s0 * s4 - s1 * s3) / det
-                    den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
-                    tt = (syy - b0 * s3 - b1 * s4 - (K - 2)) / den
-                    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
-                for _ in range(max_iter):
-                    moving = 0.0
-                    for b in range(nb):
-                        tb = t[b]
-                        # short passes over the studies: one long pass is not unrolled by
-                        # LLVM and then not vectorised
-                        s0, s1, s2, s3, s4, _ = wls_sums(v, y, x, b, tb)
-                        det = s0 * s2 - s1 * s1
-                        b0 = (s2 * s3 - s1 * s4) / det
-                        b1 = (s0 * s4 - s1 * s3) / det
-                        u0, u1, u2, e0, e1, e2 = power_sums(v, x, b, tb)
-                        q = 0.0   # sum w^2 r^2
-                        q3 = 0.0  # sum w^3 r^2
-                        r0 = 0.0  # sum w^2 r
-                        r1 = 0.0  # sum w^2 r x
-                        for i in range(K):
-                            wi = 1.0 / (v[i, b] + tb)
-                            xi = x[i]
-                            w2r = wi * wi * (y[i, b] - b0 - b1 * xi)
-                            q += w2r * (y[i, b] - b0 - b1 * xi)
-                            q3 += w2r * (y[i, b] - b0 - b1 * xi) * wi
-                            r0 += w2r
-                            r1 += w2r * xi
-                        trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
-                        trmv = (s2 * e0 - 2.0 * s1 * e1 + s0 * e2) / det
-                        b00 = (s2 * u0 - s1 * u1) / det
-                        b01 = (s2 * u1 - s1 * u2) / det
-                        b10 = (s0 * u1 - s1 * u0) / det
-                        b11 = (s0 * u2 - s1 * u1) / det
-                        trp = s0 - trma
-                        trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
-                        yp3y = q3 - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
-                        obs = 2.0 * yp3y - trpp
-                        den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                        nt = tb + (q - trp) / den
-                        nt = nt if nt > 0.0 else 0.0
-                        d = nt - tb
-                        moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                        t[b] = nt
-                    if moving == 0.0:
-                        break
+
+@numba.njit(**_JIT)
+def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, block,
+                  coef_out, var_out, tau2_out):  # pragma: no cover - compiled
+    """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per block.
+
+    The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
+    ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
+    :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and
+    :func:`rubin_z` for the hypothesis ``c0 b0 + c1 b1``.
+    """
+    K = len(kt)  # known at compile time: the study loops are unrolled
+    m, _, nv = P2.shape
+    y = np.empty((K, block))
+    v = np.empty((K, block))
+    t = np.empty(block)
+    acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
+    for v0 in range(0, nv, block):
+        nb = min(block, nv - v0)
+        acc[:, :nb] = 0.0
+        for j in range(m):
+            _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb)
+            # DerSimonian-Laird start
+            for b in range(nb):
+                s0, s1, s2, s3, s4, syy = _wls_sums(v, y, x, kt, b, 0.0)
+                u0, u1, u2, _, _, _ = _power_sums(v, x, kt, b, 0.0)
+                det = s0 * s2 - s1 * s1
+                b0 = (s2 * s3 - s1 * s4) / det
+                b1 = (s0 * s4 - s1 * s3) / det
+                den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
+                tt = (syy - b0 * s3 - b1 * s4 - (K - 2)) / den
+                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+            for _ in range(max_iter):
+                moving = 0.0
                 for b in range(nb):
                     tb = t[b]
-                    s0, s1, s2, s3, s4, _ = wls_sums(v, y, x, b, tb)
+                    # short passes over the studies: one long pass is not unrolled by
+                    # LLVM and then not vectorised
+                    s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
                     det = s0 * s2 - s1 * s1
                     b0 = (s2 * s3 - s1 * s4) / det
                     b1 = (s0 * s4 - s1 * s3) / det
-                    cf = c0 * b0 + c1 * b1
-                    acc[0, b] += cf
-                    acc[1, b] += cf * cf
-                    acc[2, b] += (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
-                    acc[3, b] += math.sqrt(tb)
-            _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
+                    u0, u1, u2, e0, e1, e2 = _power_sums(v, x, kt, b, tb)
+                    q = 0.0   # sum w^2 r^2
+                    q3 = 0.0  # sum w^3 r^2
+                    r0 = 0.0  # sum w^2 r
+                    r1 = 0.0  # sum w^2 r x
+                    for i in range(K):
+                        wi = 1.0 / (v[i, b] + tb)
+                        xi = x[i]
+                        w2r = wi * wi * (y[i, b] - b0 - b1 * xi)
+                        q += w2r * (y[i, b] - b0 - b1 * xi)
+                        q3 += w2r * (y[i, b] - b0 - b1 * xi) * wi
+                        r0 += w2r
+                        r1 += w2r * xi
+                    trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
+                    trmv = (s2 * e0 - 2.0 * s1 * e1 + s0 * e2) / det
+                    b00 = (s2 * u0 - s1 * u1) / det
+                    b01 = (s2 * u1 - s1 * u2) / det
+                    b10 = (s0 * u1 - s1 * u0) / det
+                    b11 = (s0 * u2 - s1 * u1) / det
+                    trp = s0 - trma
+                    trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
+                    yp3y = q3 - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
+                    obs = 2.0 * yp3y - trpp
+                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
+                    nt = tb + (q - trp) / den
+                    nt = nt if nt > 0.0 else 0.0
+                    d = nt - tb
+                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
+                    t[b] = nt
+                if moving == 0.0:
+                    break
+            for b in range(nb):
+                tb = t[b]
+                s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
+                det = s0 * s2 - s1 * s1
+                b0 = (s2 * s3 - s1 * s4) / det
+                b1 = (s0 * s4 - s1 * s3) / det
+                cf = c0 * b0 + c1 * b1
+                acc[0, b] += cf
+                acc[1, b] += cf * cf
+                acc[2, b] += (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
+                acc[3, b] += math.sqrt(tb)
+        _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
 
-    return kernel
 
 
 # ============================================================================================
@@ -737,8 +741,8 @@ class _Engine:
             A, c = self.study_effects(codes, b)
             if self.backend == "numba" and inp.intercept_only:
                 coef, var, tau2 = (np.empty(nv) for _ in range(3))
-                _mean_kernel_for(len(c))(A[None], np.asarray(c, np.float64), inp.imputations, k1,
-                                         k2, self.n_iter, self.tol, 16, coef, var, tau2)
+                _mean_kernel(A[None], np.asarray(c, np.float64), inp.imputations, k1, k2,
+                             _ktype(len(k1)), self.n_iter, self.tol, 16, coef, var, tau2)
                 return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
             if self.backend == "numba" and inp.two_column:
                 return self._slope(A[None], inp.imputations, c, np.arange(len(c)), 0)
@@ -760,10 +764,9 @@ class _Engine:
         k1, k2 = inp.variance_coefficients()
         nv = inp.space.n_voxels
         coef, var, tau2 = (np.empty(nv) for _ in range(3))
-        _slope_kernel_for(len(c))(
-            P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
-            inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
-            self.n_iter, self.tol, 16, coef, var, tau2)
+        _slope_kernel(P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
+                      inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
+                      _ktype(len(k1)), self.n_iter, self.tol, 16, coef, var, tau2)
         return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
 
     def maxima(self, z: np.ndarray) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
