@@ -39,7 +39,7 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: modules imported before running: their ``@register`` calls take effect, and a module-level
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
 BENCH_MODULES: list[str] = ["analysis.commands.bench", "analysis.sdm.bench_meta",
-                              "analysis.characterisation.bench"]
+                              "analysis.characterisation.bench", "analysis.sdm.bench_calibration"]
 
 
 def register(name: str, description: str):
@@ -272,6 +272,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="permutations timed with the naive loop (default 2)")
     p.add_argument("--nimare-iters", type=int, default=20,
                    help="Monte-Carlo iterations of the NiMARE comparison (0 = skip)")
+    # null-calibration (analysis/sdm/bench_calibration.py): its own counts, so that the options
+    # above keep their meaning for the other benchmarks
+    p.add_argument("--simulations", type=int, default=100,
+                   help="null-calibration: simulated null meta-analyses (default 100)")
+    p.add_argument("--sim-permutations", type=int, default=100,
+                   help="null-calibration: PSI permutations per meta-analysis (default 100)")
+    p.add_argument("--sim-imputations", type=int, default=5,
+                   help="null-calibration: imputations per meta-analysis (default 5)")
+    p.add_argument("--sim-roi-radius-mm", type=float, default=20.0,
+                   help="null-calibration: analysis ROI radius around the published peaks "
+                        "(mm; 0 = whole grey-matter mask; default 20)")
+    p.add_argument("--sim-n-studies", type=int, default=11,
+                   help="null-calibration: studies per meta-analysis (default 11)")
 
 
 def _markdown(report: dict) -> str:

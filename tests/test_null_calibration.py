@@ -1,0 +1,48 @@
+"""Whole-pipeline null calibration of the FWE correction (issue 4).
+
+Simulated null peaks -> SDM pre-processing -> MetaNSUE imputation -> PSI permutation test ->
+family-wise error hit or not (:mod:`analysis.sdm.bench_calibration`; the full-size run is
+``python -m analysis bench --only null-calibration``). The permutation step alone is
+calibrated in ``tests/test_permutation.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.sdm.bench_calibration import expected_fwe_rate, null_calibration
+
+
+def test_expected_fwe_rate_counts_the_identity():
+    """p = rank / N with the identity among the N maxima: p < 0.05 needs rank <= ceil(0.05N)-1."""
+    assert expected_fwe_rate(100) == pytest.approx((0.04, 1 - 0.96**2))
+    assert expected_fwe_rate(50)[0] == pytest.approx(0.04)   # ceil(2.5) - 1 = 2 ranks of 50
+    assert expected_fwe_rate(20) == (0.0, 0.0)                # smallest p is 1/20 = 0.05
+    assert expected_fwe_rate(1000)[0] == pytest.approx(0.049)
+
+
+@pytest.mark.slow
+def test_whole_pipeline_fwe_false_positive_rate_under_the_null():
+    """With no planted effect, P(any voxel with p_FWE < 0.05, either direction) over simulated
+    meta-analyses of 11 studies must be compatible (99 % Clopper-Pearson interval) with the rate
+    expected under exchangeability, for the voxel-wise maximum and for TFCE; an
+    anti-conservative (or overly conservative) pipeline fails."""
+    from scipy.stats import binomtest
+
+    out = null_calibration(simulations=40, permutations=50, imputations=3, roi_radius_mm=20,
+                           n_jobs=2, progress=False)
+    m, table = out["metrics"], out["per_simulation"]
+    assert len(table) == m["simulations"] == 40
+    expected = m["expected_rate"]
+    failures = []
+    for stat in ("voxel", "tfce"):
+        hits = int(table[f"hit_{stat}"].sum())
+        ci = binomtest(hits, len(table)).proportion_ci(0.99, method="exact")
+        pos, neg = int(table[f"hit_{stat}_pos"].sum()), int(table[f"hit_{stat}_neg"].sum())
+        msg = (f"{stat}-FWE false-positive rate {hits / len(table):.3f} (99% CI {ci.low:.3f}-"
+               f"{ci.high:.3f}; increases {pos}, decreases {neg} of {len(table)}), expected "
+               f"{expected:.3f}")
+        print(msg)
+        if not ci.low <= expected <= ci.high:
+            failures.append(msg)
+    assert not failures, "; ".join(failures)
