@@ -601,3 +601,31 @@ def test_random_studies_bounds_are_ordered_and_bounded(rng, combine):
         strongest = np.argmax(np.abs(gp))
         if np.sum(np.linalg.norm(xyz - xyz[strongest], axis=1) < 20) == 1 and known[strongest]:
             assert lo[v[strongest]] == pytest.approx(gp[strongest], rel=1e-5)
+
+
+def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
+    """An analysis restricted to a region (``sdm.analysis_roi_radius_mm``) recreates the study
+    maps on the whole grey-matter mask and keeps the region: peaks elsewhere must not be moved
+    onto the region's edge (they were, before: 66 % voxel-FWE false positives under the null)."""
+    from analysis.config import load_config
+    from analysis.grid import analysis_mask, gm_mask
+    from analysis.sdm.preprocess import recreation_space
+
+    roi = MaskSpace(analysis_mask(load_config({"sdm": {"analysis_roi_radius_mm": 12}})))
+    full = MaskSpace(gm_mask())
+    rec, index = recreation_space(roi)
+    assert rec.n_voxels == full.n_voxels and roi.n_voxels < full.n_voxels
+    assert recreation_space(full) == (full, None)
+    np.testing.assert_array_equal(rec.xyz[index], roi.xyz)
+    # one study with a single known peak far (> 60 mm) from every region voxel
+    far = np.array([[30.0, -70.0, 50.0]])
+    assert np.sqrt(((roi.xyz[:, None] - far[None]) ** 2).sum(-1)).min() > 60
+    studies = pd.DataFrame({"study": ["s1"], "n1": [20], "n2": [20], "t_thr": [3.3]})
+    peaks = pd.DataFrame({"study": ["s1"], "x": far[:, 0], "y": far[:, 1], "z": far[:, 2],
+                          "t": [5.0], "sign": [1]})
+    ds = SDMDataset(studies, peaks)
+    b_roi = preprocess(ds, roi, progress=False)
+    b_full = preprocess(ds, full, progress=False)
+    np.testing.assert_array_equal(b_roi.lower, b_full.lower[:, index])
+    np.testing.assert_array_equal(b_roi.upper, b_full.upper[:, index])
+    assert not b_roi.known.any()  # the far peak leaves the region unknown (bounds +-g_thr)

@@ -96,6 +96,7 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
     from analysis.config import load_config
     from analysis.grid import analysis_mask
     from analysis.sdm.kernel import make_kernel
+    from analysis.sdm.preprocess import recreation_space
     from analysis.sdm.space import MaskSpace
 
     overrides: dict = {"sdm": {"analysis_roi_radius_mm": roi_radius_mm}}
@@ -104,9 +105,10 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
     cfg = load_config(overrides)
     sdm = cfg["sdm"]
     space = MaskSpace(analysis_mask(cfg))
-    # one kernel for every simulation: its bounded peak cache is reused across studies
-    kernel = make_kernel(space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
-                         path_model=sdm.get("path_model", "gaussian"))
+    # one kernel for every simulation (its bounded peak cache is reused across studies), on the
+    # space where maps are recreated: the whole grey-matter mask, then restricted to the ROI
+    kernel = make_kernel(recreation_space(space)[0], fwhm=sdm["fwhm_mm"],
+                         anisotropy=sdm["anisotropy"], path_model=sdm.get("path_model", "gaussian"))
     return _Pipeline(cfg, space, kernel, int(n_studies), int(imputations), int(permutations),
                      backend, int(n_jobs))
 

@@ -278,6 +278,35 @@ def _weighted(kernel, xyz, g, g_thr, nv):
     return lower.astype(np.float32), upper.astype(np.float32)
 
 
+def recreation_space(space: MaskSpace) -> tuple[MaskSpace, np.ndarray | None]:
+    """Where study maps are recreated for an analysis on ``space``.
+
+    Peaks outside the recreation mask are moved to its nearest voxel (SDM: a few mm onto grey
+    matter). When ``space`` is a proper sub-region of the grey-matter mask (a region-of-interest
+    restriction, ``sdm.analysis_roi_radius_mm``), the maps must still be recreated on the whole
+    grey-matter mask and then restricted: recreated on the region itself, every peak elsewhere in
+    the brain would be moved onto the region's edge as a full-strength known effect (found by the
+    whole-pipeline null calibration: 95 % of the peaks moved a median 29 mm, 66 % voxel-FWE false
+    positives instead of about 8 %).
+
+    Returns
+    -------
+    full : MaskSpace
+        The recreation space (``space`` itself unless it is a grey-matter sub-region).
+    index : ndarray or None
+        Positions of ``space``'s voxels in ``full`` (None when ``full`` is ``space``).
+    """
+    from analysis.grid import gm_mask
+
+    gm = gm_mask()
+    gmask = np.asarray(gm.dataobj) > 0
+    same_grid = space.shape == gmask.shape and np.allclose(space.affine, gm.affine)
+    if not same_grid or (space.mask & ~gmask).any() or space.n_voxels == int(gmask.sum()):
+        return space, None
+    full = MaskSpace(gm)
+    return full, full.voxel_index(space.xyz)
+
+
 def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
                anisotropy: float | None = None, unknown_peak_mode: str | None = None,
                template=None, path_model: str | None = None, combine: str | None = None,
@@ -304,7 +333,9 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
     combine : {"weighted", "maxmin", "maxk"}, optional
         Rule for several peaks of a study (default: config ``sdm.combine``).
     kernel : object, optional
-        A prepared kernel (overrides fwhm/anisotropy/template), e.g. to reuse its peak cache.
+        A prepared kernel (overrides fwhm/anisotropy/template), e.g. to reuse its peak cache;
+        maps are recreated on its space and restricted to ``space``. Without one, the kernel is
+        built on :func:`recreation_space` of ``space``.
     progress : bool
         Show a tqdm progress bar.
 
@@ -332,8 +363,14 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
                          f"got {unknown_peak_mode!r}")
     t0 = time.perf_counter()
     if kernel is None:
-        kernel = make_kernel(space, fwhm=fwhm, anisotropy=anisotropy, template=template,
+        rec, index = recreation_space(space)
+        kernel = make_kernel(rec, fwhm=fwhm, anisotropy=anisotropy, template=template,
                              path_model=path_model)
+    else:  # a prepared kernel brings its own recreation space
+        rec = kernel.space
+        index = None if rec.n_voxels == space.n_voxels else rec.voxel_index(space.xyz)
+    if index is not None and (index < 0).any():
+        raise ValueError("the analysis space is not inside the recreation space of the kernel")
     studies = dataset.studies.reset_index(drop=True)
     k = len(studies)
     lower = np.empty((k, space.n_voxels), dtype=np.float32)
@@ -348,10 +385,12 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
         sid = studies.at[i, "study"]
         if hasattr(kernel, "prefetch"):  # one batched Dijkstra call for the study's peaks
             kernel.prefetch(dataset.study_peaks(sid)[["x", "y", "z"]].to_numpy(dtype=float))
-        lower[i], upper[i] = study_bounds(dataset.study_peaks(sid), n1[i], n2[i], t_thr[i],
-                                          space, kernel, unknown_peak_mode, combine)
+        lo, up = study_bounds(dataset.study_peaks(sid), n1[i], n2[i], t_thr[i], rec, kernel,
+                              unknown_peak_mode, combine)
+        lower[i], upper[i] = (lo, up) if index is None else (lo[index], up[index])
     g_thr = g_from_t(t_thr, n1, n2)
-    LGR.info("pre-processed %d studies on %d voxels in %.1f s", k, space.n_voxels,
+    LGR.info("pre-processed %d studies on %d voxels%s in %.1f s", k, space.n_voxels,
+             "" if index is None else f" (recreated on {rec.n_voxels} grey-matter voxels)",
              time.perf_counter() - t0)
     return Bounds(list(studies["study"]), lower, upper, np.asarray(g_thr, dtype=float),
                   n1, n2, space)
