@@ -23,8 +23,9 @@ def test_expected_fwe_rate_counts_the_identity():
 
 @pytest.fixture(scope="module")
 def null_run():
-    """100 whole-pipeline null meta-analyses (3 imputations, 50 permutations, 20 mm ROI; about
-    8 minutes on 2 cores). Fewer lack the power to tell 20 % from 8 % (40 did not)."""
+    """100 whole-pipeline null meta-analyses (3 imputations, 50 permutations, 20 mm ROI; 8-10
+    minutes on 2 cores). Fewer lack the power to tell 20 % from 8 % (40 did not). Measured:
+    voxel-FWE 12 % (99 % CI 5-23 %), TFCE-FWE 22 % (12-34 %), expected 7.8 %."""
     return null_calibration(simulations=100, permutations=50, imputations=3, roi_radius_mm=20,
                             n_jobs=2, progress=False)
 
