@@ -629,3 +629,15 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
     np.testing.assert_array_equal(b_roi.lower, b_full.lower[:, index])
     np.testing.assert_array_equal(b_roi.upper, b_full.upper[:, index])
     assert not b_roi.known.any()  # the far peak leaves the region unknown (bounds +-g_thr)
+    # a prepared kernel on the whole mask (as the null-calibration bench passes) gives the same
+    from analysis.sdm.kernel import make_kernel
+
+    sdm = load_config()["sdm"]
+    opts = dict(fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
+                path_model=sdm.get("path_model", "gaussian"))
+    b_kernel = preprocess(ds, roi, kernel=make_kernel(rec, **opts), progress=False)
+    np.testing.assert_array_equal(b_kernel.lower, b_roi.lower)
+    np.testing.assert_array_equal(b_kernel.upper, b_roi.upper)
+    # a kernel whose space does not hold the region is refused, not silently misaligned
+    with pytest.raises(ValueError, match="not inside the recreation space"):
+        preprocess(ds, full, kernel=make_kernel(roi, **opts), progress=False)

@@ -366,9 +366,9 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
         rec, index = recreation_space(space)
         kernel = make_kernel(rec, fwhm=fwhm, anisotropy=anisotropy, template=template,
                              path_model=path_model)
-    else:  # a prepared kernel brings its own recreation space
+    else:  # a prepared kernel brings its own recreation space: locate the analysis voxels in it
         rec = kernel.space
-        index = None if rec.n_voxels == space.n_voxels else rec.voxel_index(space.xyz)
+        index = None if rec is space else rec.voxel_index(space.xyz)
     if index is not None and (index < 0).any():
         raise ValueError("the analysis space is not inside the recreation space of the kernel")
     studies = dataset.studies.reset_index(drop=True)
@@ -390,7 +390,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
         lower[i], upper[i] = (lo, up) if index is None else (lo[index], up[index])
     g_thr = g_from_t(t_thr, n1, n2)
     LGR.info("pre-processed %d studies on %d voxels%s in %.1f s", k, space.n_voxels,
-             "" if index is None else f" (recreated on {rec.n_voxels} grey-matter voxels)",
+             "" if index is None else f" (recreated on {rec.n_voxels} voxels)",
              time.perf_counter() - t0)
     return Bounds(list(studies["study"]), lower, upper, np.asarray(g_thr, dtype=float),
                   n1, n2, space)
