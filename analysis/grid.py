@@ -1,8 +1,11 @@
 """The 2 mm MNI grid of SDM-PSI (91 x 109 x 91) and the masks defined on it.
 
-Masks come from nilearn's MNI152 (2009) templates, resampled (nearest neighbour for the brain
-mask, linear then thresholded for grey matter) onto the SDM grid, so no external download is
-needed. SDM's own grey-matter mask (193,768 voxels) is only used in validation against SDM-PSI.
+The analysis mask of every SDM analysis is SDM-PSI's own grey-matter mask (``gray_matter_2mm``,
+193,768 voxels), as SDM-PSI writes it into a project folder (``sdm_mask.nii.gz``; fetched with
+its sha256 from the public SDM-PSI run of Enge et al. 2021, dataset ``validation/enge2021_sdm``).
+Peaks are moved into it and maps recreated on it, as SDM-PSI does. The MNI152 (2009) grey-matter
+template of nilearn (resampled, probability > 0.2: 181,054 voxels) remains available as
+``sdm.mask: mni152_gray_matter``; the MNI152 brain mask screens input coordinates.
 """
 
 from __future__ import annotations
@@ -58,14 +61,49 @@ def brain_mask() -> nib.Nifti1Image:
     return nib.Nifti1Image(data, grid_affine())
 
 
+#: dataset file of SDM-PSI's gray_matter_2mm mask (written by SDM-PSI v6.21 into Enge et al.'s
+#: project folder)
+SDM_MASK_FILE = "validation/enge2021_sdm/sdm_mask.nii.gz"
+
+#: analysis masks by name (``sdm.mask`` of the configuration)
+MASKS = ("sdm_gray_matter", "mni152_gray_matter")
+
+
 @lru_cache(maxsize=1)
-def gm_mask(threshold: float = 0.2) -> nib.Nifti1Image:
-    """Grey-matter analysis mask on the analysis grid (nilearn MNI152 GM probability > threshold)."""
+def mni152_gm_mask(threshold: float = 0.2) -> nib.Nifti1Image:
+    """nilearn's MNI152 grey-matter probability > threshold, on the analysis grid."""
     from nilearn.datasets import load_mni152_gm_template
 
     img = _resample(load_mni152_gm_template(resolution=2), "continuous")
     data = (np.asarray(img.dataobj) > threshold).astype(np.uint8)
     return nib.Nifti1Image(data, grid_affine())
+
+
+@lru_cache(maxsize=1)
+def sdm_gm_mask() -> nib.Nifti1Image:
+    """SDM-PSI's grey-matter mask ``gray_matter_2mm`` (193,768 voxels), fetched and checked."""
+    from analysis.fetch import fetch_file
+
+    img = nib.load(str(fetch_file(SDM_MASK_FILE)))
+    data = (np.asarray(img.dataobj) > 0).astype(np.uint8)
+    if data.shape != grid_shape() or not np.allclose(img.affine, grid_affine()):
+        raise ValueError(f"{SDM_MASK_FILE} is not on the analysis grid")
+    return nib.Nifti1Image(data, grid_affine())
+
+
+def gm_mask(name: str | None = None) -> nib.Nifti1Image:
+    """The whole-brain analysis mask: ``name`` (default config ``sdm.mask``, SDM-PSI's own).
+
+    Parameters
+    ----------
+    name : {"sdm_gray_matter", "mni152_gray_matter"}, optional
+    """
+    name = name or load_config()["sdm"].get("mask", "sdm_gray_matter")
+    if name == "sdm_gray_matter":
+        return sdm_gm_mask()
+    if name == "mni152_gray_matter":
+        return mni152_gm_mask()
+    raise ValueError(f"unknown mask {name!r}; one of {MASKS}")
 
 
 def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0) -> np.ndarray:
@@ -92,7 +130,8 @@ def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0)
 
 
 def analysis_mask(config: dict | None = None) -> nib.Nifti1Image:
-    """The engine's analysis mask: :func:`gm_mask`, optionally restricted to a region of interest.
+    """The engine's analysis mask: :func:`gm_mask` (``sdm.mask``), optionally restricted to a
+    region of interest.
 
     ``sdm.analysis_roi_radius_mm`` (default ``null``: the whole grey-matter mask) keeps only the
     grey-matter voxels within that radius of the published peaks
@@ -101,7 +140,7 @@ def analysis_mask(config: dict | None = None) -> nib.Nifti1Image:
     mask, and ``values.json`` records the number of voxels analysed.
     """
     cfg = config or load_config()
-    img = gm_mask()
+    img = gm_mask(cfg["sdm"].get("mask"))
     radius = cfg["sdm"].get("analysis_roi_radius_mm")
     if not radius:
         return img

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from analysis.sdm.random_effects import pooled_mean_model, reml_tau2
+from analysis.sdm.random_effects import reml_tau2
+from analysis.sdm.re_kernels import pooled_fit
 
 
 def _reml_nll(tau2, y, v, X):
@@ -43,17 +44,19 @@ def test_reml_reaches_the_optimum(design):
     assert max(gap) < 1e-7
 
 
-def test_compiled_mean_model_reaches_the_optimum():
+@pytest.mark.parametrize("design", ["intercept", "regression"])
+def test_compiled_reml_reaches_the_optimum(design):
+    """The compiled fit shared by the estimator and the permutation kernels, with REML."""
     rng = np.random.default_rng(2)
     k, n = 9, 200
     n1 = rng.integers(10, 40, k).astype(float)
     k1, k2 = 2.0 / n1, np.full(k, 0.02)
     y = (rng.normal(0, 0.5, (1, k, n)) * rng.uniform(0.2, 2, (1, 1, n)))
     two = np.repeat(y, 2, axis=0).astype(np.float32)  # two identical imputations (Rubin needs m > 1)
-    tau2 = pooled_mean_model(two, k1, k2)["tau2"]
+    X = np.ones((k, 1)) if design == "intercept" else np.c_[np.ones(k), rng.normal(size=k)]
+    tau2 = pooled_fit(two, k1, k2, X, heterogeneity="reml", max_iter=50, tol=1e-9)["tau2"]
     yd = y[0].astype(np.float32).astype(float)
     v = k1[:, None] + k2[:, None] * yd ** 2
-    X = np.ones((k, 1))
     gap = [_reml_nll(tau2[i], yd[:, i], v[:, i], X) - _optimum(yd[:, i], v[:, i], X)
            for i in range(n)]
     assert max(gap) < 1e-6

@@ -144,7 +144,12 @@ def test_design_and_hypothesis():
     studies = _simulated_dataset().studies.assign(kind=["a", "b", "a", "b", "c", "a"])
     X, names = design_matrix(studies, ["age", "kind"])
     assert names == ["intercept", "age", "kind[b]", "kind[c]"]
-    np.testing.assert_array_equal(X[:, 2], [0, 1, 0, 1, 0, 0])
+    # covariates enter centred (the intercept is the mean at the covariates' averages)
+    np.testing.assert_allclose(X[:, 2], np.array([0, 1, 0, 1, 0, 0]) - 1 / 3)
+    np.testing.assert_allclose(X[:, 1:].mean(axis=0), 0, atol=1e-12)
+    raw, _ = design_matrix(studies, ["age", "kind"], centre=False)
+    np.testing.assert_array_equal(raw[:, 2], [0, 1, 0, 1, 0, 0])
+    np.testing.assert_allclose(raw[:, 1] - raw[:, 1].mean(), X[:, 1])
     np.testing.assert_array_equal(parse_hypothesis("0+1+0+0", 4), [0, 1, 0, 0])
     np.testing.assert_array_equal(parse_hypothesis(None, 2), [1, 0])
     with pytest.raises(ValueError):

@@ -47,13 +47,30 @@ def test_reml_matches_pymare(rng, with_cov):
 
     y, v = _random_meta(rng)
     X = np.c_[np.ones(len(y)), rng.normal(size=len(y))] if with_cov else None
-    fit = fit_random_effects(y, v, X, max_iter=500, tol=1e-12)
+    fit = fit_random_effects(y, v, X, max_iter=500, tol=1e-12, method="reml")
     for j in range(y.shape[1]):
         ds = Dataset(y=y[:, j], v=v[:, j], X=None if X is None else X[:, 1:], add_intercept=True)
         est = VarianceBasedLikelihoodEstimator(method="REML").fit_dataset(ds)
         # PyMARE maximises numerically: agreement to 1e-6 absolute on tau2, 1e-6 on beta
         assert fit["tau2"][j] == pytest.approx(float(est.params_["tau2"].ravel()[0]), abs=1e-6)
         np.testing.assert_allclose(fit["beta"][j], est.params_["fe_params"].ravel(), atol=1e-6)
+
+
+@pytest.mark.parametrize("with_cov", [False, True])
+def test_dl_matches_pymare(rng, with_cov):
+    """DerSimonian-Laird in its meta-regression form (SDM-PSI's default estimator)."""
+    from pymare import Dataset
+    from pymare.estimators import DerSimonianLaird
+
+    y, v = _random_meta(rng)
+    X = np.c_[np.ones(len(y)), rng.normal(size=len(y))] if with_cov else None
+    fit = fit_random_effects(y, v, X)
+    for j in range(y.shape[1]):
+        ds = Dataset(y=y[:, j], v=v[:, j], X=None if X is None else X[:, 1:], add_intercept=True)
+        est = DerSimonianLaird().fit_dataset(ds)
+        assert fit["tau2"][j] == pytest.approx(float(est.params_["tau2"].ravel()[0]), abs=1e-12)
+        np.testing.assert_allclose(fit["beta"][j], est.params_["fe_params"].ravel(), rtol=1e-10)
+    assert np.any(fit["tau2"] > 0) and np.any(fit["tau2"] == 0)
 
 
 def test_reml_matches_direct_likelihood(rng):
@@ -290,7 +307,8 @@ def test_egger_matches_per_voxel_meta_regression(rng):
     for j in range(nv):
         v = g_variance(g[:, j], n1)
         X = np.c_[np.ones(k), np.sqrt(v)]
-        fit = fit_random_effects(g[:, [j]], v[:, None], X, C=[0, 1], max_iter=500, tol=1e-12)
+        fit = fit_random_effects(g[:, [j]], v[:, None], X, C=[0, 1], max_iter=500, tol=1e-12,
+                                 method="reml")
         assert out["b"][j] == pytest.approx(fit["coef"][0], rel=1e-6)
         assert out["z"][j] == pytest.approx(fit["z"][0], rel=1e-5)
     assert np.all((out["p"] > 0) & (out["p"] <= 1))

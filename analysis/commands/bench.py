@@ -3,7 +3,7 @@
 A benchmark is a function ``(args) -> dict`` registered with :func:`register`; it returns
 ``{"metrics": {...}, "ratios": {...}, "notes": [...]}``. The command runs the selected
 benchmarks (all by default) and writes ``bench.json`` and ``bench.md`` into ``--out``
-(default ``results/bench``). Other engineers add their own benchmarks with::
+(default ``results/bench``). Other modules add their own benchmarks with::
 
     from analysis.commands.bench import register
 
@@ -56,7 +56,7 @@ def peak_rss_gb() -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# PSI permutations (engineer D)
+# PSI permutations
 # ---------------------------------------------------------------------------------------------
 def _psi_inputs(imputations: int, seed: int):
     """The 11-study data of ``data/``: pre-processing and MetaNSUE imputation (kept)."""
@@ -83,8 +83,9 @@ def naive_permutation(inputs, subjects, codes, b: int) -> tuple[float, float, fl
     """Reference loop: one permutation recomputed from scratch (no algebra, no fusion).
 
     For every imputation the subject images ``Z + g/J`` are built explicitly, permuted,
-    averaged (``J x mean difference``), meta-analysed with the converged REML of
-    :func:`analysis.sdm.random_effects.fit_random_effects` and pooled; TFCE by labelling every
+    averaged (``J x mean difference``), meta-analysed with
+    :func:`analysis.sdm.random_effects.fit_random_effects` (the inputs' heterogeneity estimator)
+    and pooled; TFCE by labelling every
     height (:func:`analysis.sdm.tfce.tfce_reference`).
     """
     from analysis.sdm.permutation import rubin_z
@@ -103,7 +104,8 @@ def naive_permutation(inputs, subjects, codes, b: int) -> tuple[float, float, fl
             y[:a] += inputs.imputations[j, i] / jj[i]
             w = codes.weights[i][b].astype(np.float64)
             g[i] = jj[i] * (w @ y)
-        fit = fit_random_effects(g, k1[:, None] + k2[:, None] * g * g)
+        fit = fit_random_effects(g, k1[:, None] + k2[:, None] * g * g,
+                                 method=inputs.heterogeneity)
         coefs.append(fit["coef"])
         vars_.append(fit["var"])
     _, _, z = rubin_z(np.array(coefs), np.array(vars_))
@@ -164,6 +166,16 @@ def bench_psi(args: argparse.Namespace) -> dict:
         "peak_rss_gb": round(peak_rss_gb(), 2),
     }
     ratios, notes = {}, []
+    # the same kernels with REML (SDM-PSI's AccurateHeterogeneity; the engine's former default)
+    n_reml = max(2, min(n_perm, int(args.reml_permutations) + 1))
+    r = psi_permutation_test(inputs, n_reml, seed=seed, n_jobs=args.n_jobs, backend=args.backend,
+                             subject_images=subjects, heterogeneity="reml")
+    t_reml = r.info["seconds_permutations"] / (n_reml - 1)
+    metrics["heterogeneity"] = ours.info["heterogeneity"]
+    metrics["reml_seconds_per_permutation"] = round(t_reml, 3)
+    metrics["reml_extrapolated_seconds_1000"] = round(t_reml * 999, 1)
+    ratios["reml_over_" + ours.info["heterogeneity"]] = round(t_reml / per_perm, 2)
+    notes.append(f"REML timed on {n_reml - 1} permutations with the same workers, extrapolated")
     # NumPy backend on a few permutations (same data, same run)
     n_np = int(args.naive_permutations) + 1
     if args.backend != "numpy":
@@ -187,10 +199,8 @@ def bench_psi(args: argparse.Namespace) -> dict:
     metrics["naive_max_z"] = np.round(np.array(naive)[:, :2], 4).tolist()
     metrics["ours_max_z"] = np.round(ours.maxima.iloc[1:n_np, 1:3].to_numpy(), 4).tolist()
     metrics["naive_vs_ours_max_abs_z_diff"] = float(diff.max())
-    notes.append("the naive loop uses analysis.sdm.random_effects.fit_random_effects (Fisher "
-                 "scoring, sdm.reml_max_iter/reml_tol), ours the Newton REML of "
-                 "analysis.sdm.permutation.reml_fixed: any difference beyond rounding comes from "
-                 "Fisher fits that stopped before the REML maximum")
+    notes.append("the naive loop uses analysis.sdm.random_effects.fit_random_effects with the "
+                 "same heterogeneity estimator (DerSimonian-Laird by default)")
     # NiMARE ALE Monte-Carlo FWE, fewer iterations, scaled linearly to the same count
     if args.nimare_iters > 0:
         try:
@@ -268,6 +278,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-jobs", type=int, default=2, help="parallel workers (default 2)")
     p.add_argument("--backend", default="numba", choices=["numpy", "numba", "cupy"],
                    help="array backend of the PSI kernel (default numba)")
+    p.add_argument("--reml-permutations", type=int, default=50,
+                   help="permutations timed with REML for the REML/DL ratio (default 50)")
     p.add_argument("--naive-permutations", type=int, default=2,
                    help="permutations timed with the naive loop (default 2)")
     p.add_argument("--nimare-iters", type=int, default=20,

@@ -23,7 +23,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--mask", type=Path, default=None,
                    help="analysis mask on the 2 mm grid (default: the folder's sdm_mask.nii.gz "
-                        "if present, else the compendium's grey-matter mask)")
+                        "if present, else SDM-PSI's gray_matter_2mm mask, config sdm.mask)")
     p.add_argument("--imputations", type=int, default=None, help="default: config sdm.imputations")
     p.add_argument("--seed", type=int, default=None, help="default: config seed")
     p.add_argument("--permutations", type=int, default=0,
@@ -33,6 +33,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hypothesis", default=None,
                    help="hypothesis over [intercept, covariates...], e.g. 0+1 (default: intercept)")
     p.add_argument("--unknown-peak-mode", choices=["corrected", "sdm621"], default=None)
+    p.add_argument("--heterogeneity", choices=["dl", "reml"], default=None,
+                   help="between-study variance: dl (DerSimonian-Laird, SDM-PSI's default) or "
+                        "reml (SDM-PSI's AccurateHeterogeneity); default config sdm.heterogeneity")
     p.add_argument("--fwhm", type=float, default=None)
     p.add_argument("--anisotropy", type=float, default=None)
     p.add_argument("--n-jobs", type=int, default=1)
@@ -56,7 +59,8 @@ def run_command(args: argparse.Namespace) -> int:
     covs = [c for c in (args.covariates or "").split("+") if c]
     est = SDMPSI(fwhm=args.fwhm, anisotropy=args.anisotropy, imputations=args.imputations,
                  unknown_peak_mode=args.unknown_peak_mode, covariates=covs,
-                 hypothesis=args.hypothesis, seed=args.seed, n_jobs=args.n_jobs, progress=True)
+                 hypothesis=args.hypothesis, heterogeneity=args.heterogeneity, seed=args.seed,
+                 n_jobs=args.n_jobs, progress=True)
     t0 = time.perf_counter()
     res = est.fit(dataset, mask_img=mask)
     out = Path(args.out)
@@ -64,7 +68,8 @@ def run_command(args: argparse.Namespace) -> int:
     clusters = threshold_clusters(res.maps["z"], res.space)
     write_tsv(out / "clusters.tsv", clusters.table)
     summary = {
-        "sdm_dir": str(folder), "mask": str(mask_path) if mask is not None else "gm_mask",
+        "sdm_dir": str(folder),
+        "mask": str(mask_path) if mask is not None else "sdm.mask of the configuration",
         "n_studies": len(res.studies), "n_voxels": res.space.n_voxels, "df": res.df,
         "params": res.params, "timings_s": res.timings, "description": res.description_,
         "n_clusters": clusters.peaks()["direction"].value_counts().to_dict(),

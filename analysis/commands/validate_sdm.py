@@ -44,10 +44,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="output folder (default: <results>/validation/sdm)")
     p.add_argument("--imputations", type=int, default=None,
                    help="default: config sdm.imputations (50, as SDM's run)")
-    p.add_argument("--modes", nargs="+", default=["sdm621", "corrected"],
-                   choices=["sdm621", "corrected"], help="unknown_peak_mode(s) to run")
+    p.add_argument("--mode", default="sdm621", choices=["sdm621", "corrected"],
+                   help="unknown_peak_mode of the run from peaks (sdm621: as SDM-PSI v6.21)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--no-reml", action="store_true",
+                   help="skip the REML run from SDM's bound maps (shown for comparison)")
 
 
 def enge_folder(download: bool = False) -> Path:
@@ -150,39 +152,112 @@ def cluster_recovery(z: np.ndarray, space, clusters: list[dict], radius_mm: floa
     return rows
 
 
+#: acceptance targets of the report (SDM-PSI fidelity)
+TARGETS = {"peaks_z_r": 0.98, "peaks_tau2_r": 0.90, "peaks_cluster_mm": 4.0,
+           "peaks_cluster_dz": 0.3, "bounds_z_r": 0.995}
+
+
+def load_sdm_bounds(folder: Path, dataset, space) -> tuple:
+    """SDM-PSI's own bound maps (``pp/<study>_lower|upper.nii.gz``) of every study of the table."""
+    import nibabel as nib
+
+    studies = list(dataset.studies["study"])
+    missing = [s for s in studies if not (folder / "pp" / f"{s}_lower.nii.gz").exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder / 'pp'} lacks the bound maps of {missing}")
+    lower = np.stack([space.from_img(nib.load(str(folder / "pp" / f"{s}_lower.nii.gz")))
+                      for s in studies]).astype(np.float32)
+    upper = np.stack([space.from_img(nib.load(str(folder / "pp" / f"{s}_upper.nii.gz")))
+                      for s in studies]).astype(np.float32)
+    tab = dataset.studies
+    return lower, upper, tab["n1"].to_numpy(float), tab["n2"].to_numpy(float), studies
+
+
+def _entry(res, ref, space, clusters, seconds: float) -> dict:
+    ours = {k: v.astype(float) for k, v in res.maps.items()}
+    e = compare_maps(ours, ref, space)
+    e["clusters"] = cluster_recovery(ours["z"], space, clusters)
+    e["n_clusters_found"] = int(sum(c["found_within_mm"] for c in e["clusters"]))
+    e["n_clusters_within_8mm"] = int(sum(c["nearest_local_max_mm"] <= 8.0
+                                         for c in e["clusters"]))
+    e["max_abs_dz_at_sdm_peaks"] = float(max(abs(c["our_z_at_peak"] - c["sdm_z"])
+                                             for c in e["clusters"]))
+    e["params"] = {k: v for k, v in res.params.items() if k != "design_columns"}
+    e["timings_s"] = {**res.timings, "total": round(seconds, 2)}
+    return e
+
+
+def noise_floor(a: np.ndarray, b: np.ndarray) -> dict:
+    """Agreement of two z maps of the same data under two seeds (imputation noise)."""
+    ok = np.isfinite(a) & np.isfinite(b)
+    return {"z_correlation": float(np.corrcoef(a[ok], b[ok])[0, 1]),
+            "z_max_abs_diff": float(np.max(np.abs(a[ok] - b[ok])))}
+
+
 def run_validation(out: Path | None = None, imputations: int | None = None,
-                   modes=("sdm621", "corrected"), seed: int | None = None, n_jobs: int = 1,
-                   folder: Path | None = None) -> dict:
-    """Run the engine on the Enge folder and compare with SDM-PSI (see the module docstring)."""
+                   mode: str = "sdm621", seed: int | None = None, n_jobs: int = 1,
+                   folder: Path | None = None, reml: bool = True) -> dict:
+    """Run the engine on the Enge folder and compare with SDM-PSI ``mod1``.
+
+    Runs (all on SDM's mask, DerSimonian-Laird unless said, the configured number of
+    imputations):
+
+    - ``peaks``: from the peak files only (SDM's ``pp/`` maps are not read), under two seeds;
+    - ``bounds``: from SDM's own bound maps (isolates the statistics from the kernel), under two
+      seeds, and once with REML for comparison (``reml``).
+
+    The two seeds of each give the noise floor (imputation noise) beside every correlation.
+    """
+    from analysis.config import load_config
     from analysis.io import write_json, write_text
     from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.estimator import SDMPSI
 
     folder = folder or enge_folder()
+    seed = int(load_config()["seed"] if seed is None else seed)
     space, ref = load_reference(folder)
     clusters = published_clusters(folder)
     dataset = SDMDataset.from_sdm_project(folder)
+    lower, upper, n1, n2, studies = load_sdm_bounds(folder, dataset, space)
     report = {"dataset": DATASET, "n_studies": len(dataset.studies),
-              "n_voxels": space.n_voxels, "t5_sdm_maps": t5_checks(ref),
-              "published_clusters": clusters, "modes": {}}
-    for mode in modes:
+              "n_peaks": len(dataset.peaks), "n_voxels": space.n_voxels,
+              "t5_sdm_maps": t5_checks(ref), "published_clusters": clusters,
+              "targets": TARGETS, "runs": {}, "noise_floor": {}}
+
+    def est(s, heterogeneity="dl"):
+        return SDMPSI(imputations=imputations, unknown_peak_mode=mode, seed=s, n_jobs=n_jobs,
+                      heterogeneity=heterogeneity, keep_imputations=False, progress=True)
+
+    z = {}
+    plan = [("peaks", seed, "dl"), ("peaks_seed2", seed + 1, "dl"), ("bounds", seed, "dl"),
+            ("bounds_seed2", seed + 1, "dl")] + ([("bounds_reml", seed, "reml")] if reml else [])
+    for name, s, het in plan:
         t0 = time.perf_counter()
-        est = SDMPSI(imputations=imputations, unknown_peak_mode=mode, seed=seed,
-                     n_jobs=n_jobs, keep_imputations=False, progress=True)
-        res = est.fit(dataset, mask_img=space.mask_img)
-        ours = {k: v.astype(float) for k, v in res.maps.items()}
-        entry = compare_maps(ours, ref, space)
-        entry["clusters"] = cluster_recovery(ours["z"], space, clusters)
-        entry["n_clusters_found"] = int(sum(c["found_within_mm"] for c in entry["clusters"]))
-        entry["n_clusters_within_8mm"] = int(sum(c["nearest_local_max_mm"] <= 8.0
-                                                 for c in entry["clusters"]))
-        entry["imputations"] = est.imputations
-        entry["timings_s"] = {**res.timings, "total": round(time.perf_counter() - t0, 2)}
-        report["modes"][mode] = entry
-        if out is not None:
-            res.save_maps(Path(out) / mode, names=["g", "z", "tau2", "i2"])
-        LGR.info("mode %s: r(g)=%.3f r(z)=%.3f clusters %d/7", mode, entry["g_correlation"],
-                 entry["z_correlation"], entry["n_clusters_found"])
+        e_ = est(s, het)
+        if name.startswith("peaks"):
+            res = e_.fit(dataset, mask_img=space.mask_img)
+        else:
+            res = e_.fit_bounds(lower, upper, n1, n2, space, studies=studies)
+        entry = _entry(res, ref, space, clusters, time.perf_counter() - t0)
+        entry["seed"] = s
+        report["runs"][name] = entry
+        z[name] = res.maps["z"].astype(float)
+        if out is not None and name in ("peaks", "bounds"):
+            res.save_maps(Path(out) / name, names=["g", "z", "tau2", "i2"])
+        LGR.info("%s: r(z)=%.4f r(tau2)=%.3f clusters %d/7", name, entry["z_correlation"],
+                 entry["tau2_correlation"], entry["n_clusters_found"])
+    report["noise_floor"]["peaks"] = noise_floor(z["peaks"], z["peaks_seed2"])
+    report["noise_floor"]["bounds"] = noise_floor(z["bounds"], z["bounds_seed2"])
+    p, b = report["runs"]["peaks"], report["runs"]["bounds"]
+    report["checks"] = {
+        "peaks_z_r": p["z_correlation"] >= TARGETS["peaks_z_r"],
+        "peaks_tau2_r": p["tau2_correlation"] >= TARGETS["peaks_tau2_r"],
+        "peaks_clusters_within_4mm": p["n_clusters_found"] == len(clusters),
+        "peaks_dz_at_sdm_peaks": p["max_abs_dz_at_sdm_peaks"] <= TARGETS["peaks_cluster_dz"],
+        "bounds_z_r": b["z_correlation"] >= TARGETS["bounds_z_r"],
+    }
+    report["not_run"] = ("The covariate-adjusted and meta-regression models of this folder "
+                         "are not compared: their SDM-PSI outputs are not in the mirror.")
     if out is not None:
         write_json(Path(out) / "validation_sdm.json", report)
         write_text(Path(out) / "validation_sdm.md", markdown_report(report))
@@ -190,30 +265,47 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
 
 
 def markdown_report(report: dict) -> str:
-    """Human-readable summary of :func:`run_validation`."""
+    """Human-readable summary of :func:`run_validation`: every figure beside SDM's."""
+    nf = report["noise_floor"]
     lines = ["# Engine vs SDM-PSI v6.21 (Enge et al. 2021, mod1)", "",
-             f"{report['n_studies']} studies, {report['n_voxels']} voxels (SDM's mask).", "",
-             "## T5 on SDM's own maps", ""]
+             f"{report['n_studies']} studies, {report['n_peaks']} peaks, "
+             f"{report['n_voxels']} voxels (SDM's mask).", "",
+             "## Summary", "",
+             "| run | r(z) | noise floor r(z) | r(g) | r(tau2) | r(I2) | clusters within 4 mm "
+             "| max abs dz at SDM peaks |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, e in report["runs"].items():
+        floor = nf.get(name, {}).get("z_correlation")
+        lines.append(
+            f"| {name} ({e['params']['heterogeneity']}) | {e['z_correlation']:.4f} | "
+            f"{'' if floor is None else f'{floor:.4f}'} | {e['g_correlation']:.4f} | "
+            f"{e['tau2_correlation']:.3f} | {e['i2_correlation']:.3f} | "
+            f"{e['n_clusters_found']}/{len(e['clusters'])} | "
+            f"{e['max_abs_dz_at_sdm_peaks']:.3f} |")
+    lines += ["", "Noise floor: the same run under two seeds: " + "; ".join(
+        f"{k}: r(z) = {v['z_correlation']:.4f}, max |dz| = {v['z_max_abs_diff']:.3f}"
+        for k, v in nf.items()), "",
+        "Targets: " + ", ".join(f"{k} {v}" for k, v in report["targets"].items()) + "; met: "
+        + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["checks"].items()), "",
+        report["not_run"], "", "## T5 on SDM's own maps", ""]
     lines += [f"- {k}: {v:.3g}" for k, v in report["t5_sdm_maps"].items()]
-    for mode, e in report["modes"].items():
+    for name, e in report["runs"].items():
         gm = e["at_global_max"]
-        lines += ["", f"## unknown_peak_mode = {mode} ({e['imputations']} imputations)", "",
+        lines += ["", f"## {name}", "",
                   f"- g: r = {e['g_correlation']:.4f}, max |diff| = {e['g_max_abs_diff']:.4f}, "
                   f"mean diff = {e['g_mean_diff']:.4f}",
                   f"- SDM-Z: r = {e['z_correlation']:.4f}, max |diff| = "
                   f"{e['z_max_abs_diff']:.3f}, mean diff = {e['z_mean_diff']:.3f}",
-                  f"- tau2: r = {e['tau2_correlation']:.3f}; I2: r = {e['i2_correlation']:.3f}",
                   f"- at {tuple(gm['mni'])}: " + ", ".join(
                       f"{k} {gm['ours'][k]:.4g} (SDM {gm['sdm'][k]:.4g})" for k in gm["ours"]),
-                  f"- published clusters found (local max, p < 0.001, within 4 mm): "
-                  f"{e['n_clusters_found']}/{len(e['clusters'])} (within 8 mm: "
-                  f"{e['n_clusters_within_8mm']}/{len(e['clusters'])})", "",
+                  "",
                   "| SDM peak | SDM-Z | our z there | nearest local max (mm) | its z | found |",
                   "|---|---|---|---|---|---|"]
         for c in e["clusters"]:
             lines.append(f"| {c['x']},{c['y']},{c['z']} | {c['sdm_z']:.3f} | "
                          f"{c['our_z_at_peak']:.3f} | {c['nearest_local_max_mm']:.1f} | "
-                         f"{c['nearest_local_max_z']:.3f} | {'yes' if c['found_within_mm'] else 'no'} |")
+                         f"{c['nearest_local_max_z']:.3f} | "
+                         f"{'yes' if c['found_within_mm'] else 'no'} |")
         lines.append(f"\nTimings (s): {e['timings_s']}")
     return "\n".join(lines) + "\n"
 
@@ -222,9 +314,13 @@ def run_command(args: argparse.Namespace) -> int:
     from analysis import paths
 
     out = args.out or (paths.results_dir() / "validation" / "sdm")
-    report = run_validation(out, args.imputations, args.modes, args.seed, args.n_jobs)
-    for mode, e in report["modes"].items():
-        print(f"{mode}: r(g) = {e['g_correlation']:.3f}, r(z) = {e['z_correlation']:.3f}, "
-              f"clusters found {e['n_clusters_found']}/{len(e['clusters'])}")
+    report = run_validation(out, args.imputations, args.mode, args.seed, args.n_jobs,
+                            reml=not args.no_reml)
+    for name, e in report["runs"].items():
+        print(f"{name}: r(z) = {e['z_correlation']:.4f}, r(tau2) = {e['tau2_correlation']:.3f}, "
+              f"clusters within 4 mm {e['n_clusters_found']}/{len(e['clusters'])}")
+    for name, v in report["noise_floor"].items():
+        print(f"noise floor {name}: r(z) = {v['z_correlation']:.4f}, "
+              f"max |dz| = {v['z_max_abs_diff']:.3f}")
     print(f"wrote {out}")
     return 0

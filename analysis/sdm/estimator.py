@@ -7,9 +7,12 @@
 2. MetaNSUE maximum likelihood (coefficients with conservative leave-n-out, then tau2;
    :func:`analysis.sdm.metansue.censored_mle`);
 3. ``imputations`` study images per study (:func:`analysis.sdm.metansue.impute`);
-4. REML random-effects meta-analysis / meta-regression of every imputed data set
-   (:func:`analysis.sdm.random_effects.fit_random_effects`), variance of each imputed value from
-   the exact Hedges-g variance;
+4. random-effects meta-analysis / meta-regression of every imputed data set, between-study
+   variance by DerSimonian-Laird (SDM-PSI's default) or REML (its ``AccurateHeterogeneity``),
+   variance of each imputed value from the exact Hedges-g variance; compiled for the designs
+   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.re_kernels`, shared with the permutation test),
+   NumPy otherwise (:func:`analysis.sdm.random_effects.fit_random_effects`); covariates enter
+   centred, so the intercept is the mean at the covariates' averages (as SDM-PSI);
 5. Rubin's rules (:func:`analysis.sdm.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
 
 Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.permutation`)
@@ -36,11 +39,14 @@ from scipy.stats import norm
 
 from analysis.config import derive_rng, load_config
 from analysis.sdm.metansue import censored_mle, impute, variance_coefficients
-from analysis.sdm.random_effects import fit_random_effects, pooled_mean_model, q_to_z
+from analysis.sdm.random_effects import fit_random_effects, q_to_z
+from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
 from analysis.sdm.rubin import pool_fits
 from analysis.sdm.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
+
+HETEROGENEITY_NAMES = {"dl": "DerSimonian-Laird", "reml": "restricted maximum-likelihood"}
 
 MAP_NAMES = ("g", "var", "z", "tau2", "i2", "h2", "q", "q_z", "p", "p_pos", "p_neg")
 
@@ -103,9 +109,10 @@ class MetaResult:
         return paths
 
 
-def analyse_imputations(imputed, n1, n2=None, X=None, C=None, tau2_init=None,
+def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str = "dl",
+                        max_iter: int | None = None, tol: float | None = None,
                         chunk: int = 4096, n_jobs: int = 1, progress: bool = False) -> dict:
-    """REML random-effects model of every imputed data set, pooled with Rubin's rules.
+    """Random-effects model of every imputed data set, pooled with Rubin's rules.
 
     Parameters
     ----------
@@ -115,8 +122,11 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, tau2_init=None,
         Sample sizes (exact variance ``v(g) = k1 + k2 g^2`` of each imputed value).
     X : ndarray (k, p), optional; C : array-like (p,), optional
         Design and hypothesis row.
-    tau2_init : ndarray (V,), optional
-        Starting tau2 of the Fisher scoring (e.g. the MetaNSUE MLE, as ``metansue``).
+    heterogeneity : {"dl", "reml"}
+        Between-study variance of each imputation: DerSimonian-Laird (SDM-PSI's default) or
+        REML (SDM-PSI's ``AccurateHeterogeneity``).
+    max_iter, tol : optional
+        REML updates and tolerance (default config ``sdm.reml_max_iter`` / ``sdm.reml_tol``).
     chunk : int
         Voxels per block; n_jobs : int, threads over blocks.
 
@@ -127,27 +137,33 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, tau2_init=None,
     """
     from tqdm import tqdm
 
+    from analysis.sdm.random_effects import _defaults
+
+    heterogeneity = check_heterogeneity(heterogeneity)
+    d_iter, d_tol = _defaults()
+    max_iter = d_iter if max_iter is None else int(max_iter)
+    tol = d_tol if tol is None else float(tol)
     imputed = np.asarray(imputed)
     m, k, nv = imputed.shape
     k1, k2 = variance_coefficients(n1, n2)
-    intercept_only = X is None or (np.asarray(X).size == k and np.all(np.asarray(X) == 1))
-    if intercept_only and (C is None or np.asarray(C, dtype=float).ravel()[0] == 1.0):
-        return pooled_mean_model(imputed, k1, k2, tau2_init)
+    Xd = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
+    Cd = np.eye(Xd.shape[1])[0] if C is None else np.asarray(C, dtype=float).ravel()
+    if compiled_design(Xd, Cd) is not None:
+        return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity,
+                          max_iter=max_iter, tol=tol, n_jobs=n_jobs)
     k1, k2 = k1[:, None], k2[:, None]
     keys = ("g", "var", "z", "tau2", "i2", "h2", "q", "q_p")
     out = {key: np.empty(nv) for key in keys}
-    df_holder = {}
 
     def block(s):
         sl = slice(s, min(s + chunk, nv))
         y = imputed[:, :, sl].astype(float)
         v = k1 + k2 * y * y
-        t0 = None if tau2_init is None else np.broadcast_to(tau2_init[sl], (m, y.shape[2]))
-        fits = fit_random_effects(y, v, X, C, tau2=t0)
-        pooled = pool_fits(fits, C)
+        fits = fit_random_effects(y, v, Xd, Cd, max_iter=max_iter, tol=tol,
+                                  method=heterogeneity)
+        pooled = pool_fits(fits, Cd)
         for key in keys:
             out[key][sl] = pooled[key]
-        df_holder["df"] = pooled["df"]
 
     starts = list(range(0, nv, chunk))
     if n_jobs == 1:
@@ -158,12 +174,17 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, tau2_init=None,
         from joblib import Parallel, delayed
 
         Parallel(n_jobs=n_jobs, prefer="threads")(delayed(block)(s) for s in starts)
-    out["df"] = df_holder.get("df", k - (1 if X is None else np.asarray(X).reshape(k, -1).shape[1]))
+    out["df"] = k - Xd.shape[1]
     return out
 
 
-def design_matrix(studies: pd.DataFrame, covariates=None) -> tuple[np.ndarray, list]:
-    """Design ``[1, covariates]`` from study-table columns (numeric as is; text: dummy coding).
+def design_matrix(studies: pd.DataFrame, covariates=None, centre: bool = True
+                  ) -> tuple[np.ndarray, list]:
+    """Design ``[1, covariates]`` from study-table columns (numeric; text: dummy coding).
+
+    Covariate columns are centred on their means (``centre``, default): the intercept is then
+    the effect at the covariates' averages, SDM-PSI's covariate-adjusted mean (its ``extract``
+    output reports the intercept at the covariate mean, Li et al. 2023). Slopes do not change.
 
     Raises
     ------
@@ -191,7 +212,10 @@ def design_matrix(studies: pd.DataFrame, covariates=None) -> tuple[np.ndarray, l
             for lev in levels[1:]:
                 cols.append((col.astype(str) == lev).to_numpy(dtype=float))
                 names.append(f"{cov}[{lev}]")
-    return np.column_stack(cols), names
+    X = np.column_stack(cols)
+    if centre and X.shape[1] > 1:
+        X[:, 1:] -= X[:, 1:].mean(axis=0)
+    return X, names
 
 
 def parse_hypothesis(hypothesis, p: int) -> np.ndarray:
@@ -219,11 +243,16 @@ class SDMPSI:
     imputations : int, optional
         Number of imputed study images (default config ``sdm.imputations`` = 50).
     covariates : list of str, optional
-        Study-table columns added to the design (intercept always included).
+        Study-table columns added to the design (intercept always included), centred on their
+        means so that the intercept is the mean at the covariates' averages (as SDM-PSI).
     hypothesis : optional
         Hypothesis row over ``[intercept, covariates...]`` (default: the intercept).
     leave_n_out : optional
         Conservative leave-n-out of the MLE (default config ``sdm.leave_n_out``).
+    heterogeneity : {"dl", "reml"}, optional
+        Between-study variance of each imputation's model: DerSimonian-Laird (SDM-PSI's default,
+        ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``). Default:
+        config ``sdm.heterogeneity``.
     seed : int, optional
         Seed (default config ``seed``); the imputation stream is ``derive_rng(seed, "sdm/impute")``.
     n_jobs : int
@@ -235,7 +264,8 @@ class SDMPSI:
     """
 
     def __init__(self, fwhm=None, anisotropy=None, imputations=None, unknown_peak_mode=None,
-                 covariates=None, hypothesis=None, leave_n_out=None, seed=None, n_jobs: int = 1,
+                 covariates=None, hypothesis=None, leave_n_out=None, heterogeneity=None,
+                 seed=None, n_jobs: int = 1,
                  keep_imputations: bool = True, progress: bool = False,
                  preprocess_kwargs: dict | None = None):
         cfg = load_config()
@@ -247,6 +277,8 @@ class SDMPSI:
         self.covariates = list(covariates or [])
         self.hypothesis = hypothesis
         self.leave_n_out = sdm["leave_n_out"] if leave_n_out is None else leave_n_out
+        self.heterogeneity = check_heterogeneity(
+            sdm.get("heterogeneity", "dl") if heterogeneity is None else heterogeneity)
         self.seed = int(cfg["seed"] if seed is None else seed)
         self.n_jobs = int(n_jobs)
         self.keep_imputations = keep_imputations
@@ -258,7 +290,7 @@ class SDMPSI:
     def get_params(self) -> dict:
         return {k: getattr(self, k) for k in ("fwhm", "anisotropy", "imputations",
                                               "unknown_peak_mode", "covariates", "hypothesis",
-                                              "leave_n_out", "seed")}
+                                              "leave_n_out", "heterogeneity", "seed")}
 
     def fit(self, dataset, mask_img=None) -> MetaResult:
         """Pre-process ``dataset`` (an :class:`~analysis.sdm.dataset.SDMDataset`) and fit."""
@@ -303,7 +335,7 @@ class SDMPSI:
                       fwhm_mm=self.fwhm, progress=self.progress)
         timings["impute_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        pooled = analyse_imputations(imps, n1, n2, X, C, tau2_init=mle["tau2"],
+        pooled = analyse_imputations(imps, n1, n2, X, C, heterogeneity=self.heterogeneity,
                                      n_jobs=self.n_jobs, progress=self.progress)
         timings["meta_s"] = round(time.perf_counter() - t, 3)
         maps = maps_from_pooled(pooled)
@@ -337,6 +369,7 @@ def describe(params: dict, k: int, n_voxels: int) -> str:
         f"{params['anisotropy']:g}); MetaNSUE maximum-likelihood estimation with conservative "
         f"leave-n-out ({params['leave_n_out']}) (Radua et al., 2015); {params['imputations']} "
         f"imputed study images drawn from truncated normals with spatially correlated noise; "
-        f"REML random-effects models (covariates: {cov}) combined with Rubin's rules; "
+        f"random-effects models with {HETEROGENEITY_NAMES[params['heterogeneity']]} "
+        f"between-study variance (covariates: {cov}, centred) combined with Rubin's rules; "
         f"SDM-Z = g / sqrt(var). Seed {params['seed']}."
     )

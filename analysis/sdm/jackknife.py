@@ -8,7 +8,8 @@ leave out one disorder at a time.
 
 The study maps (bounds) do not depend on which other studies are analysed, so pre-processing is
 done once and every subset is re-fitted from its rows of the bound maps with the engine
-(:meth:`analysis.sdm.estimator.SDMPSI.fit_bounds`: MetaNSUE MLE, imputation, REML, Rubin).
+(:meth:`analysis.sdm.estimator.SDMPSI.fit_bounds`: MetaNSUE MLE, imputation, random-effects
+fits with the estimator's heterogeneity estimator, Rubin).
 A base cluster *survives* an analysis when the analysis' map, thresholded exactly like the
 main analysis (:func:`analysis.sdm.clusters.threshold_clusters`), has a reported cluster of the
 same direction that overlaps it.

@@ -3,8 +3,8 @@
 He et al. (2024) regressed the pain-empathy maps on mean age, percentage of women and treatment
 status (no significant effects). As in SDM-PSI (spec ``sdm-psi.md`` §8.4; ``mi_lm``), the
 design is ``X = [1, covariate]`` and the hypothesis is the covariate's slope; the slope map, its
-Rubin variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation, REML
-meta-regression, Rubin's rules). Studies with a missing covariate value are left out of that
+Rubin variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation,
+random-effects meta-regression, Rubin's rules). Studies with a missing covariate value are left out of that
 regression (and counted). The covariate is centred on its mean, like Enge et al. (2021) did for
 SDM-PSI's ``age_mean_c``; the slope does not depend on the centring. Inference at a peak is the
 two-tailed normal p of the slope's SDM-Z; family-wise inference over the brain is by

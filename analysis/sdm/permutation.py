@@ -14,15 +14,15 @@ the same for all imputations; the first permutation is the identity) gives the s
 with ``w_i`` the permutation's contrast weights over the subjects (``+-1/n`` for a sign flip,
 ``1/n1`` or ``-1/n2`` for a group reassignment) and ``c_i = sum of w_i over the original
 patients``. So one permutation costs one product ``W Z`` per study (shared by all imputations)
-plus one random-effects meta-analysis per imputation: REML with a small bounded number of
-steps (DerSimonian-Laird start, Newton updates; :func:`reml_fixed`), variance ``v(g)`` of spec §3 at the
-permuted g, Rubin's rules over imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The
+plus one random-effects meta-analysis per imputation (DerSimonian-Laird tau2 by default as
+SDM-PSI, REML on request; the compiled fits of :mod:`analysis.sdm.re_kernels`, which the
+estimator uses too), variance ``v(g)`` of spec §3 at the permuted g, Rubin's rules over imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The
 maxima ``max z+, max z-, max TFCE+, max TFCE-`` of every permutation give the voxel- and
 TFCE-FWE corrected p maps.
 
 Meta-regressions (hypothesis not on the intercept) permute *studies* instead, Freedman & Lane
 (1983) as recommended by Winkler et al. (2014, NeuroImage 92:381-397): per imputation the
-reduced model (the columns the hypothesis does not test) is fitted by REML, its residuals are
+reduced model (the columns the hypothesis does not test) is fitted (same estimator), its residuals are
 permuted across studies (one permutation shared by all imputations), added back to the reduced
 fit, and the full model is refitted. The variance of a permuted effect is recomputed at the
 study position it lands on (UNCONFIRMED whether SDM-PSI does the same; spec §7.1).
@@ -36,12 +36,10 @@ template-driven sequential imputation.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
 import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
@@ -52,6 +50,7 @@ from analysis.config import derive_rng, load_config
 from analysis.sdm import tfce as tfce_mod
 from analysis.sdm.backend import array_module, check_backend, to_numpy
 from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
+from analysis.sdm.re_kernels import ROWS, check_heterogeneity, compiled_design, run_kernel
 
 LGR = logging.getLogger(__name__)
 
@@ -85,6 +84,9 @@ class PSIInputs:
         Hypothesis row (default: the first coefficient).
     studies : list of str, optional
         Study ids (for messages).
+    heterogeneity : {"dl", "reml"}
+        Between-study variance estimator of every fit (default DerSimonian-Laird, as SDM-PSI;
+        the estimator's choice when built with :meth:`from_result`).
     """
 
     imputations: np.ndarray
@@ -94,8 +96,10 @@ class PSIInputs:
     X: np.ndarray | None = None
     C: np.ndarray | None = None
     studies: list = field(default_factory=list)
+    heterogeneity: str = "dl"
 
     def __post_init__(self):
+        self.heterogeneity = check_heterogeneity(self.heterogeneity)
         self.imputations = np.asarray(self.imputations, dtype=np.float32)
         if self.imputations.ndim != 3:
             raise ValueError(f"imputations must be (m, k, V), got shape {self.imputations.shape}")
@@ -128,11 +132,6 @@ class PSIInputs:
     @property
     def two_sample(self) -> np.ndarray:
         return np.isfinite(self.n2) & (self.n2 > 0)
-
-    @property
-    def two_column(self) -> bool:
-        """Design ``[1, x]`` (one covariate): served by the compiled two-column kernel."""
-        return self.X.shape[1] == 2 and np.allclose(self.X[:, 0], 1.0)
 
     @property
     def intercept_only(self) -> bool:
@@ -172,8 +171,10 @@ class PSIInputs:
         studies = getattr(result, "studies", None) or getattr(bounds, "studies", None) or []
         if n1 is None or getattr(result, "imputations", None) is None:
             raise ValueError("the result has no imputations / sample sizes to permute")
+        params = getattr(result, "params", None) or {}
         return cls(result.imputations, n1, n2, result.space, getattr(result, "X", None),
-                   getattr(result, "C", None), list(studies))
+                   getattr(result, "C", None), list(studies),
+                   params.get("heterogeneity", "dl"))
 
 
 # ============================================================================================
@@ -279,7 +280,7 @@ def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
 
 
 # ============================================================================================
-# Meta-analysis kernels: fixed-iteration REML, Rubin's rules
+# NumPy / CuPy fits (DerSimonian-Laird, or bounded REML updates from it), Rubin's rules
 # ============================================================================================
 def _dl_start(y, v, Xd, xp):
     """DerSimonian-Laird estimate (closed form; the start of the REML iterations)."""
@@ -321,9 +322,10 @@ def _newton_step(score, obs, tr_pp, xp):
 
 
 def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
-    """REML random-effects fit, vectorised over voxels (and imputations).
+    """Random-effects fit, vectorised over voxels (and imputations), on any array back-end.
 
-    Start: DerSimonian-Laird. Update: Newton-Raphson on the REML log-likelihood
+    ``n_iter = 0``: DerSimonian-Laird (closed form). Otherwise REML from the DL value:
+    Newton-Raphson on the REML log-likelihood
     ``l(tau2) = -1/2 [sum ln(v+tau2) + ln|X'WX| + y'Py]`` with score
     ``(y'PPy - tr P)/2`` and observed information ``y'PPPy - tr(PP)/2``; where the
     log-likelihood is not locally concave the Fisher-scoring step ``(y'PPy - tr P)/tr(PP)`` of
@@ -338,7 +340,7 @@ def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
     X : ndarray (k, p), optional
         Design (intercept only when None).
     n_iter : int
-        Maximum number of updates.
+        Maximum number of REML updates (0: DerSimonian-Laird).
     xp : module
         ``numpy`` or ``cupy``.
     tol : float
@@ -421,291 +423,6 @@ def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
     return out
 
 
-# Compiled kernels: ``error_model="numpy"`` (no zero-division check, which otherwise stops
-# LLVM from vectorising any loop that divides), the number of studies ``K`` a compile-time
-# constant (a tuple of that length is passed, its length being part of its type: the loops
-# over studies are unrolled, so the loop over voxels is the innermost one and runs in
-# SIMD lanes with the per-voxel sums in registers; one cached specialisation per K), convergence counted rather than
-# max-reduced (a float max reduction is not vectorised). Measured on the 11-study data
-# (181,054 voxels, 50 imputations, one thread): 1.93 s -> 0.70 s per permutation.
-_JIT = dict(cache=True, nogil=True, fastmath=True, error_model="numpy")
-_INLINE = dict(fastmath=True, error_model="numpy")  # helpers inlined into the kernels
-
-
-def _ktype(k: int) -> tuple:
-    """A tuple of length ``k``: passed to the kernels only for its type, which carries ``k`` (the
-    number of studies) into compilation; one cached specialisation per ``k``.
-    """
-    return (0.0,) * int(k)
-
-
-@numba.njit(inline="always", **_INLINE)
-def _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb):  # pragma: no cover - compiled
-    """Effects ``y`` and variances ``v = k1 + k2 y^2`` of imputation ``j`` on voxels ``v0..``:
-    ``y = P1[0] + c P2[j]`` (``mode`` 0, subject permutations; ``P1`` holds ``J w.Z``) or
-    ``y = P1[j] + P2[j][order]`` (``mode`` 1, Freedman-Lane: reduced fit + permuted residuals).
-    """
-    for i in range(y.shape[0]):
-        a1 = k1[i]
-        a2 = k2[i]
-        if mode == 0:
-            ci = c[i]
-            for b in range(nb):
-                g = P1[0, i, v0 + b] + ci * P2[j, i, v0 + b]
-                y[i, b] = g
-                v[i, b] = a1 + a2 * g * g
-        else:
-            oi = order[i]
-            for b in range(nb):
-                g = P1[j, i, v0 + b] + P2[j, oi, v0 + b]
-                y[i, b] = g
-                v[i, b] = a1 + a2 * g * g
-
-
-@numba.njit(inline="always", **_INLINE)
-def _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out):  # pragma: no cover - compiled
-    """Rubin's rules (:func:`rubin_z`) from per-voxel sums over ``m`` imputations."""
-    for b in range(nb):
-        cm = acc[0, b] / m
-        between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-        coef_out[v0 + b] = cm
-        var_out[v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0 else 0.0)
-        tau2_out[v0 + b] = (acc[3, b] / m) ** 2
-
-
-@numba.njit(**_JIT)
-def _mean_kernel(A, c, G, k1, k2, kt, max_iter, tol, block, coef_out, var_out,
-                 tau2_out):  # pragma: no cover - compiled
-    """Intercept-only PSI meta-analysis of ``y_j = A[0] + c G_j`` fused per voxel block.
-
-    The arithmetic of :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates,
-    early stop per block of voxels of one imputation) followed by :func:`rubin_z`. The
-    REML sums use raw weighted moments (``sum w^2 (y - mu)^2 = S_w2yy - 2 mu S_w2y +
-    mu^2 S_w2``), one pass over the studies per update.
-    """
-    K = len(kt)  # known at compile time: the study loops are unrolled
-    m, _, nv = G.shape
-    y = np.empty((K, block))
-    v = np.empty((K, block))
-    t = np.empty(block)
-    acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
-    for v0 in range(0, nv, block):
-        nb = min(block, nv - v0)
-        acc[:, :nb] = 0.0
-        for j in range(m):
-            _load_block(y, v, A, G, c, c, 0, k1, k2, j, v0, nb)
-            # DerSimonian-Laird start
-            for b in range(nb):
-                sw = 0.0
-                swy = 0.0
-                sw2 = 0.0
-                swyy = 0.0
-                for i in range(K):
-                    wi = 1.0 / v[i, b]
-                    yi = y[i, b]
-                    sw += wi
-                    swy += wi * yi
-                    sw2 += wi * wi
-                    swyy += wi * yi * yi
-                den = sw - sw2 / sw
-                tt = (swyy - swy * swy / sw - (K - 1)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
-            # Newton (Fisher where the log-likelihood is not locally concave) updates
-            for _ in range(max_iter):
-                moving = 0.0
-                for b in range(nb):
-                    tb = t[b]
-                    sw = 0.0
-                    swy = 0.0
-                    sw2 = 0.0
-                    sw2y = 0.0
-                    sw2yy = 0.0
-                    sw3 = 0.0
-                    sw3y = 0.0
-                    sw3yy = 0.0
-                    for i in range(K):
-                        wi = 1.0 / (v[i, b] + tb)
-                        yi = y[i, b]
-                        w2 = wi * wi
-                        w3 = w2 * wi
-                        sw += wi
-                        swy += wi * yi
-                        sw2 += w2
-                        sw2y += w2 * yi
-                        sw2yy += w2 * yi * yi
-                        sw3 += w3
-                        sw3y += w3 * yi
-                        sw3yy += w3 * yi * yi
-                    mu = swy / sw
-                    q = sw2yy - 2.0 * mu * sw2y + mu * mu * sw2      # y'PPy
-                    q3 = sw3yy - 2.0 * mu * sw3y + mu * mu * sw3     # sum w^3 r^2
-                    s2r = sw2y - mu * sw2                              # sum w^2 r
-                    a = sw2 / sw
-                    trp = sw - a
-                    trpp = sw2 - 2.0 * sw3 / sw + a * a
-                    obs = 2.0 * (q3 - s2r * s2r / sw) - trpp
-                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                    nt = tb + (q - trp) / den
-                    nt = nt if nt > 0.0 else 0.0
-                    d = nt - tb
-                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                    t[b] = nt
-                if moving == 0.0:
-                    break
-            for b in range(nb):
-                tb = t[b]
-                sw = 0.0
-                swy = 0.0
-                for i in range(K):
-                    wi = 1.0 / (v[i, b] + tb)
-                    sw += wi
-                    swy += wi * y[i, b]
-                cf = swy / sw
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += 1.0 / sw
-                acc[3, b] += math.sqrt(tb)
-        _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
-
-
-
-@numba.njit(inline="always", **_INLINE)
-def _wls_sums(v, y, x, kt, b, tb):  # pragma: no cover - compiled
-    """``sum w, wx, wx^2, wy, wxy, wy^2`` of voxel ``b`` at ``w = 1 / (v + tb)``.
-
-    ``kt`` is a tuple as long as ``x``: its length, part of its type, is known at compile time,
-    so LLVM unrolls the loop over studies and vectorises the caller's loop over voxels.
-    """
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    s4 = 0.0
-    syy = 0.0
-    for i in range(len(kt)):
-        wi = 1.0 / (v[i, b] + tb)
-        xi = x[i]
-        yi = y[i, b]
-        wx = wi * xi
-        s0 += wi
-        s1 += wx
-        s2 += wx * xi
-        s3 += wi * yi
-        s4 += wx * yi
-        syy += wi * yi * yi
-    return s0, s1, s2, s3, s4, syy
-
-
-@numba.njit(inline="always", **_INLINE)
-def _power_sums(v, x, kt, b, tb):  # pragma: no cover - compiled
-    """``sum w^2, w^2 x, w^2 x^2, w^3, w^3 x, w^3 x^2`` of voxel ``b``."""
-    u0 = 0.0
-    u1 = 0.0
-    u2 = 0.0
-    e0 = 0.0
-    e1 = 0.0
-    e2 = 0.0
-    for i in range(len(kt)):
-        wi = 1.0 / (v[i, b] + tb)
-        xi = x[i]
-        w2 = wi * wi
-        w3 = w2 * wi
-        u0 += w2
-        u1 += w2 * xi
-        u2 += w2 * xi * xi
-        e0 += w3
-        e1 += w3 * xi
-        e2 += w3 * xi * xi
-    return u0, u1, u2, e0, e1, e2
-
-
-@numba.njit(**_JIT)
-def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, block,
-                  coef_out, var_out, tau2_out):  # pragma: no cover - compiled
-    """Two-column design ``[1, x]`` (meta-regression on one covariate), fused per block.
-
-    The effects are ``y = P1[0] + c * P2[j]`` (``mode`` 0: subject permutation) or
-    ``y = P1[j] + P2[j][order]`` (``mode`` 1: Freedman-Lane). Closed-form 2 x 2 algebra of
-    :func:`reml_fixed` (DerSimonian-Laird start, Newton/Fisher updates) and
-    :func:`rubin_z` for the hypothesis ``c0 b0 + c1 b1``.
-    """
-    K = len(kt)  # known at compile time: the study loops are unrolled
-    m, _, nv = P2.shape
-    y = np.empty((K, block))
-    v = np.empty((K, block))
-    t = np.empty(block)
-    acc = np.empty((4, block))  # sum over imputations of coef, coef^2, var, sqrt(tau2)
-    for v0 in range(0, nv, block):
-        nb = min(block, nv - v0)
-        acc[:, :nb] = 0.0
-        for j in range(m):
-            _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb)
-            # DerSimonian-Laird start
-            for b in range(nb):
-                s0, s1, s2, s3, s4, syy = _wls_sums(v, y, x, kt, b, 0.0)
-                u0, u1, u2, _, _, _ = _power_sums(v, x, kt, b, 0.0)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
-                den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
-                tt = (syy - b0 * s3 - b1 * s4 - (K - 2)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
-            for _ in range(max_iter):
-                moving = 0.0
-                for b in range(nb):
-                    tb = t[b]
-                    # short passes over the studies: one long pass is not unrolled by
-                    # LLVM and then not vectorised
-                    s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                    det = s0 * s2 - s1 * s1
-                    b0 = (s2 * s3 - s1 * s4) / det
-                    b1 = (s0 * s4 - s1 * s3) / det
-                    u0, u1, u2, e0, e1, e2 = _power_sums(v, x, kt, b, tb)
-                    q = 0.0   # sum w^2 r^2
-                    q3 = 0.0  # sum w^3 r^2
-                    r0 = 0.0  # sum w^2 r
-                    r1 = 0.0  # sum w^2 r x
-                    for i in range(K):
-                        wi = 1.0 / (v[i, b] + tb)
-                        xi = x[i]
-                        w2r = wi * wi * (y[i, b] - b0 - b1 * xi)
-                        q += w2r * (y[i, b] - b0 - b1 * xi)
-                        q3 += w2r * (y[i, b] - b0 - b1 * xi) * wi
-                        r0 += w2r
-                        r1 += w2r * xi
-                    trma = (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
-                    trmv = (s2 * e0 - 2.0 * s1 * e1 + s0 * e2) / det
-                    b00 = (s2 * u0 - s1 * u1) / det
-                    b01 = (s2 * u1 - s1 * u2) / det
-                    b10 = (s0 * u1 - s1 * u0) / det
-                    b11 = (s0 * u2 - s1 * u1) / det
-                    trp = s0 - trma
-                    trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
-                    yp3y = q3 - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
-                    obs = 2.0 * yp3y - trpp
-                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                    nt = tb + (q - trp) / den
-                    nt = nt if nt > 0.0 else 0.0
-                    d = nt - tb
-                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                    t[b] = nt
-                if moving == 0.0:
-                    break
-            for b in range(nb):
-                tb = t[b]
-                s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
-                cf = c0 * b0 + c1 * b1
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
-                acc[3, b] += math.sqrt(tb)
-        _rubin_pool(acc, m, v0, nb, coef_out, var_out, tau2_out)
-
-
-
 # ============================================================================================
 # One permutation chunk
 # ============================================================================================
@@ -733,25 +450,28 @@ class _Engine:
             A[i] = jj[i] * (codes.weights[i][b] @ self.subjects[i])
         return A, codes.c[b]
 
-    def pooled(self, codes: PermutationCodes, b: int) -> dict:
-        """Pooled coefficient, variance, z and tau2 maps of permutation ``b``."""
+    def pooled(self, codes: PermutationCodes | None, b: int = 0) -> dict:
+        """Pooled coefficient, variance, z and tau2 maps of permutation ``b`` of ``codes``.
+
+        ``codes=None`` is the identity: the imputations themselves, fitted with the estimator's
+        kernel (:func:`analysis.sdm.re_kernels.run_kernel` with ``A = 0, c = 1``), so its z map
+        is the estimator's.
+        """
         inp = self.inputs
         k1, k2 = inp.variance_coefficients()
-        nv = inp.space.n_voxels
-        if codes.method == "subjects":
+        design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
+        if codes is None:
+            if design is not None:
+                return self._compiled(design, None, inp.imputations, None, None, 0)
+            y = inp.imputations
+        elif codes.method == "subjects":
             A, c = self.study_effects(codes, b)
-            if self.backend == "numba" and inp.intercept_only:
-                coef, var, tau2 = (np.empty(nv) for _ in range(3))
-                _mean_kernel(A[None], np.asarray(c, np.float64), inp.imputations, k1, k2,
-                             _ktype(len(k1)), self.n_iter, self.tol, 16, coef, var, tau2)
-                return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
-            if self.backend == "numba" and inp.two_column:
-                return self._slope(A[None], inp.imputations, c, np.arange(len(c)), 0)
+            if design is not None:
+                return self._compiled(design, A[None], inp.imputations, c, None, 0)
             y = _LazyY(A, c, inp.imputations)
         else:
-            if self.backend == "numba" and inp.two_column:
-                return self._slope(self.fl_fit, self.fl_res, np.ones(len(inp.n1)),
-                                   codes.order[b], 1)
+            if design is not None:
+                return self._compiled(design, self.fl_fit, self.fl_res, None, codes.order[b], 1)
             y = _LazyFL(self.fl_fit, self.fl_res, codes.order[b])
         xp = array_module("cupy" if self.backend == "cupy" else "numpy")
         X = None if inp.intercept_only else inp.X
@@ -760,14 +480,12 @@ class _Engine:
         return {"coef": to_numpy(coef), "var": to_numpy(var), "z": to_numpy(z),
                 "tau2": to_numpy(tau2)}
 
-    def _slope(self, P1, P2, c, order, mode) -> dict:
+    def _compiled(self, design, P1, P2, c, order, mode) -> dict:
         inp = self.inputs
         k1, k2 = inp.variance_coefficients()
-        nv = inp.space.n_voxels
-        coef, var, tau2 = (np.empty(nv) for _ in range(3))
-        _slope_kernel(P1, P2, np.asarray(c, np.float64), np.asarray(order, np.int64), mode,
-                      inp.X[:, 1].astype(np.float64), float(inp.C[0]), float(inp.C[1]), k1, k2,
-                      _ktype(len(k1)), self.n_iter, self.tol, 16, coef, var, tau2)
+        out = run_kernel(design, P2, k1, k2, inp.X, inp.C, n_iter=self.n_iter, tol=self.tol,
+                         stats=False, A=P1, c=c, order=order, mode=mode)
+        coef, var, tau2 = (out[ROWS.index(r)] for r in ("coef", "var", "tau2"))
         return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
 
     def maxima(self, z: np.ndarray) -> tuple[float, float, float, float, np.ndarray, np.ndarray]:
@@ -855,7 +573,7 @@ class PermutationResult:
 
 
 def _freedman_lane_parts(inputs: PSIInputs, n_iter: int, tol: float, block: int):
-    """Reduced-model REML fit and residuals per imputation (float32, (m, k, V))."""
+    """Reduced-model fit and residuals per imputation (float32, (m, k, V))."""
     k1, k2 = inputs.variance_coefficients()
     red = np.flatnonzero(inputs.C == 0)
     Xr = inputs.X[:, red]
@@ -875,6 +593,7 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
                          seed: int | None = None, n_jobs: int = 1, backend: str = "numpy", *,
                          chunk_size: int | None = None, reml_iterations: int | None = None,
                          subject_fwhm_mm: float | None = None, subject_images=None,
+                         heterogeneity: str | None = None,
                          progress: bool = False) -> PermutationResult:
     """Family-wise error correction by permutation of subject images (SDM-PSI).
 
@@ -896,11 +615,15 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
         Permutations per task (default ``sdm.psi.chunk_size``).
     reml_iterations : int, optional
         Maximum Newton/Fisher updates per REML fit (default ``sdm.psi.reml_iterations``; the
-        fit stops earlier when tau2 moves less than ``sdm.psi.reml_tol``).
+        fit stops earlier when tau2 moves less than ``sdm.psi.reml_tol``); unused with
+        DerSimonian-Laird.
     subject_fwhm_mm : float, optional
         Smoothness of the preliminary subject images (default ``sdm.psi.subject_fwhm_mm``).
     subject_images : list of ndarray, optional
         Pre-made subject images (else :func:`make_subject_images`).
+    heterogeneity : {"dl", "reml"}, optional
+        Between-study variance estimator of every fit (default: the inputs', i.e. the
+        estimator's; DerSimonian-Laird as SDM-PSI).
     progress : bool
         Show a progress bar.
 
@@ -913,12 +636,14 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
     pp = psi_params(cfg)
     n_permutations = int(cfg["sdm"]["permutations"] if n_permutations is None else n_permutations)
     seed = int(cfg["seed"] if seed is None else seed)
+    inputs = PSIInputs.from_result(result_or_inputs)
+    heterogeneity = check_heterogeneity(heterogeneity or inputs.heterogeneity)
     n_iter = int(pp["reml_iterations"] if reml_iterations is None else reml_iterations)
+    n_iter = 0 if heterogeneity == "dl" else n_iter
     chunk_size = int(pp["chunk_size"] if chunk_size is None else chunk_size)
     block = int(pp["voxel_block"])
     tol = float(pp["reml_tol"])
     check_backend(backend)
-    inputs = PSIInputs.from_result(result_or_inputs)
     t0 = time.perf_counter()
     codes = make_codes(inputs, n_permutations, derive_rng(seed, "psi/permutations"))
     subjects, fl_fit, fl_res = None, None, None
@@ -932,7 +657,7 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
                      {k: v for k, v in tfce_mod.tfce_params(cfg).items()})
     t_setup = time.perf_counter() - t0
     # identity permutation: the observed maps
-    obs = engine.pooled(codes, 0)
+    obs = engine.pooled(None)
     zmax, zmin, tmax, tmin, tpos, tneg = engine.maxima(obs["z"])
     rows = [np.array([[zmax, zmin, tmax, tmin]])]
     bounds = list(range(1, n_permutations, chunk_size))
@@ -962,7 +687,8 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
             "corrp_voxel": 1 - pv, "corrp_voxel_neg": 1 - pvn, "corrp_tfce": 1 - pt,
             "corrp_tfce_neg": 1 - ptn}
     info = {"n_permutations": n_permutations, "seed": seed, "backend": backend,
-            "n_jobs": n_jobs, "chunk_size": chunk_size, "reml_iterations": n_iter,
+            "n_jobs": n_jobs, "chunk_size": chunk_size, "heterogeneity": heterogeneity,
+            "reml_iterations": n_iter,
             "imputations": int(inputs.imputations.shape[0]), "studies": len(inputs.n1),
             "voxels": int(inputs.space.n_voxels), "method": codes.method,
             "subject_fwhm_mm": float(pp["subject_fwhm_mm"] if subject_fwhm_mm is None

@@ -4,17 +4,24 @@ Every function works on arrays whose study axis is the second-to-last one and wh
 is the last one: ``(k, V)`` or ``(m, k, V)`` (``m`` imputations). The design ``X`` (``k x p``) and
 the hypothesis row ``C`` (``p``) are shared by all voxels.
 
-The model is the standard random-effects model with REML between-study variance, as in SDM-PSI
-and the ``metansue`` R package (Radua et al.; ``.tau2.reml`` and ``.metalm.meta.nsue``)::
+The model is the standard random-effects model. Its between-study variance is
+DerSimonian-Laird in its meta-regression form (``method="dl"``, SDM-PSI's default; it reproduces
+SDM-PSI's own per-imputation output, Li et al. 2023) or REML (``method="reml"``, SDM-PSI's
+``AccurateHeterogeneity``; the ``metansue`` R package, Radua et al., ``.tau2.reml``)::
 
-    W = diag(1/(v + tau2));  P = W - W X (X'WX)^-1 X'W
-    tau2 <- max(0, tau2 + (y'PPy - tr P) / tr(PP))     (Fisher scoring)
+    DL:   tau2 = max(0, (Q - df) / tr P_fe)
+    REML: W = diag(1/(v + tau2));  P = W - W X (X'WX)^-1 X'W
+          tau2 <- max(0, tau2 + (y'PPy - tr P) / info)   (Newton, Fisher scoring fallback)
     beta = (X'WX)^-1 X'Wy;   Cov = (X'WX)^-1
     Q = y' P_fe y  (fixed-effect weights 1/v);  df = k - p
     H2 = 1 + tau2 tr(P_fe) / df;  I2 = 1 - 1/H2
 
+The compiled fits of the estimator and the permutation test (:mod:`analysis.sdm.re_kernels`) are
+tested against these functions.
+
 References
 ----------
+DerSimonian R, Laird N (1986). Meta-analysis in clinical trials. Control Clin Trials 7:177-188.
 Viechtbauer W (2005). Bias and efficiency of meta-analytic variance estimators in the
 random-effects model. J Educ Behav Stat 30:261-293.
 Albajes-Eizagirre A et al. (2019). Voxel-based meta-analysis via permutation of subject images
@@ -25,7 +32,6 @@ from __future__ import annotations
 
 import logging
 
-import numba
 import numpy as np
 
 from analysis.config import load_config
@@ -172,8 +178,8 @@ def reml_tau2(y, v, X=None, max_iter: int | None = None, tol: float | None = Non
 
 
 def fit_random_effects(y, v, X=None, C=None, max_iter: int | None = None,
-                       tol: float | None = None, tau2=None) -> dict:
-    """REML random-effects meta-analysis (or meta-regression) at every voxel.
+                       tol: float | None = None, tau2=None, method: str = "dl") -> dict:
+    """Random-effects meta-analysis (or meta-regression) at every voxel.
 
     Parameters
     ----------
@@ -184,7 +190,9 @@ def fit_random_effects(y, v, X=None, C=None, max_iter: int | None = None,
     C : array-like, shape (p,), optional
         Hypothesis row (default: first coefficient).
     max_iter, tol, tau2 : optional
-        Passed to :func:`reml_tau2`.
+        Passed to :func:`reml_tau2` (REML only).
+    method : {"dl", "reml"}
+        Between-study variance estimator: DerSimonian-Laird (default, as SDM-PSI) or REML.
 
     Returns
     -------
@@ -202,18 +210,25 @@ def fit_random_effects(y, v, X=None, C=None, max_iter: int | None = None,
     X = _design(X, k)
     C = _contrast(C, X.shape[1])
     df = k - X.shape[1]
-    if tau2 is None:
-        t0 = np.maximum(0.0, y2.var(0, ddof=1) - v2.mean(0)) if k > 1 else 0 * y2[0]
-    else:
-        t0 = np.broadcast_to(np.asarray(tau2, dtype=float), shape).reshape(-1).copy()
-    tau2_hat = _reml_2d(y2, v2, X, t0, max_iter, tol)
-    w = 1.0 / (v2 + tau2_hat)
-    beta, cov, _ = _wls(y2, w, X)
     # fixed-effect heterogeneity
     wf = 1.0 / v2
     _, minv_fe, r_fe = _wls(y2, wf, X)
     q = np.maximum(0.0, (wf * r_fe * r_fe).sum(0))
     tr_pfe = wf.sum(0) - (wf * wf * _leverage(X, minv_fe)).sum(0)
+    if method == "dl":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tau2_hat = np.where(tr_pfe > 0, (q - df) / tr_pfe, 0.0)
+        tau2_hat = np.maximum(0.0, np.where(np.isfinite(tau2_hat), tau2_hat, 0.0))
+    elif method == "reml":
+        if tau2 is None:
+            t0 = np.maximum(0.0, y2.var(0, ddof=1) - v2.mean(0)) if k > 1 else 0 * y2[0]
+        else:
+            t0 = np.broadcast_to(np.asarray(tau2, dtype=float), shape).reshape(-1).copy()
+        tau2_hat = _reml_2d(y2, v2, X, t0, max_iter, tol)
+    else:
+        raise ValueError(f"method must be 'dl' or 'reml', got {method!r}")
+    w = 1.0 / (v2 + tau2_hat)
+    beta, cov, _ = _wls(y2, w, X)
     if df > 0:
         h2 = 1.0 + tau2_hat * tr_pfe / df
         i2 = np.maximum(0.0, 1.0 - 1.0 / h2)
@@ -244,160 +259,3 @@ def q_to_z(q, df) -> np.ndarray:
 
 
 __all__ = ["reml_tau2", "fit_random_effects", "q_to_z"]
-
-
-# ----------------------------------------------------------------------------- compiled fast path
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _pooled_mean_kernel(y, k1, k2, tau2_init, use_init, max_iter, tol):  # pragma: no cover
-    m, k, nv = y.shape
-    out = np.empty((7, nv))
-    block = 64
-    nblocks = (nv + block - 1) // block
-    for b in numba.prange(nblocks):
-        yi = np.empty(k)
-        vi = np.empty(k)
-        for v in range(b * block, min((b + 1) * block, nv)):
-            s_c = 0.0
-            s_c2 = 0.0
-            s_var = 0.0
-            s_tau = 0.0
-            s_i = 0.0
-            s_q = 0.0
-            s_sq = 0.0
-            s_sq2 = 0.0
-            for j in range(m):
-                ym = 0.0
-                vm = 0.0
-                for i in range(k):
-                    g = y[j, i, v]
-                    yi[i] = g
-                    vi[i] = k1[i] + k2[i] * g * g
-                    ym += g
-                    vm += vi[i]
-                ym /= k
-                vm /= k
-                if use_init:
-                    t = tau2_init[v]
-                else:
-                    ss = 0.0
-                    for i in range(k):
-                        ss += (yi[i] - ym) ** 2
-                    t = max(0.0, ss / (k - 1) - vm) if k > 1 else 0.0
-                for _ in range(max_iter):
-                    sw = 0.0
-                    swy = 0.0
-                    for i in range(k):
-                        w = 1.0 / (vi[i] + t)
-                        sw += w
-                        swy += w * yi[i]
-                    mu = swy / sw
-                    sw2 = 0.0
-                    sw3 = 0.0
-                    rr = 0.0
-                    s3r = 0.0
-                    s2r = 0.0
-                    for i in range(k):
-                        w = 1.0 / (vi[i] + t)
-                        w2 = w * w
-                        sw2 += w2
-                        sw3 += w2 * w
-                        r = yi[i] - mu
-                        rr += w2 * r * r
-                        s3r += w2 * w * r * r
-                        s2r += w2 * r
-                    tr_p = sw - sw2 / sw
-                    tr_pp = sw2 - 2.0 * sw3 / sw + (sw2 / sw) ** 2
-                    # Newton step (observed information 2 y'PPPy - tr(PP)); Fisher fallback
-                    obs = 2.0 * (s3r - s2r * s2r / sw) - tr_pp
-                    info = obs if obs > 0 else tr_pp
-                    new = t + (rr - tr_p) / info if info > 0 else t
-                    if not np.isfinite(new):
-                        new = t
-                    new = max(0.0, new)
-                    done = abs(new - t) < tol
-                    t = new
-                    if done:
-                        break
-                sw = 0.0
-                swy = 0.0
-                swf = 0.0
-                swfy = 0.0
-                swf2 = 0.0
-                for i in range(k):
-                    w = 1.0 / (vi[i] + t)
-                    sw += w
-                    swy += w * yi[i]
-                    wf = 1.0 / vi[i]
-                    swf += wf
-                    swfy += wf * yi[i]
-                    swf2 += wf * wf
-                coef = swy / sw
-                muf = swfy / swf
-                q = 0.0
-                for i in range(k):
-                    q += (yi[i] - muf) ** 2 / vi[i]
-                if k > 1:
-                    h2 = 1.0 + t * (swf - swf2 / swf) / (k - 1)
-                    i2 = max(0.0, 1.0 - 1.0 / h2)
-                else:
-                    i2 = 0.0
-                s_c += coef
-                s_c2 += coef * coef
-                s_var += 1.0 / sw
-                s_tau += np.sqrt(t)
-                s_i += np.sqrt(i2)
-                s_q += q
-                sq = np.sqrt(q)
-                s_sq += sq
-                s_sq2 += sq * sq
-            cbar = s_c / m
-            between = (s_c2 - m * cbar * cbar) / (m - 1) if m > 1 else 0.0
-            out[0, v] = cbar
-            out[1, v] = s_var / m + (1.0 + 1.0 / m) * max(between, 0.0)
-            out[2, v] = (s_tau / m) ** 2
-            out[3, v] = (s_i / m) ** 2
-            out[4, v] = s_q / m
-            sqbar = s_sq / m
-            out[5, v] = max((s_sq2 - m * sqbar * sqbar) / (m - 1), 0.0) if m > 1 else 0.0
-            out[6, v] = 0.0
-    return out
-
-
-def pooled_mean_model(imputed, k1, k2, tau2_init=None, max_iter: int | None = None,
-                      tol: float | None = None) -> dict:
-    """Intercept-only REML model of every imputation, Rubin-pooled, compiled (numba).
-
-    Same mathematics as :func:`fit_random_effects` followed by
-    :func:`analysis.sdm.rubin.pool_fits` for ``X = 1``, without the (m, k, V) float64
-    temporaries: one pass over the imputed images.
-
-    Parameters
-    ----------
-    imputed : ndarray, shape (m, k, V)
-        Imputed Hedges g (float32 or float64).
-    k1, k2 : ndarray, shape (k,)
-        Variance coefficients, ``v(g) = k1 + k2 g^2``.
-    tau2_init : ndarray (V,), optional
-        Starting tau2 (default ``max(0, var(y) - mean(v))`` per imputation).
-
-    Returns
-    -------
-    dict of (V,) arrays
-        ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df``.
-    """
-    from analysis.sdm.rubin import pool_chi2_moments
-
-    d_iter, d_tol = _defaults()
-    max_iter = d_iter if max_iter is None else int(max_iter)
-    tol = d_tol if tol is None else float(tol)
-    m, k, nv = imputed.shape
-    use = tau2_init is not None
-    t0 = np.asarray(tau2_init, dtype=float) if use else np.zeros(nv)
-    o = _pooled_mean_kernel(imputed, np.asarray(k1, float), np.asarray(k2, float), t0, use,
-                            max_iter, tol)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = o[0] / np.sqrt(o[1])
-    i2 = np.clip(o[3], 0.0, 1.0 - 1e-12)
-    qp = pool_chi2_moments(o[4], o[5], m, k - 1)
-    return {"g": o[0], "var": o[1], "z": z, "tau2": o[2], "i2": i2, "h2": 1.0 / (1.0 - i2),
-            "q": qp["Q"], "q_p": qp["p"], "df": k - 1}

@@ -48,7 +48,7 @@ def _estimator(config: dict, imputations: int, seed: int, **kw):
     cfg = config["sdm"]
     return SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
                   unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations, seed=seed,
-                  **kw)
+                  heterogeneity=cfg["heterogeneity"], **kw)
 
 
 def meta_fit_seed(config: dict) -> int:

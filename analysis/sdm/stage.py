@@ -374,14 +374,14 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
 
 
 def fit_mean_model(dataset, config: dict, imputations: int, rng):
-    """Fit the SDM-PSI mean model with the configured pre-processing (C2's estimator)."""
+    """Fit the SDM-PSI mean model with the configured pre-processing and estimator."""
     from analysis.grid import analysis_mask
     from analysis.sdm.estimator import SDMPSI
 
     cfg = config["sdm"]
     est = SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
                  unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations,
-                 seed=int(rng.integers(2**31 - 1)))
+                 heterogeneity=cfg["heterogeneity"], seed=int(rng.integers(2**31 - 1)))
     return est.fit(dataset, mask_img=analysis_mask(config))
 
 
