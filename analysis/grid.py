@@ -65,8 +65,12 @@ def brain_mask() -> nib.Nifti1Image:
 #: project folder)
 SDM_MASK_FILE = "validation/enge2021_sdm/sdm_mask.nii.gz"
 
-#: analysis masks by name (``sdm.mask`` of the configuration)
-MASKS = ("sdm_gray_matter", "mni152_gray_matter")
+#: analysis masks by name (``sdm.mask`` of the configuration), as the manuscript names them
+MASK_DESCRIPTIONS = {
+    "sdm_gray_matter": "SDM-PSI's own grey-matter mask (gray_matter_2mm)",
+    "mni152_gray_matter": "the MNI152 grey-matter template thresholded at probability 0.2",
+}
+MASKS = tuple(MASK_DESCRIPTIONS)
 
 
 @lru_cache(maxsize=1)

@@ -92,6 +92,9 @@ VALUES: dict[str, str] = {
     "n_clusters_decrease": "meta.n_clusters_decrease",
     "n_published_recovered": "meta.published_matched_within_10mm",
     "imputations": "meta.imputations",
+    "heterogeneity_estimator": "meta.heterogeneity_estimator",
+    "analysis_mask": "meta.analysis_mask",
+    "n_voxels": "meta.n_voxels",
     # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
     "permutations": "robustness.permutations",
     "metaregression_any_significant": "robustness.metaregression_any_p_below_0_05",

@@ -83,17 +83,17 @@ def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, reference_maps):
 
 @pytest.mark.slow
 def test_full_comparison_with_sdm_mod1(enge_dir, tmp_path):
-    """All 50 studies, SDM's mask, 50 imputations, v6.21 handling of unknown peaks."""
-    report = vs.run_validation(tmp_path, imputations=50, modes=("sdm621",), folder=enge_dir)
-    e = report["modes"]["sdm621"]
-    # thresholds set below the values measured on 2026-11-26 (seed 20240819): r(g) 0.887,
-    # r(z) 0.836, 3/7 SDM peaks with a local maximum within 4 mm, 6/7 within 8 mm, g at
-    # (-46,16,-10) 0.4825 vs SDM 0.4748, z there 8.54 vs 9.62
-    assert e["g_correlation"] > 0.85
-    assert e["z_correlation"] > 0.80
-    assert e["n_clusters_found"] >= 2
-    assert e["n_clusters_within_8mm"] >= 5
-    gm = e["at_global_max"]
-    assert gm["ours"]["g"] == pytest.approx(gm["sdm"]["g"], abs=0.05)
-    assert gm["ours"]["z"] > 7
+    """All 50 studies, SDM's mask, 50 imputations, v6.21 handling of unknown peaks.
+
+    From SDM's own bound maps (the statistics alone) and from the peaks alone (SDM's ``pp/``
+    maps unread), each under two seeds (the noise floor). Floors below the measured values.
+    """
+    report = vs.run_validation(tmp_path, imputations=50, folder=enge_dir)
+    runs, floor = report["runs"], report["noise_floor"]
+    assert runs["bounds"]["z_correlation"] >= vs.TARGETS["bounds_z_r"]
+    assert runs["bounds"]["z_correlation"] > runs["bounds_reml"]["z_correlation"]
+    assert floor["bounds"]["z_correlation"] > 0.99
+    assert runs["peaks"]["params"]["heterogeneity"] == "dl"
+    assert runs["peaks"]["z_correlation"] > 0.9
+    assert runs["peaks"]["n_clusters_within_8mm"] >= 5
     assert (tmp_path / "validation_sdm.md").exists()

@@ -2,23 +2,25 @@
 
 Target: model ``mod1`` (mean of 50 one-sample fMRI studies, 50 imputations) of Enge, Abdel
 Rahman & Skeide (2021, NeuroImage 241:118436; repository SkeideLab/meta_semantics, commit
-de53184, MIT licence), mirrored as dataset ``validation/enge2021_sdm`` (spec ``sdm-psi.md``
-§10). The engine runs on the same inputs (study table, peak files, SDM's own grey-matter mask,
-kernel FWHM 20 mm, anisotropy 1, 50 imputations), once per ``unknown_peak_mode``, and is
-compared with SDM's ``analysis_mod1/mod1_*`` maps:
+de53184, MIT licence), mirrored as dataset ``validation/enge2021_sdm`` (study table, peak files,
+SDM's mask, SDM's bound maps of all 50 studies in ``pp/``, the ``mod1`` maps and report). The
+engine runs with SDM-PSI's settings (SDM's mask, kernel FWHM 20 mm, anisotropy 1, v6.21's
+handling of peaks without a statistic, DerSimonian-Laird heterogeneity, 50 imputations):
 
-- voxelwise Pearson correlation and maximum absolute difference of g and SDM-Z (and the
-  correlation of tau2 and I2);
-- values at SDM's global maximum (-46,16,-10);
-- recovery of the 7 clusters of SDM's report (peaks parsed from the mirrored HTML report): our
-  SDM-Z at each published peak, and whether a local maximum of our SDM-Z with one-tailed
-  p < 0.001 lies within 4 mm of it (no FWE threshold: our permutation maxima are not part of
-  this comparison);
-- acceptance check T5 on SDM's own maps: ``z = g / sqrt(var)``, ``uncorrp = Phi(z)``,
-  ``H2 = 1 / (1 - I2)``.
+- ``peaks``: from the peak files alone (SDM's ``pp/`` maps are not read);
+- ``bounds``: from SDM's own bound maps (isolates the statistics from the kernel);
+- each under two seeds: the noise floor (imputation noise) beside every correlation;
+- ``bounds_reml``: SDM's bound maps with REML, to show what the estimator changes.
 
-Writes ``validation_sdm.json`` and ``validation_sdm.md`` (and the engine's g/z maps per mode)
-to ``--out``.
+Measures: voxelwise Pearson correlation and differences of g, SDM-Z, tau2 and I2 against SDM's
+``analysis_mod1/mod1_*`` maps; values at SDM's global maximum (-46,16,-10); for the 7 clusters of
+SDM's report, our SDM-Z at each published peak and whether a local maximum of our SDM-Z with
+one-tailed p < 0.001 lies within 4 mm; acceptance check T5 on SDM's own maps (``z = g /
+sqrt(var)``, ``uncorrp = Phi(z)``, ``H2 = 1 / (1 - I2)``). The covariate-adjusted and
+meta-regression models of the folder are not compared: their SDM-PSI outputs are not mirrored.
+
+Writes ``validation_sdm.json`` and ``validation_sdm.md`` (and the g/z/tau2/I2 maps of the
+``peaks`` and ``bounds`` runs) to ``--out``.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import DataError
+from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure, save_nifti, write_tsv
 from analysis.labels import cluster_breakdown
 from analysis.sdm.clusters import (
@@ -38,6 +39,7 @@ from analysis.sdm.clusters import (
     threshold_defaults,
     values_at_peaks,
 )
+from analysis.sdm.estimator import HETEROGENEITY_NAMES
 
 LGR = logging.getLogger(__name__)
 
@@ -366,6 +368,9 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
             for _, r in comparison.iterrows()
             if np.isfinite(r["reproduced_z_at_published_peak"])],
         "n_voxels": int(space.n_voxels),
+        "heterogeneity_estimator": HETEROGENEITY_NAMES[getattr(result, "params", {}).get(
+            "heterogeneity", config["sdm"]["heterogeneity"])],
+        "analysis_mask": MASK_DESCRIPTIONS[config["sdm"]["mask"]],
     }
 
 
