@@ -349,7 +349,7 @@ class AnisotropicKernel:
 
 
 def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
-                template=None, path_model: str = "gaussian"):
+                template=None, path_model: str = "gaussian", outside_stretch: float | None = None):
     """Kernel for a space: isotropic when ``anisotropy == 0``, else anisotropic.
 
     Parameters
@@ -362,9 +362,13 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
         Degree of anisotropy in [0, 1].
     template : str or numpy.ndarray, optional
         A stretch template (array of shape (13, X, Y, Z)) or the name of one known to
-        :func:`analysis.sdm.templates.stretch_template` (default ``"gray_matter"``).
+        :func:`analysis.sdm.templates.stretch_template` (default: config
+        ``sdm.kernel_template``, ``"enge_fit"``).
     path_model : str
         See :class:`AnisotropicKernel`.
+    outside_stretch : float, optional
+        Stretch of the straight segments from a peak outside the mask (default: config
+        ``sdm.outside_stretch``).
 
     Returns
     -------
@@ -372,11 +376,18 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
     """
     if anisotropy == 0.0:
         return IsotropicKernel(space, fwhm)
+    from analysis.config import load_config
     from analysis.sdm.templates import stretch_template
 
-    if template is None or isinstance(template, str):
-        stretch = stretch_template(template or "gray_matter", space.affine, space.shape)
+    cfg = load_config()["sdm"]
+    if template is None:
+        template = cfg.get("kernel_template", "enge_fit")
+    if isinstance(template, str):
+        stretch = stretch_template(template, space.affine, space.shape)
     else:
         stretch = np.asarray(template, dtype=float)
+    if outside_stretch is None:
+        outside_stretch = float(cfg.get("outside_stretch", 1.5))
     return AnisotropicKernel(space, stretch, fwhm=fwhm, anisotropy=anisotropy,
-                             path_model=path_model)
+                             path_model=path_model, outside_stretch=outside_stretch,
+                             outside_radius=float(cfg.get("outside_radius_mm", 16.0)))
