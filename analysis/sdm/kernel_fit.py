@@ -35,12 +35,12 @@ Limits (measured, :func:`evaluate`): see ``tests/test_sdm_preprocess.py`` (T4 te
 
 from __future__ import annotations
 
-import numpy as np
-
 import hashlib
 import logging
 import time
 from functools import lru_cache
+
+import numpy as np
 
 from analysis.sdm.kernel import OFFSETS, TRUNCATE, fwhm_to_sigma
 from analysis.sdm.space import MaskSpace
