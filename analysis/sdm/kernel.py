@@ -31,10 +31,13 @@ Anisotropic kernel (Radua et al. 2014, Front Psychiatry 5:13; spec ``sdm-psi.md`
     ``path_model="product"``; the Enge validation (tests) measures both.
 
 Peak position
-    A peak is put on the voxels whose centre lies within half a voxel of it along every axis
-    (one voxel, or both neighbours where a coordinate falls exactly between two voxel centres,
-    as SDM-PSI v6.21 does: e.g. x = -45 gives K = 1 at x = -44 and x = -46). A peak outside the
-    mask is moved to the nearest in-mask voxel (logged).
+    A peak is rounded to integer mm and put on the voxels whose centre lies within half a voxel
+    of it along every axis (one voxel, or both neighbours where a rounded coordinate is odd, as
+    SDM-PSI v6.21 does: e.g. x = -45 gives K = 1 at x = -44 and x = -46; measured on the bound
+    maps of Enge et al. 2021, NeuroImage 241:118436, see :func:`peak_position`). A peak with no
+    such voxel in the mask is NOT moved (SDM-PSI v6.21, test T5): no voxel gets K = 1 and the
+    in-mask voxels within ``outside_radius`` mm are reached along straight segments of length
+    ``outside_stretch`` times their Euclidean distance, then along the mask graph.
 
 Truncation
     Weights below ``2**-9`` are set to 0: the smallest non-zero kernel value in the SDM-PSI
