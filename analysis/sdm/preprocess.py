@@ -281,8 +281,8 @@ def _weighted(kernel, xyz, g, g_thr, nv):
 def recreation_space(space: MaskSpace) -> tuple[MaskSpace, np.ndarray | None]:
     """Where study maps are recreated for an analysis on ``space``.
 
-    Peaks outside the recreation mask are moved to its nearest voxel (SDM: a few mm onto grey
-    matter). When ``space`` is a proper sub-region of the grey-matter mask (a region-of-interest
+    Peaks outside the recreation mask keep their position; their kernel reaches the mask's
+    voxels around them (SDM-PSI v6.21, :mod:`analysis.sdm.kernel`). When ``space`` is a proper sub-region of the grey-matter mask (a region-of-interest
     restriction, ``sdm.analysis_roi_radius_mm``), the maps must still be recreated on the whole
     grey-matter mask and then restricted: recreated on the region itself, every peak elsewhere in
     the brain would be moved onto the region's edge as a full-strength known effect (found by the
@@ -326,7 +326,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
     unknown_peak_mode : {"corrected", "sdm621"}, optional
         Effect of peaks without a statistic (default: config ``sdm.unknown_peak_mode``).
     template : str or numpy.ndarray, optional
-        Stretch template of the anisotropic kernel (default ``"gray_matter"``).
+        Stretch template of the anisotropic kernel (default: config ``sdm.kernel_template``,
+        ``"enge_fit"``, :mod:`analysis.sdm.kernel_fit`).
     path_model : {"gaussian", "product"}, optional
         See :class:`analysis.sdm.kernel.AnisotropicKernel` (default: config
         ``sdm.path_model``).
