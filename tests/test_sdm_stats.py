@@ -158,7 +158,8 @@ def test_mle_compiled_matches_numpy_path(rng):
     lo, up, n1, n2 = _random_bounds(rng, nv=80)
     a = mn.censored_mle(lo, up, n1, n2, compiled=True)
     b = mn.censored_mle(lo, up, n1, n2, compiled=False)
-    # same grid-based candidate search and exact refits; golden section on tau: 1e-5
+    # exact leave-n-out in both (every candidate that can win is refitted); golden section on
+    # tau: 1e-5
     np.testing.assert_allclose(a["beta"], b["beta"], atol=1e-6)
     np.testing.assert_allclose(a["tau2"], b["tau2"], atol=1e-5)
 

@@ -29,16 +29,42 @@ def _negll_coef(beta, X, lo, up, k1, k2, keep):
     v = k1 + k2 * y * y
     out = 0.5 * np.sum((y[known] - mu[known]) ** 2 / v[known])
     s_up = np.sqrt(k1 + k2 * up * up)
-    s_lo = s_up  # metansue 2.6: the SE at the upper bound for both bounds
+    s_lo = np.sqrt(k1 + k2 * lo * lo)  # bound-specific scales
     c = ~known
-    pr = norm.cdf((up[c] - mu[c]) / s_up[c]) - norm.cdf((lo[c] - mu[c]) / s_lo[c])
+    pr = _interval_prob((lo[c] - mu[c]) / s_lo[c], (up[c] - mu[c]) / s_up[c])
     return out - np.sum(np.log(np.maximum(pr, 1e-300)))
+
+
+def _interval_prob(a, b):
+    """Phi(b) - Phi(a), from the upper tail where both arguments are positive (no cancellation
+    of two probabilities close to 1).
+    """
+    return np.where(a > 0, norm.sf(a) - norm.sf(b), norm.cdf(b) - norm.cdf(a))
+
+
+def _mean_interval(lo, up, k1, k2):
+    """[min lower, max upper], narrowed to where every censored probability
+    Phi((up - mu)/s_up) - Phi((lo - mu)/s_lo) is positive.
+    """
+    a, b = lo.min(), up.max()
+    c = np.abs(up - lo) >= KNOWN_TOL
+    s_lo, s_up = np.sqrt(k1 + k2 * lo * lo)[c], np.sqrt(k1 + k2 * up * up)[c]
+    slope = 1.0 / s_lo - 1.0 / s_up
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = (lo[c] / s_lo - up[c] / s_up) / slope
+    room = 1e-6 * (1.0 + np.abs(cross))
+    lo_side = slope > 1e-12
+    hi_side = slope < -1e-12
+    a2 = max(a, np.max(cross[lo_side] + room[lo_side], initial=-np.inf))
+    b2 = min(b, np.min(cross[hi_side] - room[hi_side], initial=np.inf))
+    return (a2, b2) if a2 <= b2 else (a, b)
 
 
 def _fit_coef(X, lo, up, k1, k2, keep):
     if X.shape[1] == 1:
-        a = min(lo[keep].min(), up[keep].min())
-        b = max(lo[keep].max(), up[keep].max())
+        a, b = _mean_interval(lo[keep], up[keep], k1[keep], k2[keep])
+        if b - a < 1e-12:
+            return np.array([a])
         res = optimize.minimize_scalar(lambda m: _negll_coef(np.array([m]), X, lo, up, k1, k2,
                                                              keep),
                                        bounds=(a, b), method="bounded",
@@ -87,7 +113,7 @@ def mle_voxel(lo, up, n1, n2=None, X=None, C=None, leave_n_out="auto") -> dict:
         c = ~known
         s_lo = np.sqrt(k1[c] + k2[c] * lo[c] ** 2 + t2)
         s_up = np.sqrt(k1[c] + k2[c] * up[c] ** 2 + t2)
-        pr = norm.cdf((up[c] - mu[c]) / s_up) - norm.cdf((lo[c] - mu[c]) / s_lo)
+        pr = _interval_prob((lo[c] - mu[c]) / s_lo, (up[c] - mu[c]) / s_up)
         return f - np.sum(np.log(np.maximum(pr, 1e-300)))
 
     # global search: fine grid in tau then bounded Brent around the best grid point
