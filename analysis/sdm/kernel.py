@@ -147,6 +147,25 @@ def _tree(space: MaskSpace) -> cKDTree:
     return _TREES[key]
 
 
+def mask_edges(space: MaskSpace):
+    """All in-mask 26-neighbour edges once: ``(src, dst, offset number, length mm)``."""
+    vox = np.abs(np.diag(space.affine)[:3])
+    shape = np.array(space.shape)
+    src_l, dst_l, n_l, len_l = [], [], [], []
+    for n, off in enumerate(OFFSETS):
+        nb = space.ijk + off
+        ok = np.all((nb >= 0) & (nb < shape), axis=1)
+        src = np.nonzero(ok)[0]
+        dst = space._index[tuple(nb[ok].T)]
+        keep = dst >= 0
+        src_l.append(src[keep])
+        dst_l.append(dst[keep])
+        n_l.append(np.full(keep.sum(), n, dtype=np.int8))
+        len_l.append(np.full(keep.sum(), float(np.linalg.norm(off * vox))))
+    return (np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(n_l),
+            np.concatenate(len_l))
+
+
 @dataclass
 class IsotropicKernel:
     """Isotropic Gaussian kernel ``exp(-d^2 / (2 sigma^2))`` truncated at ``truncate``.
@@ -240,27 +259,12 @@ class AnisotropicKernel:
     def _build_graph(self) -> sparse.csr_matrix:
         """Symmetric sparse graph of in-mask 26-neighbours with edge length ``l * s`` (mm)."""
         sp = self.space
-        vox = np.abs(np.diag(sp.affine)[:3])
-        rows, cols, vals = [], [], []
-        shape = np.array(sp.shape)
-        for n, off in enumerate(OFFSETS):
-            nb = sp.ijk + off
-            ok = np.all((nb >= 0) & (nb < shape), axis=1)
-            src = np.nonzero(ok)[0]
-            dst = sp._index[tuple(nb[ok].T)]
-            keep = dst >= 0
-            src, dst = src[keep], dst[keep]
-            length = float(np.linalg.norm(off * vox))
-            s = self.stretch[n][tuple(sp.ijk[src].T)]
-            w = length * s
-            good = np.isfinite(w) & (w > 0)
-            rows.append(src[good])
-            cols.append(dst[good])
-            vals.append(w[good])
-        r = np.concatenate(rows)
-        c = np.concatenate(cols)
-        v = np.concatenate(vals)
-        g = sparse.coo_matrix((v, (r, c)), shape=(sp.n_voxels, sp.n_voxels)).tocsr()
+        src, dst, n, length = mask_edges(sp)
+        ijk = sp.ijk[src]
+        w = length * self.stretch[n, ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+        good = np.isfinite(w) & (w > 0)
+        g = sparse.coo_matrix((w[good], (src[good], dst[good])),
+                              shape=(sp.n_voxels, sp.n_voxels)).tocsr()
         # symmetric by construction; Dijkstra then runs with directed=True (no re-symmetrising)
         return (g + g.T).tocsr()
 

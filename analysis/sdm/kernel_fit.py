@@ -42,7 +42,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from analysis.sdm.kernel import OFFSETS, TRUNCATE, fwhm_to_sigma
+from analysis.sdm.kernel import OFFSETS, TRUNCATE, fwhm_to_sigma, mask_edges
 from analysis.sdm.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
@@ -65,25 +65,6 @@ def virtual_distance(k, sigma) -> np.ndarray:
     ok = k >= TRUNCATE * (1 - 1e-3)
     out[ok] = sigma * np.sqrt(2.0 * np.log(1.0 / np.clip(k[ok], 1e-300, 1.0)))
     return out
-
-
-def mask_edges(space: MaskSpace):
-    """All in-mask 26-neighbour edges once: ``(src, dst, offset number, length mm)``."""
-    vox = np.abs(np.diag(space.affine)[:3])
-    shape = np.array(space.shape)
-    src_l, dst_l, n_l, len_l = [], [], [], []
-    for n, off in enumerate(OFFSETS):
-        nb = space.ijk + off
-        ok = np.all((nb >= 0) & (nb < shape), axis=1)
-        src = np.nonzero(ok)[0]
-        dst = space._index[tuple(nb[ok].T)]
-        keep = dst >= 0
-        src_l.append(src[keep])
-        dst_l.append(dst[keep])
-        n_l.append(np.full(keep.sum(), n, dtype=np.int8))
-        len_l.append(np.full(keep.sum(), float(np.linalg.norm(off * vox))))
-    return (np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(n_l),
-            np.concatenate(len_l))
 
 
 def fit_edge_stretch(space: MaskSpace, kernels, sigma: float, *, plateau: float = 1e-5):

@@ -78,6 +78,20 @@ def _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb):  # pragma: no 
 
 
 @numba.njit(inline="always", **_INLINE)
+def _reml_update(t, b, tb, score, trp, trpp, obs, tol):  # pragma: no cover - compiled
+    """One REML update of voxel ``b``: Newton on the restricted log-likelihood where it is
+    locally concave (observed information ``obs > 0``), else Fisher scoring (``tr(PP)``);
+    clipped at 0. Returns 1 when tau2 moved by ``tol`` or more.
+    """
+    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
+    nt = tb + (score - trp) / den
+    nt = nt if nt > 0.0 else 0.0
+    t[b] = nt
+    d = nt - tb
+    return 1.0 if (d >= tol or d <= -tol) else 0.0
+
+
+@numba.njit(inline="always", **_INLINE)
 def _rubin_pool(acc, m, v0, nb, out, stats):  # pragma: no cover - compiled
     """Rubin's rules from per-voxel sums over ``m`` imputations into ``out[:, v0:v0 + nb]``."""
     for b in range(nb):
@@ -186,12 +200,7 @@ def _mean_kernel(A, c, G, k1, k2, kt, max_iter, tol, block, out,
                     trp = sw - a
                     trpp = sw2 - 2.0 * sw3 / sw + a * a
                     obs = 2.0 * (q3 - s2r * s2r / sw) - trpp
-                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                    nt = tb + (q - trp) / den
-                    nt = nt if nt > 0.0 else 0.0
-                    d = nt - tb
-                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                    t[b] = nt
+                    moving += _reml_update(t, b, tb, q, trp, trpp, obs, tol)
                 if moving == 0.0:
                     break
             for b in range(nb):
@@ -326,12 +335,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
                     trpp = u0 - 2.0 * trmv + b00 * b00 + 2.0 * b01 * b10 + b11 * b11
                     yp3y = q3 - (s2 * r0 * r0 - 2.0 * s1 * r0 * r1 + s0 * r1 * r1) / det
                     obs = 2.0 * yp3y - trpp
-                    den = obs if obs > 0.0 else (trpp if trpp > 0.0 else math.inf)
-                    nt = tb + (q - trp) / den
-                    nt = nt if nt > 0.0 else 0.0
-                    d = nt - tb
-                    moving += 1.0 if (d >= tol or d <= -tol) else 0.0
-                    t[b] = nt
+                    moving += _reml_update(t, b, tb, q, trp, trpp, obs, tol)
                 if moving == 0.0:
                     break
             for b in range(nb):
