@@ -3,7 +3,9 @@ atomic stages, reproducible outputs and verified caches (each case a regression 
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -322,3 +324,222 @@ def test_meta_refuses_negative_permutations(capsys, tmp_path):
                       "--permutations", bad])
         assert exc.value.code == 2
         assert "--permutations" in capsys.readouterr().err
+
+
+# --- 6. configuration schema and overrides --------------------------------------------------------
+
+
+def test_config_unknown_key_is_named_with_the_closest_key():
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config({"sdm": {"analysis_roi_radius": 20}})
+    assert info.value.key == "sdm.analysis_roi_radius"
+    assert "did you mean 'analysis_roi_radius_mm'" in str(info.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"sdm": {"imputations": "fifty"}}, "sdm.imputations"),
+    ({"sdm": {"imputations": 0}}, "sdm.imputations"),
+    ({"sdm": {"psi": {"backend": "fortran"}}}, "sdm.psi.backend"),
+    ({"sdm": {"tfce": {"E": "half"}}}, "sdm.tfce.E"),
+    ({"seed": 1.5}, "seed"),
+    ({"characterisation": {"decoding_voxel_level": "yes"}}, "characterisation.decoding_voxel_level"),
+])
+def test_config_wrong_type_names_the_key(override, key):
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(override)
+    assert info.value.key == key
+
+
+def test_misspelt_key_in_config_file(tmp_path, monkeypatch):
+    from analysis import config
+    from analysis.errors import ConfigError
+
+    text = config.CONFIG_PATH.read_text().replace("imputations_quick:", "imputation_quick:")
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text)
+    monkeypatch.setattr(config, "CONFIG_PATH", bad)
+    config._load_default.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as info:
+            config.load_config()
+        assert info.value.source == "config.yaml"
+        assert info.value.key == "sdm.imputation_quick"
+    finally:
+        monkeypatch.undo()
+        config._load_default.cache_clear()
+
+
+def test_set_overrides_are_parsed_and_validated(tmp_path):
+    from analysis.commands.run import config_from_args
+    from analysis.config import parse_overrides
+    from analysis.errors import ConfigError
+
+    assert parse_overrides(["sdm.imputations=20", "sdm.psi.backend=numpy",
+                            "sdm.analysis_roi_radius_mm=null"]) == {
+        "sdm": {"imputations": 20, "psi": {"backend": "numpy"}, "analysis_roi_radius_mm": None}}
+    parser = cli.build_parser()
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("sdm:\n  imputations: 7\n  permutations: 30\n")
+    args = parser.parse_args(["run", "--config", str(extra), "--set", "sdm.imputations=20"])
+    cfg = config_from_args(args)
+    assert cfg["sdm"]["imputations"] == 20 and cfg["sdm"]["permutations"] == 30
+    for bad in (["sdm.imputations"], ["=3"], ["sdm..x=1"]):
+        with pytest.raises(ConfigError):
+            parse_overrides(bad)
+
+
+def test_run_refuses_bad_override_before_any_stage(results_tmp, capsys):
+    assert cli.main(["run", "--stage", "figure1", "--set", "sdm.imputations=fifty"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "key 'sdm.imputations'" in err and "--set" in err
+    assert cli.main(["run", "--set", "sdm.analysis_roi_radius=20"]) == 1
+    assert "did you mean 'analysis_roi_radius_mm'" in capsys.readouterr().err
+    assert not results_tmp.exists()
+
+
+def test_run_stages_validates_a_given_config(tmp_path):
+    from analysis import pipeline
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    cfg = load_config()
+    cfg["sdm"]["imputations"] = "fifty"
+    with pytest.raises(ConfigError, match="sdm.imputations"):
+        pipeline.run_stages(["figure1"], config=cfg, results_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_stage_key_ignores_result_neutral_keys(tmp_path):
+    from analysis import pipeline
+    from analysis.config import load_config
+
+    stage = pipeline.Stage("toy", "x:y", sources=["config.py"])
+
+    def key(**sdm):
+        return pipeline.stage_key(stage, load_config({"sdm": sdm}), tmp_path, False, {})
+
+    k0 = key()
+    assert key(psi={"n_jobs": 1}) == k0 == key(psi={"n_jobs": 7})
+    assert key(imputations=20) != k0
+    assert key(psi={"chunk_size": 5}) != k0
+
+
+# --- 7. atomic stages, stale staging, lock ---------------------------------------------------------
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A one-stage pipeline writing tables/toy.tsv and figures/toy.png (content per run)."""
+    from analysis import pipeline
+
+    state = {"content": "v1", "values": {"n": 1}}
+
+    def produce(ctx):
+        ctx.out("figures/toy.png").write_text(state["content"])
+        ctx.out("tables/toy.tsv").write_text(state["content"])
+        return dict(state["values"])
+
+    stage = pipeline.Stage("toy", "x:y", sources=["config.py"])
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: produce)
+    monkeypatch.setattr(pipeline, "STAGES", [stage])
+    data, results = tmp_path / "data", tmp_path / "results"
+    data.mkdir()
+    return state, dict(data_dir=data, results_dir=results), results
+
+
+def test_stage_commit_is_all_or_nothing_when_a_folder_is_unusable(toy):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    results.mkdir()
+    (results / "values").write_text("a file where the values folder should be")
+    with pytest.raises(OSError):
+        pipeline.run_stages(**kw)
+    assert not (results / "figures").exists() and not (results / "tables").exists()
+    assert not (results / ".stages" / "toy.json").exists()
+    assert not (results / ".staging").exists()
+
+
+def test_stage_commit_rolls_back_to_the_previous_files(toy, monkeypatch):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    state["content"] = "v2"
+    real = pipeline.write_json
+
+    def failing(path, obj):
+        if ".stages" in str(path):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(pipeline, "write_json", failing)
+    with pytest.raises(OSError):
+        pipeline.run_stages(force=True, **kw)
+    assert (results / "figures/toy.png").read_text() == "v1"
+    assert (results / "tables/toy.tsv").read_text() == "v1"
+    assert not (results / ".stages" / "toy.json").exists()  # the next run recomputes
+    monkeypatch.setattr(pipeline, "write_json", real)
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    assert (results / "tables/toy.tsv").read_text() == "v2"
+
+
+def test_stale_staging_of_dead_processes_is_removed(toy):
+    from analysis import pipeline
+
+    _, kw, results = toy
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = results / ".staging" / f"toy-{dead}"
+    (stale / "figures").mkdir(parents=True)
+    (stale / "figures" / "half.png").write_text("x")
+    pipeline.run_stages(**kw)
+    assert not stale.exists() and not (results / ".staging").exists()
+
+
+def test_second_run_on_the_same_results_is_refused(toy, capsys):
+    from analysis import pipeline
+    from analysis.errors import ResultsLocked
+
+    _, kw, results = toy
+    with pipeline.results_lock(results):
+        with pytest.raises(ResultsLocked, match="another run .* this results folder"):
+            pipeline.run_stages(**kw)
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}  # released
+
+
+# --- 8. permissions and byte-reproducible values ---------------------------------------------------
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_honour_the_umask(tmp_path, umask, mode):
+    from analysis.io import write_json, write_text
+
+    old = os.umask(umask)
+    try:
+        a = write_json(tmp_path / "a.json", {"x": 1})
+        b = write_text(tmp_path / "sub" / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(a.stat().st_mode) == mode and stat.S_IMODE(b.stat().st_mode) == mode
+
+
+def test_timings_go_to_the_manifest_and_values_are_byte_identical(toy):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    state["values"] = {"n": 1, "seconds": 12.3, "psi_seconds": 4.5}
+    pipeline.run_stages(**kw)
+    first = (results / "values.json").read_bytes()
+    assert "seconds" not in json.loads(first)["toy"]
+    manifest = json.loads((results / ".stages" / "toy.json").read_text())
+    assert manifest["timings"]["psi_seconds"] == 4.5 and manifest["timings"]["seconds"] > 0
+    state["values"]["seconds"] = 99.0
+    pipeline.run_stages(force=True, **kw)
+    assert (results / "values.json").read_bytes() == first
