@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from analysis import cli
@@ -543,3 +544,42 @@ def test_timings_go_to_the_manifest_and_values_are_byte_identical(toy):
     state["values"]["seconds"] = 99.0
     pipeline.run_stages(force=True, **kw)
     assert (results / "values.json").read_bytes() == first
+
+
+# --- 9. derived caches carry and verify their source checksums -------------------------------------
+
+
+def test_incidence_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, caplog):
+    import pandas as pd
+
+    from analysis.characterisation import databases as db_mod
+
+    monkeypatch.setattr(db_mod, "cache_dir", lambda: tmp_path)
+    foci = pd.DataFrame({"id": [1, 1, 2, 3], "x": [0.0, 40, -30, 10],
+                         "y": [20.0, -20, 10, -60], "z": [30.0, 10, 0, 20]})
+
+    def fresh():  # a new object: no in-memory copy of the matrix
+        return db_mod.CoordinateDB("toy", foci.assign(study=[0, 0, 1, 2]), np.array([1, 2, 3]),
+                                   "ab" * 32)
+
+    ref = fresh().incidence(6)
+    folder = tmp_path / "characterisation"
+    record = json.loads(next(folder.glob("*.json")).read_text())
+    assert record["source"]["coordinates_sha256"] == "ab" * 32
+    assert set(record["sha256"]) == {"indices", "indptr"}
+    # corrupt the cached matrix: detected, rebuilt, same result
+    indices = next(folder.glob("*-indices.npy"))
+    raw = bytearray(indices.read_bytes())
+    raw[-1] ^= 0xFF
+    indices.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = fresh().incidence(6)
+    assert "fails its checksum" in caplog.text
+    assert (again != ref).nnz == 0
+    # a cache without a record (older layout or interrupted write) is not trusted either
+    next(folder.glob("*.json")).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert (fresh().incidence(6) != ref).nnz == 0
+    assert "no checksum record" in caplog.text
+    assert next(folder.glob("*.json")).exists()
