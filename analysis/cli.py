@@ -13,7 +13,7 @@ import logging
 import sys
 
 from analysis import __version__
-from analysis.errors import DataError, DataErrors
+from analysis.errors import ConfigError, DataError, DataErrors, ResultsLocked
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,11 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"analysis {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (module, help_) in COMMANDS.items():
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_, description=help_)
         mod.configure_parser(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error (default: one line)")
         p.set_defaults(_module=module)
     return parser
 
@@ -59,6 +63,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run_command(args) or 0)
-    except (DataError, DataErrors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 (the command line's one boundary)
+        if args.debug:
+            raise
+        for line in error_lines(exc):
+            print(f"error: {line}", file=sys.stderr)
         return 1
+
+
+def error_lines(exc: BaseException) -> list[str]:
+    """The one-line message(s) the command line prints for an error (one per data error).
+
+    Located errors (data, configuration, fetch, file system, results lock, bad values) give
+    their own message, which names the file, row and field or the configuration key; anything
+    else is an internal error, reported with its type and a pointer to ``--debug``.
+    """
+    from analysis.fetch import FetchError
+
+    if isinstance(exc, DataErrors):
+        return [f"{len(exc.errors)} data error(s)"] + [_one_line(e) for e in exc.errors]
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return [f"{exc.strerror or type(exc).__name__}: {exc.filename}"]
+    if isinstance(exc, DataError | ConfigError | FetchError | ResultsLocked | OSError
+                  | ValueError):
+        return [_one_line(exc)]
+    return [f"internal error ({type(exc).__name__}: {_one_line(exc)}); run with --debug for "
+            "the traceback"]
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

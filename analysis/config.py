@@ -3,46 +3,326 @@
 Every preregistered parameter lives in ``analysis/config.yaml``; this module loads it and derives
 per-stage random streams from the one seed (one stream per stage name, so adding a stage never
 changes the numbers of another; compare NiMARE PR #1152).
+
+The configuration is checked against a typed schema (:class:`ConfigSchema`, pydantic, strict:
+no silent conversion) when it is read and after every override (:func:`load_config`,
+:func:`parse_overrides` for ``run --set section.key=value``): an unknown or misspelt key, or a
+value of the wrong type or range, is a :class:`analysis.errors.ConfigError` naming the dotted
+key, raised before any stage runs. Keys that cannot change a result (:data:`RESULT_NEUTRAL`,
+e.g. the number of parallel jobs) are left out of the stage keys (:func:`result_config`).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from analysis.errors import ConfigError
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
+
+#: Dotted keys that cannot change any result (outputs are byte-identical whatever their value):
+#: left out of the stage keys, so changing them reuses every cached stage.
+RESULT_NEUTRAL = ("sdm.psi.n_jobs", "manuscript")
+
+PosInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Prob = Annotated[float, Field(gt=0, lt=1)]
+Connectivity = Literal[6, 18, 26]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class GridConfig(_Section):
+    voxel_mm: PosFloat
+    shape: Annotated[list[PosInt], Field(min_length=3, max_length=3)]
+    affine: Annotated[list[Annotated[list[float], Field(min_length=4, max_length=4)]],
+                      Field(min_length=4, max_length=4)]
+
+
+class DataConfig(_Section):
+    corrected_voxel_p: Prob
+    mask_tolerance_mm: NonNegFloat
+    t_below_threshold_tolerance: NonNegFloat
+
+
+class TemplateConfig(_Section):
+    s0: NonNegFloat
+    beta: float
+    gamma: NonNegFloat
+
+
+class ThresholdConfig(_Section):
+    p_uncorrected: Prob
+    peak_z: float
+    min_cluster_voxels: PosInt
+    connectivity: Connectivity
+
+
+class PsiConfig(_Section):
+    reml_iterations: PosInt
+    reml_tol: PosFloat
+    subject_fwhm_mm: NonNegFloat
+    chunk_size: PosInt
+    voxel_block: PosInt
+    backend: Literal["numpy", "numba", "cupy"]
+    n_jobs: int
+
+
+class RobustnessConfig(_Section):
+    fwe_alpha: Prob
+    jackknife_group: str
+    subgroup_column: str
+    subgroup_min_studies: PosInt
+    metaregression_permutations: NonNegInt
+
+
+class TfceConfig(_Section):
+    E: PosFloat
+    H: PosFloat
+    n_steps: PosInt
+    connectivity: Connectivity
+
+
+class SdmConfig(_Section):
+    fwhm_mm: PosFloat
+    anisotropy: NonNegFloat
+    mask: Literal["sdm_gray_matter", "mni152_gray_matter"]
+    unknown_peak_mode: Literal["corrected", "sdm621"]
+    path_model: str
+    combine: str
+    kernel_template: Literal["enge_fit", "gray_matter", "uniform"]
+    outside_stretch: PosFloat
+    outside_radius_mm: PosFloat
+    template: TemplateConfig
+    imputations: PosInt
+    imputations_quick: PosInt
+    analysis_roi_radius_mm: PosFloat | None
+    heterogeneity: Literal["dl", "reml"]
+    reml_max_iter: PosInt
+    reml_tol: PosFloat
+    leave_n_out: Literal["auto"] | NonNegInt
+    threshold: ThresholdConfig
+    local_peak_min_distance_mm: NonNegFloat
+    permutations: NonNegInt
+    permutations_quick: NonNegInt
+    psi: PsiConfig
+    robustness: RobustnessConfig
+    tfce: TfceConfig
+    covariates: list[str]
+
+
+class SimulationValidationConfig(_Section):
+    n_range: Annotated[list[PosInt], Field(min_length=2, max_length=2)]
+    p_uncorrected: Prob
+
+
+class SimulationConfig(_Section):
+    generator_version: str
+    smoothness_fwhm_mm: PosFloat
+    heterogeneity_tau: NonNegFloat
+    local_max_min_distance_mm: NonNegFloat
+    local_max_per_cluster: PosInt
+    effect_fwhm_mm: PosFloat
+    cluster_connectivity: Connectivity
+    cluster_extent_voxels: NonNegInt
+    max_peaks_per_study: PosInt
+    validation: SimulationValidationConfig
+
+
+class LabelsConfig(_Section):
+    nearest_max_mm: NonNegFloat
+    prob_threshold_pct: Annotated[float, Field(ge=0, le=100)]
+
+
+class CharacterisationConfig(_Section):
+    seeds_published: list[Annotated[list[float], Field(min_length=3, max_length=3)]]
+    seeds_published_direction: list[Literal["increase", "decrease"]]
+    macm_radius_mm: PosFloat
+    macm_kernel_radius_mm: PosFloat
+    macm_fdr_q: Prob
+    macm_min_study_fraction: Annotated[float, Field(ge=0, lt=1)]
+    macm_old_rule_threshold: Prob
+    rsfc_r_threshold: Annotated[float, Field(ge=-1, le=1)]
+    rsfc_n_subjects: PosInt
+    top_terms: PosInt
+    rsfc_max_vertex_mm: NonNegFloat
+    conjunction_min_cluster_voxels: NonNegInt
+    yeo7_networks: Annotated[list[str], Field(min_length=7, max_length=7)]
+    decoding_min_term_studies: NonNegInt
+    decoding_term_category: str
+    decoding_lda_presence: Prob
+    decoding_voxel_level: bool
+
+
+class ManuscriptConfig(_Section):
+    test_overrides: dict[str, Any]
+    test_skip_stages: list[str]
+
+
+class ConfigSchema(_Section):
+    """The whole configuration: every section and key of ``config.yaml``, typed."""
+
+    seed: NonNegInt
+    grid: GridConfig
+    data: DataConfig
+    sdm: SdmConfig
+    simulation: SimulationConfig
+    labels: LabelsConfig
+    characterisation: CharacterisationConfig
+    manuscript: ManuscriptConfig
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (sub)section at ``loc`` (for "did you mean" hints)."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def validate_config(cfg: Any, source: str = "configuration",
+                    _with_test_overrides: bool = True) -> dict[str, Any]:
+    """Check a configuration against :class:`ConfigSchema`; return it unchanged.
+
+    Parameters
+    ----------
+    cfg : dict
+        The whole configuration.
+    source : str
+        Where it came from (named in the error).
+
+    Raises
+    ------
+    ConfigError
+        The first unknown key (with the closest known key), missing key or wrong value, as
+        its dotted path.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError("<root>", f"expected a mapping of sections, got {type(cfg).__name__}",
+                          source)
+    try:
+        ConfigSchema.model_validate(cfg)
+    except ValidationError as exc:
+        # an unknown key first: a misspelt key also makes the right one "missing"
+        err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(ConfigSchema, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {known}"
+            raise ConfigError(key, f"unknown key{hint}", source) from None
+        if err["type"] == "missing":
+            raise ConfigError(key, "required key is missing", source) from None
+        raise ConfigError(key, f"{err['msg']} (got {err.get('input')!r})", source) from None
+    tests = cfg["manuscript"]["test_overrides"]
+    if tests and _with_test_overrides:  # the test suite's overrides obey the same schema
+        merged = copy.deepcopy(cfg)
+        _merge(merged, copy.deepcopy(tests))
+        validate_config(merged, f"{source} (manuscript.test_overrides)", False)
+    return cfg
 
 
 @lru_cache(maxsize=1)
 def _load_default() -> dict[str, Any]:
-    with CONFIG_PATH.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    try:
+        with CONFIG_PATH.open(encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError("<file>", f"not valid YAML ({exc})", CONFIG_PATH.name) from None
+    return validate_config(cfg, CONFIG_PATH.name)
 
 
-def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Return a fresh copy of the configuration, with optional nested overrides.
+def load_config(overrides: dict[str, Any] | None = None,
+                source: str = "override") -> dict[str, Any]:
+    """Return a fresh copy of the configuration, with optional nested overrides (validated).
 
     Parameters
     ----------
     overrides : dict, optional
         Nested mapping merged over the defaults, e.g. ``{"sdm": {"imputations": 5}}``.
+    source : str
+        Name of the overrides' origin in errors (e.g. ``--set``).
 
     Returns
     -------
     dict
         The configuration.
+
+    Raises
+    ------
+    ConfigError
+        ``config.yaml`` or the merged overrides break the schema (unknown key, wrong type).
     """
     cfg = copy.deepcopy(_load_default())
     if overrides:
-        _merge(cfg, overrides)
+        if not isinstance(overrides, dict):
+            raise ConfigError("<root>", "overrides must be a mapping", source)
+        _merge(cfg, copy.deepcopy(overrides))
+        validate_config(cfg, source)
     return cfg
+
+
+def parse_overrides(assignments: list[str], source: str = "--set") -> dict[str, Any]:
+    """Nested overrides from ``section.key=value`` strings (values read as YAML scalars/lists).
+
+    ``["sdm.imputations=20", "sdm.psi.backend=numpy"]`` gives
+    ``{"sdm": {"imputations": 20, "psi": {"backend": "numpy"}}}``. The result is validated
+    by :func:`load_config` like any override.
+
+    Raises
+    ------
+    ConfigError
+        An assignment without ``=`` or with an empty key, or a value that is not YAML.
+    """
+    out: dict[str, Any] = {}
+    for text in assignments or []:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or any(not p for p in parts):
+            raise ConfigError(key or text, "expected section.key=value", source)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(key, f"value {value!r} is not valid YAML", source) from None
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(key, "assigned both as a value and as a section", source)
+        node[parts[-1]] = parsed
+    return out
+
+
+def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The configuration without the :data:`RESULT_NEUTRAL` keys (what stage keys hash)."""
+    out = copy.deepcopy(cfg)
+    for dotted in RESULT_NEUTRAL:
+        node = out
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
 
 
 def _merge(base: dict, extra: dict) -> None:

@@ -16,6 +16,13 @@ Statistics → t (sdm-psi spec §2.3; Enge et al. 2021)
 
 Upper-tail functions (``isf``/``sf``) are used throughout so that very small p and large z keep
 full precision.
+
+Plausibility bounds
+    No fMRI group comparison reaches ``|t| > 100`` or ``|z| > 30`` (published peaks rarely
+    exceed 15); larger values are typing or unit errors (or a software's "infinity") and would
+    dominate, or overflow, the effect-size recreation. :data:`MAX_ABS_T` and :data:`MAX_ABS_Z`
+    are enforced on every peak and threshold the data layer reads (also after converting z or
+    p to t).
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import numpy as np
 from scipy import stats
 
 LGR = logging.getLogger(__name__)
+
+#: Largest |t| accepted for a peak or a voxel threshold (see "Plausibility bounds").
+MAX_ABS_T = 100.0
+#: Largest |z| accepted for a peak.
+MAX_ABS_Z = 30.0
 
 #: Lancaster et al. (2007) MNI → Talairach affines (BrainMap icbm_*2tal.m).
 LANCASTER = {

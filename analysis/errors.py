@@ -1,4 +1,8 @@
-"""Errors with the location of the problem (file, row, field)."""
+"""Errors with the location of the problem (file, row, field; configuration key; results folder).
+
+The command line (:mod:`analysis.cli`) turns each of them into a one-line ``error:`` message and
+a non-zero exit status; the traceback is shown only with ``--debug``.
+"""
 
 from __future__ import annotations
 
@@ -38,3 +42,28 @@ class DataErrors(ValueError):
         self.errors = list(errors)
         lines = [str(e) for e in self.errors]
         super().__init__(f"{len(lines)} data error(s):\n" + "\n".join(lines))
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: an unknown (e.g. misspelt) key or a value of the wrong type.
+
+    Parameters
+    ----------
+    key : str
+        Dotted path of the offending key (e.g. ``sdm.imputations``).
+    message : str
+        What is wrong and what was expected.
+    source : str, optional
+        Where the value came from (``config.yaml``, ``--set``, an override mapping).
+    """
+
+    def __init__(self, key, message, source=None):
+        self.key = str(key)
+        self.message = message
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}key '{self.key}': {message}")
+
+
+class ResultsLocked(RuntimeError):
+    """Another run holds the lock of the same results folder."""

@@ -2,7 +2,8 @@
 
 Every file under ``results/`` is written to a temporary sibling and moved into place with
 :func:`os.replace`, so a reader never sees a half-written file and a failed run leaves the
-previous version intact.
+previous version intact. Files get the permissions of an ordinary new file (``0666`` less the
+process umask), not the private ``0600`` of the temporary file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where the system allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -40,6 +55,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -31,7 +31,7 @@ import pandas as pd
 
 from analysis import paths
 from analysis.config import load_config
-from analysis.errors import DataError
+from analysis.peaks import REAL_PREFIXES, SIMULATED_PREFIX  # noqa: F401 (provenance prefixes)
 
 LGR = logging.getLogger(__name__)
 
@@ -120,9 +120,6 @@ VALUES: dict[str, str] = {
     "seed": "config.seed",
 }
 
-#: Prefixes of data/peaks.tsv's provenance column.
-REAL_PREFIXES = ("original:", "sdm-import:")
-SIMULATED_PREFIX = "simulated:"
 
 
 class MissingArtefact(LookupError):
@@ -339,16 +336,22 @@ def terms_table(label: str = "tbl-terms", seed_set: str = "published", n: int | 
 
 @dataclass
 class Provenance:
-    """Which studies' peaks are the authors' real coordinates and which are stand-ins."""
+    """Which studies' peaks are the authors' real coordinates, stand-ins, or missing.
+
+    Every study of ``data/studies.tsv`` is in exactly one of ``real_studies``,
+    ``simulated_studies`` and ``no_peak_studies``.
+    """
 
     real_studies: list[str] = field(default_factory=list)
     simulated_studies: list[str] = field(default_factory=list)
     n_peaks_real: int = 0
     n_peaks_simulated: int = 0
+    no_peak_studies: list[str] = field(default_factory=list)
 
     @property
     def all_real(self) -> bool:
-        return not self.simulated_studies and self.n_peaks_simulated == 0
+        return (not self.simulated_studies and not self.no_peak_studies
+                and self.n_peaks_simulated == 0 and bool(self.real_studies))
 
     @property
     def n_studies_real(self) -> int:
@@ -358,58 +361,71 @@ class Provenance:
     def n_studies_simulated(self) -> int:
         return len(self.simulated_studies)
 
+    @property
+    def n_studies_no_peaks(self) -> int:
+        return len(self.no_peak_studies)
+
+    @property
+    def n_studies(self) -> int:
+        """All studies of the study table."""
+        return self.n_studies_real + self.n_studies_simulated + self.n_studies_no_peaks
+
 
 def provenance(data_dir: str | Path | None = None) -> Provenance:
-    """Count real and simulated peaks and studies in ``data/peaks.tsv``.
+    """Classify every study of ``data/studies.tsv`` by the provenance of its ``peaks.tsv`` rows.
 
-    A study counts as simulated when any of its peak rows is a simulated stand-in
-    (``provenance`` starting with ``simulated:``); rows starting with ``original:`` (transcribed
-    from a publication) or ``sdm-import:`` (imported from the authors' SDM project) are real.
+    :func:`analysis.peaks.classify_provenance`: a study counts as simulated when any of its
+    peak rows is a simulated stand-in (``provenance`` starting with ``simulated:``), as real
+    when all its rows start with ``original:`` (transcribed from a publication) or
+    ``sdm-import:`` (imported from the authors' SDM project), and as without peaks when it has
+    no peak row at all.
 
     Raises
     ------
     analysis.errors.DataError
-        When the file or its ``provenance`` column is missing, or a row has another prefix.
+        When a file or its ``study`` / ``provenance`` column is missing, or a row has another
+        prefix.
     """
-    path = Path(data_dir or paths.data_dir()) / "peaks.tsv"
-    if not path.exists():
-        raise DataError(path, "file not found (needed for the data-provenance statement)")
-    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    for col in ("study", "provenance"):
-        if col not in df.columns:
-            raise DataError(path, "column missing", field=col)
-    prov = Provenance()
-    sim_by_study: dict[str, bool] = {}
-    for i, (study, tag) in enumerate(zip(df["study"], df["provenance"], strict=True), start=1):
-        if tag.startswith(SIMULATED_PREFIX):
-            simulated = True
-        elif tag.startswith(REAL_PREFIXES):
-            simulated = False
-        else:
-            raise DataError(path, f"expected a value starting with {SIMULATED_PREFIX!r} or one "
-                            f"of {list(REAL_PREFIXES)}, got {tag!r}", row=i, field="provenance")
-        prov.n_peaks_simulated += simulated
-        prov.n_peaks_real += not simulated
-        sim_by_study[study] = sim_by_study.get(study, False) or simulated
-    prov.real_studies = sorted(s for s, sim in sim_by_study.items() if not sim)
-    prov.simulated_studies = sorted(s for s, sim in sim_by_study.items() if sim)
-    return prov
+    from analysis.peaks import PEAKS_FILE, classify_provenance
+    from analysis.studies import STUDIES_FILE
+    from analysis.tsvio import read_tsv_text
+
+    ddir = Path(data_dir or paths.data_dir())
+    studies = read_tsv_text(ddir / STUDIES_FILE, required=["study"])
+    peaks = read_tsv_text(ddir / PEAKS_FILE, required=["study", "provenance"])
+    v = classify_provenance(studies["study"], peaks["study"], peaks["provenance"], PEAKS_FILE)
+    return Provenance(real_studies=sorted(v.real), simulated_studies=sorted(v.simulated),
+                      n_peaks_real=v.n_peaks_real, n_peaks_simulated=v.n_peaks_simulated,
+                      no_peak_studies=sorted(v.no_peaks))
 
 
 def provenance_banner(prov: Provenance) -> str:
-    """Markdown callout stating the data provenance; empty when every study's peaks are real."""
+    """Markdown callout stating the data provenance; empty when every study's peaks are real.
+
+    Names the simulated stand-ins and every study of the study table without any peak row.
+    """
     if prov.all_real:
         return ""
     real = ", ".join(prov.real_studies) if prov.real_studies else "none"
+    if prov.simulated_studies:
+        title = "Data provenance: simulated stand-ins"
+        head = (f"The peak coordinates of {prov.n_studies_simulated} of {prov.n_studies} "
+                f"studies are **simulated stand-ins** ({prov.n_peaks_simulated} simulated peaks), "
+                "generated by `analysis.simulate` because the original coordinates are not "
+                "available to this compendium. ")
+    else:
+        title = "Data provenance: studies without peaks"
+        head = ""
+    missing = ""
+    if prov.no_peak_studies:
+        missing = (f"{prov.n_studies_no_peaks} of {prov.n_studies} studies have **no peak "
+                   f"coordinates at all** ({', '.join(prov.no_peak_studies)}) and enter the "
+                   "analysis as null studies. ")
     return (
-        '::: {.callout-warning title="Data provenance: simulated stand-ins"}\n'
-
-        f"The peak coordinates of {prov.n_studies_simulated} of "
-        f"{prov.n_studies_real + prov.n_studies_simulated} studies are **simulated stand-ins** "
-        f"({prov.n_peaks_simulated} simulated peaks), generated by `analysis.simulate` because "
-        f"the original coordinates are not available to this compendium. Real peaks: "
-        f"{prov.n_peaks_real} (studies: {real}). Every map, table and number computed from the "
-        "peaks below demonstrates the pipeline and is **not** a finding of the paper. "
+        f'::: {{.callout-warning title="{title}"}}\n'
+        f"{head}{missing}Real peaks: {prov.n_peaks_real} (studies: {real}; "
+        f"{prov.n_studies_real} of {prov.n_studies}). Every map, table and number computed from "
+        "the peaks below demonstrates the pipeline and is **not** a finding of the paper. "
         "Substitute the authors' data (`python -m analysis import-sdm DIR`, or edit "
         "`data/peaks.tsv`) and run `make paper`; this notice then disappears.\n"
         ":::\n"

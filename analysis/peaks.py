@@ -23,6 +23,7 @@ conversion; :func:`write_peaks` is the one canonical (atomic, sorted, formatted)
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import pandas as pd
 
 from analysis import paths
 from analysis.config import load_config
-from analysis.coords import SPACE_TO_MNI, p_to_t, to_mni, z_to_t
+from analysis.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
 from analysis.errors import DataError, DataErrors
 from analysis.io import atomic_path
 from analysis.studies import STUDY_SPACES, reported_signs
@@ -43,6 +44,105 @@ PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type",
                 "provenance", "note"]
 STAT_TYPES = ("t", "z", "p", "none")
 PROVENANCE_KINDS = ("original:", "simulated:", "sdm-import:")
+#: Provenance prefixes of real peaks (transcribed from a publication, or the authors' SDM project).
+REAL_PREFIXES = ("original:", "sdm-import:")
+#: Provenance prefix of the simulated stand-ins (:mod:`analysis.simulate`).
+SIMULATED_PREFIX = "simulated:"
+
+
+@dataclass(frozen=True)
+class ProvenanceVerdict:
+    """Which studies of the study table have real peaks, simulated ones, or none at all.
+
+    Attributes
+    ----------
+    studies : list of str
+        Every study of the study table, in table order.
+    real, simulated, no_peaks : list of str
+        A partition of ``studies``: every peak row real; at least one simulated row; no peak
+        row at all.
+    n_peaks_real, n_peaks_simulated : int
+        Peak rows of the table's studies by kind.
+    """
+
+    studies: list[str]
+    real: list[str]
+    simulated: list[str]
+    no_peaks: list[str]
+    n_peaks_real: int = 0
+    n_peaks_simulated: int = 0
+
+    @property
+    def n_studies(self) -> int:
+        return len(self.studies)
+
+    @property
+    def all_real(self) -> bool:
+        """True only when every study of the table has peaks and all of them are real."""
+        return bool(self.studies) and len(self.real) == len(self.studies)
+
+    @property
+    def statement(self) -> str:
+        """One sentence: real studies (named), simulated stand-ins, studies without peaks."""
+        text = (f"{len(self.real)} of {self.n_studies} studies' inputs real "
+                f"({', '.join(self.real) or 'none'}); {len(self.simulated)} simulated stand-ins")
+        if self.no_peaks:
+            text += f"; {len(self.no_peaks)} without peaks ({', '.join(self.no_peaks)})"
+        return text
+
+
+def classify_provenance(study_ids, peak_studies, peak_provenance,
+                        file: str = PEAKS_FILE) -> ProvenanceVerdict:
+    """Classify every study of the study table by the provenance of its peak rows.
+
+    This is the one implementation behind ``validate-data``, the meta-analysis stage and the
+    manuscript's provenance notice. The verdict is taken over **all** studies of the study
+    table: a study without any peak row is neither real nor simulated but listed apart (and
+    the inputs are then not "all real").
+
+    Parameters
+    ----------
+    study_ids : sequence of str
+        The study table's identifiers.
+    peak_studies, peak_provenance : sequence of str
+        The ``study`` and ``provenance`` columns of the peak table (row order = data rows).
+    file : str
+        Peak file named in errors.
+
+    Returns
+    -------
+    ProvenanceVerdict
+
+    Raises
+    ------
+    DataError
+        A provenance that starts with none of the known prefixes (row and field named).
+    """
+    studies = list(dict.fromkeys(str(s) for s in study_ids))
+    known = set(studies)
+    simulated_of: dict[str, bool] = {}
+    n_real = n_sim = 0
+    for i, (study, tag) in enumerate(zip(peak_studies, peak_provenance, strict=True), start=1):
+        tag = str(tag)
+        if tag.startswith(SIMULATED_PREFIX):
+            sim = True
+        elif tag.startswith(REAL_PREFIXES):
+            sim = False
+        else:
+            raise DataError(file, f"unknown provenance {tag!r}: expected a value starting with "
+                            f"{SIMULATED_PREFIX!r} or one of {list(REAL_PREFIXES)}", row=i,
+                            field="provenance")
+        if str(study) not in known:
+            continue
+        n_sim += sim
+        n_real += not sim
+        simulated_of[str(study)] = simulated_of.get(str(study), False) or sim
+    return ProvenanceVerdict(
+        studies=studies,
+        real=[s for s in studies if s in simulated_of and not simulated_of[s]],
+        simulated=[s for s in studies if simulated_of.get(s, False)],
+        no_peaks=[s for s in studies if s not in simulated_of],
+        n_peaks_real=n_real, n_peaks_simulated=n_sim)
 
 
 def _float(cell) -> float | None:
@@ -106,7 +206,8 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
             f"columns must be exactly {PEAK_COLUMNS}; got {list(raw.columns)}")
         return pd.DataFrame(columns=PEAK_COLUMNS), errors
 
-    st = studies.set_index("study")
+    # a duplicated study id is reported by check_studies; look up the first row only here
+    st = studies.drop_duplicates("study").set_index("study")
     allowed = reported_signs(studies)
     n = len(raw)
     rec = {c: [] for c in ["sign", "x", "y", "z", "stat_value", "peak_id"]}
@@ -184,6 +285,9 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
             elif v == 0 or (sign and np.sign(v) != sign):
                 err(row, "stat_value", f"{stype} = {cell} contradicts sign {sign:+d} "
                     f"({stype} must be {'positive' if sign > 0 else 'negative'} and non-zero)")
+            elif abs(v) > (bound := MAX_ABS_T if stype == "t" else MAX_ABS_Z):
+                err(row, "stat_value", f"|{stype}| = {abs(v):g} exceeds {bound:g}, more than any "
+                    "real study reports (a typing or unit error?)")
             else:
                 val = v
         rec["stat_value"].append(val)
@@ -205,6 +309,11 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         "note": raw["note"].to_numpy(),
     }, index=raw.index)
     _convert(out, st)
+    converted = out["stat_type"].isin(["z", "p"]).to_numpy() & (np.abs(out["t"]) > MAX_ABS_T)
+    for row, tv, stype in zip(out.index[converted], out["t"][converted],
+                              out["stat_type"][converted]):
+        err(row, "stat_value", f"converts to |t| = {abs(tv):g} (from {stype} with the study's df), "
+            f"above {MAX_ABS_T:g}: more than any real study reports")
     if check_duplicates and "t_thr" in st:  # a reported peak cannot be below its threshold
         tol = float(cfg["data"]["t_below_threshold_tolerance"])
         thr = out["study"].map(st["t_thr"]).to_numpy(float)

@@ -2,10 +2,27 @@
 
 A stage is a function ``produce(ctx) -> dict`` that writes its files through ``ctx.out(...)``
 (into a private staging directory) and returns the numbers it contributes to
-``results/values.json``. Only when the stage finishes are its files moved into ``results/``
-(each with :func:`os.replace`), followed by its manifest; a failing stage leaves ``results/``
-untouched. A stage whose manifest matches its inputs (configuration, data files, package source,
-upstream stages) and whose outputs are intact is reused, not recomputed.
+``results/values.json``. A stage whose manifest matches its inputs (configuration, data files,
+package source, upstream stages) and whose outputs are intact is reused, not recomputed.
+
+Guarantees (tested in ``tests/test_reliability.py`` and ``tests/test_foundation.py``):
+
+* **All or nothing.** Only when the stage has finished are its files committed
+  (:func:`commit_stage`): the old manifest is removed first (an interrupted commit is never
+  trusted), every destination folder is created and checked writable before anything moves,
+  each file is moved with :func:`os.replace` keeping the file it replaces aside, and the
+  manifest is written last. Any failure puts the previous files back and leaves no new file.
+* **One run per results folder.** :func:`results_lock` holds ``results/.stages/run.lock``
+  (``flock``) for the whole run; a second run on the same folder stops at once with
+  :class:`analysis.errors.ResultsLocked`. Staging folders ``.staging/<stage>-<pid>`` left by
+  killed runs are removed when a run starts.
+* **Validated configuration.** The configuration is checked against the schema
+  (:func:`analysis.config.validate_config`) before any stage runs; stage keys hash
+  :func:`analysis.config.result_config`, i.e. without keys that cannot change a result (the
+  number of parallel jobs).
+* **Reproducible values.** Timings a stage returns (top-level keys ``seconds`` or
+  ``*_seconds``) go to its manifest, not to ``values.json``, which is byte-identical between
+  runs.
 """
 
 from __future__ import annotations
@@ -19,7 +36,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from analysis import __version__, paths
-from analysis.config import derive_rng, load_config
+from analysis.config import derive_rng, load_config, result_config, validate_config
+from analysis.errors import ResultsLocked
 from analysis.io import sha256_file, write_json
 
 LGR = logging.getLogger(__name__)
@@ -177,9 +196,13 @@ def _source_hash(stage: Stage) -> str:
 
 
 def stage_key(stage: Stage, ctx_cfg: dict, data_dir: Path, quick: bool, upstream: dict) -> str:
-    """Hash of everything a stage's outputs depend on."""
+    """Hash of everything a stage's outputs depend on.
+
+    The configuration enters without the keys that cannot change a result
+    (:func:`analysis.config.result_config`: e.g. ``sdm.psi.n_jobs``).
+    """
     h = hashlib.sha256()
-    h.update(json.dumps(ctx_cfg, sort_keys=True).encode())
+    h.update(json.dumps(result_config(ctx_cfg), sort_keys=True).encode())
     h.update(str(bool(quick)).encode())
     for rel in stage.inputs:
         f = data_dir / rel
@@ -226,15 +249,28 @@ def run_stages(
     -------
     dict
         ``{stage: "ran" | "cached"}``.
+
+    Raises
+    ------
+    analysis.errors.ConfigError
+        The configuration breaks the schema (checked before any stage runs).
+    analysis.errors.ResultsLocked
+        Another run holds the results folder.
     """
-    cfg = config or load_config()
+    cfg = validate_config(config) if config is not None else load_config()
     data = Path(data_dir or paths.data_dir())
     results = Path(results_dir or paths.results_dir())
     wanted = set(names or [s.name for s in STAGES])
     by_name = {s.name: s for s in STAGES}
     unknown = wanted - set(by_name)
     if unknown:
-        raise KeyError(f"unknown stage(s): {sorted(unknown)}; known: {sorted(by_name)}")
+        raise ValueError(f"unknown stage(s): {sorted(unknown)}; known: {sorted(by_name)}")
+    with results_lock(results):
+        clean_stale_staging(results)
+        return _run_locked(wanted, by_name, cfg, data, results, quick, force)
+
+
+def _run_locked(wanted, by_name, cfg, data, results, quick, force) -> dict[str, Any]:
     # close over dependencies
     todo = set()
     stack = list(wanted)
@@ -259,6 +295,157 @@ def run_stages(
     return status
 
 
+LOCK_FILE = "run.lock"
+_STAGING_NAME = re.compile(r"^(?P<stage>.+)-(?P<pid>\d+)(\.old)?$")
+
+
+@contextmanager
+def results_lock(results: Path) -> Iterator[Path]:
+    """Hold the exclusive lock of a results folder for the duration of a run.
+
+    The lock is an ``flock`` on ``results/.stages/run.lock`` (released by the system when the
+    process ends, also when it is killed); the file records the holder's process id.
+
+    Raises
+    ------
+    analysis.errors.ResultsLocked
+        Another process holds it.
+    """
+    lock = results / ".stages" / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (no flock on this platform: no lock)
+        yield lock
+        return
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise ResultsLocked(f"{results}: another run (process {holder}) is computing into "
+                                f"this results folder (lock {lock}); wait for it to finish or "
+                                "use another results folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield lock
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(results: Path) -> list[str]:
+    """Remove ``results/.staging/<stage>-<pid>`` folders whose process no longer runs.
+
+    Returns
+    -------
+    list of str
+        Names of the removed folders.
+    """
+    root = results / ".staging"
+    removed = []
+    if not root.is_dir():
+        return removed
+    for d in sorted(root.iterdir()):
+        m = _STAGING_NAME.match(d.name)
+        if m and int(m.group("pid")) != os.getpid() and _pid_alive(int(m.group("pid"))):
+            continue
+        shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+        removed.append(d.name)
+        LGR.info("removed stale staging folder %s", d)
+    try:
+        root.rmdir()
+    except OSError:
+        pass
+    return removed
+
+
+def _is_timing(key: str) -> bool:
+    return key == "seconds" or key.endswith("_seconds")
+
+
+def commit_stage(staging: Path, results: Path, outputs: dict[str, str], manifest: dict) -> None:
+    """Move a finished stage's files from ``staging`` into ``results``, all or none.
+
+    The stage's previous manifest is removed first; every destination folder is created and
+    checked writable before any file moves; each move keeps the replaced file aside (in
+    ``<staging>.old``) and any failure restores the previous files and removes the new ones.
+    The manifest is written last.
+
+    Parameters
+    ----------
+    staging : pathlib.Path
+        The stage's staging folder (``results/.staging/<stage>-<pid>``).
+    results : pathlib.Path
+        The results folder.
+    outputs : dict
+        ``relative path -> sha256`` of the files in ``staging``.
+    manifest : dict
+        The manifest written to ``results/.stages/<stage>.json`` once every file is in place.
+
+    Raises
+    ------
+    OSError
+        A destination cannot be created or written (nothing of the stage is then in place).
+    """
+    mpath = _manifest_path(results, manifest["stage"])
+    mpath.unlink(missing_ok=True)
+    folders = sorted({(results / rel).parent for rel in outputs} | {mpath.parent})
+    created: list[Path] = []
+    try:
+        for folder in folders:
+            missing = [p for p in [folder, *folder.parents] if not p.exists()]
+            folder.mkdir(parents=True, exist_ok=True)
+            created.extend(reversed(missing))
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied (stage not committed)", str(folder))
+    except OSError:
+        for folder in reversed(created):  # leave no trace of the stage
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
+    backup = staging.with_name(staging.name + ".old")
+    moved: list[tuple[str, bool]] = []  # (rel, had a previous file)
+    try:
+        for rel in outputs:
+            dest = results / rel
+            had = dest.exists()
+            if had:
+                (backup / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(dest, backup / rel)
+            moved.append((rel, had))
+            os.replace(staging / rel, dest)
+        write_json(mpath, manifest)
+    except BaseException:
+        for rel, had in reversed(moved):
+            dest = results / rel
+            try:
+                if dest.exists() and not (staging / rel).exists():
+                    os.replace(dest, staging / rel)
+                if had:
+                    os.replace(backup / rel, dest)
+            except OSError:  # pragma: no cover (best effort; the manifest is gone anyway)
+                LGR.error("could not restore %s", dest)
+        raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
 def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick: bool) -> str:
     staging = results / ".staging" / f"{stage.name}-{os.getpid()}"
     if staging.exists():
@@ -268,21 +455,17 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
     t0 = time.perf_counter()
     LGR.info("stage %s: running", stage.name)
     try:
-        values = stage.function()(ctx) or {}
+        values = dict(stage.function()(ctx) or {})
+        timings = {k: values.pop(k) for k in sorted(values) if _is_timing(k)}
         write_json(staging / "values" / f"{stage.name}.json", values)
         outputs = {}
         for f in sorted(p for p in staging.rglob("*") if p.is_file()):
             rel = f.relative_to(staging).as_posix()
             outputs[rel] = sha256_file(f)
-        for rel in outputs:
-            dest = results / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / rel, dest)
-        write_json(
-            _manifest_path(results, stage.name),
-            {"stage": stage.name, "key": key, "quick": quick, "outputs": outputs,
-             "seconds": round(time.perf_counter() - t0, 3)},
-        )
+        timings["seconds"] = round(time.perf_counter() - t0, 3)
+        commit_stage(staging, results, outputs,
+                     {"stage": stage.name, "key": key, "quick": quick, "outputs": outputs,
+                      "seconds": timings["seconds"], "timings": timings})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         try:

@@ -9,7 +9,14 @@ An SDM project folder holds
     one peak per line, ``x,y,z,t``; ``t`` signed, or ``p`` / ``n`` for a positive / negative peak
     whose statistic is unknown. Suffixes: ``spm_mni``, ``fsl_mni``, ``other_mni`` (MNI),
     ``other_tal`` (native Talairach), ``spm_brett``, ``fsl_brett`` (Talairach from Brett's
-    mni2tal); ``<study>.no_peaks.txt`` for a study without peaks.
+    mni2tal); ``<study>.no_peaks.txt`` (empty) for a study without peaks.
+
+Reading is strict, every problem located by file, line and field: a peak file with no peak (use
+``no_peaks``), a ``no_peaks`` file holding peaks, a ``<name>.<suffix>.txt`` file with an unknown
+suffix, a study listed twice in ``sdm_table.txt``, |t| above :data:`analysis.coords.MAX_ABS_T`,
+peaks more than :data:`OUTSIDE_BRAIN_MM` from the MNI152 brain mask, and every study-table
+problem (``n1 = 0``, ``t_thr = "high"``...) reported against ``sdm_table.txt`` and its own column
+names (:func:`check_sdm_table`).
 
 :func:`read_sdm_project` gives the compendium's tables: a ``studies.tsv``-compatible table (text
 cells kept as written, so nothing is lost; columns ``study, design, n_patients, n_controls,
@@ -25,12 +32,14 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import ExitStack
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.config import load_config
+from analysis.coords import MAX_ABS_T, to_mni
 from analysis.errors import DataError, DataErrors
 from analysis.io import atomic_path
 from analysis.peaks import PEAK_COLUMNS, check_peaks, format_peaks
@@ -50,6 +59,15 @@ DEFAULT_SUFFIX = {"MNI": "other_mni", "TAL": "other_tal", "TAL_BRETT": "spm_bret
 NO_PEAKS = "no_peaks"
 PEAK_FILE = re.compile(r"^(?P<study>.+)\.(?P<suffix>" + "|".join([*SUFFIX_SPACE, NO_PEAKS])
                        + r")\.txt$")
+#: Any ``<name>.<suffix>.txt`` file: a peak file when the suffix is known, else an error.
+SUFFIXED_TXT = re.compile(r"^(?P<study>[^.]+)\.(?P<suffix>[^.]+)\.txt$")
+#: A peak farther than this from every voxel of the MNI152 2 mm brain mask is outside the brain
+#: (an error). Published projects have peaks up to ~12 mm outside (Enge et al. 2021: 5 of 687
+#: beyond 4 mm, none beyond 12 mm); the engine handles those, so only gross errors are refused.
+OUTSIDE_BRAIN_MM = 20.0
+#: Column of the imported study table -> column of sdm_table.txt (for error messages).
+TABLE_FIELD = {"n_patients": "n1", "n_controls": "n2", "study": "study", "t_thr": "t_thr",
+               "threshold": "threshold", "design": "n2"}
 #: Columns of the imported study table that are not covariates.
 CORE = ["study", "design", "n_patients", "n_controls", "t_thr", "threshold", "peak_file"]
 #: Columns of the compendium's studies.tsv and of load_studies() that are never covariates.
@@ -99,7 +117,14 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     files: dict[str, tuple[str, Path]] = {}
     for f in sorted(folder.iterdir()):
         m = PEAK_FILE.match(f.name)
-        if not m or not f.is_file():
+        if not f.is_file():
+            continue
+        if not m:
+            u = SUFFIXED_TXT.match(f.name)
+            if u:
+                errors.append(DataError(f.name, f"unknown peak-file suffix {u.group('suffix')!r}; "
+                                        f"expected one of {[*SUFFIX_SPACE, NO_PEAKS]}",
+                                        field="suffix"))
             continue
         study = m.group("study")
         if study in files:
@@ -110,9 +135,15 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     studies = []
     peaks = []
     provenance = f"sdm-import:{folder.name}"
+    table_rows: dict[str, int] = {}
     for row, rec in table.iterrows():
         study = rec["study"].strip()
         n2 = rec["n2"].strip() if has_n2 else ""
+        if study.lower() in table_rows:
+            errors.append(DataError(TABLE_FILE, f"duplicate row of study {study!r} (also row "
+                                    f"{table_rows[study.lower()]})", row=row, field="study"))
+            continue
+        table_rows[study.lower()] = row
         if study not in files:
             errors.append(DataError(TABLE_FILE, f"no peak file <study>.<suffix>.txt for {study!r} "
                                     f"(suffixes: {[*SUFFIX_SPACE, NO_PEAKS]})", row=row,
@@ -126,17 +157,85 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "threshold": rec["threshold"].strip() if "threshold" in table.columns else "",
             "peak_file": suffix, **{c: rec[c] for c in covariates},
         })
-        if path is not None and suffix != NO_PEAKS:
-            peaks.extend(_read_peak_file(path, study, SUFFIX_SPACE[suffix], provenance, errors))
+        if path is not None and suffix == NO_PEAKS:
+            _check_no_peaks_file(path, errors)
+        elif path is not None:
+            found = _read_peak_file(path, study, SUFFIX_SPACE[suffix], provenance, errors)
+            if not found and not any(e.file == path.name for e in errors):
+                errors.append(DataError(path.name, f"no peak in the file; a study without peaks "
+                                        f"has an empty {study}.{NO_PEAKS}.txt instead"))
+            peaks.extend(found)
     for study, (_, path) in files.items():
         errors.append(DataError(path.name, f"peak file of study {study!r}, which is not in "
                                 f"{TABLE_FILE}"))
+    sdf = pd.DataFrame(studies, columns=CORE + covariates, dtype=object)
+    if not errors:
+        errors.extend(check_sdm_table(sdf))
     if errors:
         raise DataErrors(errors)
-    sdf = pd.DataFrame(studies, columns=CORE + covariates, dtype=object)
     pdf = pd.DataFrame(peaks, columns=PEAK_COLUMNS, dtype=object)
     LGR.info("read %d studies and %d peaks from %s", len(sdf), len(pdf), folder)
     return sdf, pdf
+
+
+def check_sdm_table(studies: pd.DataFrame, config: dict | None = None) -> list[DataError]:
+    """Problems of an imported study table, located in ``sdm_table.txt`` by its own names.
+
+    Runs :func:`analysis.studies.check_studies` (sample sizes, thresholds, bounds, identifiers)
+    on the table of :func:`read_sdm_project` and reports each problem against
+    ``sdm_table.txt``, its data row and its column (``n1``, ``n2``, ``t_thr``...), not against
+    the ``studies.tsv`` it would become.
+    """
+    raw = studies.astype(object).where(studies.notna(), "").astype(str)
+    raw.index = pd.RangeIndex(1, len(raw) + 1)
+    _, errs = check_studies(raw, TABLE_FILE, config)
+    out = []
+    for e in errs:
+        field = TABLE_FIELD.get(e.field, e.field)
+        msg = e.message.replace("n_patients", "n1").replace("n_controls", "n2")
+        out.append(DataError(TABLE_FILE, msg, row=e.row, field=field))
+    return out
+
+
+def _check_no_peaks_file(path: Path, errors: list[DataError]) -> None:
+    """A ``<study>.no_peaks.txt`` file must be empty (its peaks would be dropped silently)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
+        return
+    for i, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            errors.append(DataError(path.name, f"a {NO_PEAKS} file holds {line.strip()!r}; "
+                                    "rename it <study>.<software>_<space>.txt if the study has "
+                                    "peaks, or empty it", row=i))
+            return
+
+
+@lru_cache(maxsize=1)
+def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) of every grid voxel to the MNI152 2 mm brain mask, and the mask's affine."""
+    from scipy.ndimage import distance_transform_edt
+
+    from analysis.grid import brain_mask
+
+    mask = brain_mask()
+    data = np.asarray(mask.dataobj) > 0
+    return distance_transform_edt(~data) * abs(float(mask.affine[0, 0])), mask.affine
+
+
+def _outside_brain(xyz_mni: np.ndarray, max_mm: float = OUTSIDE_BRAIN_MM) -> np.ndarray:
+    """Whether each MNI point lies more than ``max_mm`` from the MNI152 2 mm brain mask."""
+    from analysis.grid import mni_to_ijk
+
+    dist, affine = _brain_distance()
+    data = dist
+    ijk = np.rint(mni_to_ijk(xyz_mni, affine)).astype(int)
+    inside_grid = np.all((ijk >= 0) & (ijk < np.array(data.shape)), axis=1)
+    out = np.ones(len(ijk), dtype=bool)
+    ok = inside_grid & np.isfinite(xyz_mni).all(axis=1)
+    out[ok] = dist[tuple(ijk[ok].T)] > max_mm
+    return out
 
 
 def _read_peak_file(path: Path, study: str, space: str, provenance: str,
@@ -147,6 +246,7 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return []
     out = []
+    lines: list[int] = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -175,6 +275,10 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
                 errors.append(DataError(path.name, f"t {tcell!r} is not a non-zero number, 'p' "
                                         "or 'n'", row=i, field="t"))
                 continue
+            if abs(t) > MAX_ABS_T:
+                errors.append(DataError(path.name, f"|t| = {abs(t):g} exceeds {MAX_ABS_T:g}, more "
+                                        "than any real study reports", row=i, field="t"))
+                continue
             sign, stype, val = (1 if t > 0 else -1), "t", tcell
         if bad:
             continue
@@ -182,6 +286,14 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
                     "x": cells[0], "y": cells[1], "z": cells[2], "space": space,
                     "stat_type": stype, "stat_value": val, "provenance": provenance,
                     "note": ""})
+        lines.append(i)
+    if out:
+        xyz = to_mni(np.array([[float(p[a]) for a in "xyz"] for p in out]), space)
+        for line, far, (a, b, c) in zip(lines, _outside_brain(xyz), xyz):
+            if far:
+                errors.append(DataError(path.name, f"peak ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies "
+                                        f"more than {OUTSIDE_BRAIN_MM:g} mm outside the brain",
+                                        row=line, field="x"))
     return out
 
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from analysis import paths
 from analysis.config import load_config
-from analysis.coords import t_threshold
+from analysis.coords import MAX_ABS_T, t_threshold
 from analysis.errors import DataError, DataErrors
 from analysis.tsvio import read_tsv_text
 
@@ -49,6 +49,11 @@ CONTRASTS = {"Patients>HC": 1, "HC>Patients": -1}
 STUDY_SPACES = {"MNI": {"MNI"}, "Talairach": {"TAL", "TAL_BRETT"}}
 DESIGNS = ("two-sample", "one-sample")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Longest study identifier accepted (it names files of an SDM project folder).
+MAX_STUDY_ID = 64
+#: Largest group size accepted: no fMRI case-control study comes near it, so a larger value is
+#: a typing or unit error (it would dominate every weighted estimate).
+MAX_N = 100_000
 CORRECTION = re.compile(r"^\s*p\s*<\s*([0-9]*\.?[0-9]+(?:[eE]-?[0-9]+)?)\s+(corrected|uncorrected)\s*$",
                         re.IGNORECASE)
 
@@ -114,21 +119,29 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
     if "n_controls" not in cols and "design" not in cols:
         err(0, "n_controls", "need an 'n_controls' column (or 'design' = one-sample)")
 
+    if len(raw) == 0:
+        err(None, "study", "the table has a header but no study rows")
+        return pd.DataFrame(), errors
     out = raw.copy()
     n = len(raw)
     n1 = np.full(n, np.nan)
     n2 = np.full(n, np.nan)
     design = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, str]] = {}
     for k, (row, rec) in enumerate(raw.iterrows()):
         name = rec["study"].strip()
-        if not STUDY_NAME.match(name):
+        if len(name) > MAX_STUDY_ID:
+            err(row, "study", f"study identifier of {len(name)} characters (at most "
+                f"{MAX_STUDY_ID}; it names the SDM peak file): {name[:20]!r}...")
+        elif not STUDY_NAME.match(name):
             err(row, "study", f"study identifier {name!r} must be non-empty letters, digits, '_' "
                 "or '-' (it names the SDM peak file)")
-        elif name in seen:
-            err(row, "study", f"duplicate study {name!r} (also row {seen[name]})")
+        elif name.lower() in seen:
+            other = seen[name.lower()]
+            err(row, "study", f"duplicate study {name!r} (also row {other[0]}, {other[1]!r}; "
+                "identifiers are compared ignoring case, as file names are on some systems)")
         else:
-            seen[name] = row
+            seen[name.lower()] = (row, name)
         des = rec.get("design", "").strip() or "two-sample"
         if des not in DESIGNS:
             err(row, "design", f"{des!r} is not one of {list(DESIGNS)}")
@@ -138,6 +151,9 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
         if v is None or not np.isfinite(v) or v < 2 or not float(v).is_integer():
             err(row, "n_patients", f"sample size {rec['n_patients']!r} is missing or not an "
                 "integer >= 2")
+        elif v > MAX_N:
+            err(row, "n_patients", f"sample size {rec['n_patients']!r} exceeds {MAX_N:,} (no "
+                "study of this kind is that large; check the value)")
         else:
             n1[k] = v
         c = rec.get("n_controls", "")
@@ -147,6 +163,9 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
                 err(row, "n_controls", f"{c!r} given for a one-sample study (leave it blank)")
         elif v is None or not np.isfinite(v) or v < 2 or not float(v).is_integer():
             err(row, "n_controls", f"sample size {c!r} is missing or not an integer >= 2")
+        elif v > MAX_N:
+            err(row, "n_controls", f"sample size {c!r} exceeds {MAX_N:,} (no study of this "
+                "kind is that large; check the value)")
         else:
             n2[k] = v
         if "n_total" in cols and np.isfinite(n1[k]):
@@ -168,6 +187,9 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
         explicit = _num(rec["t_thr"]) if "t_thr" in cols else float("nan")
         if explicit is None or (np.isfinite(explicit) and explicit <= 0):
             err(row, "t_thr", f"{rec['t_thr']!r} is not a positive number")
+            explicit = float("nan")
+        elif np.isfinite(explicit) and explicit > MAX_ABS_T:
+            err(row, "t_thr", f"{rec['t_thr']!r} exceeds the largest plausible |t| ({MAX_ABS_T:g})")
             explicit = float("nan")
         if "correction" in cols and rec["correction"].strip():
             parsed = parse_correction(rec["correction"])

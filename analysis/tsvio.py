@@ -1,7 +1,9 @@
 """Strict reading and canonical writing of the curated TSV files of ``data/``.
 
 The reader never guesses: the file must be UTF-8, non-empty, tab-separated, with one header line
-and the same number of fields on every line. Problems are :class:`analysis.errors.DataError`
+and the same number of fields on every line. Leading and trailing whitespace of every cell and
+column name is removed here, once, so the validator, the loaders and every table or value
+derived from them see the same text (``"Bird2010 "`` is ``"Bird2010"`` everywhere). Problems are :class:`analysis.errors.DataError`
 naming the file, the data row (1 = first line after the header) and the field. All cells are
 returned as text; typed parsing is left to the callers (:mod:`analysis.studies`,
 :mod:`analysis.peaks`), which report every bad cell at once.
@@ -36,8 +38,9 @@ def read_tsv_text(path: str | Path, required: list[str] | None = None,
     Returns
     -------
     pandas.DataFrame
-        One row per data line, all cells ``str`` (empty string for a blank cell), index = data
-        row number (1-based), columns in file order.
+        One row per data line, all cells ``str`` stripped of leading and trailing whitespace
+        (empty string for a blank cell), index = data row number (1-based), columns (also
+        stripped) in file order.
 
     Raises
     ------
@@ -67,7 +70,7 @@ def read_tsv_text(path: str | Path, required: list[str] | None = None,
     if not lines:
         raise DataError(name, "the file is empty (expected a tab-separated header line and rows)",
                         row=0)
-    header = lines[0].rstrip("\r").split("\t")
+    header = [c.strip() for c in lines[0].rstrip("\r").split("\t")]
     seen = set()
     for col in header:
         if col.strip() == "":
@@ -92,7 +95,7 @@ def read_tsv_text(path: str | Path, required: list[str] | None = None,
             field = header[len(cells)] if len(cells) < len(header) else None
             raise DataError(name, f"{len(cells)} tab-separated fields, but the header has "
                             f"{len(header)}", row=i, field=field)
-        rows.append(cells)
+        rows.append([c.strip() for c in cells])
     return pd.DataFrame(rows, columns=header, index=pd.RangeIndex(1, len(rows) + 1), dtype=object)
 
 

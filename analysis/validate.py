@@ -4,9 +4,11 @@
 (:func:`analysis.studies.check_studies`, :func:`analysis.peaks.check_peaks`: encoding, columns,
 numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mask after
 conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
-contrasts or the statistic, p outside (0, 1), unknown spaces) and raises one
-:class:`analysis.errors.DataErrors` listing every problem, each naming file, row and field.
-It never writes anything.
+contrasts or the statistic, p outside (0, 1), |t|, |z| or n beyond plausibility bounds, unknown
+spaces) and raises one :class:`analysis.errors.DataErrors` listing every problem, each naming
+file, row and field. A study of the study table without any peak row is not an error (a study
+may report no significant difference) but a warning, and it keeps the provenance verdict
+(:func:`analysis.peaks.classify_provenance`) from "all real". It never writes anything.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pandas as pd
 from analysis import paths
 from analysis.config import load_config
 from analysis.errors import DataError, DataErrors
-from analysis.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks
+from analysis.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks, classify_provenance
 from analysis.studies import REQUIRED, STUDIES_FILE, check_studies
 from analysis.tsvio import read_tsv_text
 
@@ -43,7 +45,9 @@ def validate_data(data_dir: str | Path | None = None, config: dict | None = None
     -------
     dict
         Summary: ``n_studies, n_patients, n_controls, n_peaks, n_real, n_simulated,
-        n_imported, peaks_per_study`` (study → count).
+        n_imported, peaks_per_study`` (study → count), ``studies_real``,
+        ``studies_simulated``, ``studies_without_peaks`` (lists of study ids) and
+        ``warnings`` (one line each).
 
     Raises
     ------
@@ -64,21 +68,35 @@ def validate_data(data_dir: str | Path | None = None, config: dict | None = None
     peaks = None
     try:
         raw_p = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
-        if studies is not None and len(studies):
+        if studies is not None and len(studies) and "study" in studies.columns:
             peaks, errs = check_peaks(raw_p, studies, PEAKS_FILE, cfg, check_mask=check_mask)
             errors.extend(errs)
     except DataError as exc:
         errors.append(exc)
     if errors:
         raise DataErrors(errors)
-    return summarise(studies, peaks)
+    summary = summarise(studies, peaks)
+    for line in summary["warnings"]:
+        LGR.warning("%s", line)
+    return summary
 
 
 def summarise(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict:
     """Counts of a validated pair of tables (see :func:`validate_data`)."""
     prov = peaks["provenance"].astype(str)
     per = peaks.groupby("study").size()
+    verdict = classify_provenance(studies["study"], peaks["study"], prov, PEAKS_FILE)
+    warnings = []
+    if verdict.no_peaks:
+        warnings.append(f"{STUDIES_FILE}: {len(verdict.no_peaks)} of {verdict.n_studies} studies "
+                        f"have no peak row in {PEAKS_FILE}: {', '.join(verdict.no_peaks)} "
+                        "(they enter the analysis as null studies and the inputs do not count "
+                        "as all real)")
     return {
+        "studies_real": verdict.real,
+        "studies_simulated": verdict.simulated,
+        "studies_without_peaks": verdict.no_peaks,
+        "warnings": warnings,
         "n_studies": int(len(studies)),
         "n_patients": int(studies["n1"].sum()),
         "n_controls": int(studies["n2"].fillna(0).sum()),
@@ -98,6 +116,12 @@ def format_summary(summary: dict) -> str:
         f"peaks: {summary['n_peaks']}  (real {summary['n_real']}, simulated "
         f"{summary['n_simulated']}, imported {summary['n_imported']})",
     ]
+    if "studies_real" in summary:
+        n = summary["n_studies"]
+        lines.append(f"studies with real peaks: {len(summary['studies_real'])} of {n}; with "
+                     f"simulated stand-ins: {len(summary['studies_simulated'])}; without peaks: "
+                     f"{len(summary['studies_without_peaks'])}")
     for study, k in summary["peaks_per_study"].items():
         lines.append(f"  {study:<20s} {k:4d}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)

@@ -10,7 +10,10 @@ Lancaster's ``icbm_spm2tal`` transform, as Neurosynth's ``transformations.t88_to
 
 The incidence matrix is built once (vectorised, in chunks of studies) and cached as ``.npy`` files
 in the user cache folder (:func:`analysis.fetch.cache_dir`), keyed by the SHA-256 of the
-coordinate file, the radius and the mask.
+coordinate file, the radius and the mask. Beside them a ``.json`` record (written last) holds the
+source checksums (coordinate file, radius, mask, shape) and the SHA-256 of each ``.npy`` file;
+a cache entry is used only when the record matches and both files still have their recorded
+checksums, otherwise it is rebuilt (a corrupted or foreign cache never reaches a result).
 
 References
 ----------
@@ -24,6 +27,7 @@ Dockès J et al. (2020). NeuroQuery, comprehensive meta-analysis of human brain 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -38,7 +42,7 @@ from scipy import sparse
 from analysis.coords import tal2mni_lancaster
 from analysis.errors import DataError
 from analysis.fetch import cache_dir, fetch_file, registry
-from analysis.io import atomic_path
+from analysis.io import atomic_path, sha256_file, write_json
 
 LGR = logging.getLogger(__name__)
 
@@ -166,23 +170,52 @@ def _cached_incidence(db: CoordinateDB, radius_mm: float) -> sparse.csr_matrix:
     folder = cache_dir() / "characterisation"
     stem = f"{db.name}-{db.checksum[:16]}-r{radius_mm:g}-mask{_mask_key(mask)}"
     files = {k: folder / f"{stem}-{k}.npy" for k in ("indptr", "indices")}
-    if all(f.exists() for f in files.values()):
-        try:
-            indptr = np.load(files["indptr"])
-            indices = np.load(files["indices"], mmap_mode=None)
-            if len(indptr) == db.n_studies + 1 and indptr[-1] == len(indices):
-                data = np.ones(len(indices), dtype=np.uint8)
-                LGR.info("incidence matrix of %s read from the cache %s", db.name, folder)
-                return sparse.csr_matrix((data, indices, indptr),
-                                         shape=(db.n_studies, int(mask.sum())))
-        except (OSError, ValueError):
-            LGR.warning("cache %s unreadable; rebuilding", folder)
+    record = folder / f"{stem}.json"
+    source = {"database": db.name, "coordinates_sha256": db.checksum,
+              "radius_mm": float(radius_mm), "mask": _mask_key(mask),
+              "shape": [int(db.n_studies), int(mask.sum())]}
+    mat = _read_verified(files, record, source)
+    if mat is not None:
+        LGR.info("incidence matrix of %s read from the cache %s (checksums verified)", db.name,
+                 folder)
+        return mat
     mat = build_incidence(db.foci, db.n_studies, radius_mm, mask, neurosynth_mask().affine)
     folder.mkdir(parents=True, exist_ok=True)
-    for k in ("indices", "indptr"):  # indptr last: its presence marks a complete entry
+    record.unlink(missing_ok=True)
+    for k in ("indices", "indptr"):
         with atomic_path(files[k], suffix=".npy") as tmp:
             np.save(tmp, getattr(mat, k))
+    # the record last: its presence (with matching checksums) marks a complete entry
+    write_json(record, {"source": source,
+                        "sha256": {k: sha256_file(f) for k, f in files.items()}})
     return mat
+
+
+def _read_verified(files: dict[str, Path], record: Path, source: dict) -> sparse.csr_matrix | None:
+    """The cached matrix when its record matches ``source`` and every file its checksum."""
+    if not record.exists():
+        if any(f.exists() for f in files.values()):
+            LGR.warning("incidence cache %s has no checksum record; rebuilding", record.parent)
+        return None
+    try:
+        rec = json.loads(record.read_text())
+        if rec.get("source") != source:
+            LGR.warning("incidence cache %s was built from other sources; rebuilding", record)
+            return None
+        for k, f in files.items():
+            if sha256_file(f) != rec["sha256"][k]:
+                LGR.warning("incidence cache file %s fails its checksum; rebuilding", f)
+                return None
+        indptr = np.load(files["indptr"])
+        indices = np.load(files["indices"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        LGR.warning("incidence cache %s unreadable (%s); rebuilding", record.parent, exc)
+        return None
+    n_studies, n_vox = source["shape"]
+    if len(indptr) != n_studies + 1 or indptr[-1] != len(indices):
+        return None
+    return sparse.csr_matrix((np.ones(len(indices), dtype=np.uint8), indices, indptr),
+                             shape=(n_studies, n_vox))
 
 
 def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: np.ndarray,

@@ -17,6 +17,33 @@ from pathlib import Path
 LGR = logging.getLogger(__name__)
 
 
+def _non_negative(text: str) -> int:
+    """An integer >= 0 (argparse type: refuses e.g. ``--permutations -5``)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is negative (0 = no permutations)")
+    return v
+
+
+def _permutations(text: str) -> int:
+    """0 (no permutation test) or at least 2 (the identity and one permutation)."""
+    v = _non_negative(text)
+    if v == 1:
+        raise argparse.ArgumentTypeError("1 is the identity only; give 0 (none) or at least 2")
+    return v
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1 (argparse type)."""
+    v = _non_negative(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdm-dir", required=True, type=Path,
                    help="SDM project folder (sdm_table.txt + <study>.<software>_<space>.txt)")
@@ -24,9 +51,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None,
                    help="analysis mask on the 2 mm grid (default: the folder's sdm_mask.nii.gz "
                         "if present, else SDM-PSI's gray_matter_2mm mask, config sdm.mask)")
-    p.add_argument("--imputations", type=int, default=None, help="default: config sdm.imputations")
+    p.add_argument("--imputations", type=_positive, default=None, help="default: config sdm.imputations")
     p.add_argument("--seed", type=int, default=None, help="default: config seed")
-    p.add_argument("--permutations", type=int, default=0,
+    p.add_argument("--permutations", type=_permutations, default=0,
                    help="PSI permutations incl. the identity (0 = none; SDM default 1000)")
     p.add_argument("--covariates", default=None,
                    help="study-table columns added to the design, joined by '+' (e.g. age+sex)")

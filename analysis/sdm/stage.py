@@ -32,6 +32,7 @@ from analysis.errors import DataError
 from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure, save_nifti, write_tsv
 from analysis.labels import cluster_breakdown
+from analysis.peaks import REAL_PREFIXES
 from analysis.sdm.clusters import (
     DECREASE,
     INCREASE,
@@ -47,11 +48,9 @@ MAP_NAMES = ("g", "var", "z", "tau2", "i2", "p")
 TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y", "z", "sdm_z",
                   "p_voxel", "hedges_g", "i2", "egger_p"]
 PUBLISHED_FILE = "published_table3.tsv"
-REAL_PREFIXES = ("original:", "sdm-import:")
 #: Table 3 gives I2 in percent, like SDM-PSI's ``_h_i2`` maps, the paper (0.355083 % at the ACC
 #: peak) and the engine's ``MetaResult.maps["i2"]`` (analysis.sdm.estimator).
 I2_UNIT = "percent"
-SIMULATED_PREFIX = "simulated:"
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,34 +74,21 @@ def load_published_table3(data_dir) -> pd.DataFrame:
 
 
 def input_provenance(dataset) -> dict:
-    """Which studies' peaks are real and which are simulated stand-ins.
+    """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
-    A study is simulated when any of its peaks has ``provenance`` starting with ``simulated:``;
-    real when all start with ``original:`` or ``sdm-import:``; studies without peak rows are
-    listed apart.
+    :func:`analysis.peaks.classify_provenance` over every study of the study table: a study is
+    simulated when any of its peaks has ``provenance`` starting with ``simulated:``; real when
+    all start with ``original:`` or ``sdm-import:``; studies without peak rows are listed apart.
     """
+    from analysis.peaks import classify_provenance
+
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
-    if "provenance" not in peaks.columns:
-        return {"n_studies": len(studies), "real": studies, "simulated": [], "no_peaks": [],
-                "statement": f"{len(studies)} of {len(studies)} studies' inputs real"}
-    prov = peaks["provenance"].astype(str)
-    bad = ~(prov.str.startswith(SIMULATED_PREFIX) | prov.str.startswith(REAL_PREFIXES))
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError("peaks.tsv", f"unknown provenance {prov.iloc[i]!r}", row=i + 1,
-                        field="provenance")
-    sim_study = prov.str.startswith(SIMULATED_PREFIX).groupby(peaks["study"]).any()
-    simulated = [s for s in studies if bool(sim_study.get(s, False))]
-    no_peaks = [s for s in studies if s not in sim_study.index]
-    real = [s for s in studies if s in sim_study.index and not sim_study[s]]
-    k = len(studies)
-    text = (f"{len(real)} of {k} studies' inputs real ({', '.join(real) or 'none'}); "
-            f"{len(simulated)} simulated stand-ins")
-    if no_peaks:
-        text += f"; {len(no_peaks)} without peaks ({', '.join(no_peaks)})"
-    return {"n_studies": k, "real": real, "simulated": simulated, "no_peaks": no_peaks,
-            "statement": text}
+    prov = (peaks["provenance"].astype(str) if "provenance" in peaks.columns
+            else pd.Series(REAL_PREFIXES[0], index=peaks.index))
+    v = classify_provenance(studies, peaks["study"].astype(str), prov)
+    return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
+            "no_peaks": v.no_peaks, "statement": v.statement}
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,585 @@
+"""Reliability: honest provenance, bounded inputs, located errors, validated configuration,
+atomic stages, reproducible outputs and verified caches (each case a regression test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from analysis import cli
+from analysis import manuscript_values as mv
+from analysis.errors import DataError, DataErrors
+from analysis.validate import validate_data
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _edit(path, row, col, value):
+    """Set one cell of a TSV file (row 0 = header)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    header = lines[0].split("\t")
+    cells = lines[row].split("\t")
+    cells[header.index(col)] = value
+    lines[row] = "\t".join(cells)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _keep_peaks(path, study_prefixes):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    keep = [lines[0]] + [ln for ln in lines[1:] if ln.startswith(tuple(study_prefixes))]
+    path.write_text("\n".join(keep) + "\n", encoding="utf-8")
+
+
+def _errors(exc_info):
+    err = exc_info.value
+    return err.errors if isinstance(err, DataErrors) else [err]
+
+
+def _located(exc_info, file, field, row=None):
+    return [e for e in _errors(exc_info)
+            if e.file == file and e.field == field and (row is None or e.row == row)]
+
+
+# --- 1. provenance over all studies of the study table -----------------------------------------
+
+
+def test_provenance_counts_studies_without_peaks(data_copy):
+    _keep_peaks(data_copy / "peaks.tsv", ["Moriguchi2007\t"])  # the simulated rows deleted
+    summary = validate_data(data_copy, check_mask=False)
+    assert summary["studies_real"] == ["Moriguchi2007"]
+    assert len(summary["studies_without_peaks"]) == 10 and "Bird2010" in summary["warnings"][0]
+    prov = mv.provenance(data_copy)
+    assert not prov.all_real and prov.n_studies == 11 and prov.n_studies_no_peaks == 10
+    banner = mv.provenance_banner(prov)
+    assert "no peak coordinates at all" in banner and "Bird2010" in banner
+    assert "1 of 11" in banner
+
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.stage import input_provenance
+
+    ip = input_provenance(SDMDataset.from_data_dir(data_copy))
+    assert ip["real"] == ["Moriguchi2007"] and len(ip["no_peaks"]) == 10
+    assert "10 without peaks" in ip["statement"]
+
+
+def test_provenance_header_only_peaks_is_not_all_real(data_copy):
+    peaks = data_copy / "peaks.tsv"
+    peaks.write_text(peaks.read_text().split("\n")[0] + "\n")
+    prov = mv.provenance(data_copy)
+    assert not prov.all_real and prov.real_studies == [] and prov.n_studies_no_peaks == 11
+    assert "Data provenance" in mv.provenance_banner(prov)
+
+
+def test_validate_data_cli_warns_on_study_without_peaks(data_copy, capsys):
+    lines = (data_copy / "peaks.tsv").read_text().split("\n")
+    (data_copy / "peaks.tsv").write_text(
+        "\n".join(ln for ln in lines if not ln.startswith("Xu2020\t")))
+    assert cli.main(["validate-data", "--data", str(data_copy), "--no-mask"]) == 0
+    out = capsys.readouterr().out
+    assert "warning:" in out and "Xu2020" in out and "without peaks: 1" in out
+
+
+def test_provenance_one_classification():
+    from analysis.peaks import classify_provenance
+
+    v = classify_provenance(["A", "B", "C", "D"], ["A", "B", "B", "X"],
+                            ["original:a", "sdm-import:p", "simulated:v1", "simulated:v1"])
+    assert (v.real, v.simulated, v.no_peaks) == (["A"], ["B"], ["C", "D"])
+    assert (v.n_peaks_real, v.n_peaks_simulated) == (2, 1) and not v.all_real
+    assert classify_provenance(["A"], ["A"], ["original:a"]).all_real
+    with pytest.raises(DataError, match="row 2, field 'provenance'"):
+        classify_provenance(["A"], ["A", "A"], ["original:a", "typo:x"])
+
+
+# --- 2. plausibility bounds --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file,row,col,value", [
+    ("peaks.tsv", 27, "stat_value", "-1e12"),      # a Moriguchi2007 t
+    ("peaks.tsv", 27, "stat_value", "-1e300"),
+    ("studies.tsv", 2, "n_patients", "1000000"),
+    ("studies.tsv", 3, "n_controls", "250000"),
+])
+def test_bounds_on_t_and_n_are_located_errors(data_copy, file, row, col, value):
+    path = data_copy / file
+    if file == "peaks.tsv":
+        _keep_peaks(path, ["Moriguchi2007\t"])
+        sign = path.read_text().split("\n")[row].split("\t")[2]
+        value = value if sign == "-1" else value.lstrip("-")
+    _edit(path, row, col, value)
+    with pytest.raises(DataErrors) as info:
+        validate_data(data_copy, check_mask=False)
+    assert _located(info, file, col, row), str(info.value)
+
+
+def test_bound_on_z_and_on_converted_statistics(data_copy):
+    path = data_copy / "peaks.tsv"
+    _keep_peaks(path, ["Moriguchi2007\t"])
+    sign = path.read_text().split("\n")[3].split("\t")[2]
+    s = "" if sign == "1" else "-"
+    _edit(path, 2, "stat_type", "z")
+    _edit(path, 2, "stat_value", f"{s}45")
+    _edit(path, 3, "stat_type", "p")
+    _edit(path, 3, "stat_value", "1e-290")  # converts to |t| far above 100 with df = 28
+    with pytest.raises(DataErrors) as info:
+        validate_data(data_copy, check_mask=False)
+    assert _located(info, "peaks.tsv", "stat_value", 2)
+    assert _located(info, "peaks.tsv", "stat_value", 3)
+
+
+# --- 3. one-line errors at the command line ----------------------------------------------------
+
+
+def test_duplicate_study_id_is_a_message_not_a_crash(data_copy, capsys):
+    _edit(data_copy / "studies.tsv", 3, "study", "bird2010")  # beside Bird2010: same id
+    assert cli.main(["validate-data", "--data", str(data_copy)]) == 1
+    err = capsys.readouterr().err
+    assert "studies.tsv, row 3, field 'study': duplicate study 'bird2010'" in err
+    assert "Traceback" not in err
+
+
+def test_header_only_study_table(data_copy, capsys):
+    path = data_copy / "studies.tsv"
+    path.write_text(path.read_text().split("\n")[0] + "\n")
+    assert cli.main(["validate-data", "--data", str(data_copy)]) == 1
+    assert "studies.tsv, field 'study': the table has a header but no study rows" in \
+        capsys.readouterr().err
+
+
+def test_overlong_study_id_is_refused(data_copy):
+    _edit(data_copy / "studies.tsv", 2, "study", "x" * 5000)
+    with pytest.raises(DataErrors) as info:
+        validate_data(data_copy, check_mask=False)
+    assert _located(info, "studies.tsv", "study", 2)
+    assert "5000 characters" in str(info.value)
+
+
+@pytest.mark.parametrize("exc,expect", [
+    ("fetch", "checksum mismatch for x.nii.gz"),
+    ("perm", "Permission denied: /r/values"),
+    ("config", "key 'sdm.imputations'"),
+    ("value", "bad value"),
+    ("bug", "internal error (ZeroDivisionError"),
+])
+def test_cli_errors_are_one_line_and_debug_shows_traceback(monkeypatch, capsys, exc, expect):
+    from analysis.commands import validate_data as cmd
+    from analysis.errors import ConfigError
+    from analysis.fetch import FetchError
+
+    def boom(args):
+        if exc == "fetch":
+            raise FetchError("checksum mismatch for x.nii.gz")
+        if exc == "perm":
+            raise PermissionError(13, "Permission denied", "/r/values")
+        if exc == "config":
+            raise ConfigError("sdm.imputations", "not an integer", "--set")
+        if exc == "value":
+            raise ValueError("bad value")
+        return 1 / 0
+
+    monkeypatch.setattr(cmd, "run_command", boom)
+    assert cli.main(["validate-data"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and expect in err
+    with pytest.raises(Exception):  # noqa: B017 (any of them)
+        cli.main(["--debug", "validate-data"])
+    with pytest.raises(Exception):  # noqa: B017
+        cli.main(["validate-data", "--debug"])
+
+
+def test_cli_entry_point_exit_status(tmp_path):
+    env = {**os.environ, "PAINEMP_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "analysis", "validate-data", "--data",
+                          str(tmp_path / "none")], capture_output=True, text=True, env=env)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "studies.tsv: file not found" in out.stderr
+
+
+# --- 4. whitespace and case ------------------------------------------------------------------------
+
+
+def test_whitespace_is_stripped_everywhere(data_copy):
+    from analysis.peaks import load_peaks
+    from analysis.studies import load_studies
+
+    s = data_copy / "studies.tsv"
+    lines = s.read_text().split("\n")
+    _edit(s, 1, "study", " Bird2010 ")
+    _edit(s, 1, "disorder_abbrev", "Alexithymia  ")
+    lines = s.read_text().split("\n")
+    lines[0] = lines[0].replace("disorder_abbrev", "disorder_abbrev ")
+    s.write_text("\n".join(lines))
+    _edit(data_copy / "peaks.tsv", 1, "study", "Bird2010\u00a0")
+    summary = validate_data(data_copy, check_mask=False)
+    assert "Bird2010" in summary["peaks_per_study"]
+    st = load_studies(data_copy)
+    assert st["study"].iloc[0] == "Bird2010" and "disorder_abbrev" in st.columns
+    assert st["disorder_abbrev"].iloc[0] == "Alexithymia"
+    pk = load_peaks(data_copy, check_mask=False)
+    assert set(pk["study"]) == set(st["study"])
+
+
+def test_case_insensitive_duplicate_ids(data_copy):
+    _edit(data_copy / "studies.tsv", 2, "study", "BIRD2010")
+    with pytest.raises(DataErrors) as info:
+        validate_data(data_copy, check_mask=False)
+    hit = _located(info, "studies.tsv", "study", 2)
+    assert hit and "also row 1" in str(hit[0])
+
+
+# --- 5. SDM project import -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sdm_folder(tmp_path):
+    """A small SDM project: three studies of the compendium's data."""
+    from analysis.peaks import load_peaks
+    from analysis.sdm_format import write_sdm_project
+    from analysis.studies import load_studies
+
+    st = load_studies()
+    keep = ["Bird2010", "Moriguchi2007", "Xu2020"]
+    pk = load_peaks(studies=st, check_mask=False)
+    st = st[st["study"].isin(keep)].reset_index(drop=True)
+    return write_sdm_project(st, pk[pk["study"].isin(keep)], tmp_path / "proj")
+
+
+def _read(folder):
+    from analysis.sdm_format import read_sdm_project
+
+    with pytest.raises(DataErrors) as info:
+        read_sdm_project(folder)
+    return info
+
+
+def test_sdm_no_peaks_file_with_peaks(sdm_folder):
+    f = sdm_folder / "Xu2020.other_mni.txt"
+    f.rename(sdm_folder / "Xu2020.no_peaks.txt")
+    info = _read(sdm_folder)
+    assert [e for e in _errors(info) if e.file == "Xu2020.no_peaks.txt" and e.row == 1]
+
+
+def test_sdm_empty_peak_file(sdm_folder):
+    (sdm_folder / "Xu2020.other_mni.txt").write_text("\n")
+    info = _read(sdm_folder)
+    assert [e for e in _errors(info) if e.file == "Xu2020.other_mni.txt"
+            and "no peak" in e.message]
+
+
+def test_sdm_unknown_suffix(sdm_folder):
+    (sdm_folder / "Xu2020.other_mni.txt").rename(sdm_folder / "Xu2020.spm_mn.txt")
+    info = _read(sdm_folder)
+    assert [e for e in _errors(info) if e.file == "Xu2020.spm_mn.txt" and e.field == "suffix"]
+
+
+def test_sdm_peak_outside_brain_and_huge_t(sdm_folder):
+    f = sdm_folder / "Xu2020.other_mni.txt"
+    lines = f.read_text().splitlines()
+    lines[0] = "150,20,30,4.2"
+    lines[1] = "10,20,30,1e300"
+    f.write_text("\n".join(lines) + "\n")
+    info = _read(sdm_folder)
+    assert [e for e in _errors(info) if e.file == f.name and e.row == 1 and e.field == "x"]
+    assert [e for e in _errors(info) if e.file == f.name and e.row == 2 and e.field == "t"]
+
+
+@pytest.mark.parametrize("col,value", [("n1", "0"), ("t_thr", "high"), ("n1", "1e7")])
+def test_sdm_table_errors_name_the_table_and_its_column(sdm_folder, col, value):
+    _edit(sdm_folder / "sdm_table.txt", 2, col, value)
+    info = _read(sdm_folder)
+    assert _located(info, "sdm_table.txt", col, 2), str(info.value)
+    assert "studies.tsv" not in str(info.value) and "n_patients" not in str(info.value)
+
+
+def test_sdm_duplicate_table_row(sdm_folder):
+    t = sdm_folder / "sdm_table.txt"
+    lines = t.read_text().splitlines()
+    t.write_text("\n".join([*lines, lines[1]]) + "\n")
+    info = _read(sdm_folder)
+    hit = _located(info, "sdm_table.txt", "study", 4)
+    assert hit and "duplicate row" in hit[0].message
+    assert not [e for e in _errors(info) if "no peak file" in e.message]
+
+
+def test_import_sdm_cli_refuses_huge_t(sdm_folder, tmp_path, capsys):
+    f = sdm_folder / "Xu2020.other_mni.txt"
+    lines = f.read_text().splitlines()
+    lines[0] = ",".join(lines[0].split(",")[:3] + ["1e300"])
+    f.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "imported"
+    assert cli.main(["import-sdm", str(sdm_folder), "--data", str(out)]) == 1
+    assert "Xu2020.other_mni.txt, row 1, field 't'" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_meta_refuses_negative_permutations(capsys, tmp_path):
+    for bad in ("-5", "1"):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["meta", "--sdm-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                      "--permutations", bad])
+        assert exc.value.code == 2
+        assert "--permutations" in capsys.readouterr().err
+
+
+# --- 6. configuration schema and overrides --------------------------------------------------------
+
+
+def test_config_unknown_key_is_named_with_the_closest_key():
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config({"sdm": {"analysis_roi_radius": 20}})
+    assert info.value.key == "sdm.analysis_roi_radius"
+    assert "did you mean 'analysis_roi_radius_mm'" in str(info.value)
+
+
+@pytest.mark.parametrize("override,key", [
+    ({"sdm": {"imputations": "fifty"}}, "sdm.imputations"),
+    ({"sdm": {"imputations": 0}}, "sdm.imputations"),
+    ({"sdm": {"psi": {"backend": "fortran"}}}, "sdm.psi.backend"),
+    ({"sdm": {"tfce": {"E": "half"}}}, "sdm.tfce.E"),
+    ({"seed": 1.5}, "seed"),
+    ({"characterisation": {"decoding_voxel_level": "yes"}}, "characterisation.decoding_voxel_level"),
+])
+def test_config_wrong_type_names_the_key(override, key):
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(override)
+    assert info.value.key == key
+
+
+def test_misspelt_key_in_config_file(tmp_path, monkeypatch):
+    from analysis import config
+    from analysis.errors import ConfigError
+
+    text = config.CONFIG_PATH.read_text().replace("imputations_quick:", "imputation_quick:")
+    bad = tmp_path / "config.yaml"
+    bad.write_text(text)
+    monkeypatch.setattr(config, "CONFIG_PATH", bad)
+    config._load_default.cache_clear()
+    try:
+        with pytest.raises(ConfigError) as info:
+            config.load_config()
+        assert info.value.source == "config.yaml"
+        assert info.value.key == "sdm.imputation_quick"
+    finally:
+        monkeypatch.undo()
+        config._load_default.cache_clear()
+
+
+def test_set_overrides_are_parsed_and_validated(tmp_path):
+    from analysis.commands.run import config_from_args
+    from analysis.config import parse_overrides
+    from analysis.errors import ConfigError
+
+    assert parse_overrides(["sdm.imputations=20", "sdm.psi.backend=numpy",
+                            "sdm.analysis_roi_radius_mm=null"]) == {
+        "sdm": {"imputations": 20, "psi": {"backend": "numpy"}, "analysis_roi_radius_mm": None}}
+    parser = cli.build_parser()
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("sdm:\n  imputations: 7\n  permutations: 30\n")
+    args = parser.parse_args(["run", "--config", str(extra), "--set", "sdm.imputations=20"])
+    cfg = config_from_args(args)
+    assert cfg["sdm"]["imputations"] == 20 and cfg["sdm"]["permutations"] == 30
+    for bad in (["sdm.imputations"], ["=3"], ["sdm..x=1"]):
+        with pytest.raises(ConfigError):
+            parse_overrides(bad)
+
+
+def test_run_refuses_bad_override_before_any_stage(results_tmp, capsys):
+    assert cli.main(["run", "--stage", "figure1", "--set", "sdm.imputations=fifty"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "key 'sdm.imputations'" in err and "--set" in err
+    assert cli.main(["run", "--set", "sdm.analysis_roi_radius=20"]) == 1
+    assert "did you mean 'analysis_roi_radius_mm'" in capsys.readouterr().err
+    assert not results_tmp.exists()
+
+
+def test_run_stages_validates_a_given_config(tmp_path):
+    from analysis import pipeline
+    from analysis.config import load_config
+    from analysis.errors import ConfigError
+
+    cfg = load_config()
+    cfg["sdm"]["imputations"] = "fifty"
+    with pytest.raises(ConfigError, match="sdm.imputations"):
+        pipeline.run_stages(["figure1"], config=cfg, results_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_stage_key_ignores_result_neutral_keys(tmp_path):
+    from analysis import pipeline
+    from analysis.config import load_config
+
+    stage = pipeline.Stage("toy", "x:y", sources=["config.py"])
+
+    def key(**sdm):
+        return pipeline.stage_key(stage, load_config({"sdm": sdm}), tmp_path, False, {})
+
+    k0 = key()
+    assert key(psi={"n_jobs": 1}) == k0 == key(psi={"n_jobs": 7})
+    assert key(imputations=20) != k0
+    assert key(psi={"chunk_size": 5}) != k0
+
+
+# --- 7. atomic stages, stale staging, lock ---------------------------------------------------------
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A one-stage pipeline writing tables/toy.tsv and figures/toy.png (content per run)."""
+    from analysis import pipeline
+
+    state = {"content": "v1", "values": {"n": 1}}
+
+    def produce(ctx):
+        ctx.out("figures/toy.png").write_text(state["content"])
+        ctx.out("tables/toy.tsv").write_text(state["content"])
+        return dict(state["values"])
+
+    stage = pipeline.Stage("toy", "x:y", sources=["config.py"])
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: produce)
+    monkeypatch.setattr(pipeline, "STAGES", [stage])
+    data, results = tmp_path / "data", tmp_path / "results"
+    data.mkdir()
+    return state, dict(data_dir=data, results_dir=results), results
+
+
+def test_stage_commit_is_all_or_nothing_when_a_folder_is_unusable(toy):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    results.mkdir()
+    (results / "values").write_text("a file where the values folder should be")
+    with pytest.raises(OSError):
+        pipeline.run_stages(**kw)
+    assert not (results / "figures").exists() and not (results / "tables").exists()
+    assert not (results / ".stages" / "toy.json").exists()
+    assert not (results / ".staging").exists()
+
+
+def test_stage_commit_rolls_back_to_the_previous_files(toy, monkeypatch):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    state["content"] = "v2"
+    real = pipeline.write_json
+
+    def failing(path, obj):
+        if ".stages" in str(path):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(pipeline, "write_json", failing)
+    with pytest.raises(OSError):
+        pipeline.run_stages(force=True, **kw)
+    assert (results / "figures/toy.png").read_text() == "v1"
+    assert (results / "tables/toy.tsv").read_text() == "v1"
+    assert not (results / ".stages" / "toy.json").exists()  # the next run recomputes
+    monkeypatch.setattr(pipeline, "write_json", real)
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}
+    assert (results / "tables/toy.tsv").read_text() == "v2"
+
+
+def test_stale_staging_of_dead_processes_is_removed(toy):
+    from analysis import pipeline
+
+    _, kw, results = toy
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = results / ".staging" / f"toy-{dead}"
+    (stale / "figures").mkdir(parents=True)
+    (stale / "figures" / "half.png").write_text("x")
+    pipeline.run_stages(**kw)
+    assert not stale.exists() and not (results / ".staging").exists()
+
+
+def test_second_run_on_the_same_results_is_refused(toy, capsys):
+    from analysis import pipeline
+    from analysis.errors import ResultsLocked
+
+    _, kw, results = toy
+    with pipeline.results_lock(results):
+        with pytest.raises(ResultsLocked, match="another run .* this results folder"):
+            pipeline.run_stages(**kw)
+    assert pipeline.run_stages(**kw) == {"toy": "ran"}  # released
+
+
+# --- 8. permissions and byte-reproducible values ---------------------------------------------------
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_honour_the_umask(tmp_path, umask, mode):
+    from analysis.io import write_json, write_text
+
+    old = os.umask(umask)
+    try:
+        a = write_json(tmp_path / "a.json", {"x": 1})
+        b = write_text(tmp_path / "sub" / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(a.stat().st_mode) == mode and stat.S_IMODE(b.stat().st_mode) == mode
+
+
+def test_timings_go_to_the_manifest_and_values_are_byte_identical(toy):
+    from analysis import pipeline
+
+    state, kw, results = toy
+    state["values"] = {"n": 1, "seconds": 12.3, "psi_seconds": 4.5}
+    pipeline.run_stages(**kw)
+    first = (results / "values.json").read_bytes()
+    assert "seconds" not in json.loads(first)["toy"]
+    manifest = json.loads((results / ".stages" / "toy.json").read_text())
+    assert manifest["timings"]["psi_seconds"] == 4.5 and manifest["timings"]["seconds"] > 0
+    state["values"]["seconds"] = 99.0
+    pipeline.run_stages(force=True, **kw)
+    assert (results / "values.json").read_bytes() == first
+
+
+# --- 9. derived caches carry and verify their source checksums -------------------------------------
+
+
+def test_incidence_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, caplog):
+    import pandas as pd
+
+    from analysis.characterisation import databases as db_mod
+
+    monkeypatch.setattr(db_mod, "cache_dir", lambda: tmp_path)
+    foci = pd.DataFrame({"id": [1, 1, 2, 3], "x": [0.0, 40, -30, 10],
+                         "y": [20.0, -20, 10, -60], "z": [30.0, 10, 0, 20]})
+
+    def fresh():  # a new object: no in-memory copy of the matrix
+        return db_mod.CoordinateDB("toy", foci.assign(study=[0, 0, 1, 2]), np.array([1, 2, 3]),
+                                   "ab" * 32)
+
+    ref = fresh().incidence(6)
+    folder = tmp_path / "characterisation"
+    record = json.loads(next(folder.glob("*.json")).read_text())
+    assert record["source"]["coordinates_sha256"] == "ab" * 32
+    assert set(record["sha256"]) == {"indices", "indptr"}
+    # corrupt the cached matrix: detected, rebuilt, same result
+    indices = next(folder.glob("*-indices.npy"))
+    raw = bytearray(indices.read_bytes())
+    raw[-1] ^= 0xFF
+    indices.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = fresh().incidence(6)
+    assert "fails its checksum" in caplog.text
+    assert (again != ref).nnz == 0
+    # a cache without a record (older layout or interrupted write) is not trusted either
+    next(folder.glob("*.json")).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert (fresh().incidence(6) != ref).nnz == 0
+    assert "no checksum record" in caplog.text
+    assert next(folder.glob("*.json")).exists()
