@@ -117,10 +117,11 @@ def _interval_terms(mu, lo, up, s_lo, s_up, deriv: bool = True):
     f = -logz
     if not deriv:
         return f
-    ra = np.exp(np.minimum(-0.5 * a * a - _LOG_SQRT_2PI - logz, 700.0))
-    rb = np.exp(np.minimum(-0.5 * b * b - _LOG_SQRT_2PI - logz, 700.0))
-    d1 = np.where(valid, rb / s_up - ra / s_lo, 0.0)
-    d2 = np.where(valid, b * rb / (s_up * s_up) - a * ra / (s_lo * s_lo) + d1 * d1, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # masked by ``valid`` below
+        ra = np.exp(np.minimum(-0.5 * a * a - _LOG_SQRT_2PI - logz, 700.0))
+        rb = np.exp(np.minimum(-0.5 * b * b - _LOG_SQRT_2PI - logz, 700.0))
+        d1 = np.where(valid, rb / s_up - ra / s_lo, 0.0)
+        d2 = np.where(valid, b * rb / (s_up * s_up) - a * ra / (s_lo * s_lo) + d1 * d1, 0.0)
     return f, d1, np.maximum(d2, 0.0)
 
 
