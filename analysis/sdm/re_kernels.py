@@ -78,6 +78,17 @@ def _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb):  # pragma: no 
 
 
 @numba.njit(inline="always", **_INLINE)
+def _dl_tau2(t, qf, trf, b, q, den, df):  # pragma: no cover - compiled
+    """DerSimonian-Laird tau2 of voxel ``b`` from its fixed-effect ``Q`` and ``tr P_FE``
+    (``den``), ``max(0, (Q - df) / tr P_FE)``; Q and tr P_FE are kept for I2 and Q pooling.
+    """
+    qf[b] = q if q > 0.0 else 0.0
+    trf[b] = den
+    tt = (q - df) / den
+    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+
+
+@numba.njit(inline="always", **_INLINE)
 def _reml_update(t, b, tb, score, trp, trpp, obs, tol):  # pragma: no cover - compiled
     """One REML update of voxel ``b``: Newton on the restricted log-likelihood where it is
     locally concave (observed information ``obs > 0``), else Fisher scoring (``tr(PP)``);
@@ -162,10 +173,7 @@ def _mean_kernel(A, c, G, k1, k2, kt, max_iter, tol, block, out,
                     swyy += wi * yi * yi
                 den = sw - sw2 / sw
                 q = swyy - swy * swy / sw
-                qf[b] = q if q > 0.0 else 0.0
-                trf[b] = den
-                tt = (q - (K - 1)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                _dl_tau2(t, qf, trf, b, q, den, K - 1.0)
             # Newton (Fisher where the log-likelihood is not locally concave) updates
             for _ in range(max_iter):
                 moving = 0.0
@@ -298,10 +306,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
                 b1 = (s0 * s4 - s1 * s3) / det
                 den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
                 q = syy - b0 * s3 - b1 * s4
-                qf[b] = q if q > 0.0 else 0.0
-                trf[b] = den
-                tt = (q - (K - 2)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                _dl_tau2(t, qf, trf, b, q, den, K - 2.0)
             for _ in range(max_iter):
                 moving = 0.0
                 for b in range(nb):
