@@ -1,4 +1,4 @@
-"""Whole-pipeline null calibration of the FWE correction (issue 4).
+"""Whole-pipeline null calibration of the FWE correction.
 
 Simulated null peaks -> SDM pre-processing -> MetaNSUE imputation -> PSI permutation test ->
 family-wise error hit or not (:mod:`analysis.sdm.bench_calibration`; the full-size run is

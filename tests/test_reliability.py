@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (row 0 = header)
 
 from analysis import cli
 from analysis import manuscript_values as mv
@@ -18,16 +19,6 @@ from analysis.errors import DataError, DataErrors
 from analysis.validate import validate_data
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _edit(path, row, col, value):
-    """Set one cell of a TSV file (row 0 = header)."""
-    lines = path.read_text(encoding="utf-8").split("\n")
-    header = lines[0].split("\t")
-    cells = lines[row].split("\t")
-    cells[header.index(col)] = value
-    lines[row] = "\t".join(cells)
-    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def _keep_peaks(path, study_prefixes):

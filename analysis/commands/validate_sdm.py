@@ -164,16 +164,10 @@ TARGETS = {"peaks_z_r": 0.98, "peaks_tau2_r": 0.90, "peaks_cluster_mm": 4.0,
 
 def load_sdm_bounds(folder: Path, dataset, space) -> tuple:
     """SDM-PSI's own bound maps (``pp/<study>_lower|upper.nii.gz``) of every study of the table."""
-    import nibabel as nib
+    from analysis.sdm.preprocess import read_bound_maps
 
     studies = list(dataset.studies["study"])
-    missing = [s for s in studies if not (folder / "pp" / f"{s}_lower.nii.gz").exists()]
-    if missing:
-        raise FileNotFoundError(f"{folder / 'pp'} lacks the bound maps of {missing}")
-    lower = np.stack([space.from_img(nib.load(str(folder / "pp" / f"{s}_lower.nii.gz")))
-                      for s in studies]).astype(np.float32)
-    upper = np.stack([space.from_img(nib.load(str(folder / "pp" / f"{s}_upper.nii.gz")))
-                      for s in studies]).astype(np.float32)
+    lower, upper = read_bound_maps(folder / "pp", studies, space)
     tab = dataset.studies
     return lower, upper, tab["n1"].to_numpy(float), tab["n2"].to_numpy(float), studies
 

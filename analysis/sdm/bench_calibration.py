@@ -1,4 +1,4 @@
-"""Whole-pipeline null calibration of the FWE correction (issue 4: null simulations).
+"""Whole-pipeline null calibration of the FWE correction (null simulations).
 
 Registered in ``python -m analysis bench`` as ``null-calibration``. Each of ``--simulations``
 simulated meta-analyses runs the whole pipeline with no planted effect:

@@ -47,8 +47,9 @@ Truncation
     peak is visited, i.e. the search is local and each peak costs milliseconds.
 
 Limits: SDM's own correlation templates are distributed only with its binaries, so the
-anisotropic kernel here is a documented reconstruction; measured agreement with SDM-PSI's
-kernel is reported in ``tests/test_sdm_preprocess.py`` and the engineer's report.
+anisotropic kernel here is a documented reconstruction, its stretch template fitted on SDM-PSI's
+bound maps of Enge et al. (2021) (:mod:`analysis.sdm.kernel_fit`); the measured agreement with
+SDM-PSI's kernel is reported in ``tests/test_sdm_preprocess.py`` (T4 tests).
 """
 
 from __future__ import annotations

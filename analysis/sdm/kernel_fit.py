@@ -174,14 +174,12 @@ def load_enge(folder=None):
     from analysis.fetch import fetch_dataset
     from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.effect_sizes import g_from_t
+    from analysis.sdm.preprocess import read_bound_maps
 
     folder = fetch_dataset(ENGE_DATASET) if folder is None else folder
     ds = SDMDataset.from_sdm_project(folder)
     space = MaskSpace(nib.load(folder / "sdm_mask.nii.gz"))
-    lo = np.stack([space.from_img(nib.load(folder / "pp" / f"{s}_lower.nii.gz"))
-                   for s in ds.ids]).astype(float)
-    up = np.stack([space.from_img(nib.load(folder / "pp" / f"{s}_upper.nii.gz"))
-                   for s in ds.ids]).astype(float)
+    lo, up = (a.astype(float) for a in read_bound_maps(folder / "pp", ds.ids, space))
     st = ds.studies
     n2 = st["n2"].to_numpy(dtype=float)
     g_thr = np.array([g_from_t(t, n1, None if not np.isfinite(b) else b) for t, n1, b in

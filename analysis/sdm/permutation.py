@@ -439,6 +439,15 @@ class _Engine:
     backend: str
     block: int
     tfce: dict
+    # derived once (not per permutation): the compiled design or None, and v(g) = k1 + k2 g^2
+    design: str | None = field(init=False)
+    k1: np.ndarray = field(init=False)
+    k2: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        inp = self.inputs
+        self.design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
+        self.k1, self.k2 = inp.variance_coefficients()
 
     def study_effects(self, codes: PermutationCodes, b: int) -> tuple[np.ndarray, np.ndarray]:
         """(A (k, V), c (k,)) of permutation ``b`` of a subject-level code."""
@@ -458,33 +467,31 @@ class _Engine:
         is the estimator's.
         """
         inp = self.inputs
-        k1, k2 = inp.variance_coefficients()
-        design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
+        design = self.design
         if codes is None:
             if design is not None:
-                return self._compiled(design, None, inp.imputations, None, None, 0)
+                return self._compiled(None, inp.imputations, None, None, 0)
             y = inp.imputations
         elif codes.method == "subjects":
             A, c = self.study_effects(codes, b)
             if design is not None:
-                return self._compiled(design, A[None], inp.imputations, c, None, 0)
+                return self._compiled(A[None], inp.imputations, c, None, 0)
             y = _LazyY(A, c, inp.imputations)
         else:
             if design is not None:
-                return self._compiled(design, self.fl_fit, self.fl_res, None, codes.order[b], 1)
+                return self._compiled(self.fl_fit, self.fl_res, None, codes.order[b], 1)
             y = _LazyFL(self.fl_fit, self.fl_res, codes.order[b])
         xp = array_module("cupy" if self.backend == "cupy" else "numpy")
         X = None if inp.intercept_only else inp.X
-        coef, var, z, tau2 = _meta_numpy(y, k1, k2, X, inp.C, self.n_iter, self.tol, xp,
-                                         self.block)
+        coef, var, z, tau2 = _meta_numpy(y, self.k1, self.k2, X, inp.C, self.n_iter, self.tol,
+                                         xp, self.block)
         return {"coef": to_numpy(coef), "var": to_numpy(var), "z": to_numpy(z),
                 "tau2": to_numpy(tau2)}
 
-    def _compiled(self, design, P1, P2, c, order, mode) -> dict:
+    def _compiled(self, P1, P2, c, order, mode) -> dict:
         inp = self.inputs
-        k1, k2 = inp.variance_coefficients()
-        out = run_kernel(design, P2, k1, k2, inp.X, inp.C, n_iter=self.n_iter, tol=self.tol,
-                         stats=False, A=P1, c=c, order=order, mode=mode)
+        out = run_kernel(self.design, P2, self.k1, self.k2, inp.X, inp.C, n_iter=self.n_iter,
+                         tol=self.tol, stats=False, A=P1, c=c, order=order, mode=mode)
         coef, var, tau2 = (out[ROWS.index(r)] for r in ("coef", "var", "tau2"))
         return {"coef": coef, "var": var, "z": coef / np.sqrt(var), "tau2": tau2}
 

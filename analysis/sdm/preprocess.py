@@ -113,6 +113,34 @@ class Bounds:
         return paths
 
 
+def read_bound_maps(folder, studies, space: MaskSpace) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``<study>_lower.nii.gz`` / ``_upper.nii.gz`` (SDM's ``pp/`` layout, as
+    :meth:`Bounds.save` writes it) of ``studies`` from ``folder``, as vectors over ``space``.
+
+    Returns
+    -------
+    lower, upper : numpy.ndarray, float32, shape (k, V)
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the studies whose maps are missing.
+    """
+    from pathlib import Path
+
+    import nibabel as nib
+
+    folder = Path(folder)
+    missing = [s for s in studies if not (folder / f"{s}_lower.nii.gz").exists()
+               or not (folder / f"{s}_upper.nii.gz").exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks the bound maps of {missing}")
+    lower, upper = (np.stack([space.from_img(nib.load(str(folder / f"{s}_{name}.nii.gz")))
+                              for s in studies]).astype(np.float32)
+                    for name in ("lower", "upper"))
+    return lower, upper
+
+
 def peak_effects(peaks: pd.DataFrame, n1, n2, t_thr,
                  unknown_peak_mode: str = "corrected") -> np.ndarray:
     """Hedges g of each peak (unknown statistics handled by ``unknown_peak_mode``).
