@@ -59,9 +59,10 @@ import pandas as pd
 from scipy import ndimage, stats
 from tqdm.auto import tqdm
 
-from analysis.config import derive_rng, load_config
-from analysis.peaks import PEAK_COLUMNS
 from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
+from analysis.sdm.peaks import PEAK_COLUMNS
+from analysis.sdm.rng import derive_rng
+from analysis.sdm.space import VOXEL_MM
 
 LGR = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ STANDIN_NOTE = "simulated stand-in, not the study's data"
 @lru_cache(maxsize=1)
 def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Brain mask (bool grid), its voxel indices (n x 3) and their MNI coordinates (n x 3)."""
-    from analysis.grid import brain_mask, ijk_to_mni
+    from analysis.sdm.space import brain_mask, ijk_to_mni
 
     img = brain_mask()
     mask = np.asarray(img.dataobj) > 0
@@ -89,9 +90,14 @@ def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mask, ijk, xyz
 
 
-def provenance_label(seed: int, cfg: dict | None = None) -> str:
+def _require(cfg) -> None:
+    if not isinstance(cfg, dict):
+        raise TypeError("the simulator needs the configuration (analysis.config.load_config())")
+
+
+def provenance_label(seed: int, cfg: dict) -> str:
     """Provenance of simulated rows: ``simulated:v<generator_version>:seed=<seed>``."""
-    cfg = cfg or load_config()
+    _require(cfg)
     return f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:seed={int(seed)}"
 
 
@@ -126,7 +132,7 @@ def smooth_noise(rng: np.random.Generator, fwhm_mm: float, mask: np.ndarray | No
         same scale).
     """
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
-    voxel_mm = float(load_config()["grid"]["voxel_mm"]) if voxel_mm is None else float(voxel_mm)
+    voxel_mm = VOXEL_MM if voxel_mm is None else float(voxel_mm)
     field = rng.standard_normal(mask.shape)
     if fwhm_mm > 0:
         field = ndimage.gaussian_filter(field, fwhm_mm * FWHM_TO_SIGMA / voxel_mm, mode="reflect")
@@ -169,7 +175,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     rng : numpy.random.Generator
         Random stream (the study's true effects are drawn first, then the noise).
     cfg : dict, optional
-        Configuration (default: :func:`analysis.config.load_config`).
+        Configuration (:func:`analysis.config.load_config`).
     tau : float, optional
         Between-study SD of the effects (default ``simulation.heterogeneity_tau``).
 
@@ -180,7 +186,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     true_g : ndarray
         The study's realised true Hedges' g of each planted effect.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     sim = cfg["simulation"]
     tau = float(sim["heterogeneity_tau"]) if tau is None else float(tau)
     mask, _, xyz = _mask_geometry()
@@ -189,7 +195,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     else:
         base = effects["g"].to_numpy(dtype=float)
         true_g = base + tau * rng.standard_normal(len(base))
-    z = smooth_noise(rng, float(sim["smoothness_fwhm_mm"]), mask, float(cfg["grid"]["voxel_mm"]))
+    z = smooth_noise(rng, float(sim["smoothness_fwhm_mm"]), mask, VOXEL_MM)
     df = float(degrees_of_freedom(n1, n2))
     t = gaussian_to_t(z[mask], df)
     if true_g.size:
@@ -250,9 +256,9 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
         signed t; rows in SPM's table order (direction as requested, clusters by their
         highest peak, then decreasing |t|); clusters numbered 1, 2, ... over the table.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     sim = cfg["simulation"]
-    from analysis.grid import grid_affine, ijk_to_mni
+    from analysis.sdm.space import grid_affine, ijk_to_mni
 
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
     structure = _structure(sim["cluster_connectivity"])
@@ -317,9 +323,9 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
 def reported_directions(contrasts: str) -> list[int]:
     """Directions of a ``contrasts_reported`` field (``'Patients>HC;HC>Patients'`` -> [1, -1]).
 
-    Uses the vocabulary of :data:`analysis.studies.CONTRASTS`.
+    Uses the vocabulary of :data:`analysis.sdm.studies.CONTRASTS`.
     """
-    from analysis.studies import CONTRASTS
+    from analysis.sdm.studies import CONTRASTS
 
     out = set()
     for token in str(contrasts).split(";"):
@@ -368,7 +374,7 @@ def simulate_study_peaks(n1: int, n2: int | None, t_thr: float, directions: Sequ
     true_g : ndarray
         The study's realised true effect at each planted effect.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     tmap, true_g = simulate_tmap(n1, n2, effects, rng, cfg, tau=tau)
     return find_peaks(tmap, float(t_thr), directions, cfg), true_g
 
@@ -387,10 +393,10 @@ def _peak_rows(study: str, peaks: pd.DataFrame, provenance: str, note: str,
 
     ``peak_id`` numbers the study's peaks from 1; ``note`` adds the cluster and its size. A
     study that reported Talairach coordinates gets its stand-ins converted from MNI with
-    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.coords` applies to ``TAL``
+    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.sdm.coords` applies to ``TAL``
     peaks) and rounded to whole millimetres, as a paper would print them.
     """
-    from analysis import coords
+    from analysis.sdm import coords
 
     if study_space not in STUDY_SPACE_OUT:
         raise ValueError(f"{study}: unknown study space {study_space!r}; expected one of "
@@ -434,7 +440,7 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.studies.load_studies`): ``study, n1, n2, t_thr,
+        The study table (:func:`analysis.sdm.studies.load_studies`): ``study, n1, n2, t_thr,
         contrasts_reported`` and optionally ``space`` (``MNI`` or ``Talairach``; Talairach
         studies get ``TAL`` stand-ins).
     seed : int
@@ -452,7 +458,7 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
         Peak rows in the ``peaks.tsv`` schema (:data:`PEAK_COLUMNS`), ``provenance`` =
         :func:`provenance_label`, ``note`` saying they are stand-ins.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     effects = published_effects() if effects is None else effects
     prov = provenance_label(seed, cfg)
     skip = set(skip)
@@ -509,9 +515,9 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
         ``simulated:v<version>:validation``, plus the signed ``t`` column, so that
         ``SDMDataset(studies, peaks)`` (:mod:`analysis.sdm.dataset`) takes them directly.
     """
-    from analysis.coords import t_threshold
+    from analysis.sdm.coords import t_threshold
 
-    cfg = cfg or load_config()
+    _require(cfg)
     val = cfg["simulation"]["validation"]
     lo, hi = (val["n_range"] if n_range is None else n_range)
     p_threshold = float(val["p_uncorrected"]) if p_threshold is None else float(p_threshold)
@@ -562,23 +568,23 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     cfg : dict, optional
         Configuration.
     write : bool
-        Write the result with :func:`analysis.peaks.write_peaks` (validated, atomic; nothing
+        Write the result with :func:`analysis.sdm.peaks.write_peaks` (validated, atomic; nothing
         is written on any error).
 
     Returns
     -------
     DataFrame
-        The new table in canonical text form (:func:`analysis.peaks.format_peaks`).
+        The new table in canonical text form (:func:`analysis.sdm.peaks.format_peaks`).
     """
     from analysis import paths
-    from analysis.peaks import PEAKS_FILE, format_peaks, write_peaks
-    from analysis.studies import load_studies
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import PEAKS_FILE, format_peaks, write_peaks
+    from analysis.sdm.studies import load_studies
 
-    cfg = cfg or load_config()
+    _require(cfg)
     seed = int(cfg["seed"] if seed is None else seed)
     ddir = paths.data_dir() if data_dir is None else Path(data_dir)
-    studies = load_studies(ddir, config=cfg)
+    studies = load_studies(ddir, corrected_voxel_p=float(cfg["data"]["corrected_voxel_p"]))
     path = ddir / PEAKS_FILE
     if path.exists():
         current = read_tsv_text(path, required=PEAK_COLUMNS).reset_index(drop=True)
@@ -590,7 +596,9 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
                             effects=published_effects(ddir))
     merged = format_peaks(pd.concat([current[PEAK_COLUMNS], sim], ignore_index=True))
     if write:
-        write_peaks(merged, ddir, studies=studies, config=cfg)
+        write_peaks(merged, ddir, studies=studies,
+                    mask_tolerance_mm=float(cfg["data"]["mask_tolerance_mm"]),
+                    t_tolerance=float(cfg["data"]["t_below_threshold_tolerance"]))
     return merged
 
 

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from analysis.errors import DataError
-from analysis.grid import grid_affine
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.estimator import (
     SDMPSI,
@@ -22,7 +21,7 @@ from analysis.sdm.estimator import (
 from analysis.sdm.metansue import variance_coefficients
 from analysis.sdm.random_effects import fit_random_effects
 from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, grid_affine
 
 
 def _box_mask(center=(-40, 16, -4), half=(14, 14, 10)):

@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from analysis import simulate as S
 from analysis.config import derive_rng, load_config
-from analysis.grid import brain_mask, in_mask, mni_to_ijk
 from analysis.sdm.effect_sizes import t_from_g
+from analysis.sdm.space import brain_mask, in_mask, mni_to_ijk
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_smooth_noise_is_standardised_with_the_configured_smoothness(cfg, mask):
     # FWHM from the lag-1 autocorrelation of a Gaussian field: rho = exp(-d^2 / (4 sigma^2))
     both = mask[1:] & mask[:-1]
     rho = np.corrcoef(z[1:][both], z[:-1][both])[0, 1]
-    d = cfg["grid"]["voxel_mm"]
+    d = 2.0  # SDM-PSI grid (analysis.sdm.space.VOXEL_MM)
     fwhm_est = np.sqrt(8 * np.log(2)) * np.sqrt(-d * d / (4 * np.log(rho)))
     assert fwhm_est == pytest.approx(fwhm, rel=0.1)
 
@@ -68,7 +68,7 @@ def test_gaussian_to_t_has_nominal_tail_probability():
 
 
 def test_null_maps_exceed_a_threshold_at_the_nominal_rate(cfg, mask):
-    from analysis.coords import t_threshold
+    from analysis.sdm.coords import t_threshold
 
     rng = np.random.default_rng(7)
     df, p = 30, 0.01
@@ -196,9 +196,9 @@ REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.peaks import load_peaks
-    from analysis.studies import load_studies
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import load_peaks
+    from analysis.sdm.studies import load_studies
 
     text = read_tsv_text(REPO_DATA / "peaks.tsv").reset_index(drop=True)
     return text, load_peaks(REPO_DATA), load_studies(REPO_DATA)
@@ -242,7 +242,7 @@ def test_committed_standins_obey_the_reporting_rules(committed, cfg):
 
 def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     from analysis.cli import main
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
 
     keep = {"Moriguchi2007", "Bird2010", "Fujino2014"}  # real; one direction; Talairach
     studies = (data_copy / "studies.tsv").read_text().splitlines()

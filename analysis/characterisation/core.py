@@ -1,6 +1,6 @@
 """Characterise a set of MNI seeds: MACM, rs-FC, conjunctions, clusters, networks, terms.
 
-Used by the pipeline stage (:mod:`analysis.characterisation.stage`) and by the command
+Used by the pipeline stage (:mod:`analysis.stages.characterisation`) and by the command
 ``python -m analysis characterise``. Files are written through a ``out(relpath) -> Path``
 callable (the stage's ``ctx.out`` or a folder), so nothing partial reaches ``results/``.
 """

@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from analysis.coords import tal2mni_lancaster
 from analysis.errors import DataError
 from analysis.fetch import cache_dir, fetch_file, registry
 from analysis.io import atomic_path, sha256_file, write_json
+from analysis.sdm.coords import tal2mni_lancaster
 
 LGR = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def region_of(seed) -> tuple[str, np.ndarray]:
 
 def studies_in_region(db: CoordinateDB, region: np.ndarray) -> np.ndarray:
     """Boolean (n_studies,): study has >= 1 focus whose nearest grid voxel lies in ``region``."""
-    from analysis.grid import grid_affine
+    from analysis.sdm.space import grid_affine
 
     aff = grid_affine()
     ijk = np.rint((db.foci[["x", "y", "z"]].to_numpy() - aff[:3, 3])

@@ -15,7 +15,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    summary = validate_data(args.data, check_mask=not args.no_mask)
+    from analysis.config import load_config
+    from analysis.stages.params import data_checks
+
+    summary = validate_data(args.data, check_mask=not args.no_mask,
+                            **data_checks(load_config()))
     print("data OK")
     print(format_summary(summary))
     return 0

@@ -209,8 +209,9 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
     """
     from analysis.config import load_config
     from analysis.io import write_json, write_text
+    from analysis.resources import stretch_template
     from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.estimator import SDMPSI
+    from analysis.stages import params
 
     folder = folder or enge_folder()
     seed = int(load_config()["seed"] if seed is None else seed)
@@ -223,10 +224,14 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
               "t5_sdm_maps": t5_checks(ref), "published_clusters": clusters,
               "targets": TARGETS, "runs": {}, "noise_floor": {}}
 
+    cfg = load_config()
+
     def est(s, heterogeneity="dl", template=None):
-        return SDMPSI(imputations=imputations, unknown_peak_mode=mode, seed=s, n_jobs=n_jobs,
-                      heterogeneity=heterogeneity, keep_imputations=False, progress=True,
-                      preprocess_kwargs={} if template is None else {"template": template})
+        kw = {} if template is None else {"kernel_template": stretch_template(
+            template, cfg["sdm"]["template"])}
+        return params.estimator(cfg, imputations, s, unknown_peak_mode=mode, n_jobs=n_jobs,
+                                heterogeneity=heterogeneity, keep_imputations=False,
+                                progress=True, **kw)
 
     z = {}
     plan = [("peaks", seed, "dl", None), ("peaks_seed2", seed + 1, "dl", None),
