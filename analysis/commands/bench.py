@@ -266,6 +266,14 @@ def bench_psi_enge(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------
 # command
 # ---------------------------------------------------------------------------------------------
+EPILOG = """\
+examples:
+  python -m analysis bench --list
+  python -m analysis bench --only psi --permutations 200 --n-jobs 2
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this benchmark (repeatable); default: all")
