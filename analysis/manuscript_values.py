@@ -54,12 +54,12 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
 #: Name used in the manuscript -> "stage.key" in values.json (stages record the parameters they used).
 #: The test ``test_every_value_resolves`` lists any name that does not resolve.
 VALUES: dict[str, str] = {
-    # Figure 1 (stage figure1, analysis/figures/prisma.py)
+    # Figure 1 (stage figure1, analysis/stages/figure1.py)
     "prisma_included": "figure1.n_included",
     "prisma_databases": "figure1.databases",
     "prisma_search_end": "figure1.search_end",
     "prisma_counts_not_reported": "figure1.n_counts_not_reported",
-    # Tables 1-2 and the sample (stage tables, analysis/tables.py)
+    # Tables 1-2 and the sample (stage tables, analysis/stages/tables.py)
     "n_studies": "tables.n_studies",
     "n_patients": "tables.n_patients",
     "n_controls": "tables.n_controls",
@@ -86,7 +86,7 @@ VALUES: dict[str, str] = {
     "n_peaks_real": "tables.n_peaks_real",
     "n_peaks_simulated": "tables.n_peaks_simulated",
     "age_definition": "tables.age_definition",
-    # SDM-PSI mean analysis (stage meta, analysis/sdm/stage.py)
+    # SDM-PSI mean analysis (stage meta, analysis/stages/meta.py)
     "n_clusters_increase": "meta.n_clusters_increase",
     "n_clusters_decrease": "meta.n_clusters_decrease",
     "n_published_recovered": "meta.published_matched_within_10mm",
@@ -94,7 +94,7 @@ VALUES: dict[str, str] = {
     "heterogeneity_estimator": "meta.heterogeneity_estimator",
     "analysis_mask": "meta.analysis_mask",
     "n_voxels": "meta.n_voxels",
-    # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
+    # Robustness (stage robustness, analysis/stages/robustness.py)
     "permutations": "robustness.permutations",
     "metaregression_any_significant": "robustness.metaregression_any_p_below_0_05",
     "metaregression_min_p": "robustness.metaregression_min_p",

@@ -13,8 +13,8 @@ from analysis.sdm.clusters import (
     DECREASE,
     INCREASE,
     TABLE_COLUMNS,
-    threshold_clusters,
     THRESHOLDS,
+    threshold_clusters,
     values_at_peaks,
 )
 from analysis.sdm.space import MaskSpace, grid_affine, grid_shape

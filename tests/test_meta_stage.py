@@ -15,10 +15,10 @@ from analysis.errors import DataError
 from analysis.grid import gm_mask
 from analysis.io import sha256_file
 from analysis.paths import REPO_ROOT
-from analysis.stages import meta as stage
 from analysis.sdm.clusters import DECREASE, INCREASE
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.space import MaskSpace
+from analysis.stages import meta as stage
 
 PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -3.8),
                    ((-52, -70, 2), -4.2)]

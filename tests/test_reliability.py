@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (row 0 = header)
 
-from analysis import paths
-from analysis import cli
+from analysis import cli, paths
 from analysis import manuscript_values as mv
 from analysis.errors import DataError, DataErrors
 from analysis.validate import validate_data

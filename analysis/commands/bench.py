@@ -9,6 +9,13 @@ from pathlib import Path
 
 from analysis.bench import run_benchmarks
 
+EPILOG = """\
+examples:
+  python -m analysis bench --list
+  python -m analysis bench --only psi --permutations 200 --n-jobs 2
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", metavar="NAME",

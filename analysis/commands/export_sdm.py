@@ -11,6 +11,13 @@ from analysis.sdm.peaks import PEAK_COLUMNS, PEAKS_FILE
 from analysis.sdm.project import write_sdm_project
 from analysis.sdm.studies import load_studies
 
+EPILOG = """\
+examples:
+  python -m analysis export-sdm /tmp/painemp_sdm           # data/ as an SDM-PSI project folder
+  python -m analysis export-sdm /tmp/other_sdm --data my_data
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="destination SDM project folder")

@@ -8,6 +8,13 @@ from pathlib import Path
 from analysis import paths
 from analysis.sdm.project import read_sdm_project, write_data_tables
 
+EPILOG = """\
+examples:
+  python -m analysis import-sdm /path/to/sdm_project --data /tmp/data
+  python -m analysis import-sdm /path/to/sdm_project --force   # replace data/studies.tsv, peaks.tsv
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="SDM-PSI project folder (sdm_table.txt, "

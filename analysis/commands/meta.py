@@ -44,6 +44,15 @@ def _positive(text: str) -> int:
     return v
 
 
+EPILOG = """\
+examples:
+  python -m analysis meta --sdm-dir my_sdm_project --out results/my_meta
+  python -m analysis meta --sdm-dir my_sdm_project --out out --permutations 1000 --n-jobs -1
+  python -m analysis meta --sdm-dir my_sdm_project --out out --covariates age --hypothesis 0+1
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdm-dir", required=True, type=Path,
                    help="SDM project folder (sdm_table.txt + <study>.<software>_<space>.txt)")
@@ -51,8 +60,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None,
                    help="analysis mask on the 2 mm grid (default: the folder's sdm_mask.nii.gz "
                         "if present, else the mask of the configuration, sdm.mask)")
-    p.add_argument("--imputations", type=_positive, default=None, help="default: config sdm.imputations")
-    p.add_argument("--seed", type=int, default=None, help="default: config seed")
+    p.add_argument("--imputations", type=_positive, default=None, help="MetaNSUE imputations (default: config sdm.imputations)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the configuration's seed)")
     p.add_argument("--permutations", type=_permutations, default=0,
                    help="PSI permutations incl. the identity (0 = none; SDM default 1000)")
     p.add_argument("--covariates", default=None,
@@ -60,16 +69,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hypothesis", default=None,
                    help="hypothesis over [intercept, covariates...], e.g. 0+1 (default: intercept)")
     p.add_argument("--unknown-peak-mode", choices=["corrected", "sdm621"], default=None,
-                   help="effect of peaks without a statistic (default config "
-                        "sdm.unknown_peak_mode)")
+                   help="peaks without a statistic: corrected (t = +/- threshold, converted to "
+                        "g) or sdm621 (as SDM-PSI v6.21); default config sdm.unknown_peak_mode")
     p.add_argument("--heterogeneity", choices=["dl", "reml"], default=None,
                    help="between-study variance: dl (DerSimonian-Laird, SDM-PSI's default) or "
                         "reml (SDM-PSI's AccurateHeterogeneity); default config sdm.heterogeneity")
-    p.add_argument("--fwhm", type=float, default=None,
-                   help="kernel FWHM in mm (default config sdm.fwhm_mm, 20)")
+    p.add_argument("--fwhm", type=float, default=None, metavar="MM",
+                   help="kernel FWHM in mm (default: config sdm.fwhm_mm, 20 as in SDM-PSI)")
     p.add_argument("--anisotropy", type=float, default=None,
-                   help="degree of anisotropy in [0, 1] (default config sdm.anisotropy, 1)")
-    p.add_argument("--n-jobs", type=int, default=1, help="threads (default 1)")
+                   help="SDM's degree of kernel anisotropy (default: config sdm.anisotropy)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel workers of the fit and the permutations (default 1; -1 = all "
+                        "cores)")
 
 
 def run_command(args: argparse.Namespace) -> int:

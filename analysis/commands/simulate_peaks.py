@@ -17,6 +17,14 @@ from analysis.config import load_config
 LGR = logging.getLogger(__name__)
 
 
+EPILOG = """\
+examples:
+  python -m analysis simulate-peaks                    # summarise, change nothing
+  python -m analysis simulate-peaks --write --seed 7
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write", action="store_true",
                    help="rewrite the simulated rows of data/peaks.tsv (default: only summarise)")

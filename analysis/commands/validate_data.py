@@ -6,6 +6,13 @@ import argparse
 
 from analysis.validate import format_summary, validate_data
 
+EPILOG = """\
+examples:
+  python -m analysis validate-data
+  python -m analysis validate-data --data /tmp/data --no-mask
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", default=None,

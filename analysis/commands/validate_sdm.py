@@ -44,15 +44,26 @@ REF_MAPS = {"g": "mod1_g", "var": "mod1_var", "z": "mod1_z", "tau2": "mod1_tau2"
             "i2": "mod1_h_i2", "h2": "mod1_h_h2", "q": "mod1_h_Q", "uncorrp": "uncorrp"}
 
 
+EPILOG = """\
+examples:
+  python -m analysis validate-sdm                      # writes <results>/validation/sdm
+  python -m analysis validate-sdm --imputations 10 --no-reml --out /tmp/validation
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <results>/validation/sdm)")
     p.add_argument("--imputations", type=int, default=None,
-                   help="default: config sdm.imputations (50, as SDM's run)")
+                   help="MetaNSUE imputations (default: config sdm.imputations, 50 as SDM's run)")
     p.add_argument("--mode", default="sdm621", choices=["sdm621", "corrected"],
                    help="unknown_peak_mode of the run from peaks (sdm621: as SDM-PSI v6.21)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed of the first run; the second uses seed + 1 (default: the "
+                        "configuration's seed)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel workers of each fit (default 1)")
     p.add_argument("--no-reml", action="store_true",
                    help="skip the REML run from SDM's bound maps (shown for comparison)")
 
