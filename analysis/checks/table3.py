@@ -317,7 +317,25 @@ def single_peak_extent(z_peak: float, z_thr: float, xyz, fwhm_mm: float,
 
     Counts the grid points (voxel centres of ``affine``) within
     ``r = sigma sqrt(2 ln(|z_peak| / z_thr))`` of ``xyz``, ``sigma = FWHM / sqrt(8 ln 2)``,
-    i.e. ``{d : |z_peak| exp(-d² / 2 sigma²) >= z_thr}``; no mask. 0 when ``|z_peak| < z_thr``.
+    i.e. ``{d : |z_peak| exp(-d² / 2 sigma²) >= z_thr}``; no mask.
+
+    Parameters
+    ----------
+    z_peak : float
+        Printed peak SDM-Z (its sign is ignored).
+    z_thr : float
+        Threshold z (:func:`z_threshold`).
+    xyz : sequence of 3 float
+        Peak (MNI mm); need not be a voxel centre.
+    fwhm_mm : float
+        FWHM of the Gaussian kernel (SDM-PSI: 20 mm).
+    affine : ndarray, shape (4, 4)
+        Voxel-to-MNI affine of the grid (its voxel centres are counted).
+
+    Returns
+    -------
+    int
+        Number of voxels; 0 when ``|z_peak| < z_thr``.
     """
     a = abs(float(z_peak))
     if a < z_thr:
