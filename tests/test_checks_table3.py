@@ -148,7 +148,9 @@ def test_extents_are_within_what_one_isotropic_peak_gives(checks):
 
 
 def test_single_peak_extent_geometry(cfg):
-    aff = np.asarray(cfg["grid"]["affine"], float)
+    from analysis.sdm.space import grid_affine
+
+    aff = grid_affine()
     sigma = 20 / math.sqrt(8 * math.log(2))
     zc = 2.807
     # radius exactly 2 mm (one voxel): the centre and its 6 face neighbours
@@ -166,10 +168,10 @@ def test_kernel_extent_matches_the_closed_form_on_an_unmasked_box(cfg):
     import nibabel as nib
 
     from analysis.sdm.kernel import IsotropicKernel
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
 
-    aff = np.asarray(cfg["grid"]["affine"], float)
-    box = np.zeros(tuple(cfg["grid"]["shape"]), dtype=np.uint8)
+    aff = grid_affine()
+    box = np.zeros(grid_shape(), dtype=np.uint8)
     box[30:62, 60:100, 20:50] = 1  # holds every voxel within 20 mm of (0, 48, 0)
     kern = IsotropicKernel(MaskSpace(nib.Nifti1Image(box, aff)), 20.0)
     for z in (3.510, 3.699, 4.246):
