@@ -195,9 +195,16 @@ class SDMDataset:
         for rec in self.studies.to_dict("records"):
             pk = self.study_peaks(rec["study"])
             sizes = [int(rec["n1"])] + ([int(rec["n2"])] if np.isfinite(rec["n2"]) else [])
-            data[str(rec["study"])] = {"contrasts": {"1": {
-                "coords": {"space": "MNI", "x": pk["x"].tolist(), "y": pk["y"].tolist(),
-                           "z": pk["z"].tolist(), "t": pk["t"].tolist(),
-                           "sign": pk["sign"].astype(int).tolist()},
-                "metadata": {"sample_sizes": sizes, "t_thr": float(rec["t_thr"])}}}}
-        return Dataset(data, target=target)
+            contrast = {"metadata": {"sample_sizes": sizes, "t_thr": float(rec["t_thr"])}}
+            if len(pk):  # a study without peaks has no coordinates (NiMARE's convention)
+                contrast["coords"] = {"space": "MNI", "x": pk["x"].tolist(),
+                                      "y": pk["y"].tolist(), "z": pk["z"].tolist(),
+                                      "t": pk["t"].tolist(),
+                                      "sign": pk["sign"].astype(int).tolist()}
+            data[str(rec["study"])] = {"contrasts": {"1": contrast}}
+        import warnings
+
+        with warnings.catch_warnings():  # NiMARE 0.22's estimators still take a Dataset
+            warnings.filterwarnings("ignore", "nimare.dataset.Dataset is deprecated",
+                                    FutureWarning)
+            return Dataset(data, target=target)

@@ -28,6 +28,7 @@ Radua J et al. (2015). JAMA Psychiatry 72:1243-1251 (MetaNSUE).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class MetaResult:
     imputations : ndarray (m, k, V) float32 or None
         Imputed study images (Hedges g); their variances are ``k1 + k2 g^2``
         (:func:`analysis.sdm.metansue.variance_coefficients`).
+    estimator : SDMPSI
+        A copy of the estimator that produced the result (re-fits of the diagnostics).
     tables : dict of str -> pandas.DataFrame
         Tables added downstream (e.g. clusters by
         :class:`analysis.sdm.clusters.ClusterTable`, peaks FWE by :class:`PSICorrector`).
@@ -93,6 +96,7 @@ class MetaResult:
     description_: str = ""
     timings: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
+    estimator: object = None
 
     def get_map(self, name: str, return_type: str = "image"):
         """The map ``name``: a NIfTI image on the analysis grid (``return_type="image"``) or the
@@ -352,13 +356,17 @@ class SDMPSI:
         return self
 
     def __repr__(self) -> str:
-        shown = {k: v for k, v in self.get_params().items()
-                 if k in ("imputations", "heterogeneity", "covariates", "seed")}
-        if not isinstance(self.kernel_template, str):
-            shown["kernel_template"] = "<fitted array>"
-        else:
-            shown["kernel_template"] = self.kernel_template
-        return "SDMPSI(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
+        """The parameters that differ from the defaults (scikit-learn's convention)."""
+        import inspect
+
+        defaults = {k: v.default for k, v in inspect.signature(SDMPSI).parameters.items()}
+        shown = []
+        for k, v in self.get_params().items():
+            if isinstance(v, np.ndarray):
+                shown.append(f"{k}=<array {v.shape}>")
+            elif v != defaults.get(k):
+                shown.append(f"{k}={v!r}")
+        return "SDMPSI(" + ", ".join(shown) + ")"
 
     def _checked(self) -> dict:
         """Parameters checked and typed (called by :meth:`fit`)."""
@@ -454,7 +462,8 @@ class SDMPSI:
             maps=maps, space=space, df=int(pooled["df"]),
             studies=list(studies) if studies is not None else [f"study{i}" for i in range(k)],
             n1=n1, n2=n2, X=X, C=C, mle=mle, imputations=imps if p["keep_imputations"] else None,
-            params=params, description_=describe(params, k, space.n_voxels), timings=timings)
+            params=params, description_=describe(params, k, space.n_voxels), timings=timings,
+            estimator=copy.copy(self))
         return self.results_
 
 
