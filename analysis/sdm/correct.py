@@ -23,6 +23,7 @@ import copy
 
 import numpy as np
 
+from analysis.sdm.base import ParamsMixin
 from analysis.sdm.clusters import THRESHOLDS, threshold_clusters
 from analysis.sdm.permutation import (
     CHUNK_SIZE,
@@ -46,7 +47,7 @@ def _copy(result):
     return out
 
 
-class PSICorrector:
+class PSICorrector(ParamsMixin):
     """Family-wise error correction by permutation of subject images (SDM-PSI).
 
     Parameters
@@ -65,9 +66,6 @@ class PSICorrector:
         Show a progress bar.
     """
 
-    _PARAMS = ("n_iters", "seed", "n_jobs", "backend", "subject_fwhm_mm", "chunk_size",
-               "reml_iterations", "reml_tol", "voxel_block", "tfce_params", "progress")
-
     def __init__(self, n_iters: int = N_PERMUTATIONS, seed: int = 0, n_jobs: int = 1,
                  backend: str = "numpy", subject_fwhm_mm: float = SUBJECT_FWHM_MM,
                  chunk_size: int = CHUNK_SIZE, reml_iterations: int = PSI_REML_ITERATIONS,
@@ -84,13 +82,6 @@ class PSICorrector:
         self.voxel_block = voxel_block
         self.tfce_params = tfce_params
         self.progress = progress
-
-    def get_params(self) -> dict:
-        """The constructor's parameters."""
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def __repr__(self) -> str:
-        return f"PSICorrector(n_iters={self.n_iters!r}, seed={self.seed!r})"
 
     def transform(self, result):
         """A copy of ``result`` with the corrected maps (:data:`CORRECTED_MAPS`), the table
@@ -123,7 +114,7 @@ class PSICorrector:
         return out
 
 
-class Jackknife:
+class Jackknife(ParamsMixin):
     """Leave-one-study-out sensitivity of the clusters of a fit.
 
     Every study is left out in turn and the model re-fitted from the result's bound maps with
@@ -156,9 +147,6 @@ class Jackknife:
                 "min_voxels": int(self.min_voxels),
                 "local_peak_distance_mm": float(self.local_peak_distance_mm),
                 "connectivity": int(self.connectivity)}
-
-    def __repr__(self) -> str:
-        return f"Jackknife(p_threshold={self.p_threshold!r}, min_voxels={self.min_voxels!r})"
 
     def transform(self, result):
         """A copy of ``result`` with tables ``jackknife`` (one row per re-fit and cluster:

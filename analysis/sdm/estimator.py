@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from analysis.sdm.base import ParamsMixin
 from analysis.sdm.metansue import censored_mle, impute, variance_coefficients
 from analysis.sdm.random_effects import fit_random_effects, q_to_z
 from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
@@ -265,7 +266,7 @@ def parse_hypothesis(hypothesis, p: int) -> np.ndarray:
     return C
 
 
-class SDMPSI:
+class SDMPSI(ParamsMixin):
     """SDM-PSI mean analysis / meta-regression (without permutations), NiMARE-style.
 
     ``__init__`` only stores the parameters (nilearn's convention); :meth:`fit` checks them and
@@ -313,11 +314,6 @@ class SDMPSI:
     >>> result.get_map("z")                              # doctest: +SKIP
     """
 
-    _PARAMS = ("fwhm", "anisotropy", "imputations", "unknown_peak_mode", "kernel_template",
-               "path_model", "combine", "outside_stretch", "outside_radius", "covariates",
-               "hypothesis", "leave_n_out", "heterogeneity", "seed", "n_jobs",
-               "keep_imputations", "progress")
-
     def __init__(self, fwhm: float = 20.0, anisotropy: float = 1.0, imputations: int = 50,
                  unknown_peak_mode: str = "corrected", kernel_template="gray_matter",
                  path_model: str = "gaussian", combine: str = "weighted",
@@ -342,31 +338,6 @@ class SDMPSI:
         self.n_jobs = n_jobs
         self.keep_imputations = keep_imputations
         self.progress = progress
-
-    def get_params(self) -> dict:
-        """The constructor's parameters (scikit-learn/nilearn convention)."""
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params) -> SDMPSI:
-        """Set constructor parameters; returns the estimator."""
-        for key, value in params.items():
-            if key not in self._PARAMS:
-                raise ValueError(f"invalid parameter {key!r} for SDMPSI; valid: {self._PARAMS}")
-            setattr(self, key, value)
-        return self
-
-    def __repr__(self) -> str:
-        """The parameters that differ from the defaults (scikit-learn's convention)."""
-        import inspect
-
-        defaults = {k: v.default for k, v in inspect.signature(SDMPSI).parameters.items()}
-        shown = []
-        for k, v in self.get_params().items():
-            if isinstance(v, np.ndarray):
-                shown.append(f"{k}=<array {v.shape}>")
-            elif v != defaults.get(k):
-                shown.append(f"{k}={v!r}")
-        return "SDMPSI(" + ", ".join(shown) + ")"
 
     def _checked(self) -> dict:
         """Parameters checked and typed (called by :meth:`fit`)."""
