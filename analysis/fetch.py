@@ -13,7 +13,7 @@ Lookup order for a file:
    ``~/.cache/painemp-compendium`` on Linux, ``~/Library/Caches/painemp-compendium`` on macOS);
 3. a download from the canonical URL into the cache, through pooch: up to :data:`RETRIES`
    further attempts after a network error or a checksum mismatch, a progress bar in a terminal
-   and periodic log lines otherwise (:mod:`analysis.progress`). The download goes to a temporary
+   and periodic log lines otherwise (:mod:`analysis.sdm.progress`). The download goes to a temporary
    file beside its destination and is moved into place only once its checksum matches, so the
    cache never holds a partial or unverified file.
 
@@ -94,7 +94,7 @@ def _verified(path: Path, sha: str) -> bool:
 
 
 class _DownloadBar:
-    """The progress-bar protocol of pooch's HTTP downloader, on an :mod:`analysis.progress` bar.
+    """The progress-bar protocol of pooch's HTTP downloader, on an :mod:`analysis.sdm.progress` bar.
 
     Pooch sets ``total`` (0 when the server sends no length) at each attempt, counts whole
     chunks with ``update``, and after the last chunk calls ``reset()`` and ``update(total)`` to
@@ -138,7 +138,7 @@ def _download(relpath: str, url: str, sha: str, dest: Path) -> None:
     """Download ``url`` to ``dest`` through pooch, with retries, progress and the checksum."""
     import pooch
 
-    from analysis.progress import progress
+    from analysis.sdm.progress import progress
 
     store = pooch.Pooch(path=dest.parent, base_url="", registry={dest.name: f"sha256:{sha}"},
                         urls={dest.name: url}, retry_if_failed=RETRIES)

@@ -281,16 +281,19 @@ def _run_locked(wanted, by_name, cfg, data, results, quick, force) -> dict[str, 
             stack.extend(by_name[n].depends)
     keys: dict[str, str] = {}
     status: dict[str, str] = {}
-    for stage in STAGES:
-        if stage.name not in todo:
-            continue
+    plan = [s for s in STAGES if s.name in todo]
+    for pos, stage in enumerate(plan, start=1):
+        where = f"stage {pos}/{len(plan)} {stage.name}"
         key = stage_key(stage, cfg, data, quick, keys)
         keys[stage.name] = key
         if not force and _cached(results, stage.name, key):
-            LGR.info("stage %s: outputs up to date, reused", stage.name)
+            LGR.info("%s: outputs up to date, reused", where)
             status[stage.name] = "cached"
             continue
+        LGR.info("%s: running%s", where, " (quick)" if quick else "")
+        t0 = time.perf_counter()
         status[stage.name] = _run_one(stage, key, cfg, data, results, quick)
+        LGR.info("%s: done in %.0f s", where, time.perf_counter() - t0)
     merge_values(results)
     return status
 

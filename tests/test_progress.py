@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import logging
 
-from analysis.progress import is_terminal, progress
+from analysis.sdm.progress import is_terminal, progress
 
 
 class _Terminal(io.StringIO):
@@ -14,7 +14,7 @@ class _Terminal(io.StringIO):
 
 
 def test_log_lines_when_not_a_terminal(caplog):
-    caplog.set_level(logging.INFO, logger="analysis.progress")
+    caplog.set_level(logging.INFO, logger="analysis.sdm.progress")
     out = io.StringIO()
     bar = progress(desc="blocks", total=40, unit="block", file=out, log_every_pct=25,
                    log_every_s=1e9, mininterval=0)
@@ -40,14 +40,14 @@ def test_time_based_lines_without_total_and_final_line(caplog):
     assert [m.split(",")[0] for m in msgs] == ["studies: 3 study", "studies: 7 study"]
     assert all(r.name == "x" for r in caplog.records)
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="analysis.progress")
+    caplog.set_level(logging.INFO, logger="analysis.sdm.progress")
     with progress(desc="quiet", file=io.StringIO(), log_every_s=1e9) as bar:
         bar.update(5)
     assert [r.getMessage() for r in caplog.records] == ["quiet: 5 it, 00:00 elapsed (done)"]
 
 
 def test_interrupted_work_says_stopped(caplog):
-    caplog.set_level(logging.INFO, logger="analysis.progress")
+    caplog.set_level(logging.INFO, logger="analysis.sdm.progress")
     with progress(iterable=range(10), desc="loop", file=io.StringIO(), log_every_s=1e9) as bar:
         for i in bar:
             if i == 2:
@@ -56,7 +56,7 @@ def test_interrupted_work_says_stopped(caplog):
 
 
 def test_bar_in_a_terminal(caplog):
-    caplog.set_level(logging.INFO, logger="analysis.progress")
+    caplog.set_level(logging.INFO, logger="analysis.sdm.progress")
     term = _Terminal()
     assert is_terminal(term) and not is_terminal(io.StringIO())
     assert list(progress(range(5), desc="tty", file=term)) == list(range(5))
@@ -65,7 +65,7 @@ def test_bar_in_a_terminal(caplog):
 
 
 def test_byte_units(caplog):
-    caplog.set_level(logging.INFO, logger="analysis.progress")
+    caplog.set_level(logging.INFO, logger="analysis.sdm.progress")
     with progress(desc="file.gz", total=3 * 1024**2, unit="B", unit_scale=True,
                   file=io.StringIO(), log_every_s=1e9) as bar:
         bar.update(3 * 1024**2)

@@ -241,7 +241,7 @@ def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: 
     chunk : int
         Studies per vectorised block (bounds memory).
     desc : str
-        Label of the progress report (:func:`analysis.progress.progress`: a bar in a terminal,
+        Label of the progress report (:func:`analysis.sdm.progress.progress`: a bar in a terminal,
         log lines every 10 % or 30 s otherwise).
 
     Returns
@@ -249,7 +249,7 @@ def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: 
     scipy.sparse.csr_matrix
         ``(n_studies, mask.sum())``, uint8, sorted indices, no duplicates.
     """
-    from analysis.progress import progress
+    from analysis.sdm.progress import progress
 
     shape = mask.shape
     lookup = np.full(mask.size, -1, dtype=np.int64)

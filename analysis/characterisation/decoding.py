@@ -211,7 +211,7 @@ def term_voxel_maps(kernel_mm: float, q: float, min_fraction: float, min_studies
     total = np.asarray(inc_t.sum(1)).ravel().astype(np.float64)
     p_active = total / db.n_studies
     sig = np.zeros((len(keep), inc_t.shape[0]), dtype=bool)
-    from analysis.progress import progress
+    from analysis.sdm.progress import progress
 
     steps = range(0, len(keep), chunk)
     for lo in progress(steps, desc="NeuroQuery term maps", unit="block", logger=LGR):

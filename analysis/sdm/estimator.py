@@ -169,8 +169,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     dict of (V,) arrays
         ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int).
     """
-    from tqdm import tqdm
-
+    from analysis.sdm.progress import progress as progress_bar
     from analysis.sdm.random_effects import _defaults
 
     heterogeneity = check_heterogeneity(heterogeneity)
@@ -201,7 +200,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
 
     starts = list(range(0, nv, chunk))
     if n_jobs == 1:
-        for s in tqdm(starts, desc="meta-analysis of imputations", disable=not progress,
+        for s in progress_bar(starts, desc="meta-analysis of imputations", disable=not progress,
                       leave=False):
             block(s)
     else:

@@ -22,9 +22,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis.sdm.clusters import threshold_clusters
+from analysis.sdm.progress import progress as progress_bar
 
 LGR = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def refit_subsets(fit: Callable[[np.ndarray], object], studies: list[str],
     """
     pos = {s: i for i, s in enumerate(studies)}
     out = {}
-    for name, keep in tqdm(subsets.items(), desc="jackknife fits", disable=not progress):
+    for name, keep in progress_bar(subsets.items(), desc="re-fits", unit="fit",
+                                   disable=not progress, logger=LGR):
         unknown = set(keep) - set(pos)
         if unknown:
             raise ValueError(f"subset {name!r} names unknown studies {sorted(unknown)}")

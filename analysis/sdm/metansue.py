@@ -47,9 +47,9 @@ import numba
 import numpy as np
 from scipy import ndimage
 from scipy.special import log_ndtr, ndtr, ndtri
-from tqdm import tqdm
 
 from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
+from analysis.sdm.progress import progress as progress_bar
 
 LGR = logging.getLogger(__name__)
 
@@ -387,7 +387,7 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
     tau2 = np.empty(nu)
     disc = np.empty((n_out, nu), dtype=np.int16)
     starts = range(0, nu, chunk)
-    for s in tqdm(starts, desc="MetaNSUE MLE", disable=not progress, leave=False):
+    for s in progress_bar(starts, desc="MetaNSUE MLE", unit="block", disable=not progress, logger=LGR):
         sl = slice(s, min(s + chunk, nu))
         prob = _Problem(lo_u[:, sl], up_u[:, sl], k1, k2, X)
         b, d = _coef_mle(prob, C, n_out)
@@ -596,7 +596,8 @@ def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
     mu = (mle["X"] @ mle["beta"].T).astype(np.float32)  # (k, V)
     tau2 = np.asarray(mle["tau2"], dtype=float)
     out = np.empty((imputations, k, nv), dtype=np.float32)
-    for i in tqdm(range(k), desc="imputing study images", disable=not progress, leave=False):
+    for i in progress_bar(range(k), desc="imputing study images", unit="study",
+                          disable=not progress, logger=LGR):
         known = np.abs(upper[i] - lower[i]) < KNOWN_TOL
         fields = correlated_fields(rng, imputations, space, fwhm_mm)
         mui = mu[i].astype(float)

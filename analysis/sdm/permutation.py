@@ -44,11 +44,11 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from analysis.sdm import tfce as tfce_mod
 from analysis.sdm.backend import array_module, check_backend, to_numpy
 from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
+from analysis.sdm.progress import progress as progress_bar
 from analysis.sdm.re_kernels import ROWS, check_heterogeneity, compiled_design, run_kernel
 from analysis.sdm.rng import derive_rng
 
@@ -688,9 +688,11 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
         with threadpool_limits(limits=1, user_api="blas"):
             par = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")
             gen = par(delayed(_run_chunk)(engine, ch) for ch in chunks)
-            for r in tqdm(gen, total=len(chunks), desc="PSI permutations",
-                          disable=not progress, unit="chunk"):
-                rows.append(r)
+            with progress_bar(total=n_permutations - 1, desc="PSI permutations", logger=LGR,
+                              disable=not progress, unit="permutation") as bar:
+                for r in gen:
+                    rows.append(r)
+                    bar.update(len(r))
     t_perm = time.perf_counter() - t1
     maxima = np.concatenate(rows, axis=0)
     table = pd.DataFrame(maxima, columns=MAXIMA_COLUMNS[1:])

@@ -53,10 +53,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from analysis.sdm.effect_sizes import g_from_t
 from analysis.sdm.errors import DataError
+from analysis.sdm.progress import progress as progress_bar
 from analysis.sdm.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
@@ -377,7 +377,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
         A prepared kernel (overrides fwhm/anisotropy/template), e.g. to reuse its peak cache;
         maps are recreated on its space and restricted to ``space``.
     progress : bool
-        Show a tqdm progress bar.
+        Report progress (a bar in a terminal, log lines otherwise).
 
     Returns
     -------
@@ -416,7 +416,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     for i in range(k):
         _check_study(studies.at[i, "study"], n1[i], n2[i], t_thr[i],
                      dataset.study_peaks(studies.at[i, "study"]), i + 1)
-    for i in tqdm(range(k), desc="SDM pre-processing", disable=not progress, unit="study"):
+    for i in progress_bar(range(k), desc="SDM pre-processing", disable=not progress,
+                          unit="study", logger=LGR):
         sid = studies.at[i, "study"]
         if hasattr(kernel, "prefetch"):  # one batched Dijkstra call for the study's peaks
             kernel.prefetch(dataset.study_peaks(sid)[["x", "y", "z"]].to_numpy(dtype=float))

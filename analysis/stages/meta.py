@@ -380,7 +380,7 @@ FIT_FILE = "intermediate/meta_fit.npz"
 
 def fit_mean_model(dataset, config: dict, imputations: int, seed: int):
     """Fit the SDM-PSI mean model with the configured pre-processing and estimator."""
-    est = params.estimator(config, imputations, seed)
+    est = params.estimator(config, imputations, seed, progress=True)
     return est.fit(dataset, *params.masks(config))
 
 

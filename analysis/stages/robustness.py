@@ -132,8 +132,8 @@ def produce(ctx) -> dict:
     # ---- jackknife: leave one study out, leave one disorder out
     loo = jk.leave_one_out_sets(studies)
     lodo = jk.leave_group_out_sets(studies, list(table[rob["jackknife_group"]].astype(str)))
-    fits_loo = jk.refit_subsets(fit, studies, loo)
-    fits_lodo = jk.refit_subsets(fit, studies, lodo)
+    fits_loo = jk.refit_subsets(fit, studies, loo, progress=True)
+    fits_lodo = jk.refit_subsets(fit, studies, lodo, progress=True)
     jt = pd.concat([
         jk.cluster_survival(clusters.labels, peaks, {k: r.maps["z"] for k, r in fits_loo.items()},
                             space, "leave-one-out",
@@ -156,7 +156,7 @@ def produce(ctx) -> dict:
         fl = None
         if n_mr > 1:  # Freedman-Lane permutation of studies (spec 7.1)
             fl = psi_permutation_test(res, n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
-                                      **psi)
+                                      **psi, progress=True)
             res.imputations = None
         regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), perm=fl, alpha=alpha,
                                       **thr))

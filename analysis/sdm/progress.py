@@ -159,7 +159,7 @@ def progress(iterable=None, *, desc: str = "", total: float | None = None, unit:
         Where a bar is drawn (default: standard error); it decides the mode: a terminal gets
         a bar, anything else log lines.
     logger : logging.Logger, optional
-        Logger of the log lines (default: ``analysis.progress``); pass the caller's own.
+        Logger of the log lines (default: ``analysis.sdm.progress``); pass the caller's own.
     log_every_s, log_every_pct : float
         Log mode: a line every this many seconds or percent of the total, whichever first.
     **kwargs
