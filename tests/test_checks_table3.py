@@ -93,7 +93,7 @@ def test_p_from_z_needs_the_float32_output_for_one_row(published, studies, cfg):
     assert [_verdict(plain, c, "p_voxel") for c in (1, 2, 3, 4)] == [
         "consistent", "consistent", "consistent", "inconsistent"]
     assert "same significance at p < 0.0025" in plain["reason"].iloc[3 * len(QUANTITIES)]
-    # SDM-PSI writes 1 - p as float32 (spec §6.4); near 1 its step is 2^-24, so p is a multiple
+    # SDM-PSI writes 1 - p as float32 (uncorrp maps); near 1 its step is 2^-24, so p is a multiple
     # of 2^-24: 1 - float32(1 - 1.08568e-5) = 182 x 2^-24 = 1.0848e-5, the printed value.
     assert (1 - float(np.float32(1 - stats.norm.sf(4.2465)))) == pytest.approx(1.0848e-5,
                                                                               abs=5e-10)
@@ -182,7 +182,8 @@ def test_kernel_extent_matches_the_closed_form_on_an_unmasked_box(cfg):
 
 def test_anisotropic_kernel_in_the_grey_matter_mask(published, studies, cfg, mirror):
     # The engine's anisotropic kernel (SDM-PSI's is wider than the isotropic Gaussian in grey
-    # matter, spec §4.3) gives larger single-peak blobs; the printed extents stay within them.
+    # matter, as its bound maps of Enge et al. 2021 show) gives larger single-peak blobs; the
+    # printed extents stay within them.
     from analysis.grid import gm_mask
     from analysis.sdm.kernel import make_kernel
     from analysis.sdm.space import MaskSpace

@@ -187,7 +187,7 @@ def _sdm_report(path):
 
 
 def test_reproduces_sdm_psi_cluster_report(enge_dir):
-    """Acceptance check T8: SDM-PSI v6.21's cluster table of Enge et al. (2021), mod1.
+    """Reproduces SDM-PSI v6.21's cluster table of Enge et al. (2021), mod1.
 
     Thresholding voxel-FWE p < 0.001 (``1 - corrp_voxel``) with clusters >= 50 voxels must give
     SDM's seven clusters with identical sizes and peaks; this holds with 26-connectivity only

@@ -33,7 +33,7 @@ def test_lancaster_round_trip(rng, variant):
 
 
 def test_brett_matrices_and_inverse(rng):
-    # spm_matrix form equals the 4-decimal matrices of the spec (sdm-psi.md §2.5)
+    # spm_matrix form equals the 4-decimal matrices of Brett's mni2tal.m (as in FieldTrip's copy)
     up = np.array([[0.9900, 0, 0], [0, 0.9688, 0.0460], [0, -0.0485, 0.9189]])
     down = np.array([[0.9900, 0, 0], [0, 0.9688, 0.0420], [0, -0.0485, 0.8390]])
     np.testing.assert_allclose(coords.BRETT_UP, up, atol=6e-5)

@@ -1,4 +1,4 @@
-"""Jackknife, meta-regression and the robustness stage (spec §7-8)."""
+"""Jackknife, meta-regression and the robustness stage (SDM manual; Albajes-Eizagirre 2019)."""
 
 from __future__ import annotations
 

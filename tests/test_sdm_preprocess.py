@@ -1,7 +1,9 @@
 """SDM pre-processing: kernels, bound maps, and validation against SDM-PSI v6.21 (Enge et al. 2021).
 
-The Enge checks (spec ``sdm-psi.md`` §10.7 T1-T4) use the 10 mirrored bound-map pairs in
-``enge_dir/pp``. Tolerances are stated at each assertion with where they come from.
+The checks against SDM-PSI's bound maps of Enge et al. (2021, NeuroImage 241:118436) -- far-field
+bounds, bounds at known peaks, one kernel behind both bounds, and the agreement of our bound maps
+with SDM-PSI's -- use the 10 mirrored bound-map pairs in ``enge_dir/pp``. Tolerances are stated
+at each assertion with where they come from.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def test_peak_between_voxels_marks_both():
 
 def test_peak_outside_mask_keeps_its_position():
     """SDM-PSI v6.21 does not move a peak outside the mask: no voxel gets K = 1, the in-mask
-    voxels get the kernel of the peak's own position (see test_T5 for the Enge evidence)."""
+    voxels get the kernel of the peak's own position (see
+    test_peaks_outside_the_mask_are_not_moved for the Enge evidence)."""
     space = box_space()
     outside = space.xyz[np.argmin(space.xyz[:, 0])] - [6.0, 0.0, 0.0]
     assert len(peak_voxels(outside, space)) == 0
@@ -261,7 +264,7 @@ def test_single_known_peak_bounds():
     far = np.linalg.norm(space.xyz - c, axis=1) > 31
     np.testing.assert_allclose(lo[far], -g, rtol=1e-6)
     np.testing.assert_allclose(up[far], g, rtol=1e-6)
-    # spec §4.2: K from lower equals K from upper
+    # one kernel behind both bounds: K from lower equals K from upper
     k_lo = (lo.astype(float) + g) / (gp + g)
     k_up = (up.astype(float) - g) / (gp - g)
     np.testing.assert_allclose(k_lo, k_up, atol=1e-5)
@@ -402,8 +405,9 @@ def test_preprocess_shapes_and_metadata():
 
 # ----------------------------------------------------------------------------- Enge (SDM-PSI v6.21)
 
-def test_T1_far_field_is_plus_minus_g_thr(enge):
-    """T1: the most frequent lower/upper value of SDM's maps is -/+ J t_thr / sqrt(n)."""
+def test_far_field_is_plus_minus_g_thr(enge):
+    """Far-field bounds: the most frequent lower/upper value of SDM's maps is
+    -/+ J t_thr / sqrt(n)."""
     space, ds, sdm = enge
     for _, r in ds.studies.iterrows():
         g = g_from_t(r.t_thr, r.n1)
@@ -415,8 +419,9 @@ def test_T1_far_field_is_plus_minus_g_thr(enge):
             assert mode == pytest.approx(sign * g, rel=1e-5), r.study
 
 
-def test_T2_known_peaks_carry_hedges_g(enge):
-    """T2: SDM's value at the nearest voxel of a peak with known t is J t / sqrt(n)."""
+def test_known_peaks_carry_hedges_g(enge):
+    """Bounds at known peaks: SDM's value at the nearest voxel of a peak with known t is
+    J t / sqrt(n)."""
     space, ds, sdm = enge
     n_ok = n_all = 0
     for _, r in ds.studies.iterrows():
@@ -434,8 +439,8 @@ def test_T2_known_peaks_carry_hedges_g(enge):
     assert n_ok == n_all  # measured 75/75, max rel. error 4.3e-6
 
 
-def test_T3_kernel_from_lower_equals_kernel_from_upper(enge):
-    """T3 on the single-peak study skeide2014six (t = 3.77)."""
+def test_kernel_from_lower_equals_kernel_from_upper(enge):
+    """One kernel behind both of SDM's bounds, on the single-peak study skeide2014six (t = 3.77)."""
     space, ds, sdm = enge
     r = ds.studies.set_index("study").loc["skeide2014six"]
     g = g_from_t(r.t_thr, r.n1)
@@ -476,7 +481,8 @@ def enge_kernel(enge):
 
 
 def implied_single_peak_share(lo, up, g_thr, peak_g) -> float:
-    """Spec §4.4 statistic: share of touched voxels whose (lower, upper) imply one peak's g."""
+    """Combination-rule statistic: share of touched voxels whose (lower, upper) imply one
+    peak's g."""
     lo, up = lo.astype(float), up.astype(float)
     m = (lo > -g_thr + 1e-3) & (up - g_thr > 1e-3)
     r = (lo[m] + g_thr) / (up[m] - g_thr)
@@ -486,7 +492,7 @@ def implied_single_peak_share(lo, up, g_thr, peak_g) -> float:
 
 
 def test_combination_rule_matches_sdm(enge, enge_kernel):
-    """§4.4: SDM v6.21 averages overlapping peaks ("weighted"), it does not take max/min.
+    """SDM v6.21 averages overlapping peaks ("weighted"), it does not take max/min.
 
     Measured single-peak shares, SDM / weighted / maxmin: bauer2017 0.77/0.77/0.98,
     backes2002 0.89/0.88/1.00, mooreparks2010 0.69/0.74/0.98, schafer2009 0.82/0.79/1.00,
@@ -530,8 +536,8 @@ def _t4(space, ds, sdm, **kw):
     return b, out
 
 
-def test_T4_isotropic_kernel_vs_sdm(enge):
-    """T4 (isotropic 20 mm): voxelwise correlation with SDM's bounds, per study.
+def test_bound_maps_isotropic_kernel_vs_sdm(enge):
+    """Bound-map agreement (isotropic 20 mm): voxelwise correlation with SDM's bounds, per study.
 
     Measured: r = 0.864 (bauer2017) ... 0.948 (balsamo2006), mean 0.917; max abs difference
     0.46 ... 2.95. SDM's kernel is anisotropic and wider in grey matter, hence the floor 0.85.
@@ -547,8 +553,8 @@ def test_T4_isotropic_kernel_vs_sdm(enge):
         assert far.mean() > 0.2  # measured 0.233 (mooreparks2010) ... 0.906 (skeide2014six)
 
 
-def test_T4_anisotropic_kernel_vs_sdm(enge, enge_kernel):
-    """T4 (anisotropic, ``gray_matter`` tissue template, alpha = 1, config parameters).
+def test_bound_maps_anisotropic_kernel_vs_sdm(enge, enge_kernel):
+    """Bound-map agreement (anisotropic, ``gray_matter`` tissue template, alpha = 1, config values).
 
     Measured (sdm621 mode, "weighted" rule, mean of lower/upper r): 0.903 (bauer2017) ...
     0.970 (skeide2014six), mean 0.930; on the 5 studies not used to choose the template
@@ -567,9 +573,9 @@ def test_T4_anisotropic_kernel_vs_sdm(enge, enge_kernel):
     assert r.mean() > r_iso.mean()
 
 
-def test_T4_fitted_template_vs_sdm(enge):
-    """T4 with the default ``enge_fit`` template (:mod:`analysis.sdm.kernel_fit`), on the
-    studies of this fixture that the template was NOT fitted on (held-out half).
+def test_bound_maps_fitted_template_vs_sdm(enge):
+    """Bound-map agreement with the default ``enge_fit`` template (:mod:`analysis.sdm.kernel_fit`),
+    on the studies of this fixture that the template was NOT fitted on (held-out half).
 
     Measured (sdm621 mode, mean of lower/upper r): backes2002 0.977, balsamo2006 0.974,
     lee2016 0.985, mooreparks2010 0.982 (tissue template 0.931/0.934/0.945/0.941, isotropic
@@ -617,7 +623,7 @@ def test_fitted_template_cache_records_its_sources(enge_dir):
         enge_stretch_template(grid_affine(), (10, 10, 10))
 
 
-def test_T5_peaks_outside_the_mask_are_not_moved(enge_dir):
+def test_peaks_outside_the_mask_are_not_moved(enge_dir):
     """SDM-PSI v6.21 keeps a peak outside its mask where it is (all 50 Enge studies).
 
     49 of the 687 peaks have no mask voxel within half a voxel of their rounded position; for

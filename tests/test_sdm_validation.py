@@ -1,6 +1,6 @@
 """Validation of the engine against the public SDM-PSI v6.21 run of Enge et al. (2021).
 
-Quick checks (default): acceptance check T5 on SDM's own maps, the report parser, the
+Quick checks (default): the internal consistency of SDM's own maps, the report parser, the
 cluster-recovery measure, the fast MetaNSUE MLE against the per-voxel reference on SDM's
 own bound maps (all 50 studies), and the statistics from SDM's bound maps against ``mod1`` on a
 small voxel subset. The full-mask comparison with ``mod1`` is ``@pytest.mark.slow``
@@ -26,10 +26,10 @@ def reference_maps(enge_dir):
     return vs.load_reference(enge_dir)
 
 
-def test_t5_on_sdm_maps(reference_maps):
+def test_consistency_of_sdm_maps(reference_maps):
     _, maps = reference_maps
     t5 = vs.t5_checks(maps)
-    # spec §10.7: z = g/sqrt(var) to 5e-7, uncorrp = Phi(z) to 3e-8 (float32 maps)
+    # measured on SDM's mod1 maps: z = g/sqrt(var) to 5e-7, uncorrp = Phi(z) to 3e-8 (float32)
     assert t5["max_abs_z_minus_g_over_sqrt_var"] < 5e-7
     assert t5["max_abs_uncorrp_minus_Phi_z"] < 3e-8
     assert t5["max_abs_h2_minus_1_over_1_minus_i2"] < 5e-6

@@ -1,4 +1,8 @@
-"""TFCE and FWE maps against the public SDM-PSI v6.21 run (spec §7.3-7.4, checks T5/T6)."""
+"""TFCE and FWE maps against the public SDM-PSI v6.21 run of Enge et al. (2021).
+
+Checks: SDM-Z, uncorrected and voxel-FWE p maps against SDM-PSI's ``mod1`` maps, and TFCE values
+(maxima and ``corrp_tfce``) against SDM-PSI's maps and ``fwe/maxsMinsZ.asc``.
+"""
 
 from __future__ import annotations
 
@@ -88,7 +92,7 @@ def test_fwe_corrected_p_counts():
         T.fwe_corrected_p([1.0], [np.nan, 1.0])
 
 
-def test_t6_tfce_maxima_of_enge_mod1(enge):
+def test_tfce_maxima_of_enge_mod1(enge):
     space, vec, maxima = enge
     pos, neg = T.tfce(vec("mod1_z"), space)
     # SDM-PSI row 1 (unpermuted): 87097.484375 / 821.288086
@@ -102,7 +106,7 @@ def test_t6_tfce_maxima_of_enge_mod1(enge):
                                atol=3e-8)
 
 
-def test_t5_voxel_fwe_and_uncorrected_of_enge_mod1(enge):
+def test_voxel_fwe_and_uncorrected_of_enge_mod1(enge):
     space, vec, maxima = enge
     z = vec("mod1_z")
     np.testing.assert_allclose(z, vec("mod1_g") / np.sqrt(vec("mod1_var")), atol=5e-6)

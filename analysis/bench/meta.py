@@ -1,4 +1,4 @@
-"""Benchmark of the SDM mean analysis (issue: the 11-study analysis with 50 imputations).
+"""Benchmark of the SDM mean analysis (the 11-study analysis with 50 imputations).
 
 Registered in ``python -m analysis bench`` as ``meta``. In one process it times
 

@@ -177,7 +177,8 @@ def bench_psi_enge(args: argparse.Namespace) -> dict:
     """Our permutation null distribution against SDM-PSI v6.21's ``fwe/maxsMinsZ.asc``.
 
     The 50 studies of the public run are pre-processed and imputed by our engine (so the maps
-    differ from SDM's, spec §10.7 T4/T7) and permuted with ``--permutations`` permutations.
+    differ from SDM's: our bound maps and mean maps agree with SDM-PSI's only approximately) and
+    permuted with ``--permutations`` permutations.
     """
     import nibabel as nib
     from scipy.stats import ks_2samp

@@ -19,9 +19,10 @@ commit and checked by SHA-256), read with numpy and nibabel as BrainSpace's own
 the BrainSpace package itself (and VTK, which it needs) is not required.
 
 Both are thresholded at r > ``rsfc_r_threshold`` and converted to Z with Fisher's transform,
-``Z = artanh(r) * sqrt(n - 3)`` with ``n = rsfc_n_subjects`` (spec section 4.6; the paper's SPM12
-conversion is unconfirmed). The substitute is cortical only: a seed farther than
-``rsfc_max_vertex_mm`` from the cortical surface (the cerebellar seed, ~12 mm) gets no map.
+``Z = artanh(r) * sqrt(n - 3)`` with ``n = rsfc_n_subjects`` (the 1,000 subjects of Yeo et al.
+2011; the paper does not say how SPM12 converted r to Z, so this is an assumption). The
+substitute is cortical only: a seed farther than ``rsfc_max_vertex_mm`` from the cortical
+surface (the cerebellar seed, ~12 mm) gets no map.
 
 References
 ----------

@@ -132,8 +132,8 @@ class CoordinateDB:
                                   threshold: float) -> np.ndarray:
         """Older neurosynth.org rule: share of a seed sphere active in the study image > threshold.
 
-        ``get_ids_by_peaks([seed], r=radius, threshold=0.05)`` of an earlier neurosynth-web
-        version (spec section 3.1): a study is selected when more than ``threshold`` of the
+        ``get_ids_by_peaks([seed], r=radius, threshold=0.05)`` of an earlier neurosynth-web version
+        (in the repository's git history): a study is selected when more than ``threshold`` of the
         in-mask voxels of the ``radius_mm`` sphere around the seed are active in its
         ``kernel_mm``-sphere image. Effectively reaches foci ~10-12 mm away.
         """

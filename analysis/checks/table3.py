@@ -13,12 +13,12 @@ Checks (per cluster; ``z`` = SDM-Z, ``g`` = Hedges' g, ``h`` = half a unit of th
 digit)
 
 ``p_voxel``
-    The one-tailed ``p = 1 - Phi(|z|)`` (SDM-PSI's ``uncorrp`` map is ``Phi(z)``; sdm-psi spec
-    §6.4) over ``|z| +/- h`` must contain the printed p, widened by its own half unit and by half
-    a float32 step of ``1 - p``: SDM-PSI writes ``1 - p`` as a float32 map, whose values just
-    below 1 are multiples of ``2**-24``. The four printed p values of the paper are such
-    multiples (``p / 2**-24`` = 3762.005, 1812.996, 1228.998, 181.999, each within the 0.008 the
-    9 printed decimals allow; by chance all four would be this close with probability about
+    The one-tailed ``p = 1 - Phi(|z|)`` (SDM-PSI's ``uncorrp`` map is ``Phi(z)``, as its maps of
+    Enge et al. 2021 show) over ``|z| +/- h`` must contain the printed p, widened by its own half
+    unit and by half a float32 step of ``1 - p``: SDM-PSI writes ``1 - p`` as a float32 map, whose
+    values just below 1 are multiples of ``2**-24``. The four printed p values of the paper are
+    such multiples (``p / 2**-24`` = 3762.005, 1812.996, 1228.998, 181.999, each within the 0.008
+    the 9 printed decimals allow; by chance all four would be this close with probability about
     1e-7, see :func:`float32_steps`). Without that allowance the Middle Occipital Gyrus row is a
     statcheck "inconsistency" (not a decision error): even the largest ``|z|`` the print allows
     gives ``Phi(-4.2465) = 1.0857e-05 > 1.0848e-05``; with it, it is consistent
@@ -43,17 +43,19 @@ digit)
     for any significant voxel (0.250 here). There is no upper bound: the studies' effects at a
     voxel are not printed.
 ``standard_error``
-    ``SE = g / z`` (SDM-Z is ``g / sqrt(var)``, spec §6.3) must be at least ``sqrt(V_FE)``
-    (0.0891 here), i.e. ``|z| <= |g| / sqrt(V_FE)``.
+    ``SE = g / z`` (SDM-Z is ``g / sqrt(var)``, Albajes-Eizagirre et al., 2019) must be at
+    least ``sqrt(V_FE)`` (0.0891 here), i.e. ``|z| <= |g| / sqrt(V_FE)``.
 ``standard_error_complete_data``
     Not checkable, reported for the reader: the random-effects SE without imputation, with
     the tau² the printed I² implies (``tau² = s² I²/(1 - I²)``, ``s²`` the typical within-study
-    variance of Higgins & Thompson, 2002, which is also SDM-PSI's I² definition, spec §6.2). The
-    implied SE is larger; how much larger SDM-PSI's multiple imputation (Rubin, 1987) makes it
-    depends on the unreported effects, so no upper bound follows.
+    variance of Higgins & Thompson, 2002, which is also SDM-PSI's I² definition, as its voxel
+    output for Li et al., 2023, shows). The implied SE is larger; how much larger SDM-PSI's
+    multiple imputation (Rubin, 1987) makes it depends on the unreported effects, so no upper
+    bound follows.
 ``i2``
-    Printed in percent (SDM-PSI stores I² in %, spec §6.3; as a fraction the Cerebellum's 2.35
-    would exceed 1); must lie in [0, 100) and, per the Results (l. 231), below 25 %.
+    Printed in percent (SDM-PSI stores I² in %, e.g. in its maps of Enge et al., 2021; as a
+    fraction the Cerebellum's 2.35 would exceed 1); must lie in [0, 100) and, per the Results
+    (l. 231), below 25 %.
 ``egger_p``
     A probability, and per the Results (l. 232-234) above 0.05 for every cluster.
 ``cluster_voxels``
@@ -62,21 +64,22 @@ digit)
     The largest cluster one recreated peak can produce when it alone makes the cluster. Model
     (an assumption, stated here because it decides the verdict): near such a peak the study's
     recreated effect is ``g_p K(d)`` — the midpoint of SDM's bounds ``lower = -g_thr + K (g_p +
-    g_thr)``, ``upper = g_thr + K (g_p - g_thr)`` is exactly ``K g_p`` (spec §4.2) — the other
+    g_thr)``, ``upper = g_thr + K (g_p - g_thr)`` is exactly ``K g_p`` — the other
     studies add nothing that varies over the blob, and the pooled variance is smallest at the
     peak, where the study's effect is known (lower = upper); so ``z(d) <= z_peak K(d)`` and the
     cluster is contained in ``{K >= z_thr / |z_peak|}``, with ``z_thr = Phi^-1(1 - 0.0025)``.
     Default ``K``: SDM-PSI's isotropic Gaussian, FWHM 20 mm (``sigma = 8.49`` mm), counted on the
     2 mm grid without a mask: the grid points within ``sigma sqrt(2 ln(|z_peak| / z_thr))`` of the
-    peak. SDM-PSI's anisotropic kernel is wider than this Gaussian in grey matter (spec §4.3), so
-    the isotropic count is not an upper bound for it; pass ``kernel`` (e.g. the engine's
-    :func:`analysis.sdm.kernel.make_kernel` on the analysis mask) to count the connected voxels of
-    that kernel inside its mask instead. A printed extent within the bound is ``consistent`` (one
-    study's peak suffices; the extent says nothing about convergence across studies). A larger
-    one is ``not checkable``: several peaks (of one or more studies) must contribute, and the
-    table does not say which. A cluster whose printed peak is below the threshold cannot have
-    any voxel above it: ``inconsistent``. A lower bound does not exist (the mask and nearby
-    effects of the opposite sign can cut a blob down to the ``k > 10`` minimum).
+    peak. SDM-PSI's anisotropic kernel is wider than this Gaussian in grey matter (as its bound
+    maps of Enge et al., 2021, show), so the isotropic count is not an upper bound for it; pass
+    ``kernel`` (e.g. the engine's :func:`analysis.sdm.kernel.make_kernel` on the analysis mask)
+    to count the connected voxels of that kernel inside its mask instead. A printed extent within
+    the bound is ``consistent`` (one study's peak suffices; the extent says nothing about
+    convergence across studies). A larger one is ``not checkable``: several peaks (of one or more
+    studies) must contribute, and the table does not say which. A cluster whose printed peak is
+    below the threshold cannot have any voxel above it: ``inconsistent``. A lower bound does not
+    exist (the mask and nearby effects of the opposite sign can cut a blob down to the ``k > 10``
+    minimum).
 
 References
 ----------
@@ -260,7 +263,8 @@ def fixed_effect_se(v: np.ndarray) -> float:
 def typical_within_variance(v: np.ndarray) -> float:
     """Higgins & Thompson's typical within-study variance ``(k-1) S1 / (S1² - S2)``, ``Sr = sum w^r``.
 
-    For an intercept-only model this is ``(k - p) / tr P_FE`` of SDM-PSI's I² (spec §6.2).
+    For an intercept-only model this is ``(k - p) / tr P_FE`` of SDM-PSI's I²
+    (:mod:`analysis.sdm.random_effects`).
     """
     w = 1.0 / np.asarray(v, dtype=float)
     return float((len(w) - 1) * w.sum() / (w.sum() ** 2 - (w * w).sum()))

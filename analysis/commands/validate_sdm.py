@@ -18,7 +18,7 @@ handling of peaks without a statistic, DerSimonian-Laird heterogeneity, 50 imput
 Measures: voxelwise Pearson correlation and differences of g, SDM-Z, tau2 and I2 against SDM's
 ``analysis_mod1/mod1_*`` maps; values at SDM's global maximum (-46,16,-10); for the 7 clusters of
 SDM's report, our SDM-Z at each published peak and whether a local maximum of our SDM-Z with
-one-tailed p < 0.001 lies within 4 mm; acceptance check T5 on SDM's own maps (``z = g /
+one-tailed p < 0.001 lies within 4 mm; the internal consistency of SDM's own maps (``z = g /
 sqrt(var)``, ``uncorrp = Phi(z)``, ``H2 = 1 / (1 - I2)``). The covariate-adjusted and
 meta-regression models of the folder are not compared: their SDM-PSI outputs are not mirrored.
 
@@ -39,7 +39,7 @@ import numpy as np
 LGR = logging.getLogger(__name__)
 
 DATASET = "validation/enge2021_sdm"
-GLOBAL_MAX_MNI = (-46, 16, -10)  # SDM's global maximum of mod1 (its report, spec §10.5)
+GLOBAL_MAX_MNI = (-46, 16, -10)  # SDM's global maximum of mod1 (its threshold report)
 REF_MAPS = {"g": "mod1_g", "var": "mod1_var", "z": "mod1_z", "tau2": "mod1_tau2",
             "i2": "mod1_h_i2", "h2": "mod1_h_h2", "q": "mod1_h_Q", "uncorrp": "uncorrp"}
 
@@ -99,7 +99,7 @@ def published_clusters(folder: Path) -> list[dict]:
 
 
 def t5_checks(ref: dict) -> dict:
-    """Acceptance check T5 on SDM's own maps (spec §10.7)."""
+    """Internal consistency of SDM's own maps (``z = g / sqrt(var)``, ``uncorrp = Phi(z)``, H²)."""
     from scipy.stats import norm
 
     ok = ref["var"] > 0
@@ -308,7 +308,7 @@ def markdown_report(report: dict) -> str:
         for k, v in nf.items()), "",
         "Targets: " + ", ".join(f"{k} {v}" for k, v in report["targets"].items()) + "; met: "
         + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in report["checks"].items()), "",
-        report["kernel_note"], "", report["not_run"], "", "## T5 on SDM's own maps", ""]
+        report["kernel_note"], "", report["not_run"], "", "## Consistency of SDM's own maps", ""]
     lines += [f"- {k}: {v:.3g}" for k, v in report["t5_sdm_maps"].items()]
     for name, e in report["runs"].items():
         gm = e["at_global_max"]

@@ -3,9 +3,9 @@
 The paper thresholds the SDM-PSI mean map at voxel p < 0.0025 (uncorrected, one-tailed per
 direction), peak SDM-Z > 1 and cluster extent k > 10 voxels (Radua et al. 2012, Eur Psychiatry
 27:605-611). Uncorrected p is one-tailed per direction as in SDM-PSI's ``uncorrp`` maps:
-p+ = 1 - Phi(z) for increases (Patients > Controls), p- = Phi(z) for decreases (see the engine
-specification, sections 6.5-6.6). Any other per-direction p map (e.g. voxel-FWE p = 1 - corrp_voxel)
-may be thresholded instead.
+p+ = 1 - Phi(z) for increases (Patients > Controls), p- = Phi(z) for decreases (SDM-PSI's
+``uncorrp`` and ``uncorrp_neg`` maps of Enge et al. 2021 are ``Phi(z)`` and ``Phi(-z)``). Any
+other per-direction p map (e.g. voxel-FWE p = 1 - corrp_voxel) may be thresholded instead.
 
 Clusters are connected components of supra-threshold voxels (``connectivity`` 6, 18 or 26; SDM's
 report connectivity is not documented, see :func:`threshold_clusters`). The cluster peak is its

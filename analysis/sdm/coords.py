@@ -3,13 +3,14 @@
 Talairach → MNI
     * Lancaster et al. (2007) "icbm2tal" transforms (Hum Brain Mapp 28:1194-1205), inverted:
       ``icbm_other`` (software other than SPM/FSL; NiMARE's ``nimare.utils.tal2mni``),
-      ``icbm_spm`` and ``icbm_fsl`` (BrainMap ``icbm_spm2tal.m`` / ``icbm_fsl2tal.m``). SDM-PSI's
-      ``other_tal`` peak files are read with the inverse of ``icbm_other`` (sdm-psi spec §2.5).
+      ``icbm_spm`` and ``icbm_fsl`` (BrainMap ``icbm_spm2tal.m`` / ``icbm_fsl2tal.m``). SDM-PSI
+      does not publish the matrices it uses; we assume that its ``other_tal`` peak files need
+      the inverse of ``icbm_other`` (the transform named by the software part of the suffix).
     * Brett's piecewise affine ``mni2tal`` (M. Brett 1999, MRC CBU; ``mni2tal.m``), inverted, for
       Talairach coordinates that authors obtained from MNI with Brett's transform
       (SDM suffixes ``spm_brett`` / ``fsl_brett``).
 
-Statistics → t (sdm-psi spec §2.3; Enge et al. 2021)
+Statistics → t (as in the SDM-PSI inputs of Enge et al. 2021, NeuroImage 241:118436)
     * z → t with equal one-tailed probability: ``t = sign(z) · T⁻¹_df(Φ(|z|))``;
     * one-tailed p → t: ``t = T⁻¹_df(1 − p)``;
     * a voxel threshold p → ``t_thr = T⁻¹_df(1 − p)``.

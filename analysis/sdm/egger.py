@@ -1,6 +1,6 @@
 """Egger's regression test for small-study effects on imputed study images, Rubin-pooled.
 
-Spec ``sdm-psi.md`` §8.2 after ``metansue``'s ``metabias.meta.nsue``: for each imputation j the
+After ``metabias.meta.nsue`` of the ``metansue`` R package (Radua): for each imputation j the
 study standard error ``sqrt(v(y_ij))`` is added as an extra column of the design, a REML
 random-effects meta-regression is fitted, and its coefficient ``b_j`` and variance are pooled
 with Rubin's rules; ``z = b / sqrt(var)``, two-tailed p.

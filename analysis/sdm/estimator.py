@@ -1,7 +1,7 @@
 """NiMARE-style SDM-PSI estimator: bounds -> MetaNSUE MLE -> imputation -> RE + Rubin maps.
 
-``SDMPSI(**params).fit(dataset, mask_img=None)`` runs, at every voxel of the mask (spec
-``sdm-psi.md`` §9, steps 3-7 without permutation):
+``SDMPSI(**params).fit(dataset, mask_img=None)`` runs, at every voxel of the mask, the steps of
+SDM-PSI before permutation (Albajes-Eizagirre et al. 2019):
 
 1. pre-processing: lower/upper Hedges-g bound maps (:func:`analysis.sdm.preprocess.preprocess`);
 2. MetaNSUE maximum likelihood (coefficients with conservative leave-n-out, then tau2;

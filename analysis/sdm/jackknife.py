@@ -2,8 +2,8 @@
 
 Radua & Mataix-Cols (2009, Br J Psychiatry 195:393-402) and the SDM manual ("Jackknife
 sensitivity analysis") repeat the mean analysis k times, each time discarding one study; a
-cluster that survives in all or most of the k analyses is "highly replicable" (spec
-``sdm-psi.md`` §8.3). He et al. (2024) report the same for their 11 studies and additionally
+cluster that survives in all or most of the k analyses is "highly replicable". He et al.
+(2024) report the same for their 11 studies and additionally
 leave out one disorder at a time.
 
 The study maps (bounds) do not depend on which other studies are analysed, so pre-processing is

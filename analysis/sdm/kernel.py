@@ -10,7 +10,7 @@ Isotropic kernel
     peak and ``sigma = FWHM / sqrt(8 ln 2)`` (8.493 mm for the 20 mm default of SDM-PSI,
     Radua et al. 2012, Eur Psychiatry 27:605).
 
-Anisotropic kernel (Radua et al. 2014, Front Psychiatry 5:13; spec ``sdm-psi.md`` §4.3)
+Anisotropic kernel (AES-SDM: Radua et al. 2014, Front Psychiatry 5:13)
     SDM makes voxels that correlate with the peak "closer" to it. We write the kernel as a
     Gaussian of a *virtual distance*::
 
@@ -22,11 +22,13 @@ Anisotropic kernel (Radua et al. 2014, Front Psychiatry 5:13; spec ``sdm-psi.md`
     ``l`` mm has the length ``l * s(v, w)``; the *stretch* ``s`` comes from a correlation
     template (:mod:`analysis.sdm.templates`): ``s < 1`` where neighbouring voxels are strongly
     correlated, ``s > 1`` across tissue boundaries. Writing ``alpha * 2 sigma^2 ln(1/r)`` for
-    ``alpha * D^2`` gives the spec's transcription ``vd^2 = (1-alpha) d^2 + alpha 2 sigma^2
-    ln(1/r(v, p))``, with the correlation to the peak ``r = exp(-D^2 / (2 sigma^2))`` of a
-    Gaussian random field whose local scale is set by the template, i.e. neighbour correlations
-    are combined along the best path (Dijkstra) in units where ``sqrt(ln 1/r)`` is additive.
-    The alternative reading of the spec, Dijkstra on ``-ln r`` (product of neighbour
+    ``alpha * D^2`` gives the "virtual distance" ``vd^2 = (1-alpha) d^2 + alpha 2 sigma^2
+    ln(1/r(v, p))`` as transcribed in T. Salo's draft SDM-PSI estimator for NiMARE (pull
+    request 591; with ``sigma^2`` where the draft writes ``sigma``), with the correlation to
+    the peak ``r = exp(-D^2 / (2 sigma^2))`` of a Gaussian random field whose local scale is
+    set by the template, i.e. neighbour correlations are combined along the best path
+    (Dijkstra) in units where ``sqrt(ln 1/r)`` is additive.
+    The alternative reading of that draft, Dijkstra on ``-ln r`` (product of neighbour
     correlations, an exponential rather than Gaussian fall-off), is available as
     ``path_model="product"``; the Enge validation (tests) measures both.
 
@@ -35,13 +37,14 @@ Peak position
     of it along every axis (one voxel, or both neighbours where a rounded coordinate is odd, as
     SDM-PSI v6.21 does: e.g. x = -45 gives K = 1 at x = -44 and x = -46; measured on the bound
     maps of Enge et al. 2021, NeuroImage 241:118436, see :func:`peak_position`). A peak with no
-    such voxel in the mask is NOT moved (SDM-PSI v6.21, test T5): no voxel gets K = 1 and the
+    such voxel in the mask is NOT moved (as SDM-PSI v6.21, see the test of peaks outside the
+    mask in ``tests/test_sdm_preprocess.py``): no voxel gets K = 1 and the
     in-mask voxels within ``outside_radius`` mm are reached along straight segments of length
     ``outside_stretch`` times their Euclidean distance, then along the mask graph.
 
 Truncation
     Weights below ``2**-9`` are set to 0: the smallest non-zero kernel value in the SDM-PSI
-    v6.21 bound maps of Enge et al. (2021) is 1/512 (spec §4.3). This also bounds the Dijkstra
+    v6.21 bound maps of Enge et al. (2021) is 1/512 (measured). This also bounds the Dijkstra
     search (``scipy.sparse.csgraph.dijkstra(limit=...)``): with ``alpha = 1`` and
     ``sigma = 8.49`` mm no voxel farther than ``sigma sqrt(18 ln 2) = 30`` virtual mm from the
     peak is visited, i.e. the search is local and each peak costs milliseconds.
@@ -49,7 +52,8 @@ Truncation
 Limits: SDM's own correlation templates are distributed only with its binaries, so the
 anisotropic kernel here is a documented reconstruction, its stretch template fitted on SDM-PSI's
 bound maps of Enge et al. (2021) (:mod:`analysis.sdm.kernel_fit`); the measured agreement with
-SDM-PSI's kernel is reported in ``tests/test_sdm_preprocess.py`` (T4 tests).
+SDM-PSI's kernel is reported in ``tests/test_sdm_preprocess.py`` (the tests of bound-map
+agreement with SDM-PSI's maps).
 """
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ Split (:func:`split_studies`)
     template the compendium uses (:func:`analysis.resources.enge_stretch_template`, cached) is
     fitted on the training half only, so the held-out figures of :func:`evaluate` describe it.
 
-Limits (measured, :func:`evaluate`): see ``tests/test_sdm_preprocess.py`` (T4 tests).
+Limits (measured, :func:`evaluate`): see the bound-map agreement tests with SDM-PSI's maps in
+``tests/test_sdm_preprocess.py``.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def fit_enge_template(folder, fwhm: float = 20.0) -> tuple[np.ndarray, dict]:
 
 
 def bound_correlation(lower, upper, sdm_lower, sdm_upper) -> float:
-    """Mean of the voxelwise Pearson r of the lower and of the upper bound maps (test T4)."""
+    """Bound-map agreement: mean of the voxelwise Pearson r of the lower and of the upper maps."""
     return 0.5 * (np.corrcoef(lower, sdm_lower)[0, 1] + np.corrcoef(upper, sdm_upper)[0, 1])
 
 

@@ -4,7 +4,7 @@ At every voxel a study's effect is either *known* (``lower == upper``, e.g. at a
 with a t value) or *censored*: only known to lie in ``[lower, upper]`` (a non-statistically
 significant unreported effect, NSUE). Following MetaNSUE (Radua et al. 2015, JAMA Psychiatry;
 Albajes-Eizagirre, Solanes & Radua 2019, Stat Methods Med Res; R package ``metansue``) and
-SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174), spec ``sdm-psi.md`` §5:
+SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184):
 
 1. coefficients ``beta`` of ``mu_i = x_i' beta`` by maximum likelihood with tau2 = 0::
 
@@ -30,8 +30,9 @@ SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174), spec ``sdm-psi.md``
 3. imputation of ``m`` study images: at censored voxels a draw from the normal
    ``N(mu_i, v(mu_i) + tau2)`` truncated to ``[lo, up]``, by the inverse CDF of a spatially
    correlated uniform field (``U = Phi(F)``, ``F`` a standardised Gaussian-smoothed white-noise
-   field), the "simple, defensible re-implementation" of spec §5.3 -- SDM-PSI's own
-   variance-targeting smoother is not public. Known voxels are copied.
+   field), a simple re-implementation of the spatially correlated imputation the PSI paper
+   describes (Albajes-Eizagirre et al. 2019) -- SDM-PSI's own variance-targeting smoother is
+   not public. Known voxels are copied.
 
 Intercept-only models use a compiled per-voxel kernel (safeguarded Newton for beta,
 golden-section search for tau2); other designs a NumPy path vectorised over voxels (Newton with
@@ -60,7 +61,7 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 # ----------------------------------------------------------------------------- variances
 def variance_coefficients(n1, n2=None) -> tuple[np.ndarray, np.ndarray]:
-    """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges g variance, spec §3).
+    """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges g variance; Hedges & Olkin 1985).
 
     Parameters
     ----------
@@ -78,8 +79,10 @@ def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
     """Number of studies discarded by the conservative leave-n-out of the MLE.
 
     ``metansue``: 1 if k <= 30, 2 if k <= 59, 3 if k <= 77, then one more every 15 studies
-    (extrapolation, UNCONFIRMED). ``"auto"`` = that rule + 1, which reproduces SDM-PSI's
-    ``MleNLeaveOneOut = 3`` for Enge et al.'s 50 studies (spec §5.1, UNCONFIRMED in general).
+    (our extrapolation beyond 77 studies, an assumption). ``"auto"`` = that rule + 1, which
+    reproduces SDM-PSI's ``MleNLeaveOneOut = 3`` for Enge et al.'s 50 studies (the value in the
+    ``sdmpsi_params.xml`` of their public run); SDM-PSI does not document its rule, so ``"auto"``
+    for other k is an assumption.
     An integer is used as is. Never more than k - 2 (at least two studies are kept).
     """
     if isinstance(rule, str):
@@ -565,7 +568,7 @@ def _impute_study(fields, mu, sd, lo, up, known, out):  # pragma: no cover - com
 
 def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
            fwhm_mm: float, progress: bool = False) -> np.ndarray:
-    """Draw ``imputations`` study images per study (spec §5.3, simple re-implementation).
+    """Draw ``imputations`` study images per study (simple re-implementation of SDM-PSI's step).
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Meta-regression of SDM-PSI maps on study covariates, reported at the result peaks.
 
 He et al. (2024) regressed the pain-empathy maps on mean age, percentage of women and treatment
-status (no significant effects). As in SDM-PSI (spec ``sdm-psi.md`` §8.4; ``mi_lm``), the
+status (no significant effects). As in SDM-PSI's linear models (``mi_lm``), the
 design is ``X = [1, covariate]`` and the hypothesis is the covariate's slope; the slope map, its
 Rubin variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation,
 random-effects meta-regression, Rubin's rules). Studies with a missing covariate value are left out of that

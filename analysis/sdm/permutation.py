@@ -1,7 +1,7 @@
 """Permutation of subject images (PSI): family-wise error correction of SDM-PSI maps.
 
-Albajes-Eizagirre, Solanes, Vieta & Radua (2019), NeuroImage 186:174-184; spec ``sdm-psi.md``
-§5.4, §6.1, §7. Per study ``i`` a *single* preliminary set of subject images ``Z_i`` (``n_i``
+Albajes-Eizagirre, Solanes, Vieta & Radua (2019), NeuroImage 186:174-184, and its supplementary
+R simulations. Per study ``i`` a *single* preliminary set of subject images ``Z_i`` (``n_i``
 subjects x V voxels; spatially correlated; exactly zero mean and unit SD per voxel across the
 subjects of each group) is created once. The subject images of imputation ``j`` are
 ``Z_i + g_ij / J_i`` (patients only, for a two-sample study). A permutation (a sign per subject
@@ -16,21 +16,24 @@ with ``w_i`` the permutation's contrast weights over the subjects (``+-1/n`` for
 patients``. So one permutation costs one product ``W Z`` per study (shared by all imputations)
 plus one random-effects meta-analysis per imputation (DerSimonian-Laird tau2 by default as
 SDM-PSI, REML on request; the compiled fits of :mod:`analysis.sdm.re_kernels`, which the
-estimator uses too), variance ``v(g)`` of spec §3 at the permuted g, Rubin's rules over imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The
-maxima ``max z+, max z-, max TFCE+, max TFCE-`` of every permutation give the voxel- and
+estimator uses too), the exact Hedges-g variance ``v(g)`` at the permuted g, Rubin's rules over
+imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The maxima
+``max z+, max z-, max TFCE+, max TFCE-`` of every permutation give the voxel- and
 TFCE-FWE corrected p maps.
 
 Meta-regressions (hypothesis not on the intercept) permute *studies* instead, Freedman & Lane
 (1983) as recommended by Winkler et al. (2014, NeuroImage 92:381-397): per imputation the
-reduced model (the columns the hypothesis does not test) is fitted (same estimator), its residuals are
-permuted across studies (one permutation shared by all imputations), added back to the reduced
-fit, and the full model is refitted. The variance of a permuted effect is recomputed at the
-study position it lands on (UNCONFIRMED whether SDM-PSI does the same; spec §7.1).
+reduced model (the columns the hypothesis does not test) is fitted (same estimator), its
+residuals are permuted across studies (one permutation shared by all imputations), added back to
+the reduced fit, and the full model is refitted. The variance of a permuted effect is recomputed
+at the study position it lands on (SDM-PSI's documentation does not say whether it does the
+same; we assume so). That SDM-PSI permutes studies for a meta-regression is seen in the
+permutation file of the public run of Enge et al. 2021 (NeuroImage 241:118436).
 
-Choices the spec marks UNCONFIRMED and that are made here: the group analysis after permutation
-is ``J x mean`` (the paper's text) rather than ``J x mean / sd``; the preliminary subject images
-are Gaussian-smoothed white noise (FWHM ``sdm.psi.subject_fwhm_mm``) instead of SDM's
-template-driven sequential imputation.
+Choices SDM-PSI's public documentation leaves open, made here: the group analysis after
+permutation is ``J x mean`` (the PSI paper's text) rather than the ``J x mean / sd`` of its
+supplementary R code; the preliminary subject images are Gaussian-smoothed white noise (FWHM
+``sdm.psi.subject_fwhm_mm``) instead of SDM's template-driven sequential imputation.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class PSIInputs:
         return "subjects" if (is_intercept and list(nz) == [0]) else "freedman-lane"
 
     def variance_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (spec §3)."""
+        """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges-g variance)."""
         df = degrees_of_freedom(self.n1, self.n2)
         j = hedges_j(df)
         return _scale(self.n1, self.n2) ** 2, 1.0 - (df - 2.0) / (df * j * j)
@@ -197,7 +200,7 @@ def _standardise(a: np.ndarray) -> np.ndarray:
 
 def make_subject_images(n1, n2, space, rng: np.random.Generator,
                         fwhm_mm: float | None = None) -> list[np.ndarray]:
-    """The single preliminary set of subject images of every study (spec §5.4).
+    """The single preliminary set of subject images of every study (Albajes-Eizagirre et al. 2019).
 
     Gaussian-smoothed white noise (:func:`analysis.sdm.metansue.correlated_fields`), then
     standardised per voxel across the subjects of each group (exact zero mean, unit SD, as the
@@ -249,7 +252,8 @@ def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
                ) -> PermutationCodes:
     """Permutation codes: sign flips / group reassignments per subject, or study orders.
 
-    The first permutation is the identity (spec §7.2). For a two-sample study with ``n1``
+    The first permutation is the identity (as in SDM-PSI's permutation files of Enge et al.
+    2021). For a two-sample study with ``n1``
     patients the first ``n1`` entries of a random permutation of its subjects become the
     patients. Codes are drawn permutation by permutation, so the first ``N`` permutations are
     the same whatever the total number asked for.
@@ -403,7 +407,7 @@ def rubin_z(coef, var, xp=np):
     """Rubin's rules over the first axis (imputations): pooled coefficient, total variance, z.
 
     ``T = mean(var) + (1 + 1/m) var_j(coef)`` (sample variance over imputations), z = coef/sqrt(T)
-    (normal reference, as SDM-PSI; spec §6.3).
+    (normal reference, as SDM-PSI: its maps of Enge et al. 2021 satisfy ``z = g / sqrt(var)``).
     """
     m = coef.shape[0]
     cbar = coef.mean(0)

@@ -1,9 +1,10 @@
 """SDM pre-processing: lower and upper Hedges-g bound maps of every study.
 
 For a study with sample size ``n1`` (``n2`` NaN for one-sample studies), voxel threshold
-``t_thr`` and peaks ``p`` with effect ``g_p`` (Hedges g from the peak t; spec ``sdm-psi.md``
-§3) and kernel weights ``K_p(v)`` (:mod:`analysis.sdm.kernel`), SDM-PSI's bounds are (spec §4.2,
-reproduced exactly from the SDM-PSI v6.21 maps of Enge et al. 2021)::
+``t_thr`` and peaks ``p`` with effect ``g_p`` (Hedges g from the peak t, as in the ``metansue``
+R package of Radua) and kernel weights ``K_p(v)`` (:mod:`analysis.sdm.kernel`), SDM-PSI's bounds
+are (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184; the formula reproduces the SDM-PSI
+v6.21 bound maps of Enge et al. 2021, NeuroImage 241:118436, exactly)::
 
     g_thr      = J t_thr sqrt(1/n1 [+ 1/n2])
     lower_p(v) = -g_thr + K_p(v) (g_p + g_thr)
@@ -13,7 +14,8 @@ Far from every peak the effect is only known to lie between the two significance
 (``[-g_thr, g_thr]``); at a peak with known t it is known (``lower = upper = g_p``). A study
 without peaks has ``[-g_thr, g_thr]`` everywhere (an "NSUE" study, Radua et al. 2015).
 
-Several peaks (spec §4.4; rule chosen by ``combine``, default config ``sdm.combine``):
+Several peaks (SDM-PSI's documentation does not state the rule; chosen by ``combine``, default
+config ``sdm.combine``):
 
 - ``"weighted"`` (default; fits SDM-PSI v6.21 best, see below): one kernel value
   ``K(v) = max_p K_p(v)`` and one effect ``g(v) = sum_p w_p g_p / sum_p w_p`` over all peaks
@@ -21,13 +23,13 @@ Several peaks (spec §4.4; rule chosen by ``combine``, default config ``sdm.comb
   ``2 sigma^2 / vd_p^2``, inverse squared distance weighting as in ES-SDM, near a peak, and
   ``K_p`` far from it; a voxel with ``K_p = 1`` takes that peak's g exactly); then
   ``lower = -g_thr + K (g + g_thr)``, ``upper = g_thr + K (g - g_thr)``;
-- ``"maxmin"`` (the spec's recommendation): ``lower = max_p lower_p`` and
+- ``"maxmin"`` (the most literal reading of per-peak bounds): ``lower = max_p lower_p`` and
   ``upper = max_p upper_p`` over positive peaks, ``min_p`` over negative peaks; where both
   signs reach a voxel the sign whose strongest kernel weight is larger wins;
 - ``"maxk"``: both bounds from the single peak with the largest ``K_p(v)``.
 
 Which rule SDM-PSI v6.21 uses was measured on the Enge et al. (2021) bound maps with the
-statistic of spec §4.4: the share of voxels whose (lower, upper) pair implies a reported peak
+following statistic: the share of voxels whose (lower, upper) pair implies a reported peak
 g (``g_thr (R + 1) / (R - 1)``, ``R = (lower + g_thr) / (upper - g_thr)``, within 0.002).
 SDM: bauer2017 0.77, backes2002 0.89, mooreparks2010 0.69, schafer2009 0.82, balsamo2006
 0.50, krishnan2021 0.38. With our anisotropic kernel, "weighted" gives 0.77, 0.88, 0.74,
@@ -42,7 +44,8 @@ Peaks without a statistic (``t`` NaN, direction in ``sign``), ``unknown_peak_mod
 - ``"corrected"`` (default): ``t = sign * t_thr`` converted to g, i.e. ``g_p = sign * g_thr``,
   the smallest effect consistent with the peak being significant;
 - ``"sdm621"``: ``g_p = sign * t_thr`` numerically, reproducing SDM-PSI v6.21, which places the
-  threshold t value itself (not its g) at such peaks (spec §2.4; likely a bug in v6.21).
+  threshold t value itself (not its g) at such peaks (its pre-processing log and bound maps
+  for Enge et al. 2021 show this; likely a bug in v6.21).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reading and writing SDM-PSI project folders (sdm-psi spec §2.1-2.2).
+"""Reading and writing SDM-PSI project folders (format of the SDM manual and its protocol paper).
 
 An SDM project folder holds
 

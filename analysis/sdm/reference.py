@@ -1,11 +1,11 @@
 """Straightforward per-voxel reference implementation of the engine's statistics.
 
-Loops over voxels and uses :mod:`scipy.optimize` directly, following the formulas of spec
-``sdm-psi.md`` §5.1 and §6.2 (MetaNSUE, Radua et al.; REML random effects) without any of the
-fast path's tricks (no vectorisation, no unique-pattern compression, no one-step leave-one-out
-approximation: every leave-one-out candidate is refitted). Used by the tests on small masks to
-check :mod:`analysis.sdm.metansue` and :mod:`analysis.sdm.random_effects`, and by the benchmark
-for the speed ratio. Slow by design.
+Loops over voxels and uses :mod:`scipy.optimize` directly, following the formulas of MetaNSUE
+(Radua et al. 2015; ``metansue`` R package) and of REML random effects (Viechtbauer 2005)
+without any of the fast path's tricks (no vectorisation, no unique-pattern compression, no
+one-step leave-one-out approximation: every leave-one-out candidate is refitted). Used by the
+tests on small masks to check :mod:`analysis.sdm.metansue` and
+:mod:`analysis.sdm.random_effects`, and by the benchmark for the speed ratio. Slow by design.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Rubin's rules: combining the meta-analyses of ``m`` imputed data sets, per voxel.
 
-Spec ``sdm-psi.md`` §6.3, after ``metansue`` (``.pool.var``, ``.pool.cov``, ``.pool.chi2``) and
+After the ``metansue`` R package (``.pool.var``, ``.pool.cov``, ``.pool.chi2``) and
 SDM-PSI (Albajes-Eizagirre et al. 2019: "SDM-PSI uses Rubin's rules to combine the coefficients
 of the model, their covariance and the heterogeneity statistics I and Q"):
 

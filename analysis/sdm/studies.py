@@ -12,7 +12,7 @@ and the tables need:
     The voxel p threshold and ``"corrected"`` / ``"uncorrected"``, parsed from ``correction``
     (e.g. ``p<0.001 uncorrected``).
 ``t_thr``
-    The voxel-level t threshold (sdm-psi spec §2.3): one-tailed ``T⁻¹_df(1 - p)`` for an
+    The voxel-level t threshold SDM-PSI needs: one-tailed ``T⁻¹_df(1 - p)`` for an
     uncorrected p; for a corrected threshold the voxel-level t actually applied is unknown and
     the rule of Enge et al. (2021) is used: t for p = ``corrected_voxel_p`` (0.05).
     An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.project`) takes precedence.

@@ -1,8 +1,8 @@
 """Edge "stretch" templates for the anisotropic kernel (our stand-in for SDM's correlation templates).
 
 SDM-PSI ships binary correlation templates (correlation of each voxel with its neighbours across
-individual images; Radua et al. 2014, Front Psychiatry 5:13) that are not public (spec
-``sdm-psi.md`` §4.1, §4.3). We build the equivalent reproducibly, with no download, from data
+individual images; Radua et al. 2014, Front Psychiatry 5:13) that are distributed only with its
+binaries. We build the equivalent reproducibly, with no download, from data
 that ship with nilearn: the MNI152 (2009) grey- and white-matter probability templates
 (``nilearn.datasets.load_mni152_gm_template`` / ``load_mni152_wm_template``) and the MNI152
 brain mask, resampled onto the analysis grid.

@@ -9,14 +9,15 @@ SDM-PSI v6.21 computes TFCE (Smith & Nichols 2009, NeuroImage 44:83-98) separate
   contains ``v``.
 
 These choices reproduce the unpermuted row of ``fwe/maxsMinsZ.asc`` of the public SDM-PSI run of
-Enge et al. (2021): 87097.36 vs SDM's 87097.48 and 821.2885 vs 821.2881 (spec ``sdm-psi.md``
-§7.4 and Appendix A). Voxels count at a height only when *strictly* above it, and the top height
-``h_100`` is the maximum itself, so it contributes nothing: counting the peak voxel there would
-add ``max^2`` (maximum 87189.83, which does not match SDM). The top height is skipped
-explicitly rather than through ``100 * (max / 100) >= max``, whose outcome depends on rounding.
+Enge et al. (2021, NeuroImage 241:118436): 87097.36 vs SDM's 87097.48 and 821.2885 vs
+821.2881 (measured on the mirrored ``validation/enge2021_sdm`` data). Voxels count at a height
+only when *strictly* above it, and the top height ``h_100`` is the maximum itself, so it
+contributes nothing: counting the peak voxel there would add ``max^2`` (maximum 87189.83, which
+does not match SDM). The top height is skipped explicitly rather than through
+``100 * (max / 100) >= max``, whose outcome depends on rounding.
 
 Two implementations are given: :func:`tfce_reference` labels every height with
-:func:`scipy.ndimage.label` (Appendix A of the spec, kept as the executable definition), and
+:func:`scipy.ndimage.label` (the plain definition above, kept as the executable reference), and
 :func:`tfce` adds the voxels in decreasing order into a union-find forest (compiled with numba),
 which gives the same sums an order of magnitude faster.
 
@@ -57,7 +58,7 @@ def _check_connectivity(connectivity: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Reference implementation (spec Appendix A)
+# Reference implementation (labelling every height)
 # --------------------------------------------------------------------------------------------
 def tfce_reference(stat_pos: np.ndarray, n_steps: int = 100, E: float = 0.5,
                    H: float = 2.0) -> np.ndarray:
@@ -336,7 +337,8 @@ def corrp_maps(z: np.ndarray, max_pos: np.ndarray, max_neg: np.ndarray) -> dict[
 
     ``corrp`` uses the maxima of the positive direction against ``stat``; ``corrp_neg`` the
     maxima of the negative direction against ``-stat``; the directions are corrected
-    separately, as SDM-PSI does (spec §7.3).
+    separately, as SDM-PSI does (this reproduces its ``corrp_voxel`` and ``corrp_voxel_neg``
+    maps of Enge et al. 2021).
 
     Parameters
     ----------

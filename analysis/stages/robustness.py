@@ -60,7 +60,7 @@ def fwe_at_peaks(perm, peaks: pd.DataFrame, z_meta: np.ndarray, alpha: float) ->
 
 
 def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataFrame:
-    """tau^2, I^2 (%), H^2, Q and Q's z at every cluster peak (spec §8.1)."""
+    """tau^2, I^2 (%), H^2, Q and Q's z at every cluster peak (SDM-PSI's heterogeneity maps)."""
     rows = []
     for r in peaks.itertuples(index=False):
         v = int(r.voxel)
@@ -154,7 +154,7 @@ def produce(ctx) -> dict:
         X, keep = mr.covariate_design(table, cov)
         res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1], keep=n_mr > 1)
         fl = None
-        if n_mr > 1:  # Freedman-Lane permutation of studies (spec 7.1)
+        if n_mr > 1:  # Freedman-Lane permutation of studies (Winkler et al. 2014)
             fl = psi_permutation_test(res, n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
                                       **psi, progress=True)
             res.imputations = None
