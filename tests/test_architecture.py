@@ -103,3 +103,20 @@ def test_engine_modules_import_alone(module):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=PACKAGE_DIR.parent, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_public_engine_function_has_a_docstring():
+    """Public functions, classes and methods of the engine are documented."""
+    missing = []
+    for path in _modules(ENGINE):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) or node.name.startswith("_"):
+                continue
+            if not ast.get_docstring(node):
+                missing.append(f"{path.name}:{node.name}")
+            if isinstance(node, ast.ClassDef):
+                missing += [f"{path.name}:{node.name}.{m.name}" for m in node.body
+                            if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                            and not ast.get_docstring(m)]
+    assert missing == []

@@ -191,6 +191,7 @@ class IsotropicKernel:
 
     @property
     def sigma(self) -> float:
+        """Gaussian standard deviation (mm) of the kernel's FWHM."""
         return fwhm_to_sigma(self.fwhm)
 
     def weights(self, xyz) -> tuple[np.ndarray, np.ndarray]:
@@ -259,6 +260,7 @@ class AnisotropicKernel:
 
     @property
     def sigma(self) -> float:
+        """Gaussian standard deviation (mm) of the kernel's FWHM."""
         return fwhm_to_sigma(self.fwhm)
 
     def _build_graph(self) -> sparse.csr_matrix:

@@ -75,6 +75,7 @@ class ProvenanceVerdict:
 
     @property
     def n_studies(self) -> int:
+        """All studies of the study table."""
         return len(self.studies)
 
     @property

@@ -142,10 +142,12 @@ class PSIInputs:
 
     @property
     def two_sample(self) -> np.ndarray:
+        """Whether each study compares two groups (``n2`` given)."""
         return np.isfinite(self.n2) & (self.n2 > 0)
 
     @property
     def intercept_only(self) -> bool:
+        """Whether the design is the intercept alone (a mean model)."""
         return self.X.shape[1] == 1 and np.allclose(self.X, 1.0)
 
     @property
@@ -165,6 +167,7 @@ class PSIInputs:
 
     @property
     def j(self) -> np.ndarray:
+        """Hedges' small-sample correction ``J`` of every study."""
         return hedges_j(degrees_of_freedom(self.n1, self.n2))
 
     @classmethod
@@ -240,6 +243,7 @@ class PermutationCodes:
     order: np.ndarray | None = None
 
     def chunk(self, start: int, stop: int) -> PermutationCodes:
+        """The codes of permutations ``start`` to ``stop - 1``."""
         return PermutationCodes(
             self.method, stop - start,
             [w[start:stop] for w in self.weights],

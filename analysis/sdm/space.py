@@ -122,14 +122,17 @@ class MaskSpace:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """Shape of the grid."""
         return self.mask.shape
 
     @property
     def affine(self) -> np.ndarray:
+        """Voxel-to-MNI affine of the grid."""
         return self.mask_img.affine
 
     @property
     def n_voxels(self) -> int:
+        """Number of in-mask voxels."""
         return len(self.ijk)
 
     def to_volume(self, vec, fill: float = 0.0) -> np.ndarray:
