@@ -127,3 +127,15 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
     tfce = tmp_path / "analysis/sdm/tfce.py"  # imported by permutation.py, not by the stage
     tfce.write_text(tfce.read_text() + "\n# edited\n")
     assert key() != k0
+
+
+def test_paper_bench_reads_stage_times_from_manifests(tmp_path, capsys):
+    from analysis.bench.paper import stage_seconds
+    from analysis.cli import main
+
+    (tmp_path / ".stages").mkdir()
+    (tmp_path / ".stages" / "meta.json").write_text('{"key": "k", "seconds": 12.5}')
+    (tmp_path / ".stages" / "run.lock").write_text("1")
+    assert stage_seconds(tmp_path) == {"meta": 12.5}
+    assert main(["bench", "--list"]) == 0
+    assert "paper:" in capsys.readouterr().out

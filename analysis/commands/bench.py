@@ -46,6 +46,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sim-roi-radius-mm", type=float, default=20.0,
                    help="null-calibration: analysis ROI radius around the published peaks "
                         "(mm; 0 = whole grey-matter mask; default 20)")
+    p.add_argument("--paper-quick", action="store_true",
+                   help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
 
