@@ -539,8 +539,19 @@ def run_pandoc(pandoc: str, markdown: Path, output: Path, to: str, qmd: Path,
         raise RenderError("; ".join(dict.fromkeys(problems)))
 
 
-def compile_typst(typ: Path, pdf: Path, root: Path) -> None:
+def compile_typst(typ: Path, pdf: Path, root: Path, source: str = "") -> None:
     """Compile a Typst file to PDF with the ``typst`` package (embedded fonts only).
+
+    Parameters
+    ----------
+    typ : Path
+        The Typst file.
+    pdf : Path
+        The PDF to write.
+    root : Path
+        Root of the Typst project (files it may read: the images).
+    source : str
+        The document the Typst file was made from, for error messages.
 
     Raises
     ------
@@ -558,9 +569,11 @@ def compile_typst(typ: Path, pdf: Path, root: Path) -> None:
         typst.compile(str(typ), output=str(pdf), root=str(root), ignore_system_fonts=True,
                       timestamp=stamp)
     except typst.TypstError as exc:
-        detail = getattr(exc, "diagnostic", "") or ""
-        raise RenderError(f"{typ.name}: Typst could not compile the PDF: {exc} {detail}"
-                          .strip()) from exc
+        message = getattr(exc, "message", None) or str(exc)
+        detail = (getattr(exc, "diagnostic", "") or "").strip()
+        where = f"{source} (via {typ.name})" if source else str(typ)
+        raise RenderError(f"{where}: Typst could not compile the PDF: {message}"
+                          + (f"\n{detail}" if detail else "")) from exc
 
 
 def render_pandoc(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None = None,
@@ -639,7 +652,7 @@ def render_pandoc(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None = N
                 typst_opts += ["-V", "section-numbering=1.1"]
             run_pandoc(pandoc, markdown, typ, "typst", qmd, typst_opts)
             with atomic_path(out_dir / "index.pdf") as tmp_pdf:
-                compile_typst(typ, tmp_pdf, build)
+                compile_typst(typ, tmp_pdf, build, source=str(qmd))
             written["pdf"] = out_dir / "index.pdf"
     for kind, path in written.items():
         LGR.info("wrote %s (%.1f kB, %s)", path, path.stat().st_size / 1e3, kind)

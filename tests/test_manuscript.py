@@ -365,6 +365,18 @@ def test_render_pandoc_names_unresolved_references(tmp_path, body, message):
     assert not (tmp_path / "out" / "index.html").exists()
 
 
+def test_typst_error_names_the_source(tmp_path, monkeypatch):
+    import typst
+
+    def fail(*args, **kwargs):
+        raise typst.TypstError("unknown variable: x")
+
+    monkeypatch.setattr(typst, "compile", fail)
+    with pytest.raises(rd.RenderError, match=r"doc.qmd \(via index.typ\): Typst could not "
+                                             r"compile the PDF: unknown variable"):
+        rd.compile_typst(tmp_path / "index.typ", tmp_path / "x.pdf", tmp_path, "doc.qmd")
+
+
 def test_render_pandoc_reports_the_failing_line(tmp_path):
     qmd = tmp_path / "doc.qmd"
     qmd.write_text("---\ntitle: t\n---\n\nok `{python} undefined_name` here\n")
