@@ -201,6 +201,19 @@ local function resolve_cite(cite)
   return out
 end
 
+-- Notes under a table (::: {.table-note}) stay together on one page and in a smaller font
+-- in Typst; in HTML the stylesheet does that.
+function Div(div)
+  if FORMAT == "typst" and div.classes:includes("table-note") then
+    local out = pandoc.List({ pandoc.RawBlock("typst",
+      "#block(breakable: false, above: 0.6em, below: 1.2em)[#set text(size: 8.5pt)") })
+    out:extend(div.content)
+    out:insert(pandoc.RawBlock("typst", "]"))
+    return out
+  end
+  return nil
+end
+
 function Pandoc(doc)
   number_floats(doc.blocks)
   number_sections(doc.blocks)
