@@ -30,11 +30,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("analysis.commands.bench", "speed and memory benchmarks (ratios in the same run)"),
 }
 
+EPILOG = """\
+examples:
+  python -m analysis run                 # compute every stage into results/
+  python -m analysis render              # render the manuscript into _manuscript/
+  python -m analysis fetch --list        # where each public dataset is available
+  python -m analysis <command> --help    # options and examples of one command
+"""
+"""Examples shown under ``python -m analysis --help``; each command module has its own."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m analysis",
         description="Compendium for He et al. 2024 (pain empathy across mental disorders).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"analysis {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -43,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (module, help_) in COMMANDS.items():
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_,
+                           epilog=getattr(mod, "EPILOG", None),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.configure_parser(p)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error (default: one line)")

@@ -22,11 +22,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.errors import ConfigError
+from analysis.sdm.rng import derive_rng, stage_seed  # noqa: F401 (the engine's streams)
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 
@@ -44,13 +44,6 @@ Connectivity = Literal[6, 18, 26]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class GridConfig(_Section):
-    voxel_mm: PosFloat
-    shape: Annotated[list[PosInt], Field(min_length=3, max_length=3)]
-    affine: Annotated[list[Annotated[list[float], Field(min_length=4, max_length=4)]],
-                      Field(min_length=4, max_length=4)]
 
 
 class DataConfig(_Section):
@@ -112,8 +105,6 @@ class SdmConfig(_Section):
     imputations_quick: PosInt
     analysis_roi_radius_mm: PosFloat | None
     heterogeneity: Literal["dl", "reml"]
-    reml_max_iter: PosInt
-    reml_tol: PosFloat
     leave_n_out: Literal["auto"] | NonNegInt
     threshold: ThresholdConfig
     local_peak_min_distance_mm: NonNegFloat
@@ -141,11 +132,6 @@ class SimulationConfig(_Section):
     cluster_extent_voxels: NonNegInt
     max_peaks_per_study: PosInt
     validation: SimulationValidationConfig
-
-
-class LabelsConfig(_Section):
-    nearest_max_mm: NonNegFloat
-    prob_threshold_pct: Annotated[float, Field(ge=0, le=100)]
 
 
 class CharacterisationConfig(_Section):
@@ -177,11 +163,9 @@ class ConfigSchema(_Section):
     """The whole configuration: every section and key of ``config.yaml``, typed."""
 
     seed: NonNegInt
-    grid: GridConfig
     data: DataConfig
     sdm: SdmConfig
     simulation: SimulationConfig
-    labels: LabelsConfig
     characterisation: CharacterisationConfig
     manuscript: ManuscriptConfig
 
@@ -331,22 +315,6 @@ def _merge(base: dict, extra: dict) -> None:
             _merge(base[key], value)
         else:
             base[key] = value
-
-
-def stage_seed(seed: int, stage: str) -> np.random.SeedSequence:
-    """Derive the seed sequence of one named stage from the global seed.
-
-    The stage name is hashed (SHA-256, stable across Python runs) into the spawn key, so each
-    stage has an independent, reproducible stream.
-    """
-    digest = hashlib.sha256(stage.encode("utf-8")).digest()
-    key = tuple(int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4))
-    return np.random.SeedSequence(entropy=int(seed), spawn_key=key)
-
-
-def derive_rng(seed: int, stage: str) -> np.random.Generator:
-    """Return the random generator of one named stage (see :func:`stage_seed`)."""
-    return np.random.default_rng(stage_seed(seed, stage))
 
 
 def config_hash(cfg: dict[str, Any], *sections: str) -> str:

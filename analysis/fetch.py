@@ -2,17 +2,23 @@
 
 The registry ``analysis/datasets.tsv`` lists every file (path relative to the dataset root,
 checksum, canonical URL at a pinned commit): Neurosynth v7 and NeuroQuery v1 in NiMARE's layout,
-the Yeo-7 / Schaefer-400 2 mm volumes, and the public SDM-PSI v6.21 run of Enge et al. (2021).
+the Yeo-7 / Schaefer-400 2 mm volumes, BrainSpace's HCP group FC matrix, Schaefer-400 conte69
+parcellation and conte69 surfaces, and the public SDM-PSI v6.21 run of Enge et al. (2021).
 
 Lookup order for a file:
 
 1. a local mirror, if the environment variable ``PAINEMP_MIRROR`` names a folder with the same
    layout (read in place, never written);
-2. the user cache, ``PAINEMP_CACHE`` or the platform's user cache folder
-   (``~/.cache/painemp-compendium`` on Linux);
-3. a download from the canonical URL into the cache.
+2. the user cache, ``PAINEMP_CACHE`` or the platform's user cache folder (platformdirs:
+   ``~/.cache/painemp-compendium`` on Linux, ``~/Library/Caches/painemp-compendium`` on macOS);
+3. a download from the canonical URL into the cache, through pooch: up to :data:`RETRIES`
+   further attempts after a network error or a checksum mismatch, a progress bar in a terminal
+   and periodic log lines otherwise (:mod:`analysis.progress`). The download goes to a temporary
+   file beside its destination and is moved into place only once its checksum matches, so the
+   cache never holds a partial or unverified file.
 
-Every file is checked against its SHA-256 before use; a mismatch is an error, not a warning.
+Every file is checked against its SHA-256 before use; a mismatch is an error
+(:class:`FetchError`, naming the file), not a warning.
 """
 
 from __future__ import annotations
@@ -20,17 +26,21 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
-from analysis.io import atomic_path, sha256_file
+from analysis.io import atomic_path, current_umask, sha256_file
 
 LGR = logging.getLogger(__name__)
 
 MIRROR_ENV = "PAINEMP_MIRROR"
 CACHE_ENV = "PAINEMP_CACHE"
+APP_NAME = "painemp-compendium"
 REGISTRY = Path(__file__).with_name("datasets.tsv")
+RETRIES = 3
+"""Download attempts after the first one (pooch waits 1 s, 2 s, ... between them)."""
+TIMEOUT_S = 120
+"""Seconds without data before a download attempt fails."""
 
 
 class FetchError(RuntimeError):
@@ -39,18 +49,38 @@ class FetchError(RuntimeError):
 
 @lru_cache(maxsize=1)
 def registry() -> dict[str, dict[str, str]]:
-    """``{relpath: {"sha256": ..., "url": ...}}`` for every known file."""
+    """``{relpath: {"sha256": ..., "url": ...}}`` for every known file.
+
+    Raises
+    ------
+    FetchError
+        A row of ``datasets.tsv`` lacks a field or has a malformed checksum (row and field named).
+    """
+    out: dict[str, dict[str, str]] = {}
     with REGISTRY.open(encoding="utf-8") as fh:
-        return {r["relpath"]: r for r in csv.DictReader(fh, delimiter="\t")}
+        for row_no, r in enumerate(csv.DictReader(fh, delimiter="\t"), start=1):
+            for field in ("relpath", "sha256", "url"):
+                if not r.get(field):
+                    raise FetchError(f"{REGISTRY}, row {row_no}, field '{field}': empty or missing")
+            sha = r["sha256"]
+            if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+                raise FetchError(f"{REGISTRY}, row {row_no}, field 'sha256': {sha!r} is not a "
+                                 "SHA-256 hex digest (64 lower-case hex digits)")
+            if r["relpath"] in out:
+                raise FetchError(f"{REGISTRY}, row {row_no}, field 'relpath': "
+                                 f"{r['relpath']!r} is listed twice")
+            out[r["relpath"]] = r
+    return out
 
 
 def cache_dir() -> Path:
-    """The user cache folder for downloaded datasets."""
+    """The user cache folder for downloaded datasets (``PAINEMP_CACHE`` or the platform's)."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "painemp-compendium"
+    import platformdirs
+
+    return platformdirs.user_cache_path(APP_NAME, appauthor=False)
 
 
 def mirror_dir() -> Path | None:
@@ -61,6 +91,74 @@ def mirror_dir() -> Path | None:
 
 def _verified(path: Path, sha: str) -> bool:
     return path.is_file() and sha256_file(path) == sha
+
+
+class _DownloadBar:
+    """The progress-bar protocol of pooch's HTTP downloader, on an :mod:`analysis.progress` bar.
+
+    Pooch sets ``total`` (0 when the server sends no length) at each attempt, counts whole
+    chunks with ``update``, and after the last chunk calls ``reset()`` and ``update(total)`` to
+    fill the bar; here the count is kept within the total and the timing is not restarted.
+    """
+
+    def __init__(self, bar):
+        self.bar = bar
+        self._filling = False
+
+    @property
+    def total(self):
+        return self.bar.total
+
+    @total.setter
+    def total(self, value) -> None:  # a new attempt starts
+        self.bar.reset(total=value or None)
+        self._filling = False
+
+    def update(self, n: int) -> None:
+        total = self.bar.total
+        if self._filling and total:
+            n = total - self.bar.n
+        elif total:
+            n = min(n, total - self.bar.n)
+        if n > 0:
+            self.bar.update(n)
+
+    def reset(self) -> None:
+        self._filling = True
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _no_pooch_start_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(("%s file", "Downloading", "Updating"))
+
+
+def _download(relpath: str, url: str, sha: str, dest: Path) -> None:
+    """Download ``url`` to ``dest`` through pooch, with retries, progress and the checksum."""
+    import pooch
+
+    from analysis.progress import progress
+
+    store = pooch.Pooch(path=dest.parent, base_url="", registry={dest.name: f"sha256:{sha}"},
+                        urls={dest.name: url}, retry_if_failed=RETRIES)
+    LGR.info("downloading %s from %s", relpath, url)
+    pooch_log = pooch.get_logger()  # keeps its retry notices, not the line that repeats ours
+    pooch_log.addFilter(_no_pooch_start_line)
+    with progress(desc=relpath.rsplit("/", 1)[-1], unit="B", unit_scale=True,
+                  logger=LGR) as bar:
+        downloader = pooch.HTTPDownloader(progressbar=_DownloadBar(bar), timeout=TIMEOUT_S)
+        try:
+            store.fetch(dest.name, downloader=downloader)
+        except ValueError as exc:  # checksum mismatch after the last attempt, or a bad URL
+            raise FetchError(f"{relpath}: download from {url} failed: {' '.join(str(exc).split())}"
+                             ) from exc
+        except OSError as exc:  # network and HTTP errors (requests' errors are OSErrors)
+            raise FetchError(f"{relpath}: could not download {url} after {1 + RETRIES} "
+                             f"attempt(s): {exc}") from exc
+        finally:
+            pooch_log.removeFilter(_no_pooch_start_line)
+    os.chmod(dest, 0o666 & ~current_umask())  # pooch's temporary file was private (0600)
 
 
 def fetch_file(relpath: str, download: bool = True) -> Path:
@@ -74,10 +172,15 @@ def fetch_file(relpath: str, download: bool = True) -> Path:
     download : bool
         Allow a network download when neither the mirror nor the cache has the file.
 
+    Returns
+    -------
+    pathlib.Path
+        The file in the mirror (read in place) or in the cache.
+
     Raises
     ------
     FetchError
-        Unknown file, failed download, or checksum mismatch.
+        Unknown file, failed download, or checksum mismatch; the message names the file.
     """
     reg = registry()
     if relpath not in reg:
@@ -93,20 +196,19 @@ def fetch_file(relpath: str, download: bool = True) -> Path:
     cached = cache_dir() / relpath
     if _verified(cached, sha):
         return cached
-    if not download or url == "-":
-        raise FetchError(
-            f"{relpath} is neither in the mirror ({MIRROR_ENV}) nor in the cache {cache_dir()}"
-        )
-    LGR.info("downloading %s", url)
+    stale = " (the cached copy's SHA-256 differs from the registry)" if cached.exists() else ""
+    if url == "-":
+        raise FetchError(f"{relpath} has no download URL: it comes only with the mirror "
+                         f"({MIRROR_ENV}), which does not have it{stale}")
+    if not download:
+        raise FetchError(f"{relpath} is neither in the mirror ({MIRROR_ENV}) nor in the cache "
+                         f"{cache_dir()}{stale}, and downloads are off")
     try:
-        with atomic_path(cached) as tmp:
-            with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:
-                while block := resp.read(1 << 20):
-                    out.write(block)
-            if sha256_file(tmp) != sha:
-                raise FetchError(f"{url}: SHA-256 differs from the registry")
+        cached.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise FetchError(f"could not download {url}: {exc}") from exc
+        raise FetchError(f"{relpath}: cannot create the cache folder {cached.parent} ({exc}); "
+                         f"set {CACHE_ENV} to a writable folder") from exc
+    _download(relpath, url, sha, cached)
     return cached
 
 

@@ -1,4 +1,4 @@
-"""The 2 mm MNI grid of SDM-PSI (91 x 109 x 91) and the masks defined on it.
+"""The compendium's analysis masks on SDM-PSI's 2 mm grid (:mod:`analysis.sdm.space`).
 
 The analysis mask of every SDM analysis is SDM-PSI's own grey-matter mask (``gray_matter_2mm``,
 193,768 voxels), as SDM-PSI writes it into a project folder (``sdm_mask.nii.gz``; fetched with
@@ -15,51 +15,7 @@ from functools import lru_cache
 import nibabel as nib
 import numpy as np
 
-from analysis.config import load_config
-
-
-def grid_shape() -> tuple[int, int, int]:
-    """Shape of the analysis grid."""
-    return tuple(load_config()["grid"]["shape"])
-
-
-def grid_affine() -> np.ndarray:
-    """Voxel-to-MNI affine of the analysis grid (LAS orientation like SDM-PSI's images)."""
-    return np.asarray(load_config()["grid"]["affine"], dtype=float)
-
-
-def mni_to_ijk(xyz, affine: np.ndarray | None = None) -> np.ndarray:
-    """MNI millimetres (n x 3) to fractional voxel indices (n x 3)."""
-    aff = grid_affine() if affine is None else affine
-    xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
-    return (np.linalg.inv(aff) @ np.c_[xyz, np.ones(len(xyz))].T)[:3].T
-
-
-def ijk_to_mni(ijk, affine: np.ndarray | None = None) -> np.ndarray:
-    """Voxel indices (n x 3) to MNI millimetres (n x 3)."""
-    aff = grid_affine() if affine is None else affine
-    ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
-    return (aff @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
-
-
-def _resample(img, interpolation: str):
-    from nilearn.image import resample_img
-
-    return resample_img(
-        img, target_affine=grid_affine(), target_shape=grid_shape(),
-        interpolation=interpolation, force_resample=True, copy_header=True,
-    )
-
-
-@lru_cache(maxsize=1)
-def brain_mask() -> nib.Nifti1Image:
-    """MNI152 2 mm brain mask on the analysis grid (used to reject coordinates outside the brain)."""
-    from nilearn.datasets import load_mni152_brain_mask
-
-    img = _resample(load_mni152_brain_mask(resolution=2), "nearest")
-    data = (np.asarray(img.dataobj) > 0).astype(np.uint8)
-    return nib.Nifti1Image(data, grid_affine())
-
+from analysis.sdm.space import grid_affine, grid_shape, ijk_to_mni, mni152_gm_mask
 
 #: dataset file of SDM-PSI's gray_matter_2mm mask (written by SDM-PSI v6.21 into Enge et al.'s
 #: project folder)
@@ -71,16 +27,6 @@ MASK_DESCRIPTIONS = {
     "mni152_gray_matter": "the MNI152 grey-matter template thresholded at probability 0.2",
 }
 MASKS = tuple(MASK_DESCRIPTIONS)
-
-
-@lru_cache(maxsize=1)
-def mni152_gm_mask(threshold: float = 0.2) -> nib.Nifti1Image:
-    """nilearn's MNI152 grey-matter probability > threshold, on the analysis grid."""
-    from nilearn.datasets import load_mni152_gm_template
-
-    img = _resample(load_mni152_gm_template(resolution=2), "continuous")
-    data = (np.asarray(img.dataobj) > threshold).astype(np.uint8)
-    return nib.Nifti1Image(data, grid_affine())
 
 
 @lru_cache(maxsize=1)
@@ -96,13 +42,13 @@ def sdm_gm_mask() -> nib.Nifti1Image:
 
 
 def gm_mask(name: str | None = None) -> nib.Nifti1Image:
-    """The whole-brain analysis mask: ``name`` (default config ``sdm.mask``, SDM-PSI's own).
+    """The whole-brain analysis mask by name (configuration ``sdm.mask``; default SDM-PSI's own).
 
     Parameters
     ----------
     name : {"sdm_gray_matter", "mni152_gray_matter"}, optional
     """
-    name = name or load_config()["sdm"].get("mask", "sdm_gray_matter")
+    name = name or "sdm_gray_matter"
     if name == "sdm_gray_matter":
         return sdm_gm_mask()
     if name == "mni152_gray_matter":
@@ -110,30 +56,7 @@ def gm_mask(name: str | None = None) -> nib.Nifti1Image:
     raise ValueError(f"unknown mask {name!r}; one of {MASKS}")
 
 
-def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0) -> np.ndarray:
-    """Whether each MNI coordinate falls in the mask (nearest voxel; optional tolerance in mm).
-
-    With ``tolerance_mm`` > 0 a coordinate counts as inside when any mask voxel lies within that
-    distance (peaks reported on the cortical surface can fall just outside a template mask).
-    """
-    mask = brain_mask() if mask is None else mask
-    data = np.asarray(mask.dataobj) > 0
-    ijk = np.rint(mni_to_ijk(xyz, mask.affine)).astype(int)
-    out = np.zeros(len(ijk), dtype=bool)
-    r = int(np.ceil(tolerance_mm / 2.0))
-    offs = [(a, b, c) for a in range(-r, r + 1) for b in range(-r, r + 1) for c in range(-r, r + 1)
-            if 4.0 * (a * a + b * b + c * c) <= tolerance_mm ** 2] or [(0, 0, 0)]
-    for n, (i, j, k) in enumerate(ijk):
-        for a, b, c in offs:
-            ii, jj, kk = i + a, j + b, k + c
-            if (0 <= ii < data.shape[0] and 0 <= jj < data.shape[1] and 0 <= kk < data.shape[2]
-                    and data[ii, jj, kk]):
-                out[n] = True
-                break
-    return out
-
-
-def analysis_mask(config: dict | None = None) -> nib.Nifti1Image:
+def analysis_mask(config: dict) -> nib.Nifti1Image:
     """The engine's analysis mask: :func:`gm_mask` (``sdm.mask``), optionally restricted to a
     region of interest.
 
@@ -143,7 +66,7 @@ def analysis_mask(config: dict | None = None) -> nib.Nifti1Image:
     to check the wiring of every stage in seconds; every result of ``make paper`` uses the whole
     mask, and ``values.json`` records the number of voxels analysed.
     """
-    cfg = config or load_config()
+    cfg = config
     img = gm_mask(cfg["sdm"].get("mask"))
     radius = cfg["sdm"].get("analysis_roi_radius_mm")
     if not radius:

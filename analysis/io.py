@@ -8,73 +8,23 @@ process umask), not the private ``0600`` of the temporary file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def current_umask() -> int:
-    """The process umask (read without changing it where the system allows)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds.
-
-    Parameters
-    ----------
-    path : path-like
-        Final destination.
-    suffix : str, optional
-        Suffix of the temporary file (some writers infer the format from it); defaults to the
-        destination's full suffix (e.g. ``.nii.gz``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix is None:
-        suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~current_umask())
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Atomically write UTF-8 text."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Atomically write bytes."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+# the atomic primitives are the engine's (one implementation)
+from analysis.sdm.io import (  # noqa: F401
+    atomic_path,
+    current_umask,
+    save_nifti,
+    sha256_file,
+    write_bytes,
+    write_text,
+    write_tsv,
+)
 
 
 def _json_default(obj: Any) -> Any:
@@ -97,20 +47,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, text + "\n")
 
 
-def write_tsv(path: str | os.PathLike, df, float_format: str | None = None) -> Path:
-    """Atomically write a pandas DataFrame as TSV (no index)."""
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, sep="\t", index=False, float_format=float_format, lineterminator="\n")
-    return Path(path)
-
-
-def save_nifti(path: str | os.PathLike, img) -> Path:
-    """Atomically save a nibabel image (format from the destination's suffix)."""
-    with atomic_path(path) as tmp:
-        img.to_filename(str(tmp))
-    return Path(path)
-
-
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     """Atomically save a matplotlib figure (format from the destination's suffix).
 
@@ -127,15 +63,6 @@ def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, **kwargs)
     return path
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_figure_files(fig, png: str | os.PathLike, svg: str | os.PathLike | None = None,

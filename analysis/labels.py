@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from analysis.config import load_config
-from analysis.grid import grid_affine, grid_shape
+from analysis.sdm.space import grid_affine, grid_shape
 
 LGR = logging.getLogger(__name__)
 
@@ -99,9 +98,14 @@ def _sample_native(img: nib.Nifti1Image, affine: np.ndarray, shape) -> tuple[np.
     return nijk, inside
 
 
+#: an unlabelled peak takes the nearest labelled voxel within this distance (mm)
+NEAREST_MAX_MM = 4.0
+#: maximum-probability maps of the Juelich / Harvard-Oxford atlases keep areas >= 25 %
+PROB_THRESHOLD_PCT = 25.0
+
+
 @lru_cache(maxsize=8)
 def _atlas_on_grid(name: str, affine_key: tuple, shape: tuple) -> AtlasOnGrid:
-    cfg = load_config()["labels"]
     folder = atlas_dir()
     img = nib.load(folder / f"atlas_{name}.nii.gz")
     table = pd.read_csv(folder / f"labels_{name}.csv")
@@ -116,7 +120,7 @@ def _atlas_on_grid(name: str, affine_key: tuple, shape: tuple) -> AtlasOnGrid:
         del data
         best = np.argmax(probs, axis=1)
         pmax = probs[np.arange(len(best)), best]
-        ids[inside] = np.where(pmax >= max(cfg["prob_threshold_pct"], 1), best, -1)
+        ids[inside] = np.where(pmax >= max(PROB_THRESHOLD_PCT, 1), best, -1)
     else:
         data = np.asarray(img.dataobj).astype(np.int64)
         vals = data[idx]
@@ -136,9 +140,9 @@ def atlas_on_grid(atlas: str = "aal", affine=None, shape=None) -> AtlasOnGrid:
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
     affine : array, optional
-        Voxel-to-MNI affine of the grid (default :func:`analysis.grid.grid_affine`).
+        Voxel-to-MNI affine of the grid (default :func:`analysis.sdm.space.grid_affine`).
     shape : tuple, optional
-        Grid shape (default :func:`analysis.grid.grid_shape`).
+        Grid shape (default :func:`analysis.sdm.space.grid_shape`).
 
     Returns
     -------
@@ -164,8 +168,7 @@ def label_coordinates(xyz, atlas: str = "aal", max_distance_mm: float | None = N
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
     max_distance_mm : float, optional
-        Search radius for unlabelled voxels; default ``labels.nearest_max_mm`` of the
-        configuration.
+        Search radius for unlabelled voxels; default :data:`NEAREST_MAX_MM`.
 
     Returns
     -------
@@ -173,7 +176,7 @@ def label_coordinates(xyz, atlas: str = "aal", max_distance_mm: float | None = N
         One label per coordinate.
     """
     if max_distance_mm is None:
-        max_distance_mm = float(load_config()["labels"]["nearest_max_mm"])
+        max_distance_mm = NEAREST_MAX_MM
     at = atlas_on_grid(atlas)
     xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
     if xyz.shape[1] != 3:
@@ -277,3 +280,13 @@ def describe_aal(label: str) -> str:
             base += " Gyrus"
         name = " ".join(words[:1] + [base] + words[1:])
     return f"{name}, {side}" if side else name
+
+
+def aal_labeler(xyz):
+    """``region`` and ``aal_label`` of MNI coordinates (n, 3): the cluster-table labeler of
+    :func:`analysis.sdm.clusters.threshold_clusters`.
+    """
+    import pandas as pd
+
+    labels = label_coordinates(xyz, "aal") if len(xyz) else []
+    return pd.DataFrame({"aal_label": labels, "region": [describe_aal(a) for a in labels]})

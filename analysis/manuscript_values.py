@@ -32,8 +32,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import paths
-from analysis.config import load_config
-from analysis.peaks import REAL_PREFIXES, SIMULATED_PREFIX  # noqa: F401 (provenance prefixes)
+from analysis.sdm.peaks import REAL_PREFIXES, SIMULATED_PREFIX  # noqa: F401 (provenance prefixes)
 
 LGR = logging.getLogger(__name__)
 
@@ -54,15 +53,15 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     "map-z": ("meta", "maps/z.nii.gz"),  # interactive viewer (HTML only)
 }
 
-#: Name used in the manuscript -> "stage.key" in values.json (or "config.<path>").
+#: Name used in the manuscript -> "stage.key" in values.json (stages record the parameters they used).
 #: The test ``test_every_value_resolves`` lists any name that does not resolve.
 VALUES: dict[str, str] = {
-    # Figure 1 (stage figure1, analysis/figures/prisma.py)
+    # Figure 1 (stage figure1, analysis/stages/figure1.py)
     "prisma_included": "figure1.n_included",
     "prisma_databases": "figure1.databases",
     "prisma_search_end": "figure1.search_end",
     "prisma_counts_not_reported": "figure1.n_counts_not_reported",
-    # Tables 1-2 and the sample (stage tables, analysis/tables.py)
+    # Tables 1-2 and the sample (stage tables, analysis/stages/tables.py)
     "n_studies": "tables.n_studies",
     "n_patients": "tables.n_patients",
     "n_controls": "tables.n_controls",
@@ -89,7 +88,7 @@ VALUES: dict[str, str] = {
     "n_peaks_real": "tables.n_peaks_real",
     "n_peaks_simulated": "tables.n_peaks_simulated",
     "age_definition": "tables.age_definition",
-    # SDM-PSI mean analysis (stage meta, analysis/sdm/stage.py)
+    # SDM-PSI mean analysis (stage meta, analysis/stages/meta.py)
     "n_clusters_increase": "meta.n_clusters_increase",
     "n_clusters_decrease": "meta.n_clusters_decrease",
     "n_published_recovered": "meta.published_matched_within_10mm",
@@ -97,7 +96,7 @@ VALUES: dict[str, str] = {
     "heterogeneity_estimator": "meta.heterogeneity_estimator",
     "analysis_mask": "meta.analysis_mask",
     "n_voxels": "meta.n_voxels",
-    # Robustness (stage robustness, analysis/sdm/robustness_stage.py)
+    # Robustness (stage robustness, analysis/stages/robustness.py)
     "permutations": "robustness.permutations",
     "metaregression_any_significant": "robustness.metaregression_any_p_below_0_05",
     "metaregression_min_p": "robustness.metaregression_min_p",
@@ -108,18 +107,18 @@ VALUES: dict[str, str] = {
     "dmn_share_decrease": "characterisation.published.overlap_decrease.dmn_share",
     "macm_studies_acc": "characterisation.published.seeds.P1.n_studies_6mm",
     "macm_studies_mtg": "characterisation.published.seeds.P2.n_studies_6mm",
-    "n_top_terms": "config.characterisation.top_terms",
+    "n_top_terms": "characterisation.parameters.top_terms",
     # Parameters (analysis/config.yaml)
-    "fwhm_mm": "config.sdm.fwhm_mm",
-    "voxel_mm": "config.grid.voxel_mm",
-    "p_threshold": "config.sdm.threshold.p_uncorrected",
-    "min_cluster_voxels": "config.sdm.threshold.min_cluster_voxels",
-    "peak_z": "config.sdm.threshold.peak_z",
-    "imputations_config": "config.sdm.imputations",
-    "permutations_config": "config.sdm.permutations",
-    "rsfc_r_threshold": "config.characterisation.rsfc_r_threshold",
-    "macm_radius_mm": "config.characterisation.macm_radius_mm",
-    "seed": "config.seed",
+    "fwhm_mm": "meta.parameters.fwhm_mm",
+    "voxel_mm": "meta.parameters.voxel_mm",
+    "p_threshold": "meta.parameters.p_uncorrected",
+    "min_cluster_voxels": "meta.parameters.min_cluster_voxels",
+    "peak_z": "meta.parameters.peak_z",
+    "imputations_config": "meta.imputations_configured",
+    "permutations_config": "robustness.permutations_configured",
+    "rsfc_r_threshold": "characterisation.parameters.rsfc_r_threshold",
+    "macm_radius_mm": "characterisation.parameters.macm_radius_mm",
+    "seed": "meta.parameters.seed",
 }
 
 
@@ -160,7 +159,6 @@ class Values:
         self.results_dir = Path(results_dir or paths.results_dir())
         path = self.results_dir / "values.json"
         self.raw: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        self._config = load_config()
         self.missing: list[str] = []
 
     def path_of(self, name: str) -> str:
@@ -171,8 +169,6 @@ class Values:
         """The value, or raise :class:`MissingArtefact` naming the stage to run."""
         dotted = self.path_of(name)
         try:
-            if dotted.startswith("config."):
-                return _dig(self._config, dotted[len("config."):])
             return _dig(self.raw, dotted)
         except KeyError:
             stage = dotted.split(".")[0]
@@ -567,21 +563,21 @@ def terms_table(label: str = "tbl-terms", seed_set: str = "published", n: int | 
     seed_set : str
         Which seeds: ``"published"`` (the paper's peaks) or ``"meta"`` (our clusters).
     n : int, optional
-        Number of ranks shown (default: ``characterisation.top_terms`` of the configuration).
+        Number of ranks shown (default: every rank the stage wrote).
     """
     from IPython.display import Markdown
 
     df = read_table(label, results_dir)
     if df is None:
         return _missing_note(label, artefact_path(label, results_dir))
-    n = n or load_config()["characterisation"]["top_terms"]
     if "set" in df.columns:
         df = df[df["set"] == seed_set]
     if "source" in df.columns and len(df):
         df = df[df["source"] == df["source"].iloc[0]]
     if df.empty:
         return Markdown(f"*No terms for the {seed_set} seeds.*")
-    df = df[df["rank"] <= n]
+    if n is not None:
+        df = df[df["rank"] <= n]
     cells = df["term"].astype(str) + " (" + df["p"].map(fmt_p_sci) + ")"
     wide = df.assign(cell=cells).pivot(index="rank", columns="seed", values="cell")
     wide = wide.fillna(MISSING).reset_index().rename(columns={"rank": "Rank"})
@@ -911,7 +907,7 @@ class Provenance:
 def provenance(data_dir: str | Path | None = None) -> Provenance:
     """Classify every study of ``data/studies.tsv`` by the provenance of its ``peaks.tsv`` rows.
 
-    :func:`analysis.peaks.classify_provenance`: a study counts as simulated when any of its
+    :func:`analysis.sdm.peaks.classify_provenance`: a study counts as simulated when any of its
     peak rows is a simulated stand-in (``provenance`` starting with ``simulated:``), as real
     when all its rows start with ``original:`` (transcribed from a publication) or
     ``sdm-import:`` (imported from the authors' SDM project), and as without peaks when it has
@@ -923,9 +919,9 @@ def provenance(data_dir: str | Path | None = None) -> Provenance:
         When a file or its ``study`` / ``provenance`` column is missing, or a row has another
         prefix.
     """
-    from analysis.peaks import PEAKS_FILE, classify_provenance
-    from analysis.studies import STUDIES_FILE
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import PEAKS_FILE, classify_provenance
+    from analysis.sdm.studies import STUDIES_FILE
 
     ddir = Path(data_dir or paths.data_dir())
     studies = read_tsv_text(ddir / STUDIES_FILE, required=["study"])
@@ -977,7 +973,7 @@ def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshol
     label : str
         A map of :data:`ARTEFACTS`.
     threshold : float, optional
-        Display threshold; defaults to the z of the configured voxel threshold.
+        Display threshold; defaults to the z of the voxel threshold the meta stage used.
     """
     from IPython.display import HTML
     from nilearn.plotting import view_img
@@ -987,7 +983,8 @@ def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshol
     if not path.exists():
         return _missing_note(label, path)
     if threshold is None:
-        threshold = float(norm.isf(load_config()["sdm"]["threshold"]["p_uncorrected"]))
+        p_thr = Values(results_dir).raw.get("meta", {}).get("threshold", {}).get("p_threshold")
+        threshold = float(norm.isf(p_thr)) if p_thr else 3.0
     view = view_img(str(path), threshold=threshold, cmap="cold_hot", symmetric_cmap=True,
                     title=f"SDM-Z, |z| > {threshold:.2f}",
                     black_bg=False, colorbar=True)

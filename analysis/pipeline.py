@@ -86,17 +86,17 @@ class Stage:
 # The registry: the one place that says which stage produces what.
 STAGES: list[Stage] = [
     # Tables 1-2 and the sample numbers of the text
-    Stage("tables", "analysis.tables:produce", inputs=["studies.tsv", "peaks.tsv", "published_values.tsv"]),
+    Stage("tables", "analysis.stages.tables:produce", inputs=["studies.tsv", "peaks.tsv", "published_values.tsv"]),
     # Figure 1 (PRISMA 2020 flowchart)
-    Stage("figure1", "analysis.figures.prisma:produce", inputs=["prisma.yaml"]),
+    Stage("figure1", "analysis.stages.figure1:produce", inputs=["prisma.yaml"]),
     # SDM-PSI mean analysis: maps, Table 3, Figure 2, funnel plots, published-vs-reproduced
-    Stage("meta", "analysis.sdm.stage:produce",
+    Stage("meta", "analysis.stages.meta:produce",
           inputs=["studies.tsv", "peaks.tsv", "published_table3.tsv"]),
     # PSI permutations (FWE/TFCE), jackknife, meta-regression, subgroups
-    Stage("robustness", "analysis.sdm.robustness_stage:produce",
+    Stage("robustness", "analysis.stages.robustness:produce",
           inputs=["studies.tsv", "peaks.tsv"], depends=["meta"]),
     # MACM, connectivity, conjunctions, decoding: Figures 3-4
-    Stage("characterisation", "analysis.characterisation.stage:produce", depends=["meta"]),
+    Stage("characterisation", "analysis.stages.characterisation:produce", depends=["meta"]),
 ]
 
 

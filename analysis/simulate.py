@@ -30,8 +30,18 @@ Reporting, per study: supra-threshold voxels in each reported direction form clu
 (``simulation.cluster_connectivity``, at least ``simulation.cluster_extent_voxels`` voxels); up
 to ``simulation.local_max_per_cluster`` local maxima per cluster, at least
 ``simulation.local_max_min_distance_mm`` apart, are listed by height, and at most
-``simulation.max_peaks_per_study`` peaks are kept (SPM's results table; the paper's 143 peaks
-over 11 studies average 13 per study).
+``simulation.max_peaks_per_study`` peaks are kept (SPM's results table).
+
+Number of stand-ins (:func:`standin_quotas`, generator version 2): the paper reports 143 peaks
+in all (Results l. 220) but no per-study counts (neither Table 2 nor ``studies.tsv`` has
+them). The real study keeps its 27 peaks and the stand-ins make up the other 116: each
+reported direction of each stand-in study (a peak table of its own; 15 in the ten studies)
+gets an equal share, a study at most ``simulation.max_peaks_per_study``, a direction never more
+than its simulated map lists above the study's threshold; what one cannot take goes to the
+others (largest-remainder apportionment, ties to the larger study and the direction printed
+first). With the configured seed this gives 15 peaks to each of the five studies reporting
+both directions (8 + 7, Fujino 2014 10 + 5), 10 to Fan 2013 and Xu 2020, 9 to Decety 2009,
+9 to Vistoli 2017 and 3 to Bird 2010 (the last two: all that their maps list).
 
 The default true effects of the stand-ins are the four published Table 3 effects
 (``published_table3.tsv``, He et al. 2024). They are small (|g| about 0.4-0.5, i.e. t about 1-2
@@ -59,9 +69,10 @@ import pandas as pd
 from scipy import ndimage, stats
 from tqdm.auto import tqdm
 
-from analysis.config import derive_rng, load_config
-from analysis.peaks import PEAK_COLUMNS
 from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
+from analysis.sdm.peaks import PEAK_COLUMNS
+from analysis.sdm.rng import derive_rng
+from analysis.sdm.space import VOXEL_MM
 
 LGR = logging.getLogger(__name__)
 
@@ -77,7 +88,7 @@ STANDIN_NOTE = "simulated stand-in, not the study's data"
 @lru_cache(maxsize=1)
 def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Brain mask (bool grid), its voxel indices (n x 3) and their MNI coordinates (n x 3)."""
-    from analysis.grid import brain_mask, ijk_to_mni
+    from analysis.sdm.space import brain_mask, ijk_to_mni
 
     img = brain_mask()
     mask = np.asarray(img.dataobj) > 0
@@ -89,9 +100,14 @@ def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mask, ijk, xyz
 
 
-def provenance_label(seed: int, cfg: dict | None = None) -> str:
+def _require(cfg) -> None:
+    if not isinstance(cfg, dict):
+        raise TypeError("the simulator needs the configuration (analysis.config.load_config())")
+
+
+def provenance_label(seed: int, cfg: dict) -> str:
     """Provenance of simulated rows: ``simulated:v<generator_version>:seed=<seed>``."""
-    cfg = cfg or load_config()
+    _require(cfg)
     return f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:seed={int(seed)}"
 
 
@@ -126,7 +142,7 @@ def smooth_noise(rng: np.random.Generator, fwhm_mm: float, mask: np.ndarray | No
         same scale).
     """
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
-    voxel_mm = float(load_config()["grid"]["voxel_mm"]) if voxel_mm is None else float(voxel_mm)
+    voxel_mm = VOXEL_MM if voxel_mm is None else float(voxel_mm)
     field = rng.standard_normal(mask.shape)
     if fwhm_mm > 0:
         field = ndimage.gaussian_filter(field, fwhm_mm * FWHM_TO_SIGMA / voxel_mm, mode="reflect")
@@ -169,7 +185,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     rng : numpy.random.Generator
         Random stream (the study's true effects are drawn first, then the noise).
     cfg : dict, optional
-        Configuration (default: :func:`analysis.config.load_config`).
+        Configuration (:func:`analysis.config.load_config`).
     tau : float, optional
         Between-study SD of the effects (default ``simulation.heterogeneity_tau``).
 
@@ -180,7 +196,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     true_g : ndarray
         The study's realised true Hedges' g of each planted effect.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     sim = cfg["simulation"]
     tau = float(sim["heterogeneity_tau"]) if tau is None else float(tau)
     mask, _, xyz = _mask_geometry()
@@ -189,7 +205,7 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
     else:
         base = effects["g"].to_numpy(dtype=float)
         true_g = base + tau * rng.standard_normal(len(base))
-    z = smooth_noise(rng, float(sim["smoothness_fwhm_mm"]), mask, float(cfg["grid"]["voxel_mm"]))
+    z = smooth_noise(rng, float(sim["smoothness_fwhm_mm"]), mask, VOXEL_MM)
     df = float(degrees_of_freedom(n1, n2))
     t = gaussian_to_t(z[mask], df)
     if true_g.size:
@@ -250,9 +266,9 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
         signed t; rows in SPM's table order (direction as requested, clusters by their
         highest peak, then decreasing |t|); clusters numbered 1, 2, ... over the table.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     sim = cfg["simulation"]
-    from analysis.grid import grid_affine, ijk_to_mni
+    from analysis.sdm.space import grid_affine, ijk_to_mni
 
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
     structure = _structure(sim["cluster_connectivity"])
@@ -299,8 +315,15 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
     if max_peaks > 0 and len(out) > max_peaks:
         top = np.argsort(-np.abs(out["stat_value"].to_numpy()), kind="stable")[:max_peaks]
         out = out.iloc[np.sort(top)].reset_index(drop=True)
-    # SPM-like table order: direction, then clusters by their highest peak, then height; clusters
-    # renumbered 1, 2, ... over the whole table
+    return _table_order(out)
+
+
+def _table_order(out: pd.DataFrame) -> pd.DataFrame:
+    """SPM-like table order of a peak list, clusters renumbered 1, 2, ... over the table.
+
+    Direction as listed, then clusters by their highest peak, then height (rows are expected in
+    :func:`find_peaks` order or a subset of it, which this keeps).
+    """
     key = list(zip(out["sign"], out["cluster"]))
     first = {k: i for i, k in reversed(list(enumerate(key)))}
     rank = np.array([first[k] for k in key], dtype=int)
@@ -317,9 +340,9 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
 def reported_directions(contrasts: str) -> list[int]:
     """Directions of a ``contrasts_reported`` field (``'Patients>HC;HC>Patients'`` -> [1, -1]).
 
-    Uses the vocabulary of :data:`analysis.studies.CONTRASTS`.
+    Uses the vocabulary of :data:`analysis.sdm.studies.CONTRASTS`.
     """
-    from analysis.studies import CONTRASTS
+    from analysis.sdm.studies import CONTRASTS
 
     out = set()
     for token in str(contrasts).split(";"):
@@ -368,7 +391,7 @@ def simulate_study_peaks(n1: int, n2: int | None, t_thr: float, directions: Sequ
     true_g : ndarray
         The study's realised true effect at each planted effect.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     tmap, true_g = simulate_tmap(n1, n2, effects, rng, cfg, tau=tau)
     return find_peaks(tmap, float(t_thr), directions, cfg), true_g
 
@@ -387,10 +410,10 @@ def _peak_rows(study: str, peaks: pd.DataFrame, provenance: str, note: str,
 
     ``peak_id`` numbers the study's peaks from 1; ``note`` adds the cluster and its size. A
     study that reported Talairach coordinates gets its stand-ins converted from MNI with
-    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.coords` applies to ``TAL``
+    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.sdm.coords` applies to ``TAL``
     peaks) and rounded to whole millimetres, as a paper would print them.
     """
-    from analysis import coords
+    from analysis.sdm import coords
 
     if study_space not in STUDY_SPACE_OUT:
         raise ValueError(f"{study}: unknown study space {study_space!r}; expected one of "
@@ -423,18 +446,131 @@ def _n2(value) -> int | None:
     return int(v) if np.isfinite(v) and v > 0 else None
 
 
-def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
-                      skip: Iterable[str] = (), effects: pd.DataFrame | None = None
-                      ) -> pd.DataFrame:
-    """Simulated stand-in peaks for every study of ``studies`` not in ``skip``.
+def apportion(total: int, weights, capacity, priority=None) -> np.ndarray:
+    """Split ``total`` whole items in proportion to ``weights``, never above ``capacity``.
 
-    Each study gets its own random stream ``derive_rng(seed, "simulate-peaks/<study>")``, so
-    adding or removing a study leaves the others' peaks unchanged.
+    Largest-remainder (Hamilton) apportionment: each unit gets the integer part of its share
+    ``total * w / sum(w)`` and the items left over go to the largest fractional parts, ties to
+    the unit first in ``priority``. A unit whose allocation exceeds its capacity is fixed at its
+    capacity and the rest is apportioned again over the other units (water-filling), so the
+    result sums to ``total`` exactly.
+
+    Parameters
+    ----------
+    total : int
+        Items to distribute (>= 0).
+    weights : array-like of float
+        Non-negative weights; a unit of weight 0 gets nothing.
+    capacity : array-like of int
+        Most items each unit can take.
+    priority : array-like, optional
+        Sort key for ties (smaller first; default: the units' order).
+
+    Returns
+    -------
+    ndarray of int
+
+    Raises
+    ------
+    ValueError
+        ``total`` exceeds the capacity of the units with positive weight.
+    """
+    w = np.asarray(weights, dtype=float)
+    cap = np.asarray(capacity, dtype=np.int64)
+    prio = np.arange(len(w)) if priority is None else np.asarray(priority)
+    out = np.zeros(len(w), dtype=np.int64)
+    free = (w > 0) & (cap > 0)
+    total = int(total)
+    if total < 0 or total > cap[free].sum():
+        raise ValueError(f"cannot apportion {total} items over units of total capacity "
+                         f"{int(cap[free].sum())}")
+    remaining = total
+    while remaining > 0:
+        share = np.where(free, remaining * w / w[free].sum(), 0.0)
+        base = np.floor(share + 1e-9).astype(np.int64)
+        rem = np.round(share - base, 9)
+        order = sorted(np.flatnonzero(free), key=lambda i: (-rem[i], prio[i]))
+        base[order[:remaining - int(base[free].sum())]] += 1
+        over = free & (base > cap)
+        if not over.any():
+            out[free] = base[free]
+            break
+        out[over] = cap[over]
+        remaining -= int(cap[over].sum())
+        free &= ~over
+    return out
+
+
+def standin_quotas(studies: pd.DataFrame, n_standins: int, available: dict,
+                   cfg: dict | None = None) -> dict:
+    """How many stand-in peaks each study and direction gets so that they total ``n_standins``.
+
+    The paper gives only the total (143 peaks, Results l. 220) and each study's reported
+    directions (Table 2), not per-study counts. Rule: every reported direction of every stand-in
+    study is one peak table and gets an equal share of ``n_standins`` (a study reporting both
+    directions counts twice); a study takes at most ``simulation.max_peaks_per_study`` peaks
+    (SPM-like finite tables) and never more than its simulated map lists in a direction (peaks
+    below the study's threshold are never invented); what a study or direction cannot take goes
+    to the others in the same proportions (:func:`apportion`). Ties go to the larger study
+    (``n1 + n2``, then the study name) and, within a study, to the direction printed first.
 
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.studies.load_studies`): ``study, n1, n2, t_thr,
+        The stand-in studies: ``study, n1, n2, contrasts_reported``.
+    n_standins : int
+        Stand-in peaks wanted in total.
+    available : dict
+        ``{study: {sign: number of peaks its simulated map lists}}``.
+    cfg : dict, optional
+        Configuration.
+
+    Returns
+    -------
+    dict
+        ``{study: {sign: quota}}``.
+
+    Raises
+    ------
+    ValueError
+        The maps list fewer peaks than ``n_standins`` (within the per-study cap).
+    """
+    _require(cfg)
+    cap = int(cfg["simulation"]["max_peaks_per_study"]) or 10**9
+    ids = [str(r.study) for r in studies.itertuples(index=False)]
+    dirs = [reported_directions(r.contrasts_reported) for r in studies.itertuples(index=False)]
+    size = [int(r.n1) + (_n2(r.n2) or 0) for r in studies.itertuples(index=False)]
+    room = [min(cap, sum(int(available[s].get(d, 0)) for d in ds)) for s, ds in zip(ids, dirs)]
+    rank = sorted(range(len(ids)), key=lambda i: (-size[i], ids[i]))
+    prio = np.empty(len(ids), dtype=np.int64)
+    prio[rank] = np.arange(len(ids))
+    per_study = apportion(n_standins, [len(d) for d in dirs], room, prio)
+    out = {}
+    for s, ds, q in zip(ids, dirs, per_study):
+        split = apportion(int(q), np.ones(len(ds)), [int(available[s].get(d, 0)) for d in ds])
+        out[s] = {d: int(k) for d, k in zip(ds, split)}
+    return out
+
+
+def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
+                      skip: Iterable[str] = (), effects: pd.DataFrame | None = None,
+                      n_standins: int | None = None) -> pd.DataFrame:
+    """Simulated stand-in peaks for every study of ``studies`` not in ``skip``.
+
+    Each study gets its own random stream ``derive_rng(seed, "simulate-peaks/<study>")`` (the
+    stage's seed, one stream per study), so its map does not depend on the other studies.
+
+    Without ``n_standins`` each study lists its highest peaks up to
+    ``simulation.max_peaks_per_study`` (:func:`find_peaks`). With ``n_standins`` the stand-ins
+    total exactly that many: the counts per study and direction follow :func:`standin_quotas`
+    (an equal share per reported direction, capped by the per-study maximum and by what the
+    map lists) and each direction keeps its highest peaks. The counts then depend on the other
+    stand-in studies; each study's map does not.
+
+    Parameters
+    ----------
+    studies : DataFrame
+        The study table (:func:`analysis.sdm.studies.load_studies`): ``study, n1, n2, t_thr,
         contrasts_reported`` and optionally ``space`` (``MNI`` or ``Talairach``; Talairach
         studies get ``TAL`` stand-ins).
     seed : int
@@ -445,24 +581,51 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
         Studies with real peaks (not simulated).
     effects : DataFrame, optional
         Planted true effects ``x, y, z, g`` (default: :func:`published_effects`).
+    n_standins : int, optional
+        Total number of stand-in peaks (the paper's total minus the real peaks; see
+        :func:`regenerate_peaks`).
 
     Returns
     -------
     DataFrame
         Peak rows in the ``peaks.tsv`` schema (:data:`PEAK_COLUMNS`), ``provenance`` =
         :func:`provenance_label`, ``note`` saying they are stand-ins.
+
+    Raises
+    ------
+    ValueError
+        With ``n_standins``: the simulated maps list fewer peaks than that.
     """
-    cfg = cfg or load_config()
+    _require(cfg)
     effects = published_effects() if effects is None else effects
     prov = provenance_label(seed, cfg)
     skip = set(skip)
-    parts = []
     todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
+    listed = {}
     for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
         rng = derive_rng(seed, f"simulate-peaks/{row.study}")
-        peaks, _ = simulate_study_peaks(int(row.n1), _n2(row.n2), float(row.t_thr),
-                                        reported_directions(row.contrasts_reported), effects,
-                                        rng, cfg)
+        dirs = reported_directions(row.contrasts_reported)
+        if n_standins is None:
+            peaks, _ = simulate_study_peaks(int(row.n1), _n2(row.n2), float(row.t_thr), dirs,
+                                            effects, rng, cfg)
+        else:
+            tmap, _ = simulate_tmap(int(row.n1), _n2(row.n2), effects, rng, cfg)
+            peaks = find_peaks(tmap, float(row.t_thr), dirs, cfg, max_peaks=0)
+        listed[row.study] = peaks
+    if n_standins is not None and todo:
+        avail = {s: {int(d): int(n) for d, n in p["sign"].value_counts().items()}
+                 for s, p in listed.items()}
+        quotas = standin_quotas(pd.DataFrame(todo), int(n_standins), avail, cfg)
+        for s, p in listed.items():
+            keep = []
+            for d, q in quotas[s].items():
+                sel = np.flatnonzero(p["sign"].to_numpy() == d)
+                order = np.argsort(-np.abs(p["stat_value"].to_numpy()[sel]), kind="stable")
+                keep.extend(sel[order[:q]].tolist())
+            listed[s] = _table_order(p.iloc[np.sort(keep)].reset_index(drop=True))
+    parts = []
+    for row in todo:
+        peaks = listed[row.study]
         LGR.debug("%s: %d simulated peaks", row.study, len(peaks))
         space = str(getattr(row, "space", "MNI") or "MNI").strip()
         parts.append(_peak_rows(row.study, peaks, prov, STANDIN_NOTE, space))
@@ -509,9 +672,9 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
         ``simulated:v<version>:validation``, plus the signed ``t`` column, so that
         ``SDMDataset(studies, peaks)`` (:mod:`analysis.sdm.dataset`) takes them directly.
     """
-    from analysis.coords import t_threshold
+    from analysis.sdm.coords import t_threshold
 
-    cfg = cfg or load_config()
+    _require(cfg)
     val = cfg["simulation"]["validation"]
     lo, hi = (val["n_range"] if n_range is None else n_range)
     p_threshold = float(val["p_uncorrected"]) if p_threshold is None else float(p_threshold)
@@ -545,13 +708,56 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
 # data/peaks.tsv
 
 
+PUBLISHED_VALUES_FILE = "published_values.tsv"
+
+
+def published_peak_total(data_dir, n_studies: int) -> int | None:
+    """The paper's number of peaks (``n_peaks`` of ``published_values.tsv``), if it applies.
+
+    It applies to the paper's set of studies only: ``None`` when the file or the keys
+    ``n_peaks``/``n_studies`` are absent or when ``n_studies`` differs from the file's (e.g. a
+    subset of the studies).
+
+    Raises
+    ------
+    DataError
+        ``n_peaks`` or ``n_studies`` is not a whole number (file, row and field named).
+    """
+    from analysis.errors import DataError
+    from analysis.sdm.io import read_tsv_text
+
+    path = Path(data_dir) / PUBLISHED_VALUES_FILE
+    if not path.exists():
+        return None
+    raw = read_tsv_text(path, required=["key", "value"])
+    values = {}
+    for row, key, value in zip(raw.index, raw["key"], raw["value"]):
+        if key in ("n_peaks", "n_studies"):
+            v = pd.to_numeric(value, errors="coerce")
+            if not (np.isfinite(v) and float(v).is_integer() and v >= 0):
+                raise DataError(path.name, f"{key} must be a whole number, got {value!r}",
+                                row=int(row), field="value")
+            values[key] = int(v)
+    if "n_peaks" not in values or values.get("n_studies") != int(n_studies):
+        return None
+    return values["n_peaks"]
+
+
 def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = None,
-                     write: bool = False) -> pd.DataFrame:
+                     write: bool = False, n_peaks: int | str | None = "published"
+                     ) -> pd.DataFrame:
     """Rebuild ``peaks.tsv``: every non-simulated row kept verbatim, simulated rows regenerated.
 
     Studies that have at least one non-simulated row (``original:`` or ``sdm-import:``) keep
     their peaks and are not simulated; every other study of ``studies.tsv`` gets stand-ins from
     :func:`simulate_standins`.
+
+    Number of stand-ins: the table totals the paper's 143 peaks (Results l. 220;
+    ``n_peaks`` of ``published_values.tsv``): the real rows (Moriguchi et al. 2007's 27) are
+    kept and the other 116 are shared among the stand-in studies by :func:`standin_quotas` (an
+    equal share per reported direction, at most ``simulation.max_peaks_per_study`` per study,
+    never more than a map lists). Without a total that applies (a study table other than the
+    paper's 11 studies) each study lists its highest peaks up to the per-study maximum.
 
     Parameters
     ----------
@@ -562,23 +768,31 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     cfg : dict, optional
         Configuration.
     write : bool
-        Write the result with :func:`analysis.peaks.write_peaks` (validated, atomic; nothing
+        Write the result with :func:`analysis.sdm.peaks.write_peaks` (validated, atomic; nothing
         is written on any error).
+    n_peaks : int, "published" or None
+        Total number of peaks, real and simulated; ``"published"`` (default):
+        :func:`published_peak_total`; ``None``: no total, the per-study maximum only.
 
     Returns
     -------
     DataFrame
-        The new table in canonical text form (:func:`analysis.peaks.format_peaks`).
+        The new table in canonical text form (:func:`analysis.sdm.peaks.format_peaks`).
+
+    Raises
+    ------
+    ValueError
+        The real rows alone exceed the total, or the simulated maps list too few peaks.
     """
     from analysis import paths
-    from analysis.peaks import PEAKS_FILE, format_peaks, write_peaks
-    from analysis.studies import load_studies
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import PEAKS_FILE, format_peaks, write_peaks
+    from analysis.sdm.studies import load_studies
 
-    cfg = cfg or load_config()
+    _require(cfg)
     seed = int(cfg["seed"] if seed is None else seed)
     ddir = paths.data_dir() if data_dir is None else Path(data_dir)
-    studies = load_studies(ddir, config=cfg)
+    studies = load_studies(ddir, corrected_voxel_p=float(cfg["data"]["corrected_voxel_p"]))
     path = ddir / PEAKS_FILE
     if path.exists():
         current = read_tsv_text(path, required=PEAK_COLUMNS).reset_index(drop=True)
@@ -586,11 +800,25 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     else:
         current = pd.DataFrame(columns=PEAK_COLUMNS)
     real = set(current["study"].str.strip())
+    if isinstance(n_peaks, str):
+        if n_peaks != "published":
+            raise ValueError(f"n_peaks must be a number, 'published' or None, not {n_peaks!r}")
+        n_peaks = published_peak_total(ddir, len(studies))
+    n_standins = None
+    if n_peaks is not None:
+        n_standins = int(n_peaks) - len(current)
+        if n_standins < 0:
+            raise ValueError(f"{PEAKS_FILE} has {len(current)} non-simulated peaks, more than "
+                             f"the total of {n_peaks}")
+        LGR.info("stand-ins: %d peaks (total %d minus %d real)", n_standins, n_peaks,
+                 len(current))
     sim = simulate_standins(studies, seed, cfg, skip=real,
-                            effects=published_effects(ddir))
+                            effects=published_effects(ddir), n_standins=n_standins)
     merged = format_peaks(pd.concat([current[PEAK_COLUMNS], sim], ignore_index=True))
     if write:
-        write_peaks(merged, ddir, studies=studies, config=cfg)
+        write_peaks(merged, ddir, studies=studies,
+                    mask_tolerance_mm=float(cfg["data"]["mask_tolerance_mm"]),
+                    t_tolerance=float(cfg["data"]["t_below_threshold_tolerance"]))
     return merged
 
 

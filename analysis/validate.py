@@ -1,14 +1,14 @@
 """Validation of the curated inputs ``studies.tsv`` and ``peaks.tsv`` (all errors at once).
 
-:func:`validate_data` reads both files strictly (:mod:`analysis.tsvio`), checks every cell
-(:func:`analysis.studies.check_studies`, :func:`analysis.peaks.check_peaks`: encoding, columns,
+:func:`validate_data` reads both files strictly (:mod:`analysis.sdm.io`), checks every cell
+(:func:`analysis.sdm.studies.check_studies`, :func:`analysis.sdm.peaks.check_peaks`: encoding, columns,
 numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mask after
 conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
 contrasts or the statistic, p outside (0, 1), |t|, |z| or n beyond plausibility bounds, unknown
 spaces) and raises one :class:`analysis.errors.DataErrors` listing every problem, each naming
 file, row and field. A study of the study table without any peak row is not an error (a study
 may report no significant difference) but a warning, and it keeps the provenance verdict
-(:func:`analysis.peaks.classify_provenance`) from "all real". It never writes anything.
+(:func:`analysis.sdm.peaks.classify_provenance`) from "all real". It never writes anything.
 """
 
 from __future__ import annotations
@@ -19,27 +19,27 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import paths
-from analysis.config import load_config
 from analysis.errors import DataError, DataErrors
-from analysis.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks, classify_provenance
-from analysis.studies import REQUIRED, STUDIES_FILE, check_studies
-from analysis.tsvio import read_tsv_text
+from analysis.sdm.io import read_tsv_text
+from analysis.sdm.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks, classify_provenance
+from analysis.sdm.studies import REQUIRED, STUDIES_FILE, check_studies
 
 LGR = logging.getLogger(__name__)
 
 
-def validate_data(data_dir: str | Path | None = None, config: dict | None = None,
-                  check_mask: bool = True) -> dict:
+def validate_data(data_dir: str | Path | None = None, check_mask: bool = True,
+                  **checks) -> dict:
     """Check ``studies.tsv`` and ``peaks.tsv`` of a data folder.
 
     Parameters
     ----------
     data_dir : path-like, optional
         Folder with the two files (default :func:`analysis.paths.data_dir`).
-    config : dict, optional
-        Configuration.
     check_mask : bool
         Check peaks against the brain mask.
+    **checks
+        ``corrected_voxel_p``, ``mask_tolerance_mm``, ``t_tolerance`` (the engine's defaults;
+        the command passes the configuration's, :func:`analysis.stages.params.data_checks`).
 
     Returns
     -------
@@ -55,13 +55,15 @@ def validate_data(data_dir: str | Path | None = None, config: dict | None = None
         Every problem of both files (a single structural problem of a file, e.g. not UTF-8,
         stops the checks of that file only).
     """
-    cfg = config or load_config()
+    from analysis.sdm.peaks import _split_checks
+
+    study_kw, peak_kw = _split_checks(checks)
     ddir = Path(data_dir or paths.data_dir())
     errors: list[DataError] = []
     studies = None
     try:
         raw_s = read_tsv_text(ddir / STUDIES_FILE, required=REQUIRED)
-        studies, errs = check_studies(raw_s, STUDIES_FILE, cfg)
+        studies, errs = check_studies(raw_s, STUDIES_FILE, **study_kw)
         errors.extend(errs)
     except DataError as exc:
         errors.append(exc)
@@ -69,7 +71,8 @@ def validate_data(data_dir: str | Path | None = None, config: dict | None = None
     try:
         raw_p = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
         if studies is not None and len(studies) and "study" in studies.columns:
-            peaks, errs = check_peaks(raw_p, studies, PEAKS_FILE, cfg, check_mask=check_mask)
+            peaks, errs = check_peaks(raw_p, studies, PEAKS_FILE, check_mask=check_mask,
+                                      **peak_kw)
             errors.extend(errs)
     except DataError as exc:
         errors.append(exc)

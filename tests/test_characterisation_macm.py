@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,6 +67,17 @@ def test_build_incidence_small_grid():
     assert 0 < rows[2] < 123                    # sphere cut by the mask edge
     assert rows[3] == 0                         # study without foci
     assert mat.max() == 1
+
+
+def test_build_incidence_reports_progress_as_log_lines(caplog):
+    """Output not a terminal (as under pytest): log lines instead of a bar, the last at 100 %."""
+    caplog.set_level(logging.INFO, logger="analysis.characterisation.databases")
+    mask = np.ones((10, 10, 10), dtype=bool)
+    foci = pd.DataFrame({"study": np.arange(8), "x": 2.0, "y": 2.0, "z": 2.0})
+    dbs.build_incidence(foci, 8, 2.0, mask, np.diag([2.0, 2.0, 2.0, 1.0]), chunk=2, desc="toy")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("toy: ")]
+    assert lines and lines[-1].startswith("toy: 8/8 study (100%)")
+    assert lines[-1].endswith("(done)")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,49 @@ def test_conjunction_is_minimum_of_positive_parts():
     assert cj.conjunction(a, None) is None
 
 
+def test_brainspace_files_read_without_brainspace(mirror):
+    """The registry copies of BrainSpace's data files, read with numpy/nibabel."""
+    fcm, labels, xyz = fc.hcp_schaefer400()
+    assert fcm.shape == (400, 400) and fcm.dtype == np.float64
+    np.testing.assert_allclose(fcm, fcm.T, atol=1e-4)
+    np.testing.assert_array_equal(np.diag(fcm), 1.0)
+    assert labels.shape == (64984,) and labels.dtype == np.int64
+    assert set(np.unique(labels)) == set(range(401))      # 400 parcels + medial wall
+    assert labels[:32492].max() == 200 and labels[32492:].min() == 0  # left 1-200, right 201-400
+    assert xyz.shape == (64984, 3)
+    assert (xyz[:32492, 0] < 5).mean() > 0.99 and (xyz[32492:, 0] > -5).mean() > 0.99
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # VTK, inside BrainSpace's surface reader
+def test_brainspace_files_equal_brainspace_loaders(mirror):
+    """Same arrays as BrainSpace's own loaders (run only where BrainSpace is installed)."""
+    datasets = pytest.importorskip("brainspace.datasets")
+    fcm, labels, xyz = fc.hcp_schaefer400()
+    ref_fc = datasets.load_group_fc("schaefer", scale=400)
+    ref_labels = datasets.load_parcellation("schaefer", scale=400, join=True)
+    assert ref_fc.dtype == fcm.dtype and ref_labels.dtype == labels.dtype
+    np.testing.assert_array_equal(fcm, ref_fc)
+    np.testing.assert_array_equal(labels, ref_labels)
+    lh, rh = datasets.load_conte69()
+    np.testing.assert_array_equal(xyz, np.vstack([lh.points, rh.points]).astype(np.float64))
+
+
+@pytest.mark.parametrize("which, content, message", [
+    ("GROUP_FC", "1,2\n3,x\n", "comma-separated numeric"),
+    ("GROUP_FC", "1,2\n3,4\n", "400 x 400"),
+    ("PARCELLATION", "1\n2\n", "64984 vertex labels"),
+    ("PARCELLATION", "a\n", "integer label"),
+])
+def test_brainspace_file_errors_name_the_file(tmp_path, monkeypatch, which, content, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    wanted = getattr(fc, which)
+    monkeypatch.setattr(fc, "fetch_file", lambda rel: bad if rel == wanted else None)
+    loader = fc.load_group_fc if which == "GROUP_FC" else fc.load_parcellation
+    with pytest.raises(DataError, match=f"bad.csv.*{message}"):
+        loader()
+
+
 def test_parcel_matching_is_a_clean_bijection(mirror):
     match, dist = fc.parcel_matching()
     assert sorted(match[1:]) == list(range(1, 401))

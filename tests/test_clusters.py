@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from analysis.grid import grid_affine, grid_shape
 from analysis.sdm.clusters import (
     DECREASE,
     INCREASE,
     TABLE_COLUMNS,
+    THRESHOLDS,
     threshold_clusters,
-    threshold_defaults,
     values_at_peaks,
 )
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +42,14 @@ def _ball(space, centre, radius_mm):
 
 
 def test_defaults_are_the_papers():
-    d = threshold_defaults()
+    from analysis.config import load_config
+    from analysis.stages.params import threshold_params
+
+    d = THRESHOLDS
     assert d["p_threshold"] == 0.0025 and d["peak_z"] == 1.0 and d["min_voxels"] == 11
     assert d["local_peak_distance_mm"] == 8 and d["connectivity"] == 26
+    # the compendium's configuration states the same thresholds
+    assert threshold_params(load_config()) == d
 
 
 def test_blobs_sizes_signs_and_extent_rule(space):
@@ -60,8 +64,11 @@ def test_blobs_sizes_signs_and_extent_rule(space):
     z[i10] = v10
     weak, _ = _ball(space, (40, 20, 40), 6.0)  # above zero but p >= 0.0025 everywhere
     z[weak] = norm.isf(0.0025) - 1e-6
-    res = threshold_clusters(z, space)
+    from analysis.labels import aal_labeler
+
+    res = threshold_clusters(z, space, labeler=aal_labeler)
     pk = res.peaks()
+    assert threshold_clusters(z, space).peaks()["aal_label"].isna().all()  # no labeler
     assert list(res.table.columns[: len(TABLE_COLUMNS)]) == TABLE_COLUMNS
     assert pk["direction"].tolist() == [INCREASE, INCREASE, DECREASE]
     assert pk["cluster_voxels"].tolist() == [int(big.sum()), 11, int(neg.sum())]

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import coords
+from analysis import paths
 from analysis.errors import DataError, DataErrors
-from analysis.peaks import PEAK_COLUMNS, load_peaks, write_peaks
-from analysis.studies import load_studies
+from analysis.sdm import coords
+from analysis.sdm.peaks import PEAK_COLUMNS, load_peaks, write_peaks
+from analysis.sdm.studies import load_studies
 from analysis.validate import validate_data
 
 # --------------------------------------------------------------------------- conversions
@@ -66,7 +67,7 @@ def test_to_mni_unknown_space():
 
 
 def test_load_studies_derived_columns():
-    s = load_studies().set_index("study")
+    s = load_studies(paths.data_dir()).set_index("study")
     assert len(s) == 11
     assert s["n1"].sum() == 296 and s["n2"].sum() == 229
     assert s.loc["Moriguchi2007", "df"] == 28
@@ -84,7 +85,7 @@ def test_load_studies_derived_columns():
 
 
 def test_moriguchi_peaks():
-    p = load_peaks()
+    p = load_peaks(paths.data_dir())
     m = p[p.study == "Moriguchi2007"]
     assert len(m) == 27
     assert (m.provenance.str.startswith("original:")).all()

@@ -14,7 +14,6 @@ from analysis import config, fetch, io, paths, pipeline
 def test_config_holds_preregistered_parameters():
     cfg = config.load_config()
     assert cfg["sdm"]["fwhm_mm"] == 20
-    assert cfg["grid"]["voxel_mm"] == 2
     assert cfg["sdm"]["threshold"]["p_uncorrected"] == 0.0025
     assert cfg["sdm"]["threshold"]["min_cluster_voxels"] == 11  # k > 10
     assert cfg["sdm"]["imputations"] == 50
@@ -111,12 +110,12 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
                     ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "analysis")
     rel = {str(f.relative_to(tmp_path / "analysis"))
-           for f in pipeline.module_closure("analysis.sdm.robustness_stage")}
-    assert {"sdm/permutation.py", "sdm/tfce.py", "sdm/jackknife.py", "config.py",
-            "__init__.py", "sdm/__init__.py"} <= rel
+           for f in pipeline.module_closure("analysis.stages.robustness")}
+    assert {"sdm/permutation.py", "sdm/tfce.py", "sdm/jackknife.py", "stages/params.py",
+            "stages/meta.py", "__init__.py", "sdm/__init__.py"} <= rel
     assert not rel & {"render.py", "manuscript_values.py", "cli.py", "characterisation/macm.py"}
 
-    stage = pipeline.Stage("robustness", "analysis.sdm.robustness_stage:produce")
+    stage = pipeline.Stage("robustness", "analysis.stages.robustness:produce")
     cfg = {"seed": 1}
 
     def key():

@@ -146,9 +146,8 @@ def test_permutation_identity_equals_estimator_exactly(rng):
     """The unpermuted z of the PSI test is the estimator's z, bit for bit (mean and slope)."""
     import nibabel as nib
 
-    from analysis.grid import grid_affine
     from analysis.sdm.permutation import psi_permutation_test
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.space import MaskSpace, grid_affine
 
     data = np.zeros((91, 109, 91), np.uint8)
     data[40:48, 50:58, 40:46] = 1

@@ -15,10 +15,10 @@ from analysis.errors import DataError
 from analysis.grid import gm_mask
 from analysis.io import sha256_file
 from analysis.paths import REPO_ROOT
-from analysis.sdm import stage
 from analysis.sdm.clusters import DECREASE, INCREASE
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.space import MaskSpace
+from analysis.stages import meta as stage
 
 PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -3.8),
                    ((-52, -70, 2), -4.2)]
@@ -163,17 +163,19 @@ def test_produce_through_pipeline(tmp_path, data_copy, space, monkeypatch):
 
     seen = {}
 
-    def fake_fit(dataset, config, imputations, rng):
+    def fake_fit(dataset, config, imputations, seed):
         seen["k"], seen["m"] = len(dataset.studies), imputations
         return _synthetic_result(space, len(dataset.studies), m=imputations)
 
     monkeypatch.setattr(stage, "fit_mean_model", fake_fit)
+    monkeypatch.setattr(stage, "save_fit", lambda path, result, seed: seen.setdefault(
+        "saved", path.name))
     monkeypatch.setattr(stage, "draw_figures", lambda *a, **k: seen.setdefault("drawn", True))
     monkeypatch.setattr(stage, "egger_at", lambda r, d, v: np.full(len(v), 0.25))
     results = tmp_path / "results"
     assert run_stages(["meta"], quick=True, data_dir=data_copy, results_dir=results) == {
         "meta": "ran"}
-    assert seen == {"k": 11, "m": 10, "drawn": True}
+    assert seen == {"k": 11, "m": 10, "drawn": True, "saved": "meta_fit.npz"}
     values = json.loads((results / "values.json").read_text())["meta"]
     assert values["imputations"] == 10 and values["n_clusters_increase"] == 2
     assert (results / "tables/table3.tsv").exists() and (results / "maps/z.nii.gz").exists()

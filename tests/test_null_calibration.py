@@ -1,7 +1,7 @@
 """Whole-pipeline null calibration of the FWE correction.
 
 Simulated null peaks -> SDM pre-processing -> MetaNSUE imputation -> PSI permutation test ->
-family-wise error hit or not (:mod:`analysis.sdm.bench_calibration`; the full-size run is
+family-wise error hit or not (:mod:`analysis.bench.calibration`; the full-size run is
 ``python -m analysis bench --only null-calibration``). The permutation step alone is
 calibrated in ``tests/test_permutation.py``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from analysis.sdm.bench_calibration import expected_fwe_rate, null_calibration
+from analysis.bench.calibration import expected_fwe_rate, null_calibration
 
 
 def test_expected_fwe_rate_counts_the_identity():

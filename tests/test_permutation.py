@@ -222,7 +222,8 @@ def test_bad_inputs_raise(toy):
 def test_naive_recomputation_agrees_with_the_algebra(toy):
     """The bench's from-scratch loop (explicit subject images, converged REML, ndimage TFCE)
     gives the same permutation maxima as the engine."""
-    from analysis.commands.bench import BENCHMARKS, naive_permutation
+    from analysis.bench import BENCHMARKS
+    from analysis.bench.psi import naive_permutation
 
     assert "psi" in BENCHMARKS
     rng = P.derive_rng(8, "psi/subject_images")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (row 0 = header)
 
-from analysis import cli
+from analysis import cli, paths
 from analysis import manuscript_values as mv
 from analysis.errors import DataError, DataErrors
 from analysis.validate import validate_data
@@ -52,7 +52,7 @@ def test_provenance_counts_studies_without_peaks(data_copy):
     assert "1 of 11" in banner
 
     from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.stage import input_provenance
+    from analysis.stages.meta import input_provenance
 
     ip = input_provenance(SDMDataset.from_data_dir(data_copy))
     assert ip["real"] == ["Moriguchi2007"] and len(ip["no_peaks"]) == 10
@@ -77,7 +77,7 @@ def test_validate_data_cli_warns_on_study_without_peaks(data_copy, capsys):
 
 
 def test_provenance_one_classification():
-    from analysis.peaks import classify_provenance
+    from analysis.sdm.peaks import classify_provenance
 
     v = classify_provenance(["A", "B", "C", "D"], ["A", "B", "B", "X"],
                             ["original:a", "sdm-import:p", "simulated:v1", "simulated:v1"])
@@ -196,8 +196,8 @@ def test_cli_entry_point_exit_status(tmp_path):
 
 
 def test_whitespace_is_stripped_everywhere(data_copy):
-    from analysis.peaks import load_peaks
-    from analysis.studies import load_studies
+    from analysis.sdm.peaks import load_peaks
+    from analysis.sdm.studies import load_studies
 
     s = data_copy / "studies.tsv"
     lines = s.read_text().split("\n")
@@ -230,19 +230,19 @@ def test_case_insensitive_duplicate_ids(data_copy):
 @pytest.fixture
 def sdm_folder(tmp_path):
     """A small SDM project: three studies of the compendium's data."""
-    from analysis.peaks import load_peaks
-    from analysis.sdm_format import write_sdm_project
-    from analysis.studies import load_studies
+    from analysis.sdm.peaks import load_peaks
+    from analysis.sdm.project import write_sdm_project
+    from analysis.sdm.studies import load_studies
 
-    st = load_studies()
+    st = load_studies(paths.data_dir())
     keep = ["Bird2010", "Moriguchi2007", "Xu2020"]
-    pk = load_peaks(studies=st, check_mask=False)
+    pk = load_peaks(paths.data_dir(), studies=st, check_mask=False)
     st = st[st["study"].isin(keep)].reset_index(drop=True)
     return write_sdm_project(st, pk[pk["study"].isin(keep)], tmp_path / "proj")
 
 
 def _read(folder):
-    from analysis.sdm_format import read_sdm_project
+    from analysis.sdm.project import read_sdm_project
 
     with pytest.raises(DataErrors) as info:
         read_sdm_project(folder)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.grid import grid_affine
+from analysis.errors import DataError
 from analysis.sdm import jackknife as jk
 from analysis.sdm import metaregression as mr
-from analysis.sdm import robustness_stage as rs
 from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, grid_affine
+from analysis.stages import robustness as rs
 
 
 @pytest.fixture(scope="module")
@@ -120,11 +120,26 @@ def test_slope_at_peaks_and_peak_tables(blobs):
     assert fwe["tfce"].tolist() == [5.0, 6.0]
 
 
-def test_meta_fit_seed_is_the_meta_stage_stream():
-    from analysis.config import derive_rng, load_config
+def test_meta_fit_file_round_trip(tmp_path):
+    """Stage robustness re-fits from what stage meta saved: bounds, seed, imputations."""
+    from types import SimpleNamespace
 
-    cfg = load_config()
-    assert rs.meta_fit_seed(cfg) == int(derive_rng(cfg["seed"], "meta/fit").integers(2**31 - 1))
+    from analysis.sdm.preprocess import Bounds
+    from analysis.stages.meta import load_fit, save_fit
+
+    space = MaskSpace(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), grid_affine()))
+    rng = np.random.default_rng(0)
+    lo = rng.normal(size=(2, space.n_voxels)).astype(np.float32)
+    b = Bounds(["a", "b"], lo, lo + 1, np.array([0.5, 0.6]), np.array([10.0, 12.0]),
+               np.array([11.0, np.nan]), space)
+    save_fit(tmp_path / "fit.npz", SimpleNamespace(bounds=b, params={"imputations": 7}), 1234)
+    b2, seed, m = load_fit(tmp_path / "fit.npz", space)
+    assert (seed, m, b2.studies) == (1234, 7, ["a", "b"])
+    assert np.array_equal(b2.lower, b.lower) and np.array_equal(b2.upper, b.upper)
+    assert np.array_equal(b2.n2, b.n2, equal_nan=True)
+    other = MaskSpace(nib.Nifti1Image(np.ones((3, 3, 2), np.uint8), grid_affine()))
+    with pytest.raises(DataError, match="voxels"):
+        load_fit(tmp_path / "fit.npz", other)
 
 
 def test_bench_command_lists_the_registry(capsys):

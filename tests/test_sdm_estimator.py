@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from analysis.errors import DataError
-from analysis.grid import grid_affine
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.estimator import (
     SDMPSI,
@@ -22,7 +21,7 @@ from analysis.sdm.estimator import (
 from analysis.sdm.metansue import variance_coefficients
 from analysis.sdm.random_effects import fit_random_effects
 from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, grid_affine
 
 
 def _box_mask(center=(-40, 16, -4), half=(14, 14, 10)):
@@ -254,3 +253,39 @@ def test_bench_engine_vs_reference_speed(rng, capsys):
         print(f"\nengine {t_fast:.2f} s vs reference {t_ref:.1f} s (extrapolated) on {nv} "
               f"voxels, 11 studies, 50 imputations: ratio {t_ref / t_fast:.0f}x")
     assert t_ref / t_fast > 10
+
+
+def test_estimator_follows_nilearn_conventions():
+    """__init__ stores, fit checks; get_params/set_params round-trip; a short repr."""
+    est = SDMPSI(imputations=1, heterogeneity="bogus")  # stored, not checked yet
+    assert est.get_params()["imputations"] == 1
+    with pytest.raises(ValueError, match="at least 2 imputations"):
+        est._checked()
+    est.set_params(imputations=3)
+    with pytest.raises(ValueError, match="heterogeneity"):
+        est._checked()
+    est.set_params(heterogeneity="reml")
+    assert est._checked()["heterogeneity"] == "reml"
+    with pytest.raises(ValueError, match="invalid parameter"):
+        est.set_params(imputation=3)
+    assert repr(est) == "SDMPSI(imputations=3, heterogeneity='reml')"
+    assert repr(SDMPSI(kernel_template=np.ones((13, 2, 2, 2)))) == (
+        "SDMPSI(kernel_template=<array (13, 2, 2, 2)>)")
+
+
+def test_nimare_round_trip():
+    """SDMDataset -> NiMARE Dataset (t and sign as coordinate columns) -> SDMDataset."""
+    ds = _simulated_dataset()
+    back = SDMDataset.from_nimare(ds.to_nimare())
+    assert back.ids == [str(s) for s in ds.ids]
+    pd.testing.assert_frame_equal(
+        back.studies[["n1", "n2", "t_thr"]].astype(float).reset_index(drop=True),
+        ds.studies[["n1", "n2", "t_thr"]].astype(float).reset_index(drop=True))
+    key = ["study", "x", "y", "z"]
+    a = ds.peaks.assign(study=ds.peaks["study"].astype(str)).sort_values(key)
+    b = back.peaks.sort_values(key)
+    np.testing.assert_allclose(b[["x", "y", "z", "t"]].to_numpy(float),
+                               a[["x", "y", "z", "t"]].to_numpy(float))
+    assert (b["sign"].to_numpy() == a["sign"].to_numpy()).all()
+    with pytest.raises(ValueError, match="no 'z_stat' column"):
+        SDMDataset.from_nimare(ds.to_nimare(), t_column="z_stat")

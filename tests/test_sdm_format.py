@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import paths
 from analysis.errors import DataErrors
-from analysis.peaks import load_peaks
-from analysis.sdm_format import read_sdm_project, write_sdm_project
-from analysis.studies import load_studies
+from analysis.sdm.peaks import load_peaks
+from analysis.sdm.project import read_sdm_project, write_sdm_project
+from analysis.sdm.studies import load_studies
 
 
 def _parse_folder(folder):
@@ -33,13 +34,13 @@ def _num(cell):
 
 
 def test_round_trip_our_data(tmp_path):
-    studies, peaks = load_studies(), load_peaks(check_mask=False)
+    studies, peaks = load_studies(paths.data_dir()), load_peaks(paths.data_dir(), check_mask=False)
     a = write_sdm_project(studies, peaks, tmp_path / "a")
     s2, p2 = read_sdm_project(a)
     assert list(s2["study"]) == list(studies["study"])
     # imported tables load as data and give identical MNI coordinates and t values
     d = tmp_path / "d"
-    from analysis.sdm_format import write_data_tables
+    from analysis.sdm.project import write_data_tables
 
     write_data_tables(s2, p2, d)
     st2 = load_studies(d)

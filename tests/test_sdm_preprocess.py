@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from analysis.errors import DataError
-from analysis.grid import grid_affine, grid_shape
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.effect_sizes import g_from_t
 from analysis.sdm.kernel import (
@@ -27,7 +26,7 @@ from analysis.sdm.kernel import (
     peak_voxels,
 )
 from analysis.sdm.preprocess import preprocess, study_bounds
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
 
 ENGE_STUDIES = ["arnoldussen2006nc", "aylward2005", "bauer2017", "backes2002", "lee2016",
                 "mooreparks2010", "schafer2009", "balsamo2006", "krishnan2021", "skeide2014six"]
@@ -577,6 +576,7 @@ def test_T4_fitted_template_vs_sdm(enge):
     0.916/0.947/0.935/0.926). Whole held-out half (25 studies, slow test): mean 0.973, min
     0.945. Floors a little below the measured values.
     """
+    from analysis.resources import stretch_template
     from analysis.sdm.kernel import make_kernel
     from analysis.sdm.kernel_fit import split_studies
 
@@ -584,7 +584,7 @@ def test_T4_fitted_template_vs_sdm(enge):
     _, test = split_studies(read_enge_ids(ds))
     held = [s for s in ENGE_STUDIES if s in test]
     assert held == ["backes2002", "lee2016", "mooreparks2010", "balsamo2006"]
-    b, res = _t4(space, ds.subset(held), sdm, kernel=make_kernel(space, template="enge_fit"))
+    b, res = _t4(space, ds.subset(held), sdm, kernel=make_kernel(space, template=stretch_template("enge_fit")))
     r = np.array([(a + c) / 2 for a, c, _ in res.values()])
     assert r.min() > 0.97
     assert r.mean() > 0.975
@@ -604,7 +604,7 @@ def test_fitted_template_cache_records_its_sources(enge_dir):
     import json
 
     from analysis.fetch import cache_dir
-    from analysis.sdm.kernel_fit import _source_checksums, enge_stretch_template
+    from analysis.resources import _source_checksums, enge_stretch_template
 
     arr = enge_stretch_template(grid_affine(), grid_shape())
     assert arr.shape == (13, *grid_shape()) and not arr.flags.writeable
@@ -648,7 +648,8 @@ def test_fitted_template_held_out_half_of_enge(enge_dir):
     by 1-2 mm on 30 % of the axes: 0.969 (11) and 0.974 (10). The refit reproduces the cached
     template exactly.
     """
-    from analysis.sdm.kernel_fit import enge_stretch_template, evaluate, summary
+    from analysis.resources import enge_stretch_template
+    from analysis.sdm.kernel_fit import evaluate, summary
 
     tab, info = evaluate(enge_dir)
     s = summary(tab)
@@ -724,9 +725,10 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
 
     roi = MaskSpace(analysis_mask(load_config({"sdm": {"analysis_roi_radius_mm": 12}})))
     full = MaskSpace(gm_mask())
-    rec, index = recreation_space(roi)
+    rec, index = recreation_space(roi, gm_mask())
     assert rec.n_voxels == full.n_voxels and roi.n_voxels < full.n_voxels
-    assert recreation_space(full) == (full, None)
+    assert recreation_space(full, gm_mask()) == (full, None)
+    assert recreation_space(roi) == (roi, None)  # no recreation mask: the space itself
     np.testing.assert_array_equal(rec.xyz[index], roi.xyz)
     # one study with a single known peak far (> 60 mm) from every region voxel
     far = np.array([[30.0, -70.0, 50.0]])
@@ -735,7 +737,7 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
     peaks = pd.DataFrame({"study": ["s1"], "x": far[:, 0], "y": far[:, 1], "z": far[:, 2],
                           "t": [5.0], "sign": [1]})
     ds = SDMDataset(studies, peaks)
-    b_roi = preprocess(ds, roi, progress=False)
+    b_roi = preprocess(ds, roi, recreation_mask=gm_mask(), progress=False)
     b_full = preprocess(ds, full, progress=False)
     np.testing.assert_array_equal(b_roi.lower, b_full.lower[:, index])
     np.testing.assert_array_equal(b_roi.upper, b_full.upper[:, index])

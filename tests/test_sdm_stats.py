@@ -200,8 +200,7 @@ def test_truncnorm_ppf_matches_scipy(rng):
 def _box_space(shape=(14, 12, 10)):
     import nibabel as nib
 
-    from analysis.grid import grid_affine
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.space import MaskSpace, grid_affine
 
     data = np.zeros((91, 109, 91), np.uint8)
     data[30:30 + shape[0], 40:40 + shape[1], 30:30 + shape[2]] = 1

@@ -9,8 +9,8 @@ from scipy import ndimage
 
 from analysis import simulate as S
 from analysis.config import derive_rng, load_config
-from analysis.grid import brain_mask, in_mask, mni_to_ijk
 from analysis.sdm.effect_sizes import t_from_g
+from analysis.sdm.space import brain_mask, in_mask, mni_to_ijk
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_smooth_noise_is_standardised_with_the_configured_smoothness(cfg, mask):
     # FWHM from the lag-1 autocorrelation of a Gaussian field: rho = exp(-d^2 / (4 sigma^2))
     both = mask[1:] & mask[:-1]
     rho = np.corrcoef(z[1:][both], z[:-1][both])[0, 1]
-    d = cfg["grid"]["voxel_mm"]
+    d = 2.0  # SDM-PSI grid (analysis.sdm.space.VOXEL_MM)
     fwhm_est = np.sqrt(8 * np.log(2)) * np.sqrt(-d * d / (4 * np.log(rho)))
     assert fwhm_est == pytest.approx(fwhm, rel=0.1)
 
@@ -68,7 +68,7 @@ def test_gaussian_to_t_has_nominal_tail_probability():
 
 
 def test_null_maps_exceed_a_threshold_at_the_nominal_rate(cfg, mask):
-    from analysis.coords import t_threshold
+    from analysis.sdm.coords import t_threshold
 
     rng = np.random.default_rng(7)
     df, p = 30, 0.01
@@ -182,7 +182,7 @@ def test_standins_use_one_stream_per_study(cfg):
     alone = S.simulate_standins(studies.iloc[[1]], 1, cfg)
     pd.testing.assert_frame_equal(both[both["study"] == "B2"].reset_index(drop=True), alone)
     assert (alone["sign"] == -1).all()
-    assert (both["provenance"] == "simulated:v1:seed=1").all()
+    assert (both["provenance"] == f"simulated:v{cfg['simulation']['generator_version']}:seed=1").all()
     assert both["note"].str.contains("stand-in").all()
     assert S.simulate_standins(studies, 1, cfg, skip=["A1", "B2"]).empty
     assert derive_rng(1, "simulate-peaks/A1").random() != derive_rng(1, "simulate-peaks/B2").random()
@@ -196,9 +196,9 @@ REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.peaks import load_peaks
-    from analysis.studies import load_studies
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import load_peaks
+    from analysis.sdm.studies import load_studies
 
     text = read_tsv_text(REPO_DATA / "peaks.tsv").reset_index(drop=True)
     return text, load_peaks(REPO_DATA), load_studies(REPO_DATA)
@@ -242,7 +242,7 @@ def test_committed_standins_obey_the_reporting_rules(committed, cfg):
 
 def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     from analysis.cli import main
-    from analysis.tsvio import read_tsv_text
+    from analysis.sdm.io import read_tsv_text
 
     keep = {"Moriguchi2007", "Bird2010", "Fujino2014"}  # real; one direction; Talairach
     studies = (data_copy / "studies.tsv").read_text().splitlines()
@@ -261,7 +261,7 @@ def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     assert kept.values.tolist() == real.values.tolist()  # real rows verbatim
     sim = after[S.is_simulated(after["provenance"])]
     assert set(sim["study"]) == {"Bird2010", "Fujino2014"}
-    assert (sim["provenance"] == "simulated:v1:seed=1").all()
+    assert (sim["provenance"] == f"simulated:v{cfg['simulation']['generator_version']}:seed=1").all()
     assert set(sim.loc[sim["study"] == "Fujino2014", "space"]) == {"TAL"}
     assert set(sim.loc[sim["study"] == "Bird2010", "sign"]) == {"-1"}
     assert sim.values.tolist() != before[S.is_simulated(before["provenance"])].values.tolist()
@@ -277,3 +277,118 @@ def test_published_effects_and_bad_input(data_copy):
     path.write_text(path.read_text().replace("0.414338", "n/a"))
     with pytest.raises(DataError, match=r"published_table3.tsv, row 2, field 'hedges_g'"):
         S.published_effects(data_copy)
+
+
+# ------------------------------------------------------------- stand-ins total the paper's 143
+
+
+def test_apportion_is_largest_remainder_with_capacities():
+    assert S.apportion(10, [1, 1, 1], [10, 10, 10]).tolist() == [4, 3, 3]  # tie: first unit
+    assert S.apportion(10, [1, 1, 1], [10, 10, 10], priority=[2, 0, 1]).tolist() == [3, 4, 3]
+    assert S.apportion(10, [1, 2, 2], [10, 10, 10]).tolist() == [2, 4, 4]
+    # a full unit passes its share on in the same proportions
+    assert S.apportion(12, [1, 1, 2], [1, 10, 10]).tolist() == [1, 4, 7]
+    assert S.apportion(0, [1, 1], [0, 3]).tolist() == [0, 0]
+    assert S.apportion(3, [0, 1], [5, 3]).tolist() == [0, 3]  # weight 0 gets nothing
+    with pytest.raises(ValueError, match="capacity 4"):
+        S.apportion(5, [1, 1, 0], [2, 2, 9])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        w, cap = rng.integers(1, 4, 7), rng.integers(0, 20, 7)
+        n = int(rng.integers(0, cap.sum() + 1))
+        out = S.apportion(n, w, cap)
+        assert out.sum() == n and (out <= cap).all() and (out >= 0).all()
+
+
+def test_quotas_follow_the_documented_rule(cfg):
+    studies = pd.DataFrame({"study": ["A", "B", "C", "D"], "n1": [20, 30, 10, 10],
+                            "n2": [20, 30, 10, 12],
+                            "contrasts_reported": ["Patients>HC;HC>Patients", "HC>Patients",
+                                                   "Patients>HC", "HC>Patients;Patients>HC"]})
+    plenty = {s: {1: 50, -1: 50} for s in "ABCD"}
+    q = S.standin_quotas(studies, 30, plenty, cfg)
+    # 6 directions: 5 each; both-direction studies split 5 + 5 in printed order
+    assert q == {"A": {1: 5, -1: 5}, "B": {-1: 5}, "C": {1: 5}, "D": {-1: 5, 1: 5}}
+    q = S.standin_quotas(studies, 31, plenty, cfg)
+    assert sum(sum(d.values()) for d in q.values()) == 31
+    # shares 10.33, 5.17, 5.17, 10.33: the spare peak goes to the larger of A (40) and D (22)
+    assert sum(q["A"].values()) == 11 and sum(q["D"].values()) == 10
+    # a direction whose map lists few peaks passes its share on
+    few = {**plenty, "A": {1: 1, -1: 50}, "C": {1: 2}}
+    q = S.standin_quotas(studies, 30, few, cfg)
+    assert q["A"][1] == 1 and q["C"] == {1: 2}
+    assert sum(sum(d.values()) for d in q.values()) == 30
+    assert max(sum(d.values()) for d in q.values()) <= cfg["simulation"]["max_peaks_per_study"]
+    with pytest.raises(ValueError, match="cannot apportion"):
+        S.standin_quotas(studies, 30, {s: {1: 2, -1: 2} for s in "ABCD"}, cfg)
+
+
+def test_budgeted_standins_are_the_highest_peaks_of_the_same_maps(cfg):
+    studies = pd.DataFrame({"study": ["A1", "B2"], "n1": [20, 15], "n2": [20, 15],
+                            "t_thr": [2.0, 2.5],
+                            "contrasts_reported": ["Patients>HC;HC>Patients", "HC>Patients"]})
+    eff = S.published_effects(REPO_DATA)
+    some = S.simulate_standins(studies, 3, cfg, effects=eff, n_standins=12)
+    assert len(some) == 12
+    assert some.groupby("study").size().to_dict() == {"A1": 8, "B2": 4}  # 3 directions: 4 each
+    assert some.loc[some["study"] == "A1"].groupby("sign").size().to_dict() == {-1: 4, 1: 4}
+    for row in studies.itertuples(index=False):
+        tmap, _ = S.simulate_tmap(row.n1, row.n2, eff, derive_rng(3, f"simulate-peaks/{row.study}"),
+                                  cfg)  # the study's own stream: the map of the unbudgeted run
+        full = S.find_peaks(tmap, row.t_thr, S.reported_directions(row.contrasts_reported), cfg,
+                            max_peaks=0)
+        mine = some[some["study"] == row.study]
+        assert (mine["peak_id"].to_numpy() == np.arange(1, len(mine) + 1)).all()
+        for sign, grp in mine.groupby("sign"):
+            pool = full[full["sign"] == sign]
+            top = pool.iloc[np.argsort(-pool["stat_value"].abs().to_numpy(), kind="stable")[:4]]
+            assert sorted(grp["stat_value"]) == sorted(np.round(top["stat_value"], 2))
+            assert sorted(map(tuple, grp[["x", "y", "z"]].to_numpy())) == \
+                sorted(map(tuple, top[["x", "y", "z"]].to_numpy()))
+    pd.testing.assert_frame_equal(some, S.simulate_standins(studies, 3, cfg, effects=eff,
+                                                            n_standins=12))  # deterministic
+
+
+MORIGUCHI_SHA256 = "9c97c6069d2207812f0cd2fc3405336ce2c865d307dcea68717bcaa18cd405c9"
+
+
+def test_committed_peaks_total_the_papers_143_and_real_rows_are_untouched(committed, cfg):
+    import hashlib
+
+    text, peaks, studies = committed
+    assert len(peaks) == 143  # Results l. 220: "We exported 143 peak coordinates"
+    assert S.published_peak_total(REPO_DATA, len(studies)) == 143
+    sim = S.is_simulated(peaks["provenance"])
+    assert sim.sum() == 116 and (~sim).sum() == 27
+    # the 27 rows of Moriguchi et al. (2007), byte for byte as transcribed from its Table 6
+    lines = [ln for ln in (REPO_DATA / "peaks.tsv").read_text().splitlines()
+             if ln.startswith("Moriguchi2007\t")]
+    assert hashlib.sha256(("\n".join(lines) + "\n").encode()).hexdigest() == MORIGUCHI_SHA256
+    assert len(lines) == 27
+    # the documented split (data/README.md)
+    n = peaks.groupby("study").size().to_dict()
+    assert n == {"Bird2010": 3, "Decety2009": 9, "Fan2013": 10, "Fujino2014": 15, "Gu2015": 15,
+                 "Hadjikhani2014": 15, "Horan2016": 15, "Moriguchi2007": 27,
+                 "Ruetgen2021": 15, "Vistoli2017": 9, "Xu2020": 10}
+    assert max(v for k, v in n.items() if k != "Moriguchi2007") <= \
+        cfg["simulation"]["max_peaks_per_study"]
+
+
+def test_the_total_applies_to_the_papers_study_set_only(data_copy):
+    from analysis.errors import DataError
+
+    assert S.published_peak_total(data_copy, 11) == 143
+    assert S.published_peak_total(data_copy, 3) is None  # a subset: no total
+    path = data_copy / "published_values.tsv"
+    path.write_text(path.read_text().replace("n_peaks\t143", "n_peaks\t14.3"))
+    with pytest.raises(DataError, match=r"published_values.tsv, row 12, field 'value'"):
+        S.published_peak_total(data_copy, 11)
+    path.unlink()
+    assert S.published_peak_total(data_copy, 11) is None
+
+
+def test_real_rows_above_the_total_are_an_error(data_copy, cfg):
+    with pytest.raises(ValueError, match="more than the total of 10"):
+        S.regenerate_peaks(data_copy, cfg=cfg, n_peaks=10)
+    with pytest.raises(ValueError, match="n_peaks must be"):
+        S.regenerate_peaks(data_copy, cfg=cfg, n_peaks="paper")

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from analysis.tables import compute
+from analysis.stages.tables import compute
 
 # Transcription of He et al. (2024) Table 1 (data rows, printed text; header flattened).
 PAPER_TABLE1 = """\

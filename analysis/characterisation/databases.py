@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from analysis.coords import tal2mni_lancaster
 from analysis.errors import DataError
 from analysis.fetch import cache_dir, fetch_file, registry
 from analysis.io import atomic_path, sha256_file, write_json
+from analysis.sdm.coords import tal2mni_lancaster
 
 LGR = logging.getLogger(__name__)
 
@@ -179,7 +179,10 @@ def _cached_incidence(db: CoordinateDB, radius_mm: float) -> sparse.csr_matrix:
         LGR.info("incidence matrix of %s read from the cache %s (checksums verified)", db.name,
                  folder)
         return mat
-    mat = build_incidence(db.foci, db.n_studies, radius_mm, mask, neurosynth_mask().affine)
+    LGR.info("building the incidence matrix of %s (%d studies, %d foci, r = %g mm); cached in %s",
+             db.name, db.n_studies, len(db.foci), radius_mm, folder)
+    mat = build_incidence(db.foci, db.n_studies, radius_mm, mask, neurosynth_mask().affine,
+                          desc=f"{db.name} incidence (r = {radius_mm:g} mm)")
     folder.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
     for k in ("indices", "indptr"):
@@ -219,7 +222,8 @@ def _read_verified(files: dict[str, Path], record: Path, source: dict) -> sparse
 
 
 def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: np.ndarray,
-                    affine: np.ndarray, chunk: int = 256) -> sparse.csr_matrix:
+                    affine: np.ndarray, chunk: int = 256,
+                    desc: str = "incidence") -> sparse.csr_matrix:
     """Binary study x in-mask-voxel matrix: union of hard spheres around each study's foci.
 
     Parameters
@@ -236,13 +240,16 @@ def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: 
         Voxel-to-MNI affine.
     chunk : int
         Studies per vectorised block (bounds memory).
+    desc : str
+        Label of the progress report (:func:`analysis.progress.progress`: a bar in a terminal,
+        log lines every 10 % or 30 s otherwise).
 
     Returns
     -------
     scipy.sparse.csr_matrix
         ``(n_studies, mask.sum())``, uint8, sorted indices, no duplicates.
     """
-    from tqdm import tqdm
+    from analysis.progress import progress
 
     shape = mask.shape
     lookup = np.full(mask.size, -1, dtype=np.int64)
@@ -256,25 +263,27 @@ def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: 
     n_vox = int(mask.sum())
     blocks = []
     bounds = np.searchsorted(study, np.arange(0, n_studies + chunk, chunk))
-    for b in tqdm(range(len(bounds) - 1), desc="incidence", disable=None, leave=False):
-        lo, hi = bounds[b], bounds[b + 1]
-        s0 = b * chunk
-        rows_n = min(chunk, n_studies - s0)
-        if rows_n <= 0:
-            break
-        pts = ijk[lo:hi, None, :] + off[None, :, :]
-        ok = np.all((pts >= 0) & (pts < np.array(shape)), axis=2)
-        flat = np.ravel_multi_index(tuple(np.where(ok[..., None], pts, 0).transpose(2, 0, 1)),
-                                    shape)
-        col = lookup[flat]
-        keep = ok & (col >= 0)
-        rows = np.broadcast_to((study[lo:hi] - s0)[:, None], keep.shape)[keep]
-        dense = np.zeros((rows_n, n_vox), dtype=bool)  # bitmap: no sort needed to deduplicate
-        dense[rows, col[keep]] = True
-        r, c = np.nonzero(dense)
-        indptr = np.searchsorted(r, np.arange(rows_n + 1))
-        blocks.append(sparse.csr_matrix((np.ones(len(c), np.uint8), c.astype(np.int32), indptr),
-                                        shape=(rows_n, n_vox)))
+    with progress(desc=desc, total=n_studies, unit="study", logger=LGR) as bar:
+        for b in range(len(bounds) - 1):
+            lo, hi = bounds[b], bounds[b + 1]
+            s0 = b * chunk
+            rows_n = min(chunk, n_studies - s0)
+            if rows_n <= 0:
+                break
+            pts = ijk[lo:hi, None, :] + off[None, :, :]
+            ok = np.all((pts >= 0) & (pts < np.array(shape)), axis=2)
+            flat = np.ravel_multi_index(
+                tuple(np.where(ok[..., None], pts, 0).transpose(2, 0, 1)), shape)
+            col = lookup[flat]
+            keep = ok & (col >= 0)
+            rows = np.broadcast_to((study[lo:hi] - s0)[:, None], keep.shape)[keep]
+            dense = np.zeros((rows_n, n_vox), dtype=bool)  # bitmap: no sort needed to deduplicate
+            dense[rows, col[keep]] = True
+            r, c = np.nonzero(dense)
+            indptr = np.searchsorted(r, np.arange(rows_n + 1))
+            blocks.append(sparse.csr_matrix(
+                (np.ones(len(c), np.uint8), c.astype(np.int32), indptr), shape=(rows_n, n_vox)))
+            bar.update(rows_n)
     mat = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((n_studies, n_vox),
                                                                               dtype=np.uint8)
     mat.indices = mat.indices.astype(np.int32)

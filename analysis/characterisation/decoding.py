@@ -53,7 +53,7 @@ def region_of(seed) -> tuple[str, np.ndarray]:
 
 def studies_in_region(db: CoordinateDB, region: np.ndarray) -> np.ndarray:
     """Boolean (n_studies,): study has >= 1 focus whose nearest grid voxel lies in ``region``."""
-    from analysis.grid import grid_affine
+    from analysis.sdm.space import grid_affine
 
     aff = grid_affine()
     ijk = np.rint((db.foci[["x", "y", "z"]].to_numpy() - aff[:3, 3])
@@ -197,8 +197,6 @@ def voxel_profile(seed, cfg: dict) -> tuple[str, pd.DataFrame]:
 def term_voxel_maps(kernel_mm: float, q: float, min_fraction: float, min_studies: int,
                     category: str, chunk: int = 48) -> tuple[np.ndarray, list[str]]:
     """Binary FDR-significant association maps of every kept NeuroQuery term, (terms, voxels)."""
-    from tqdm import tqdm
-
     from analysis.characterisation.databases import load_neuroquery, neuroquery_terms
     from analysis.characterisation.macm import association_test, fdr_threshold
 
@@ -213,7 +211,10 @@ def term_voxel_maps(kernel_mm: float, q: float, min_fraction: float, min_studies
     total = np.asarray(inc_t.sum(1)).ravel().astype(np.float64)
     p_active = total / db.n_studies
     sig = np.zeros((len(keep), inc_t.shape[0]), dtype=bool)
-    for lo in tqdm(range(0, len(keep), chunk), desc="term maps", disable=None, leave=False):
+    from analysis.progress import progress
+
+    steps = range(0, len(keep), chunk)
+    for lo in progress(steps, desc="NeuroQuery term maps", unit="block", logger=LGR):
         cols = keep[lo:lo + chunk]
         pc = pres[:, cols]
         n_sel = np.asarray(pc.sum(0)).ravel().astype(int)

@@ -15,6 +15,13 @@ from pathlib import Path
 
 from analysis.config import load_config
 
+EPILOG = """\
+examples:
+  python -m analysis characterise --seeds "0,48,0;60,-14,-12" --out /tmp/profile
+  python -m analysis characterise --seeds "0,48,0" --directions decrease --no-decode --out out
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", required=True,

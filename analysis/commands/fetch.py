@@ -45,6 +45,19 @@ def _origin(path: Path) -> str:
     return "cache"
 
 
+EPILOG = """\
+examples:
+  python -m analysis fetch --list                      # what is in the mirror, the cache, missing
+  python -m analysis fetch nimare_data/neurosynth      # one dataset (downloaded if needed)
+  PAINEMP_MIRROR=/data/mirror python -m analysis fetch --no-download
+
+environment:
+  PAINEMP_MIRROR   folder with the registry's layout, read in place (never written)
+  PAINEMP_CACHE    download cache (default: the platform's user cache folder)
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("datasets", nargs="*", metavar="DATASET",
                    help="registry group(s) to fetch, e.g. nimare_data/neurosynth (default: all)")

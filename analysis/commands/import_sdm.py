@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from analysis import paths
-from analysis.sdm_format import read_sdm_project, write_data_tables
+from analysis.sdm.project import read_sdm_project, write_data_tables
+
+EPILOG = """\
+examples:
+  python -m analysis import-sdm /path/to/sdm_project --data /tmp/data
+  python -m analysis import-sdm /path/to/sdm_project --force   # replace data/studies.tsv, peaks.tsv
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +32,10 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {out} already has {', '.join(existing)}; use --force to replace")
         return 1
     studies, peaks = read_sdm_project(args.folder)
-    sp, pp = write_data_tables(studies, peaks, out)
+    from analysis.config import load_config
+    from analysis.stages.params import study_checks
+
+    sp, pp = write_data_tables(studies, peaks, out, **study_checks(load_config()))
     unknown = int((peaks["stat_type"] == "none").sum())
     print(f"imported {len(studies)} studies and {len(peaks)} peaks ({unknown} without a "
           f"statistic) into {sp.parent}")

@@ -1,6 +1,6 @@
 """``python -m analysis meta``: run the SDM-PSI engine on any SDM-PSI project folder.
 
-Reads ``sdm_table.txt`` and the peak files of the folder (:mod:`analysis.sdm_format`), fits
+Reads ``sdm_table.txt`` and the peak files of the folder (:mod:`analysis.sdm.project`), fits
 :class:`analysis.sdm.estimator.SDMPSI` and writes the maps (``g, var, z, tau2, i2, h2, q, q_z,
 p, p_pos, p_neg``; NIfTI), the cluster table (``clusters.tsv``, thresholds of the configuration:
 one-tailed p < 0.0025, peak SDM-Z > 1, k > 10) and ``summary.json``. With ``--permutations N``
@@ -44,59 +44,86 @@ def _positive(text: str) -> int:
     return v
 
 
+EPILOG = """\
+examples:
+  python -m analysis meta --sdm-dir my_sdm_project --out results/my_meta
+  python -m analysis meta --sdm-dir my_sdm_project --out out --permutations 1000 --n-jobs -1
+  python -m analysis meta --sdm-dir my_sdm_project --out out --covariates age --hypothesis 0+1
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sdm-dir", required=True, type=Path,
                    help="SDM project folder (sdm_table.txt + <study>.<software>_<space>.txt)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--mask", type=Path, default=None,
                    help="analysis mask on the 2 mm grid (default: the folder's sdm_mask.nii.gz "
-                        "if present, else SDM-PSI's gray_matter_2mm mask, config sdm.mask)")
-    p.add_argument("--imputations", type=_positive, default=None, help="default: config sdm.imputations")
-    p.add_argument("--seed", type=int, default=None, help="default: config seed")
+                        "if present, else the mask of the configuration, sdm.mask)")
+    p.add_argument("--imputations", type=_positive, default=None, help="MetaNSUE imputations (default: config sdm.imputations)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the configuration's seed)")
     p.add_argument("--permutations", type=_permutations, default=0,
                    help="PSI permutations incl. the identity (0 = none; SDM default 1000)")
     p.add_argument("--covariates", default=None,
                    help="study-table columns added to the design, joined by '+' (e.g. age+sex)")
     p.add_argument("--hypothesis", default=None,
                    help="hypothesis over [intercept, covariates...], e.g. 0+1 (default: intercept)")
-    p.add_argument("--unknown-peak-mode", choices=["corrected", "sdm621"], default=None)
+    p.add_argument("--unknown-peak-mode", choices=["corrected", "sdm621"], default=None,
+                   help="peaks without a statistic: corrected (t = +/- threshold, converted to "
+                        "g) or sdm621 (as SDM-PSI v6.21); default config sdm.unknown_peak_mode")
     p.add_argument("--heterogeneity", choices=["dl", "reml"], default=None,
                    help="between-study variance: dl (DerSimonian-Laird, SDM-PSI's default) or "
                         "reml (SDM-PSI's AccurateHeterogeneity); default config sdm.heterogeneity")
-    p.add_argument("--fwhm", type=float, default=None)
-    p.add_argument("--anisotropy", type=float, default=None)
-    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--fwhm", type=float, default=None, metavar="MM",
+                   help="kernel FWHM in mm (default: config sdm.fwhm_mm, 20 as in SDM-PSI)")
+    p.add_argument("--anisotropy", type=float, default=None,
+                   help="SDM's degree of kernel anisotropy (default: config sdm.anisotropy)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel workers of the fit and the permutations (default 1; -1 = all "
+                        "cores)")
 
 
 def run_command(args: argparse.Namespace) -> int:
     import nibabel as nib
 
+    from analysis.config import load_config
     from analysis.errors import DataError
+    from analysis.grid import gm_mask
     from analysis.io import write_json, write_tsv
+    from analysis.labels import aal_labeler
     from analysis.sdm.clusters import threshold_clusters
     from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.estimator import SDMPSI
+    from analysis.stages import params
 
+    cfg = load_config()
     folder = Path(args.sdm_dir)
     if not (folder / "sdm_table.txt").exists():
         raise DataError(folder / "sdm_table.txt", "no SDM study table in this folder")
-    dataset = SDMDataset.from_sdm_project(folder)
-    mask_path = args.mask or (folder / "sdm_mask.nii.gz")
-    mask = nib.load(str(mask_path)) if Path(mask_path).exists() else None
+    dataset = SDMDataset.from_sdm_project(folder, **params.study_checks(cfg))
+    if args.mask is not None:
+        mask, mask_name = nib.load(str(args.mask)), str(args.mask)
+    elif dataset.mask is not None:
+        mask, mask_name = dataset.mask, str(folder / "sdm_mask.nii.gz")
+    else:
+        mask, mask_name = gm_mask(cfg["sdm"]["mask"]), f"sdm.mask ({cfg['sdm']['mask']})"
     covs = [c for c in (args.covariates or "").split("+") if c]
-    est = SDMPSI(fwhm=args.fwhm, anisotropy=args.anisotropy, imputations=args.imputations,
-                 unknown_peak_mode=args.unknown_peak_mode, covariates=covs,
-                 hypothesis=args.hypothesis, heterogeneity=args.heterogeneity, seed=args.seed,
-                 n_jobs=args.n_jobs, progress=True)
+    given = {"fwhm": args.fwhm, "anisotropy": args.anisotropy,
+             "unknown_peak_mode": args.unknown_peak_mode, "heterogeneity": args.heterogeneity}
+    seed = int(cfg["seed"] if args.seed is None else args.seed)
+    n_imp = int(cfg["sdm"]["imputations"] if args.imputations is None else args.imputations)
+    est = params.estimator(cfg, n_imp, seed, covariates=covs, hypothesis=args.hypothesis,
+                           n_jobs=args.n_jobs, progress=True,
+                           **{k: v for k, v in given.items() if v is not None})
     t0 = time.perf_counter()
     res = est.fit(dataset, mask_img=mask)
     out = Path(args.out)
     res.save_maps(out)
-    clusters = threshold_clusters(res.maps["z"], res.space)
+    clusters = threshold_clusters(res.maps["z"], res.space, labeler=aal_labeler,
+                                  **params.threshold_params(cfg))
     write_tsv(out / "clusters.tsv", clusters.table)
     summary = {
         "sdm_dir": str(folder),
-        "mask": str(mask_path) if mask is not None else "sdm.mask of the configuration",
+        "mask": mask_name,
         "n_studies": len(res.studies), "n_voxels": res.space.n_voxels, "df": res.df,
         "params": res.params, "timings_s": res.timings, "description": res.description_,
         "n_clusters": clusters.peaks()["direction"].value_counts().to_dict(),
@@ -104,8 +131,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.permutations and args.permutations > 1:
         from analysis.sdm.permutation import psi_permutation_test
 
-        perm = psi_permutation_test(res, n_permutations=args.permutations, seed=est.seed,
-                                    n_jobs=args.n_jobs, progress=True)
+        psi = {**params.psi_params(cfg), "n_jobs": args.n_jobs}
+        perm = psi_permutation_test(res, n_permutations=args.permutations, seed=seed,
+                                    progress=True, **psi)
         perm.save(out)
         summary["permutations"] = int(args.permutations)
     summary["total_s"] = round(time.perf_counter() - t0, 2)

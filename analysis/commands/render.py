@@ -14,6 +14,13 @@ import argparse
 
 from analysis.render import RenderError, render
 
+EPILOG = """\
+examples:
+  python -m analysis render                            # Quarto if installed, else the fallback
+  python -m analysis render --engine fallback
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=["auto", "quarto", "pandoc"], default="auto",

@@ -17,6 +17,14 @@ from analysis.config import _merge, load_config, parse_overrides
 from analysis.errors import ConfigError
 from analysis.pipeline import STAGES, run_stages
 
+EPILOG = """\
+examples:
+  python -m analysis run                               # every stage (valid cached ones reused)
+  python -m analysis run --quick --stage meta          # a quick preview of one stage
+  python -m analysis run --set sdm.imputations=20 --set sdm.permutations=200
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true",

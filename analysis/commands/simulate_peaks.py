@@ -17,6 +17,14 @@ from analysis.config import load_config
 LGR = logging.getLogger(__name__)
 
 
+EPILOG = """\
+examples:
+  python -m analysis simulate-peaks                    # summarise, change nothing
+  python -m analysis simulate-peaks --write --seed 7
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--write", action="store_true",
                    help="rewrite the simulated rows of data/peaks.tsv (default: only summarise)")
@@ -25,10 +33,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from analysis.peaks import PEAKS_FILE
+    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.peaks import PEAKS_FILE
+    from analysis.sdm.studies import load_studies
     from analysis.simulate import regenerate_peaks, summarise_peaks
-    from analysis.studies import load_studies
-    from analysis.tsvio import read_tsv_text
 
     cfg = load_config()
     seed = cfg["seed"] if args.seed is None else args.seed
@@ -36,7 +44,9 @@ def run_command(args: argparse.Namespace) -> int:
     path = ddir / PEAKS_FILE
     before = read_tsv_text(path).reset_index(drop=True) if path.exists() else None
     new = regenerate_peaks(ddir, seed=seed, cfg=cfg, write=args.write)
-    summary = summarise_peaks(new, load_studies(ddir, config=cfg))
+    from analysis.stages.params import study_checks
+
+    summary = summarise_peaks(new, load_studies(ddir, **study_checks(cfg)))
     print(f"simulated stand-in peaks (seed {seed}, generator "
           f"v{cfg['simulation']['generator_version']}); they are NOT the studies' data")
     print(summary.to_string(index=False))

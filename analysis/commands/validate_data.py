@@ -6,6 +6,13 @@ import argparse
 
 from analysis.validate import format_summary, validate_data
 
+EPILOG = """\
+examples:
+  python -m analysis validate-data
+  python -m analysis validate-data --data /tmp/data --no-mask
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="DIR", default=None,
@@ -15,7 +22,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    summary = validate_data(args.data, check_mask=not args.no_mask)
+    from analysis.config import load_config
+    from analysis.stages.params import data_checks
+
+    summary = validate_data(args.data, check_mask=not args.no_mask,
+                            **data_checks(load_config()))
     print("data OK")
     print(format_summary(summary))
     return 0

@@ -44,15 +44,26 @@ REF_MAPS = {"g": "mod1_g", "var": "mod1_var", "z": "mod1_z", "tau2": "mod1_tau2"
             "i2": "mod1_h_i2", "h2": "mod1_h_h2", "q": "mod1_h_Q", "uncorrp": "uncorrp"}
 
 
+EPILOG = """\
+examples:
+  python -m analysis validate-sdm                      # writes <results>/validation/sdm
+  python -m analysis validate-sdm --imputations 10 --no-reml --out /tmp/validation
+"""
+"""Examples shown under ``--help`` (argparse epilog)."""
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: <results>/validation/sdm)")
     p.add_argument("--imputations", type=int, default=None,
-                   help="default: config sdm.imputations (50, as SDM's run)")
+                   help="MetaNSUE imputations (default: config sdm.imputations, 50 as SDM's run)")
     p.add_argument("--mode", default="sdm621", choices=["sdm621", "corrected"],
                    help="unknown_peak_mode of the run from peaks (sdm621: as SDM-PSI v6.21)")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed of the first run; the second uses seed + 1 (default: the "
+                        "configuration's seed)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel workers of each fit (default 1)")
     p.add_argument("--no-reml", action="store_true",
                    help="skip the REML run from SDM's bound maps (shown for comparison)")
 
@@ -209,8 +220,9 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
     """
     from analysis.config import load_config
     from analysis.io import write_json, write_text
+    from analysis.resources import stretch_template
     from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.estimator import SDMPSI
+    from analysis.stages import params
 
     folder = folder or enge_folder()
     seed = int(load_config()["seed"] if seed is None else seed)
@@ -223,10 +235,14 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
               "t5_sdm_maps": t5_checks(ref), "published_clusters": clusters,
               "targets": TARGETS, "runs": {}, "noise_floor": {}}
 
+    cfg = load_config()
+
     def est(s, heterogeneity="dl", template=None):
-        return SDMPSI(imputations=imputations, unknown_peak_mode=mode, seed=s, n_jobs=n_jobs,
-                      heterogeneity=heterogeneity, keep_imputations=False, progress=True,
-                      preprocess_kwargs={} if template is None else {"template": template})
+        kw = {} if template is None else {"kernel_template": stretch_template(
+            template, cfg["sdm"]["template"])}
+        return params.estimator(cfg, imputations, s, unknown_peak_mode=mode, n_jobs=n_jobs,
+                                heterogeneity=heterogeneity, keep_imputations=False,
+                                progress=True, **kw)
 
     z = {}
     plan = [("peaks", seed, "dl", None), ("peaks_seed2", seed + 1, "dl", None),

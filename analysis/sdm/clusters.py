@@ -24,9 +24,6 @@ import pandas as pd
 from scipy import ndimage
 from scipy.stats import norm
 
-from analysis.config import load_config
-from analysis.labels import describe_aal, label_coordinates
-
 LGR = logging.getLogger(__name__)
 
 INCREASE = "Patients>Controls"
@@ -74,17 +71,11 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(3, rank)
 
 
-def threshold_defaults(config: dict | None = None) -> dict:
-    """The paper's thresholds from the configuration (``sdm.threshold``)."""
-    cfg = (config or load_config())["sdm"]
-    thr = cfg["threshold"]
-    return {
-        "p_threshold": float(thr["p_uncorrected"]),
-        "peak_z": float(thr["peak_z"]),
-        "min_voxels": int(thr["min_cluster_voxels"]),
-        "local_peak_distance_mm": float(cfg["local_peak_min_distance_mm"]),
-        "connectivity": int(thr["connectivity"]),
-    }
+#: the thresholds of He et al. (2024) and SDM-PSI's reports: one-tailed voxel p < 0.0025, peak
+#: SDM-Z > 1, clusters of more than 10 voxels, local peaks at least 8 mm apart, 26-connectivity
+#: (checked on Enge et al.'s SDM-PSI report, ``tests/test_clusters.py``)
+THRESHOLDS = {"p_threshold": 0.0025, "peak_z": 1.0, "min_voxels": 11,
+              "local_peak_distance_mm": 8.0, "connectivity": 26}
 
 
 def one_tailed_p(z) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +116,7 @@ def threshold_clusters(
     connectivity: int | None = None,
     p_vecs: tuple | None = None,
     local_peaks: bool = True,
-    atlas: str = "aal",
+    labeler=None,
 ) -> ClusterResult:
     """Threshold an SDM-Z map in both directions and tabulate clusters and peaks.
 
@@ -137,7 +128,7 @@ def threshold_clusters(
         The voxel space.
     p_threshold : float, optional
         Voxel threshold: a voxel is supra-threshold when its one-tailed p < ``p_threshold``
-        (default ``sdm.threshold.p_uncorrected`` = 0.0025).
+        (default :data:`THRESHOLDS`: 0.0025).
     peak_z : float, optional
         A cluster is reported only when its peak |SDM-Z| > ``peak_z`` (default 1).
     min_voxels : int, optional
@@ -145,20 +136,22 @@ def threshold_clusters(
     local_peak_distance_mm : float, optional
         Minimum distance between reported peaks of one cluster (default 8 mm).
     connectivity : {6, 18, 26}, optional
-        Voxel neighbourhood of cluster formation (default ``sdm.threshold.connectivity``).
+        Voxel neighbourhood of cluster formation (default 26).
     p_vecs : tuple of two arrays, optional
         Per-direction p maps ``(p_increase, p_decrease)`` to threshold instead of the
         one-tailed uncorrected p of ``z_vec`` (e.g. ``1 - corrp_voxel``, ``1 - corrp_voxel_neg``).
     local_peaks : bool
         Whether to list local peaks below each cluster peak.
-    atlas : str
-        Atlas of the ``aal_label`` column (see :mod:`analysis.labels`).
+    labeler : callable, optional
+        ``labeler(xyz) -> DataFrame`` giving, for the peaks' MNI coordinates (n, 3), the
+        ``region`` and ``aal_label`` columns (e.g. :func:`analysis.labels.aal_labeler`); left
+        empty without one.
 
     Returns
     -------
     ClusterResult
     """
-    params = threshold_defaults()
+    params = dict(THRESHOLDS)
     given = {"p_threshold": p_threshold, "peak_z": peak_z, "min_voxels": min_voxels,
              "local_peak_distance_mm": local_peak_distance_mm, "connectivity": connectivity}
     params.update({k: v for k, v in given.items() if v is not None})
@@ -207,9 +200,10 @@ def threshold_clusters(
             labels[(lab == cid)[space.mask]] = next_id
             next_id += 1
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS + ["_vox"])
-    if len(table):
-        table["aal_label"] = label_coordinates(table[["x", "y", "z"]].to_numpy(), atlas)
-        table["region"] = [describe_aal(a) for a in table["aal_label"]]
+    if labeler is not None and len(table):
+        extra = labeler(table[["x", "y", "z"]].to_numpy(dtype=float))
+        for col in extra.columns:
+            table[col] = extra[col].to_numpy()
     table = table.astype({"cluster": int, "cluster_voxels": int, "x": int, "y": int, "z": int})
     thr_z = np.where(labels > 0, z, 0.0).astype(np.float32)
     LGR.info("clusters: %d increase, %d decrease (p < %g, peak z > %g, k >= %d)",

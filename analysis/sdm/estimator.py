@@ -28,6 +28,7 @@ Radua J et al. (2015). JAMA Psychiatry 72:1243-1251 (MetaNSUE).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass, field
@@ -37,10 +38,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from analysis.config import derive_rng, load_config
+from analysis.sdm.base import ParamsMixin
 from analysis.sdm.metansue import censored_mle, impute, variance_coefficients
 from analysis.sdm.random_effects import fit_random_effects, q_to_z
 from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
+from analysis.sdm.rng import derive_rng
 from analysis.sdm.rubin import pool_fits
 from analysis.sdm.space import MaskSpace
 
@@ -72,6 +74,11 @@ class MetaResult:
     imputations : ndarray (m, k, V) float32 or None
         Imputed study images (Hedges g); their variances are ``k1 + k2 g^2``
         (:func:`analysis.sdm.metansue.variance_coefficients`).
+    estimator : SDMPSI
+        A copy of the estimator that produced the result (re-fits of the diagnostics).
+    tables : dict of str -> pandas.DataFrame
+        Tables added downstream (e.g. clusters by
+        :class:`analysis.sdm.clusters.ClusterTable`, peaks FWE by :class:`PSICorrector`).
     studies, n1, n2, X, C, params, description_, timings
     """
 
@@ -89,23 +96,50 @@ class MetaResult:
     params: dict = field(default_factory=dict)
     description_: str = ""
     timings: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    estimator: object = None
 
-    def get_map(self, name: str):
-        """The map ``name`` as a NIfTI image on the analysis grid."""
+    def get_map(self, name: str, return_type: str = "image"):
+        """The map ``name``: a NIfTI image on the analysis grid (``return_type="image"``) or the
+        vector over the mask's voxels (``"array"``), as NiMARE's ``MetaResult.get_map``.
+        """
         if name not in self.maps:
             raise KeyError(f"no map {name!r}; available: {sorted(self.maps)}")
+        if return_type == "array":
+            return self.maps[name]
+        if return_type != "image":
+            raise ValueError(f"return_type must be 'image' or 'array', got {return_type!r}")
         return self.space.to_img(self.maps[name])
 
-    def save_maps(self, out_dir, names=None, prefix: str = "") -> list:
-        """Write ``<prefix><name>.nii.gz`` for each map (atomic writes); returns the paths."""
-        from analysis.io import save_nifti
+    def save_maps(self, output_dir=".", prefix: str = "", prefix_sep: str = "_",
+                  names=None) -> list:
+        """Write ``[<prefix><prefix_sep>]<name>.nii.gz`` for each map (atomic writes).
 
-        out_dir = Path(out_dir)
+        Returns the written paths (NiMARE's ``MetaResult.save_maps``).
+        """
+        from analysis.sdm.io import save_nifti
+
+        out_dir = Path(output_dir)
+        lead = f"{prefix}{prefix_sep}" if prefix else ""
         paths = []
         for name in names or self.maps:
-            p = out_dir / f"{prefix}{name}.nii.gz"
-            save_nifti(p, self.get_map(name))
-            paths.append(p)
+            path = out_dir / f"{lead}{name}.nii.gz"
+            save_nifti(path, self.get_map(name))
+            paths.append(path)
+        return paths
+
+    def save_tables(self, output_dir=".", prefix: str = "", prefix_sep: str = "_",
+                    names=None) -> list:
+        """Write each table of ``tables`` as ``[<prefix><prefix_sep>]<name>.tsv`` (atomic)."""
+        from analysis.sdm.io import write_tsv
+
+        out_dir = Path(output_dir)
+        lead = f"{prefix}{prefix_sep}" if prefix else ""
+        paths = []
+        for name in names or self.tables:
+            path = out_dir / f"{lead}{name}.tsv"
+            write_tsv(path, self.tables[name])
+            paths.append(path)
         return paths
 
 
@@ -126,7 +160,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         Between-study variance of each imputation: DerSimonian-Laird (SDM-PSI's default) or
         REML (SDM-PSI's ``AccurateHeterogeneity``).
     max_iter, tol : optional
-        REML updates and tolerance (default config ``sdm.reml_max_iter`` / ``sdm.reml_tol``).
+        REML updates and tolerance (default :data:`analysis.sdm.random_effects.REML_MAX_ITER` / ``REML_TOL``).
     chunk : int
         Voxels per block; n_jobs : int, threads over blocks.
 
@@ -191,7 +225,7 @@ def design_matrix(studies: pd.DataFrame, covariates=None, centre: bool = True
     analysis.errors.DataError
         A covariate column is missing or has missing values.
     """
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     cols = [np.ones(len(studies))]
     names = ["intercept"]
@@ -232,79 +266,131 @@ def parse_hypothesis(hypothesis, p: int) -> np.ndarray:
     return C
 
 
-class SDMPSI:
-    """SDM-PSI mean analysis / meta-regression (without permutations).
+class SDMPSI(ParamsMixin):
+    """SDM-PSI mean analysis / meta-regression (without permutations), NiMARE-style.
+
+    ``__init__`` only stores the parameters (nilearn's convention); :meth:`fit` checks them and
+    returns a :class:`MetaResult` (also kept as ``results_``). Defaults are SDM-PSI v6.21's.
 
     Parameters
     ----------
-    fwhm, anisotropy, unknown_peak_mode : optional
-        Pre-processing (defaults: config ``sdm.fwhm_mm``, ``sdm.anisotropy``,
-        ``sdm.unknown_peak_mode``).
-    imputations : int, optional
-        Number of imputed study images (default config ``sdm.imputations`` = 50).
+    fwhm, anisotropy : float
+        Kernel FWHM (mm) and degree of anisotropy (20 and 1, as SDM-PSI).
+    imputations : int
+        Number of imputed study images (50, as SDM-PSI).
+    unknown_peak_mode : {"corrected", "sdm621"}
+        Effect of peaks without a statistic (:mod:`analysis.sdm.preprocess`).
+    kernel_template : str or numpy.ndarray
+        Stretch template of the anisotropic kernel: a name of :mod:`analysis.sdm.templates` or a
+        (13, X, Y, Z) array fitted on SDM-PSI's own maps (:mod:`analysis.sdm.kernel_fit`).
+    path_model, combine : str
+        Kernel path model and rule for several peaks (:func:`analysis.sdm.preprocess.preprocess`).
+    outside_stretch, outside_radius : float
+        Peaks outside the mask (:func:`analysis.sdm.kernel.make_kernel`).
     covariates : list of str, optional
         Study-table columns added to the design (intercept always included), centred on their
         means so that the intercept is the mean at the covariates' averages (as SDM-PSI).
     hypothesis : optional
         Hypothesis row over ``[intercept, covariates...]`` (default: the intercept).
-    leave_n_out : optional
-        Conservative leave-n-out of the MLE (default config ``sdm.leave_n_out``).
-    heterogeneity : {"dl", "reml"}, optional
+    leave_n_out : "auto" or int
+        Conservative leave-n-out of the MLE (:func:`analysis.sdm.metansue.censored_mle`).
+    heterogeneity : {"dl", "reml"}
         Between-study variance of each imputation's model: DerSimonian-Laird (SDM-PSI's default,
-        ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``). Default:
-        config ``sdm.heterogeneity``.
-    seed : int, optional
-        Seed (default config ``seed``); the imputation stream is ``derive_rng(seed, "sdm/impute")``.
+        ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``).
+    seed : int
+        Seed of the imputations (stream ``derive_rng(seed, "sdm/impute")``,
+        :mod:`analysis.sdm.rng`).
     n_jobs : int
         Threads for the meta-analysis of the imputations.
     keep_imputations : bool
         Keep the (m, k, V) imputed images on the result (needed for permutations).
-    preprocess_kwargs : dict, optional
-        Extra arguments of :func:`analysis.sdm.preprocess.preprocess`.
+    progress : bool
+        Show progress bars.
+
+    Examples
+    --------
+    >>> est = SDMPSI(imputations=10, seed=0)            # doctest: +SKIP
+    >>> result = est.fit(SDMDataset.from_sdm_project(folder))  # doctest: +SKIP
+    >>> result.get_map("z")                              # doctest: +SKIP
     """
 
-    def __init__(self, fwhm=None, anisotropy=None, imputations=None, unknown_peak_mode=None,
-                 covariates=None, hypothesis=None, leave_n_out=None, heterogeneity=None,
-                 seed=None, n_jobs: int = 1,
-                 keep_imputations: bool = True, progress: bool = False,
-                 preprocess_kwargs: dict | None = None):
-        cfg = load_config()
-        sdm = cfg["sdm"]
-        self.fwhm = float(sdm["fwhm_mm"] if fwhm is None else fwhm)
-        self.anisotropy = float(sdm["anisotropy"] if anisotropy is None else anisotropy)
-        self.imputations = int(sdm["imputations"] if imputations is None else imputations)
-        self.unknown_peak_mode = unknown_peak_mode or sdm["unknown_peak_mode"]
-        self.covariates = list(covariates or [])
+    def __init__(self, fwhm: float = 20.0, anisotropy: float = 1.0, imputations: int = 50,
+                 unknown_peak_mode: str = "corrected", kernel_template="gray_matter",
+                 path_model: str = "gaussian", combine: str = "weighted",
+                 outside_stretch: float = 1.5, outside_radius: float = 16.0,
+                 covariates=None, hypothesis=None, leave_n_out="auto",
+                 heterogeneity: str = "dl", seed: int = 0, n_jobs: int = 1,
+                 keep_imputations: bool = True, progress: bool = False):
+        self.fwhm = fwhm
+        self.anisotropy = anisotropy
+        self.imputations = imputations
+        self.unknown_peak_mode = unknown_peak_mode
+        self.kernel_template = kernel_template
+        self.path_model = path_model
+        self.combine = combine
+        self.outside_stretch = outside_stretch
+        self.outside_radius = outside_radius
+        self.covariates = covariates
         self.hypothesis = hypothesis
-        self.leave_n_out = sdm["leave_n_out"] if leave_n_out is None else leave_n_out
-        self.heterogeneity = check_heterogeneity(
-            sdm.get("heterogeneity", "dl") if heterogeneity is None else heterogeneity)
-        self.seed = int(cfg["seed"] if seed is None else seed)
-        self.n_jobs = int(n_jobs)
+        self.leave_n_out = leave_n_out
+        self.heterogeneity = heterogeneity
+        self.seed = seed
+        self.n_jobs = n_jobs
         self.keep_imputations = keep_imputations
         self.progress = progress
-        self.preprocess_kwargs = dict(preprocess_kwargs or {})
-        if self.imputations < 2:
+
+    def _checked(self) -> dict:
+        """Parameters checked and typed (called by :meth:`fit`)."""
+        from analysis.sdm.preprocess import COMBINE_RULES, UNKNOWN_PEAK_MODES
+
+        p = self.get_params()
+        p["fwhm"], p["anisotropy"] = float(p["fwhm"]), float(p["anisotropy"])
+        if p["fwhm"] <= 0 or not 0.0 <= p["anisotropy"] <= 1.0:
+            raise ValueError(f"fwhm must be > 0 and anisotropy in [0, 1], got {p['fwhm']}, "
+                             f"{p['anisotropy']}")
+        p["imputations"] = int(p["imputations"])
+        if p["imputations"] < 2:
             raise ValueError("at least 2 imputations are needed for Rubin's rules")
+        if p["unknown_peak_mode"] not in UNKNOWN_PEAK_MODES:
+            raise ValueError(f"unknown_peak_mode must be one of {UNKNOWN_PEAK_MODES}")
+        if p["combine"] not in COMBINE_RULES:
+            raise ValueError(f"combine must be one of {COMBINE_RULES}")
+        p["heterogeneity"] = check_heterogeneity(p["heterogeneity"])
+        p["covariates"] = list(p["covariates"] or [])
+        p["seed"], p["n_jobs"] = int(p["seed"]), int(p["n_jobs"])
+        return p
 
-    def get_params(self) -> dict:
-        return {k: getattr(self, k) for k in ("fwhm", "anisotropy", "imputations",
-                                              "unknown_peak_mode", "covariates", "hypothesis",
-                                              "leave_n_out", "heterogeneity", "seed")}
+    def fit(self, dataset, mask_img=None, recreation_mask=None) -> MetaResult:
+        """Pre-process ``dataset`` (an :class:`~analysis.sdm.dataset.SDMDataset`) and fit.
 
-    def fit(self, dataset, mask_img=None) -> MetaResult:
-        """Pre-process ``dataset`` (an :class:`~analysis.sdm.dataset.SDMDataset`) and fit."""
-        from analysis.grid import gm_mask
+        Parameters
+        ----------
+        dataset : SDMDataset
+        mask_img : nibabel image, optional
+            Analysis mask on SDM-PSI's 2 mm grid; default the dataset's (``dataset.mask``, e.g.
+            the ``sdm_mask.nii.gz`` of an SDM project folder), else the MNI152 grey-matter mask
+            (:func:`analysis.sdm.space.mni152_gm_mask`).
+        recreation_mask : nibabel image, optional
+            Whole mask the study maps are recreated on when ``mask_img`` is a region of it
+            (:func:`analysis.sdm.preprocess.recreation_space`).
+        """
         from analysis.sdm.preprocess import preprocess
+        from analysis.sdm.space import mni152_gm_mask
 
-        space = MaskSpace(gm_mask() if mask_img is None else mask_img)
+        p = self._checked()
+        if mask_img is None:
+            mask_img = getattr(dataset, "mask", None)
+        space = MaskSpace(mni152_gm_mask() if mask_img is None else mask_img)
         t0 = time.perf_counter()
-        bounds = preprocess(dataset, space, fwhm=self.fwhm, anisotropy=self.anisotropy,
-                            unknown_peak_mode=self.unknown_peak_mode, progress=self.progress,
-                            **self.preprocess_kwargs)
+        bounds = preprocess(dataset, space, fwhm=p["fwhm"], anisotropy=p["anisotropy"],
+                            unknown_peak_mode=p["unknown_peak_mode"],
+                            template=p["kernel_template"], path_model=p["path_model"],
+                            combine=p["combine"], outside_stretch=p["outside_stretch"],
+                            outside_radius=p["outside_radius"],
+                            recreation_mask=recreation_mask, progress=p["progress"])
         t_pp = time.perf_counter() - t0
         studies = dataset.studies.set_index("study").loc[list(bounds.studies)].reset_index()
-        X, names = design_matrix(studies, self.covariates)
+        X, names = design_matrix(studies, p["covariates"])
         res = self.fit_bounds(bounds.lower, bounds.upper, bounds.n1, bounds.n2, space, X=X,
                               studies=list(bounds.studies))
         res.bounds = bounds
@@ -315,6 +401,7 @@ class SDMPSI:
     def fit_bounds(self, lower, upper, n1, n2, space: MaskSpace, X=None, studies=None
                    ) -> MetaResult:
         """Fit from ready-made bound maps (k, V), e.g. SDM-PSI's own ``pp/`` maps."""
+        p = self._checked()
         lower = np.asarray(lower, dtype=np.float32)
         upper = np.asarray(upper, dtype=np.float32)
         k, nv = lower.shape
@@ -323,28 +410,32 @@ class SDMPSI:
         n1 = np.asarray(n1, dtype=float)
         n2 = np.full(k, np.nan) if n2 is None else np.asarray(n2, dtype=float)
         X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
-        C = parse_hypothesis(self.hypothesis, X.shape[1])
+        C = parse_hypothesis(p["hypothesis"], X.shape[1])
         timings = {}
         t = time.perf_counter()
-        mle = censored_mle(lower, upper, n1, n2, X, C, leave_n_out=self.leave_n_out,
-                           progress=self.progress)
+        mle = censored_mle(lower, upper, n1, n2, X, C, leave_n_out=p["leave_n_out"],
+                           progress=p["progress"])
         timings["mle_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        rng = derive_rng(self.seed, "sdm/impute")
-        imps = impute(lower, upper, mle, n1, n2, space, imputations=self.imputations, rng=rng,
-                      fwhm_mm=self.fwhm, progress=self.progress)
+        rng = derive_rng(p["seed"], "sdm/impute")
+        imps = impute(lower, upper, mle, n1, n2, space, imputations=p["imputations"], rng=rng,
+                      fwhm_mm=p["fwhm"], progress=p["progress"])
         timings["impute_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        pooled = analyse_imputations(imps, n1, n2, X, C, heterogeneity=self.heterogeneity,
-                                     n_jobs=self.n_jobs, progress=self.progress)
+        pooled = analyse_imputations(imps, n1, n2, X, C, heterogeneity=p["heterogeneity"],
+                                     n_jobs=p["n_jobs"], progress=p["progress"])
         timings["meta_s"] = round(time.perf_counter() - t, 3)
         maps = maps_from_pooled(pooled)
-        params = self.get_params()
-        return MetaResult(
+        params = {k: p[k] for k in ("fwhm", "anisotropy", "imputations", "unknown_peak_mode",
+                                    "covariates", "hypothesis", "leave_n_out", "heterogeneity",
+                                    "seed")}
+        self.results_ = MetaResult(
             maps=maps, space=space, df=int(pooled["df"]),
             studies=list(studies) if studies is not None else [f"study{i}" for i in range(k)],
-            n1=n1, n2=n2, X=X, C=C, mle=mle, imputations=imps if self.keep_imputations else None,
-            params=params, description_=describe(params, k, space.n_voxels), timings=timings)
+            n1=n1, n2=n2, X=X, C=C, mle=mle, imputations=imps if p["keep_imputations"] else None,
+            params=params, description_=describe(params, k, space.n_voxels), timings=timings,
+            estimator=copy.copy(self))
+        return self.results_
 
 
 def maps_from_pooled(pooled: dict) -> dict:

@@ -357,7 +357,8 @@ class AnisotropicKernel:
 
 
 def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
-                template=None, path_model: str = "gaussian", outside_stretch: float | None = None):
+                template="gray_matter", path_model: str = "gaussian",
+                outside_stretch: float = 1.5, outside_radius: float = 16.0):
     """Kernel for a space: isotropic when ``anisotropy == 0``, else anisotropic.
 
     Parameters
@@ -368,15 +369,17 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
         FWHM (mm).
     anisotropy : float
         Degree of anisotropy in [0, 1].
-    template : str or numpy.ndarray, optional
-        A stretch template (array of shape (13, X, Y, Z)) or the name of one known to
-        :func:`analysis.sdm.templates.stretch_template` (default: config
-        ``sdm.kernel_template``, ``"enge_fit"``).
+    template : str or numpy.ndarray
+        A stretch template (array of shape (13, X, Y, Z), e.g. fitted on SDM-PSI's maps by
+        :mod:`analysis.sdm.kernel_fit`) or the name of one of
+        :func:`analysis.sdm.templates.stretch_template` (default ``"gray_matter"``).
     path_model : str
         See :class:`AnisotropicKernel`.
-    outside_stretch : float, optional
-        Stretch of the straight segments from a peak outside the mask (default: config
-        ``sdm.outside_stretch``).
+    outside_stretch : float
+        Stretch of the straight segments from a peak outside the mask (1.5, chosen on the
+        training half of Enge et al. 2021 among 1.0, 1.5 and 2.0).
+    outside_radius : float
+        ... reaching mask voxels up to this far (mm) from the peak.
 
     Returns
     -------
@@ -384,18 +387,12 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
     """
     if anisotropy == 0.0:
         return IsotropicKernel(space, fwhm)
-    from analysis.config import load_config
     from analysis.sdm.templates import stretch_template
 
-    cfg = load_config()["sdm"]
-    if template is None:
-        template = cfg.get("kernel_template", "enge_fit")
     if isinstance(template, str):
         stretch = stretch_template(template, space.affine, space.shape)
     else:
         stretch = np.asarray(template, dtype=float)
-    if outside_stretch is None:
-        outside_stretch = float(cfg.get("outside_stretch", 1.5))
     return AnisotropicKernel(space, stretch, fwhm=fwhm, anisotropy=anisotropy,
-                             path_model=path_model, outside_stretch=outside_stretch,
-                             outside_radius=float(cfg.get("outside_radius_mm", 16.0)))
+                             path_model=path_model, outside_stretch=float(outside_stretch),
+                             outside_radius=float(outside_radius))

@@ -27,18 +27,16 @@ Fit (:func:`fit_edge_stretch`, :func:`assemble_stretch`)
 
 Split (:func:`split_studies`)
     Studies sorted by id; even positions (0, 2, ...) train, odd positions are held out. The
-    shipped template (:func:`enge_stretch_template`) is fitted on the training half only, so the
-    held-out figures of :func:`evaluate` describe it.
+    template the compendium uses (:func:`analysis.resources.enge_stretch_template`, cached) is
+    fitted on the training half only, so the held-out figures of :func:`evaluate` describe it.
 
 Limits (measured, :func:`evaluate`): see ``tests/test_sdm_preprocess.py`` (T4 tests).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from functools import lru_cache
 
 import numpy as np
 
@@ -47,9 +45,7 @@ from analysis.sdm.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
 
-#: dataset holding SDM-PSI's bound maps of Enge et al. (2021)
-ENGE_DATASET = "validation/enge2021_sdm"
-#: bump when the fit changes (part of the cache key)
+#: bump when the fit changes (part of the compendium's cache key)
 FIT_VERSION = 1
 
 
@@ -157,8 +153,14 @@ def split_studies(ids) -> tuple[list, list]:
     return order[0::2], order[1::2]
 
 
-def load_enge(folder=None):
+def load_enge(folder):
     """SDM-PSI's Enge et al. (2021) project: dataset, mask space and bound maps.
+
+    Parameters
+    ----------
+    folder : path-like
+        The project folder with SDM-PSI's ``pp/`` bound maps and ``sdm_mask.nii.gz``
+        (the compendium fetches it as dataset ``validation/enge2021_sdm``).
 
     Returns
     -------
@@ -169,14 +171,15 @@ def load_enge(folder=None):
         SDM-PSI v6.21's bound maps, rows in ``dataset.ids`` order.
     g_thr : numpy.ndarray, shape (50,)
     """
+    from pathlib import Path
+
     import nibabel as nib
 
-    from analysis.fetch import fetch_dataset
     from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.effect_sizes import g_from_t
     from analysis.sdm.preprocess import read_bound_maps
 
-    folder = fetch_dataset(ENGE_DATASET) if folder is None else folder
+    folder = Path(folder)
     ds = SDMDataset.from_sdm_project(folder)
     space = MaskSpace(nib.load(folder / "sdm_mask.nii.gz"))
     lo, up = (a.astype(float) for a in read_bound_maps(folder / "pp", ds.ids, space))
@@ -187,16 +190,7 @@ def load_enge(folder=None):
     return ds, space, lo, up, g_thr
 
 
-def _source_checksums() -> dict:
-    from analysis.fetch import registry
-
-    reg = registry()
-    keep = [k for k in sorted(reg) if k.startswith(ENGE_DATASET + "/")
-            and (k.endswith("sdm_mask.nii.gz") or "/pp/" in k or k.endswith(".txt"))]
-    return {k: reg[k]["sha256"] for k in keep}
-
-
-def fit_enge_template(folder=None, fwhm: float = 20.0) -> tuple[np.ndarray, dict]:
+def fit_enge_template(folder, fwhm: float = 20.0) -> tuple[np.ndarray, dict]:
     """Fit the stretch template on the training half of Enge et al. (2021) (module docstring).
 
     Returns
@@ -217,47 +211,6 @@ def fit_enge_template(folder=None, fwhm: float = 20.0) -> tuple[np.ndarray, dict
                 voxels_reached=float(np.mean(np.isfinite(fit[2]))),
                 fallback=float(np.nanmedian(fit[2])), seconds=time.perf_counter() - t0)
     return stretch, meta
-
-
-def enge_stretch_template(affine, shape, fwhm: float = 20.0) -> np.ndarray:
-    """The fitted template on a grid, cached in the dataset cache with its source checksums.
-
-    The inputs come through :func:`analysis.fetch.fetch_dataset` (SHA-256 checked); the cache
-    file name carries a hash of their checksums, the fit version and the FWHM, and the file
-    stores the checksums. Only SDM's 2 mm MNI grid is supported.
-    """
-    arr = _enge_cached(tuple(np.asarray(affine, float).ravel()), tuple(shape), float(fwhm))
-    arr.flags.writeable = False
-    return arr
-
-
-@lru_cache(maxsize=1)
-def _enge_cached(affine_key: tuple, shape: tuple, fwhm: float) -> np.ndarray:
-    import json
-
-    from analysis.fetch import cache_dir
-    from analysis.grid import grid_affine, grid_shape
-    from analysis.io import atomic_path
-
-    if shape != tuple(grid_shape()) or not np.allclose(np.reshape(affine_key, (4, 4)),
-                                                       grid_affine()):
-        raise ValueError("the fitted Enge template exists only on the 2 mm MNI analysis grid")
-    sums = _source_checksums()
-    key = hashlib.sha256(json.dumps([sums, FIT_VERSION, fwhm], sort_keys=True).encode()
-                         ).hexdigest()[:16]
-    path = cache_dir() / "derived" / f"sdm_stretch_enge2021_{key}.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            if json.loads(str(z["sources"])) == sums:
-                return z["stretch"]
-    LGR.info("fitting the SDM stretch template on Enge et al. (2021) (cached in %s)", path)
-    stretch, meta = fit_enge_template(fwhm=fwhm)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, stretch=stretch, sources=json.dumps(sums),
-                                meta=json.dumps(meta), version=FIT_VERSION)
-    return stretch
 
 
 def bound_correlation(lower, upper, sdm_lower, sdm_upper) -> float:
@@ -299,18 +252,18 @@ def outside_mask_peaks(ds, space: MaskSpace, lower, upper, g_thr, sigma: float):
     return pd.DataFrame(rows)
 
 
-def evaluate(folder=None, *, template=None, outside_stretch: float | None = None,
+def evaluate(folder, *, template=None, outside_stretch: float = 1.5,
              baselines: bool = True, progress: bool = False):
     """Fit on the training half, report per-study agreement with SDM-PSI on both halves.
 
     Parameters
     ----------
-    folder : path, optional
-        The Enge project folder (default: fetched).
+    folder : path-like
+        The Enge project folder (:func:`load_enge`).
     template : numpy.ndarray, optional
         Stretch template to evaluate (default: :func:`fit_enge_template` on the training half).
-    outside_stretch : float, optional
-        Default: config ``sdm.outside_stretch``.
+    outside_stretch : float
+        Stretch of the straight segments from a peak outside the mask.
     baselines : bool
         Also evaluate the isotropic 20 mm kernel and the tissue template ``gray_matter``.
 

@@ -34,7 +34,7 @@ def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray,
     Parameters
     ----------
     studies : DataFrame
-        Study table (``analysis.studies.load_studies``): ``age``, ``female_pct``, ``treated``
+        Study table (``analysis.sdm.studies.load_studies``): ``age``, ``female_pct``, ``treated``
         (0/1) or any numeric column.
     covariate : str
 

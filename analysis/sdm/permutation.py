@@ -46,21 +46,29 @@ from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from analysis.config import derive_rng, load_config
 from analysis.sdm import tfce as tfce_mod
 from analysis.sdm.backend import array_module, check_backend, to_numpy
 from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
 from analysis.sdm.re_kernels import ROWS, check_heterogeneity, compiled_design, run_kernel
+from analysis.sdm.rng import derive_rng
 
 LGR = logging.getLogger(__name__)
 
 MAXIMA_COLUMNS = ["permutation", "max_z", "max_neg_z", "max_tfce", "max_neg_tfce"]
 
 
-def psi_params(cfg: dict | None = None) -> dict:
-    """Settings of the permutation engine (``sdm.psi`` of the configuration)."""
-    cfg = cfg or load_config()
-    return dict(cfg["sdm"]["psi"])
+#: SDM-PSI's number of permutations (including the identity)
+N_PERMUTATIONS = 1000
+#: smoothness (FWHM, mm) of the preliminary subject images: with it, the null max-z quantiles of
+#: Enge et al. (2021) match SDM-PSI's (5/50/95 %: 3.42/3.81/4.39 vs 3.36/3.80/4.38)
+SUBJECT_FWHM_MM = 6.0
+#: REML in the permutation loop: at most this many Newton/Fisher updates, stopping earlier once
+#: no tau2 moves by more than :data:`PSI_REML_TOL`
+PSI_REML_ITERATIONS = 10
+PSI_REML_TOL = 1e-7
+#: permutations per parallel task, and voxels per block of the NumPy kernel (cache-sized)
+CHUNK_SIZE = 10
+VOXEL_BLOCK = 256
 
 
 # ============================================================================================
@@ -202,7 +210,7 @@ def make_subject_images(n1, n2, space, rng: np.random.Generator,
     """
     from analysis.sdm.metansue import correlated_fields
 
-    fwhm_mm = float(psi_params()["subject_fwhm_mm"] if fwhm_mm is None else fwhm_mm)
+    fwhm_mm = float(SUBJECT_FWHM_MM if fwhm_mm is None else fwhm_mm)
     n1 = np.asarray(n1, dtype=float).reshape(-1)
     n2 = np.asarray(n2, dtype=float).reshape(-1)
     out = []
@@ -568,7 +576,7 @@ class PermutationResult:
 
     def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """Write the corrected-p maps (``<prefix>corrp_*.nii.gz``) and ``fwe/maxima.tsv``."""
-        from analysis.io import save_nifti, write_tsv
+        from analysis.sdm.io import save_nifti, write_tsv
 
         out_dir = Path(out_dir)
         written = []
@@ -596,11 +604,13 @@ def _freedman_lane_parts(inputs: PSIInputs, n_iter: int, tol: float, block: int)
     return fit, G - fit
 
 
-def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
-                         seed: int | None = None, n_jobs: int = 1, backend: str = "numpy", *,
-                         chunk_size: int | None = None, reml_iterations: int | None = None,
-                         subject_fwhm_mm: float | None = None, subject_images=None,
-                         heterogeneity: str | None = None,
+def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
+                         seed: int = 0, n_jobs: int = 1, backend: str = "numpy", *,
+                         chunk_size: int = CHUNK_SIZE,
+                         reml_iterations: int = PSI_REML_ITERATIONS,
+                         reml_tol: float = PSI_REML_TOL, voxel_block: int = VOXEL_BLOCK,
+                         subject_fwhm_mm: float = SUBJECT_FWHM_MM, subject_images=None,
+                         heterogeneity: str | None = None, tfce_params: dict | None = None,
                          progress: bool = False) -> PermutationResult:
     """Family-wise error correction by permutation of subject images (SDM-PSI).
 
@@ -608,29 +618,33 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
     ----------
     result_or_inputs : PSIInputs or MetaResult
         Imputed study maps, sample sizes, design and hypothesis.
-    n_permutations : int, optional
-        Number of permutations including the identity (default ``sdm.permutations``, 1000).
-    seed : int, optional
-        Seed of the subject images and the permutation codes (default: the configuration's);
-        streams ``psi/subject_images`` and ``psi/permutations`` via :func:`derive_rng`.
+    n_permutations : int
+        Number of permutations including the identity (SDM-PSI's 1000).
+    seed : int
+        Seed of the subject images and the permutation codes: streams ``psi/subject_images``
+        and ``psi/permutations`` (:func:`analysis.sdm.rng.derive_rng`).
     n_jobs : int
         Parallel workers over permutation chunks (joblib; threads unless a
         :func:`joblib.parallel_config` context, e.g. ``backend="dask"``, says otherwise).
     backend : {"numpy", "numba", "cupy"}
         Array back-end of the meta-analysis kernel (:mod:`analysis.sdm.backend`).
-    chunk_size : int, optional
-        Permutations per task (default ``sdm.psi.chunk_size``).
-    reml_iterations : int, optional
-        Maximum Newton/Fisher updates per REML fit (default ``sdm.psi.reml_iterations``; the
-        fit stops earlier when tau2 moves less than ``sdm.psi.reml_tol``); unused with
-        DerSimonian-Laird.
-    subject_fwhm_mm : float, optional
-        Smoothness of the preliminary subject images (default ``sdm.psi.subject_fwhm_mm``).
+    chunk_size : int
+        Permutations per task.
+    reml_iterations, reml_tol : int, float
+        Maximum Newton/Fisher updates per REML fit, stopping earlier when tau2 moves less than
+        ``reml_tol``; unused with DerSimonian-Laird.
+    voxel_block : int
+        Voxels per block of the NumPy kernel.
+    subject_fwhm_mm : float
+        Smoothness of the preliminary subject images (:data:`SUBJECT_FWHM_MM`).
     subject_images : list of ndarray, optional
         Pre-made subject images (else :func:`make_subject_images`).
     heterogeneity : {"dl", "reml"}, optional
         Between-study variance estimator of every fit (default: the inputs', i.e. the
         estimator's; DerSimonian-Laird as SDM-PSI).
+    tfce_params : dict, optional
+        ``E``, ``H``, ``n_steps``, ``connectivity`` of :func:`analysis.sdm.tfce.tfce` (default
+        SDM-PSI's 0.5, 2, 100, 6).
     progress : bool
         Show a progress bar.
 
@@ -639,17 +653,14 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
     PermutationResult
         Results are identical for any ``n_jobs``, ``chunk_size`` and joblib back-end.
     """
-    cfg = load_config()
-    pp = psi_params(cfg)
-    n_permutations = int(cfg["sdm"]["permutations"] if n_permutations is None else n_permutations)
-    seed = int(cfg["seed"] if seed is None else seed)
+    n_permutations = int(n_permutations)
+    seed = int(seed)
     inputs = PSIInputs.from_result(result_or_inputs)
     heterogeneity = check_heterogeneity(heterogeneity or inputs.heterogeneity)
-    n_iter = int(pp["reml_iterations"] if reml_iterations is None else reml_iterations)
-    n_iter = 0 if heterogeneity == "dl" else n_iter
-    chunk_size = int(pp["chunk_size"] if chunk_size is None else chunk_size)
-    block = int(pp["voxel_block"])
-    tol = float(pp["reml_tol"])
+    n_iter = 0 if heterogeneity == "dl" else int(reml_iterations)
+    chunk_size = int(chunk_size)
+    block = int(voxel_block)
+    tol = float(reml_tol)
     check_backend(backend)
     t0 = time.perf_counter()
     codes = make_codes(inputs, n_permutations, derive_rng(seed, "psi/permutations"))
@@ -661,7 +672,7 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
     else:
         fl_fit, fl_res = _freedman_lane_parts(inputs, n_iter, tol, block)
     engine = _Engine(inputs, subjects, fl_fit, fl_res, n_iter, tol, backend, block,
-                     {k: v for k, v in tfce_mod.tfce_params(cfg).items()})
+                     tfce_mod.tfce_params(**(tfce_params or {})))
     t_setup = time.perf_counter() - t0
     # identity permutation: the observed maps
     obs = engine.pooled(None)
@@ -698,8 +709,7 @@ def psi_permutation_test(result_or_inputs, n_permutations: int | None = None,
             "reml_iterations": n_iter,
             "imputations": int(inputs.imputations.shape[0]), "studies": len(inputs.n1),
             "voxels": int(inputs.space.n_voxels), "method": codes.method,
-            "subject_fwhm_mm": float(pp["subject_fwhm_mm"] if subject_fwhm_mm is None
-                                     else subject_fwhm_mm),
+            "subject_fwhm_mm": float(subject_fwhm_mm),
             "seconds_setup": round(t_setup, 3), "seconds_permutations": round(t_perm, 3)}
     LGR.info("PSI: %d permutations (%s, %s) in %.1f s", n_permutations, codes.method, backend,
              t_perm)

@@ -55,9 +55,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from analysis.config import load_config
-from analysis.errors import DataError
 from analysis.sdm.effect_sizes import g_from_t
+from analysis.sdm.errors import DataError
 from analysis.sdm.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class Bounds:
         """Write ``<study>_lower.nii.gz`` / ``<study>_upper.nii.gz`` (SDM's ``pp/`` layout)."""
         from pathlib import Path
 
-        from analysis.io import save_nifti
+        from analysis.sdm.io import save_nifti
 
         out_dir = Path(out_dir)
         paths = []
@@ -306,39 +305,47 @@ def _weighted(kernel, xyz, g, g_thr, nv):
     return lower.astype(np.float32), upper.astype(np.float32)
 
 
-def recreation_space(space: MaskSpace) -> tuple[MaskSpace, np.ndarray | None]:
+def recreation_space(space: MaskSpace, recreation_mask=None) -> tuple[MaskSpace, np.ndarray | None]:
     """Where study maps are recreated for an analysis on ``space``.
 
     Peaks outside the recreation mask keep their position; their kernel reaches the mask's
-    voxels around them (SDM-PSI v6.21, :mod:`analysis.sdm.kernel`). When ``space`` is a proper sub-region of the grey-matter mask (a region-of-interest
-    restriction, ``sdm.analysis_roi_radius_mm``), the maps must still be recreated on the whole
-    grey-matter mask and then restricted: recreated on the region itself, every peak elsewhere in
-    the brain would be moved onto the region's edge as a full-strength known effect (found by the
-    whole-pipeline null calibration: 95 % of the peaks moved a median 29 mm, 66 % voxel-FWE false
-    positives instead of about 8 %).
+    voxels around them (SDM-PSI v6.21, :mod:`analysis.sdm.kernel`). When ``space`` is a proper
+    sub-region of the recreation mask (a region of interest), the maps must still be recreated
+    on the whole mask and then restricted: recreated on the region itself, every peak elsewhere
+    in the brain would be moved onto the region's edge as a full-strength known effect (found by
+    a whole-pipeline null calibration: 95 % of the peaks moved a median 29 mm, 66 % voxel-FWE
+    false positives instead of about 8 %).
+
+    Parameters
+    ----------
+    space : MaskSpace
+        The analysis space.
+    recreation_mask : nibabel image, optional
+        The whole mask of the analysis (e.g. SDM-PSI's grey-matter mask); default: ``space``.
 
     Returns
     -------
     full : MaskSpace
-        The recreation space (``space`` itself unless it is a grey-matter sub-region).
+        The recreation space (``space`` itself unless it is a proper sub-region of
+        ``recreation_mask``).
     index : ndarray or None
         Positions of ``space``'s voxels in ``full`` (None when ``full`` is ``space``).
     """
-    from analysis.grid import gm_mask
-
-    gm = gm_mask()
-    gmask = np.asarray(gm.dataobj) > 0
-    same_grid = space.shape == gmask.shape and np.allclose(space.affine, gm.affine)
+    if recreation_mask is None:
+        return space, None
+    gmask = np.asarray(recreation_mask.dataobj) > 0
+    same_grid = space.shape == gmask.shape and np.allclose(space.affine, recreation_mask.affine)
     if not same_grid or (space.mask & ~gmask).any() or space.n_voxels == int(gmask.sum()):
         return space, None
-    full = MaskSpace(gm)
+    full = MaskSpace(recreation_mask)
     return full, full.voxel_index(space.xyz)
 
 
-def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
-               anisotropy: float | None = None, unknown_peak_mode: str | None = None,
-               template=None, path_model: str | None = None, combine: str | None = None,
-               kernel=None, progress: bool = True) -> Bounds:
+def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
+               unknown_peak_mode: str = "corrected", template="gray_matter",
+               path_model: str = "gaussian", combine: str = "weighted",
+               outside_stretch: float = 1.5, outside_radius: float = 16.0,
+               recreation_mask=None, kernel=None, progress: bool = True) -> Bounds:
     """Bound maps of every study of an :class:`~analysis.sdm.dataset.SDMDataset`.
 
     Parameters
@@ -347,24 +354,28 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
         Studies (``study, n1, n2, t_thr``) and MNI peaks (``study, x, y, z, t, sign``).
     space : MaskSpace
         Voxel space (any mask on the 2 mm grid).
-    fwhm : float, optional
-        Kernel FWHM in mm (default: config ``sdm.fwhm_mm``, 20 as SDM-PSI).
-    anisotropy : float, optional
-        Degree of anisotropy in [0, 1] (default: config ``sdm.anisotropy``, 1 as SDM-PSI).
-    unknown_peak_mode : {"corrected", "sdm621"}, optional
-        Effect of peaks without a statistic (default: config ``sdm.unknown_peak_mode``).
-    template : str or numpy.ndarray, optional
-        Stretch template of the anisotropic kernel (default: config ``sdm.kernel_template``,
-        ``"enge_fit"``, :mod:`analysis.sdm.kernel_fit`).
-    path_model : {"gaussian", "product"}, optional
-        See :class:`analysis.sdm.kernel.AnisotropicKernel` (default: config
-        ``sdm.path_model``).
-    combine : {"weighted", "maxmin", "maxk"}, optional
-        Rule for several peaks of a study (default: config ``sdm.combine``).
+    fwhm : float
+        Kernel FWHM in mm (20, as SDM-PSI).
+    anisotropy : float
+        Degree of anisotropy in [0, 1] (1, as SDM-PSI).
+    unknown_peak_mode : {"corrected", "sdm621"}
+        Effect of peaks without a statistic (module docstring).
+    template : str or numpy.ndarray
+        Stretch template of the anisotropic kernel (:func:`analysis.sdm.kernel.make_kernel`):
+        a name of :mod:`analysis.sdm.templates` or an array fitted by
+        :mod:`analysis.sdm.kernel_fit`.
+    path_model : {"gaussian", "product"}
+        See :class:`analysis.sdm.kernel.AnisotropicKernel`.
+    combine : {"weighted", "maxmin", "maxk"}
+        Rule for several peaks of a study.
+    outside_stretch, outside_radius : float
+        Peaks outside the mask (:func:`analysis.sdm.kernel.make_kernel`).
+    recreation_mask : nibabel image, optional
+        The mask the maps are recreated on when ``space`` is a region of it
+        (:func:`recreation_space`); default ``space`` itself.
     kernel : object, optional
         A prepared kernel (overrides fwhm/anisotropy/template), e.g. to reuse its peak cache;
-        maps are recreated on its space and restricted to ``space``. Without one, the kernel is
-        built on :func:`recreation_space` of ``space``.
+        maps are recreated on its space and restricted to ``space``.
     progress : bool
         Show a tqdm progress bar.
 
@@ -379,12 +390,6 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
     """
     from analysis.sdm.kernel import make_kernel
 
-    cfg = load_config()["sdm"]
-    fwhm = cfg["fwhm_mm"] if fwhm is None else fwhm
-    anisotropy = cfg["anisotropy"] if anisotropy is None else anisotropy
-    unknown_peak_mode = cfg["unknown_peak_mode"] if unknown_peak_mode is None else unknown_peak_mode
-    path_model = cfg.get("path_model", "gaussian") if path_model is None else path_model
-    combine = cfg.get("combine", "weighted") if combine is None else combine
     if combine not in COMBINE_RULES:
         raise ValueError(f"combine must be one of {COMBINE_RULES}, got {combine!r}")
     if unknown_peak_mode not in UNKNOWN_PEAK_MODES:
@@ -392,9 +397,10 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float | None = None,
                          f"got {unknown_peak_mode!r}")
     t0 = time.perf_counter()
     if kernel is None:
-        rec, index = recreation_space(space)
+        rec, index = recreation_space(space, recreation_mask)
         kernel = make_kernel(rec, fwhm=fwhm, anisotropy=anisotropy, template=template,
-                             path_model=path_model)
+                             path_model=path_model, outside_stretch=outside_stretch,
+                             outside_radius=outside_radius)
     else:  # a prepared kernel brings its own recreation space: locate the analysis voxels in it
         rec = kernel.space
         index = None if rec is space else rec.voxel_index(space.xyz)

@@ -34,14 +34,16 @@ import logging
 
 import numpy as np
 
-from analysis.config import load_config
-
 LGR = logging.getLogger(__name__)
+
+#: REML: at most this many Fisher-scoring updates per fit, stopping once tau2 moves less than
+#: :data:`REML_TOL` (metafor's defaults, Viechtbauer 2010)
+REML_MAX_ITER = 50
+REML_TOL = 1e-6
 
 
 def _defaults() -> tuple[int, float]:
-    cfg = load_config()["sdm"]
-    return int(cfg["reml_max_iter"]), float(cfg["reml_tol"])
+    return REML_MAX_ITER, REML_TOL
 
 
 def _design(X, k: int) -> np.ndarray:
@@ -150,8 +152,8 @@ def reml_tau2(y, v, X=None, max_iter: int | None = None, tol: float | None = Non
     X : ndarray, shape (k, p), optional
         Design shared by all voxels (default: intercept only).
     max_iter, tol : optional
-        Iteration limit and absolute tolerance on tau2 (default: ``sdm.reml_max_iter`` and
-        ``sdm.reml_tol`` of the configuration).
+        Iteration limit and absolute tolerance on tau2 (default :data:`REML_MAX_ITER`,
+        :data:`REML_TOL`).
     tau2 : ndarray, shape (..., V), optional
         Starting values (default ``max(0, var(y) - mean(v))``, as ``metansue``).
 

@@ -1,4 +1,5 @@
-"""Voxel space of the engine: a mask on the 2 mm grid and the vector <-> volume mapping.
+"""Voxel space of the engine: SDM-PSI's 2 mm MNI grid, masks on it, and the vector <-> volume
+mapping.
 
 Every map inside the engine is a 1-D float array over the in-mask voxels, in C order of the
 mask's ``np.nonzero`` (the order SDM-PSI also uses for its ``*.sdmimage.bin`` files).
@@ -7,9 +8,93 @@ mask's ``np.nonzero`` (the order SDM-PSI also uses for its ``*.sdmimage.bin`` fi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import nibabel as nib
 import numpy as np
+
+#: SDM-PSI's analysis grid: 2 mm MNI voxels, 91 x 109 x 91
+VOXEL_MM = 2.0
+GRID_SHAPE = (91, 109, 91)
+#: its voxel-to-MNI affine (LAS orientation, like SDM-PSI's images)
+GRID_AFFINE = ((-2.0, 0.0, 0.0, 90.0), (0.0, 2.0, 0.0, -126.0), (0.0, 0.0, 2.0, -72.0),
+               (0.0, 0.0, 0.0, 1.0))
+
+
+def grid_shape() -> tuple[int, int, int]:
+    """Shape of the analysis grid (:data:`GRID_SHAPE`)."""
+    return GRID_SHAPE
+
+
+def grid_affine() -> np.ndarray:
+    """Voxel-to-MNI affine of the analysis grid (:data:`GRID_AFFINE`)."""
+    return np.array(GRID_AFFINE, dtype=float)
+
+
+def mni_to_ijk(xyz, affine: np.ndarray | None = None) -> np.ndarray:
+    """MNI millimetres (n x 3) to fractional voxel indices (n x 3)."""
+    aff = grid_affine() if affine is None else affine
+    xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
+    return (np.linalg.inv(aff) @ np.c_[xyz, np.ones(len(xyz))].T)[:3].T
+
+
+def ijk_to_mni(ijk, affine: np.ndarray | None = None) -> np.ndarray:
+    """Voxel indices (n x 3) to MNI millimetres (n x 3)."""
+    aff = grid_affine() if affine is None else affine
+    ijk = np.atleast_2d(np.asarray(ijk, dtype=float))
+    return (aff @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
+
+
+def _resample(img, interpolation: str):
+    from nilearn.image import resample_img
+
+    return resample_img(
+        img, target_affine=grid_affine(), target_shape=grid_shape(),
+        interpolation=interpolation, force_resample=True, copy_header=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def brain_mask() -> nib.Nifti1Image:
+    """MNI152 2 mm brain mask on the analysis grid (used to reject coordinates outside the brain)."""
+    from nilearn.datasets import load_mni152_brain_mask
+
+    img = _resample(load_mni152_brain_mask(resolution=2), "nearest")
+    data = (np.asarray(img.dataobj) > 0).astype(np.uint8)
+    return nib.Nifti1Image(data, grid_affine())
+
+
+@lru_cache(maxsize=1)
+def mni152_gm_mask(threshold: float = 0.2) -> nib.Nifti1Image:
+    """nilearn's MNI152 grey-matter probability > threshold, on the analysis grid."""
+    from nilearn.datasets import load_mni152_gm_template
+
+    img = _resample(load_mni152_gm_template(resolution=2), "continuous")
+    data = (np.asarray(img.dataobj) > threshold).astype(np.uint8)
+    return nib.Nifti1Image(data, grid_affine())
+
+
+def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0) -> np.ndarray:
+    """Whether each MNI coordinate falls in the mask (nearest voxel; optional tolerance in mm).
+
+    With ``tolerance_mm`` > 0 a coordinate counts as inside when any mask voxel lies within that
+    distance (peaks reported on the cortical surface can fall just outside a template mask).
+    """
+    mask = brain_mask() if mask is None else mask
+    data = np.asarray(mask.dataobj) > 0
+    ijk = np.rint(mni_to_ijk(xyz, mask.affine)).astype(int)
+    out = np.zeros(len(ijk), dtype=bool)
+    r = int(np.ceil(tolerance_mm / 2.0))
+    offs = [(a, b, c) for a in range(-r, r + 1) for b in range(-r, r + 1) for c in range(-r, r + 1)
+            if 4.0 * (a * a + b * b + c * c) <= tolerance_mm ** 2] or [(0, 0, 0)]
+    for n, (i, j, k) in enumerate(ijk):
+        for a, b, c in offs:
+            ii, jj, kk = i + a, j + b, k + c
+            if (0 <= ii < data.shape[0] and 0 <= jj < data.shape[1] and 0 <= kk < data.shape[2]
+                    and data[ii, jj, kk]):
+                out[n] = True
+                break
+    return out
 
 
 @dataclass

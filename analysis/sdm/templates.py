@@ -20,8 +20,7 @@ Tissue-similarity model ("gray_matter")
     voxels (the "gray_matter" template correlates grey-matter voxels best).
 
     ``s0`` (< 1: SDM's fully anisotropic kernel is wider than the 20 mm Gaussian inside grey
-    matter, spec §4.3), ``beta`` and ``gamma`` are fixed in ``analysis/config.yaml``
-    (``sdm.template``: 0.65, 0, 0.75). They were chosen by the mean voxelwise correlation with
+    matter), ``beta`` and ``gamma`` default to :data:`TISSUE_PARAMS` (0.65, 0, 0.75). They were chosen by the mean voxelwise correlation with
     the SDM-PSI v6.21 bound maps of Enge et al. (2021) on 5 of the 10 mirrored studies
     (bauer2017, backes2002, mooreparks2010, balsamo2006, skeide2014six; r = 0.932 vs 0.914
     for the isotropic 20 mm kernel) and checked on the other 5 (r = 0.928 vs 0.920). The
@@ -37,10 +36,11 @@ Tissue-similarity model ("gray_matter")
     individual-variability structure that population tissue maps cannot supply. So this is a
     model of SDM's kernel, not its template: expect voxelwise deviations.
 
-"enge_fit" (default, config ``sdm.kernel_template``)
-    Edge stretch fitted on SDM-PSI v6.21's own bound maps of the training half of Enge et al.
-    (2021, NeuroImage 241:118436): :mod:`analysis.sdm.kernel_fit`. Held-out agreement with
-    SDM-PSI is far better than the tissue model's (see ``tests/test_sdm_preprocess.py``).
+Fitted templates
+    An edge stretch fitted on SDM-PSI v6.21's own bound maps (:mod:`analysis.sdm.kernel_fit`,
+    e.g. on the training half of Enge et al. 2021, NeuroImage 241:118436) is passed to the
+    kernel as an array; its held-out agreement with SDM-PSI is far better than the tissue
+    model's (see ``tests/test_sdm_preprocess.py``).
 
 "uniform"
     ``s = 1`` everywhere: a Gaussian of the geodesic distance inside the mask (paths cannot
@@ -54,12 +54,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from analysis.config import load_config
 from analysis.sdm.kernel import OFFSETS
 
 LGR = logging.getLogger(__name__)
 
-TEMPLATES = ("enge_fit", "gray_matter", "uniform")
+TEMPLATES = ("gray_matter", "uniform")
+#: parameters of the tissue-similarity template, chosen on 5 of Enge et al.'s (2021) SDM-PSI
+#: bound maps and checked on 5 others
+TISSUE_PARAMS = {"s0": 0.65, "beta": 0.0, "gamma": 0.75}
 
 
 def _resample(img, affine, shape):
@@ -145,14 +147,14 @@ def stretch_template(name: str, affine, shape, params: dict | None = None) -> np
 
     Parameters
     ----------
-    name : {"enge_fit", "gray_matter", "uniform"}
+    name : {"gray_matter", "uniform"}
         Template (module docstring).
     affine : array-like, shape (4, 4)
         Grid affine.
     shape : tuple of int
         Grid shape.
     params : dict, optional
-        ``s0, beta, gamma`` for "gray_matter" (default: config ``sdm.template``).
+        ``s0, beta, gamma`` for "gray_matter" (default :data:`TISSUE_PARAMS`).
 
     Returns
     -------
@@ -160,12 +162,7 @@ def stretch_template(name: str, affine, shape, params: dict | None = None) -> np
     """
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; known: {TEMPLATES}")
-    if name == "enge_fit":
-        from analysis.sdm.kernel_fit import enge_stretch_template
-
-        return enge_stretch_template(affine, shape)
-    cfg = dict(load_config()["sdm"].get("template", {}))
-    cfg.update(params or {})
+    cfg = {**TISSUE_PARAMS, **(params or {})}
     p = (float(cfg.get("s0", 1.0)), float(cfg.get("beta", 0.0)), float(cfg.get("gamma", 0.0)))
     arr = _stretch_cached(name, tuple(np.asarray(affine, float).ravel()), tuple(shape), p)
     arr.flags.writeable = False

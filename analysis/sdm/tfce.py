@@ -34,8 +34,6 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from analysis.config import load_config
-
 LGR = logging.getLogger(__name__)
 
 _FACE_OFFSETS = np.array(
@@ -43,11 +41,14 @@ _FACE_OFFSETS = np.array(
 )
 
 
-def tfce_params(cfg: dict | None = None) -> dict:
-    """TFCE parameters (``E``, ``H``, ``n_steps``, ``connectivity``) from ``sdm.tfce``."""
-    t = (cfg or load_config())["sdm"]["tfce"]
-    return {"E": float(t["E"]), "H": float(t["H"]), "n_steps": int(t["n_steps"]),
-            "connectivity": int(t["connectivity"])}
+def tfce_params(E: float = 0.5, H: float = 2.0, n_steps: int = 100,
+                connectivity: int = 6) -> dict:
+    """TFCE parameters, SDM-PSI's by default (Smith & Nichols 2009; E 0.5, H 2, 100 heights,
+    6-connectivity), checked and typed.
+    """
+    _check_connectivity(int(connectivity))
+    return {"E": float(E), "H": float(H), "n_steps": int(n_steps),
+            "connectivity": int(connectivity)}
 
 
 def _check_connectivity(connectivity: int) -> None:
@@ -281,14 +282,16 @@ def tfce(z: np.ndarray, space, *, E: float | None = None, H: float | None = None
     space : MaskSpace
         The voxel space.
     E, H, n_steps, connectivity : optional
-        Default to ``sdm.tfce`` of the configuration (0.5, 2, 100, 6).
+        Default to SDM-PSI's (0.5, 2, 100, 6; :func:`tfce_params`).
 
     Returns
     -------
     tfce_pos, tfce_neg : ndarray (V,) float64
         TFCE of ``max(z, 0)`` and of ``max(-z, 0)``.
     """
-    p = tfce_params()
+    p = tfce_params(**{k: v for k, v in dict(E=E, H=H, n_steps=n_steps,
+                                                connectivity=connectivity).items()
+                        if v is not None})
     E = p["E"] if E is None else E
     H = p["H"] if H is None else H
     n_steps = p["n_steps"] if n_steps is None else n_steps

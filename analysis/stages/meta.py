@@ -28,19 +28,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.errors import DataError
 from analysis.grid import MASK_DESCRIPTIONS
-from analysis.io import save_figure, save_nifti, write_tsv
-from analysis.labels import cluster_breakdown
-from analysis.peaks import REAL_PREFIXES
-from analysis.sdm.clusters import (
-    DECREASE,
-    INCREASE,
-    threshold_clusters,
-    threshold_defaults,
-    values_at_peaks,
-)
+from analysis.io import save_figure
+from analysis.labels import aal_labeler, cluster_breakdown
+from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters, values_at_peaks
+from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
+from analysis.sdm.io import save_nifti, write_tsv
+from analysis.sdm.peaks import REAL_PREFIXES
+from analysis.sdm.space import VOXEL_MM
+from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
 
@@ -76,11 +73,11 @@ def load_published_table3(data_dir) -> pd.DataFrame:
 def input_provenance(dataset) -> dict:
     """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
-    :func:`analysis.peaks.classify_provenance` over every study of the study table: a study is
+    :func:`analysis.sdm.peaks.classify_provenance` over every study of the study table: a study is
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; real when
     all start with ``original:`` or ``sdm-import:``; studies without peak rows are listed apart.
     """
-    from analysis.peaks import classify_provenance
+    from analysis.sdm.peaks import classify_provenance
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
@@ -88,7 +85,8 @@ def input_provenance(dataset) -> dict:
             else pd.Series(REAL_PREFIXES[0], index=peaks.index))
     v = classify_provenance(studies, peaks["study"].astype(str), prov)
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
-            "no_peaks": v.no_peaks, "statement": v.statement}
+            "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
+            "n_peaks_simulated": v.n_peaks_simulated}
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,7 +295,8 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     maps = result.maps
     for name in MAP_NAMES:
         save_nifti(out(f"maps/{name}.nii.gz"), space.to_img(maps[name]))
-    clusters = threshold_clusters(maps["z"], space, **threshold_defaults(config))
+    clusters = threshold_clusters(maps["z"], space, labeler=aal_labeler,
+                                  **params.threshold_params(config))
     save_nifti(out("maps/z_thresholded.nii.gz"), space.to_img(clusters.thresholded_z))
     lab_img = space.to_img(clusters.labels)
     lab_img.set_data_dtype(np.int16)
@@ -336,11 +335,22 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     ]
     return {
         "imputations": int(imputations),
+        "imputations_configured": int(config["sdm"]["imputations"]),
+        "parameters": {"fwhm_mm": config["sdm"]["fwhm_mm"],
+                       "voxel_mm": int(VOXEL_MM) if VOXEL_MM.is_integer() else VOXEL_MM,
+                       "p_uncorrected": float(config["sdm"]["threshold"]["p_uncorrected"]),
+                       "min_cluster_voxels": int(config["sdm"]["threshold"]["min_cluster_voxels"]),
+                       "peak_z": float(config["sdm"]["threshold"]["peak_z"]),
+                       "seed": int(config["seed"])},
         "n_studies": provenance["n_studies"],
         "inputs_real": len(provenance["real"]),
         "inputs_simulated": len(provenance["simulated"]),
         "inputs_statement": provenance["statement"],
         "real_studies": provenance["real"],
+        "simulated_studies": provenance["simulated"],
+        "studies_without_peaks": provenance["no_peaks"],
+        "n_peaks_real": provenance["n_peaks_real"],
+        "n_peaks_simulated": provenance["n_peaks_simulated"],
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
         "clusters": clusters_values,
@@ -364,29 +374,51 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
 # the stage
 
 
-def fit_mean_model(dataset, config: dict, imputations: int, rng):
-    """Fit the SDM-PSI mean model with the configured pre-processing and estimator."""
-    from analysis.grid import analysis_mask
-    from analysis.sdm.estimator import SDMPSI
+#: what stage ``robustness`` reuses of this stage's fit: the bound maps and the fit's seed
+FIT_FILE = "intermediate/meta_fit.npz"
 
-    cfg = config["sdm"]
-    est = SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
-                 unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations,
-                 heterogeneity=cfg["heterogeneity"], seed=int(rng.integers(2**31 - 1)))
-    return est.fit(dataset, mask_img=analysis_mask(config))
+
+def fit_mean_model(dataset, config: dict, imputations: int, seed: int):
+    """Fit the SDM-PSI mean model with the configured pre-processing and estimator."""
+    est = params.estimator(config, imputations, seed)
+    return est.fit(dataset, *params.masks(config))
+
+
+def save_fit(path, result, seed: int) -> None:
+    """Write what re-fits need (:func:`load_fit`): bound maps, sample sizes, study ids, seed."""
+    from analysis.sdm.io import atomic_path
+
+    b = result.bounds
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, studies=np.asarray(b.studies, dtype=str), lower=b.lower,
+                            upper=b.upper, g_thr=b.g_thr, n1=b.n1, n2=b.n2,
+                            seed=np.int64(seed), imputations=np.int64(result.params["imputations"]))
+
+
+def load_fit(path, space) -> tuple:
+    """``(bounds, seed, imputations)`` written by :func:`save_fit`, on ``space``."""
+    from analysis.sdm.preprocess import Bounds
+
+    with np.load(path) as z:
+        bounds = Bounds(list(z["studies"]), z["lower"], z["upper"], z["g_thr"], z["n1"],
+                        z["n2"], space)
+        if bounds.lower.shape[1] != space.n_voxels:
+            raise DataError(path, f"bound maps over {bounds.lower.shape[1]} voxels, the analysis "
+                            f"mask has {space.n_voxels}")
+        return bounds, int(z["seed"]), int(z["imputations"])
 
 
 def produce(ctx) -> dict:
     """Stage ``meta``: mean analysis of ``data/``, Table 3, Figure 2, funnel plots."""
-    from analysis.sdm.dataset import SDMDataset
-
-    dataset = SDMDataset.from_data_dir(ctx.data_dir)
+    dataset = params.compendium_dataset(ctx.data_dir, ctx.config)
     cfg = ctx.config["sdm"]
     n_imp = int(cfg["imputations_quick"] if ctx.quick else cfg["imputations"])
     published = load_published_table3(ctx.data_dir)
     provenance = input_provenance(dataset)
     LGR.info("meta: %d studies (%s), %d imputations", len(dataset.studies),
              provenance["statement"], n_imp)
-    result = fit_mean_model(dataset, ctx.config, n_imp, ctx.rng("fit"))
+    seed = int(ctx.rng("fit").integers(2**31 - 1))
+    result = fit_mean_model(dataset, ctx.config, n_imp, seed)
+    save_fit(ctx.out(FIT_FILE), result, seed)
     return report(result, dataset, published, ctx.out, config=ctx.config,
                   provenance=provenance, imputations=n_imp)

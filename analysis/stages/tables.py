@@ -25,9 +25,9 @@ import pandas as pd
 from scipy import stats
 
 from analysis.io import write_tsv
-from analysis.peaks import load_peaks
-from analysis.studies import CONTRASTS, load_studies
-from analysis.tsvio import read_tsv_text
+from analysis.sdm.io import read_tsv_text
+from analysis.sdm.peaks import load_peaks
+from analysis.sdm.studies import CONTRASTS, load_studies
 
 LGR = logging.getLogger(__name__)
 
@@ -152,13 +152,18 @@ def _r(v: float, nd: int) -> float:
     return round(float(v), nd)
 
 
-def compute(data_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Tables 1-2 and the values of the stage (no files written)."""
+def compute(data_dir: Path | None = None, checks: dict | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Tables 1-2 and the values of the stage (no files written); ``checks``: the data checks
+    (:func:`analysis.stages.params.data_checks`; the engine's defaults when None).
+    """
     from analysis import paths
+    from analysis.sdm.peaks import _split_checks
 
     ddir = Path(data_dir or paths.data_dir())
-    studies = load_studies(ddir)
-    peaks = load_peaks(ddir, studies=studies)
+    study_kw, _ = _split_checks(checks or {})
+    studies = load_studies(ddir, **study_kw)
+    peaks = load_peaks(ddir, studies=studies, **(checks or {}))
     pub = load_published(ddir)
     v: dict = {}
     v["n_studies"] = int(len(studies))
@@ -243,7 +248,9 @@ def compute(data_dir: Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, d
 
 def produce(ctx) -> dict:
     """Pipeline stage ``tables``: write Tables 1-2 and return the sample values."""
-    t1, t2, values = compute(ctx.data_dir)
+    from analysis.stages.params import data_checks
+
+    t1, t2, values = compute(ctx.data_dir, data_checks(ctx.config))
     write_tsv(ctx.out("tables/table1.tsv"), t1)
     write_tsv(ctx.out("tables/table2.tsv"), t2)
     LGR.info("Tables 1-2: %d studies, %d patients, %d controls, %d peaks",

@@ -14,8 +14,8 @@ and the tables need:
 ``t_thr``
     The voxel-level t threshold (sdm-psi spec §2.3): one-tailed ``T⁻¹_df(1 - p)`` for an
     uncorrected p; for a corrected threshold the voxel-level t actually applied is unknown and
-    the rule of Enge et al. (2021) is used: t for p = ``config data.corrected_voxel_p`` (0.05).
-    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm_format`) takes precedence.
+    the rule of Enge et al. (2021) is used: t for p = ``corrected_voxel_p`` (0.05).
+    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.project`) takes precedence.
 ``age``
     Sample-size-weighted mean of the two groups' mean ages (NaN when either is not reported).
 ``female_pct``, ``treated``
@@ -31,15 +31,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import paths
-from analysis.config import load_config
-from analysis.coords import MAX_ABS_T, t_threshold
-from analysis.errors import DataError, DataErrors
-from analysis.tsvio import read_tsv_text
+from analysis.sdm.coords import MAX_ABS_T, t_threshold
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.io import read_tsv_text
 
 LGR = logging.getLogger(__name__)
 
 STUDIES_FILE = "studies.tsv"
+#: "p<0.05 corrected" studies: t_thr = one-tailed t for this p (as Enge et al. 2021)
+CORRECTED_VOXEL_P = 0.05
 
 #: Columns every study table has.
 REQUIRED = ["study", "n_patients"]
@@ -79,17 +79,18 @@ def parse_correction(text: str) -> tuple[float, str] | None:
 
 
 def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
-                  config: dict | None = None) -> tuple[pd.DataFrame, list[DataError]]:
+                  corrected_voxel_p: float = CORRECTED_VOXEL_P
+                  ) -> tuple[pd.DataFrame, list[DataError]]:
     """Validate a study table read as text and compute the derived columns.
 
     Parameters
     ----------
     raw : pandas.DataFrame
-        Output of :func:`analysis.tsvio.read_tsv_text` (index = data row number).
+        Output of :func:`analysis.sdm.io.read_tsv_text` (index = data row number).
     file : str
         File name used in error messages.
-    config : dict, optional
-        Configuration (defaults to :func:`analysis.config.load_config`).
+    corrected_voxel_p : float
+        Voxel p of "p<... corrected" studies (module docstring).
 
     Returns
     -------
@@ -99,8 +100,7 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
     errors : list of DataError
         Every problem found.
     """
-    cfg = config or load_config()
-    corrected_p = float(cfg["data"]["corrected_voxel_p"])
+    corrected_p = float(corrected_voxel_p)
     errors: list[DataError] = []
 
     def err(row, field, msg):
@@ -287,15 +287,16 @@ def reported_signs(studies: pd.DataFrame) -> dict[str, set[int]]:
     return out
 
 
-def load_studies(data_dir: str | Path | None = None, config: dict | None = None) -> pd.DataFrame:
+def load_studies(data_dir: str | Path, corrected_voxel_p: float = CORRECTED_VOXEL_P
+                 ) -> pd.DataFrame:
     """Read and validate ``studies.tsv``, adding n1, n2, df, thresholds and covariates.
 
     Parameters
     ----------
     data_dir : path-like, optional
-        Folder holding ``studies.tsv`` (default :func:`analysis.paths.data_dir`).
-    config : dict, optional
-        Configuration (defaults to :func:`analysis.config.load_config`).
+        Folder holding ``studies.tsv``.
+    corrected_voxel_p : float
+        See :func:`check_studies`.
 
     Returns
     -------
@@ -308,9 +309,9 @@ def load_studies(data_dir: str | Path | None = None, config: dict | None = None)
     DataError, DataErrors
         Any invalid cell (all of them are listed).
     """
-    path = Path(data_dir or paths.data_dir()) / STUDIES_FILE
+    path = Path(data_dir) / STUDIES_FILE
     raw = read_tsv_text(path, required=REQUIRED)
-    studies, errors = check_studies(raw, file=STUDIES_FILE, config=config)
+    studies, errors = check_studies(raw, file=STUDIES_FILE, corrected_voxel_p=corrected_voxel_p)
     if errors:
         raise errors[0] if len(errors) == 1 else DataErrors(errors)
     studies["n1"] = studies["n1"].astype(np.int64)

@@ -13,7 +13,7 @@ An SDM project folder holds
 
 Reading is strict, every problem located by file, line and field: a peak file with no peak (use
 ``no_peaks``), a ``no_peaks`` file holding peaks, a ``<name>.<suffix>.txt`` file with an unknown
-suffix, a study listed twice in ``sdm_table.txt``, |t| above :data:`analysis.coords.MAX_ABS_T`,
+suffix, a study listed twice in ``sdm_table.txt``, |t| above :data:`analysis.sdm.coords.MAX_ABS_T`,
 peaks more than :data:`OUTSIDE_BRAIN_MM` from the MNI152 brain mask, and every study-table
 problem (``n1 = 0``, ``t_thr = "high"``...) reported against ``sdm_table.txt`` and its own column
 names (:func:`check_sdm_table`).
@@ -21,9 +21,9 @@ names (:func:`check_sdm_table`).
 :func:`read_sdm_project` gives the compendium's tables: a ``studies.tsv``-compatible table (text
 cells kept as written, so nothing is lost; columns ``study, design, n_patients, n_controls,
 t_thr, threshold, peak_file`` then the covariates) and a ``peaks.tsv`` table
-(:data:`analysis.peaks.PEAK_COLUMNS`, provenance ``sdm-import:<folder name>``).
+(:data:`analysis.sdm.peaks.PEAK_COLUMNS`, provenance ``sdm-import:<folder name>``).
 :func:`write_sdm_project` writes such a folder from either those tables or the validated ones of
-:func:`analysis.studies.load_studies` / :func:`analysis.peaks.load_peaks`. Numbers are written in
+:func:`analysis.sdm.studies.load_studies` / :func:`analysis.sdm.peaks.load_peaks`. Numbers are written in
 their shortest exact form, so read → write → read returns identical values.
 """
 
@@ -38,13 +38,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.config import load_config
-from analysis.coords import MAX_ABS_T, to_mni
-from analysis.errors import DataError, DataErrors
-from analysis.io import atomic_path
-from analysis.peaks import PEAK_COLUMNS, check_peaks, format_peaks
-from analysis.studies import check_studies
-from analysis.tsvio import format_number, read_tsv_text
+from analysis.sdm.coords import MAX_ABS_T, to_mni
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.io import atomic_path, format_number, read_tsv_text
+from analysis.sdm.peaks import PEAK_COLUMNS, check_peaks, format_peaks
+from analysis.sdm.studies import CORRECTED_VOXEL_P, check_studies
 
 LGR = logging.getLogger(__name__)
 
@@ -94,9 +92,9 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         ``two-sample``), ``n_patients`` (= n1), ``n_controls`` (= n2, blank for one-sample),
         ``t_thr``, ``threshold``, ``peak_file`` (the suffix, e.g. ``other_mni``), then the
         covariate columns of ``sdm_table.txt`` in their order. Valid input for
-        :func:`analysis.studies.check_studies`.
+        :func:`analysis.sdm.studies.check_studies`.
     peaks : pandas.DataFrame
-        :data:`analysis.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
+        :data:`analysis.sdm.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
         ``stat_type`` ``t`` (value signed) or ``none`` (``p``/``n`` lines), ``provenance``
         ``sdm-import:<folder name>``.
 
@@ -178,17 +176,18 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return sdf, pdf
 
 
-def check_sdm_table(studies: pd.DataFrame, config: dict | None = None) -> list[DataError]:
+def check_sdm_table(studies: pd.DataFrame,
+                    corrected_voxel_p: float = CORRECTED_VOXEL_P) -> list[DataError]:
     """Problems of an imported study table, located in ``sdm_table.txt`` by its own names.
 
-    Runs :func:`analysis.studies.check_studies` (sample sizes, thresholds, bounds, identifiers)
+    Runs :func:`analysis.sdm.studies.check_studies` (sample sizes, thresholds, bounds, identifiers)
     on the table of :func:`read_sdm_project` and reports each problem against
     ``sdm_table.txt``, its data row and its column (``n1``, ``n2``, ``t_thr``...), not against
     the ``studies.tsv`` it would become.
     """
     raw = studies.astype(object).where(studies.notna(), "").astype(str)
     raw.index = pd.RangeIndex(1, len(raw) + 1)
-    _, errs = check_studies(raw, TABLE_FILE, config)
+    _, errs = check_studies(raw, TABLE_FILE, corrected_voxel_p)
     out = []
     for e in errs:
         field = TABLE_FIELD.get(e.field, e.field)
@@ -217,7 +216,7 @@ def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
     """Distance (mm) of every grid voxel to the MNI152 2 mm brain mask, and the mask's affine."""
     from scipy.ndimage import distance_transform_edt
 
-    from analysis.grid import brain_mask
+    from analysis.sdm.space import brain_mask
 
     mask = brain_mask()
     data = np.asarray(mask.dataobj) > 0
@@ -226,7 +225,7 @@ def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
 
 def _outside_brain(xyz_mni: np.ndarray, max_mm: float = OUTSIDE_BRAIN_MM) -> np.ndarray:
     """Whether each MNI point lies more than ``max_mm`` from the MNI152 2 mm brain mask."""
-    from analysis.grid import mni_to_ijk
+    from analysis.sdm.space import mni_to_ijk
 
     dist, affine = _brain_distance()
     data = dist
@@ -297,29 +296,32 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
     return out
 
 
-def _typed_studies(studies: pd.DataFrame, config: dict) -> pd.DataFrame:
+def _typed_studies(studies: pd.DataFrame,
+                   corrected_voxel_p: float = CORRECTED_VOXEL_P) -> pd.DataFrame:
     if {"n1", "n2", "t_thr", "threshold_kind"} <= set(studies.columns):
         return studies.reset_index(drop=True)
     raw = studies.astype(object).where(studies.notna(), "").astype(str)
     raw.index = pd.RangeIndex(1, len(raw) + 1)
-    typed, errors = check_studies(raw, "studies", config)
+    typed, errors = check_studies(raw, "studies", corrected_voxel_p)
     if errors:
         raise DataErrors(errors)
     return typed
 
 
 def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | Path,
-                      covariates: list[str] | None = None, config: dict | None = None) -> Path:
+                      covariates: list[str] | None = None,
+                      default_covariates=("age", "female_pct", "treated"),
+                      corrected_voxel_p: float = CORRECTED_VOXEL_P) -> Path:
     """Write an SDM-PSI project folder (``sdm_table.txt`` and one peak file per study).
 
     Parameters
     ----------
     studies : pandas.DataFrame
-        :func:`analysis.studies.load_studies` output, or a table as returned by
+        :func:`analysis.sdm.studies.load_studies` output, or a table as returned by
         :func:`read_sdm_project` / read from a compatible ``studies.tsv`` (validated here).
     peaks : pandas.DataFrame
-        Peaks with :data:`analysis.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
-        converted to t (:mod:`analysis.coords`), unknown ones written as ``p`` / ``n``.
+        Peaks with :data:`analysis.sdm.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
+        converted to t (:mod:`analysis.sdm.coords`), unknown ones written as ``p`` / ``n``.
         Coordinates are written in their own space, with the suffix recorded in the studies'
         ``peak_file`` column or else ``other_mni`` / ``other_tal`` / ``spm_brett``.
     folder : path-like
@@ -327,27 +329,27 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
     covariates : list of str, optional
         Columns written after ``threshold``. Default: the table's columns that are neither
         core nor descriptive columns of studies.tsv (i.e. imported covariates); if there are
-        none, ``config sdm.covariates`` (age, female_pct, treated). NaN is written blank.
-    config : dict, optional
-        Configuration.
+        none, those of ``default_covariates`` the table has. NaN is written blank.
+    default_covariates : sequence of str
+        See ``covariates`` (the compendium passes its meta-regression covariates).
+    corrected_voxel_p : float
+        See :func:`analysis.sdm.studies.check_studies`.
 
     Returns
     -------
     pathlib.Path
         The folder.
     """
-    cfg = config or load_config()
     folder = Path(folder)
-    st = _typed_studies(studies, cfg)
+    st = _typed_studies(studies, corrected_voxel_p)
     if covariates is None:
         covariates = [c for c in studies.columns if c not in NOT_COVARIATES]
         if not covariates:
-            covariates = [c for c in cfg["sdm"]["covariates"] if c in st.columns]
+            covariates = [c for c in default_covariates if c in st.columns]
     text = format_peaks(peaks)
     raw = text.copy()
     raw.index = pd.RangeIndex(1, len(raw) + 1)
-    typed, errors = check_peaks(raw, st, "peaks", cfg, check_mask=False,
-                                  check_duplicates=False)
+    typed, errors = check_peaks(raw, st, "peaks", check_mask=False, check_duplicates=False)
     if errors:
         raise DataErrors(errors)
     two = np.isfinite(st["n2"].to_numpy(float))
@@ -394,22 +396,21 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
 
 
 def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str | Path,
-                      config: dict | None = None) -> tuple[Path, Path]:
+                      corrected_voxel_p: float = CORRECTED_VOXEL_P) -> tuple[Path, Path]:
     """Validate and atomically write ``studies.tsv`` + ``peaks.tsv`` (text tables) together.
 
     Used by ``import-sdm``. Coordinates are not checked against the brain mask, nor for
     repeated coordinates, here (published SDM projects contain both); ``validate-data`` does
     that.
     """
-    cfg = config or load_config()
     s = studies.astype(object).where(studies.notna(), "").astype(str)
     s.index = pd.RangeIndex(1, len(s) + 1)
-    typed, errors = check_studies(s, "studies.tsv", cfg)
+    typed, errors = check_studies(s, "studies.tsv", corrected_voxel_p)
     text = format_peaks(peaks)
     raw = text.copy()
     raw.index = pd.RangeIndex(1, len(raw) + 1)
     if not errors:
-        errors += check_peaks(raw, typed, "peaks.tsv", cfg, check_mask=False,
+        errors += check_peaks(raw, typed, "peaks.tsv", check_mask=False,
                               check_duplicates=False)[1]
     if errors:
         raise DataErrors(errors)

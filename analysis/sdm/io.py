@@ -1,25 +1,116 @@
-"""Strict reading and canonical writing of the curated TSV files of ``data/``.
+"""Files of the engine: atomic writes, and strict reading of tab-separated tables.
+
+Writes go to a temporary sibling moved into place with :func:`os.replace` (a reader never sees
+a half-written file; a failure leaves the previous version intact), with the permissions of an
+ordinary new file (``0666`` less the process umask).
+
+Reading tables:
 
 The reader never guesses: the file must be UTF-8, non-empty, tab-separated, with one header line
 and the same number of fields on every line. Leading and trailing whitespace of every cell and
 column name is removed here, once, so the validator, the loaders and every table or value
 derived from them see the same text (``"Bird2010 "`` is ``"Bird2010"`` everywhere). Problems are :class:`analysis.errors.DataError`
 naming the file, the data row (1 = first line after the header) and the field. All cells are
-returned as text; typed parsing is left to the callers (:mod:`analysis.studies`,
-:mod:`analysis.peaks`), which report every bad cell at once.
+returned as text; typed parsing is left to the callers (:mod:`analysis.sdm.studies`,
+:mod:`analysis.sdm.peaks`), which report every bad cell at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
 
 LGR = logging.getLogger(__name__)
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where the system allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination.
+    suffix : str, optional
+        Suffix of the temporary file (some writers infer the format from it); defaults to the
+        destination's full suffix (e.g. ``.nii.gz``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 text."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write bytes."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_tsv(path: str | os.PathLike, df, float_format: str | None = None) -> Path:
+    """Atomically write a pandas DataFrame as TSV (no index)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, float_format=float_format, lineterminator="\n")
+    return Path(path)
+
+
+def save_nifti(path: str | os.PathLike, img) -> Path:
+    """Atomically save a nibabel image (format from the destination's suffix)."""
+    with atomic_path(path) as tmp:
+        img.to_filename(str(tmp))
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_tsv_text(path: str | Path, required: list[str] | None = None,

@@ -57,4 +57,6 @@ def produce(ctx) -> dict:
         values[name] = res["values"]
         results.append(res)
     write_tables(results, ctx.out)
+    values["parameters"] = {k: cfg[k] for k in ("top_terms", "rsfc_r_threshold",
+                                                 "macm_radius_mm")}
     return values

@@ -4,8 +4,9 @@ He et al. (2024) complemented the SDM-PSI mean analysis (stage ``meta``) with a 
 out jackknife, meta-regressions on mean age, percentage of women and treatment (no significant
 effects), heterogeneity (I^2) at the peaks and family-wise-error-corrected inference by
 permutation of subject images (PSI; Albajes-Eizagirre et al. 2019). This stage re-creates the
-main fit exactly (same pre-processing, same seed as stage ``meta``; the agreement with
-``results/maps/z.nii.gz`` is reported), then writes
+main fit exactly from the meta stage's bound maps and seed (``intermediate/meta_fit.npz``: no
+pre-processing is repeated; the agreement with ``results/maps/z.nii.gz`` is reported), then
+writes
 
 - ``maps/corrp_voxel.nii.gz``, ``maps/corrp_voxel_neg.nii.gz``, ``maps/corrp_tfce.nii.gz``,
   ``maps/corrp_tfce_neg.nii.gz`` (``1 - p_FWE``; each direction corrected separately);
@@ -30,9 +31,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from analysis.config import derive_rng
-from analysis.io import save_nifti, write_tsv
-from analysis.sdm.clusters import INCREASE, threshold_clusters, threshold_defaults
+from analysis.sdm.clusters import INCREASE, threshold_clusters
+from analysis.sdm.io import save_nifti, write_tsv
+from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
 
@@ -40,20 +41,6 @@ HETEROGENEITY_COLUMNS = ["cluster", "direction", "x", "y", "z", "tau2", "i2_perc
                          "q_z", "df"]
 FWE_COLUMNS = ["cluster", "direction", "x", "y", "z", "sdm_z", "sdm_z_psi", "p_fwe_voxel",
                "p_fwe_tfce", "tfce", "survives_fwe_voxel", "survives_fwe_tfce"]
-
-
-def _estimator(config: dict, imputations: int, seed: int, **kw):
-    from analysis.sdm.estimator import SDMPSI
-
-    cfg = config["sdm"]
-    return SDMPSI(fwhm=cfg["fwhm_mm"], anisotropy=cfg["anisotropy"],
-                  unknown_peak_mode=cfg["unknown_peak_mode"], imputations=imputations, seed=seed,
-                  heterogeneity=cfg["heterogeneity"], **kw)
-
-
-def meta_fit_seed(config: dict) -> int:
-    """The seed stage ``meta`` gives its estimator (``analysis.sdm.stage.fit_mean_model``)."""
-    return int(derive_rng(config["seed"], "meta/fit").integers(2**31 - 1))
 
 
 def fwe_at_peaks(perm, peaks: pd.DataFrame, z_meta: np.ndarray, alpha: float) -> pd.DataFrame:
@@ -86,14 +73,11 @@ def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataF
 
 def produce(ctx) -> dict:
     """Stage ``robustness`` (see the module docstring)."""
-    from analysis.grid import analysis_mask
     from analysis.sdm import jackknife as jk
     from analysis.sdm import metaregression as mr
-    from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.permutation import psi_permutation_test
-    from analysis.sdm.preprocess import preprocess
     from analysis.sdm.space import MaskSpace
-    from analysis.sdm.stage import input_provenance
+    from analysis.stages.meta import FIT_FILE, input_provenance, load_fit
 
     cfg = ctx.config
     sdm = cfg["sdm"]
@@ -101,20 +85,21 @@ def produce(ctx) -> dict:
     n_imp = int(sdm["imputations_quick"] if ctx.quick else sdm["imputations"])
     n_perm = int(sdm["permutations_quick"] if ctx.quick else sdm["permutations"])
     alpha = float(rob["fwe_alpha"])
-    thr = threshold_defaults(cfg)
+    thr = params.threshold_params(cfg)
 
-    dataset = SDMDataset.from_data_dir(ctx.data_dir)
+    dataset = params.compendium_dataset(ctx.data_dir, cfg)
     provenance = input_provenance(dataset)
-    space = MaskSpace(analysis_mask(cfg))
-    bounds = preprocess(dataset, space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
-                        unknown_peak_mode=sdm["unknown_peak_mode"])
+    space = MaskSpace(params.masks(cfg)[0])
+    bounds, seed, meta_imp = load_fit(ctx.result(FIT_FILE), space)
+    if meta_imp != n_imp:
+        raise RuntimeError(f"stage meta fitted {meta_imp} imputations, robustness expects "
+                           f"{n_imp}: rerun both stages")
     studies = list(bounds.studies)
     table = dataset.studies.set_index("study").loc[studies].reset_index()
-    seed = meta_fit_seed(cfg)
     n1, n2 = np.asarray(bounds.n1, float), np.asarray(bounds.n2, float)
 
     def fit(idx, X=None, hypothesis=None, keep=False):
-        est = _estimator(cfg, n_imp, seed, hypothesis=hypothesis, keep_imputations=keep)
+        est = params.estimator(cfg, n_imp, seed, hypothesis=hypothesis, keep_imputations=keep)
         return est.fit_bounds(bounds.lower[idx], bounds.upper[idx], n1[idx], n2[idx], space,
                               X=X, studies=[studies[i] for i in idx])
 
@@ -131,9 +116,9 @@ def produce(ctx) -> dict:
     peaks = clusters.peaks()
 
     # ---- permutation FWE (PSI)
-    psi = sdm["psi"]
+    psi = params.psi_params(cfg)
     perm = psi_permutation_test(base, n_perm, seed=int(ctx.rng("psi").integers(2**31 - 1)),
-                                n_jobs=int(psi["n_jobs"]), backend=psi["backend"])
+                                **psi, progress=True)
     for name in ("corrp_voxel", "corrp_voxel_neg", "corrp_tfce", "corrp_tfce_neg"):
         save_nifti(ctx.out(f"maps/{name}.nii.gz"), perm.get_map(name))
     write_tsv(ctx.out("tables/permutation_maxima.tsv"), perm.maxima, float_format="%.6f")
@@ -171,7 +156,7 @@ def produce(ctx) -> dict:
         fl = None
         if n_mr > 1:  # Freedman-Lane permutation of studies (spec 7.1)
             fl = psi_permutation_test(res, n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
-                                      n_jobs=int(psi["n_jobs"]), backend=psi["backend"])
+                                      **psi)
             res.imputations = None
         regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), perm=fl, alpha=alpha,
                                       **thr))
@@ -210,6 +195,7 @@ def produce(ctx) -> dict:
         "inputs_statement": provenance["statement"],
         "imputations": n_imp,
         "permutations": n_perm,
+        "permutations_configured": int(sdm["permutations"]),
         "psi_backend": perm.info["backend"],
         "psi_seconds": perm.info["seconds_permutations"],
         "refit_vs_meta_max_abs_z_diff": agreement,

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analysis.commands.bench import peak_rss_gb, register
+from analysis.bench import peak_rss_gb, register
 
 LGR = logging.getLogger(__name__)
 
@@ -98,17 +98,20 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
     from analysis.sdm.kernel import make_kernel
     from analysis.sdm.preprocess import recreation_space
     from analysis.sdm.space import MaskSpace
+    from analysis.stages import params
 
     overrides: dict = {"sdm": {"analysis_roi_radius_mm": roi_radius_mm}}
     if seed is not None:
         overrides["seed"] = int(seed)
     cfg = load_config(overrides)
-    sdm = cfg["sdm"]
     space = MaskSpace(analysis_mask(cfg))
     # one kernel for every simulation (its bounded peak cache is reused across studies), on the
     # space where maps are recreated: the whole grey-matter mask, then restricted to the ROI
-    kernel = make_kernel(recreation_space(space)[0], fwhm=sdm["fwhm_mm"],
-                         anisotropy=sdm["anisotropy"], path_model=sdm.get("path_model", "gaussian"))
+    ep = params.estimator_params(cfg)
+    kernel = make_kernel(recreation_space(space, params.masks(cfg)[1])[0], fwhm=ep["fwhm"],
+                         anisotropy=ep["anisotropy"], template=ep["kernel_template"],
+                         path_model=ep["path_model"], outside_stretch=ep["outside_stretch"],
+                         outside_radius=ep["outside_radius"])
     return _Pipeline(cfg, space, kernel, int(n_studies), int(imputations), int(permutations),
                      backend, int(n_jobs))
 
@@ -136,8 +139,8 @@ def simulate_once(pipe: _Pipeline, i: int, alpha: float) -> dict:
     from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.permutation import psi_permutation_test
     from analysis.sdm.preprocess import preprocess
-    from analysis.sdm.robustness_stage import _estimator
     from analysis.simulate import simulate_meta_dataset
+    from analysis.stages import params
 
     cfg, sdm = pipe.cfg, pipe.cfg["sdm"]
     rng = derive_rng(int(cfg["seed"]), STREAM.format(i=i))
@@ -145,15 +148,15 @@ def simulate_once(pipe: _Pipeline, i: int, alpha: float) -> dict:
     studies, peaks = simulate_meta_dataset(pipe.n_studies, [], rng, null=True, cfg=cfg)
     t1 = time.perf_counter()
     ds = SDMDataset(studies, peaks)
-    b = preprocess(ds, pipe.space, fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
-                   unknown_peak_mode=sdm["unknown_peak_mode"], kernel=pipe.kernel,
-                   progress=False)
-    res = _estimator(cfg, pipe.imputations, int(rng.integers(2**31 - 1)),
-                     keep_imputations=True).fit_bounds(b.lower, b.upper, b.n1, b.n2, pipe.space,
+    b = preprocess(ds, pipe.space, unknown_peak_mode=sdm["unknown_peak_mode"],
+                   combine=sdm["combine"], kernel=pipe.kernel, progress=False)
+    res = params.estimator(cfg, pipe.imputations, int(rng.integers(2**31 - 1)),
+                           keep_imputations=True).fit_bounds(b.lower, b.upper, b.n1, b.n2, pipe.space,
                                                        studies=list(b.studies))
     t2 = time.perf_counter()
+    psi = {**params.psi_params(cfg), "n_jobs": pipe.n_jobs, "backend": pipe.backend}
     perm = psi_permutation_test(res, pipe.permutations, seed=int(rng.integers(2**31 - 1)),
-                                n_jobs=pipe.n_jobs, backend=pipe.backend)
+                                **psi)
     t3 = time.perf_counter()
     maps, mx = perm.maps, perm.maxima.to_numpy()[:, 1:]
     counts = peaks.groupby("study").size().reindex(studies["study"]).fillna(0).to_numpy(int)

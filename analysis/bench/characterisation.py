@@ -102,7 +102,7 @@ BENCHMARKS = {
 }
 
 
-if __name__ == "__main__":  # python -m analysis.characterisation.bench
+if __name__ == "__main__":  # python -m analysis.bench.characterisation
     import json
 
     logging.basicConfig(level=logging.INFO)

@@ -29,17 +29,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import paths
-from analysis.config import load_config
-from analysis.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
-from analysis.errors import DataError, DataErrors
-from analysis.io import atomic_path
-from analysis.studies import STUDY_SPACES, reported_signs
-from analysis.tsvio import format_number, read_tsv_text
+from analysis.sdm.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.io import atomic_path, format_number, read_tsv_text
+from analysis.sdm.studies import STUDY_SPACES, reported_signs
 
 LGR = logging.getLogger(__name__)
 
 PEAKS_FILE = "peaks.tsv"
+#: a peak may lie up to 4 mm (2 voxels) outside the MNI152 2 mm brain mask
+MASK_TOLERANCE_MM = 4.0
+#: a known |t| may be below the study's t_thr by rounding only
+T_BELOW_THRESHOLD_TOLERANCE = 0.01
 PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
                 "provenance", "note"]
 STAT_TYPES = ("t", "z", "p", "none")
@@ -159,31 +160,35 @@ def _int(cell) -> int | None:
     return int(v) if v is not None and float(v).is_integer() else None
 
 
-def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE,
-                config: dict | None = None, check_mask: bool = True,
-                check_duplicates: bool = True) -> tuple[pd.DataFrame, list[DataError]]:
+def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE, *,
+                check_mask: bool = True, check_duplicates: bool = True,
+                mask_tolerance_mm: float = MASK_TOLERANCE_MM,
+                t_tolerance: float = T_BELOW_THRESHOLD_TOLERANCE
+                ) -> tuple[pd.DataFrame, list[DataError]]:
     """Validate a peak table read as text and convert every peak to MNI and t.
 
     Parameters
     ----------
     raw : pandas.DataFrame
-        Output of :func:`analysis.tsvio.read_tsv_text` (index = data row number).
+        Output of :func:`analysis.sdm.io.read_tsv_text` (index = data row number).
     studies : pandas.DataFrame
-        Validated study table (:func:`analysis.studies.load_studies`); gives df, the study's
+        Validated study table (:func:`analysis.sdm.studies.load_studies`); gives df, the study's
         space and its reported contrasts.
     file : str
         File name used in error messages.
-    config : dict, optional
-        Configuration (``data.mask_tolerance_mm``).
     check_mask : bool
-        Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.grid.in_mask`,
-        with ``data.mask_tolerance_mm`` tolerance) after conversion to MNI.
+        Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.sdm.space.in_mask`,
+        with ``mask_tolerance_mm`` tolerance) after conversion to MNI.
     check_duplicates : bool
         Reject two peaks of one study with the same sign and coordinates, and known t values
-        below the study's ``t_thr`` (by more than ``data.t_below_threshold_tolerance``, the
-        rounding of printed statistics). Off when reading or writing SDM projects: published
+        below the study's ``t_thr`` (by more than ``t_tolerance``, the rounding of printed
+        statistics). Off when reading or writing SDM projects: published
         projects contain both (Enge et al.'s lee2011vis reports -42,27,0 twice; booth2007 and
         xue2004 have t below the t_thr entered).
+    mask_tolerance_mm : float
+        A peak may lie this far outside the brain mask (4 mm: 2 voxels).
+    t_tolerance : float
+        A known |t| may be below the study's t_thr by this much (rounding only).
 
     Returns
     -------
@@ -193,7 +198,6 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     errors : list of DataError
         Every problem found.
     """
-    cfg = config or load_config()
     errors: list[DataError] = []
 
     def err(row, field, msg):
@@ -315,7 +319,7 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         err(row, "stat_value", f"converts to |t| = {abs(tv):g} (from {stype} with the study's df), "
             f"above {MAX_ABS_T:g}: more than any real study reports")
     if check_duplicates and "t_thr" in st:  # a reported peak cannot be below its threshold
-        tol = float(cfg["data"]["t_below_threshold_tolerance"])
+        tol = float(t_tolerance)
         thr = out["study"].map(st["t_thr"]).to_numpy(float)
         tv = out["t"].to_numpy(float)
         with np.errstate(invalid="ignore"):
@@ -325,9 +329,9 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
                 f"t_thr = {b:.3f} (a reported peak must pass it; check the value or the "
                 "study's correction)")
     if check_mask and n:
-        from analysis.grid import in_mask
+        from analysis.sdm.space import in_mask
 
-        tol = float(cfg["data"]["mask_tolerance_mm"])
+        tol = float(mask_tolerance_mm)
         xyz = out[["x_mni", "y_mni", "z_mni"]].to_numpy()
         ok = np.isfinite(xyz).all(axis=1)
         inside = np.ones(n, dtype=bool)
@@ -377,8 +381,8 @@ def _convert(peaks: pd.DataFrame, st: pd.DataFrame) -> None:
     peaks["conversion"] = ["; ".join(c) for c in conv]
 
 
-def load_peaks(data_dir: str | Path | None = None, studies: pd.DataFrame | None = None,
-               config: dict | None = None, check_mask: bool = True) -> pd.DataFrame:
+def load_peaks(data_dir: str | Path, studies: pd.DataFrame | None = None, *,
+               check_mask: bool = True, **checks) -> pd.DataFrame:
     """Read and validate ``peaks.tsv``; add MNI coordinates, signed t, df and conversions.
 
     Parameters
@@ -386,11 +390,12 @@ def load_peaks(data_dir: str | Path | None = None, studies: pd.DataFrame | None 
     data_dir : path-like, optional
         Folder holding ``peaks.tsv`` (and ``studies.tsv`` when ``studies`` is not given).
     studies : pandas.DataFrame, optional
-        Validated study table (default :func:`analysis.studies.load_studies` of ``data_dir``).
-    config : dict, optional
-        Configuration.
+        Validated study table (default :func:`analysis.sdm.studies.load_studies` of ``data_dir``).
     check_mask : bool
         Reject peaks outside the brain mask (see :func:`check_peaks`).
+    **checks
+        ``mask_tolerance_mm``, ``t_tolerance`` of :func:`check_peaks` and
+        ``corrected_voxel_p`` of :func:`analysis.sdm.studies.check_studies`.
 
     Returns
     -------
@@ -405,16 +410,26 @@ def load_peaks(data_dir: str | Path | None = None, studies: pd.DataFrame | None 
     DataError, DataErrors
         Any invalid cell (all of them are listed).
     """
-    from analysis.studies import load_studies
+    from analysis.sdm.studies import load_studies
 
-    ddir = Path(data_dir or paths.data_dir())
+    ddir = Path(data_dir)
+    study_kw, peak_kw = _split_checks(checks)
     if studies is None:
-        studies = load_studies(ddir, config=config)
+        studies = load_studies(ddir, **study_kw)
     raw = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
-    peaks, errors = check_peaks(raw, studies, config=config, check_mask=check_mask)
+    peaks, errors = check_peaks(raw, studies, check_mask=check_mask, **peak_kw)
     if errors:
         raise errors[0] if len(errors) == 1 else DataErrors(errors)
     return peaks.sort_values(["study", "peak_id"], kind="stable").reset_index(drop=True)
+
+
+def _split_checks(checks: dict) -> tuple[dict, dict]:
+    """Keyword arguments of the study checks and of the peak checks."""
+    unknown = set(checks) - {"corrected_voxel_p", "mask_tolerance_mm", "t_tolerance"}
+    if unknown:
+        raise TypeError(f"unknown check parameters {sorted(unknown)}")
+    study = {k: v for k, v in checks.items() if k == "corrected_voxel_p"}
+    return study, {k: v for k, v in checks.items() if k != "corrected_voxel_p"}
 
 
 def format_peaks(df: pd.DataFrame) -> pd.DataFrame:
@@ -439,9 +454,8 @@ def format_peaks(df: pd.DataFrame) -> pd.DataFrame:
     return text.reset_index(drop=True)
 
 
-def write_peaks(df: pd.DataFrame, data_dir: str | Path | None = None,
-                studies: pd.DataFrame | None = None, config: dict | None = None,
-                check_mask: bool = True) -> Path:
+def write_peaks(df: pd.DataFrame, data_dir: str | Path, studies: pd.DataFrame | None = None,
+                *, check_mask: bool = True, **checks) -> Path:
     """Validate and atomically write ``peaks.tsv`` in canonical form.
 
     The whole table is checked first (as :func:`load_peaks` would read it back); on any error
@@ -454,28 +468,29 @@ def write_peaks(df: pd.DataFrame, data_dir: str | Path | None = None,
     df : pandas.DataFrame
         Peaks with (at least) :data:`PEAK_COLUMNS`; extra columns are dropped.
     data_dir : path-like, optional
-        Destination folder (default :func:`analysis.paths.data_dir`).
+        Destination folder.
     studies : pandas.DataFrame, optional
         Study table to validate against (default: ``studies.tsv`` of ``data_dir``).
-    config : dict, optional
-        Configuration.
     check_mask : bool
         Check coordinates against the brain mask.
+    **checks
+        As :func:`load_peaks`.
 
     Returns
     -------
     pathlib.Path
         The written file.
     """
-    from analysis.studies import load_studies
+    from analysis.sdm.studies import load_studies
 
-    ddir = Path(data_dir or paths.data_dir())
+    ddir = Path(data_dir)
+    study_kw, peak_kw = _split_checks(checks)
     if studies is None:
-        studies = load_studies(ddir, config=config)
+        studies = load_studies(ddir, **study_kw)
     text = format_peaks(df)
     raw = text.copy()
     raw.index = pd.RangeIndex(1, len(raw) + 1)
-    _, errors = check_peaks(raw, studies, config=config, check_mask=check_mask)
+    _, errors = check_peaks(raw, studies, check_mask=check_mask, **peak_kw)
     if errors:
         raise errors[0] if len(errors) == 1 else DataErrors(errors)
     dest = ddir / PEAKS_FILE

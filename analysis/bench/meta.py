@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from analysis.commands.bench import peak_rss_gb, register
+from analysis.bench import peak_rss_gb, register
 
 
 def _nimare_dataset(dataset):
@@ -38,19 +38,21 @@ def _nimare_dataset(dataset):
 
 @register("meta", "SDM mean analysis of data/ (50 imputations) vs per-voxel reference and NiMARE")
 def bench_meta(args: argparse.Namespace) -> dict:
+    from analysis import paths
+    from analysis.config import load_config
     from analysis.grid import gm_mask
-    from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.estimator import SDMPSI
     from analysis.sdm.reference import reference_meta
+    from analysis.stages import params
 
+    cfg = load_config()
     imputations = int(getattr(args, "imputations", 50) or 50)
-    dataset = SDMDataset.from_data_dir()
-    mask = gm_mask()
-    SDMPSI(imputations=2, seed=1, progress=False).fit(dataset.subset(dataset.ids[:3]),
-                                                       mask_img=mask)  # compile kernels
+    dataset = params.compendium_dataset(paths.data_dir(), cfg)
+    mask = gm_mask(cfg["sdm"]["mask"])
+    params.estimator(cfg, 2, 1).fit(dataset.subset(dataset.ids[:3]),
+                                    mask_img=mask)  # compile kernels
     t0 = time.perf_counter()
-    res = SDMPSI(imputations=imputations, seed=1, progress=False,
-                 keep_imputations=False).fit(dataset, mask_img=mask)
+    res = params.estimator(cfg, imputations, 1, keep_imputations=False).fit(dataset,
+                                                                             mask_img=mask)
     t_engine = time.perf_counter() - t0
     rss = peak_rss_gb()
 
