@@ -4,8 +4,7 @@ With Quarto on PATH this is ``quarto render`` (HTML and Typst PDF, run with this
 QUARTO_PYTHON); without it, :func:`analysis.render.render_pandoc` executes the same
 ``manuscript/index.qmd`` in a Jupyter kernel and converts it with pandoc (``--citeproc``, the
 project's Lua filters) into ``_manuscript/index.html`` and, through Typst,
-``_manuscript/index.pdf``.
-Both read only ``results/`` (run ``python -m analysis run`` or ``make paper`` first).
+``_manuscript/index.pdf``. Both read only ``results/`` (run ``python -m analysis run`` or ``make paper`` first).
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from analysis.render import RenderError, render
 
 EPILOG = """\
 examples:
-  python -m analysis render                            # Quarto if installed, else the fallback
-  python -m analysis render --engine fallback
+  python -m analysis render                    # Quarto if installed, else pandoc + Typst
+  python -m analysis render --engine pandoc    # pandoc + Typst even where Quarto is installed
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
