@@ -29,14 +29,14 @@ venv: $(STAMP) ## create .venv from the lock file (done automatically on first u
 results: $(STAMP) ## compute every stage into results/ (valid cached stages are reused)
 	$(RUN) run
 
-paper: results ## compute and render the manuscript into _manuscript/ (Quarto if installed, else fallback)
+paper: results ## compute and render the manuscript into _manuscript/ (Quarto if installed, else pandoc + Typst)
 	$(RUN) render
 
 test: $(STAMP) ## lint and run the test suite (no Quarto, no network)
 	$(BIN)/ruff check analysis tests
 	$(BIN)/pytest
 
-validate: $(STAMP) ## engine validation against the public SDM-PSI run and simulations (slow)
+validate: $(STAMP) ## engine validation (public SDM-PSI run, simulations); manuscript in headless Chromium (slow)
 	$(RUN) validate-sdm
 	$(BIN)/pytest -m slow -p no:cacheprovider
 

@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "meta": ("analysis.commands.meta", "run the SDM-PSI engine on any SDM project folder"),
     "validate-sdm": ("analysis.commands.validate_sdm", "compare the engine with the public SDM-PSI run"),
     "characterise": ("analysis.commands.characterise", "network and behavioural profile of MNI peaks"),
-    "render": ("analysis.commands.render", "render the manuscript (Quarto, or the built-in fallback)"),
+    "render": ("analysis.commands.render", "render the manuscript (Quarto, else pandoc + Typst)"),
     "bench": ("analysis.commands.bench", "speed and memory benchmarks (ratios in the same run)"),
 }
 

@@ -1,29 +1,29 @@
-"""Render the manuscript: Quarto when installed, else a small built-in fallback renderer.
+"""Render the manuscript: Quarto when installed, else nbclient + pandoc + Typst.
 
 Quarto cannot be installed on the project's machines (no GitHub downloads; the PyPI
-``quarto-cli`` is an sdist that downloads the binary), so :func:`render` falls back to a
-renderer that understands the subset of Quarto markdown used by ``manuscript/index.qmd``:
+``quarto-cli`` is an sdist that downloads the binary). Without it, :func:`render_pandoc` does
+what Quarto does for this manuscript with tools that install from wheels:
 
-* YAML front matter (``title``, ``subtitle``, ``author``, ``bibliography``, ``execute``);
-* executable cells ```` ```{python} ```` with ``#|`` options (``label``, ``fig-cap``,
-  ``tbl-cap``, ``fig-alt``, ``echo``, ``output``, ``include``), run in order in a Jupyter kernel
-  through nbclient;
-* inline expressions `` `{python} expr` `` (evaluated in the kernel at their place in the
-  document; a result with ``_repr_markdown_`` is inserted as markdown, anything else as text);
-* cross-references ``@fig-x`` / ``@tbl-x`` (numbered in order of appearance), citations
-  ``[@key]`` / ``@key`` resolved from the BibTeX file, a reference list;
-* fenced divs ``::: {.content-visible when-format="html"}`` (kept), other formats' content
-  (dropped), callouts and other ``::: {#id .class}`` divs (kept as ``<div>``).
+1. **execute** - the ```` ```{python} ```` cells of ``manuscript/index.qmd`` (with their ``#|``
+   options) and its inline expressions `` `{python} expr` `` run in order in a Jupyter kernel
+   (nbclient), from the repository root as Quarto's ``execute-dir: project``;
+2. **assemble** - the executed cells become pandoc markdown: images written to files and shown
+   as figures with their ``fig-cap`` and ``fig-alt``, markdown output (tables) as is, HTML
+   output (the interactive viewer) as raw HTML, labelled figure and table cells as numbered
+   floats;
+3. **convert** - pandoc (``pypandoc-binary``) with the Lua filters in ``analysis/templates``
+   (Quarto's ``content-visible`` and callout divs; cross-references ``@fig-x`` -> "Figure 1")
+   and then ``--citeproc`` (``manuscript/references.bib``, the CSL style named by ``csl:`` in
+   the front matter) writes a self-contained ``_manuscript/index.html`` and a Typst file,
+   which the ``typst`` package compiles to ``_manuscript/index.pdf``.
 
-Markdown becomes HTML with markdown-it-py (CommonMark plus tables). Figures are embedded
-(base64 PNG or inline SVG), so ``_manuscript/index.html`` is self-contained. The page states
-which renderer produced it.
+An unresolved cross-reference or citation, a failing cell or a Typst error is a
+:class:`RenderError` naming the file and line. Both outputs are written atomically.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import json
 import logging
 import os
@@ -31,6 +31,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,20 +40,28 @@ from typing import Any
 import yaml
 
 from analysis import paths
-from analysis.io import write_text
+from analysis.io import atomic_path
 
 LGR = logging.getLogger(__name__)
 
 QMD = paths.REPO_ROOT / "manuscript" / "index.qmd"
 OUT_DIR = paths.REPO_ROOT / "_manuscript"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: Lua filters, in the order pandoc runs them (all before --citeproc).
+FILTERS = (TEMPLATES / "quarto-divs.lua", TEMPLATES / "crossref.lua")
+HTML_CSS = TEMPLATES / "manuscript.css"
+TYPST_HEADER = TEMPLATES / "manuscript.typ"
+MIN_PANDOC = (3, 1)
 INLINE_RE = re.compile(r"`\{python\}\s+([^`]+?)`")
 CELL_OPEN_RE = re.compile(r"^```\{(\w+)([^}]*)\}\s*$")
-XREF_RE = re.compile(r"(?<![\w@])@((?:fig|tbl|sec)-[\w-]+)")
-CITE_BRACKET_RE = re.compile(r"\[((?:[^\[\]]*?@[\w:.-]+[^\[\]]*?))\]")
-CITE_KEY_RE = re.compile(r"(-?)@([\w][\w:.-]*[\w])")
-NARRATIVE_CITE_RE = re.compile(r"(?<![\w@\[?])@([A-Za-z][\w:.-]*[\w])")
 INLINE_MARK = "<<PAINEMP-INLINE>>"
-PREFIX_NAMES = {"fig": "Figure", "tbl": "Table", "sec": "Section"}
+#: Front-matter keys that are Quarto's (execution, project) and not document metadata.
+QUARTO_ONLY = {"jupyter", "execute", "format", "number-sections", "toc", "engine", "freeze"}
+#: Characters escaped in plain-text inline values so that pandoc shows them literally.
+MD_SPECIAL_RE = re.compile(r"([\\`*_{}\[\]<>#|~^$@])")
+UNRESOLVED_XREF_RE = re.compile(r"crossref: (?:unresolved reference|reference) @([\w:.-]+)")
+REFS_DIV_RE = re.compile(r"^:::+\s*\{#refs[\s}]", re.M)
+UNRESOLVED_CITE_RE = re.compile(r"Citeproc: citation (\S+) not found")
 
 
 class RenderError(RuntimeError):
@@ -69,6 +79,8 @@ class Chunk:
     lang: str = ""
 
 
+# --- reading the .qmd ----------------------------------------------------------------------------
+
 def parse_qmd(text: str, source: str = "index.qmd") -> tuple[dict[str, Any], list[Chunk]]:
     """Split a ``.qmd`` into its front matter and chunks.
 
@@ -85,6 +97,11 @@ def parse_qmd(text: str, source: str = "index.qmd") -> tuple[dict[str, Any], lis
         The YAML front matter (empty when absent).
     chunks : list of Chunk
         Markdown and code chunks in document order.
+
+    Raises
+    ------
+    RenderError
+        Front matter or a code cell not closed, or cell options that are not YAML.
     """
     lines = text.splitlines()
     front: dict[str, Any] = {}
@@ -94,7 +111,10 @@ def parse_qmd(text: str, source: str = "index.qmd") -> tuple[dict[str, Any], lis
             end = next(i for i in range(1, len(lines)) if lines[i].strip() in ("---", "..."))
         except StopIteration:
             raise RenderError(f"{source}:1: front matter not closed by '---'") from None
-        front = yaml.safe_load("\n".join(lines[1:end])) or {}
+        try:
+            front = yaml.safe_load("\n".join(lines[1:end])) or {}
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{source}:1: front matter is not YAML: {exc}") from exc
         start = end + 1
     chunks: list[Chunk] = []
     buf: list[str] = []
@@ -136,6 +156,8 @@ def inline_expressions(text: str) -> list[str]:
     return [m.group(1).strip() for m in INLINE_RE.finditer(text)]
 
 
+# --- executing the cells -------------------------------------------------------------------------
+
 _SETUP = f"""
 def __painemp_fmt(x):
     md = getattr(x, "_repr_markdown_", None)
@@ -150,9 +172,17 @@ def build_notebook(chunks: list[Chunk], lang: str = "python"):
     """A notebook of the executable cells, with one extra cell per markdown chunk that has
     inline expressions (so they are evaluated at their place in the document).
 
+    Parameters
+    ----------
+    chunks : list of Chunk
+        From :func:`parse_qmd`.
+    lang : str
+        The only cell language accepted.
+
     Returns
     -------
     nb : nbformat.NotebookNode
+        The notebook, not yet executed.
     cell_of : dict
         Chunk index -> cell index.
     """
@@ -179,7 +209,19 @@ def build_notebook(chunks: list[Chunk], lang: str = "python"):
 
 
 def execute_notebook(nb, cwd: Path, timeout: int = 900, env: dict[str, str] | None = None):
-    """Run every cell with a Python kernel of this interpreter (nbclient)."""
+    """Run every cell with a Python kernel of this interpreter (nbclient).
+
+    Parameters
+    ----------
+    nb : nbformat.NotebookNode
+        Executed in place (errors are kept as outputs, see :func:`check_cells`).
+    cwd : path-like
+        Working directory of the kernel.
+    timeout : int
+        Seconds allowed per cell.
+    env : dict, optional
+        Environment variables set for the kernel (restored afterwards).
+    """
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
@@ -200,260 +242,422 @@ def execute_notebook(nb, cwd: Path, timeout: int = 900, env: dict[str, str] | No
     return nb
 
 
-# --- markdown to HTML --------------------------------------------------------------------------
-
-def _markdown_it():
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark", {"html": True, "typographer": False}).enable("table")
-
-
-DIV_OPEN_RE = re.compile(r"^:::+\s*\{([^}]*)\}\s*$")
-DIV_CLOSE_RE = re.compile(r"^:::+\s*$")
+def check_cells(nb, chunks: list[Chunk], cell_of: dict[int, int], source: str) -> None:
+    """Raise :class:`RenderError` at the first cell or inline expression that failed."""
+    for k, idx in cell_of.items():
+        errs = [o for o in nb.cells[idx].get("outputs", []) if o.get("output_type") == "error"]
+        if errs:
+            what = "inline expression" if chunks[k].kind == "markdown" else "code cell"
+            raise RenderError(f"{source}:{chunks[k].line}: {what} failed: "
+                              f"{errs[0].get('ename')}: {_strip_ansi(errs[0].get('evalue', ''))}")
 
 
-def _div_attrs(spec: str) -> tuple[str | None, list[str], dict[str, str]]:
-    ident = None
-    classes: list[str] = []
-    attrs: dict[str, str] = {}
-    for tok in re.findall(r'[\w-]+="[^"]*"|[#.][\w-]+|[\w-]+=\S+', spec):
-        if tok.startswith("#"):
-            ident = tok[1:]
-        elif tok.startswith("."):
-            classes.append(tok[1:])
-        else:
-            k, v = tok.split("=", 1)
-            attrs[k] = v.strip('"')
-    return ident, classes, attrs
+# --- executed cells to pandoc markdown -----------------------------------------------------------
+
+def escape_markdown(text: str) -> str:
+    """Plain text as pandoc markdown that shows it literally (``*``, ``_``, ``@``... escaped)."""
+    return MD_SPECIAL_RE.sub(r"\\\1", text)
 
 
-def _visible(classes: list[str], attrs: dict[str, str], fmt: str = "html") -> bool:
-    if "content-visible" in classes:
-        if "when-format" in attrs:
-            return attrs["when-format"] == fmt
-        if "unless-format" in attrs:
-            return attrs["unless-format"] != fmt
-    if "content-hidden" in classes:
-        if "when-format" in attrs:
-            return attrs["when-format"] != fmt
-        if "unless-format" in attrs:
-            return attrs["unless-format"] == fmt
-        return False
-    return True
+def _fence(text: str, info: str = "") -> str:
+    """A fenced block around ``text``, longer than any backtick run inside it."""
+    runs = [len(m) for m in re.findall(r"`{3,}", text)]
+    ticks = "`" * max([3, *(n + 1 for n in runs)])
+    return f"{ticks}{info}\n{text.rstrip()}\n{ticks}"
 
 
-def markdown_to_html(text: str, md=None) -> str:
-    """Markdown (with Quarto fenced divs) to HTML."""
-    md = md or _markdown_it()
-    out: list[str] = []
-    stack: list[tuple[bool, str]] = []  # (visible, closing html)
-    buf: list[str] = []
-
-    def flush():
-        if buf:
-            out.append(md.render("\n".join(buf)))
-            buf.clear()
-
-    for line in text.splitlines():
-        m = DIV_OPEN_RE.match(line)
-        if m:
-            flush()
-            ident, classes, attrs = _div_attrs(m.group(1))
-            parent_visible = all(v for v, _ in stack)
-            visible = parent_visible and _visible(classes, attrs)
-            plain = {"content-visible", "content-hidden"}
-            if visible and not set(classes) <= plain:
-                cls = " ".join(c for c in classes if c not in plain)
-                id_attr = f' id="{html.escape(ident)}"' if ident else ""
-                out.append(f'<div{id_attr} class="{html.escape(cls)}">')
-                if "title" in attrs:
-                    out.append(f'<p class="callout-title"><strong>{html.escape(attrs["title"])}'
-                               "</strong></p>")
-                stack.append((visible, "</div>"))
-            else:
-                stack.append((visible, ""))
-            continue
-        if DIV_CLOSE_RE.match(line) and stack:
-            flush()
-            visible, closing = stack.pop()
-            if closing and visible:
-                out.append(closing)
-            continue
-        if all(v for v, _ in stack):
-            buf.append(line)
-    flush()
-    return "\n".join(out)
+def _attr_value(text: str) -> str:
+    """A quoted attribute value for pandoc's ``{key="value"}``."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
 
 
-# --- cross-references and citations ------------------------------------------------------------
+class Media:
+    """Files of the images a render writes next to its markdown (``media/<name>``)."""
 
-def number_labels(chunks: list[Chunk]) -> dict[str, str]:
-    """``{label: "Figure 1"}`` for every labelled figure/table cell, in document order."""
-    counters: dict[str, int] = {}
-    names: dict[str, str] = {}
-    for ch in chunks:
-        label = ch.options.get("label") if ch.kind == "code" else None
-        if not label:
-            continue
-        prefix = str(label).split("-", 1)[0]
-        if prefix in ("fig", "tbl"):
-            counters[prefix] = counters.get(prefix, 0) + 1
-            names[label] = f"{PREFIX_NAMES[prefix]} {counters[prefix]}"
-    return names
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.count = 0
 
-
-def resolve_xrefs(text: str, names: dict[str, str], unresolved: list[str]) -> str:
-    """Replace ``@fig-x`` by a link ``Figure N`` (``?@fig-x`` when unknown, as Quarto does)."""
-
-    def sub(m):
-        label = m.group(1)
-        if label in names:
-            return f"[{names[label]}](#{label})"
-        unresolved.append(label)
-        return f"?@{label}"
-
-    return XREF_RE.sub(sub, text)
+    def add(self, stem: str, data: bytes, suffix: str) -> str:
+        """Write one image; return its path relative to the build folder."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        name = f"{re.sub(r'[^A-Za-z0-9_-]+', '-', stem)}-{self.count}{suffix}"
+        (self.folder / name).write_bytes(data)
+        return f"{self.folder.name}/{name}"
 
 
-def parse_bibtex(text: str) -> dict[str, dict[str, str]]:
-    """A minimal BibTeX reader: ``{key: {field: value}}`` (braces stripped)."""
-    entries: dict[str, dict[str, str]] = {}
-    for m in re.finditer(r"@(\w+)\s*\{\s*([^,\s]+)\s*,", text):
-        kind, key = m.group(1).lower(), m.group(2)
-        pos, depth = m.end(), 1
-        i = pos
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        body = text[pos:i - 1]
-        fields = {"ENTRYTYPE": kind}
-        for fm in re.finditer(r"(\w+)\s*=\s*", body):
-            j = fm.end()
-            if j < len(body) and body[j] == "{":
-                d, k = 1, j + 1
-                while k < len(body) and d:
-                    d += {"{": 1, "}": -1}.get(body[k], 0)
-                    k += 1
-                value = body[j + 1:k - 1]
-            elif j < len(body) and body[j] == '"':
-                k = body.index('"', j + 1)
-                value = body[j + 1:k]
-            else:
-                value = re.match(r"[^,\n]*", body[j:]).group(0)
-            fields[fm.group(1).lower()] = re.sub(r"[{}]", "", " ".join(value.split()))
-        entries[key] = fields
-    return entries
+def output_markdown(outputs: list, media: Media, stem: str) -> tuple[str, list[str]]:
+    """Pandoc markdown of a cell's outputs (best MIME type of each) and its error texts.
 
+    Parameters
+    ----------
+    outputs : list
+        The cell's nbformat outputs.
+    media : Media
+        Where images are written.
+    stem : str
+        Start of the image file names (the cell's label).
 
-def _surnames(entry: dict[str, str]) -> list[str]:
-    names = [a.strip() for a in entry.get("author", "Anonymous").split(" and ")]
-    return [n.split(",")[0].strip() if "," in n else n.split()[-1] for n in names]
+    Returns
+    -------
+    markdown : str
+    errors : list of str
+    """
+    import base64
 
-
-def cite_label(entry: dict[str, str]) -> tuple[str, str]:
-    """(author part, year) of an author-year citation."""
-    s = _surnames(entry)
-    who = s[0] if len(s) == 1 else f"{s[0]} and {s[1]}" if len(s) == 2 else f"{s[0]} et al."
-    return who, entry.get("year", "n.d.")
-
-
-def resolve_citations(text: str, bib: dict[str, dict[str, str]], cited: list[str],
-                      unresolved: list[str]) -> str:
-    """Author-year citations: ``[@a; @b]`` -> (A, 2020; B, 2021); ``@a`` -> A (2020)."""
-
-    def lookup(key: str) -> tuple[str, str] | None:
-        """(author, year) of a cited key, recording it as cited or unresolved."""
-        if key not in bib:
-            unresolved.append(key)
-            return None
-        if key not in cited:
-            cited.append(key)
-        return cite_label(bib[key])
-
-    def one(key: str, suppress: bool) -> str:
-        if (found := lookup(key)) is None:
-            return f"?@{key}"
-        who, year = found
-        return f"[{year if suppress else who + ', ' + year}](#ref-{key})"
-
-    def bracket(m):
-        inner = m.group(1)
-        if not re.search(r"(?:^|[;\s])-?@", inner) or XREF_RE.search(inner):
-            return m.group(0)
-        parts = [p.strip() for p in inner.split(";")]
-        rendered = []
-        for p in parts:
-            km = CITE_KEY_RE.search(p)
-            if not km:
-                rendered.append(p)
-                continue
-            rendered.append(p[:km.start()] + one(km.group(2), km.group(1) == "-") + p[km.end():])
-        return "(" + "; ".join(rendered) + ")"
-
-    text = CITE_BRACKET_RE.sub(bracket, text)
-
-    def narrative(m):
-        key = m.group(1)
-        if key.split("-")[0] in PREFIX_NAMES:
-            return m.group(0)
-        if (found := lookup(key)) is None:
-            return f"?@{key}"
-        who, year = found
-        return f"{who} ([{year}](#ref-{key}))"
-
-    return NARRATIVE_CITE_RE.sub(narrative, text)
-
-
-def reference_list(bib: dict[str, dict[str, str]], cited: list[str]) -> str:
-    """HTML list of the cited references, sorted by first author and year."""
-    items = []
-    for key in sorted(cited, key=lambda k: (_surnames(bib[k])[0], bib[k].get("year", ""))):
-        e = bib[key]
-        authors = e.get("author", "").replace(" and others", " et al.").replace(" and ", "; ")
-        parts = [f"{html.escape(authors)} ({html.escape(e.get('year', 'n.d.'))}).",
-                 f"{html.escape(e.get('title', ''))}."]
-        venue = e.get("journal") or e.get("booktitle") or e.get("publisher") or ""
-        if venue:
-            vol = f" {e['volume']}" if e.get("volume") else ""
-            pages = f", {e['pages'].replace('--', '–')}" if e.get("pages") else ""
-            parts.append(f"<em>{html.escape(venue)}</em>{html.escape(vol + pages)}.")
-        if e.get("doi"):
-            doi = html.escape(e["doi"])
-            parts.append(f'<a href="https://doi.org/{doi}">doi:{doi}</a>')
-        elif e.get("url"):
-            parts.append(f'<a href="{html.escape(e["url"])}">{html.escape(e["url"])}</a>')
-        items.append(f'<li id="ref-{key}">{" ".join(parts)}</li>')
-    return '<ol class="references">\n' + "\n".join(items) + "\n</ol>"
-
-
-# --- outputs -------------------------------------------------------------------------------------
-
-def output_html(outputs: list, convert) -> tuple[str, list[str]]:
-    """HTML of a cell's outputs (best MIME type of each) and the error texts, if any."""
     parts: list[str] = []
     errors: list[str] = []
     for out in outputs:
         kind = out.get("output_type")
         if kind == "stream":
-            if out.get("name") == "stdout":
-                parts.append(f"<pre>{html.escape(out.get('text', ''))}</pre>")
+            if out.get("name") == "stdout" and out.get("text", "").strip():
+                parts.append(_fence(out["text"]))
             continue
         if kind == "error":
-            errors.append(f"{out.get('ename')}: {out.get('evalue')}")
+            errors.append(f"{out.get('ename')}: {_strip_ansi(out.get('evalue', ''))}")
             continue
         data = out.get("data", {})
         if "text/markdown" in data:
-            parts.append(convert(_join(data["text/markdown"])))
-        elif "text/html" in data:
-            parts.append(_join(data["text/html"]))
-        elif "image/svg+xml" in data:
-            parts.append(_join(data["image/svg+xml"]))
+            parts.append(_join(data["text/markdown"]))
         elif "image/png" in data:
-            b64 = _join(data["image/png"]).replace("\n", "")
-            parts.append(f'<img src="data:image/png;base64,{b64}" alt="">')
+            png = base64.b64decode(_join(data["image/png"]))
+            parts.append(f"![]({media.add(stem, png, '.png')})")
+        elif "image/svg+xml" in data:
+            svg = _join(data["image/svg+xml"]).encode("utf-8")
+            parts.append(f"![]({media.add(stem, svg, '.svg')})")
+        elif "text/html" in data:
+            parts.append(_fence(_join(data["text/html"]), "{=html}"))
         elif "text/plain" in data:
-            parts.append(f"<pre>{html.escape(_join(data['text/plain']))}</pre>")
-    return "\n".join(parts), errors
+            parts.append(_fence(_join(data["text/plain"])))
+    return "\n\n".join(p for p in parts if p.strip()), errors
+
+
+def float_block(label: str, body: str, caption: str, alt: str | None = None) -> str:
+    """A numbered float for the cross-reference filter (``analysis/templates/crossref.lua``)."""
+    attrs = f"#{label} .painemp-float"
+    if alt:
+        attrs += f" fig-alt={_attr_value(alt)}"
+    return (f":::::: {{{attrs}}}\n{body}\n\n::::: {{.painemp-caption}}\n{caption}\n:::::\n"
+            "::::::")
+
+
+def cell_markdown(chunk: Chunk, cell, defaults: dict[str, Any], media: Media,
+                  source: str) -> str:
+    """Pandoc markdown of one executed code cell, honouring its ``#|`` options.
+
+    Parameters
+    ----------
+    chunk : Chunk
+        The code chunk (its options and source line).
+    cell : nbformat.NotebookNode
+        The executed cell.
+    defaults : dict
+        Document-wide ``execute:`` options (``echo``, ``output``, ``include``).
+    media : Media
+        Where images are written.
+    source : str
+        Name of the .qmd for error messages.
+    """
+    opts = {**defaults, **chunk.options}
+    label = str(opts.get("label") or f"cell-{chunk.line}")
+    body, errors = output_markdown(cell.get("outputs", []), media, label)
+    if errors:
+        raise RenderError(f"{source}:{chunk.line}: {'; '.join(errors)}")
+    if opts.get("include") is False:
+        return ""
+    parts = []
+    if opts.get("echo") is True:
+        parts.append(_fence(chunk.text, " {.python}"))
+    if opts.get("output") is not False:
+        parts.append(body)
+    content = "\n\n".join(p for p in parts if p)
+    if label.startswith("fig-"):
+        return float_block(label, content, str(opts.get("fig-cap", "")), opts.get("fig-alt"))
+    if label.startswith("tbl-"):
+        return float_block(label, content, str(opts.get("tbl-cap", "")))
+    return content
+
+
+def _inline_values(cell, source: str, line: int) -> list[dict[str, str]]:
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream" and INLINE_MARK in out.get("text", ""):
+            text = next(ln for ln in out["text"].splitlines() if ln.startswith(INLINE_MARK))
+            return json.loads(text[len(INLINE_MARK):])
+    raise RenderError(f"{source}:{line}: inline expressions produced no value")
+
+
+def fill_inline(text: str, values: list[dict[str, str]]) -> str:
+    """Replace each inline expression by its value (markdown as is, text escaped)."""
+    it = iter(values)
+
+    def sub(_m):
+        v = next(it)
+        return v["markdown"] if "markdown" in v else escape_markdown(v["text"])
+
+    return INLINE_RE.sub(sub, text)
+
+
+def document_metadata(front: dict[str, Any], qmd: Path) -> dict[str, Any]:
+    """Pandoc metadata from Quarto front matter.
+
+    Authors become names, ``date: last-modified`` the date the .qmd was last changed, paths
+    of ``bibliography`` and ``csl`` absolute; Quarto's execution keys are dropped.
+    """
+    meta = {k: v for k, v in front.items() if k not in QUARTO_ONLY}
+    authors = front.get("author") or []
+    if authors:
+        authors = authors if isinstance(authors, list) else [authors]
+        meta["author"] = [a.get("name", "") if isinstance(a, dict) else str(a) for a in authors]
+    date = str(front.get("date", ""))
+    if date in ("last-modified", "today", "now"):
+        stamp = qmd.stat().st_mtime if date == "last-modified" else time.time()
+        meta["date"] = _dt.datetime.fromtimestamp(stamp, _dt.timezone.utc).strftime("%Y-%m-%d")
+    for key in ("bibliography", "csl"):
+        if key in front:
+            files = front[key] if isinstance(front[key], list) else [front[key]]
+            resolved = []
+            for f in files:
+                path = (qmd.parent / str(f)).resolve()
+                if not path.exists():
+                    raise RenderError(f"{qmd}:1: {key} file {f} not found ({path})")
+                resolved.append(str(path))
+            meta[key] = resolved if isinstance(front[key], list) else resolved[0]
+    if "bibliography" in meta:
+        meta.setdefault("link-citations", True)
+    meta.setdefault("lang", "en")
+    return meta
+
+
+def assemble_markdown(front: dict[str, Any], chunks: list[Chunk], nb, cell_of: dict[int, int],
+                      qmd: Path, media: Media) -> str:
+    """The whole executed document as pandoc markdown (front matter first)."""
+    source = str(qmd)
+    defaults = front.get("execute", {}) or {}
+    doc = ["---", yaml.safe_dump(document_metadata(front, qmd), sort_keys=False,
+                                 allow_unicode=True).rstrip(), "---", ""]
+    for k, ch in enumerate(chunks):
+        if ch.kind == "markdown":
+            text = ch.text
+            if k in cell_of:
+                text = fill_inline(text, _inline_values(nb.cells[cell_of[k]], source, ch.line))
+            doc.append(text)
+        else:
+            doc.append(cell_markdown(ch, nb.cells[cell_of[k]], defaults, media, source))
+        doc.append("")
+    if front.get("bibliography") and not REFS_DIV_RE.search("\n".join(c.text for c in chunks)):
+        # where the .qmd has no ::: {#refs} div, the list goes at the end, as Quarto places it
+        doc += ["## References {.unnumbered}", "", "::: {#refs}", ":::", ""]
+    return "\n".join(doc)
+
+
+# --- pandoc and Typst ----------------------------------------------------------------------------
+
+def pandoc_executable() -> tuple[str, tuple[int, ...]]:
+    """Path and version of pandoc: the one of ``pypandoc-binary``, else ``pandoc`` on PATH.
+
+    Raises
+    ------
+    RenderError
+        No pandoc, or one older than :data:`MIN_PANDOC` (Lua ``Figure`` elements).
+    """
+    exe = None
+    try:
+        import pypandoc
+
+        exe = pypandoc.get_pandoc_path()
+    except (ImportError, OSError):
+        exe = shutil.which("pandoc")
+    if not exe:
+        raise RenderError("pandoc not found: install pypandoc-binary (pip) or pandoc >= 3.1")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
+    m = re.match(r"pandoc(?:\.exe)? (\d+)\.(\d+)", out)
+    version = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if version < MIN_PANDOC:
+        raise RenderError(f"{exe} is pandoc {version}; the renderer needs >= "
+                          f"{'.'.join(map(str, MIN_PANDOC))}")
+    return exe, version
+
+
+def _source_line(qmd: Path, needle: str) -> int:
+    """First line of the .qmd containing ``needle`` (1 when absent)."""
+    for i, line in enumerate(qmd.read_text(encoding="utf-8").splitlines(), 1):
+        if needle in line:
+            return i
+    return 1
+
+
+def run_pandoc(pandoc: str, markdown: Path, output: Path, to: str, qmd: Path,
+               extra: list[str]) -> None:
+    """Convert the assembled markdown with the project's filters and ``--citeproc``.
+
+    Parameters
+    ----------
+    pandoc : str
+        The executable.
+    markdown : Path
+        The assembled document (its folder is the working directory: image paths are
+        relative to it).
+    output : Path
+        The file to write.
+    to : str
+        Pandoc writer (``html5``, ``typst``).
+    qmd : Path
+        The source, for error messages.
+    extra : list of str
+        Writer-specific options.
+
+    Raises
+    ------
+    RenderError
+        Pandoc failed, or reported an unresolved cross-reference, citation or resource (the
+        message names the .qmd line of the first occurrence).
+    """
+    cmd = [pandoc, markdown.name, "--from", "markdown", "--to", to, "--output", str(output),
+           "--standalone"]
+    for lua in FILTERS:
+        cmd += ["--lua-filter", str(lua)]
+    cmd += ["--citeproc", *extra]
+    proc = subprocess.run(cmd, cwd=markdown.parent, capture_output=True, text=True)
+    stderr = proc.stderr.strip()
+    if proc.returncode != 0:
+        raise RenderError(f"{qmd}: pandoc ({to}) failed with exit status {proc.returncode}: "
+                          f"{stderr}")
+    problems = []
+    for line in stderr.splitlines():
+        if m := UNRESOLVED_XREF_RE.search(line):
+            key = m.group(1)
+            problems.append(f"{qmd}:{_source_line(qmd, '@' + key)}: unresolved cross-reference "
+                            f"@{key}")
+        elif m := UNRESOLVED_CITE_RE.search(line):
+            key = m.group(1)
+            problems.append(f"{qmd}:{_source_line(qmd, '@' + key)}: citation @{key} is not in "
+                            "the bibliography")
+        elif "[WARNING]" in line or line.startswith("crossref:"):
+            problems.append(f"{qmd}: pandoc ({to}): {line.strip()}")
+    if problems:
+        raise RenderError("; ".join(dict.fromkeys(problems)))
+
+
+def compile_typst(typ: Path, pdf: Path, root: Path, source: str = "") -> None:
+    """Compile a Typst file to PDF with the ``typst`` package (embedded fonts only).
+
+    Parameters
+    ----------
+    typ : Path
+        The Typst file.
+    pdf : Path
+        The PDF to write.
+    root : Path
+        Root of the Typst project (files it may read: the images).
+    source : str
+        The document the Typst file was made from, for error messages.
+
+    Raises
+    ------
+    RenderError
+        The Typst compiler reported an error (its message and location).
+    """
+    try:
+        import typst
+    except ImportError as exc:
+        raise RenderError("the typst package is not installed (pip install typst)") from exc
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    stamp = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch
+             else _dt.datetime.now(_dt.timezone.utc)).replace(microsecond=0)
+    try:
+        typst.compile(str(typ), output=str(pdf), root=str(root), ignore_system_fonts=True,
+                      timestamp=stamp)
+    except typst.TypstError as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        detail = (getattr(exc, "diagnostic", "") or "").strip()
+        where = f"{source} (via {typ.name})" if source else str(typ)
+        raise RenderError(f"{where}: Typst could not compile the PDF: {message}"
+                          + (f"\n{detail}" if detail else "")) from exc
+
+
+def render_pandoc(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None = None,
+                  timeout: int = 900, pdf: bool = True,
+                  build_dir: Path | None = None) -> dict[str, Path]:
+    """Render ``qmd`` to ``out_dir/index.html`` and ``out_dir/index.pdf`` without Quarto.
+
+    Parameters
+    ----------
+    qmd : path-like
+        The manuscript source.
+    out_dir : path-like
+        Output folder (created); each file is written atomically.
+    cwd : path-like, optional
+        Working directory of the kernel (default: the repository root, as Quarto's
+        ``execute-dir: project``).
+    timeout : int
+        Seconds allowed per cell.
+    pdf : bool
+        Also write the PDF (through Typst).
+    build_dir : path-like, optional
+        Keep the intermediate files (``index.md``, ``index.typ``, ``media/``) in this folder
+        (default: a temporary folder, removed afterwards).
+
+    Returns
+    -------
+    dict
+        ``{"html": path, "pdf": path}`` of the written files.
+
+    Raises
+    ------
+    RenderError
+        A cell failed, a cross-reference or citation does not resolve, or pandoc or Typst
+        failed.
+    """
+    qmd = Path(qmd).resolve()
+    out_dir = Path(out_dir)
+    pandoc, version = pandoc_executable()
+    front, chunks = parse_qmd(qmd.read_text(encoding="utf-8"), source=str(qmd))
+    nb, cell_of = build_notebook(chunks)
+    t0 = time.perf_counter()
+    LGR.info("executing %d cells of %s", len(nb.cells), qmd.name)
+    version_text = ".".join(map(str, version))
+    execute_notebook(nb, Path(cwd or paths.REPO_ROOT), timeout=timeout,
+                     env={"PAINEMP_RENDERER": "pandoc", "PAINEMP_PANDOC_VERSION": version_text,
+                          # figures drawn in a cell are shown inline, as with Quarto, even
+                          # where MPLBACKEND=Agg is set for the rest of the process (CI)
+                          "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
+    check_cells(nb, chunks, cell_of, str(qmd))
+    LGR.info("cells executed in %.1f s", time.perf_counter() - t0)
+    number = front.get("number-sections", True)
+    written: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="painemp-render-") as tmp:
+        build = Path(build_dir or tmp).resolve()
+        build.mkdir(parents=True, exist_ok=True)
+        media = Media(build / "media")
+        markdown = build / "index.md"
+        markdown.write_text(assemble_markdown(front, chunks, nb, cell_of, qmd, media),
+                            encoding="utf-8")
+        # Quarto's documents start their sections at "##" (the title is the only "#")
+        common = ["--shift-heading-level-by=-1", *(["--number-sections"] if number else [])]
+        out_dir.mkdir(parents=True, exist_ok=True)
+        LGR.info("pandoc %s: HTML", version_text)
+        with atomic_path(out_dir / "index.html") as tmp_html:
+            run_pandoc(pandoc, markdown, tmp_html.resolve(), "html5", qmd,
+                       [*common, "--toc", "--embed-resources", "--css", str(HTML_CSS),
+                        "--resource-path", str(build)])
+        written["html"] = out_dir / "index.html"
+        written["html"].chmod(0o644)  # a web page: readable by the server, not only its author
+        if pdf:
+            LGR.info("pandoc %s: Typst; typst: PDF", version_text)
+            typ = build / "index.typ"
+            typst_opts = [*common, "--include-in-header", str(TYPST_HEADER), "-V", "papersize=a4",
+                          "-V", "page-numbering=1"]
+            if number:
+                typst_opts += ["-V", "section-numbering=1.1"]
+            run_pandoc(pandoc, markdown, typ, "typst", qmd, typst_opts)
+            with atomic_path(out_dir / "index.pdf") as tmp_pdf:
+                compile_typst(typ, tmp_pdf, build, source=str(qmd))
+            written["pdf"] = out_dir / "index.pdf"
+    for kind, path in written.items():
+        LGR.info("wrote %s (%.1f kB, %s)", path, path.stat().st_size / 1e3, kind)
+    LGR.info("rendered in %.1f s", time.perf_counter() - t0)
+    return written
 
 
 def _strip_ansi(text: str) -> str:
@@ -464,219 +668,7 @@ def _join(value) -> str:
     return "".join(value) if isinstance(value, list) else str(value)
 
 
-def _inline_values(cell) -> list[dict[str, str]]:
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "stream" and INLINE_MARK in out.get("text", ""):
-            line = next(ln for ln in out["text"].splitlines() if ln.startswith(INLINE_MARK))
-            return json.loads(line[len(INLINE_MARK):])
-    raise RenderError("inline expressions produced no value")
-
-
-def _fill_inline(text: str, values: list[dict[str, str]]) -> str:
-    it = iter(values)
-
-    def sub(_m):
-        v = next(it)
-        return v["markdown"] if "markdown" in v else html.escape(v["text"], quote=False)
-
-    return INLINE_RE.sub(sub, text)
-
-
-CSS = """
-body{font-family:Georgia,'Times New Roman',serif;max-width:54rem;margin:2rem auto;padding:0 1rem;
-line-height:1.5;color:#222}
-h1{font-size:1.9rem;line-height:1.25}h2{margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0;display:block;overflow-x:auto}
-th,td{border-bottom:1px solid #ccc;padding:.2rem .5rem;text-align:left;vertical-align:top}
-th{border-bottom:2px solid #555}figure{margin:1.5rem 0}figure img{max-width:100%}
-figure svg{max-width:100%;height:auto}
-.caption,figcaption{font-size:.9rem;color:#333}.caption{font-weight:normal;margin-bottom:.3rem}
-.callout-warning{border-left:5px solid #e69d00;background:#fff8e6;padding:.5rem 1rem;margin:1rem 0}
-.callout-note{border-left:5px solid #0b6fb3;background:#eef6fc;padding:.5rem 1rem;margin:1rem 0}
-.renderer{font-size:.85rem;color:#555;border:1px dashed #aaa;padding:.4rem .8rem}
-.references li{margin-bottom:.4rem;font-size:.9rem}pre{background:#f6f6f6;padding:.5rem;
-overflow-x:auto}
-"""
-
-
-def _number_headings(body: str) -> tuple[str, list[tuple[int, str, str]]]:
-    counters = [0, 0]
-    toc: list[tuple[int, str, str]] = []
-    used: set[str] = set()
-
-    def sub(m):
-        level, content = int(m.group(1)), m.group(2)
-        unnumbered = "{.unnumbered}" in content or "{-}" in content
-        ident_m = re.search(r"\{#([\w-]+)[^}]*\}", content)
-        content = re.sub(r"\s*\{[^}]*\}\s*$", "", content)
-        plain = re.sub(r"<[^>]+>", "", content)
-        ident = ident_m.group(1) if ident_m else re.sub(r"[^\w]+", "-", plain.lower()).strip("-")
-        while ident in used:
-            ident += "-x"
-        used.add(ident)
-        num = ""
-        if not unnumbered:
-            if level == 2:
-                counters[0] += 1
-                counters[1] = 0
-                num = f"{counters[0]} "
-            else:
-                counters[1] += 1
-                num = f"{counters[0]}.{counters[1]} "
-        toc.append((level, ident, num + plain))
-        return f'<h{level} id="{ident}">{num}{content}</h{level}>'
-
-    return re.sub(r"<h([23])>(.*?)</h\1>", sub, body), toc
-
-
-def render_fallback(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None = None,
-                    timeout: int = 900) -> Path:
-    """Render ``qmd`` to ``out_dir/index.html`` without Quarto.
-
-    Parameters
-    ----------
-    qmd : path-like
-        The manuscript source.
-    out_dir : path-like
-        Output folder (created); the page is written atomically.
-    cwd : path-like, optional
-        Working directory of the kernel (default: the repository root, as Quarto's
-        ``execute-dir: project``).
-    timeout : int
-        Seconds allowed per cell.
-
-    Returns
-    -------
-    pathlib.Path
-        The written ``index.html``.
-
-    Raises
-    ------
-    RenderError
-        A cell failed, or a cross-reference or citation does not resolve.
-    """
-    qmd = Path(qmd)
-    front, chunks = parse_qmd(qmd.read_text(encoding="utf-8"), source=str(qmd))
-    nb, cell_of = build_notebook(chunks)
-    LGR.info("fallback renderer: executing %d cells of %s", len(nb.cells), qmd.name)
-    execute_notebook(nb, Path(cwd or paths.REPO_ROOT), timeout=timeout,
-                     env={"PAINEMP_RENDERER": "fallback",
-                          # figures drawn in a cell are shown inline, as with Quarto, even
-                          # where MPLBACKEND=Agg is set for the rest of the process (CI)
-                          "MPLBACKEND": "module://matplotlib_inline.backend_inline"})
-    for k, idx in cell_of.items():
-        errs = [o for o in nb.cells[idx].get("outputs", []) if o.get("output_type") == "error"]
-        if errs:
-            what = "inline expression" if chunks[k].kind == "markdown" else "code cell"
-            raise RenderError(f"{qmd}:{chunks[k].line}: {what} failed: "
-                              f"{errs[0].get('ename')}: {_strip_ansi(errs[0].get('evalue', ''))}")
-    md = _markdown_it()
-    names = number_labels(chunks)
-    bib: dict[str, dict[str, str]] = {}
-    for bibfile in _as_list(front.get("bibliography")):
-        bib.update(parse_bibtex((qmd.parent / bibfile).read_text(encoding="utf-8")))
-    unresolved_x: list[str] = []
-    unresolved_c: list[str] = []
-    cited: list[str] = []
-    defaults = front.get("execute", {}) or {}
-
-    def convert(text: str) -> str:
-        text = resolve_xrefs(text, names, unresolved_x)
-        text = resolve_citations(text, bib, cited, unresolved_c)
-        return markdown_to_html(text, md)
-
-    doc: list[str] = []
-    cells: dict[str, str] = {}
-    for k, ch in enumerate(chunks):
-        if ch.kind == "markdown":
-            text = ch.text
-            if k in cell_of:
-                text = _fill_inline(text, _inline_values(nb.cells[cell_of[k]]))
-            doc.append(resolve_citations(resolve_xrefs(text, names, unresolved_x), bib, cited,
-                                         unresolved_c))
-            continue
-        cell = nb.cells[cell_of[k]]
-        opts = {**defaults, **ch.options}
-        body, errors = output_html(cell.get("outputs", []), convert)
-        if errors:
-            raise RenderError(f"{qmd}:{ch.line}: {'; '.join(errors)}")
-        if opts.get("include") is False:
-            continue
-        block = []
-        if opts.get("echo") is True:
-            block.append(f'<pre><code class="python">{html.escape(ch.text)}</code></pre>')
-        if opts.get("output") is not False:
-            block.append(body)
-        label = opts.get("label")
-        if label and str(label).startswith("fig-"):
-            cap = _caption(opts.get("fig-cap", ""), names[label], convert)
-            html_block = (f'<figure id="{label}">\n{"".join(block)}\n'
-                          f"<figcaption>{cap}</figcaption>\n</figure>")
-        elif label and str(label).startswith("tbl-"):
-            cap = _caption(opts.get("tbl-cap", ""), names[label], convert)
-            html_block = (f'<div id="{label}" class="table">\n<p class="caption">{cap}</p>\n'
-                          f'{"".join(block)}\n</div>')
-        else:
-            html_block = "\n".join(block)
-        key = f"<!--PAINEMP-CELL-{k}-->"
-        cells[key] = html_block
-        doc.append(f"\n{key}\n")
-    body = markdown_to_html("\n".join(doc), md)
-    for key, html_block in cells.items():
-        body = body.replace(key, html_block)
-    if unresolved_x or unresolved_c:
-        raise RenderError(f"{qmd}: unresolved cross-references {sorted(set(unresolved_x))} "
-                          f"or citations {sorted(set(unresolved_c))}")
-    body, toc = _number_headings(body)
-    if cited:
-        body += '\n<h2 id="references">References</h2>\n' + reference_list(bib, cited)
-    page = _page(front, body, toc)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = write_text(out_dir / "index.html", page)
-    out.chmod(0o644)  # a web page: readable by the server, not only by its author
-    LGR.info("fallback renderer: wrote %s (%.1f kB)", out, out.stat().st_size / 1e3)
-    return out
-
-
-def _caption(text, name: str, convert) -> str:
-    inner = convert(str(text)).strip()
-    inner = re.sub(r"^<p>(.*)</p>$", r"\1", inner, flags=re.S)
-    return f"<strong>{name}:</strong> {inner}"
-
-
-def _as_list(v) -> list:
-    if v is None:
-        return []
-    return v if isinstance(v, list) else [v]
-
-
-def _page(front: dict[str, Any], body: str, toc: list[tuple[int, str, str]]) -> str:
-    title = html.escape(str(front.get("title", "Manuscript")))
-    subtitle = front.get("subtitle")
-    authors = []
-    for a in _as_list(front.get("author")):
-        authors.append(a.get("name", "") if isinstance(a, dict) else str(a))
-    today = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    toc_html = "\n".join(
-        f'<li style="margin-left:{(lvl - 2) * 1.2}rem"><a href="#{i}">{html.escape(t)}</a></li>'
-        for lvl, i, t in toc)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="generator" content="analysis.render fallback renderer (Quarto not installed)">
-<title>{title}</title><style>{CSS}</style></head><body>
-<header><h1 class="title">{title}</h1>
-{f'<p class="subtitle">{html.escape(str(subtitle))}</p>' if subtitle else ''}
-<p class="author">{html.escape(", ".join(authors))}</p><p class="date">Rendered {today}</p>
-<p class="renderer">Rendered by the compendium's built-in fallback renderer
-(<code>analysis/render.py</code>) because Quarto is not installed here; with Quarto,
-<code>make paper</code> renders the same source into HTML and a Typst PDF.</p>
-<nav><ul>{toc_html}</ul></nav></header>
-<main>
-{body}
-</main></body></html>
-"""
-
+# --- choosing the renderer -----------------------------------------------------------------------
 
 def quarto_available() -> str | None:
     """Path of the ``quarto`` executable, if on PATH."""
@@ -692,18 +684,26 @@ def render_quarto(quarto: str) -> Path:
 
 
 def render(engine: str = "auto", allow_missing: bool = False) -> tuple[str, Path]:
-    """Render with Quarto if available (``engine='auto'``), else with the fallback.
+    """Render with Quarto if available (``engine='auto'``), else with pandoc and Typst.
+
+    Parameters
+    ----------
+    engine : {"auto", "quarto", "pandoc"}
+        ``auto``: Quarto when on PATH, else :func:`render_pandoc`.
+    allow_missing : bool
+        Render missing results as visible placeholders (development only).
 
     Returns
     -------
-    (engine used, output path)
+    (engine used, output folder)
     """
     if allow_missing:
         os.environ["PAINEMP_ALLOW_MISSING"] = "1"
     quarto = quarto_available()
     if engine == "quarto" and not quarto:
         raise RenderError("quarto is not on PATH (install it from quarto.org or use --engine "
-                          "fallback)")
+                          "pandoc)")
     if engine in ("auto", "quarto") and quarto:
         return "quarto", render_quarto(quarto)
-    return "fallback", render_fallback()
+    render_pandoc()
+    return "pandoc", OUT_DIR

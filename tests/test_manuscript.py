@@ -1,15 +1,18 @@
-"""The manuscript: labels, values, provenance statement, and execution without Quarto.
+"""The manuscript: labels, values, provenance statement, tables, and rendering without Quarto.
 
-Three groups of tests:
+Groups of tests:
 
 * static checks of ``manuscript/index.qmd`` against ``analysis.manuscript_values`` (every label
   and value declared, no orphan, no number typed into the prose, every citation in the .bib);
-* the fallback renderer's pieces (front matter, cells, inline code, cross-references,
-  citations, fenced divs) on small documents;
+* the pandoc renderer (``analysis.render``: cells, inline code, Quarto's divs, cross-references
+  and citations through the Lua filters and citeproc, HTML and Typst PDF) on small documents;
+* the formatting of the manuscript's tables (headers, rounding, notes on missing values);
 * a quick run of the pipeline (``run_stages(quick=True)``, once per session, cached between
   sessions by the stage manifests in pytest's cache folder), then: each artefact is written by
-  exactly one stage, the declared one; every value resolves; the whole manuscript executes
-  with the fallback renderer; the provenance banner matches ``data/peaks.tsv``; golden values.
+  exactly one stage, the declared one; every value resolves; the whole manuscript renders to
+  HTML and PDF; the provenance banner matches ``data/peaks.tsv``; golden values;
+* in a real browser (markers ``slow`` and ``browser``, ``make validate``; skipped without
+  Chromium): the page has no console error and its interactive viewer is drawn.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def test_quarto_project_points_at_the_article():
     assert cfg["manuscript"]["article"] == "manuscript/index.qmd"
     assert set(cfg["format"]) == {"html", "typst"}
     assert FRONT["bibliography"] == "references.bib"
+    assert (QMD.parent / FRONT["csl"]).exists()  # the citation style, used by both renderers
 
 
 def test_required_sections_present():
@@ -145,22 +149,27 @@ def test_digit_scan_catches_a_typed_number():
 
 
 def test_every_citation_is_in_the_bibliography():
-    bib = rd.parse_bibtex(BIB.read_text(encoding="utf-8"))
+    bib = set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", BIB.read_text(encoding="utf-8")))
     keys = set(re.findall(r"(?<![\w@])-?@([A-Za-z][\w:.-]*[\w])", QMD_TEXT))
     keys = {k for k in keys if not k.startswith(("fig-", "tbl-", "sec-"))}
     assert keys and keys <= set(bib), keys - set(bib)
 
 
-# --- fallback renderer pieces --------------------------------------------------------------------
+# --- pandoc renderer pieces ----------------------------------------------------------------------
 
 MINI = """---
 title: Mini
+author:
+  - name: A. Person
 bibliography: refs.bib
 execute:
   echo: false
 ---
 
-Intro with `{python} 6 * 7` and @smith2020x; see @fig-a and [@smith2020x; @doe2019y].
+## Intro
+
+Intro with `{python} 6 * 7` and @smith2020x; see @fig-a and [@smith2020x; @doe2019y]. Text
+value `{python} "a_b*c @x"`.
 
 ```{python}
 #| label: setup
@@ -173,24 +182,45 @@ Value x is `{python} x`.
 ```{python}
 #| label: fig-a
 #| fig-cap: A caption citing [@doe2019y].
+#| fig-alt: A line going up.
 import matplotlib.pyplot as plt
-fig = plt.figure(figsize=(1, 1)); plt.plot([0, 1]); plt.show()
+fig = plt.figure(figsize=(2, 1)); plt.plot([0, 1]); plt.show()
 ```
 
 ::: {.content-visible when-format="typst"}
 TYPST ONLY
 :::
 
+::: {.content-visible when-format="pdf"}
+PDF ONLY
+:::
+
 ::: {.content-visible when-format="html"}
 HTML ONLY
+:::
+
+::: {.content-hidden unless-format="html"}
+HIDDEN UNLESS HTML
+:::
+
+::: {.callout-warning title="Careful"}
+Warned.
 :::
 
 ```{python}
 #| label: tbl-b
 #| tbl-cap: Tab.
 from IPython.display import Markdown
-Markdown("| a | b |\\n|---|---|\\n| 1 | 2 |\\n\\nsee @fig-a")
+Markdown("| a | b |\\n|---|--:|\\n| 1 | 2 |\\n\\n::: {.table-note}\\n*Note.* see @fig-a\\n:::\\n")
 ```
+
+```{python}
+#| label: tbl-c
+#| tbl-cap: Empty one.
+Markdown("*No rows.*")
+```
+
+See @tbl-b and @tbl-c.
 """
 
 MINI_BIB = """
@@ -204,11 +234,11 @@ def test_parse_qmd_front_cells_options_and_lines():
     front, chunks = rd.parse_qmd(MINI)
     assert front["title"] == "Mini"
     code = [c for c in chunks if c.kind == "code"]
-    assert [c.options.get("label") for c in code] == ["setup", "fig-a", "tbl-b"]
+    assert [c.options.get("label") for c in code] == ["setup", "fig-a", "tbl-b", "tbl-c"]
     assert code[0].options["include"] is False
     assert MINI.splitlines()[code[1].line - 1].startswith("```{python}")
     assert "#|" not in code[1].text
-    assert rd.inline_expressions(chunks[0].text) == ["6 * 7"]
+    assert rd.inline_expressions(chunks[0].text) == ["6 * 7", '"a_b*c @x"']
 
 
 def test_parse_qmd_unclosed_cell_names_the_line():
@@ -216,58 +246,143 @@ def test_parse_qmd_unclosed_cell_names_the_line():
         rd.parse_qmd("text\n\n```{python}\nx = 1\n", source="doc.qmd")
 
 
-def test_crossrefs_and_citations():
-    _, chunks = rd.parse_qmd(MINI)
-    names = rd.number_labels(chunks)
-    assert names == {"fig-a": "Figure 1", "tbl-b": "Table 1"}
-    bad: list[str] = []
-    out = rd.resolve_xrefs("see @fig-a and @fig-zz; mail a@fig-b.org", names, bad)
-    assert "[Figure 1](#fig-a)" in out and "?@fig-zz" in out and bad == ["fig-zz"]
-    bib = rd.parse_bibtex(MINI_BIB)
-    assert bib["doe2019y"]["title"] == "Book title"
-    cited: list[str] = []
-    bad = []
-    out = rd.resolve_citations("A [@smith2020x; @doe2019y], B @doe2019y, C [-@doe2019y], "
-                               "D x@y.org, E [see @nope]", bib, cited, bad)
-    assert "([Smith et al., 2020](#ref-smith2020x); [Doe, 2019](#ref-doe2019y))" in out
-    assert "B Doe ([2019](#ref-doe2019y))" in out
-    assert "C ([2019](#ref-doe2019y))" in out
-    assert "x@y.org" in out
-    assert bad == ["nope"] and cited == ["smith2020x", "doe2019y"]
+def test_escape_markdown_and_fences():
+    assert rd.escape_markdown("a_b*c @x [y]") == r"a\_b\*c \@x \[y\]"
+    assert rd._fence("x ``` y", "{=html}").startswith("````{=html}\n")
 
 
-def test_fenced_divs():
-    html = rd.markdown_to_html(
-        '::: {.content-visible when-format="typst"}\nT\n:::\n'
-        '::: {.content-hidden when-format="html"}\nH\n:::\n'
-        '::: {.content-visible when-format="html"}\nV\n:::\n'
-        '::: {.callout-warning title="Careful"}\nW\n:::\n')
-    assert "<p>V</p>" in html and "T" not in html.replace("<p>V</p>", "") or True
-    assert "<p>T</p>" not in html and "<p>H</p>" not in html
-    assert '<div class="callout-warning">' in html and "Careful" in html and "<p>W</p>" in html
-
-
-def test_render_fallback_small_document(tmp_path):
+def test_document_metadata(tmp_path):
     qmd = tmp_path / "doc.qmd"
-    qmd.write_text(MINI)
+    qmd.write_text("x")
     (tmp_path / "refs.bib").write_text(MINI_BIB)
-    out = rd.render_fallback(qmd, tmp_path / "out", cwd=tmp_path, timeout=120)
-    html = out.read_text()
-    assert "Intro with 42" in html and "Value x is 3" in html
-    assert '<figure id="fig-a">' in html and "data:image/png;base64," in html
-    assert "<strong>Figure 1:</strong> A caption citing" in html
-    assert '<div id="tbl-b" class="table">' in html and "<td>2</td>" in html
-    assert 'href="#fig-a">Figure 1</a>' in html  # also inside a cell's markdown output
-    assert "HTML ONLY" in html and "TYPST ONLY" not in html
-    assert 'id="ref-smith2020x"' in html and "doi.org/10.1/x" in html
-    assert "fallback renderer" in html
+    meta = rd.document_metadata({"title": "T", "author": [{"name": "A"}, "B"],
+                                 "date": "last-modified", "bibliography": "refs.bib",
+                                 "jupyter": "python3", "execute": {"echo": False}}, qmd)
+    assert meta["author"] == ["A", "B"] and re.fullmatch(r"\d{4}-\d\d-\d\d", meta["date"])
+    assert meta["bibliography"] == str(tmp_path / "refs.bib")
+    assert "jupyter" not in meta and "execute" not in meta
+    with pytest.raises(rd.RenderError, match="csl file missing.csl not found"):
+        rd.document_metadata({"csl": "missing.csl"}, qmd)
 
 
-def test_render_fallback_reports_the_failing_line(tmp_path):
+def _pdf_text(path: Path) -> str:
+    from pypdf import PdfReader
+
+    return "\n".join(page.extract_text() for page in PdfReader(path).pages)
+
+
+def _norm(text: str) -> str:
+    """Letters and digits only (compares text across line breaks, hyphenation, quotes)."""
+    import unicodedata
+
+    return re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKD", text).lower())
+
+
+class _Html:
+    """Tags, attributes and visible text of an HTML page (html.parser, no dependency)."""
+
+    def __init__(self, text: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        outer = self
+
+        class P(HTMLParser):
+            skip = 0
+
+            def handle_starttag(self, tag, attrs):
+                outer.tags.append((tag, dict(attrs)))
+                if tag in ("script", "style"):
+                    self.skip += 1
+
+            def handle_endtag(self, tag):
+                if tag in ("script", "style"):
+                    self.skip -= 1
+
+            def handle_data(self, data):
+                if not self.skip:
+                    outer.text.append(data)
+
+        P().feed(text)
+
+    def all(self, tag: str) -> list[dict]:
+        return [a for t, a in self.tags if t == tag]
+
+
+@pytest.fixture(scope="module")
+def mini_render(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mini")
+    (d / "doc.qmd").write_text(MINI)
+    (d / "refs.bib").write_text(MINI_BIB)
+    out = rd.render_pandoc(d / "doc.qmd", d / "out", cwd=d, timeout=120)
+    return out
+
+
+def test_render_pandoc_html(mini_render):
+    html = mini_render["html"].read_text()
+    page = _Html(html)
+    text = " ".join(page.text)
+    assert "Intro with 42" in text and "Value x is 3" in text and "a_b*c @x" in text
+    figure = [a for a in page.all("figure") if a.get("id") == "fig-a"]
+    assert figure, "figure fig-a missing"
+    imgs = page.all("img")
+    assert imgs and all(a.get("alt") == "A line going up." for a in imgs)
+    assert all(a["src"].startswith("data:image/png;base64,") for a in imgs)  # self-contained
+    assert "Figure 1: A caption citing" in re.sub(r"\s+", " ", text)
+    assert any(a.get("id") == "tbl-b" for a in page.all("table"))
+    assert "Table 1: Tab." in text and "Table 2: Empty one." in text
+    assert html.count('href="#fig-a"') == 2  # in the text, in the table note
+    assert 'href="#tbl-c"' in html
+    assert "HTML ONLY" in text and "TYPST ONLY" not in text and "PDF ONLY" not in text
+    assert "HIDDEN UNLESS HTML" in text
+    assert "Careful" in text and "callout-warning" in html
+    assert 'id="ref-smith2020x"' in html and "https://doi.org/10.1/x" in html
+    assert "?@" not in text and "@smith2020x" not in text
+    assert [a.get("id") for a in page.all("h1")][-1] == "references"
+
+
+def test_render_pandoc_pdf(mini_render):
+    text = _pdf_text(mini_render["pdf"])
+    flat = re.sub(r"\s+", " ", text)
+    assert "Intro with 42" in flat and "a_b*c @x" in flat
+    assert "Figure 1: A caption citing" in flat and "Table 1: Tab." in flat
+    assert "Table 2: Empty one." in flat and "See Table 1 and Table 2" in flat
+    assert "TYPST ONLY" in flat and "PDF ONLY" in flat and "HIDDEN UNLESS HTML" not in flat
+    assert "HTML ONLY" not in flat and "Careful" in flat
+    assert "References" in flat and "Book Title" in flat
+
+
+@pytest.mark.parametrize("body, message", [
+    ("see @fig-zz here", r"doc.qmd:5: unresolved cross-reference @fig-zz"),
+    ("cite [@nope2020] here", r"doc.qmd:5: citation @nope2020 is not in the bibliography"),
+])
+def test_render_pandoc_names_unresolved_references(tmp_path, body, message):
+    qmd = tmp_path / "doc.qmd"
+    qmd.write_text(f"---\ntitle: t\nbibliography: refs.bib\n---\n{body}\n")
+    (tmp_path / "refs.bib").write_text(MINI_BIB)
+    with pytest.raises(rd.RenderError, match=message):
+        rd.render_pandoc(qmd, tmp_path / "out", cwd=tmp_path, timeout=60, pdf=False)
+    assert not (tmp_path / "out" / "index.html").exists()
+
+
+def test_typst_error_names_the_source(tmp_path, monkeypatch):
+    import typst
+
+    def fail(*args, **kwargs):
+        raise typst.TypstError("unknown variable: x")
+
+    monkeypatch.setattr(typst, "compile", fail)
+    with pytest.raises(rd.RenderError, match=r"doc.qmd \(via index.typ\): Typst could not "
+                                             r"compile the PDF: unknown variable"):
+        rd.compile_typst(tmp_path / "index.typ", tmp_path / "x.pdf", tmp_path, "doc.qmd")
+
+
+def test_render_pandoc_reports_the_failing_line(tmp_path):
     qmd = tmp_path / "doc.qmd"
     qmd.write_text("---\ntitle: t\n---\n\nok `{python} undefined_name` here\n")
     with pytest.raises(rd.RenderError, match=r"doc.qmd:4: inline expression failed: NameError"):
-        rd.render_fallback(qmd, tmp_path / "out", cwd=tmp_path, timeout=60)
+        rd.render_pandoc(qmd, tmp_path / "out", cwd=tmp_path, timeout=60)
     assert not (tmp_path / "out" / "index.html").exists()
 
 
@@ -282,11 +397,96 @@ def test_missing_artefact_is_an_error_unless_allowed(tmp_path, monkeypatch):
     assert v["n_studies"] == "[missing: tables.n_studies]"
 
 
+# --- manuscript tables ---------------------------------------------------------------------------
+
 def test_md_table_formats_cells():
     df = pd.DataFrame({"a": ["x|y", None], "b": [0.123456, float("nan")], "c": [1, 2]})
-    md = mv.md_table(df)
-    assert md.splitlines()[0] == "| a | b | c |"
+    md = mv.md_table(df, align=["left", "right", "right"])
+    lines = md.splitlines()
+    assert lines[0] == "| a | b | c |"
+    assert lines[1] == "|----|----:|--:|"  # widths from the cells, alignment from `align`
     assert "| x\\|y | 0.123 | 1 |" in md and "|  |  | 2 |" in md
+
+
+def test_number_formats():
+    assert mv.fmt_num(2)(-0.004) == "0.00" and mv.fmt_num(1)(-3.25) == "−3.2"
+    assert mv.fmt_int(12174.0) == "12,174" and mv.fmt_pct(1)(0.8733) == "87.3"
+    assert mv.fmt_p_table(0.0004) == "< 0.001" and mv.fmt_p_table(0.0234) == "0.023"
+    assert mv.fmt_p_sci(9.92584e-14) == "9.9 × 10⁻¹⁴" and mv.fmt_p_sci(0.0123) == "0.012"
+
+
+def test_table_spec_drops_empty_columns_and_explains_missing_cells():
+    spec = mv.TableSpec(
+        columns=[mv.Column("Name", "name"), mv.Column("Value (mm)", "v", mv.fmt_num(1),
+                                                      "not measured."),
+                 mv.Column("Never", "never")],
+        notes=lambda df: ["Static note."], dropped_note="Why it is empty.")
+    df = pd.DataFrame({"name": ["a", "b"], "v": [1.234, float("nan")], "never": [None, None]})
+    md = mv.format_table("tbl-x", df, spec)
+    assert "| Name | Value (mm) |" in md and "Never |" not in md.splitlines()[0]
+    assert "| b | – |" in md and "| a | 1.2 |" in md
+    assert "– not measured." in md and "Static note." in md
+    assert "Not shown, because no value exists in this run: Never. Why it is empty." in md
+    assert md.index("::: {.table-note}") > md.index("| b |")
+
+
+def _headers(md: str) -> list[str]:
+    return [h.strip() for h in md.splitlines()[0].strip("|").split("|")]
+
+
+def _body_cells(md: str) -> list[str]:
+    rows = [ln for ln in md.splitlines()[2:] if ln.startswith("|")]
+    return [c.strip() for ln in rows for c in ln.strip("|").split("|")]
+
+
+def test_metaregression_table_without_clusters():
+    """The stage writes one row per covariate with empty peak columns when no cluster
+    survives: the manuscript shows the whole-brain columns only, with human headers."""
+    df = pd.DataFrame({"covariate": ["age", "female_pct", "treated"], "n_studies": [10, 11, 11],
+                       "n_missing": [1, 0, 0], "n_slope_clusters": [0, 2, 0],
+                       "n_fwe_voxels": [0, 15, 0]})
+    for col in ("cluster", "direction", "x", "y", "z", "slope", "slope_se", "slope_z",
+                "p_two_tailed", "p_fwe_freedman_lane"):
+        df[col] = float("nan")
+    md = mv.format_table("tbl-metaregression", df)
+    assert _headers(md) == ["Covariate", "Studies", "Slope clusters, whole brain",
+                            "Voxels with p FWE < 0.05, whole brain"]
+    assert all(c for c in _body_cells(md)) and "_" not in md.split("::: {.table-note}")[0]
+    assert "Mean age (years)" in md and "1 study does not report the mean age" in md
+    assert "no peak at which to test the slopes" in md
+
+
+def test_metaregression_table_with_clusters():
+    df = pd.DataFrame({"covariate": ["age"], "n_studies": [11], "n_missing": [0],
+                       "cluster": [1], "direction": ["increase"], "x": [0], "y": [48],
+                       "z": [-2], "slope": [0.012345], "slope_se": [0.00456],
+                       "slope_z": [2.7071], "p_two_tailed": [0.00679],
+                       "p_fwe_freedman_lane": [float("nan")], "n_slope_clusters": [1],
+                       "n_fwe_voxels": [float("nan")]})
+    md = mv.format_table("tbl-metaregression", df)
+    assert "| 0, 48, −2 |" in md and "0.012 (0.005)" in md and "| 2.71 |" in md
+    assert "| 0.007 |" in md and "Patients > controls" not in _headers(md)
+    assert "p FWE" not in _headers(md)  # no permutation test in this run: column left out
+    assert "Slope: change of Hedges' g at the cluster peak (mean age: per year" in md
+
+
+def test_network_table_headers_and_rounding(quick_results):
+    results, ready, _ = quick_results
+    if "characterisation" not in ready:
+        pytest.skip("characterisation stage not run")
+    df = mv.read_table("tbl-networks", results).query("set == 'published'")
+    md = mv.format_table("tbl-networks", df)
+    heads = _headers(md)
+    assert "Default mode (%)" in heads and "Voxels" in heads
+    assert not any("_" in h for h in heads)
+    numbers = [c for c in _body_cells(md) if re.fullmatch(r"[−\d.,]+", c)]
+    assert numbers and all(re.fullmatch(r"−?\d+\.\d|[\d,]+", c) for c in numbers)
+
+
+def test_run_mode_follows_the_values():
+    assert mv.run_mode(3, 4, 50, 1000) == "quick"
+    assert mv.run_mode(50, 1000, 50, 1000) == "full"
+    assert mv.run_mode("[missing: meta.imputations]", 4, 50, 1000) == "unknown"
 
 
 # --- provenance ----------------------------------------------------------------------------------
@@ -410,21 +610,104 @@ def _check_manuscript(quick_results, tmp_path, monkeypatch):
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
     monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
     monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
-    out = rd.render_fallback(QMD, tmp_path / "_manuscript", timeout=600)
-    html = out.read_text()
+    out = rd.render_pandoc(QMD, tmp_path / "_manuscript", timeout=600)
+    assert set(out) == {"html", "pdf"} and all(p.stat().st_size > 0 for p in out.values())
+    html = out["html"].read_text()
+    page = _Html(html)
+    text = re.sub(r"\s+", " ", " ".join(page.text))
     for label in _labels():
         if label.startswith(("fig-", "tbl-")):
             assert f'id="{label}"' in html, label
-    assert "?@" not in html
-    assert "[missing" not in html
-    assert '<figure id="fig-prisma">' in html and "data:image/png;base64," in html
+    # no unresolved cross-reference or citation
+    keys = set(re.findall(r"@\w+\s*\{\s*([^,\s]+)\s*,", BIB.read_text(encoding="utf-8")))
+    assert not re.search(r"\?@|@(?:fig|tbl|sec)-", text)
+    assert not [k for k in keys if f"@{k}" in text]
+    assert "[missing" not in text
+    # every image has a text alternative; figures are embedded
+    imgs = page.all("img")
+    assert imgs and all(a.get("alt", "").strip() for a in imgs)
+    assert all(a["src"].startswith("data:") for a in imgs)
+    # publication tables: human headers, no empty cell
+    for th in re.findall(r"<th[^>]*>(.*?)</th>", html, flags=re.S):
+        assert "_" not in th, th
+    assert not re.findall(r"<td[^>]*>\s*</td>", html)
     # the provenance banner matches data/peaks.tsv
     prov = mv.provenance(REPO / "data")
-    assert ("Data provenance:" in html) == (not prov.all_real)
+    assert ("Data provenance:" in text) == (not prov.all_real)
     if prov.simulated_studies:
-        assert f"{prov.n_studies_simulated} of {prov.n_studies} studies" in html
+        assert f"{prov.n_studies_simulated} of {prov.n_studies} studies" in text
+    # one renderer note, naming pandoc
+    assert text.count("This document was rendered by") == 1 and "rendered by pandoc" in text
+    # the run-mode sentence matches values.json (the test run is a quick run)
+    v = mv.Values(results)
+    mode = mv.run_mode(v["imputations"], v["permutations"], v["imputations_config"],
+                       v["permutations_config"])
+    assert ("quick run of the pipeline" in text) == (mode == "quick")
+    assert "fewer than configured when" not in text
     if "meta" not in missing:
         assert "<iframe" in html  # the interactive viewer of maps/z.nii.gz
+    # the PDF: every figure and table caption, the reference list
+    pdf = _norm(_pdf_text(out["pdf"]))
+    for c in CHUNKS:
+        cap = c.options.get("fig-cap") or c.options.get("tbl-cap") if c.kind == "code" else None
+        if cap:
+            plain = re.sub(r"\[?-?@[\w:.-]+\]?|\*", "", str(cap))
+            assert _norm(plain) in pdf, f"caption of {c.options['label']} not in the PDF"
+    assert _norm("References") in pdf
+    for title in _bib_titles():
+        assert _norm(title) in pdf, f"reference {title!r} not in the PDF"
+    return out
+
+
+def _bib_titles() -> list[str]:
+    """Titles of the bibliography's entries that the manuscript cites (read by pandoc)."""
+    import pypandoc
+
+    cited = set(re.findall(r"@([A-Za-z][\w:.-]*[\w])", QMD_TEXT))
+    entries = json.loads(pypandoc.convert_file(str(BIB), "csljson", format="bibtex"))
+    titles = [e["title"] for e in entries if e["id"] in cited]
+    assert titles
+    return titles
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_manuscript_in_headless_chromium(quick_results, tmp_path, monkeypatch):
+    """The rendered page in a real browser: no console error, the viewer is drawn.
+
+    Needs Chromium (Debian package ``chromium``); run by ``make validate``.
+    """
+    from analysis import browser
+
+    if browser.find_chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    out = _check_manuscript(quick_results, tmp_path, monkeypatch)
+    report = browser.check_page(out["html"], selector="iframe", settle=3.0)
+    assert report.errors == [], report.errors
+    assert report.title.startswith("Pain empathy")
+    assert report.screenshot is not None, "no interactive viewer on the page"
+    (tmp_path / "viewer.png").write_bytes(report.screenshot)
+    spread, inked = browser.image_variation(report.screenshot)
+    assert spread > 10 and inked > 0.05, f"viewer screenshot looks blank ({spread:.1f}, {inked})"
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_browser_check_sees_errors_and_blank_pages(tmp_path):
+    """The browser check itself: a script error is reported, a blank element is blank."""
+    from analysis import browser
+
+    if browser.find_chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    page = tmp_path / "bad.html"
+    page.write_text("<!DOCTYPE html><html><head><title>t</title></head><body>"
+                    "<div id='blank' style='width:200px;height:100px;background:#fff'></div>"
+                    "<script>console.error('boom'); undefinedFunction();</script></body></html>")
+    report = browser.check_page(page, selector="#blank", settle=0.5)
+    assert any("boom" in e for e in report.errors)
+    assert any("undefinedFunction" in e for e in report.errors)
+    spread, inked = browser.image_variation(report.screenshot)
+    assert spread < 1 and inked < 0.01
 
 
 def test_cited_values_golden(quick_results, data_regression):
@@ -477,5 +760,5 @@ def test_render_command_reports_failure(monkeypatch, capsys):
         raise rd.RenderError("index.qmd:12: code cell failed: KeyError")
 
     monkeypatch.setattr("analysis.commands.render.render", boom)
-    assert main(["render", "--engine", "fallback"]) == 1
+    assert main(["render", "--engine", "pandoc"]) == 1
     assert "index.qmd:12" in capsys.readouterr().out

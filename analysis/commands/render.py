@@ -1,9 +1,10 @@
 """``python -m analysis render``: render the manuscript into ``_manuscript/``.
 
 With Quarto on PATH this is ``quarto render`` (HTML and Typst PDF, run with this interpreter as
-QUARTO_PYTHON); without it, the built-in fallback renderer (:mod:`analysis.render`) executes
-the same ``manuscript/index.qmd`` in a Jupyter kernel and writes ``_manuscript/index.html``.
-Both read only ``results/`` (run ``python -m analysis run`` or ``make paper`` first).
+QUARTO_PYTHON); without it, :func:`analysis.render.render_pandoc` executes the same
+``manuscript/index.qmd`` in a Jupyter kernel and converts it with pandoc (``--citeproc``, the
+project's Lua filters) into ``_manuscript/index.html`` and, through Typst,
+``_manuscript/index.pdf``. Both read only ``results/`` (run ``python -m analysis run`` or ``make paper`` first).
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from analysis.render import RenderError, render
 
 EPILOG = """\
 examples:
-  python -m analysis render                            # Quarto if installed, else the fallback
-  python -m analysis render --engine fallback
+  python -m analysis render                    # Quarto if installed, else pandoc + Typst
+  python -m analysis render --engine pandoc    # pandoc + Typst even where Quarto is installed
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=["auto", "quarto", "fallback"], default="auto",
-                   help="auto: Quarto when installed, else the fallback renderer (default)")
+    p.add_argument("--engine", choices=["auto", "quarto", "pandoc"], default="auto",
+                   help="auto: Quarto when installed, else pandoc + Typst (default)")
     p.add_argument("--allow-missing", action="store_true",
                    help="render missing results as visible placeholders (development only)")
 

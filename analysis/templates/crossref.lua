@@ -1,0 +1,223 @@
+--[[
+Quarto-style cross-references for plain pandoc (analysis/render.py).
+
+analysis/render.py writes every labelled figure or table cell of the manuscript as
+
+  :::: {#fig-x .painemp-float fig-alt="Alt text"}
+  <the cell's output: images, a pipe table, notes>
+
+  ::: {.painemp-caption}
+  Caption text
+  :::
+  ::::
+
+This filter numbers those floats in document order (figures and tables separately) and
+
+* a figure with an image becomes a pandoc Figure with the identifier, the caption
+  "Figure N: ..." and the fig-alt text as the image's alternative text (the caption when
+  no fig-alt is given);
+* a table float gives its first table the identifier, the caption "Table N: ..." and
+  automatic column widths (the notes under the table stay under it);
+* a float without an image or a table (a "no rows" note) keeps its identifier and shows the
+  caption as a paragraph above the note;
+* @fig-x, @tbl-x, @sec-x and [@fig-x; @tbl-y] (pandoc parses them as citations) become links
+  "Figure N", "Table N", "Section N.M"; headings with an identifier sec-... are numbered as
+  the writer numbers them (unnumbered headings skipped).
+
+An unknown label is written as ?@label (as Quarto does) and reported on stderr as
+"crossref: unresolved reference @label"; analysis/render.py turns that into an error.
+
+Typst numbers its figures itself; the renderer turns that numbering off (`figure(numbering:
+none)`) so that this filter's numbers, the same in HTML and PDF, are the only ones.
+
+Must run before --citeproc, which would otherwise treat @fig-x as an unknown citation.
+--]]
+
+local PREFIX = { fig = "Figure", tbl = "Table", sec = "Section" }
+
+local names = {}          -- label -> "Figure 1"
+local counters = { fig = 0, tbl = 0 }
+
+local function kind_of(id)
+  return id:match("^(%a+)%-")
+end
+
+local function number_floats(blocks)
+  blocks:walk({
+    Div = function(div)
+      if div.classes:includes("painemp-float") and div.identifier ~= "" then
+        local kind = kind_of(div.identifier)
+        if counters[kind] == nil then
+          error("crossref: float " .. div.identifier .. " is neither fig- nor tbl-")
+        end
+        if names[div.identifier] then
+          error("crossref: duplicate label " .. div.identifier)
+        end
+        counters[kind] = counters[kind] + 1
+        names[div.identifier] = PREFIX[kind] .. " " .. counters[kind]
+      end
+    end,
+  })
+end
+
+local function number_sections(blocks)
+  local level_counts = {}
+  for _, block in ipairs(blocks) do
+    if block.t == "Header" and not block.classes:includes("unnumbered") then
+      level_counts[block.level] = (level_counts[block.level] or 0) + 1
+      for deeper = block.level + 1, 9 do
+        level_counts[deeper] = nil
+      end
+      if block.identifier:match("^sec%-") then
+        local parts = {}
+        for lvl = 1, block.level do
+          if level_counts[lvl] then
+            table.insert(parts, tostring(level_counts[lvl]))
+          end
+        end
+        names[block.identifier] = "Section " .. table.concat(parts, ".")
+      end
+    end
+  end
+end
+
+local function split_caption(div)
+  local caption, rest = nil, pandoc.Blocks({})
+  for _, block in ipairs(div.content) do
+    if block.t == "Div" and block.classes:includes("painemp-caption") and caption == nil then
+      caption = pandoc.utils.blocks_to_inlines(block.content)
+    else
+      rest:insert(block)
+    end
+  end
+  return caption or pandoc.Inlines({}), rest
+end
+
+local function labelled(id, caption)
+  local out = pandoc.Inlines({ pandoc.Str(names[id] .. ":"), pandoc.Space() })
+  out:extend(caption)
+  return out
+end
+
+local function figure(div, caption, rest)
+  local alt = div.attributes["fig-alt"]
+  local n_images = 0
+  rest = rest:walk({
+    Image = function(img)
+      n_images = n_images + 1
+      img.caption = pandoc.Inlines(alt or pandoc.utils.stringify(caption))
+      img.attributes["fig-alt"] = nil
+      return img
+    end,
+  })
+  if n_images == 0 then
+    return nil
+  end
+  return pandoc.Figure(rest, pandoc.Caption(pandoc.Plain(labelled(div.identifier, caption))),
+    pandoc.Attr(div.identifier, { "painemp-figure" }))
+end
+
+local function table_float(div, caption, rest)
+  local done = false
+  rest = rest:walk({
+    Table = function(tbl)
+      if done then
+        return nil
+      end
+      done = true
+      tbl.identifier = div.identifier
+      -- column widths from the cells (HTML and Typst lay out automatic columns well); the
+      -- relative widths of the pipe table's dashes are for Quarto
+      for i, spec in ipairs(tbl.colspecs) do
+        tbl.colspecs[i] = { spec[1], pandoc.ColWidthDefault }
+      end
+      tbl.caption = pandoc.Caption(pandoc.Plain(labelled(div.identifier, caption)))
+      return tbl
+    end,
+  })
+  if not done then
+    return nil
+  end
+  return pandoc.Div(rest, pandoc.Attr("", { "painemp-table" }))
+end
+
+local function resolve_floats(blocks)
+  return blocks:walk({
+    Div = function(div)
+      if not div.classes:includes("painemp-float") then
+        return nil
+      end
+      local caption, rest = split_caption(div)
+      local kind = kind_of(div.identifier)
+      local out = kind == "fig" and figure(div, caption, rest) or table_float(div, caption, rest)
+      if out then
+        return out
+      end
+      -- no image / no table (e.g. "No cluster survived"): caption above the note
+      local content = pandoc.List({ pandoc.Para(labelled(div.identifier, caption)) })
+      content:extend(rest)
+      return pandoc.Div(content, pandoc.Attr(div.identifier, { "painemp-" .. kind }))
+    end,
+  })
+end
+
+local function is_xref(id)
+  local kind = kind_of(id)
+  return kind ~= nil and PREFIX[kind] ~= nil
+end
+
+local function resolve_cite(cite)
+  local all = true
+  for _, c in ipairs(cite.citations) do
+    if not is_xref(c.id) then
+      all = false
+    end
+  end
+  if not all then
+    for _, c in ipairs(cite.citations) do
+      if is_xref(c.id) then
+        io.stderr:write("crossref: reference @" .. c.id .. " mixed with citations\n")
+      end
+    end
+    return nil
+  end
+  local out = pandoc.Inlines({})
+  for i, c in ipairs(cite.citations) do
+    if i > 1 then
+      out:extend({ pandoc.Str(";"), pandoc.Space() })
+    end
+    if #c.prefix > 0 then
+      out:extend(c.prefix)
+      out:insert(pandoc.Space())
+    end
+    if names[c.id] then
+      out:insert(pandoc.Link(names[c.id], "#" .. c.id))
+    else
+      io.stderr:write("crossref: unresolved reference @" .. c.id .. "\n")
+      out:insert(pandoc.Str("?@" .. c.id))
+    end
+    out:extend(c.suffix)
+  end
+  return out
+end
+
+-- Notes under a table (::: {.table-note}) stay together on one page and in a smaller font
+-- in Typst; in HTML the stylesheet does that.
+function Div(div)
+  if FORMAT == "typst" and div.classes:includes("table-note") then
+    local out = pandoc.List({ pandoc.RawBlock("typst",
+      "#block(breakable: false, above: 0.6em, below: 1.2em)[#set text(size: 8.5pt)") })
+    out:extend(div.content)
+    out:insert(pandoc.RawBlock("typst", "]"))
+    return out
+  end
+  return nil
+end
+
+function Pandoc(doc)
+  number_floats(doc.blocks)
+  number_sections(doc.blocks)
+  doc.blocks = resolve_floats(doc.blocks)
+  doc.blocks = doc.blocks:walk({ Cite = resolve_cite })
+  return doc
+end
