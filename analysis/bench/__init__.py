@@ -37,7 +37,8 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: modules imported before running: their ``@register`` calls take effect, and a module-level
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
 BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.meta",
-                              "analysis.bench.characterisation", "analysis.bench.calibration"]
+                              "analysis.bench.characterisation", "analysis.bench.calibration",
+                              "analysis.bench.design"]
 
 
 def register(name: str, description: str):

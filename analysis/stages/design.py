@@ -54,13 +54,13 @@ import pandas as pd
 from analysis.checks import design as D
 from analysis.io import save_figure
 from analysis.progress import progress
-from analysis.sdm.clusters import threshold_clusters
+from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
 from analysis.sdm.io import write_tsv
 from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
 
-DIRECTION_KEYS = {"Patients>Controls": "increase", "Patients<Controls": "decrease"}
+DIRECTION_KEYS = {INCREASE: "increase", DECREASE: "decrease"}
 #: columns of the null maxima per direction: (SDM-Z, TFCE)
 NULL_STAT_COLUMNS = {"increase": ("max_z", "max_tfce"), "decrease": ("max_neg_z", "max_neg_tfce")}
 THRESHOLD_COLUMNS = ["direction", "statistic", "n", "quantile", "estimate", "lower", "upper",
@@ -120,6 +120,7 @@ def run_null(studies, quotas, config: dict, space, kernel, p: dict, rng_of) -> p
     ``rng_of(f"null/{i}/fit")``.
     """
     sdm = config["sdm"]
+    thr = params.threshold_params(config)
     tfce = params.psi_params(config)["tfce_params"] if p["tfce"] else None
     rows = []
     for i in progress(range(p["null_replicates"]), desc="design: null meta-analyses",
@@ -133,7 +134,10 @@ def run_null(studies, quotas, config: dict, space, kernel, p: dict, rng_of) -> p
         res = D.fit_peaks(studies, peaks[0], space, kernel, est,
                           unknown_peak_mode=sdm["unknown_peak_mode"], combine=sdm["combine"])
         sign = peaks[0]["sign"].to_numpy()
+        cl = threshold_clusters(res.maps["z"], space, local_peaks=False, **thr)
         rows.append({"replicate": i + 1, **D.null_maxima(res.maps["z"], space, tfce),
+                     "n_clusters_pos": cl.n_clusters(INCREASE),
+                     "n_clusters_neg": cl.n_clusters(DECREASE),
                      "n_peaks": len(sign), "n_peaks_pos": int((sign > 0).sum()),
                      "n_peaks_neg": int((sign < 0).sum()),
                      "seconds": round(time.perf_counter() - t0, 2)})
@@ -194,7 +198,7 @@ def published_verdicts(published: pd.DataFrame, null: pd.DataFrame, thresholds: 
                      "gumbel_fwe_z_upper": g["upper"], "n_exceed": ex["n_exceed"], "n": ex["n"],
                      "p_fwe": ex["p_monte_carlo"], "p_fwe_lower": ex["p_lower"],
                      "p_fwe_upper": ex["p_upper"], "p_fwe_gumbel": ex["p_gumbel"],
-                     "verdict": D.fwe_verdict(abs(z), th["lower"], th["upper"]),
+                     "verdict": D.monte_carlo_verdict(ex, p["alpha"]),
                      "verdict_gumbel": (D.fwe_verdict(abs(z), g["lower"], g["upper"])
                                         if np.isfinite(g["estimate"]) else "undecided"),
                      "psi_standin_fwe_z": psi_z,
@@ -261,22 +265,40 @@ def _published(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     return text, num.reset_index(drop=True)
 
 
-def produce(ctx) -> dict:
-    """Stage ``design`` (see the module docstring)."""
+def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = None) -> dict:
+    """Everything the stage writes, as tables and values (shared with the benchmark ``design``).
+
+    Parameters
+    ----------
+    config : dict
+        The validated configuration.
+    data_dir : path-like
+        Folder of ``studies.tsv``, ``peaks.tsv`` and ``published_table3.tsv``.
+    p : dict
+        :func:`design_params` (replicate counts, effect sizes, ...).
+    rng_of : callable
+        ``name -> numpy.random.Generator`` (the stage's ``ctx.rng``).
+    psi : DataFrame, optional
+        PSI permutation maxima of the stand-in data (stage ``robustness``).
+
+    Returns
+    -------
+    dict
+        ``tables`` (name -> DataFrame), ``summary``, ``published``, ``values`` and
+        ``sensitivity_voxels``.
+    """
     from analysis.checks.table3 import table3_consistency, verdict_counts
     from analysis.sdm.space import MaskSpace
     from analysis.simulate import published_effects
 
     t_start = time.perf_counter()
-    cfg = ctx.config
-    p = design_params(cfg, ctx.quick)
-    dataset = params.compendium_dataset(ctx.data_dir, cfg)
+    cfg = config
+    dataset = params.compendium_dataset(data_dir, cfg)
     studies = dataset.studies
-    text, published = _published(ctx.data_dir)
+    text, published = _published(data_dir)
 
     # ---- 2. Table 3 against itself, the samples and the text
     checks = table3_consistency(text, studies, config=cfg)
-    write_tsv(ctx.out("tables/table3_checks.tsv"), checks, float_format="%.6g")
     counts = verdict_counts(checks)
     flagged = checks[checks["verdict"] != "consistent"]
 
@@ -287,42 +309,58 @@ def produce(ctx) -> dict:
     LGR.info("design: %d null meta-analyses on %d voxels, %d imputations", p["null_replicates"],
              space.n_voxels, p["imputations"])
     t0 = time.perf_counter()
-    null = run_null(studies, quotas, cfg, space, kernel, p, ctx.rng)
+    null = run_null(studies, quotas, cfg, space, kernel, p, rng_of)
     t_null = time.perf_counter() - t0
-    write_tsv(ctx.out("tables/design_null_maxima.tsv"), null.drop(columns="seconds"),
-              float_format="%.6f")
-    psi_path = ctx.result("tables/permutation_maxima.tsv")
-    psi = D.read_permutation_maxima(psi_path) if psi_path.exists() else None
-    thresholds, gumbel = fwe_thresholds(null, psi, p, ctx.rng("gumbel"))
-    write_tsv(ctx.out("tables/design_fwe_threshold.tsv"), thresholds, float_format="%.6g")
+    thresholds, gumbel = fwe_thresholds(null, psi, p, rng_of("gumbel"))
     verdicts = published_verdicts(published, null, thresholds, gumbel, p)
-    write_tsv(ctx.out("tables/design_published_peaks.tsv"), verdicts, float_format="%.6g")
 
-    # ---- 3. sensitivity at the published locations
+    # ---- 3. sensitivity at the published locations (FWE: the null's empirical quantile)
     sens_space = sensitivity_space(cfg, p["roi_radius_mm"])
-    unit = published_effects(ctx.data_dir)
+    unit = published_effects(data_dir)
     unit = unit.assign(g=np.sign(unit["g"]).astype(float))
     locations = published[["direction", "x", "y", "z"]]
-    fwe_z = {r.direction: float(thresholds.loc[(thresholds["direction"]
-                                                == DIRECTION_KEYS[r.direction])
-                                               & (thresholds["statistic"] == "sdm_z"),
-                                               "estimate"].iloc[0])
-             for r in locations.itertuples(index=False)}
+    fwe_z = {}
+    for r in locations.itertuples(index=False):
+        sel = thresholds[(thresholds["direction"] == DIRECTION_KEYS[r.direction])
+                         & (thresholds["statistic"] == "sdm_z")]
+        fwe_z[r.direction] = float(sel["estimate"].iloc[0]) if len(sel) else np.nan
     t0 = time.perf_counter()
     sens = run_sensitivity(studies, quotas, cfg, sens_space, kernel, p, unit, locations, fwe_z,
-                           ctx.rng)
+                           rng_of)
     t_sens = time.perf_counter() - t0
-    write_tsv(ctx.out("tables/design_sensitivity_replicates.tsv"), sens, float_format="%.6g")
     summary = D.compatible_effects(D.summarise_sensitivity(sens, p["confidence"]), published)
-    write_tsv(ctx.out("tables/design_sensitivity.tsv"), summary, float_format="%.6g")
-    draw_sensitivity(summary, published, p, sens_space.n_voxels, ctx.out)
 
-    return values(p, checks, counts, flagged, null, thresholds, verdicts, summary, published,
+    vals = values(p, checks, counts, flagged, null, thresholds, verdicts, summary, published,
                   space, sens_space, psi, whole_mask=not cfg["sdm"].get("analysis_roi_radius_mm"),
                   seconds={
                       "null_seconds": round(t_null, 1), "sensitivity_seconds": round(t_sens, 1),
                       "null_replicate_seconds": round(t_null / max(len(null), 1), 2),
                       "total_seconds": round(time.perf_counter() - t_start, 1)})
+    return {"tables": {"table3_checks": checks, "design_null_maxima": null,
+                       "design_fwe_threshold": thresholds, "design_published_peaks": verdicts,
+                       "design_sensitivity_replicates": sens, "design_sensitivity": summary},
+            "summary": summary, "published": published, "values": vals,
+            "sensitivity_voxels": int(sens_space.n_voxels)}
+
+
+#: float formats of the written tables
+TABLE_FORMATS = {"table3_checks": "%.6g", "design_null_maxima": "%.6f",
+                 "design_fwe_threshold": "%.6g", "design_published_peaks": "%.6g",
+                 "design_sensitivity_replicates": "%.6g", "design_sensitivity": "%.6g"}
+
+
+def produce(ctx) -> dict:
+    """Stage ``design`` (see the module docstring)."""
+    p = design_params(ctx.config, ctx.quick)
+    psi_path = ctx.result("tables/permutation_maxima.tsv")
+    psi = D.read_permutation_maxima(psi_path) if psi_path.exists() else None
+    out = compute(ctx.config, ctx.data_dir, p, ctx.rng, psi)
+    for name, df in out["tables"].items():
+        if name == "design_null_maxima":
+            df = df.drop(columns="seconds")
+        write_tsv(ctx.out(f"tables/{name}.tsv"), df, float_format=TABLE_FORMATS[name])
+    draw_sensitivity(out["summary"], out["published"], p, out["sensitivity_voxels"], ctx.out)
+    return out["values"]
 
 
 def draw_sensitivity(summary, published, p: dict, n_voxels: int, out) -> None:
@@ -400,6 +438,7 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
                  "increase": thr("increase"), "decrease": thr("decrease"),
                  "tfce_increase": thr("increase", "tfce"),
                  "tfce_decrease": thr("decrease", "tfce")},
+        "paper_threshold_fwer": paper_fwer(null, p["confidence"]),
         "psi_standin_permutations": int(len(psi) - 1) if psi is not None else 0,
         "published": peaks,
         "published_verdicts": n_verdict,
@@ -412,3 +451,24 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
         **seconds,
     }
 
+
+
+def paper_fwer(null: pd.DataFrame, confidence: float) -> dict:
+    """Share of null meta-analyses with any cluster at the paper's thresholds, per direction and
+    in either, with Clopper-Pearson intervals: the family-wise false-positive rate of the
+    paper's uncorrected thresholds in this design.
+    """
+    from scipy.stats import binomtest
+
+    out = {}
+    n = len(null)
+    for key, hit in (("increase", null["n_clusters_pos"] > 0),
+                     ("decrease", null["n_clusters_neg"] > 0),
+                     ("either", (null["n_clusters_pos"] > 0) | (null["n_clusters_neg"] > 0))):
+        k = int(hit.sum())
+        ci = binomtest(k, n).proportion_ci(confidence, method="exact") if n else None
+        out[key] = {"hits": k, "rate": _num(k / n if n else np.nan, 4),
+                    "lower": _num(ci.low if ci else np.nan, 4),
+                    "upper": _num(ci.high if ci else np.nan, 4)}
+    out["replicates"] = n
+    return out
