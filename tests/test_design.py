@@ -305,11 +305,13 @@ def test_stage_quick_golden(quick_design, data_regression):
 @pytest.mark.timeout(7200)
 def test_published_peaks_against_the_design_null():
     """The exact Monte-Carlo test of the published peaks with 20 whole-brain null meta-analyses
-    of the design (about 12 CPU-minutes) and the sensitivity with 3 replicates.
+    of the design (about 15 CPU-minutes) and the sensitivity with 3 replicates.
 
-    Observed when written (30 null replicates, 8 sensitivity replicates; see the README): no
-    null maximum of either direction came near the smallest published |SDM-Z| (3.510), so
-    every published peak has Monte-Carlo p = 1/21 <= 0.05 here.
+    Observed when written (the same streams, 30 null replicates; README, "Checks without the
+    coordinates"): the largest null SDM-Z of increases was 2.70, so both published increases
+    (3.510, 3.699) pass with p = 1/(n + 1); decreases reached 4.63 and 3.86 (replicates 8 and
+    17), so the published decreases (-3.797, -4.246) cannot pass the exact test with these
+    replicates. The design is asymmetric: the decrease threshold is the higher one.
     """
     from analysis.bench.design import run_design
 
@@ -318,12 +320,14 @@ def test_published_peaks_against_the_design_null():
     assert v["null"]["whole_mask"] and v["null"]["replicates"] == 20
     null = out["tables"]["design_null_maxima"]
     assert len(null) == 20 and np.isfinite(null[["max_z", "max_neg_z"]].to_numpy()).all()
-    for pk in v["published"]:
-        assert pk["verdict"] == "passes", pk
-        assert pk["p_fwe"] == pytest.approx(1 / 21, abs=1e-4)
-    for key in ("increase", "decrease"):
-        t = v["null"][key]
-        assert t["lower"] <= t["estimate"] < 3.51
-        assert t["gumbel_lower"] < t["gumbel"] < t["gumbel_upper"]
+    verdicts = [pk["verdict"] for pk in v["published"]]
+    assert verdicts[:2] == ["passes", "passes"]
+    assert v["published"][0]["p_fwe"] == pytest.approx(1 / 21, abs=1e-4)
+    assert "passes" not in verdicts[2:]
+    inc, dec = v["null"]["increase"], v["null"]["decrease"]
+    assert inc["estimate"] < 3.51 < dec["null_max"]
+    assert inc["estimate"] < dec["estimate"]
+    for t in (inc, dec):
+        assert t["lower"] <= t["estimate"] and t["gumbel_lower"] < t["gumbel"] < t["gumbel_upper"]
     for loc in v["sensitivity"]["locations"]:
         assert loc["p_covered"][-1] >= loc["p_covered"][0]
