@@ -63,12 +63,12 @@ def plot_sensitivity(summary: pd.DataFrame, published: pd.DataFrame, *, title: s
                      color=col, ms=4, capsize=2, lw=1, label=name)
         ax2.axhline(abs(float(pub["hedges_g"].iloc[i])), color=col, ls=":", lw=1.2)
     ax1.plot([], [], "k--", lw=1, label=fwe_label)
-    ax1.set_xlabel("true Hedges' g at the location (all 11 studies)")
+    ax1.set_xlabel("true Hedges' g at the location (every study)")
     ax1.set_ylabel(f"P(same-sign cluster peak within {radius_mm:g} mm)")
     ax1.set_ylim(-0.02, 1.02)
     ax1.legend(fontsize=7, loc="upper left")
     ax1.set_title(f"A. Same-sign cluster peak within {radius_mm:g} mm", loc="left", fontsize=10)
-    ax3.set_xlabel("true Hedges' g at the location (all 11 studies)")
+    ax3.set_xlabel("true Hedges' g at the location (every study)")
     ax3.set_ylabel("P(location inside a same-sign cluster)")
     ax3.set_ylim(-0.02, 1.02)
     ax3.set_title("B. Location covered by a cluster", loc="left", fontsize=10)
@@ -82,5 +82,10 @@ def plot_sensitivity(summary: pd.DataFrame, published: pd.DataFrame, *, title: s
     if title:
         fig.suptitle(title, fontsize=10)
     if note:
-        fig.text(0.5, -0.02, note, ha="center", va="top", fontsize=7, wrap=True)
+        import textwrap
+
+        lines = textwrap.wrap(note, 190)
+        fig.get_layout_engine().set(rect=(0, 0.025 * (len(lines) + 1), 1,
+                                          1 - 0.025 * (len(lines) + 1)))
+        fig.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=7)
     return fig

@@ -340,7 +340,7 @@ def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = 
                        "design_fwe_threshold": thresholds, "design_published_peaks": verdicts,
                        "design_sensitivity_replicates": sens, "design_sensitivity": summary},
             "summary": summary, "published": published, "values": vals,
-            "sensitivity_voxels": int(sens_space.n_voxels)}
+            "sensitivity_voxels": int(sens_space.n_voxels), "n_studies": int(len(studies))}
 
 
 #: float formats of the written tables
@@ -359,17 +359,19 @@ def produce(ctx) -> dict:
         if name == "design_null_maxima":
             df = df.drop(columns="seconds")
         write_tsv(ctx.out(f"tables/{name}.tsv"), df, float_format=TABLE_FORMATS[name])
-    draw_sensitivity(out["summary"], out["published"], p, out["sensitivity_voxels"], ctx.out)
+    draw_sensitivity(out["summary"], out["published"], p, out["sensitivity_voxels"], ctx.out,
+                     n_studies=out["n_studies"])
     return out["values"]
 
 
-def draw_sensitivity(summary, published, p: dict, n_voxels: int, out) -> None:
+def draw_sensitivity(summary, published, p: dict, n_voxels: int, out,
+                     n_studies: int = 11) -> None:
     """``figures/design_sensitivity.{png,svg}`` (:func:`analysis.figures.design.plot_sensitivity`)."""
     import matplotlib.pyplot as plt
 
     from analysis.figures.design import plot_sensitivity
 
-    note = (f"Simulated meta-analyses of the paper's design (11 studies, their sample sizes, "
+    note = (f"Simulated meta-analyses of the paper's design ({n_studies} studies, their sample sizes, "
             f"thresholds, reported directions and peak counts): {p['sensitivity_replicates']} "
             f"per true g, {p['imputations']} imputations, {n_voxels} grey-matter voxels within "
             f"{p['roi_radius_mm']} mm of the published peaks. Bands: "
