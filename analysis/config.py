@@ -134,6 +134,22 @@ class SimulationConfig(_Section):
     validation: SimulationValidationConfig
 
 
+class DesignConfig(_Section):
+    null_replicates: PosInt
+    null_replicates_quick: PosInt
+    sensitivity_replicates: PosInt
+    sensitivity_replicates_quick: PosInt
+    effect_sizes: Annotated[list[NonNegFloat], Field(min_length=1)]
+    effect_sizes_quick: Annotated[list[NonNegFloat], Field(min_length=1)]
+    imputations: Annotated[int, Field(ge=2)]
+    imputations_quick: Annotated[int, Field(ge=2)]
+    sensitivity_roi_radius_mm: PosFloat | None
+    match_distance_mm: PosFloat
+    confidence: Prob
+    bootstrap: PosInt
+    tfce: bool
+
+
 class CharacterisationConfig(_Section):
     seeds_published: list[Annotated[list[float], Field(min_length=3, max_length=3)]]
     seeds_published_direction: list[Literal["increase", "decrease"]]
@@ -166,6 +182,7 @@ class ConfigSchema(_Section):
     data: DataConfig
     sdm: SdmConfig
     simulation: SimulationConfig
+    design: DesignConfig
     characterisation: CharacterisationConfig
     manuscript: ManuscriptConfig
 

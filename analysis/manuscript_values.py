@@ -51,6 +51,11 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     "tbl-networks": ("characterisation", "tables/network_overlap.tsv"),
     "tbl-terms": ("characterisation", "tables/top_terms.tsv"),
     "map-z": ("meta", "maps/z.nii.gz"),  # interactive viewer (HTML only)
+    # What can be checked without the coordinates (stage design, analysis/stages/design.py)
+    "tbl-table3-checks": ("design", "tables/table3_checks.tsv"),
+    "tbl-design-fwe": ("design", "tables/design_published_peaks.tsv"),
+    "tbl-design-sensitivity": ("design", "tables/design_sensitivity.tsv"),
+    "fig-design-sensitivity": ("design", "figures/design_sensitivity.png"),
 }
 
 #: Name used in the manuscript -> "stage.key" in values.json (stages record the parameters they used).
@@ -108,6 +113,27 @@ VALUES: dict[str, str] = {
     "macm_studies_acc": "characterisation.published.seeds.P1.n_studies_6mm",
     "macm_studies_mtg": "characterisation.published.seeds.P2.n_studies_6mm",
     "n_top_terms": "characterisation.parameters.top_terms",
+    # Checks without the coordinates (stage design, analysis/stages/design.py)
+    "design_t3_n_checks": "design.table3_checks.n_checks",
+    "design_t3_consistent": "design.table3_checks.consistent",
+    "design_t3_inconsistent": "design.table3_checks.inconsistent",
+    "design_t3_not_checkable": "design.table3_checks.not_checkable",
+    "design_null_replicates": "design.null.replicates",
+    "design_null_imputations": "design.null.imputations",
+    "design_null_voxels": "design.null.n_voxels",
+    "design_null_whole_mask": "design.null.whole_mask",
+    "design_alpha": "design.null.alpha",
+    "design_confidence": "design.null.confidence",
+    "design_fwe_increase": "design.null.increase",
+    "design_fwe_decrease": "design.null.decrease",
+    "design_paper_fwer": "design.paper_threshold_fwer.either",
+    "design_published": "design.published",
+    "design_psi_permutations": "design.psi_standin_permutations",
+    "design_sens_replicates": "design.sensitivity.replicates",
+    "design_sens_radius": "design.sensitivity.roi_radius_mm",
+    "design_sens_voxels": "design.sensitivity.n_voxels",
+    "design_match_mm": "design.sensitivity.match_distance_mm",
+    "design_sens_locations": "design.sensitivity.locations",
     # Parameters (analysis/config.yaml)
     "fwhm_mm": "meta.parameters.fwhm_mm",
     "voxel_mm": "meta.parameters.voxel_mm",

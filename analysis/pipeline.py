@@ -95,6 +95,10 @@ STAGES: list[Stage] = [
     # PSI permutations (FWE/TFCE), jackknife, meta-regression, subgroups
     Stage("robustness", "analysis.stages.robustness:produce",
           inputs=["studies.tsv", "peaks.tsv"], depends=["meta"]),
+    # What can be checked without the coordinates: the design's FWE threshold (null
+    # simulations), Table 3's internal consistency, the design's sensitivity
+    Stage("design", "analysis.stages.design:produce",
+          inputs=["studies.tsv", "peaks.tsv", "published_table3.tsv"], depends=["robustness"]),
     # MACM, connectivity, conjunctions, decoding: Figures 3-4
     Stage("characterisation", "analysis.stages.characterisation:produce", depends=["meta"]),
 ]

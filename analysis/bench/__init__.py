@@ -38,7 +38,7 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
 BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.meta",
                               "analysis.bench.characterisation", "analysis.bench.calibration",
-                              "analysis.bench.paper"]
+                              "analysis.bench.paper", "analysis.bench.design"]
 
 
 def register(name: str, description: str):

@@ -13,6 +13,7 @@ EPILOG = """\
 examples:
   python -m analysis bench --list
   python -m analysis bench --only psi --permutations 200 --n-jobs 2
+  python -m analysis bench --only design --design-null-replicates 40
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
@@ -50,6 +51,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
+    # design (analysis/bench/design.py): the checks of stage "design" with more replicates
+    p.add_argument("--design-null-replicates", type=int, default=None,
+                   help="design: whole-brain null meta-analyses (default 20)")
+    p.add_argument("--design-sensitivity-replicates", type=int, default=None,
+                   help="design: replicates per true effect size (default 5)")
+    p.add_argument("--design-imputations", type=int, default=None,
+                   help="design: imputations per meta-analysis (default: design.imputations)")
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -75,6 +75,26 @@ def masks(config: dict) -> tuple:
     return mask, whole
 
 
+def kernel(config: dict, space, recreation_mask=None):
+    """The configured kernel, prepared once on the space where maps are recreated.
+
+    For an analysis on ``space`` the maps are recreated on the configured whole mask when
+    ``space`` is a region of it (:func:`analysis.sdm.preprocess.recreation_space`; the whole
+    mask of :func:`masks` unless ``recreation_mask`` is given). Passed to
+    :func:`analysis.sdm.preprocess.preprocess` (``kernel=``), one kernel and its peak cache serve
+    every simulated meta-analysis on ``space`` or on any region of the recreation space.
+    """
+    from analysis.sdm.kernel import make_kernel
+    from analysis.sdm.preprocess import recreation_space
+
+    ep = estimator_params(config)
+    whole = masks(config)[1] if recreation_mask is None else recreation_mask
+    return make_kernel(recreation_space(space, whole)[0], fwhm=ep["fwhm"],
+                       anisotropy=ep["anisotropy"], template=ep["kernel_template"],
+                       path_model=ep["path_model"], outside_stretch=ep["outside_stretch"],
+                       outside_radius=ep["outside_radius"])
+
+
 def threshold_params(config: dict) -> dict:
     """Arguments of :func:`analysis.sdm.clusters.threshold_clusters` (``sdm.threshold``)."""
     sdm = config["sdm"]
