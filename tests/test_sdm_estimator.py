@@ -289,3 +289,21 @@ def test_nimare_round_trip():
     assert (b["sign"].to_numpy() == a["sign"].to_numpy()).all()
     with pytest.raises(ValueError, match="no 'z_stat' column"):
         SDMDataset.from_nimare(ds.to_nimare(), t_column="z_stat")
+
+
+def test_mle_survives_a_covariate_without_variation(rng):
+    """A covariate that is constant among the studies (its centred column is zero) leaves a
+    flat direction in the MetaNSUE likelihood: the fit falls back to a minimum-norm Newton step
+    instead of failing with a singular Hessian, and the intercept is the mean model's (the
+    slope itself is not estimable: its z map is NaN, not an error)."""
+    space = MaskSpace(_box_mask(half=(2, 2, 2)))
+    k, nv = 6, space.n_voxels
+    n1 = rng.integers(12, 30, k).astype(float)
+    lo = np.full((k, nv), -0.6, np.float32)
+    up = np.full((k, nv), 0.6, np.float32)
+    lo[:3], up[:3] = 0.4, 0.4  # half the studies known
+    X = np.column_stack([np.ones(k), np.zeros(k)])
+    with_cov = SDMPSI(imputations=3, seed=1).fit_bounds(lo, up, n1, None, space, X=X)
+    mean = SDMPSI(imputations=3, seed=1).fit_bounds(lo, up, n1, None, space)
+    assert np.isfinite(with_cov.mle["beta"]).all()
+    np.testing.assert_allclose(with_cov.mle["beta"][:, 0], mean.mle["beta"][:, 0], atol=1e-6)

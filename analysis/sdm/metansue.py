@@ -197,7 +197,11 @@ def _newton(prob: _Problem, beta, act, max_iter=50, tol=1e-10):
         a = act[:, cols]
         f, g, h = sub.terms(beta[cols])
         G, H = _grad_hess(sub, g, h, a)
-        step = -np.linalg.solve(H + ridge, G[..., None])[..., 0]
+        try:
+            step = -np.linalg.solve(H + ridge, G[..., None])[..., 0]
+        except np.linalg.LinAlgError:  # a flat direction (e.g. a covariate constant among
+            # the studies that are informative at some voxels): minimum-norm Newton step
+            step = -(np.linalg.pinv(H + ridge) @ G[..., None])[..., 0]
         f_cur = (a * f).sum(0)
         f_old = f_cur
         t = np.ones(cols.size)

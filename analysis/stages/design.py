@@ -53,7 +53,7 @@ import pandas as pd
 
 from analysis.checks import design as D
 from analysis.io import save_figure
-from analysis.progress import progress
+from analysis.sdm.progress import progress
 from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
 from analysis.sdm.io import write_tsv
 from analysis.stages import params
