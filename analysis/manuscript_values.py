@@ -549,7 +549,7 @@ def format_table(label: str, df: pd.DataFrame, spec: TableSpec | None = None,
 
 
 def table(label: str, results_dir: str | Path | None = None, query: str | None = None,
-          empty: str | None = None, floatfmt: str = ".3g"):
+          empty: str | None = None, floatfmt: str = ".3g", columns: dict | None = None):
     """The table of ``label`` as Markdown for display in a code cell.
 
     Parameters
@@ -562,6 +562,9 @@ def table(label: str, results_dir: str | Path | None = None, query: str | None =
         Text shown instead of a table without rows (default: the spec's).
     floatfmt : str
         Format of floating-point cells of a table without a spec.
+    columns : dict, optional
+        ``{TSV column: header}`` of a table without an entry in :data:`TABLES`: these columns,
+        in this order, numbers formatted with ``floatfmt``.
     """
     from IPython.display import Markdown
 
@@ -571,6 +574,14 @@ def table(label: str, results_dir: str | Path | None = None, query: str | None =
     if query:
         df = df.query(query)
     spec = TABLES.get(label)
+    if spec is None and columns:
+        def number(v, f=floatfmt):
+            return format(v, f) if isinstance(v, float) else str(v)
+
+        spec = TableSpec(columns=[Column(h, c, number, align="right" if pd.api.types
+                                         .is_numeric_dtype(df[c]) else "left")
+                                  for c, h in columns.items() if c in df.columns],
+                         empty=empty or "No rows in this run.")
     if empty is not None and spec is not None:
         spec = TableSpec(**{**spec.__dict__, "empty": empty})
     if df.empty and spec is None:

@@ -53,9 +53,9 @@ import pandas as pd
 
 from analysis.checks import design as D
 from analysis.io import save_figure
-from analysis.sdm.progress import progress
 from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
 from analysis.sdm.io import write_tsv
+from analysis.sdm.progress import progress
 from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
