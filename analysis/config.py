@@ -69,6 +69,7 @@ class PsiConfig(_Section):
     reml_iterations: PosInt
     reml_tol: PosFloat
     subject_fwhm_mm: NonNegFloat
+    tfce_subject_fwhm_mm: PosFloat | None
     chunk_size: PosInt
     voxel_block: PosInt
     backend: Literal["numpy", "numba", "cupy"]

@@ -206,6 +206,47 @@ def test_freedman_lane_meta_regression(toy):
         == "subjects"
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_separate_tfce_null_keeps_the_voxel_null(toy, backend):
+    """``tfce_subject_fwhm_mm``: the max-z null (and everything else of SDM-PSI's default) is
+    unchanged; the TFCE null is that of a test whose subject images are the smoother ones,
+    under the same permutation codes."""
+    default = P.psi_permutation_test(toy, n_permutations=8, seed=5, backend=backend)
+    sep = P.psi_permutation_test(toy, n_permutations=8, seed=5, backend=backend,
+                                 tfce_subject_fwhm_mm=16.0, chunk_size=3)
+    assert default.info["tfce_null"] == "shared" and default.info["tfce_subject_fwhm_mm"] is None
+    assert sep.info["tfce_null"] == "separate" and sep.info["tfce_subject_fwhm_mm"] == 16.0
+    cols = ["max_z", "max_neg_z"]
+    np.testing.assert_array_equal(sep.maxima[cols].to_numpy(), default.maxima[cols].to_numpy())
+    for name in ("z", "tfce", "tfce_neg", "p_voxel", "p_voxel_neg"):
+        np.testing.assert_array_equal(sep.maps[name], default.maps[name])
+    # observed (identity) TFCE unchanged; permuted TFCE maxima from the 16 mm images
+    tf = ["max_tfce", "max_neg_tfce"]
+    np.testing.assert_array_equal(sep.maxima[tf].iloc[0], default.maxima[tf].iloc[0])
+    smooth = P.make_subject_images(toy.n1, toy.n2, toy.space,
+                                   P.derive_rng(5, "psi/subject_images_tfce"), 16.0)
+    ref = P.psi_permutation_test(toy, n_permutations=8, seed=5, backend=backend,
+                                 subject_images=smooth)
+    np.testing.assert_allclose(sep.maxima[tf].to_numpy(), ref.maxima[tf].to_numpy(),
+                               rtol=1e-9)
+    assert not np.allclose(sep.maxima[tf].iloc[1:], default.maxima[tf].iloc[1:])
+    p = (sep.maxima["max_tfce"].to_numpy()[None] >= sep.maps["tfce"][:, None]).mean(1)
+    np.testing.assert_allclose(sep.maps["p_tfce"], p)
+    # pre-made images give the same test; a meta-regression (study permutation) ignores it
+    again = P.psi_permutation_test(toy, n_permutations=8, seed=5, backend=backend,
+                                   tfce_subject_images=smooth)
+    np.testing.assert_array_equal(again.maxima.to_numpy(), sep.maxima.to_numpy())
+    X = np.c_[np.ones(6), np.arange(6.0)]
+    fl = P.PSIInputs(toy.imputations, toy.n1, toy.n2, toy.space, X=X, C=[0, 1])
+    a = P.psi_permutation_test(fl, n_permutations=4, seed=1, backend=backend)
+    b = P.psi_permutation_test(fl, n_permutations=4, seed=1, backend=backend,
+                               tfce_subject_fwhm_mm=16.0)
+    np.testing.assert_array_equal(a.maxima.to_numpy(), b.maxima.to_numpy())
+    assert b.info["tfce_null"] == "shared"
+    with pytest.raises(ValueError, match="tfce_subject_fwhm_mm"):
+        P.psi_permutation_test(toy, n_permutations=2, tfce_subject_fwhm_mm=0.0)
+
+
 def test_bad_inputs_raise(toy):
     with pytest.raises(ValueError, match="voxels"):
         P.PSIInputs(toy.imputations[:, :, :-1], toy.n1, toy.n2, toy.space)

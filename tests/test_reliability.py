@@ -335,6 +335,7 @@ def test_config_unknown_key_is_named_with_the_closest_key():
     ({"sdm": {"imputations": "fifty"}}, "sdm.imputations"),
     ({"sdm": {"imputations": 0}}, "sdm.imputations"),
     ({"sdm": {"psi": {"backend": "fortran"}}}, "sdm.psi.backend"),
+    ({"sdm": {"psi": {"tfce_subject_fwhm_mm": 0}}}, "sdm.psi.tfce_subject_fwhm_mm"),
     ({"sdm": {"tfce": {"E": "half"}}}, "sdm.tfce.E"),
     ({"seed": 1.5}, "seed"),
     ({"characterisation": {"decoding_voxel_level": "yes"}}, "characterisation.decoding_voxel_level"),
@@ -346,6 +347,22 @@ def test_config_wrong_type_names_the_key(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(override)
     assert info.value.key == key
+
+
+def test_tfce_null_smoothness_reaches_the_engine():
+    """``sdm.psi.tfce_subject_fwhm_mm``: null (SDM-PSI's shared null) by default, a number
+    passed to the permutation engine and the corrector."""
+    from analysis.config import load_config
+    from analysis.sdm import PSICorrector
+    from analysis.stages import params
+
+    assert params.psi_params(load_config())["tfce_subject_fwhm_mm"] is None
+    cfg = load_config({"sdm": {"psi": {"tfce_subject_fwhm_mm": 20}}})
+    assert params.psi_params(cfg)["tfce_subject_fwhm_mm"] == 20.0
+    corr = PSICorrector(tfce_subject_fwhm_mm=20.0)
+    assert corr.get_params()["tfce_subject_fwhm_mm"] == 20.0
+    assert "tfce_subject_fwhm_mm=20.0" in repr(corr)
+    assert PSICorrector().get_params()["tfce_subject_fwhm_mm"] is None
 
 
 def test_misspelt_key_in_config_file(tmp_path, monkeypatch):

@@ -92,7 +92,8 @@ class _Pipeline:
 
 
 def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, permutations: int,
-             backend: str, n_jobs: int, seed: int | None) -> _Pipeline:
+             backend: str, n_jobs: int, seed: int | None,
+             psi_overrides: dict | None = None) -> _Pipeline:
     from analysis.config import load_config
     from analysis.grid import analysis_mask
     from analysis.sdm.kernel import make_kernel
@@ -101,6 +102,8 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
     from analysis.stages import params
 
     overrides: dict = {"sdm": {"analysis_roi_radius_mm": roi_radius_mm}}
+    if psi_overrides:
+        overrides["sdm"]["psi"] = dict(psi_overrides)
     if seed is not None:
         overrides["seed"] = int(seed)
     cfg = load_config(overrides)
@@ -197,7 +200,8 @@ def null_calibration(simulations: int = DEFAULTS["simulations"],
                      imputations: int = DEFAULTS["imputations"],
                      roi_radius_mm: float | None = DEFAULTS["roi_radius_mm"],
                      n_studies: int = DEFAULTS["n_studies"], alpha: float = DEFAULTS["alpha"],
-                     *, seed: int | None = None, n_jobs: int = 1, backend: str = "numba",
+                     *, seed: int | None = None, psi_overrides: dict | None = None,
+                     n_jobs: int = 1, backend: str = "numba",
                      blas_threads: int | None = 1, progress: bool = True) -> dict:
     """False-positive rate of the FWE correction over simulated null meta-analyses.
 
@@ -217,6 +221,9 @@ def null_calibration(simulations: int = DEFAULTS["simulations"],
         FWE level: a hit is any voxel with ``p_FWE < alpha`` in either direction.
     seed : int, optional
         Overrides the configuration seed.
+    psi_overrides : dict, optional
+        In-memory overrides of the configuration's ``sdm.psi`` (validated like it), e.g.
+        ``{"tfce_subject_fwhm_mm": 20}`` for a separate, smoother TFCE null.
     n_jobs : int
         Parallel permutation chunks of each PSI test (threads; results do not depend on it).
     backend : {"numpy", "numba", "cupy"}
@@ -247,7 +254,7 @@ def null_calibration(simulations: int = DEFAULTS["simulations"],
               if blas_threads else nullcontext())
     with limits:
         pipe = _prepare(roi_radius_mm, n_studies, imputations, permutations, backend, n_jobs,
-                        seed)
+                        seed, psi_overrides)
         LGR.info("null calibration: %d simulations x %d studies, %d imputations, "
                  "%d permutations, %d voxels (ROI %s mm)", n_sim, pipe.n_studies,
                  pipe.imputations, pipe.permutations, pipe.space.n_voxels, roi_radius_mm)
@@ -266,6 +273,8 @@ def null_calibration(simulations: int = DEFAULTS["simulations"],
         "simulations": n_sim, "studies": pipe.n_studies, "permutations": pipe.permutations,
         "imputations": pipe.imputations, "roi_radius_mm": roi_radius_mm,
         "voxels": int(pipe.space.n_voxels), "alpha": alpha, "seed": int(pipe.cfg["seed"]),
+        "subject_fwhm_mm": float(pipe.cfg["sdm"]["psi"]["subject_fwhm_mm"]),
+        "tfce_subject_fwhm_mm": pipe.cfg["sdm"]["psi"]["tfce_subject_fwhm_mm"],
         "expected_rate_one_direction": round(q, 4), "expected_rate": round(either, 4),
     }
     for stat in ("voxel", "tfce"):
@@ -311,11 +320,14 @@ def bench_null_calibration(args: argparse.Namespace) -> dict:
         return DEFAULTS[name.removeprefix("sim_")] if value is None else value
 
     roi = opt("sim_roi_radius_mm")
+    tfce_fwhm = getattr(args, "tfce_subject_fwhm_mm", None)
     out = null_calibration(simulations=int(opt("simulations")),
                            permutations=int(opt("sim_permutations")),
                            imputations=int(opt("sim_imputations")),
                            roi_radius_mm=float(roi) if roi and roi > 0 else None,
                            n_studies=int(opt("sim_n_studies")),
+                           psi_overrides=(None if tfce_fwhm is None
+                                          else {"tfce_subject_fwhm_mm": float(tfce_fwhm)}),
                            n_jobs=int(getattr(args, "n_jobs", 1) or 1),
                            backend=getattr(args, "backend", "numba") or "numba")
     m = out["metrics"]

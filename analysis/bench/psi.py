@@ -197,15 +197,21 @@ def bench_psi_enge(args: argparse.Namespace) -> dict:
     res = params.estimator(cfg, int(args.imputations), int(cfg["seed"]),
                            keep_imputations=True).fit(ds, mask_img=mask)
     t_fit = time.perf_counter() - t0
+    tfce_fwhm = getattr(args, "tfce_subject_fwhm_mm", None)
+    if tfce_fwhm is None:
+        tfce_fwhm = params.psi_params(cfg)["tfce_subject_fwhm_mm"]
     perm = psi_permutation_test(res, int(args.permutations), seed=int(cfg["seed"]),
-                                n_jobs=args.n_jobs, backend=args.backend)
+                                n_jobs=args.n_jobs, backend=args.backend,
+                                subject_fwhm_mm=params.psi_params(cfg)["subject_fwhm_mm"],
+                                tfce_subject_fwhm_mm=tfce_fwhm)
     sdm = np.loadtxt(folder / "analysis_mod1" / "fwe" / "maxsMinsZ.asc")
     ours = perm.maxima.to_numpy()[:, 1:]
     q = [5, 25, 50, 75, 95]
     metrics = {"studies": len(res.n1), "imputations": int(args.imputations),
                "permutations": int(args.permutations), "fit_seconds": round(t_fit, 1),
                "permutation_seconds": perm.info["seconds_permutations"],
-               "subject_fwhm_mm": perm.info["subject_fwhm_mm"]}
+               "subject_fwhm_mm": perm.info["subject_fwhm_mm"],
+               "tfce_subject_fwhm_mm": perm.info["tfce_subject_fwhm_mm"]}
     for c, name in enumerate(["max_z", "max_neg_z", "max_tfce", "max_neg_tfce"]):
         metrics[f"{name}_observed_ours"] = round(float(ours[0, c]), 3)
         metrics[f"{name}_observed_sdm"] = round(float(sdm[0, c]), 3)

@@ -34,6 +34,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="permutations timed with REML for the REML/DL ratio (default 50)")
     p.add_argument("--naive-permutations", type=int, default=2,
                    help="permutations timed with the naive loop (default 2)")
+    p.add_argument("--tfce-subject-fwhm-mm", type=float, default=None,
+                   help="psi-enge and null-calibration: smoothness (mm) of a separate set of "
+                        "subject images for the TFCE null (default: the configuration's "
+                        "sdm.psi.tfce_subject_fwhm_mm)")
     p.add_argument("--nimare-iters", type=int, default=20,
                    help="Monte-Carlo iterations of the NiMARE comparison (0 = skip)")
     # null-calibration (analysis/sdm/bench_calibration.py): its own counts, so that the options

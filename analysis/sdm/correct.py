@@ -31,6 +31,7 @@ from analysis.sdm.permutation import (
     PSI_REML_ITERATIONS,
     PSI_REML_TOL,
     SUBJECT_FWHM_MM,
+    TFCE_SUBJECT_FWHM_MM,
     VOXEL_BLOCK,
     psi_permutation_test,
 )
@@ -62,12 +63,17 @@ class PSICorrector(ParamsMixin):
         Array back-end of the permutation kernel.
     subject_fwhm_mm, chunk_size, reml_iterations, reml_tol, voxel_block, tfce_params
         See :func:`analysis.sdm.permutation.psi_permutation_test`.
+    tfce_subject_fwhm_mm : float, optional
+        Smoothness of a separate set of subject images for the TFCE null (``None``, the
+        default: SDM-PSI's shared null; see
+        :func:`analysis.sdm.permutation.psi_permutation_test`).
     progress : bool
         Show a progress bar.
     """
 
     def __init__(self, n_iters: int = N_PERMUTATIONS, seed: int = 0, n_jobs: int = 1,
                  backend: str = "numpy", subject_fwhm_mm: float = SUBJECT_FWHM_MM,
+                 tfce_subject_fwhm_mm: float | None = TFCE_SUBJECT_FWHM_MM,
                  chunk_size: int = CHUNK_SIZE, reml_iterations: int = PSI_REML_ITERATIONS,
                  reml_tol: float = PSI_REML_TOL, voxel_block: int = VOXEL_BLOCK,
                  tfce_params: dict | None = None, progress: bool = False):
@@ -76,6 +82,7 @@ class PSICorrector(ParamsMixin):
         self.n_jobs = n_jobs
         self.backend = backend
         self.subject_fwhm_mm = subject_fwhm_mm
+        self.tfce_subject_fwhm_mm = tfce_subject_fwhm_mm
         self.chunk_size = chunk_size
         self.reml_iterations = reml_iterations
         self.reml_tol = reml_tol
@@ -105,6 +112,7 @@ class PSICorrector(ParamsMixin):
                                     reml_iterations=p["reml_iterations"],
                                     reml_tol=p["reml_tol"], voxel_block=p["voxel_block"],
                                     subject_fwhm_mm=p["subject_fwhm_mm"],
+                                    tfce_subject_fwhm_mm=p["tfce_subject_fwhm_mm"],
                                     tfce_params=p["tfce_params"], progress=p["progress"])
         out = _copy(result)
         for name in CORRECTED_MAPS:

@@ -34,6 +34,42 @@ Choices SDM-PSI's public documentation leaves open, made here: the group analysi
 permutation is ``J x mean`` (the PSI paper's text) rather than the ``J x mean / sd`` of its
 supplementary R code; the preliminary subject images are Gaussian-smoothed white noise (FWHM
 ``sdm.psi.subject_fwhm_mm``) instead of SDM's template-driven sequential imputation.
+
+TFCE null (``tfce_subject_fwhm_mm``). The permuted maps are as smooth as the subject images
+(6 mm, chosen so that the null max-z on Enge et al. 2021 matches SDM-PSI's), but maps recreated
+from peaks (20 mm kernels) and imputed with 20 mm correlated noise are smoother at the scales
+TFCE integrates over (Smith & Nichols 2009, NeuroImage 44:83-98: TFCE rewards extent). In
+simulated null meta-analyses the observed z is rough at one voxel (lag-1 FWHM 8.1 +- 1.7 mm, the
+voxel-wise maximum-likelihood mean) but its autocorrelation at 12 mm is 0.36-0.52 (two
+simulations) against 0.30-0.33 for permuted maps from 12 mm images, 0.48-0.60 from 20 mm images
+and 0.00-0.04 from 6 mm images. So the observed TFCE maxima are compared with a null that is
+too low. In 100 whole-pipeline null meta-analyses (11 studies, 3 imputations, 50
+permutations, 20 mm ROI; :mod:`analysis.bench.calibration`), where 7.8 % of false positives
+(either direction) are expected:
+
+==========================================  ======================  =====================
+null maxima from                             voxel-FWE (95 % CI)     TFCE-FWE (95 % CI)
+==========================================  ======================  =====================
+6 mm images, shared (SDM-PSI; default)       15 % (8.6-23.5)         22 % (14.3-31.4)
+14 mm images, shared                         17 % (10.2-25.8)        8 % (3.5-15.2)
+20 mm images, shared                         23 % (15.2-32.5)        6 % (2.2-12.6)
+6 mm; TFCE from separate 20 mm images        15 % (8.6-23.5)         6 % (2.2-12.6)
+==========================================  ======================  =====================
+
+Smoother images calibrate TFCE but make the max-z null too low, and they move our null max-z
+on Enge away from SDM-PSI's (median 3.12 at 20 mm against SDM-PSI's 3.80). Hence the option:
+a second set of subject images (``tfce_subject_fwhm_mm``, e.g. the kernel FWHM, 20 mm),
+permuted with the same codes, gives the TFCE null maxima only, and everything else, the max-z
+null included, stays bit for bit SDM-PSI's behaviour. On Enge it raises our null TFCE maxima
+(5/50/95 %: 5117/7681/11752 at 20 mm, 4045/5888/8302 at 14 mm) above SDM-PSI's
+(2470/4298/7232), which sit between our 6 mm (2575/3286/4766) and 10 mm (3358/4592/6736) shared
+nulls: by these measures SDM-PSI's own TFCE-FWE is liberal on peak-based input too (Enge: 5
+imputations, 100 permutations). The voxel-FWE excess is of another kind: each of the 15
+voxel-FWE false positives is an observed maximum (|z| 4.1-5.6) above all, or all but one, of the
+permuted maxima at every image smoothness tried (6-20 mm). In the one inspected, three studies
+report same-sign peaks within 11 mm, MetaNSUE's maximum-likelihood mean there is 0.41 (tau2 0)
+and draws the other eight studies' imputations towards it, which the permutation of
+subject images does not reproduce.
 """
 
 from __future__ import annotations
@@ -65,6 +101,9 @@ N_PERMUTATIONS = 1000
 #: smoothness (FWHM, mm) of the preliminary subject images: with it, the null max-z quantiles of
 #: Enge et al. (2021) match SDM-PSI's (5/50/95 %: 3.42/3.81/4.39 vs 3.36/3.80/4.38)
 SUBJECT_FWHM_MM = 6.0
+#: smoothness (FWHM, mm) of a second set of subject images for the TFCE null only; ``None``
+#: (SDM-PSI's behaviour): the TFCE null comes from the same permuted maps as the max-z null
+TFCE_SUBJECT_FWHM_MM = None
 #: REML in the permutation loop: at most this many Newton/Fisher updates, stopping earlier once
 #: no tau2 moves by more than :data:`PSI_REML_TOL`
 PSI_REML_ITERATIONS = 10
@@ -455,6 +494,8 @@ class _Engine:
     backend: str
     block: int
     tfce: dict
+    #: subject images of the TFCE null (None: the TFCE null uses ``subjects``)
+    subjects_tfce: list | None = None
     # derived once (not per permutation): the compiled design or None, and v(g) = k1 + k2 g^2
     design: str | None = field(init=False)
     k1: np.ndarray = field(init=False)
@@ -465,22 +506,28 @@ class _Engine:
         self.design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
         self.k1, self.k2 = inp.variance_coefficients()
 
-    def study_effects(self, codes: PermutationCodes, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """(A (k, V), c (k,)) of permutation ``b`` of a subject-level code."""
+    def study_effects(self, codes: PermutationCodes, b: int, tfce_null: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(A (k, V), c (k,)) of permutation ``b`` of a subject-level code (from the subject
+        images of the TFCE null when ``tfce_null`` and they exist).
+        """
         inp = self.inputs
+        subjects = (self.subjects_tfce if tfce_null and self.subjects_tfce is not None
+                    else self.subjects)
         k = len(inp.n1)
         A = np.empty((k, inp.space.n_voxels), dtype=np.float32)
         jj = inp.j
         for i in range(k):
-            A[i] = jj[i] * (codes.weights[i][b] @ self.subjects[i])
+            A[i] = jj[i] * (codes.weights[i][b] @ subjects[i])
         return A, codes.c[b]
 
-    def pooled(self, codes: PermutationCodes | None, b: int = 0) -> dict:
+    def pooled(self, codes: PermutationCodes | None, b: int = 0, tfce_null: bool = False
+               ) -> dict:
         """Pooled coefficient, variance, z and tau2 maps of permutation ``b`` of ``codes``.
 
         ``codes=None`` is the identity: the imputations themselves, fitted with the estimator's
         kernel (:func:`analysis.sdm.re_kernels.run_kernel` with ``A = 0, c = 1``), so its z map
-        is the estimator's.
+        is the estimator's. ``tfce_null`` permutes the subject images of the TFCE null.
         """
         inp = self.inputs
         design = self.design
@@ -489,7 +536,7 @@ class _Engine:
                 return self._compiled(None, inp.imputations, None, None, 0)
             y = inp.imputations
         elif codes.method == "subjects":
-            A, c = self.study_effects(codes, b)
+            A, c = self.study_effects(codes, b, tfce_null)
             if design is not None:
                 return self._compiled(A[None], inp.imputations, c, None, 0)
             y = _LazyY(A, c, inp.imputations)
@@ -542,9 +589,16 @@ class _LazyFL:
 
 def _run_chunk(engine: _Engine, codes: PermutationCodes) -> np.ndarray:
     out = np.empty((codes.n, 4))
+    separate = engine.subjects_tfce is not None and codes.method == "subjects"
     for b in range(codes.n):
         z = engine.pooled(codes, b)["z"]
-        out[b] = engine.maxima(z)[:4]
+        if not separate:
+            out[b] = engine.maxima(z)[:4]
+            continue
+        # TFCE null from the smoother subject images, same permutation (same signs/groups)
+        zt = engine.pooled(codes, b, tfce_null=True)["z"]
+        pos, neg = tfce_mod.tfce(zt, engine.inputs.space, **engine.tfce)
+        out[b] = float(z.max()), float((-z).max()), float(pos.max()), float(neg.max())
     return out
 
 
@@ -618,7 +672,9 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
                          reml_iterations: int = PSI_REML_ITERATIONS,
                          reml_tol: float = PSI_REML_TOL, voxel_block: int = VOXEL_BLOCK,
                          subject_fwhm_mm: float = SUBJECT_FWHM_MM, subject_images=None,
-                         heterogeneity: str | None = None, tfce_params: dict | None = None,
+                         tfce_subject_fwhm_mm: float | None = TFCE_SUBJECT_FWHM_MM,
+                         tfce_subject_images=None, heterogeneity: str | None = None,
+                         tfce_params: dict | None = None,
                          progress: bool = False) -> PermutationResult:
     """Family-wise error correction by permutation of subject images (SDM-PSI).
 
@@ -647,6 +703,20 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
         Smoothness of the preliminary subject images (:data:`SUBJECT_FWHM_MM`).
     subject_images : list of ndarray, optional
         Pre-made subject images (else :func:`make_subject_images`).
+    tfce_subject_fwhm_mm : float, optional
+        Smoothness of a second set of subject images whose permutations give the TFCE null
+        maxima only (stream ``psi/subject_images_tfce``; same permutation codes); the max-z
+        null keeps ``subject_fwhm_mm``. ``None`` (default, SDM-PSI's behaviour): both maxima
+        come from the same permuted maps. Maps recreated from peaks are smoother than the
+        6 mm null maps, and TFCE rewards extent, so SDM-PSI's behaviour makes TFCE-FWE
+        anti-conservative on peak-based input (22 % false positives for 7.8 % expected); the
+        kernel FWHM (20 mm, also the smoothness of the imputation noise) calibrates it (6 %),
+        at the price of TFCE thresholds above SDM-PSI's (module notes). Costs one more
+        meta-analysis per permutation (permutations about 1.6 times slower, measured) and a
+        second set of subject images in memory. Unused by Freedman-Lane, which permutes the
+        study maps themselves.
+    tfce_subject_images : list of ndarray, optional
+        Pre-made subject images of the TFCE null (implies a separate TFCE null).
     heterogeneity : {"dl", "reml"}, optional
         Between-study variance estimator of every fit (default: the inputs', i.e. the
         estimator's; DerSimonian-Laird as SDM-PSI).
@@ -670,17 +740,28 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
     block = int(voxel_block)
     tol = float(reml_tol)
     check_backend(backend)
+    if tfce_subject_fwhm_mm is not None:
+        tfce_subject_fwhm_mm = float(tfce_subject_fwhm_mm)
+        if not tfce_subject_fwhm_mm > 0:
+            raise ValueError(f"tfce_subject_fwhm_mm must be > 0 or None, got "
+                             f"{tfce_subject_fwhm_mm}")
     t0 = time.perf_counter()
     codes = make_codes(inputs, n_permutations, derive_rng(seed, "psi/permutations"))
-    subjects, fl_fit, fl_res = None, None, None
+    subjects, subjects_tfce, fl_fit, fl_res = None, None, None, None
     if codes.method == "subjects":
         subjects = subject_images if subject_images is not None else make_subject_images(
             inputs.n1, inputs.n2, inputs.space, derive_rng(seed, "psi/subject_images"),
             subject_fwhm_mm)
+        if tfce_subject_images is not None:
+            subjects_tfce = tfce_subject_images
+        elif tfce_subject_fwhm_mm is not None:
+            subjects_tfce = make_subject_images(inputs.n1, inputs.n2, inputs.space,
+                                                derive_rng(seed, "psi/subject_images_tfce"),
+                                                tfce_subject_fwhm_mm)
     else:
         fl_fit, fl_res = _freedman_lane_parts(inputs, n_iter, tol, block)
     engine = _Engine(inputs, subjects, fl_fit, fl_res, n_iter, tol, backend, block,
-                     tfce_mod.tfce_params(**(tfce_params or {})))
+                     tfce_mod.tfce_params(**(tfce_params or {})), subjects_tfce)
     t_setup = time.perf_counter() - t0
     # identity permutation: the observed maps
     obs = engine.pooled(None)
@@ -720,6 +801,8 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
             "imputations": int(inputs.imputations.shape[0]), "studies": len(inputs.n1),
             "voxels": int(inputs.space.n_voxels), "method": codes.method,
             "subject_fwhm_mm": float(subject_fwhm_mm),
+            "tfce_null": "shared" if subjects_tfce is None else "separate",
+            "tfce_subject_fwhm_mm": None if subjects_tfce is None else tfce_subject_fwhm_mm,
             "seconds_setup": round(t_setup, 3), "seconds_permutations": round(t_perm, 3)}
     LGR.info("PSI: %d permutations (%s, %s) in %.1f s", n_permutations, codes.method, backend,
              t_perm)

@@ -113,7 +113,10 @@ def psi_params(config: dict) -> dict:
     t = config["sdm"]["tfce"]
     return {"chunk_size": int(psi["chunk_size"]), "reml_iterations": int(psi["reml_iterations"]),
             "reml_tol": float(psi["reml_tol"]), "voxel_block": int(psi["voxel_block"]),
-            "subject_fwhm_mm": float(psi["subject_fwhm_mm"]), "backend": psi["backend"],
+            "subject_fwhm_mm": float(psi["subject_fwhm_mm"]),
+            "tfce_subject_fwhm_mm": (None if psi["tfce_subject_fwhm_mm"] is None
+                                     else float(psi["tfce_subject_fwhm_mm"])),
+            "backend": psi["backend"],
             "n_jobs": int(psi["n_jobs"]),
             "tfce_params": {"E": float(t["E"]), "H": float(t["H"]),
                             "n_steps": int(t["n_steps"]),
