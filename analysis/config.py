@@ -73,6 +73,7 @@ class PsiConfig(_Section):
     chunk_size: PosInt
     voxel_block: PosInt
     backend: Literal["numpy", "numba", "cupy"]
+    precision: Literal["single", "double"]
     n_jobs: int
 
 

@@ -33,7 +33,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reml-permutations", type=int, default=50,
                    help="permutations timed with REML for the REML/DL ratio (default 50)")
     p.add_argument("--naive-permutations", type=int, default=2,
-                   help="permutations timed with the naive loop (default 2)")
+                   help="permutations timed with the naive loop (default 2; ten times as many "
+                        "with double precision)")
+    p.add_argument("--load-permutations", type=int, default=40,
+                   help="psi: permutations timed alone and beside a CPU-bound process "
+                        "(0 = skip; default 40)")
     p.add_argument("--tfce-subject-fwhm-mm", type=float, default=None,
                    help="psi-enge and null-calibration: smoothness (mm) of a separate set of "
                         "subject images for the TFCE null (default: the configuration's "

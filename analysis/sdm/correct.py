@@ -67,6 +67,9 @@ class PSICorrector(ParamsMixin):
         Smoothness of a separate set of subject images for the TFCE null (``None``, the
         default: SDM-PSI's shared null; see
         :func:`analysis.sdm.permutation.psi_permutation_test`).
+    precision : {"single", "double"}
+        Arithmetic of the per-study terms of the permuted fits (numba back-end, mean models;
+        see :func:`analysis.sdm.permutation.psi_permutation_test`).
     progress : bool
         Show a progress bar.
     """
@@ -76,7 +79,8 @@ class PSICorrector(ParamsMixin):
                  tfce_subject_fwhm_mm: float | None = TFCE_SUBJECT_FWHM_MM,
                  chunk_size: int = CHUNK_SIZE, reml_iterations: int = PSI_REML_ITERATIONS,
                  reml_tol: float = PSI_REML_TOL, voxel_block: int = VOXEL_BLOCK,
-                 tfce_params: dict | None = None, progress: bool = False):
+                 tfce_params: dict | None = None, precision: str = "single",
+                 progress: bool = False):
         self.n_iters = n_iters
         self.seed = seed
         self.n_jobs = n_jobs
@@ -88,6 +92,7 @@ class PSICorrector(ParamsMixin):
         self.reml_tol = reml_tol
         self.voxel_block = voxel_block
         self.tfce_params = tfce_params
+        self.precision = precision
         self.progress = progress
 
     def transform(self, result):
@@ -113,7 +118,8 @@ class PSICorrector(ParamsMixin):
                                     reml_tol=p["reml_tol"], voxel_block=p["voxel_block"],
                                     subject_fwhm_mm=p["subject_fwhm_mm"],
                                     tfce_subject_fwhm_mm=p["tfce_subject_fwhm_mm"],
-                                    tfce_params=p["tfce_params"], progress=p["progress"])
+                                    tfce_params=p["tfce_params"], precision=p["precision"],
+                                    progress=p["progress"])
         out = _copy(result)
         for name in CORRECTED_MAPS:
             out.maps[name] = np.asarray(perm.maps[name], dtype=np.float32)

@@ -116,7 +116,7 @@ def psi_params(config: dict) -> dict:
             "subject_fwhm_mm": float(psi["subject_fwhm_mm"]),
             "tfce_subject_fwhm_mm": (None if psi["tfce_subject_fwhm_mm"] is None
                                      else float(psi["tfce_subject_fwhm_mm"])),
-            "backend": psi["backend"],
+            "backend": psi["backend"], "precision": psi["precision"],
             "n_jobs": int(psi["n_jobs"]),
             "tfce_params": {"E": float(t["E"]), "H": float(t["H"]),
                             "n_steps": int(t["n_steps"]),
