@@ -217,6 +217,35 @@ def test_voxel_blocked_kernel_agrees_with_the_estimator_kernel(toy):
         P.psi_permutation_test(toy, 2, precision="half")
 
 
+@pytest.mark.parametrize("C", [[0, 1], [1, 0]])
+def test_voxel_blocked_slope_kernel_agrees_with_the_estimator_kernel(toy, C):
+    """Design ``[1, x]`` with a raw covariate (an age-like x): Freedman-Lane (``C = [0, 1]``) and
+    subject permutations of a covariate-adjusted mean (``C = [1, 0]``) through the voxel-blocked
+    kernel agree with the estimator's compiled fit of the same permuted effects."""
+    x = np.array([23.0, 41.5, 30.2, 35.0, 27.8, 44.1])
+    inp = P.PSIInputs(toy.imputations, toy.n1, toy.n2, toy.space, X=np.c_[np.ones(6), x], C=C)
+    subj = None
+    fit = res = None
+    if inp.method == "subjects":
+        subj = P.make_subject_images(inp.n1, inp.n2, inp.space,
+                                     P.derive_rng(3, "psi/subject_images"))
+    else:
+        fit, res = P._freedman_lane_parts(inp, 0, 0.0, 256)
+    codes = P.make_codes(inp, 5, P.derive_rng(3, "psi/permutations"))
+    engines = {prec: P._Engine(inp, subj, fit, res, 0, 0.0, "numba", 256, {}, None, prec)
+               for prec in ("double", "single")}
+    ref_engine = P._Engine(inp, subj, fit, res, 0, 0.0, "numba", 256, {})
+    ref_engine.blocked, ref_engine.fl_fit, ref_engine.fl_res = None, fit, res
+    for b in range(1, 5):
+        ref = ref_engine.pooled(codes, b)["z"]
+        # the estimator kernel adds a fit and a residual in float32 (1e-8 apart at most here)
+        np.testing.assert_allclose(engines["double"].permuted_z(codes, b), ref, rtol=0,
+                                   atol=1e-7)
+        assert np.abs(engines["single"].permuted_z(codes, b) - ref).max() < 1e-6
+    assert engines["single"].blocked is not None
+    assert engines["single"].fl_fit is None  # Freedman-Lane parts kept only in blocked form
+
+
 def test_dask_cluster_gives_the_serial_result(toy):
     distributed = pytest.importorskip("distributed")
     from joblib import parallel_config

@@ -95,6 +95,7 @@ from analysis.sdm.re_kernels import (
     check_precision,
     compiled_design,
     permuted_mean,
+    permuted_slope,
     run_kernel,
 )
 from analysis.sdm.rng import derive_rng
@@ -507,19 +508,28 @@ class _Engine:
     #: arithmetic of the permuted fits of the voxel-blocked kernel ("single" or "double")
     precision: str = "single"
     # derived once (not per permutation): the compiled design or None, v(g) = k1 + k2 g^2, and
-    # for subject permutations of a DerSimonian-Laird mean model with the numba back-end the
-    # imputations in the voxel-blocked layout of :func:`analysis.sdm.re_kernels.permuted_mean`
+    # for DerSimonian-Laird fits of a compiled design with the numba back-end the permuted data
+    # in the voxel-blocked layout of :func:`analysis.sdm.re_kernels.blocked_layout`: the
+    # imputations (subject permutations) or the reduced fit and its residuals (Freedman-Lane,
+    # which then replace ``fl_fit`` and ``fl_res``)
     design: str | None = field(init=False)
     k1: np.ndarray = field(init=False)
     k2: np.ndarray = field(init=False)
     blocked: np.ndarray | None = field(init=False, default=None)
+    blocked_fit: np.ndarray | None = field(init=False, default=None)
 
     def __post_init__(self):
         inp = self.inputs
         self.design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
         self.k1, self.k2 = inp.variance_coefficients()
-        if self.design == "mean" and self.n_iter == 0 and self.subjects is not None:
+        if self.design is None or self.n_iter != 0:
+            return
+        if self.subjects is not None:
             self.blocked = blocked_layout(inp.imputations)
+        elif self.fl_fit is not None and self.design == "slope":
+            self.blocked_fit = blocked_layout(self.fl_fit)
+            self.blocked = blocked_layout(self.fl_res)
+            self.fl_fit = self.fl_res = None
 
     @property
     def width(self) -> int:
@@ -551,11 +561,20 @@ class _Engine:
         """The pooled z map of permutation ``b`` (the voxel-blocked kernel where it applies,
         else :meth:`pooled`).
         """
-        if self.blocked is None or codes.method != "subjects":
+        if self.blocked is None:
             return self.pooled(codes, b, tfce_null)["z"]
-        A, c = self.study_effects(codes, b, tfce_null)
-        out = permuted_mean(A, c, self.blocked, self.k1, self.k2, self.inputs.space.n_voxels,
-                            self.precision)
+        inp = self.inputs
+        nv = inp.space.n_voxels
+        if codes.method != "subjects":
+            out = permuted_slope(self.blocked_fit, self.blocked, inp.X, inp.C, self.k1, self.k2,
+                                 nv, order=codes.order[b], mode=1, precision=self.precision)
+        else:
+            A, c = self.study_effects(codes, b, tfce_null)
+            if self.design == "mean":
+                out = permuted_mean(A, c, self.blocked, self.k1, self.k2, nv, self.precision)
+            else:
+                out = permuted_slope(A, self.blocked, inp.X, inp.C, self.k1, self.k2, nv, c=c,
+                                     mode=0, precision=self.precision)
         return out[0] / np.sqrt(out[1])
 
     def pooled(self, codes: PermutationCodes | None, b: int = 0, tfce_null: bool = False
@@ -762,9 +781,9 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
         SDM-PSI's 0.5, 2, 100, 6).
     precision : {"single", "double"}
         Arithmetic of the per-study terms of the permuted fits where the voxel-blocked kernel
-        applies (numba back-end, subject permutations of a DerSimonian-Laird mean model:
-        :func:`analysis.sdm.re_kernels.permuted_mean`); tau2 and Rubin's rules are always
-        double. ``"single"`` halves the kernel time; the permuted z maps differ from
+        applies (numba back-end, DerSimonian-Laird fits of the designs ``[1]`` and ``[1, x]``:
+        :func:`analysis.sdm.re_kernels.permuted_mean`, :func:`~analysis.sdm.re_kernels.
+        permuted_slope`); tau2 and Rubin's rules are always double. ``"single"`` halves the kernel time; the permuted z maps differ from
         ``"double"`` by less than 1e-6. The observed (identity) maps are always the
         estimator's, in double precision.
     progress : bool
@@ -807,6 +826,7 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
         fl_fit, fl_res = _freedman_lane_parts(inputs, n_iter, tol, block)
     engine = _Engine(inputs, subjects, fl_fit, fl_res, n_iter, tol, backend, block,
                      tfce_mod.tfce_params(**(tfce_params or {})), subjects_tfce, precision)
+    fl_fit = fl_res = None  # the engine holds what it needs (blocked copies where it uses them)
     t_setup = time.perf_counter() - t0
     # identity permutation: the observed maps
     obs = engine.pooled(None)

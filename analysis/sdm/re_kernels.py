@@ -458,6 +458,152 @@ def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - com
                                                                  else 0.0)
 
 
+@numba.njit(**_JIT)
+def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
+                       out):  # pragma: no cover - compiled
+    """DerSimonian-Laird fit of the design ``[1, x]`` for every imputation, Rubin-pooled for the
+    hypothesis ``c0 b0 + c1 b1``, on the voxel-blocked layout.
+
+    ``mode`` 0 (subject permutation): ``y_j = P1 + c P2_j`` with ``P1`` (nblk, 1, k, block);
+    ``mode`` 1 (Freedman-Lane): ``y_j = P1_j + P2_j[order]`` with ``P1`` blocked like ``P2b``.
+    The closed-form 2 x 2 algebra is that of :func:`_slope_kernel`; the per-study sums run in the
+    type of ``one`` (see :func:`_perm_mean_kernel`), the rest in float64.
+    """
+    K = len(kt)
+    nblk, m, _, block = P2b.shape
+    nv = out.shape[1]
+    zero = one - one
+    y = np.empty((K, block), dtype=k1.dtype)
+    v = np.empty((K, block), dtype=k1.dtype)
+    t = np.empty(block, dtype=k1.dtype)
+    acc = np.empty((3, block))
+    for bi in range(nblk):
+        v0 = bi * block
+        acc[:, :] = 0.0
+        for j in range(m):
+            for i in range(K):
+                a1 = k1[i]
+                a2 = k2[i]
+                if mode == 0:
+                    ci = c[i]
+                    for b in range(block):
+                        g = P1[bi, 0, i, b] + ci * P2b[bi, j, i, b]
+                        y[i, b] = g
+                        v[i, b] = a1 + a2 * g * g
+                else:
+                    oi = order[i]
+                    for b in range(block):
+                        g = one * P1[bi, j, i, b] + P2b[bi, j, oi, b]
+                        y[i, b] = g
+                        v[i, b] = a1 + a2 * g * g
+            for b in range(block):
+                s0 = zero
+                s1 = zero
+                s2 = zero
+                s3 = zero
+                s4 = zero
+                syy = zero
+                u0 = zero
+                u1 = zero
+                u2 = zero
+                for i in range(K):
+                    wi = one / v[i, b]
+                    xi = x[i]
+                    yi = y[i, b]
+                    wx = wi * xi
+                    w2 = wi * wi
+                    s0 += wi
+                    s1 += wx
+                    s2 += wx * xi
+                    s3 += wi * yi
+                    s4 += wx * yi
+                    syy += wi * yi * yi
+                    u0 += w2
+                    u1 += w2 * xi
+                    u2 += w2 * xi * xi
+                d0 = np.float64(s0)
+                d1 = np.float64(s1)
+                d2 = np.float64(s2)
+                d3 = np.float64(s3)
+                d4 = np.float64(s4)
+                det = d0 * d2 - d1 * d1
+                b0 = (d2 * d3 - d1 * d4) / det
+                b1 = (d0 * d4 - d1 * d3) / det
+                den = d0 - (d2 * np.float64(u0) - 2.0 * d1 * np.float64(u1)
+                            + d0 * np.float64(u2)) / det
+                q = np.float64(syy) - b0 * d3 - b1 * d4
+                tt = (q - (K - 2.0)) / den
+                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+            for b in range(block):
+                tb = t[b]
+                s0 = zero
+                s1 = zero
+                s2 = zero
+                s3 = zero
+                s4 = zero
+                for i in range(K):
+                    wi = one / (v[i, b] + tb)
+                    xi = x[i]
+                    yi = y[i, b]
+                    wx = wi * xi
+                    s0 += wi
+                    s1 += wx
+                    s2 += wx * xi
+                    s3 += wi * yi
+                    s4 += wx * yi
+                d0 = np.float64(s0)
+                d1 = np.float64(s1)
+                d2 = np.float64(s2)
+                d3 = np.float64(s3)
+                d4 = np.float64(s4)
+                det = d0 * d2 - d1 * d1
+                b0 = (d2 * d3 - d1 * d4) / det
+                b1 = (d0 * d4 - d1 * d3) / det
+                cf = c0 * b0 + c1 * b1
+                acc[0, b] += cf
+                acc[1, b] += cf * cf
+                acc[2, b] += (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det
+        for b in range(min(block, nv - v0)):
+            cm = acc[0, b] / m
+            between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+            out[0, v0 + b] = cm
+            out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0
+                                                                 else 0.0)
+
+
+def permuted_slope(P1, P2b, X, C, k1, k2, n_voxels: int, *, c=None, order=None,
+                   mode: int = 1, precision: str = "single") -> np.ndarray:
+    """Pooled ``(coef, var)`` (2, V) of a permutation of the design ``[1, x]`` with
+    DerSimonian-Laird tau2 (:func:`_perm_slope_kernel`), hypothesis ``C``.
+
+    ``mode`` 1 (Freedman-Lane): ``P1`` and ``P2b`` are the reduced fit and its residuals in
+    :func:`blocked_layout`, ``order`` the study permutation. ``mode`` 0 (subject permutation):
+    ``P1`` (k, nblk * block) holds ``J w.Z``, ``c`` the coefficients of ``P2b``.
+    """
+    dt = np.float32 if check_precision(precision) == "single" else np.float64
+    k = len(k1)
+    if int(mode) == 0:
+        nblk, _, _, block = P2b.shape
+        P1 = P1.reshape(k, nblk, block).transpose(1, 0, 2)[:, None]
+    X = np.asarray(X, dtype=np.float64).reshape(k, -1)
+    C = np.asarray(C, dtype=np.float64).ravel()
+    c = np.ones(k) if c is None else np.asarray(c)
+    order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+    # the covariate centred and scaled (the fit, tau2 and the hypothesis's coefficient and
+    # variance are invariant; single-precision sums of a raw covariate such as age lose digits
+    # in det = s0 s2 - s1^2): with x' = (x - mean) / sd, c0 b0 + c1 b1 = c0 b0' + c1' b1',
+    # c1' = (c1 - c0 mean) / sd
+    xc = X[:, 1]
+    mean, sd = float(xc.mean()), float(xc.std()) or 1.0
+    c0, c1 = float(C[0]), (float(C[1]) - float(C[0]) * mean) / sd
+    out = np.empty((2, int(n_voxels)))
+    _perm_slope_kernel(P1, P2b, np.asarray(c, dtype=dt), order, int(mode),
+                       np.ascontiguousarray((xc - mean) / sd, dtype=dt), c0, c1,
+                       np.asarray(k1, dtype=dt), np.asarray(k2, dtype=dt), dt(1.0), ktype(k),
+                       out)
+    return out
+
+
 def permuted_mean(A, c, Gb, k1, k2, n_voxels: int, precision: str = "single") -> np.ndarray:
     """Pooled ``(coef, var)`` (2, V) of the subject permutation ``y_j = A + c G_j`` of a mean
     model with DerSimonian-Laird tau2 (:func:`_perm_mean_kernel`).
