@@ -51,6 +51,22 @@ def test_refit_subsets_passes_sorted_indices():
         jk.refit_subsets(lambda idx: 0, ["a"], {"x": ["q"]})
 
 
+def test_refit_subsets_fits_each_set_of_studies_once():
+    studies = ["a", "b", "c", "d"]
+    seen, cache = [], {}
+
+    def fit(idx):
+        seen.append(idx.tolist())
+        return object()
+
+    loo = jk.refit_subsets(fit, studies, jk.leave_one_out_sets(studies), cache=cache)
+    lodo = jk.refit_subsets(fit, studies, jk.leave_group_out_sets(studies, ["x", "x", "y", "z"]),
+                            cache=cache)
+    # disorders y and z have one study each: their fits are the leave-one-out fits
+    assert len(seen) == 5 and sorted(map(tuple, seen)) == sorted(set(map(tuple, seen)))
+    assert lodo["y"] is loo["c"] and lodo["z"] is loo["d"] and lodo["x"] is not loo["a"]
+
+
 def test_cluster_survival(blobs):
     space, z = blobs
     base = threshold_clusters(z, space, local_peaks=False)

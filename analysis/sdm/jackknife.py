@@ -50,8 +50,9 @@ def leave_group_out_sets(studies: list[str], groups: list[str]) -> dict[str, lis
 
 
 def refit_subsets(fit: Callable[[np.ndarray], object], studies: list[str],
-                  subsets: dict[str, list[str]], progress: bool = False) -> dict[str, object]:
-    """Fit every subset of studies.
+                  subsets: dict[str, list[str]], progress: bool = False,
+                  cache: dict | None = None) -> dict[str, object]:
+    """Fit every subset of studies, each distinct set of studies once.
 
     Parameters
     ----------
@@ -62,6 +63,11 @@ def refit_subsets(fit: Callable[[np.ndarray], object], studies: list[str],
         All study ids, in the order of the bound maps.
     subsets : dict
         Name -> studies to keep.
+    progress : bool
+        Report progress.
+    cache : dict, optional
+        Fits by sorted study indices, shared between calls: a set fitted before is not fitted
+        again (e.g. leaving out a disorder that has one study is leaving out that study).
 
     Returns
     -------
@@ -69,6 +75,7 @@ def refit_subsets(fit: Callable[[np.ndarray], object], studies: list[str],
         Name -> result.
     """
     pos = {s: i for i, s in enumerate(studies)}
+    cache = {} if cache is None else cache
     out = {}
     for name, keep in progress_bar(subsets.items(), desc="re-fits", unit="fit",
                                    disable=not progress, logger=LGR):
@@ -76,8 +83,14 @@ def refit_subsets(fit: Callable[[np.ndarray], object], studies: list[str],
         if unknown:
             raise ValueError(f"subset {name!r} names unknown studies {sorted(unknown)}")
         idx = np.array(sorted(pos[s] for s in keep), dtype=np.int64)
-        LGR.info("re-fit %s (%d studies)", name, len(idx))
-        out[name] = fit(idx)
+        key = tuple(idx.tolist())
+        if key in cache:
+            LGR.info("re-fit %s (%d studies): the same studies as an earlier re-fit", name,
+                     len(idx))
+        else:
+            LGR.info("re-fit %s (%d studies)", name, len(idx))
+            cache[key] = fit(idx)
+        out[name] = cache[key]
     return out
 
 

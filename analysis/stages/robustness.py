@@ -132,8 +132,9 @@ def produce(ctx) -> dict:
     # ---- jackknife: leave one study out, leave one disorder out
     loo = jk.leave_one_out_sets(studies)
     lodo = jk.leave_group_out_sets(studies, list(table[rob["jackknife_group"]].astype(str)))
-    fits_loo = jk.refit_subsets(fit, studies, loo, progress=True)
-    fits_lodo = jk.refit_subsets(fit, studies, lodo, progress=True)
+    refits = {}  # a disorder with one study: its leave-one-out fit is reused
+    fits_loo = jk.refit_subsets(fit, studies, loo, progress=True, cache=refits)
+    fits_lodo = jk.refit_subsets(fit, studies, lodo, progress=True, cache=refits)
     jt = pd.concat([
         jk.cluster_survival(clusters.labels, peaks, {k: r.maps["z"] for k, r in fits_loo.items()},
                             space, "leave-one-out",
