@@ -10,6 +10,7 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 
 from analysis.bench import peak_rss_gb, register
 
@@ -111,6 +112,47 @@ def stream_seconds(arrays, n_jobs: int, repeats: int = 3) -> float:
     return best
 
 
+def _age_design(inputs, ds):
+    """PSI inputs of the meta-regression on the studies' mean age (``None`` without ages)."""
+    from analysis.sdm.permutation import PSIInputs
+
+    studies = ds.studies.set_index("study").loc[inputs.studies]
+    col = next((c for c in ("age_patients_mean", "age_mean", "age") if c in studies.columns),
+               None)
+    if col is None:
+        return None
+    age = pd.to_numeric(studies[col], errors="coerce").to_numpy(dtype=float)
+    keep = np.isfinite(age)
+    if keep.sum() < 4:
+        return None
+    return PSIInputs(inputs.imputations[:, keep], inputs.n1[keep], inputs.n2[keep],
+                     inputs.space, X=np.c_[np.ones(int(keep.sum())), age[keep]], C=[0, 1],
+                     studies=[s for s, k in zip(inputs.studies, keep, strict=True) if k])
+
+
+def _freedman_lane_kernels(fl, n: int, seed: int) -> tuple[float, float, float]:
+    """Seconds per Freedman-Lane permutation of the voxel-blocked kernel and of the voxel-major
+    estimator kernel (one thread), and the largest z difference between them.
+    """
+    from analysis.config import derive_rng
+    from analysis.sdm.permutation import _Engine, _freedman_lane_parts, make_codes
+
+    n = max(int(n), 1)
+    codes = make_codes(fl, n + 1, derive_rng(seed, "psi/permutations"))
+    fit, res = _freedman_lane_parts(fl, 0, 0.0, 256)
+    blocked = _Engine(fl, None, fit, res, 0, 0.0, "numba", 256, {})
+    major = _Engine(fl, None, fit, res, 0, 0.0, "numba", 256, {})
+    major.blocked, major.fl_fit, major.fl_res = None, fit, res
+    blocked.permuted_z(codes, 1), major.pooled(codes, 1)  # compile
+    t = time.perf_counter()
+    zb = [blocked.permuted_z(codes, b) for b in range(1, n + 1)]
+    t_b = (time.perf_counter() - t) / n
+    t = time.perf_counter()
+    zm = [major.pooled(codes, b)["z"] for b in range(1, n + 1)]
+    t_m = (time.perf_counter() - t) / n
+    return t_b, t_m, float(max(np.abs(a - b).max() for a, b in zip(zb, zm, strict=True)))
+
+
 def _busy(seconds: float) -> None:  # pragma: no cover - runs in a child process
     end = time.perf_counter() + seconds
     x = 0
@@ -195,6 +237,18 @@ def bench_psi(args: argparse.Namespace) -> dict:
     metrics["single_vs_double_max_abs_z_diff"] = float(np.abs(
         dbl.maxima[["max_z", "max_neg_z"]].to_numpy()
         - ours.maxima[["max_z", "max_neg_z"]].to_numpy()[:n_dbl]).max())
+    # Freedman-Lane (meta-regression on one covariate, permutation of studies): the
+    # voxel-blocked kernel against the voxel-major estimator kernel, one thread each, on the
+    # same imputations with the patients' mean age as the covariate
+    fl = _age_design(inputs, ds)
+    if fl is not None:
+        t_blk, t_vmaj, diff = _freedman_lane_kernels(fl, int(args.naive_permutations) * 5, seed)
+        metrics["freedman_lane_seconds_per_permutation_one_thread"] = round(t_blk, 3)
+        metrics["freedman_lane_voxel_major_seconds_per_permutation_one_thread"] = round(t_vmaj, 3)
+        metrics["freedman_lane_max_abs_z_diff"] = diff
+        ratios["freedman_lane_voxel_major_over_blocked"] = round(t_vmaj / t_blk, 2)
+        notes.append("Freedman-Lane: permutations of a [1, mean age] design on the same "
+                     "imputations, kernels timed in one thread")
     # graceful under load: the same permutations with one competing CPU-bound process
     n_load = max(2, min(n_perm, int(args.load_permutations) + 1))
     if int(args.load_permutations) > 0:
