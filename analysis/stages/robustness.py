@@ -122,6 +122,7 @@ def produce(ctx) -> dict:
     for name in ("corrp_voxel", "corrp_voxel_neg", "corrp_tfce", "corrp_tfce_neg"):
         save_nifti(ctx.out(f"maps/{name}.nii.gz"), perm.get_map(name))
     write_tsv(ctx.out("tables/permutation_maxima.tsv"), perm.maxima, float_format="%.6f")
+    base.imputations = None  # not needed any more (m x k x V float32)
     fwe = fwe_at_peaks(perm, peaks, z, alpha)
     write_tsv(ctx.out("tables/fwe_peaks.tsv"), fwe, float_format="%.6g")
 
