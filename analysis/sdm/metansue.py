@@ -776,20 +776,79 @@ def _fit_mean(mu0, y, known, lo, up, v, s_lo, s_up, act):  # pragma: no cover - 
 
 @numba.njit(cache=True, nogil=True)
 def _tau2_f(t2, mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - compiled
+    """-l(tau2) summed over the studies, for fixed means ``mu[i]`` (one per study)."""
     f = 0.0
     for i in range(y.shape[0]):
         if known[i]:
             vv = v[i] + t2
-            r = y[i] - mu
+            r = y[i] - mu[i]
             f += 0.5 * (math.log(vv) + r * r / vv)
         else:
-            a = (lo[i] - mu) / math.sqrt(v_lo[i] + t2)
-            b = (up[i] - mu) / math.sqrt(v_up[i] + t2)
-            if b <= a:  # bound-specific scales can cross far from the interval
+            a = (lo[i] - mu[i]) / math.sqrt(v_lo[i] + t2)
+            b = (up[i] - mu[i]) / math.sqrt(v_up[i] + t2)
+            if not b > a:  # bound-specific scales can cross far from the interval
                 f += 1e4
             else:
                 f -= _log_interval(a, b)
     return f
+
+
+@numba.njit(cache=True, nogil=True)
+def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden):  # pragma: no cover
+    """tau2 MLE for fixed means ``mu[i]``: the best point of the grid ``taus`` (on tau), then
+    ``n_golden`` golden-section steps between its neighbours; the grid point is kept where
+    it is better than the final midpoint.
+    """
+    gr = (math.sqrt(5.0) - 1.0) / 2.0
+    nt = taus.shape[0]
+    bi = 0
+    bf = np.inf
+    for ti in range(nt):
+        fv = _tau2_f(taus[ti] * taus[ti], mu, y, known, lo, up, v, v_lo, v_up)
+        if fv < bf:
+            bf = fv
+            bi = ti
+    a = taus[max(bi - 1, 0)]
+    b = taus[min(bi + 1, nt - 1)]
+    c = b - gr * (b - a)
+    d = a + gr * (b - a)
+    fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
+    fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
+    for _ in range(n_golden):
+        if fc < fd:
+            b = d
+            d = c
+            fd = fc
+            c = b - gr * (b - a)
+            fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
+        else:
+            a = c
+            c = d
+            fc = fd
+            d = a + gr * (b - a)
+            fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
+    t = 0.5 * (a + b)
+    if _tau2_f(t * t, mu, y, known, lo, up, v, v_lo, v_up) > bf:
+        t = taus[bi]
+    return t * t
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def _load_study(lower, upper, k1, k2, col, i, lo, up, known, y, v, v_lo, v_up, s_lo,
+                s_up):  # pragma: no cover - compiled
+    """Bounds of study ``i`` at column ``col`` and the terms the likelihood needs: known
+    (``lower == upper`` to 1e-6) with value ``y`` and variance ``v``, or censored with the
+    variances and scales at both bounds.
+    """
+    lo[i] = lower[i, col]
+    up[i] = upper[i, col]
+    known[i] = abs(up[i] - lo[i]) < 1e-6
+    y[i] = 0.5 * (lo[i] + up[i]) if known[i] else 0.0
+    v[i] = k1[i] + k2[i] * y[i] * y[i] if known[i] else 1.0
+    v_lo[i] = k1[i] + k2[i] * lo[i] * lo[i]
+    v_up[i] = k1[i] + k2[i] * up[i] * up[i]
+    s_lo[i] = math.sqrt(v_lo[i])
+    s_up[i] = math.sqrt(v_up[i])
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -807,7 +866,6 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, n_cand,
     of its 2 best candidates) chose another study at 115 of them (|d beta| up to 0.069).
     """
     k, nv = lower.shape
-    gr = (math.sqrt(5.0) - 1.0) / 2.0
     for col in numba.prange(nv):
         lo = np.empty(k)
         up = np.empty(k)
@@ -821,20 +879,14 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, n_cand,
         hs = np.empty(k)
         est = np.empty(k)
         key = np.empty(k)
+        muv = np.empty(k)
         known = np.zeros(k, dtype=np.bool_)
         act = np.ones(k, dtype=np.int8)
         num = 0.0
         den = 0.0
         for i in range(k):
-            lo[i] = lower[i, col]
-            up[i] = upper[i, col]
-            known[i] = abs(up[i] - lo[i]) < 1e-6
-            y[i] = 0.5 * (lo[i] + up[i]) if known[i] else 0.0
-            v[i] = k1[i] + k2[i] * y[i] * y[i] if known[i] else 1.0
-            v_lo[i] = k1[i] + k2[i] * lo[i] * lo[i]
-            v_up[i] = k1[i] + k2[i] * up[i] * up[i]
-            s_lo[i] = math.sqrt(v_lo[i])
-            s_up[i] = math.sqrt(v_up[i])
+            _load_study(lower, upper, k1, k2, col, i, lo, up, known, y, v, v_lo, v_up, s_lo,
+                        s_up)
             mid = 0.5 * (lo[i] + up[i])
             w = 1.0 / (k1[i] + k2[i] * mid * mid)
             num += w * mid
@@ -883,38 +935,9 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, n_cand,
             mu = best_mu
         beta_out[col] = mu
         # tau2: grid over tau then golden section, with all studies and mu fixed
-        nt = taus.shape[0]
-        bi = 0
-        bf = np.inf
-        fvals = np.empty(nt)
-        for ti in range(nt):
-            fvals[ti] = _tau2_f(taus[ti] * taus[ti], mu, y, known, lo, up, v, v_lo, v_up)
-            if fvals[ti] < bf:
-                bf = fvals[ti]
-                bi = ti
-        a = taus[max(bi - 1, 0)]
-        b = taus[min(bi + 1, nt - 1)]
-        c = b - gr * (b - a)
-        d = a + gr * (b - a)
-        fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
-        fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
-        for _ in range(n_golden):
-            if fc < fd:
-                b = d
-                d = c
-                fd = fc
-                c = b - gr * (b - a)
-                fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
-            else:
-                a = c
-                c = d
-                fc = fd
-                d = a + gr * (b - a)
-                fd = _tau2_f(d * d, mu, y, known, lo, up, v, v_lo, v_up)
-        t = 0.5 * (a + b)
-        if _tau2_f(t * t, mu, y, known, lo, up, v, v_lo, v_up) > bf:
-            t = taus[bi]
-        tau2_out[col] = t * t
+        for i in range(k):
+            muv[i] = mu
+        tau2_out[col] = _tau2_search(muv, y, known, lo, up, v, v_lo, v_up, taus, n_golden)
 
 
 def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3):
@@ -1110,25 +1133,6 @@ def _newton_design(beta, X, y, known, lo, up, v, s_lo, s_up, act, G, H, Gn, Hn, 
             break
 
 
-@numba.njit(cache=True, nogil=True)
-def _tau2_f_design(t2, mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - compiled
-    """-l(tau2) of :func:`_tau2_f` with a mean ``mu[i]`` per study."""
-    f = 0.0
-    for i in range(y.shape[0]):
-        if known[i]:
-            vv = v[i] + t2
-            r = y[i] - mu[i]
-            f += 0.5 * (math.log(vv) + r * r / vv)
-        else:
-            a = (lo[i] - mu[i]) / math.sqrt(v_lo[i] + t2)
-            b = (up[i] - mu[i]) / math.sqrt(v_up[i] + t2)
-            if not b > a:  # bound-specific scales can cross far from the interval
-                f += 1e4
-            else:
-                f -= _log_interval(a, b)
-    return f
-
-
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
                        beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
@@ -1151,8 +1155,6 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
     """
     k, nv = lower.shape
     p = X.shape[1]
-    nt = taus.shape[0]
-    gr = (math.sqrt(5.0) - 1.0) / 2.0
     for col in numba.prange(nv):
         lo = np.empty(k)
         up = np.empty(k)
@@ -1182,15 +1184,8 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
         step = np.empty((p, 1))
         M = np.empty((p, 2 * p))
         for i in range(k):
-            lo[i] = lower[i, col]
-            up[i] = upper[i, col]
-            known[i] = abs(up[i] - lo[i]) < 1e-6
-            y[i] = 0.5 * (lo[i] + up[i]) if known[i] else 0.0
-            v[i] = k1[i] + k2[i] * y[i] * y[i] if known[i] else 1.0
-            v_lo[i] = k1[i] + k2[i] * lo[i] * lo[i]
-            v_up[i] = k1[i] + k2[i] * up[i] * up[i]
-            s_lo[i] = math.sqrt(v_lo[i])
-            s_up[i] = math.sqrt(v_up[i])
+            _load_study(lower, upper, k1, k2, col, i, lo, up, known, y, v, v_lo, v_up, s_lo,
+                        s_up)
         # weighted least-squares start
         for j in range(p):
             rhs[j, 0] = 0.0
@@ -1277,36 +1272,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
             for j in range(p):
                 m_i += X[i, j] * beta[j]
             mu[i] = m_i
-        bi = 0
-        bf = np.inf
-        for ti in range(nt):
-            fv = _tau2_f_design(taus[ti] * taus[ti], mu, y, known, lo, up, v, v_lo, v_up)
-            if fv < bf:
-                bf = fv
-                bi = ti
-        a = taus[max(bi - 1, 0)]
-        b = taus[min(bi + 1, nt - 1)]
-        c = b - gr * (b - a)
-        d = a + gr * (b - a)
-        fc = _tau2_f_design(c * c, mu, y, known, lo, up, v, v_lo, v_up)
-        fd = _tau2_f_design(d * d, mu, y, known, lo, up, v, v_lo, v_up)
-        for _ in range(n_golden):
-            if fc < fd:
-                b = d
-                d = c
-                fd = fc
-                c = b - gr * (b - a)
-                fc = _tau2_f_design(c * c, mu, y, known, lo, up, v, v_lo, v_up)
-            else:
-                a = c
-                c = d
-                fc = fd
-                d = a + gr * (b - a)
-                fd = _tau2_f_design(d * d, mu, y, known, lo, up, v, v_lo, v_up)
-        t = 0.5 * (a + b)
-        if _tau2_f_design(t * t, mu, y, known, lo, up, v, v_lo, v_up) > bf:
-            t = taus[bi]
-        tau2_out[col] = t * t
+        tau2_out[col] = _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden)
 
 
 def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_golden: int = 28):

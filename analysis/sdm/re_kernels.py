@@ -391,6 +391,19 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+@numba.njit(inline="always", **_INLINE)
+def _rubin_coef_var(acc, m, v0, nb, out):  # pragma: no cover - compiled
+    """Rubin's rules of the permutation kernels: pooled coefficient and total variance into
+    ``out[:, v0:v0 + nb]`` from the sums over ``m`` imputations of the coefficient, its square
+    and its variance (``acc`` rows 0-2).
+    """
+    for b in range(nb):
+        cm = acc[0, b] / m
+        between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
+        out[0, v0 + b] = cm
+        out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0 else 0.0)
+
+
 @numba.njit(**_JIT)
 def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - compiled
     """DerSimonian-Laird mean of ``y_j = A + c Gb_j`` for every imputation, Rubin-pooled.
@@ -450,12 +463,7 @@ def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - com
                 acc[0, b] += cf
                 acc[1, b] += cf * cf
                 acc[2, b] += 1.0 / s
-        for b in range(min(block, nv - v0)):
-            cm = acc[0, b] / m
-            between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-            out[0, v0 + b] = cm
-            out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0
-                                                                 else 0.0)
+        _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
 @numba.njit(**_JIT)
@@ -563,12 +571,7 @@ def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
                 acc[0, b] += cf
                 acc[1, b] += cf * cf
                 acc[2, b] += (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det
-        for b in range(min(block, nv - v0)):
-            cm = acc[0, b] / m
-            between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-            out[0, v0 + b] = cm
-            out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0
-                                                                 else 0.0)
+        _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
 def permuted_slope(P1, P2b, X, C, k1, k2, n_voxels: int, *, c=None, order=None,
