@@ -315,7 +315,9 @@ def bench_psi(args: argparse.Namespace) -> dict:
             notes.append(f"NiMARE benchmark failed: {exc!r}")
     metrics["target_met_3min_2cores"] = bool(per_perm * 999 <= 180)
     metrics["target_met_2x_roofline"] = bool(per_perm <= 2 * t_roof)
-    metrics["peak_rss_gb"] = round(peak_rss_gb(), 2)
+    # peak_rss_gb: after the fit and the timed test; the comparisons above (Freedman-Lane
+    # parts, the NumPy back-end, NiMARE) add their own arrays
+    metrics["peak_rss_gb_whole_benchmark"] = round(peak_rss_gb(), 2)
     metrics["target_met_3gb"] = bool(metrics["peak_rss_gb"] <= 3)
     return {"metrics": metrics, "ratios": ratios, "notes": notes}
 
