@@ -234,8 +234,8 @@ def test_voxel_blocked_slope_kernel_agrees_with_the_estimator_kernel(toy, C):
     codes = P.make_codes(inp, 5, P.derive_rng(3, "psi/permutations"))
     engines = {prec: P._Engine(inp, subj, fit, res, 0, 0.0, "numba", 256, {}, None, prec)
                for prec in ("double", "single")}
-    ref_engine = P._Engine(inp, subj, fit, res, 0, 0.0, "numba", 256, {})
-    ref_engine.blocked, ref_engine.fl_fit, ref_engine.fl_res = None, fit, res
+    ref_engine = P._Engine(inp, subj, fit, res, 0, 0.0, "numba", 256, {}, voxel_blocked=False)
+    assert ref_engine.blocked is None
     for b in range(1, 5):
         ref = ref_engine.pooled(codes, b)["z"]
         # the estimator kernel adds a fit and a residual in float32 (1e-8 apart at most here)

@@ -126,7 +126,7 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
     studies = ds.studies.set_index("study").loc[ds.ids].reset_index()
     X, names = design_matrix(studies, ENGE_COVARIATES)
     n1 = studies["n1"].to_numpy(float)
-    n2 = studies["n2"].to_numpy(float) if "n2" in studies else None
+    n2 = studies["n2"].to_numpy(float)
     imputations = 10
     est = params.estimator(cfg, imputations, 1)
     # compile the kernels on a few voxels (cached by numba after the first run)

@@ -113,15 +113,15 @@ def stream_seconds(arrays, n_jobs: int, repeats: int = 3) -> float:
 
 
 def _age_design(inputs, ds):
-    """PSI inputs of the meta-regression on the studies' mean age (``None`` without ages)."""
+    """PSI inputs of the meta-regression on the patients' mean age (``age_patients_mean``;
+    ``None`` without it or with fewer than 4 studies reporting it).
+    """
     from analysis.sdm.permutation import PSIInputs
 
     studies = ds.studies.set_index("study").loc[inputs.studies]
-    col = next((c for c in ("age_patients_mean", "age_mean", "age") if c in studies.columns),
-               None)
-    if col is None:
+    if "age_patients_mean" not in studies.columns:
         return None
-    age = pd.to_numeric(studies[col], errors="coerce").to_numpy(dtype=float)
+    age = pd.to_numeric(studies["age_patients_mean"], errors="coerce").to_numpy(dtype=float)
     keep = np.isfinite(age)
     if keep.sum() < 4:
         return None
@@ -141,8 +141,7 @@ def _freedman_lane_kernels(fl, n: int, seed: int) -> tuple[float, float, float]:
     codes = make_codes(fl, n + 1, derive_rng(seed, "psi/permutations"))
     fit, res = _freedman_lane_parts(fl, 0, 0.0, 256)
     blocked = _Engine(fl, None, fit, res, 0, 0.0, "numba", 256, {})
-    major = _Engine(fl, None, fit, res, 0, 0.0, "numba", 256, {})
-    major.blocked, major.fl_fit, major.fl_res = None, fit, res
+    major = _Engine(fl, None, fit, res, 0, 0.0, "numba", 256, {}, voxel_blocked=False)
     blocked.permuted_z(codes, 1), major.pooled(codes, 1)  # compile
     t = time.perf_counter()
     zb = [blocked.permuted_z(codes, b) for b in range(1, n + 1)]

@@ -672,25 +672,41 @@ def _log_interval(a, b):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _censored_coef(mu, lo, up, s_lo, s_up, want):  # pragma: no cover - compiled
+    """Censored study's coefficient objective ``-ln[Phi((up - mu)/s_up) - Phi((lo - mu)/s_lo)]``
+    and (if ``want``) its first two derivatives in mu, on scalars, with the barrier of
+    :func:`_interval_terms`: where the probability is not positive (``(up - mu)/s_up <=
+    (lo - mu)/s_lo``, possible only with two different scales) the study contributes ``1e4``
+    and no derivatives.
+    """
+    a = (lo - mu) / s_lo
+    b = (up - mu) / s_up
+    if not b > a:
+        return 1e4, 0.0, 0.0
+    logz = _log_interval(a, b)
+    if not abs(logz) < np.inf:
+        return 1e4, 0.0, 0.0
+    if not want:
+        return -logz, 0.0, 0.0
+    ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0)) / s_lo
+    rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0)) / s_up
+    d1 = rb - ra
+    d2 = b * rb / s_up - a * ra / s_lo + d1 * d1
+    return -logz, d1, max(d2, 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
 def _study_coef(mu, y, known, lo, up, v, s_lo, s_up, i, want):  # pragma: no cover - compiled
     """Objective of study ``i`` at ``mu`` and (if ``want``) its first two derivatives in mu.
 
-    Known: ``(mu - y)^2 / (2 v)``. Censored: ``-ln[Phi((up - mu)/s_up) - Phi((lo - mu)/s_lo)]``
-    (the curvature is floored at 0, so Newton directions stay descent directions).
+    Known: ``(mu - y)^2 / (2 v)``. Censored: :func:`_censored_coef` (the curvature is floored
+    at 0, so Newton directions stay descent directions; its barrier is never reached by the
+    intercept-only fit, which keeps mu inside :func:`_valid_bracket`).
     """
     if known[i]:
         r = mu - y[i]
         return 0.5 * r * r / v[i], r / v[i], 1.0 / v[i]
-    a = (lo[i] - mu) / s_lo[i]
-    b = (up[i] - mu) / s_up[i]
-    logz = _log_interval(a, b)
-    if not want:
-        return -logz, 0.0, 0.0
-    ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0)) / s_lo[i]
-    rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0)) / s_up[i]
-    d1 = rb - ra
-    d2 = b * rb / s_up[i] - a * ra / s_lo[i] + d1 * d1
-    return -logz, d1, max(d2, 0.0)
+    return _censored_coef(mu, lo[i], up[i], s_lo[i], s_up[i], want)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -963,30 +979,6 @@ def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3):
 #: a Hessian that is exactly singular (a covariate constant among the active studies) has a
 #: pivot of about 1e-12, below the cutoff once its scale exceeds 0.1.
 _SINGULAR_RTOL = 1e-11
-
-
-@numba.njit(cache=True, nogil=True)
-def _censored_coef(mu, lo, up, s_lo, s_up, want):  # pragma: no cover - compiled
-    """Censored study's coefficient objective ``-ln[Phi((up - mu)/s_up) - Phi((lo - mu)/s_lo)]``
-    and (if ``want``) its first two derivatives in mu (the censored branch of
-    :func:`_study_coef`, on scalars), with the barrier of :func:`_interval_terms`: where the
-    probability is not positive (``(up - mu)/s_up <= (lo - mu)/s_lo``, possible only with two
-    different scales) the study contributes ``1e4`` and no derivatives.
-    """
-    a = (lo - mu) / s_lo
-    b = (up - mu) / s_up
-    if not b > a:
-        return 1e4, 0.0, 0.0
-    logz = _log_interval(a, b)
-    if not abs(logz) < np.inf:
-        return 1e4, 0.0, 0.0
-    if not want:
-        return -logz, 0.0, 0.0
-    ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0)) / s_lo
-    rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0)) / s_up
-    d1 = rb - ra
-    d2 = b * rb / s_up - a * ra / s_lo + d1 * d1
-    return -logz, d1, max(d2, 0.0)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -507,6 +507,9 @@ class _Engine:
     subjects_tfce: list | None = None
     #: arithmetic of the permuted fits of the voxel-blocked kernel ("single" or "double")
     precision: str = "single"
+    #: use the voxel-blocked kernel where it applies (False: the estimator's voxel-major kernel
+    #: for every permutation, the reference the blocked kernel is measured against)
+    voxel_blocked: bool = True
     # derived once (not per permutation): the compiled design or None, v(g) = k1 + k2 g^2, and
     # for DerSimonian-Laird fits of a compiled design with the numba back-end the permuted data
     # in the voxel-blocked layout of :func:`analysis.sdm.re_kernels.blocked_layout`: the
@@ -522,7 +525,7 @@ class _Engine:
         inp = self.inputs
         self.design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
         self.k1, self.k2 = inp.variance_coefficients()
-        if self.design is None or self.n_iter != 0:
+        if not self.voxel_blocked or self.design is None or self.n_iter != 0:
             return
         if self.subjects is not None:
             self.blocked = blocked_layout(inp.imputations)
@@ -550,7 +553,8 @@ class _Engine:
                     else self.subjects)
         k = len(inp.n1)
         nv = inp.space.n_voxels
-        A = np.zeros((k, self.width), dtype=np.float32)
+        A = np.empty((k, self.width), dtype=np.float32)
+        A[:, nv:] = 0.0  # the padding of the last voxel block
         jj = inp.j
         for i in range(k):
             A[i, :nv] = jj[i] * (codes.weights[i][b] @ subjects[i])
@@ -782,8 +786,9 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
     precision : {"single", "double"}
         Arithmetic of the per-study terms of the permuted fits where the voxel-blocked kernel
         applies (numba back-end, DerSimonian-Laird fits of the designs ``[1]`` and ``[1, x]``:
-        :func:`analysis.sdm.re_kernels.permuted_mean`, :func:`~analysis.sdm.re_kernels.
-        permuted_slope`); tau2 and Rubin's rules are always double. ``"single"`` halves the kernel time; the permuted z maps differ from
+        :func:`analysis.sdm.re_kernels.permuted_mean` and
+        :func:`analysis.sdm.re_kernels.permuted_slope`); tau2 and Rubin's rules are always
+        double. ``"single"`` halves the kernel time; the permuted z maps differ from
         ``"double"`` by less than 1e-6. The observed (identity) maps are always the
         estimator's, in double precision.
     progress : bool

@@ -364,7 +364,8 @@ PRECISIONS = ("single", "double")
 
 
 def blocked_layout(G: np.ndarray, block: int = PERM_BLOCK) -> np.ndarray:
-    """Imputations ``(m, k, V)`` re-laid out as ``(ceil(V / block), m, k, block)``, float32.
+    """Maps ``(m, k, V)`` (imputations, or a Freedman-Lane fit and its residuals) re-laid out
+    as ``(ceil(V / block), m, k, block)``, float32.
 
     In the ``(m, k, V)`` layout one block of voxels touches ``m x k`` rows that lie ``4 V`` bytes
     apart: hundreds of memory streams and a new page for each, which the hardware prefetchers do
