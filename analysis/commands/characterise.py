@@ -2,7 +2,7 @@
 
 Example::
 
-    python -m analysis characterise --seeds "0,48,0;60,-14,-12" --out /tmp/profile
+    python -m analysis characterise --seeds "0,48,0;60,-14,-12" --out profile
 
 writes ``maps/``, ``tables/`` and ``figures/`` (Figure 3/4-style) under ``--out``. Without
 ``--rsfc-dir`` the connectivity half is the HCP parcel-level substitute (cortex only).
@@ -17,7 +17,7 @@ from analysis.config import load_config
 
 EPILOG = """\
 examples:
-  python -m analysis characterise --seeds "0,48,0;60,-14,-12" --out /tmp/profile
+  python -m analysis characterise --seeds "0,48,0;60,-14,-12" --out profile
   python -m analysis characterise --seeds "0,48,0" --directions decrease --no-decode --out out
 """
 """Examples shown under ``--help`` (argparse epilog)."""

@@ -13,8 +13,8 @@ from analysis.sdm.studies import load_studies
 
 EPILOG = """\
 examples:
-  python -m analysis export-sdm /tmp/painemp_sdm           # data/ as an SDM-PSI project folder
-  python -m analysis export-sdm /tmp/other_sdm --data my_data
+  python -m analysis export-sdm painemp_sdm/               # data/ as an SDM-PSI project folder
+  python -m analysis export-sdm other_sdm/ --data my_data
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 

@@ -10,8 +10,8 @@ from analysis.sdm.project import read_sdm_project, write_data_tables
 
 EPILOG = """\
 examples:
-  python -m analysis import-sdm /path/to/sdm_project --data /tmp/data
-  python -m analysis import-sdm /path/to/sdm_project --force   # replace data/studies.tsv, peaks.tsv
+  python -m analysis import-sdm sdm_project/ --data my_data
+  python -m analysis import-sdm sdm_project/ --force          # replace data/studies.tsv, peaks.tsv
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 

@@ -9,7 +9,7 @@ from analysis.validate import format_summary, validate_data
 EPILOG = """\
 examples:
   python -m analysis validate-data
-  python -m analysis validate-data --data /tmp/data --no-mask
+  python -m analysis validate-data --data my_data --no-mask
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 

@@ -47,7 +47,7 @@ REF_MAPS = {"g": "mod1_g", "var": "mod1_var", "z": "mod1_z", "tau2": "mod1_tau2"
 EPILOG = """\
 examples:
   python -m analysis validate-sdm                      # writes <results>/validation/sdm
-  python -m analysis validate-sdm --imputations 10 --no-reml --out /tmp/validation
+  python -m analysis validate-sdm --imputations 10 --no-reml --out validation
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
