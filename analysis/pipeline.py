@@ -20,8 +20,8 @@ Guarantees (tested in ``tests/test_reliability.py`` and ``tests/test_foundation.
   (:func:`analysis.config.validate_config`) before any stage runs; stage keys hash
   :func:`analysis.config.result_config`, i.e. without keys that cannot change a result (the
   number of parallel jobs).
-* **Reproducible values.** Timings a stage returns (top-level keys ``seconds`` or
-  ``*_seconds``) go to its manifest, not to ``values.json``, which is byte-identical between
+* **Reproducible values.** Timings a stage returns (keys ``seconds`` or ``*_seconds`` at any
+  depth, :func:`split_timings`) go to its manifest, not to ``values.json``, which is byte-identical between
   runs.
 """
 
@@ -384,6 +384,41 @@ def _is_timing(key: str) -> bool:
     return key == "seconds" or key.endswith("_seconds")
 
 
+def split_timings(values: dict, prefix: str = "") -> tuple[dict, dict]:
+    """Separate the timings from a stage's values, at any depth.
+
+    A key ``seconds`` or ``*_seconds`` is a timing wherever it is (``published.seconds`` of
+    stage ``characterisation`` as much as a top-level ``psi_seconds``): wall-clock times differ
+    between runs, so they go to the stage's manifest and ``values.json`` stays byte-identical.
+
+    Parameters
+    ----------
+    values : dict
+        What a stage returned.
+    prefix : str
+        Dotted path of ``values`` within the stage's values (recursion).
+
+    Returns
+    -------
+    values : dict
+        A copy of ``values`` without timings.
+    timings : dict
+        ``dotted key -> value`` of every timing removed.
+    """
+    kept: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    for key, val in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(key, str) and _is_timing(key):
+            timings[path] = val
+        elif isinstance(val, dict):
+            kept[key], sub = split_timings(val, f"{path}.")
+            timings.update(sub)
+        else:
+            kept[key] = val
+    return kept, timings
+
+
 def commit_stage(staging: Path, results: Path, outputs: dict[str, str], manifest: dict) -> None:
     """Move a finished stage's files from ``staging`` into ``results``, all or none.
 
@@ -462,8 +497,7 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
     t0 = time.perf_counter()
     LGR.info("stage %s: running", stage.name)
     try:
-        values = dict(stage.function()(ctx) or {})
-        timings = {k: values.pop(k) for k in sorted(values) if _is_timing(k)}
+        values, timings = split_timings(dict(stage.function()(ctx) or {}))
         write_json(staging / "values" / f"{stage.name}.json", values)
         outputs = {}
         for f in sorted(p for p in staging.rglob("*") if p.is_file()):

@@ -554,6 +554,45 @@ def test_timings_go_to_the_manifest_and_values_are_byte_identical(toy):
     assert (results / "values.json").read_bytes() == first
 
 
+def test_nested_timings_go_to_the_manifest(toy):
+    """A timing at any depth (characterisation's ``published.seconds``) leaves values.json."""
+    from analysis import pipeline
+
+    state, kw, results = toy
+    state["values"] = {"n": 1, "published": {"seconds": 22.7, "fit_seconds": 3.0, "k": 2,
+                                             "deeper": {"total_seconds": 1.5, "z": [1, 2]}}}
+    pipeline.run_stages(**kw)
+    first = (results / "values.json").read_bytes()
+    assert json.loads(first)["toy"] == {"n": 1, "published": {"k": 2, "deeper": {"z": [1, 2]}}}
+    timings = json.loads((results / ".stages" / "toy.json").read_text())["timings"]
+    assert timings["published.seconds"] == 22.7
+    assert timings["published.deeper.total_seconds"] == 1.5
+    state["values"]["published"]["seconds"] = 14.0
+    state["values"]["published"]["deeper"]["total_seconds"] = 9.9
+    pipeline.run_stages(force=True, **kw)
+    assert (results / "values.json").read_bytes() == first
+
+
+def test_two_runs_of_real_stages_give_byte_identical_outputs(data_copy, tmp_path):
+    """Stages ``tables`` and ``figure1`` run twice into two results folders: values.json and
+    every output file are byte-identical (the manifests differ only in their timings)."""
+    from analysis import pipeline
+    from analysis.io import sha256_file
+
+    runs = []
+    for name in ("first", "second"):
+        results = tmp_path / name
+        pipeline.run_stages(["tables", "figure1"], data_dir=data_copy, results_dir=results)
+        runs.append(results)
+    files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*")
+                   if p.is_file() and ".stages" not in p.parts)
+    assert any(f.name == "values.json" for f in files) and any(f.suffix == ".png" for f in files)
+    assert files == sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*")
+                           if p.is_file() and ".stages" not in p.parts)
+    for rel in files:
+        assert sha256_file(runs[0] / rel) == sha256_file(runs[1] / rel), rel
+
+
 # --- 9. derived caches carry and verify their source checksums -------------------------------------
 
 
