@@ -630,3 +630,106 @@ def test_incidence_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, caplog):
         assert (fresh().incidence(6) != ref).nnz == 0
     assert "no checksum record" in caplog.text
     assert next(folder.glob("*.json")).exists()
+
+
+# --- 10. the SDM round trip: provenance, covariates, no silent overwrite ----------------------------
+
+
+def test_export_import_keeps_provenance(data_copy, tmp_path, capsys):
+    """export-sdm then import-sdm restores every peak's provenance and note from the record
+    beside the SDM files: stand-ins come back as stand-ins, never as real peaks."""
+    import pandas as pd
+
+    from analysis.sdm.project import PROVENANCE_FILE, read_sdm_project
+
+    before = pd.read_csv(data_copy / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
+    proj, back = tmp_path / "proj", tmp_path / "back"
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) == 0
+    assert (proj / PROVENANCE_FILE).is_file()
+    assert cli.main(["import-sdm", str(proj), "--data", str(back)]) == 0
+    after = pd.read_csv(back / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
+    key = ["study", "peak_id"]
+    pd.testing.assert_frame_equal(after[key + ["provenance", "note"]],
+                                  before.sort_values(key, key=lambda c: c.str.zfill(6))
+                                  [key + ["provenance", "note"]].reset_index(drop=True))
+    capsys.readouterr()
+    assert cli.main(["validate-data", "--data", str(back), "--no-mask"]) == 0
+    out = capsys.readouterr().out
+    assert "studies with real peaks: 1 of 11" in out and "simulated stand-ins: 10" in out
+    # an edited peak file no longer matches its record: its peaks are of unknown provenance
+    first = sorted(proj.glob("Bird2010.*.txt"))[0]
+    first.write_text(first.read_text().replace(",", ", ", 1))
+    _, peaks = read_sdm_project(proj)
+    bird = peaks[peaks["study"] == "Bird2010"]["provenance"]
+    assert len(bird) and bird.str.startswith("unknown:").all()
+    assert not peaks[peaks["study"] != "Bird2010"]["provenance"].str.startswith("unknown:").any()
+
+
+def test_import_without_record_is_provenance_unknown_never_real(data_copy, tmp_path, capsys):
+    from analysis.sdm.project import PROVENANCE_FILE
+
+    proj, back = tmp_path / "proj", tmp_path / "back"
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) == 0
+    (proj / PROVENANCE_FILE).unlink()  # e.g. a project made by SDM-PSI itself
+    capsys.readouterr()
+    assert cli.main(["import-sdm", str(proj), "--data", str(back)]) == 0
+    assert "imported, provenance unknown" in capsys.readouterr().out
+    summary = validate_data(back, check_mask=False)
+    assert summary["studies_real"] == [] and len(summary["studies_unknown"]) == 11
+    assert summary["n_unknown"] == summary["n_peaks"] and summary["n_real"] == 0
+    assert any("provenance unknown" in w for w in summary["warnings"])
+    prov = mv.provenance(back)
+    assert not prov.all_real and prov.n_studies_unknown == 11 and prov.n_studies == 11
+    banner = mv.provenance_banner(prov)
+    assert "imported, provenance unknown" in banner and "not counted as real" in banner
+    assert "Only 0 of the 11" in mv.peaks_limitation(prov)
+    # the importer may declare the source: then the peaks count as real
+    assert cli.main(["import-sdm", str(proj), "--data", str(back), "--force",
+                     "--source", "authors' SDM-PSI project"]) == 0
+    summary = validate_data(back, check_mask=False)
+    assert len(summary["studies_real"]) == 11 and summary["n_imported"] == summary["n_peaks"]
+    with pytest.raises(DataErrors, match="source"):
+        from analysis.sdm.project import read_sdm_project
+        read_sdm_project(proj, source=" ")
+
+
+def test_export_keeps_every_covariate_of_an_imported_table(tmp_path):
+    """sdm_table.txt with age, year, disorder, treated, female_pct, paradigm and sex: import ->
+    export -> import keeps every column with its cells."""
+    from analysis.sdm.project import read_sdm_project, write_sdm_project
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    covs = ["age", "year", "disorder", "treated", "female_pct", "paradigm", "sex"]
+    rows = [["s1", "20", "22", "3.1", "uncorrected", "31.5", "2010", "ASD", "Y", "40", "visual",
+             "0.4"],
+            ["s2", "15", "16", "3.3", "uncorrected", "28", "2012", "SCZ", "N", "55", "text",
+             "0.6"]]
+    (proj / "sdm_table.txt").write_text(
+        "\n".join("\t".join(r) for r in [["study", "n1", "n2", "t_thr", "threshold", *covs],
+                                         *rows]) + "\n")
+    (proj / "s1.other_mni.txt").write_text("40,20,30,4.2\n")
+    (proj / "s2.other_mni.txt").write_text("-30,-60,10,-3.9\n")
+    studies, peaks = read_sdm_project(proj)
+    again = write_sdm_project(studies, peaks, tmp_path / "again")
+    header = (again / "sdm_table.txt").read_text().splitlines()[0].split("\t")
+    assert header[5:] == covs
+    s2, _ = read_sdm_project(again)
+    assert list(s2.columns) == list(studies.columns)
+    assert s2.astype(str).equals(studies.astype(str))
+
+
+def test_export_refuses_a_non_empty_folder_without_force(data_copy, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "sdm_table.txt").write_text("study\tn1\tt_thr\nx\t10\t3\n")
+    (proj / "old.other_mni.txt").write_text("0,0,0,4\n")
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) != 0
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (proj / "sdm_table.txt").read_text().startswith("study\tn1\tt_thr\nx")
+    assert sorted(f.name for f in proj.iterdir()) == ["old.other_mni.txt", "sdm_table.txt"]
+    # with --force: the new project, without the peak file of a study it does not have
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy), "--force"]) == 0
+    assert not (proj / "old.other_mni.txt").exists()
+    assert cli.main(["import-sdm", str(proj), "--data", str(tmp_path / "back")]) == 0

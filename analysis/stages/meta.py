@@ -74,8 +74,9 @@ def input_provenance(dataset) -> dict:
     """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
     :func:`analysis.sdm.peaks.classify_provenance` over every study of the study table: a study is
-    simulated when any of its peaks has ``provenance`` starting with ``simulated:``; real when
-    all start with ``original:`` or ``sdm-import:``; studies without peak rows are listed apart.
+    simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
+    provenance when any starts with ``unknown:``; real when all start with ``original:`` or
+    ``sdm-import:``; studies without peak rows are listed apart.
     """
     from analysis.sdm.peaks import classify_provenance
 
@@ -86,7 +87,8 @@ def input_provenance(dataset) -> dict:
     v = classify_provenance(studies, peaks["study"].astype(str), prov)
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
             "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
-            "n_peaks_simulated": v.n_peaks_simulated}
+            "n_peaks_simulated": v.n_peaks_simulated, "unknown": v.unknown,
+            "n_peaks_unknown": v.n_peaks_unknown}
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +353,8 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
         "studies_without_peaks": provenance["no_peaks"],
         "n_peaks_real": provenance["n_peaks_real"],
         "n_peaks_simulated": provenance["n_peaks_simulated"],
+        "studies_provenance_unknown": provenance["unknown"],
+        "n_peaks_provenance_unknown": provenance["n_peaks_unknown"],
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
         "clusters": clusters_values,
