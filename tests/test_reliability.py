@@ -733,3 +733,127 @@ def test_export_refuses_a_non_empty_folder_without_force(data_copy, tmp_path, ca
     assert cli.main(["export-sdm", str(proj), "--data", str(data_copy), "--force"]) == 0
     assert not (proj / "old.other_mni.txt").exists()
     assert cli.main(["import-sdm", str(proj), "--data", str(tmp_path / "back")]) == 0
+
+
+# --- 11. render refuses stale or half-committed results; provenance from the results ------------
+
+
+@pytest.fixture
+def meta_like(data_copy, tmp_path, monkeypatch):
+    """A one-stage pipeline named ``meta`` reading studies.tsv and peaks.tsv and recording
+    their provenance as the meta stage does (its ``provenance_values``)."""
+    from analysis import pipeline
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.stages.meta import input_provenance, provenance_values
+
+    def produce(ctx):
+        ctx.out("tables/table3.tsv").write_text("x\n1\n")
+        ctx.out("figures/figure2.png").write_text("figure")
+        ds = SDMDataset.from_data_dir(ctx.data_dir)
+        return provenance_values(input_provenance(ds))
+
+    stage = pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
+                           sources=["config.py"])
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: produce)
+    monkeypatch.setattr(pipeline, "STAGES", [stage])
+    results = tmp_path / "results"
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
+    pipeline.run_stages(data_dir=data_copy, results_dir=results)
+    return data_copy, results
+
+
+def test_render_refuses_results_of_changed_inputs(meta_like, capsys):
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    data, results = meta_like
+    pipeline.check_results()  # current: nothing to say
+    _keep_peaks(data / "peaks.tsv", ["Moriguchi2007\t"])  # data/ now holds the real study only
+    msg = (r"^stage meta is stale \(input data/peaks.tsv changed\): run "
+           r"`python -m analysis run`$")
+    with pytest.raises(StaleResults, match=msg):
+        pipeline.check_results()
+    assert cli.main(["render", "--engine", "pandoc"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: stage meta is stale (input data/peaks.tsv")
+    # the provenance the manuscript shows is the results' own: still 10 stand-ins
+    prov = mv.provenance()
+    assert prov.n_studies_simulated == 10 and not prov.all_real
+    assert "simulated stand-ins" in mv.provenance_banner(prov)
+    assert mv.peaks_limitation(prov).startswith("Only 1 of the 11 studies")
+    # once recomputed, the record follows the data
+    pipeline.run_stages(data_dir=data, results_dir=results)
+    pipeline.check_results()
+    assert mv.provenance().n_studies_no_peaks == 10
+
+
+def test_render_refuses_results_of_another_configuration(meta_like):
+    from analysis import pipeline
+    from analysis.config import load_config
+    from analysis.errors import StaleResults
+
+    cfg = load_config({"sdm": {"imputations": 7}})
+    with pytest.raises(StaleResults, match=r"stage meta is stale \(configuration changed"):
+        pipeline.check_results(config=cfg)
+    pipeline.check_results(config=load_config())
+    assert cli.main(["render", "--set", "sdm.imputations=7"]) == 1
+
+
+def test_render_refuses_a_stage_killed_while_committing(meta_like, tmp_path):
+    """SIGKILL after the first file of a commit has moved: the old manifest is gone and a new
+    figure sits beside the old table. Render refuses; run repairs it."""
+    import signal
+
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    data, results = meta_like
+    script = tmp_path / "kill.py"
+    script.write_text(f"""
+import os, signal, sys
+sys.path.insert(0, {str(paths.REPO_ROOT)!r})
+from analysis import pipeline
+
+def produce(ctx):
+    ctx.out("tables/table3.tsv").write_text("x\\n2\\n")
+    ctx.out("figures/figure2.png").write_text("new figure")
+    return {{"n": 2}}
+
+pipeline.Stage.function = lambda self: produce
+pipeline.STAGES = [pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
+                                  sources=["config.py"])]
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if "/.staging/" in str(src) and "/.staging/" not in str(dst):  # the commit's first move
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+pipeline.run_stages(force=True, data_dir={str(data)!r}, results_dir={str(results)!r})
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (results / ".stages" / "meta.json").exists()
+    assert (results / "figures" / "figure2.png").read_text() == "new figure"
+    assert (results / "tables" / "table3.tsv").read_text() == "x\n1\n"  # the old table
+    with pytest.raises(StaleResults, match=r"^stage meta was not committed whole \(interrupted"):
+        pipeline.check_results()
+    pipeline.run_stages(data_dir=data, results_dir=results)  # the next run repairs it
+    pipeline.check_results()
+    # an output edited (or replaced) after the commit is refused as well
+    (results / "figures" / "figure2.png").write_text("edited")
+    with pytest.raises(StaleResults, match=r"figures/figure2.png does not match its manifest"):
+        pipeline.check_results()
+
+
+def test_render_refuses_values_json_that_is_not_the_merge(meta_like):
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    _, results = meta_like
+    values = json.loads((results / "values.json").read_text())
+    values["meta"]["inputs_real"] = 11
+    (results / "values.json").write_text(json.dumps(values))
+    with pytest.raises(StaleResults, match="values.json is not the merge"):
+        pipeline.check_results()

@@ -91,6 +91,33 @@ def input_provenance(dataset) -> dict:
             "n_peaks_unknown": v.n_peaks_unknown}
 
 
+def provenance_values(provenance: dict) -> dict:
+    """The stage's record of its inputs' provenance (in ``values.json``).
+
+    The manuscript's provenance notice and limitations are taken from this record
+    (:func:`analysis.manuscript_values.provenance`), i.e. from the peaks the maps were computed
+    from, not from whatever ``data/`` holds when the manuscript is rendered.
+
+    Parameters
+    ----------
+    provenance : dict
+        Output of :func:`input_provenance`.
+    """
+    return {
+        "n_studies": provenance["n_studies"],
+        "inputs_real": len(provenance["real"]),
+        "inputs_simulated": len(provenance["simulated"]),
+        "inputs_statement": provenance["statement"],
+        "real_studies": provenance["real"],
+        "simulated_studies": provenance["simulated"],
+        "studies_without_peaks": provenance["no_peaks"],
+        "n_peaks_real": provenance["n_peaks_real"],
+        "n_peaks_simulated": provenance["n_peaks_simulated"],
+        "studies_provenance_unknown": provenance["unknown"],
+        "n_peaks_provenance_unknown": provenance["n_peaks_unknown"],
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # tables
 
@@ -344,17 +371,7 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
                        "min_cluster_voxels": int(config["sdm"]["threshold"]["min_cluster_voxels"]),
                        "peak_z": float(config["sdm"]["threshold"]["peak_z"]),
                        "seed": int(config["seed"])},
-        "n_studies": provenance["n_studies"],
-        "inputs_real": len(provenance["real"]),
-        "inputs_simulated": len(provenance["simulated"]),
-        "inputs_statement": provenance["statement"],
-        "real_studies": provenance["real"],
-        "simulated_studies": provenance["simulated"],
-        "studies_without_peaks": provenance["no_peaks"],
-        "n_peaks_real": provenance["n_peaks_real"],
-        "n_peaks_simulated": provenance["n_peaks_simulated"],
-        "studies_provenance_unknown": provenance["unknown"],
-        "n_peaks_provenance_unknown": provenance["n_peaks_unknown"],
+        **provenance_values(provenance),
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
         "clusters": clusters_values,
