@@ -857,3 +857,72 @@ def test_render_refuses_values_json_that_is_not_the_merge(meta_like):
     (results / "values.json").write_text(json.dumps(values))
     with pytest.raises(StaleResults, match="values.json is not the merge"):
         pipeline.check_results()
+
+
+# --- 12. meta --out: the output folder is replaced whole or not at all -----------------------------
+
+
+@pytest.fixture
+def small_sdm(tmp_path):
+    import nibabel as nib
+    from test_sdm_estimator import _box_mask
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "sdm_table.txt").write_text(
+        "study\tn1\tt_thr\tthreshold\n" "simA\t20\t3.3\tuncorrected\n"
+        "simB\t25\t3.2\tuncorrected\n" "simC\t18\t3.5\tuncorrected\n")
+    (folder / "simA.other_mni.txt").write_text("-40,16,-4,5.1\n")
+    (folder / "simB.other_mni.txt").write_text("-42,18,-6,4.4\n")
+    (folder / "simC.no_peaks.txt").write_text("")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(_box_mask(half=(8, 8, 6)), str(mask))
+    return ["meta", "--sdm-dir", str(folder), "--mask", str(mask), "--imputations", "2",
+            "--anisotropy", "0"]
+
+
+def _tree(folder):
+    from analysis.io import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_meta_out_is_replaced_whole_or_not_at_all(small_sdm, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from analysis import io as aio
+
+    out = tmp_path / "out"
+    assert cli.main([*small_sdm, "--out", str(out), "--permutations", "3", "--seed", "1"]) == 0
+    before = _tree(out)
+    assert any(r.startswith("corrp_") for r in before) and "fwe/maxima.tsv" in before
+    # a run without permutations interrupted after its maps: the old folder is untouched
+    real = aio.write_tsv
+
+    def interrupted(path, *a, **k):
+        if Path(path).name == "clusters.tsv":
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(aio, "write_tsv", interrupted)
+    assert cli.main([*small_sdm, "--out", str(out), "--seed", "2"]) != 0
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == []
+    # the same run completed: no corrected map of the earlier run is left beside the new maps
+    monkeypatch.setattr(aio, "write_tsv", real)
+    assert cli.main([*small_sdm, "--out", str(out), "--seed", "2"]) == 0
+    after = _tree(out)
+    assert not [r for r in after if r.startswith(("corrp_", "fwe/"))]
+    assert after["z.nii.gz"] != before["z.nii.gz"]
+    assert "permutations" not in json.loads((out / "summary.json").read_text())
+
+
+def test_meta_out_refuses_a_folder_it_did_not_write(small_sdm, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert cli.main([*small_sdm, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
