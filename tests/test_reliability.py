@@ -926,3 +926,14 @@ def test_meta_out_refuses_a_folder_it_did_not_write(small_sdm, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "not empty" in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_peaks_without_a_provenance_column_are_not_counted_real(data_copy):
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.stages.meta import input_provenance
+
+    ds = SDMDataset.from_data_dir(data_copy)
+    bare = SDMDataset(ds.studies, ds.peaks.drop(columns="provenance"))
+    ip = input_provenance(bare)
+    assert ip["real"] == [] and len(ip["unknown"]) == 11
+    assert "provenance unknown" in ip["statement"]

@@ -35,7 +35,7 @@ from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters, values
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
 from analysis.sdm.io import save_nifti, write_tsv
-from analysis.sdm.peaks import REAL_PREFIXES
+from analysis.sdm.peaks import UNKNOWN_PREFIX
 from analysis.sdm.space import VOXEL_MM
 from analysis.stages import params
 
@@ -82,8 +82,9 @@ def input_provenance(dataset) -> dict:
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
+    # peaks without a provenance column (a NiMARE Dataset, Python objects) are not known real
     prov = (peaks["provenance"].astype(str) if "provenance" in peaks.columns
-            else pd.Series(REAL_PREFIXES[0], index=peaks.index))
+            else pd.Series(f"{UNKNOWN_PREFIX}no provenance column", index=peaks.index))
     v = classify_provenance(studies, peaks["study"].astype(str), prov)
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
             "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
