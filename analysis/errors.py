@@ -32,3 +32,9 @@ class ConfigError(ValueError):
 
 class ResultsLocked(RuntimeError):
     """Another run holds the lock of the same results folder."""
+
+
+class StaleResults(RuntimeError):
+    """A stage's results do not match the current inputs, configuration or code, or were not
+    committed whole (the message names the stage and the command that fixes it).
+    """

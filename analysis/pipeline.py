@@ -20,8 +20,8 @@ Guarantees (tested in ``tests/test_reliability.py`` and ``tests/test_foundation.
   (:func:`analysis.config.validate_config`) before any stage runs; stage keys hash
   :func:`analysis.config.result_config`, i.e. without keys that cannot change a result (the
   number of parallel jobs).
-* **Reproducible values.** Timings a stage returns (top-level keys ``seconds`` or
-  ``*_seconds``) go to its manifest, not to ``values.json``, which is byte-identical between
+* **Reproducible values.** Timings a stage returns (keys ``seconds`` or ``*_seconds`` at any
+  depth, :func:`split_timings`) go to its manifest, not to ``values.json``, which is byte-identical between
   runs.
 """
 
@@ -205,17 +205,39 @@ def stage_key(stage: Stage, ctx_cfg: dict, data_dir: Path, quick: bool, upstream
     The configuration enters without the keys that cannot change a result
     (:func:`analysis.config.result_config`: e.g. ``sdm.psi.n_jobs``).
     """
+    return stage_key_parts(stage, ctx_cfg, data_dir, quick, upstream)[0]
+
+
+def stage_key_parts(stage: Stage, ctx_cfg: dict, data_dir: Path, quick: bool,
+                    upstream: dict) -> tuple[str, dict]:
+    """:func:`stage_key` and what it is made of (recorded in the manifest).
+
+    Returns
+    -------
+    key : str
+    parts : dict
+        ``config`` (hash of the result configuration), ``quick``, ``inputs`` (data file ->
+        sha256 or ``"missing"``), ``source`` (hash of the stage's code), ``upstream`` (stage ->
+        key): what :func:`check_results` compares to say *why* a stage is stale.
+    """
+    config_text = json.dumps(result_config(ctx_cfg), sort_keys=True)
+    parts: dict[str, Any] = {
+        "config": hashlib.sha256(config_text.encode()).hexdigest(), "quick": bool(quick),
+        "inputs": {}, "source": _source_hash(stage),
+        "upstream": {dep: upstream.get(dep, "") for dep in stage.depends}}
     h = hashlib.sha256()
-    h.update(json.dumps(result_config(ctx_cfg), sort_keys=True).encode())
+    h.update(config_text.encode())
     h.update(str(bool(quick)).encode())
     for rel in stage.inputs:
         f = data_dir / rel
+        digest = sha256_file(f) if f.exists() else "missing"
+        parts["inputs"][rel] = digest
         h.update(rel.encode())
-        h.update(sha256_file(f).encode() if f.exists() else b"missing")
-    h.update(_source_hash(stage).encode())
+        h.update(digest.encode())
+    h.update(parts["source"].encode())
     for dep in stage.depends:
-        h.update(upstream.get(dep, "").encode())
-    return h.hexdigest()
+        h.update(parts["upstream"][dep].encode())
+    return h.hexdigest(), parts
 
 
 def _manifest_path(results: Path, name: str) -> Path:
@@ -288,7 +310,7 @@ def _run_locked(wanted, by_name, cfg, data, results, quick, force) -> dict[str, 
     plan = [s for s in STAGES if s.name in todo]
     for pos, stage in enumerate(plan, start=1):
         where = f"stage {pos}/{len(plan)} {stage.name}"
-        key = stage_key(stage, cfg, data, quick, keys)
+        key, parts = stage_key_parts(stage, cfg, data, quick, keys)
         keys[stage.name] = key
         if not force and _cached(results, stage.name, key):
             LGR.info("%s: outputs up to date, reused", where)
@@ -296,7 +318,7 @@ def _run_locked(wanted, by_name, cfg, data, results, quick, force) -> dict[str, 
             continue
         LGR.info("%s: running%s", where, " (quick)" if quick else "")
         t0 = time.perf_counter()
-        status[stage.name] = _run_one(stage, key, cfg, data, results, quick)
+        status[stage.name] = _run_one(stage, key, cfg, data, results, quick, parts)
         LGR.info("%s: done in %.0f s", where, time.perf_counter() - t0)
     merge_values(results)
     return status
@@ -384,6 +406,41 @@ def _is_timing(key: str) -> bool:
     return key == "seconds" or key.endswith("_seconds")
 
 
+def split_timings(values: dict, prefix: str = "") -> tuple[dict, dict]:
+    """Separate the timings from a stage's values, at any depth.
+
+    A key ``seconds`` or ``*_seconds`` is a timing wherever it is (``published.seconds`` of
+    stage ``characterisation`` as much as a top-level ``psi_seconds``): wall-clock times differ
+    between runs, so they go to the stage's manifest and ``values.json`` stays byte-identical.
+
+    Parameters
+    ----------
+    values : dict
+        What a stage returned.
+    prefix : str
+        Dotted path of ``values`` within the stage's values (recursion).
+
+    Returns
+    -------
+    values : dict
+        A copy of ``values`` without timings.
+    timings : dict
+        ``dotted key -> value`` of every timing removed.
+    """
+    kept: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    for key, val in values.items():
+        path = f"{prefix}{key}"
+        if isinstance(key, str) and _is_timing(key):
+            timings[path] = val
+        elif isinstance(val, dict):
+            kept[key], sub = split_timings(val, f"{path}.")
+            timings.update(sub)
+        else:
+            kept[key] = val
+    return kept, timings
+
+
 def commit_stage(staging: Path, results: Path, outputs: dict[str, str], manifest: dict) -> None:
     """Move a finished stage's files from ``staging`` into ``results``, all or none.
 
@@ -453,7 +510,8 @@ def commit_stage(staging: Path, results: Path, outputs: dict[str, str], manifest
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick: bool) -> str:
+def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick: bool,
+             parts: dict | None = None) -> str:
     staging = results / ".staging" / f"{stage.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
@@ -462,8 +520,7 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
     t0 = time.perf_counter()
     LGR.info("stage %s: running", stage.name)
     try:
-        values = dict(stage.function()(ctx) or {})
-        timings = {k: values.pop(k) for k in sorted(values) if _is_timing(k)}
+        values, timings = split_timings(dict(stage.function()(ctx) or {}))
         write_json(staging / "values" / f"{stage.name}.json", values)
         outputs = {}
         for f in sorted(p for p in staging.rglob("*") if p.is_file()):
@@ -472,7 +529,7 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
         timings["seconds"] = round(time.perf_counter() - t0, 3)
         commit_stage(staging, results, outputs,
                      {"stage": stage.name, "key": key, "quick": quick, "outputs": outputs,
-                      "seconds": timings["seconds"], "timings": timings})
+                      "parts": parts or {}, "seconds": timings["seconds"], "timings": timings})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -494,3 +551,105 @@ def merge_values(results: Path) -> dict:
     if merged:
         write_json(results / "values.json", merged)
     return merged
+
+
+RUN_COMMAND = "python -m analysis run"
+
+
+def check_results(config: dict | None = None, data_dir: Path | None = None,
+                  results_dir: Path | None = None, stages: list[str] | None = None,
+                  allow_missing: bool = False) -> None:
+    """Refuse results that do not belong to the current inputs, configuration and code.
+
+    For each stage (all, or ``stages``) in pipeline order, the key that ``run`` would compute
+    now (:func:`stage_key_parts`, with the ``quick`` flag the stage ran with) is compared with
+    the key of its manifest, and every output is compared with the checksum the manifest
+    records, exactly as ``run`` decides whether to reuse a stage (:func:`_cached`). A stage
+    without a manifest but with outputs was interrupted while committing (the manifest is
+    removed first and written last by :func:`commit_stage`). Finally ``values.json`` must be
+    the merge of the stages' values.
+
+    Parameters
+    ----------
+    config : dict, optional
+        Validated configuration (default: :func:`analysis.config.load_config`).
+    data_dir, results_dir : path-like, optional
+        Defaults: :func:`analysis.paths.data_dir`, :func:`analysis.paths.results_dir`.
+    stages : list of str, optional
+        Stages to check (default: all).
+    allow_missing : bool
+        Accept a stage that was never computed (no manifest and no output); stale and
+        half-committed stages are refused all the same.
+
+    Raises
+    ------
+    analysis.errors.StaleResults
+        One line naming the first stale stage, why, and the command that fixes it.
+    """
+    from analysis.errors import StaleResults
+
+    cfg = validate_config(config) if config is not None else load_config()
+    data = Path(data_dir or paths.data_dir())
+    results = Path(results_dir or paths.results_dir())
+    wanted = set(stages or [s.name for s in STAGES])
+    keys: dict[str, str] = {}
+    quick_any = False
+    for stage in STAGES:
+        mpath = _manifest_path(results, stage.name)
+        manifest = None
+        if mpath.exists():
+            try:
+                manifest = json.loads(mpath.read_text())
+            except (OSError, json.JSONDecodeError):
+                manifest = None
+        quick = bool((manifest or {}).get("quick", quick_any))
+        quick_any = quick_any or quick
+        key, parts = stage_key_parts(stage, cfg, data, quick, keys)
+        keys[stage.name] = key
+        if stage.name not in wanted:
+            continue
+        fix = f"run `{RUN_COMMAND}{' --quick' if quick else ''}`"
+        if manifest is None:
+            partial = (results / "values" / f"{stage.name}.json").exists() or mpath.exists()
+            if partial:
+                raise StaleResults(f"stage {stage.name} was not committed whole (interrupted "
+                                   f"run: no valid manifest in {mpath.parent}): {fix}")
+            if allow_missing:
+                continue
+            raise StaleResults(f"stage {stage.name} has not been computed in {results}: {fix}")
+        for rel, digest in manifest.get("outputs", {}).items():
+            f = results / rel
+            if not f.exists() or sha256_file(f) != digest:
+                what = "is missing" if not f.exists() else "does not match its manifest"
+                raise StaleResults(f"stage {stage.name} is not intact ({rel} {what}: "
+                                   f"interrupted commit or edited file): {fix}")
+        if manifest.get("key") != key:
+            why = _why_stale(manifest, parts, data)
+            raise StaleResults(f"stage {stage.name} is stale ({why}): {fix}")
+    merged = {s.name: json.loads((results / "values" / f"{s.name}.json").read_text())
+              for s in STAGES if (results / "values" / f"{s.name}.json").exists()}
+    vpath = results / "values.json"
+    current = json.loads(vpath.read_text()) if vpath.exists() else {}
+    if merged and current != merged:
+        raise StaleResults(f"{vpath} is not the merge of the stages' values (interrupted run): "
+                           f"run `{RUN_COMMAND}{' --quick' if quick_any else ''}`")
+
+
+def _why_stale(manifest: dict, parts: dict, data: Path) -> str:
+    """Why a manifest's key differs from the current one, in a few words."""
+    old = manifest.get("parts") or {}
+    if not old:
+        return "its inputs, code or configuration changed since it ran"
+    changed = [rel for rel, d in parts["inputs"].items() if old.get("inputs", {}).get(rel) != d]
+    if changed:
+        names = ", ".join(str(Path(data.name) / rel) for rel in changed)
+        return f"input {names} changed"
+    ups = [dep for dep, k in parts["upstream"].items() if old.get("upstream", {}).get(dep) != k]
+    if ups:
+        return f"upstream stage {', '.join(ups)} changed"
+    if old.get("config") != parts["config"]:
+        return ("configuration changed; give the same --config/--set as the run, or rerun "
+                "with the current configuration")
+    if old.get("source") != parts["source"]:
+        return "its code changed"
+    return "its key changed"

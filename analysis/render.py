@@ -683,7 +683,29 @@ def render_quarto(quarto: str) -> Path:
     return OUT_DIR
 
 
-def render(engine: str = "auto", allow_missing: bool = False) -> tuple[str, Path]:
+def check_results_current(config: dict | None = None, allow_missing: bool = False) -> None:
+    """Refuse to render results that are stale or half-committed.
+
+    :func:`analysis.pipeline.check_results` (the staleness test of ``run`` itself) against the
+    current ``data/``, configuration and code; the manuscript is then made only of results
+    that ``run`` would reuse as they are.
+
+    Raises
+    ------
+    RenderError
+        One line naming the stale stage and the command that fixes it.
+    """
+    from analysis.errors import StaleResults
+    from analysis.pipeline import check_results
+
+    try:
+        check_results(config=config, allow_missing=allow_missing)
+    except StaleResults as exc:
+        raise RenderError(f"{exc} (then render again)") from None
+
+
+def render(engine: str = "auto", allow_missing: bool = False,
+           config: dict | None = None) -> tuple[str, Path]:
     """Render with Quarto if available (``engine='auto'``), else with pandoc and Typst.
 
     Parameters
@@ -692,17 +714,21 @@ def render(engine: str = "auto", allow_missing: bool = False) -> tuple[str, Path
         ``auto``: Quarto when on PATH, else :func:`render_pandoc`.
     allow_missing : bool
         Render missing results as visible placeholders (development only).
+    config : dict, optional
+        The configuration the results were computed with (default: ``config.yaml``), against
+        which :func:`check_results_current` checks them before anything is rendered.
 
     Returns
     -------
     (engine used, output folder)
     """
-    if allow_missing:
-        os.environ["PAINEMP_ALLOW_MISSING"] = "1"
     quarto = quarto_available()
     if engine == "quarto" and not quarto:
         raise RenderError("quarto is not on PATH (install it from quarto.org or use --engine "
                           "pandoc)")
+    check_results_current(config, allow_missing=allow_missing)
+    if allow_missing:
+        os.environ["PAINEMP_ALLOW_MISSING"] = "1"
     if engine in ("auto", "quarto") and quarto:
         return "quarto", render_quarto(quarto)
     render_pandoc()

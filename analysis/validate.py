@@ -21,7 +21,14 @@ import pandas as pd
 from analysis import paths
 from analysis.errors import DataError, DataErrors
 from analysis.sdm.io import read_tsv_text
-from analysis.sdm.peaks import PEAK_COLUMNS, PEAKS_FILE, check_peaks, classify_provenance
+from analysis.sdm.peaks import (
+    PEAK_COLUMNS,
+    PEAKS_FILE,
+    UNKNOWN_LABEL,
+    UNKNOWN_PREFIX,
+    check_peaks,
+    classify_provenance,
+)
 from analysis.sdm.studies import REQUIRED, STUDIES_FILE, check_studies
 
 LGR = logging.getLogger(__name__)
@@ -95,10 +102,16 @@ def summarise(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict:
                         f"have no peak row in {PEAKS_FILE}: {', '.join(verdict.no_peaks)} "
                         "(they enter the analysis as null studies and the inputs do not count "
                         "as all real)")
+    if verdict.unknown:
+        warnings.append(f"{PEAKS_FILE}: the peaks of {len(verdict.unknown)} of "
+                        f"{verdict.n_studies} studies are {UNKNOWN_LABEL}: "
+                        f"{', '.join(verdict.unknown)} (not counted as real; re-import the "
+                        "project with its provenance record or with --source)")
     return {
         "studies_real": verdict.real,
         "studies_simulated": verdict.simulated,
         "studies_without_peaks": verdict.no_peaks,
+        "studies_unknown": verdict.unknown,
         "warnings": warnings,
         "n_studies": int(len(studies)),
         "n_patients": int(studies["n1"].sum()),
@@ -107,6 +120,7 @@ def summarise(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict:
         "n_real": int(prov.str.startswith("original:").sum()),
         "n_simulated": int(prov.str.startswith("simulated:").sum()),
         "n_imported": int(prov.str.startswith("sdm-import:").sum()),
+        "n_unknown": int(prov.str.startswith(UNKNOWN_PREFIX).sum()),
         "peaks_per_study": {s: int(per.get(s, 0)) for s in studies["study"]},
     }
 
@@ -117,13 +131,15 @@ def format_summary(summary: dict) -> str:
         f"studies: {summary['n_studies']}  patients: {summary['n_patients']}  "
         f"controls: {summary['n_controls']}",
         f"peaks: {summary['n_peaks']}  (real {summary['n_real']}, simulated "
-        f"{summary['n_simulated']}, imported {summary['n_imported']})",
+        f"{summary['n_simulated']}, imported {summary['n_imported']}, {UNKNOWN_LABEL} "
+        f"{summary.get('n_unknown', 0)})",
     ]
     if "studies_real" in summary:
         n = summary["n_studies"]
         lines.append(f"studies with real peaks: {len(summary['studies_real'])} of {n}; with "
-                     f"simulated stand-ins: {len(summary['studies_simulated'])}; without peaks: "
-                     f"{len(summary['studies_without_peaks'])}")
+                     f"simulated stand-ins: {len(summary['studies_simulated'])}; "
+                     f"{UNKNOWN_LABEL}: {len(summary.get('studies_unknown', []))}; without "
+                     f"peaks: {len(summary['studies_without_peaks'])}")
     for study, k in summary["peaks_per_study"].items():
         lines.append(f"  {study:<20s} {k:4d}")
     lines += [f"warning: {w}" for w in summary.get("warnings", [])]

@@ -740,6 +740,8 @@ def test_quarto_path_is_called_with_the_venv_python(tmp_path, monkeypatch):
     fake.write_text(f"#!/bin/sh\necho \"$@|$QUARTO_PYTHON|$PAINEMP_RENDERER|$PWD\" > {log}\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    # the results folder is not under test here (its check: tests/test_reliability.py)
+    monkeypatch.setattr(rd, "check_results_current", lambda *args, **kwargs: None)
     engine, out = rd.render("auto")
     assert engine == "quarto" and out == rd.OUT_DIR
     args, python, renderer, cwd = log.read_text().strip().split("|")

@@ -554,6 +554,45 @@ def test_timings_go_to_the_manifest_and_values_are_byte_identical(toy):
     assert (results / "values.json").read_bytes() == first
 
 
+def test_nested_timings_go_to_the_manifest(toy):
+    """A timing at any depth (characterisation's ``published.seconds``) leaves values.json."""
+    from analysis import pipeline
+
+    state, kw, results = toy
+    state["values"] = {"n": 1, "published": {"seconds": 22.7, "fit_seconds": 3.0, "k": 2,
+                                             "deeper": {"total_seconds": 1.5, "z": [1, 2]}}}
+    pipeline.run_stages(**kw)
+    first = (results / "values.json").read_bytes()
+    assert json.loads(first)["toy"] == {"n": 1, "published": {"k": 2, "deeper": {"z": [1, 2]}}}
+    timings = json.loads((results / ".stages" / "toy.json").read_text())["timings"]
+    assert timings["published.seconds"] == 22.7
+    assert timings["published.deeper.total_seconds"] == 1.5
+    state["values"]["published"]["seconds"] = 14.0
+    state["values"]["published"]["deeper"]["total_seconds"] = 9.9
+    pipeline.run_stages(force=True, **kw)
+    assert (results / "values.json").read_bytes() == first
+
+
+def test_two_runs_of_real_stages_give_byte_identical_outputs(data_copy, tmp_path):
+    """Stages ``tables`` and ``figure1`` run twice into two results folders: values.json and
+    every output file are byte-identical (the manifests differ only in their timings)."""
+    from analysis import pipeline
+    from analysis.io import sha256_file
+
+    runs = []
+    for name in ("first", "second"):
+        results = tmp_path / name
+        pipeline.run_stages(["tables", "figure1"], data_dir=data_copy, results_dir=results)
+        runs.append(results)
+    files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*")
+                   if p.is_file() and ".stages" not in p.parts)
+    assert any(f.name == "values.json" for f in files) and any(f.suffix == ".png" for f in files)
+    assert files == sorted(p.relative_to(runs[1]) for p in runs[1].rglob("*")
+                           if p.is_file() and ".stages" not in p.parts)
+    for rel in files:
+        assert sha256_file(runs[0] / rel) == sha256_file(runs[1] / rel), rel
+
+
 # --- 9. derived caches carry and verify their source checksums -------------------------------------
 
 
@@ -591,3 +630,310 @@ def test_incidence_cache_is_verified_and_rebuilt(tmp_path, monkeypatch, caplog):
         assert (fresh().incidence(6) != ref).nnz == 0
     assert "no checksum record" in caplog.text
     assert next(folder.glob("*.json")).exists()
+
+
+# --- 10. the SDM round trip: provenance, covariates, no silent overwrite ----------------------------
+
+
+def test_export_import_keeps_provenance(data_copy, tmp_path, capsys):
+    """export-sdm then import-sdm restores every peak's provenance and note from the record
+    beside the SDM files: stand-ins come back as stand-ins, never as real peaks."""
+    import pandas as pd
+
+    from analysis.sdm.project import PROVENANCE_FILE, read_sdm_project
+
+    before = pd.read_csv(data_copy / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
+    proj, back = tmp_path / "proj", tmp_path / "back"
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) == 0
+    assert (proj / PROVENANCE_FILE).is_file()
+    assert cli.main(["import-sdm", str(proj), "--data", str(back)]) == 0
+    after = pd.read_csv(back / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
+    key = ["study", "peak_id"]
+    pd.testing.assert_frame_equal(after[key + ["provenance", "note"]],
+                                  before.sort_values(key, key=lambda c: c.str.zfill(6))
+                                  [key + ["provenance", "note"]].reset_index(drop=True))
+    capsys.readouterr()
+    assert cli.main(["validate-data", "--data", str(back), "--no-mask"]) == 0
+    out = capsys.readouterr().out
+    assert "studies with real peaks: 1 of 11" in out and "simulated stand-ins: 10" in out
+    # an edited peak file no longer matches its record: its peaks are of unknown provenance
+    first = sorted(proj.glob("Bird2010.*.txt"))[0]
+    first.write_text(first.read_text().replace(",", ", ", 1))
+    _, peaks = read_sdm_project(proj)
+    bird = peaks[peaks["study"] == "Bird2010"]["provenance"]
+    assert len(bird) and bird.str.startswith("unknown:").all()
+    assert not peaks[peaks["study"] != "Bird2010"]["provenance"].str.startswith("unknown:").any()
+
+
+def test_import_without_record_is_provenance_unknown_never_real(data_copy, tmp_path, capsys):
+    from analysis.sdm.project import PROVENANCE_FILE
+
+    proj, back = tmp_path / "proj", tmp_path / "back"
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) == 0
+    (proj / PROVENANCE_FILE).unlink()  # e.g. a project made by SDM-PSI itself
+    capsys.readouterr()
+    assert cli.main(["import-sdm", str(proj), "--data", str(back)]) == 0
+    assert "imported, provenance unknown" in capsys.readouterr().out
+    summary = validate_data(back, check_mask=False)
+    assert summary["studies_real"] == [] and len(summary["studies_unknown"]) == 11
+    assert summary["n_unknown"] == summary["n_peaks"] and summary["n_real"] == 0
+    assert any("provenance unknown" in w for w in summary["warnings"])
+    prov = mv.provenance(back)
+    assert not prov.all_real and prov.n_studies_unknown == 11 and prov.n_studies == 11
+    banner = mv.provenance_banner(prov)
+    assert "imported, provenance unknown" in banner and "not counted as real" in banner
+    assert "Only 0 of the 11" in mv.peaks_limitation(prov)
+    # the importer may declare the source: then the peaks count as real
+    assert cli.main(["import-sdm", str(proj), "--data", str(back), "--force",
+                     "--source", "authors' SDM-PSI project"]) == 0
+    summary = validate_data(back, check_mask=False)
+    assert len(summary["studies_real"]) == 11 and summary["n_imported"] == summary["n_peaks"]
+    with pytest.raises(DataErrors, match="source"):
+        from analysis.sdm.project import read_sdm_project
+        read_sdm_project(proj, source=" ")
+
+
+def test_export_keeps_every_covariate_of_an_imported_table(tmp_path):
+    """sdm_table.txt with age, year, disorder, treated, female_pct, paradigm and sex: import ->
+    export -> import keeps every column with its cells."""
+    from analysis.sdm.project import read_sdm_project, write_sdm_project
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    covs = ["age", "year", "disorder", "treated", "female_pct", "paradigm", "sex"]
+    rows = [["s1", "20", "22", "3.1", "uncorrected", "31.5", "2010", "ASD", "Y", "40", "visual",
+             "0.4"],
+            ["s2", "15", "16", "3.3", "uncorrected", "28", "2012", "SCZ", "N", "55", "text",
+             "0.6"]]
+    (proj / "sdm_table.txt").write_text(
+        "\n".join("\t".join(r) for r in [["study", "n1", "n2", "t_thr", "threshold", *covs],
+                                         *rows]) + "\n")
+    (proj / "s1.other_mni.txt").write_text("40,20,30,4.2\n")
+    (proj / "s2.other_mni.txt").write_text("-30,-60,10,-3.9\n")
+    studies, peaks = read_sdm_project(proj)
+    again = write_sdm_project(studies, peaks, tmp_path / "again")
+    header = (again / "sdm_table.txt").read_text().splitlines()[0].split("\t")
+    assert header[5:] == covs
+    s2, _ = read_sdm_project(again)
+    assert list(s2.columns) == list(studies.columns)
+    assert s2.astype(str).equals(studies.astype(str))
+
+
+def test_export_refuses_a_non_empty_folder_without_force(data_copy, tmp_path, capsys):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "sdm_table.txt").write_text("study\tn1\tt_thr\nx\t10\t3\n")
+    (proj / "old.other_mni.txt").write_text("0,0,0,4\n")
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) != 0
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert (proj / "sdm_table.txt").read_text().startswith("study\tn1\tt_thr\nx")
+    assert sorted(f.name for f in proj.iterdir()) == ["old.other_mni.txt", "sdm_table.txt"]
+    # with --force: the new project, without the peak file of a study it does not have
+    assert cli.main(["export-sdm", str(proj), "--data", str(data_copy), "--force"]) == 0
+    assert not (proj / "old.other_mni.txt").exists()
+    assert cli.main(["import-sdm", str(proj), "--data", str(tmp_path / "back")]) == 0
+
+
+# --- 11. render refuses stale or half-committed results; provenance from the results ------------
+
+
+@pytest.fixture
+def meta_like(data_copy, tmp_path, monkeypatch):
+    """A one-stage pipeline named ``meta`` reading studies.tsv and peaks.tsv and recording
+    their provenance as the meta stage does (its ``provenance_values``)."""
+    from analysis import pipeline
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.stages.meta import input_provenance, provenance_values
+
+    def produce(ctx):
+        ctx.out("tables/table3.tsv").write_text("x\n1\n")
+        ctx.out("figures/figure2.png").write_text("figure")
+        ds = SDMDataset.from_data_dir(ctx.data_dir)
+        return provenance_values(input_provenance(ds))
+
+    stage = pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
+                           sources=["config.py"])
+    monkeypatch.setattr(pipeline.Stage, "function", lambda self: produce)
+    monkeypatch.setattr(pipeline, "STAGES", [stage])
+    results = tmp_path / "results"
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
+    pipeline.run_stages(data_dir=data_copy, results_dir=results)
+    return data_copy, results
+
+
+def test_render_refuses_results_of_changed_inputs(meta_like, capsys):
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    data, results = meta_like
+    pipeline.check_results()  # current: nothing to say
+    _keep_peaks(data / "peaks.tsv", ["Moriguchi2007\t"])  # data/ now holds the real study only
+    msg = (r"^stage meta is stale \(input data/peaks.tsv changed\): run "
+           r"`python -m analysis run`$")
+    with pytest.raises(StaleResults, match=msg):
+        pipeline.check_results()
+    assert cli.main(["render", "--engine", "pandoc"]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("error: stage meta is stale (input data/peaks.tsv")
+    # the provenance the manuscript shows is the results' own: still 10 stand-ins
+    prov = mv.provenance()
+    assert prov.n_studies_simulated == 10 and not prov.all_real
+    assert "simulated stand-ins" in mv.provenance_banner(prov)
+    assert mv.peaks_limitation(prov).startswith("Only 1 of the 11 studies")
+    # once recomputed, the record follows the data
+    pipeline.run_stages(data_dir=data, results_dir=results)
+    pipeline.check_results()
+    assert mv.provenance().n_studies_no_peaks == 10
+
+
+def test_render_refuses_results_of_another_configuration(meta_like):
+    from analysis import pipeline
+    from analysis.config import load_config
+    from analysis.errors import StaleResults
+
+    cfg = load_config({"sdm": {"imputations": 7}})
+    with pytest.raises(StaleResults, match=r"stage meta is stale \(configuration changed"):
+        pipeline.check_results(config=cfg)
+    pipeline.check_results(config=load_config())
+    assert cli.main(["render", "--set", "sdm.imputations=7"]) == 1
+
+
+def test_render_refuses_a_stage_killed_while_committing(meta_like, tmp_path):
+    """SIGKILL after the first file of a commit has moved: the old manifest is gone and a new
+    figure sits beside the old table. Render refuses; run repairs it."""
+    import signal
+
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    data, results = meta_like
+    script = tmp_path / "kill.py"
+    script.write_text(f"""
+import os, signal, sys
+sys.path.insert(0, {str(paths.REPO_ROOT)!r})
+from analysis import pipeline
+
+def produce(ctx):
+    ctx.out("tables/table3.tsv").write_text("x\\n2\\n")
+    ctx.out("figures/figure2.png").write_text("new figure")
+    return {{"n": 2}}
+
+pipeline.Stage.function = lambda self: produce
+pipeline.STAGES = [pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
+                                  sources=["config.py"])]
+real_replace = os.replace
+
+def replace(src, dst):
+    real_replace(src, dst)
+    if "/.staging/" in str(src) and "/.staging/" not in str(dst):  # the commit's first move
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+pipeline.run_stages(force=True, data_dir={str(data)!r}, results_dir={str(results)!r})
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (results / ".stages" / "meta.json").exists()
+    assert (results / "figures" / "figure2.png").read_text() == "new figure"
+    assert (results / "tables" / "table3.tsv").read_text() == "x\n1\n"  # the old table
+    with pytest.raises(StaleResults, match=r"^stage meta was not committed whole \(interrupted"):
+        pipeline.check_results()
+    pipeline.run_stages(data_dir=data, results_dir=results)  # the next run repairs it
+    pipeline.check_results()
+    # an output edited (or replaced) after the commit is refused as well
+    (results / "figures" / "figure2.png").write_text("edited")
+    with pytest.raises(StaleResults, match=r"figures/figure2.png does not match its manifest"):
+        pipeline.check_results()
+
+
+def test_render_refuses_values_json_that_is_not_the_merge(meta_like):
+    from analysis import pipeline
+    from analysis.errors import StaleResults
+
+    _, results = meta_like
+    values = json.loads((results / "values.json").read_text())
+    values["meta"]["inputs_real"] = 11
+    (results / "values.json").write_text(json.dumps(values))
+    with pytest.raises(StaleResults, match="values.json is not the merge"):
+        pipeline.check_results()
+
+
+# --- 12. meta --out: the output folder is replaced whole or not at all -----------------------------
+
+
+@pytest.fixture
+def small_sdm(tmp_path):
+    import nibabel as nib
+    from test_sdm_estimator import _box_mask
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "sdm_table.txt").write_text(
+        "study\tn1\tt_thr\tthreshold\n" "simA\t20\t3.3\tuncorrected\n"
+        "simB\t25\t3.2\tuncorrected\n" "simC\t18\t3.5\tuncorrected\n")
+    (folder / "simA.other_mni.txt").write_text("-40,16,-4,5.1\n")
+    (folder / "simB.other_mni.txt").write_text("-42,18,-6,4.4\n")
+    (folder / "simC.no_peaks.txt").write_text("")
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(_box_mask(half=(8, 8, 6)), str(mask))
+    return ["meta", "--sdm-dir", str(folder), "--mask", str(mask), "--imputations", "2",
+            "--anisotropy", "0"]
+
+
+def _tree(folder):
+    from analysis.io import sha256_file
+
+    return {p.relative_to(folder).as_posix(): sha256_file(p)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_meta_out_is_replaced_whole_or_not_at_all(small_sdm, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from analysis import io as aio
+
+    out = tmp_path / "out"
+    assert cli.main([*small_sdm, "--out", str(out), "--permutations", "3", "--seed", "1"]) == 0
+    before = _tree(out)
+    assert any(r.startswith("corrp_") for r in before) and "fwe/maxima.tsv" in before
+    # a run without permutations interrupted after its maps: the old folder is untouched
+    real = aio.write_tsv
+
+    def interrupted(path, *a, **k):
+        if Path(path).name == "clusters.tsv":
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(aio, "write_tsv", interrupted)
+    assert cli.main([*small_sdm, "--out", str(out), "--seed", "2"]) != 0
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")) == []
+    # the same run completed: no corrected map of the earlier run is left beside the new maps
+    monkeypatch.setattr(aio, "write_tsv", real)
+    assert cli.main([*small_sdm, "--out", str(out), "--seed", "2"]) == 0
+    after = _tree(out)
+    assert not [r for r in after if r.startswith(("corrp_", "fwe/"))]
+    assert after["z.nii.gz"] != before["z.nii.gz"]
+    assert "permutations" not in json.loads((out / "summary.json").read_text())
+
+
+def test_meta_out_refuses_a_folder_it_did_not_write(small_sdm, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert cli.main([*small_sdm, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "not empty" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_peaks_without_a_provenance_column_are_not_counted_real(data_copy):
+    from analysis.sdm.dataset import SDMDataset
+    from analysis.stages.meta import input_provenance
+
+    ds = SDMDataset.from_data_dir(data_copy)
+    bare = SDMDataset(ds.studies, ds.peaks.drop(columns="provenance"))
+    ip = input_provenance(bare)
+    assert ip["real"] == [] and len(ip["unknown"]) == 11
+    assert "provenance unknown" in ip["statement"]

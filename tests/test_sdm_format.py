@@ -63,7 +63,7 @@ def test_import_enge(enge_dir, tmp_path):
     assert (studies["design"] == "one-sample").all() and (studies["n_controls"] == "").all()
     assert (peaks["stat_type"] == "none").sum() == 226
     assert (peaks["sign"] == "-1").sum() == 12 and (peaks["space"] == "MNI").all()
-    assert set(peaks["provenance"]) == {f"sdm-import:{enge_dir.name}"}
+    assert set(peaks["provenance"]) == {f"unknown:sdm-import:{enge_dir.name}"}
     row = studies.set_index("study").loc["bauer2017"]
     assert (row.n_patients, row.t_thr, row.threshold) == ("14", "3.012275838207184",
                                                           "uncorrected")

@@ -1,4 +1,11 @@
-"""``python -m analysis import-sdm DIR [--data OUT] [--force]``: SDM project → studies/peaks."""
+"""``python -m analysis import-sdm DIR [--data OUT] [--force] [--source TEXT]``: SDM project →
+studies/peaks.
+
+Each peak keeps the provenance recorded by ``export-sdm`` (``painemp_provenance.tsv``) when its
+peak file is unchanged. Any other peak is ``sdm-import:<TEXT>`` (counted as real) when
+``--source`` declares where the project comes from, else labelled imported, provenance unknown
+(``unknown:``), which ``validate-data`` and the manuscript never count as real.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,14 @@ import argparse
 from pathlib import Path
 
 from analysis import paths
-from analysis.sdm.project import read_sdm_project, write_data_tables
+from analysis.sdm.peaks import UNKNOWN_LABEL, UNKNOWN_PREFIX
+from analysis.sdm.project import PROVENANCE_FILE, read_sdm_project, write_data_tables
 
 EPILOG = """\
 examples:
   python -m analysis import-sdm sdm_project/ --data my_data
   python -m analysis import-sdm sdm_project/ --force          # replace data/studies.tsv, peaks.tsv
+  python -m analysis import-sdm sdm_project/ --force --source "He et al. 2024, authors' SDM-PSI project"
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
@@ -23,6 +32,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="folder receiving studies.tsv and peaks.tsv (default: data/)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing studies.tsv / peaks.tsv")
+    parser.add_argument("--source", metavar="TEXT", default=None,
+                        help="where the project's peaks come from (e.g. the authors' SDM-PSI "
+                        "project and its citation); recorded as provenance sdm-import:TEXT and "
+                        "counted as real. Without it, peaks that painemp_provenance.tsv does "
+                        "not record are labelled imported, provenance unknown")
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -31,7 +45,7 @@ def run_command(args: argparse.Namespace) -> int:
     if existing and not args.force:
         print(f"error: {out} already has {', '.join(existing)}; use --force to replace")
         return 1
-    studies, peaks = read_sdm_project(args.folder)
+    studies, peaks = read_sdm_project(args.folder, source=args.source)
     from analysis.config import load_config
     from analysis.stages.params import study_checks
 
@@ -39,4 +53,9 @@ def run_command(args: argparse.Namespace) -> int:
     unknown = int((peaks["stat_type"] == "none").sum())
     print(f"imported {len(studies)} studies and {len(peaks)} peaks ({unknown} without a "
           f"statistic) into {sp.parent}")
+    prov = peaks["provenance"].astype(str)
+    no_record = int(prov.str.startswith(UNKNOWN_PREFIX).sum())
+    if no_record:
+        print(f"warning: {no_record} of {len(peaks)} peaks are labelled {UNKNOWN_LABEL} (no "
+              f"record in {PROVENANCE_FILE} and no --source): they are not counted as real")
     return 0

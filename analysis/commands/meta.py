@@ -5,13 +5,26 @@ Reads ``sdm_table.txt`` and the peak files of the folder (:mod:`analysis.sdm.pro
 p, p_pos, p_neg``; NIfTI), the cluster table (``clusters.tsv``, thresholds of the configuration:
 one-tailed p < 0.0025, peak SDM-Z > 1, k > 10) and ``summary.json``. With ``--permutations N``
 the PSI permutation test (:mod:`analysis.sdm.permutation`) adds the FWE-corrected maps.
+
+The output folder is written whole or not at all: everything goes into a staging folder beside
+it (``.<name>.partial-<pid>``), which replaces the folder only once every file is written, so
+an interrupted run leaves the previous results untouched, and a run without permutations never
+leaves older corrected maps beside new ones. An existing folder is replaced only when it holds
+the output of an earlier ``meta`` run (its ``summary.json``); any other non-empty folder is
+refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import re
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LGR = logging.getLogger(__name__)
@@ -42,6 +55,75 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} must be at least 1")
     return v
+
+
+_STAGED = re.compile(r"^\.(?P<name>.+)\.(partial|old)-(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_meta_output(folder: Path) -> bool:
+    """Whether ``folder`` holds the output of an earlier ``meta`` run (its summary.json)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "sdm_dir" in summary
+
+
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Write a whole output folder, then swap it in place of ``out``.
+
+    Yields a staging folder beside ``out``; when the block ends without error the staging
+    folder becomes ``out`` (the previous ``out``, if any, moved aside first and removed after),
+    on any error it is removed and ``out`` is left as it was. Staging folders of killed runs
+    (``.<name>.partial-<pid>``, ``.<name>.old-<pid>`` of a process no longer running) are
+    removed first.
+
+    Raises
+    ------
+    analysis.errors.DataError
+        ``out`` is a file, or a non-empty folder that is not the output of a ``meta`` run.
+    """
+    from analysis.errors import DataError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(str(out), "the output is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_meta_output(out):
+        raise DataError(str(out), "the output folder is not empty and holds no earlier meta "
+                        "output (summary.json); choose an empty or new folder")
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for d in parent.iterdir():
+        m = _STAGED.match(d.name)
+        if m and m.group("name") == out.name and not _alive(int(m.group("pid"))):
+            shutil.rmtree(d, ignore_errors=True)
+            LGR.info("removed %s, left by an interrupted run", d)
+    staging = parent / f".{out.name}.partial-{os.getpid()}"
+    old = parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 EPILOG = """\
@@ -89,9 +171,6 @@ def run_command(args: argparse.Namespace) -> int:
     from analysis.config import load_config
     from analysis.errors import DataError
     from analysis.grid import gm_mask
-    from analysis.io import write_json, write_tsv
-    from analysis.labels import aal_labeler
-    from analysis.sdm.clusters import threshold_clusters
     from analysis.sdm.dataset import SDMDataset
     from analysis.stages import params
 
@@ -114,9 +193,22 @@ def run_command(args: argparse.Namespace) -> int:
     est = params.estimator(cfg, n_imp, seed, covariates=covs, hypothesis=args.hypothesis,
                            n_jobs=args.n_jobs, progress=True,
                            **{k: v for k, v in given.items() if v is not None})
+    with staged_output(Path(args.out)) as out:
+        summary = _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out)
+    print(f"wrote {args.out} ({summary['n_studies']} studies, {summary['n_voxels']} voxels, "
+          f"{summary['n_cluster_peaks']} clusters)")
+    return 0
+
+
+def _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out: Path) -> dict:
+    """Fit, threshold and (with ``--permutations``) correct; write everything into ``out``."""
+    from analysis.io import write_json, write_tsv
+    from analysis.labels import aal_labeler
+    from analysis.sdm.clusters import threshold_clusters
+    from analysis.stages import params
+
     t0 = time.perf_counter()
     res = est.fit(dataset, mask_img=mask)
-    out = Path(args.out)
     res.save_maps(out)
     clusters = threshold_clusters(res.maps["z"], res.space, labeler=aal_labeler,
                                   **params.threshold_params(cfg))
@@ -138,6 +230,4 @@ def run_command(args: argparse.Namespace) -> int:
         summary["permutations"] = int(args.permutations)
     summary["total_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "summary.json", summary)
-    print(f"wrote {out} ({len(res.studies)} studies, {res.space.n_voxels} voxels, "
-          f"{len(clusters.peaks())} clusters)")
-    return 0
+    return {**summary, "n_cluster_peaks": len(clusters.peaks())}

@@ -13,8 +13,9 @@ Columns, exactly and in this order (:data:`PEAK_COLUMNS`)::
     ``t`` or ``z`` (signed: negative on a ``-1`` row), ``p`` (one-tailed, in (0, 1), unsigned) or
     ``none`` (blank value; the statistic was not reported).
 ``provenance``
-    ``original:<citation; table>``, ``simulated:v<generator_version>:seed=<seed>`` or
-    ``sdm-import:<folder>``.
+    ``original:<citation; table>``, ``simulated:v<generator_version>:seed=<seed>``,
+    ``sdm-import:<source>`` (imported from an SDM project declared to be the authors' data) or
+    ``unknown:<what>`` (imported, provenance unknown: never counted as real).
 
 :func:`load_peaks` validates and adds MNI coordinates, the signed t, df and a record of every
 conversion; :func:`write_peaks` is the one canonical (atomic, sorted, formatted) writer.
@@ -23,7 +24,7 @@ conversion; :func:`write_peaks` is the one canonical (atomic, sorted, formatted)
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,17 @@ T_BELOW_THRESHOLD_TOLERANCE = 0.01
 PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
                 "provenance", "note"]
 STAT_TYPES = ("t", "z", "p", "none")
-PROVENANCE_KINDS = ("original:", "simulated:", "sdm-import:")
+PROVENANCE_KINDS = ("original:", "simulated:", "sdm-import:", "unknown:")
 #: Provenance prefixes of real peaks (transcribed from a publication, or the authors' SDM project).
 REAL_PREFIXES = ("original:", "sdm-import:")
 #: Provenance prefix of the simulated stand-ins (:mod:`analysis.simulate`).
 SIMULATED_PREFIX = "simulated:"
+#: Provenance prefix of peaks whose origin is not known (an SDM project imported without the
+#: provenance record of ``export-sdm`` and without a declared source): neither real nor a
+#: stand-in, and never counted as real.
+UNKNOWN_PREFIX = "unknown:"
+#: How :data:`UNKNOWN_PREFIX` reads in summaries.
+UNKNOWN_LABEL = "imported, provenance unknown"
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,11 @@ class ProvenanceVerdict:
     ----------
     studies : list of str
         Every study of the study table, in table order.
-    real, simulated, no_peaks : list of str
+    real, simulated, no_peaks, unknown : list of str
         A partition of ``studies``: every peak row real; at least one simulated row; no peak
-        row at all.
-    n_peaks_real, n_peaks_simulated : int
+        row at all; no simulated row but at least one of unknown provenance
+        (:data:`UNKNOWN_LABEL`).
+    n_peaks_real, n_peaks_simulated, n_peaks_unknown : int
         Peak rows of the table's studies by kind.
     """
 
@@ -72,6 +80,8 @@ class ProvenanceVerdict:
     no_peaks: list[str]
     n_peaks_real: int = 0
     n_peaks_simulated: int = 0
+    unknown: list[str] = field(default_factory=list)
+    n_peaks_unknown: int = 0
 
     @property
     def n_studies(self) -> int:
@@ -88,6 +98,8 @@ class ProvenanceVerdict:
         """One sentence: real studies (named), simulated stand-ins, studies without peaks."""
         text = (f"{len(self.real)} of {self.n_studies} studies' inputs real "
                 f"({', '.join(self.real) or 'none'}); {len(self.simulated)} simulated stand-ins")
+        if self.unknown:
+            text += (f"; {len(self.unknown)} {UNKNOWN_LABEL} ({', '.join(self.unknown)})")
         if self.no_peaks:
             text += f"; {len(self.no_peaks)} without peaks ({', '.join(self.no_peaks)})"
         return text
@@ -100,7 +112,8 @@ def classify_provenance(study_ids, peak_studies, peak_provenance,
     This is the one implementation behind ``validate-data``, the meta-analysis stage and the
     manuscript's provenance notice. The verdict is taken over **all** studies of the study
     table: a study without any peak row is neither real nor simulated but listed apart (and
-    the inputs are then not "all real").
+    the inputs are then not "all real"); so is a study with a peak of unknown provenance
+    (``unknown:``, e.g. an SDM project imported without its provenance record).
 
     Parameters
     ----------
@@ -122,29 +135,33 @@ def classify_provenance(study_ids, peak_studies, peak_provenance,
     """
     studies = list(dict.fromkeys(str(s) for s in study_ids))
     known = set(studies)
-    simulated_of: dict[str, bool] = {}
-    n_real = n_sim = 0
+    rank = {"real": 0, "unknown": 1, "simulated": 2}  # a study takes its worst row's kind
+    kind_of: dict[str, str] = {}
+    counts = dict.fromkeys(rank, 0)
     for i, (study, tag) in enumerate(zip(peak_studies, peak_provenance, strict=True), start=1):
         tag = str(tag)
         if tag.startswith(SIMULATED_PREFIX):
-            sim = True
+            kind = "simulated"
+        elif tag.startswith(UNKNOWN_PREFIX):
+            kind = "unknown"
         elif tag.startswith(REAL_PREFIXES):
-            sim = False
+            kind = "real"
         else:
             raise DataError(file, f"unknown provenance {tag!r}: expected a value starting with "
-                            f"{SIMULATED_PREFIX!r} or one of {list(REAL_PREFIXES)}", row=i,
-                            field="provenance")
+                            f"one of {list(PROVENANCE_KINDS)}", row=i, field="provenance")
         if str(study) not in known:
             continue
-        n_sim += sim
-        n_real += not sim
-        simulated_of[str(study)] = simulated_of.get(str(study), False) or sim
+        counts[kind] += 1
+        old = kind_of.get(str(study), "real")
+        kind_of[str(study)] = kind if rank[kind] > rank[old] else old
     return ProvenanceVerdict(
         studies=studies,
-        real=[s for s in studies if s in simulated_of and not simulated_of[s]],
-        simulated=[s for s in studies if simulated_of.get(s, False)],
-        no_peaks=[s for s in studies if s not in simulated_of],
-        n_peaks_real=n_real, n_peaks_simulated=n_sim)
+        real=[s for s in studies if kind_of.get(s) == "real"],
+        simulated=[s for s in studies if kind_of.get(s) == "simulated"],
+        no_peaks=[s for s in studies if s not in kind_of],
+        unknown=[s for s in studies if kind_of.get(s) == "unknown"],
+        n_peaks_real=counts["real"], n_peaks_simulated=counts["simulated"],
+        n_peaks_unknown=counts["unknown"])
 
 
 def _float(cell) -> float | None:

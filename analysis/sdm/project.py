@@ -21,7 +21,16 @@ names (:func:`check_sdm_table`).
 :func:`read_sdm_project` gives the compendium's tables: a ``studies.tsv``-compatible table (text
 cells kept as written, so nothing is lost; columns ``study, design, n_patients, n_controls,
 t_thr, threshold, peak_file`` then the covariates) and a ``peaks.tsv`` table
-(:data:`analysis.sdm.peaks.PEAK_COLUMNS`, provenance ``sdm-import:<folder name>``).
+(:data:`analysis.sdm.peaks.PEAK_COLUMNS`).
+
+Provenance survives the round trip. :func:`write_sdm_project` also writes
+:data:`PROVENANCE_FILE`, a tab-separated record of every peak line (peak file, line, the peak
+file's SHA-256, ``provenance``, ``note``); SDM-PSI reads only ``sdm_table.txt`` and the files
+named after its studies, so it ignores this file. :func:`read_sdm_project` gives each peak the
+provenance recorded for its line when the peak file is unchanged (same SHA-256); any other peak
+gets the source the importer declares (``sdm-import:<source>``, counted as real) or, without
+one, ``unknown:`` (:data:`analysis.sdm.peaks.UNKNOWN_LABEL`), which is never counted as real.
+Exported simulated stand-ins therefore come back as stand-ins, never as real data.
 :func:`write_sdm_project` writes such a folder from either those tables or the validated ones of
 :func:`analysis.sdm.studies.load_studies` / :func:`analysis.sdm.peaks.load_peaks`. Numbers are written in
 their shortest exact form, so read → write → read returns identical values.
@@ -29,6 +38,7 @@ their shortest exact form, so read → write → read returns identical values.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from contextlib import ExitStack
@@ -40,13 +50,16 @@ import pandas as pd
 
 from analysis.sdm.coords import MAX_ABS_T, to_mni
 from analysis.sdm.errors import DataError, DataErrors
-from analysis.sdm.io import atomic_path, format_number, read_tsv_text
-from analysis.sdm.peaks import PEAK_COLUMNS, check_peaks, format_peaks
+from analysis.sdm.io import atomic_path, format_number, read_tsv_text, sha256_file
+from analysis.sdm.peaks import PEAK_COLUMNS, UNKNOWN_PREFIX, check_peaks, format_peaks
 from analysis.sdm.studies import CORRECTED_VOXEL_P, check_studies
 
 LGR = logging.getLogger(__name__)
 
 TABLE_FILE = "sdm_table.txt"
+#: Provenance record written beside the SDM files (ignored by SDM-PSI; read back on import).
+PROVENANCE_FILE = "painemp_provenance.tsv"
+PROVENANCE_COLUMNS = ["file", "line", "sha256", "provenance", "note"]
 #: Peak-file suffix → ``space`` of peaks.tsv.
 SUFFIX_SPACE = {
     "spm_mni": "MNI", "fsl_mni": "MNI", "other_mni": "MNI",
@@ -77,13 +90,19 @@ NOT_COVARIATES = set(CORE) | {
 }
 
 
-def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_sdm_project(folder: str | Path,
+                     source: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read an SDM-PSI project folder.
 
     Parameters
     ----------
     folder : path-like
         Folder with ``sdm_table.txt`` and one peak file per study.
+    source : str, optional
+        Where peaks without a valid record in :data:`PROVENANCE_FILE` come from, as declared
+        by the importer (e.g. "authors' SDM-PSI project of He et al. 2024"): their provenance
+        is ``sdm-import:<source>`` and they count as real. Without it they are
+        ``unknown:sdm-import:<folder name>`` (imported, provenance unknown).
 
     Returns
     -------
@@ -96,7 +115,8 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     peaks : pandas.DataFrame
         :data:`analysis.sdm.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
         ``stat_type`` ``t`` (value signed) or ``none`` (``p``/``n`` lines), ``provenance``
-        ``sdm-import:<folder name>``.
+        and ``note`` from :data:`PROVENANCE_FILE` where it records the unchanged peak file's
+        line, else as ``source`` says.
 
     Raises
     ------
@@ -132,7 +152,11 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         files[study] = (m.group("suffix"), f)
     studies = []
     peaks = []
-    provenance = f"sdm-import:{folder.name}"
+    if source is not None and not str(source).strip():
+        errors.append(DataError("source", "the declared source of the peaks is empty"))
+    provenance = (f"sdm-import:{str(source).strip()}" if source
+                  else f"{UNKNOWN_PREFIX}sdm-import:{folder.name}")
+    records = _read_provenance_record(folder, errors)
     table_rows: dict[str, int] = {}
     for row, rec in table.iterrows():
         study = rec["study"].strip()
@@ -158,7 +182,8 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if path is not None and suffix == NO_PEAKS:
             _check_no_peaks_file(path, errors)
         elif path is not None:
-            found = _read_peak_file(path, study, SUFFIX_SPACE[suffix], provenance, errors)
+            found = _read_peak_file(path, study, SUFFIX_SPACE[suffix], provenance, errors,
+                                    records)
             if not found and not any(e.file == path.name for e in errors):
                 errors.append(DataError(path.name, f"no peak in the file; a study without peaks "
                                         f"has an empty {study}.{NO_PEAKS}.txt instead"))
@@ -237,13 +262,33 @@ def _outside_brain(xyz_mni: np.ndarray, max_mm: float = OUTSIDE_BRAIN_MM) -> np.
     return out
 
 
+def _read_provenance_record(folder: Path, errors: list[DataError]) -> dict:
+    """``(peak file, sha256) -> {line: (provenance, note)}`` of :data:`PROVENANCE_FILE`."""
+    path = folder / PROVENANCE_FILE
+    if not path.is_file():
+        return {}
+    rec = read_tsv_text(path, required=PROVENANCE_COLUMNS)
+    out: dict[tuple[str, str], dict[int, tuple[str, str]]] = {}
+    for row, r in rec.iterrows():
+        line = r["line"].strip()
+        if not line.isdigit():
+            errors.append(DataError(PROVENANCE_FILE, f"{line!r} is not a line number", row=row,
+                                    field="line"))
+            continue
+        out.setdefault((r["file"].strip(), r["sha256"].strip().lower()), {})[int(line)] = (
+            r["provenance"].strip(), r["note"])
+    return out
+
+
 def _read_peak_file(path: Path, study: str, space: str, provenance: str,
-                    errors: list[DataError]) -> list[dict]:
+                    errors: list[DataError], records: dict | None = None) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return []
+    # provenance per line, when the record names this very file (same checksum)
+    known = (records or {}).get((path.name, sha256_file(path)), {})
     out = []
     lines: list[int] = []
     for i, line in enumerate(text.splitlines(), start=1):
@@ -281,10 +326,11 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
             sign, stype, val = (1 if t > 0 else -1), "t", tcell
         if bad:
             continue
+        prov, note = known.get(i, (provenance, ""))
         out.append({"study": study, "peak_id": str(len(out) + 1), "sign": str(sign),
                     "x": cells[0], "y": cells[1], "z": cells[2], "space": space,
-                    "stat_type": stype, "stat_value": val, "provenance": provenance,
-                    "note": ""})
+                    "stat_type": stype, "stat_value": val, "provenance": prov,
+                    "note": note})
         lines.append(i)
     if out:
         xyz = to_mni(np.array([[float(p[a]) for a in "xyz"] for p in out]), space)
@@ -308,10 +354,37 @@ def _typed_studies(studies: pd.DataFrame,
     return typed
 
 
+def sdm_covariates(columns, default_covariates=("age", "female_pct", "treated")) -> list[str]:
+    """Columns of a text study table written as covariates of ``sdm_table.txt``.
+
+    A table imported from an SDM project (it has the ``peak_file`` column of
+    :func:`read_sdm_project`) keeps every covariate column it was imported with, whatever its
+    name (``age``, ``year``, ``disorder``...). The compendium's own ``studies.tsv`` gives
+    ``default_covariates`` followed by its columns that are neither core nor descriptive.
+
+    Parameters
+    ----------
+    columns : sequence of str
+        Header of the text study table.
+    default_covariates : sequence of str
+        The compendium's meta-regression covariates.
+
+    Returns
+    -------
+    list of str
+    """
+    columns = list(columns)
+    if "peak_file" in columns:
+        return [c for c in columns if c not in CORE]
+    extra = [c for c in columns if c not in NOT_COVARIATES]
+    return [c for c in default_covariates if c not in extra] + extra
+
+
 def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | Path,
                       covariates: list[str] | None = None,
                       default_covariates=("age", "female_pct", "treated"),
-                      corrected_voxel_p: float = CORRECTED_VOXEL_P) -> Path:
+                      corrected_voxel_p: float = CORRECTED_VOXEL_P,
+                      overwrite: bool = False) -> Path:
     """Write an SDM-PSI project folder (``sdm_table.txt`` and one peak file per study).
 
     Parameters
@@ -325,27 +398,49 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
         Coordinates are written in their own space, with the suffix recorded in the studies'
         ``peak_file`` column or else ``other_mni`` / ``other_tal`` / ``spm_brett``.
     folder : path-like
-        Destination (created; existing files of the same names are replaced atomically).
+        Destination (created). A folder that is not empty is refused unless ``overwrite``.
     covariates : list of str, optional
-        Columns written after ``threshold``. Default: the table's columns that are neither
-        core nor descriptive columns of studies.tsv (i.e. imported covariates); if there are
-        none, those of ``default_covariates`` the table has. NaN is written blank.
+        Columns written after ``threshold``. Default: :func:`sdm_covariates` of the table's
+        columns (every covariate of an imported table; else ``default_covariates`` and the
+        columns that are neither core nor descriptive). NaN is written blank; a text table's
+        cells are written as they are.
     default_covariates : sequence of str
         See ``covariates`` (the compendium passes its meta-regression covariates).
     corrected_voxel_p : float
         See :func:`analysis.sdm.studies.check_studies`.
+    overwrite : bool
+        Replace the project in a non-empty ``folder``: the files of the new project are
+        replaced atomically, and peak files of studies that are no longer in the table are
+        removed (they would make ``sdm_table.txt`` and the peak files disagree).
 
     Returns
     -------
     pathlib.Path
         The folder.
+
+    Raises
+    ------
+    DataError
+        ``folder`` is not empty and ``overwrite`` is false (nothing written), or the tables are
+        invalid.
     """
     folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise DataError(str(folder), "the destination folder is not empty; choose an empty or "
+                        "new folder, or replace its SDM project with --force")
+    if folder.exists() and not folder.is_dir():
+        raise DataError(str(folder), "the destination is a file, not a folder")
+    is_text = not {"n1", "n2", "t_thr", "threshold_kind"} <= set(studies.columns)
     st = _typed_studies(studies, corrected_voxel_p)
+    text_cells = (studies.astype(object).where(studies.notna(), "").astype(str)
+                  .reset_index(drop=True) if is_text and "peak_file" in studies.columns
+                  else None)
     if covariates is None:
-        covariates = [c for c in studies.columns if c not in NOT_COVARIATES]
-        if not covariates:
-            covariates = [c for c in default_covariates if c in st.columns]
+        covariates = (sdm_covariates(studies.columns, default_covariates) if is_text else
+                      [c for c in studies.columns if c not in NOT_COVARIATES])
+        if not is_text:
+            covariates = [c for c in default_covariates if c in st.columns
+                          and c not in covariates] + covariates
     text = format_peaks(peaks)
     raw = text.copy()
     raw.index = pd.RangeIndex(1, len(raw) + 1)
@@ -360,9 +455,11 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
         if two.any():
             row.append(format_number(rec["n2"]) if two[k] else "")
         row += [format_number(rec["t_thr"]), rec["threshold_kind"]]
-        row += [format_number(rec.get(c, np.nan)) for c in covariates]
+        row += [text_cells[c].iat[k].strip() if text_cells is not None and c in text_cells
+                else format_number(rec.get(c, np.nan)) for c in covariates]
         rows.append(row)
     contents: dict[str, str] = {TABLE_FILE: "\n".join("\t".join(r) for r in [cols, *rows]) + "\n"}
+    record: list[list[str]] = []
     for rec in st.to_dict("records"):
         sp = typed[typed["study"] == rec["study"]]
         suffix = str(rec.get("peak_file", "") or "")
@@ -379,20 +476,38 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
         elif SUFFIX_SPACE.get(suffix) != space:
             raise DataError("studies", f"peak_file {suffix!r} of {rec['study']} contradicts the "
                             f"space {space!r} of its peaks", field="peak_file")
-        lines = []
+        lines, marks = [], []
         for p in sp.to_dict("records"):
             t = p["t"]
             tt = format_number(t) if np.isfinite(t) else ("p" if p["sign"] > 0 else "n")
             lines.append(",".join([format_number(p["x"]), format_number(p["y"]),
                                    format_number(p["z"]), tt]))
-        contents[f"{rec['study']}.{suffix}.txt"] = "\n".join(lines) + "\n"
+            marks.append((str(p["provenance"]), _note(p.get("note"))))
+        name = f"{rec['study']}.{suffix}.txt"
+        contents[name] = "\n".join(lines) + "\n"
+        digest = hashlib.sha256(contents[name].encode("utf-8")).hexdigest()
+        record += [[name, str(i), digest, prov, note]
+                   for i, (prov, note) in enumerate(marks, start=1)]
+    contents[PROVENANCE_FILE] = "\n".join("\t".join(r) for r in [PROVENANCE_COLUMNS, *record]) + "\n"
+    stale = [f for f in (folder.iterdir() if folder.is_dir() else [])
+             if f.is_file() and f.name not in contents and PEAK_FILE.match(f.name)]
     folder.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:  # all files replaced together, or none
         for name, body in contents.items():
             tmp = stack.enter_context(atomic_path(folder / name))
             tmp.write_text(body, encoding="utf-8")
+    for f in stale:  # peak files of studies no longer in the table
+        f.unlink()
+        LGR.info("removed %s (its study is not in the new %s)", f, TABLE_FILE)
     LGR.info("wrote SDM project (%d studies, %d peaks) to %s", len(st), len(typed), folder)
     return folder
+
+
+def _note(value) -> str:
+    """A note cell as text (blank for a missing value)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
 
 
 def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str | Path,

@@ -35,7 +35,7 @@ from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters, values
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
 from analysis.sdm.io import save_nifti, write_tsv
-from analysis.sdm.peaks import REAL_PREFIXES
+from analysis.sdm.peaks import UNKNOWN_PREFIX
 from analysis.sdm.space import VOXEL_MM
 from analysis.stages import params
 
@@ -74,19 +74,49 @@ def input_provenance(dataset) -> dict:
     """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
     :func:`analysis.sdm.peaks.classify_provenance` over every study of the study table: a study is
-    simulated when any of its peaks has ``provenance`` starting with ``simulated:``; real when
-    all start with ``original:`` or ``sdm-import:``; studies without peak rows are listed apart.
+    simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
+    provenance when any starts with ``unknown:``; real when all start with ``original:`` or
+    ``sdm-import:``; studies without peak rows are listed apart.
     """
     from analysis.sdm.peaks import classify_provenance
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
+    # peaks without a provenance column (a NiMARE Dataset, Python objects) are not known real
     prov = (peaks["provenance"].astype(str) if "provenance" in peaks.columns
-            else pd.Series(REAL_PREFIXES[0], index=peaks.index))
+            else pd.Series(f"{UNKNOWN_PREFIX}no provenance column", index=peaks.index))
     v = classify_provenance(studies, peaks["study"].astype(str), prov)
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
             "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
-            "n_peaks_simulated": v.n_peaks_simulated}
+            "n_peaks_simulated": v.n_peaks_simulated, "unknown": v.unknown,
+            "n_peaks_unknown": v.n_peaks_unknown}
+
+
+def provenance_values(provenance: dict) -> dict:
+    """The stage's record of its inputs' provenance (in ``values.json``).
+
+    The manuscript's provenance notice and limitations are taken from this record
+    (:func:`analysis.manuscript_values.provenance`), i.e. from the peaks the maps were computed
+    from, not from whatever ``data/`` holds when the manuscript is rendered.
+
+    Parameters
+    ----------
+    provenance : dict
+        Output of :func:`input_provenance`.
+    """
+    return {
+        "n_studies": provenance["n_studies"],
+        "inputs_real": len(provenance["real"]),
+        "inputs_simulated": len(provenance["simulated"]),
+        "inputs_statement": provenance["statement"],
+        "real_studies": provenance["real"],
+        "simulated_studies": provenance["simulated"],
+        "studies_without_peaks": provenance["no_peaks"],
+        "n_peaks_real": provenance["n_peaks_real"],
+        "n_peaks_simulated": provenance["n_peaks_simulated"],
+        "studies_provenance_unknown": provenance["unknown"],
+        "n_peaks_provenance_unknown": provenance["n_peaks_unknown"],
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,15 +372,7 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
                        "min_cluster_voxels": int(config["sdm"]["threshold"]["min_cluster_voxels"]),
                        "peak_z": float(config["sdm"]["threshold"]["peak_z"]),
                        "seed": int(config["seed"])},
-        "n_studies": provenance["n_studies"],
-        "inputs_real": len(provenance["real"]),
-        "inputs_simulated": len(provenance["simulated"]),
-        "inputs_statement": provenance["statement"],
-        "real_studies": provenance["real"],
-        "simulated_studies": provenance["simulated"],
-        "studies_without_peaks": provenance["no_peaks"],
-        "n_peaks_real": provenance["n_peaks_real"],
-        "n_peaks_simulated": provenance["n_peaks_simulated"],
+        **provenance_values(provenance),
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
         "clusters": clusters_values,
