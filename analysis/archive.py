@@ -16,7 +16,8 @@
   configuration values the stage key hashes, as ``PropertyValue``; outputs; start and end time;
   the stage's module as instrument), linked to its ``HowToStep`` by a ``ControlAction``; the
   stage runner's ``OrganizeAction`` groups them;
-* ``SHA256SUMS`` over every other file of the archive.
+* ``SHA256SUMS`` over every other file of the archive; the zip's own SHA-256 goes beside it
+  (``<zip>.sha256``).
 
 The zip is deterministic: entries sorted, every timestamp the commit time of ``HEAD``,
 permissions 0644 (0755 for executables in git), fixed compression; two runs on the same tree
@@ -246,8 +247,10 @@ class Member:
                 self.sha256 = sha256_file(self.path)
         return self.sha256
 
-    def size(self) -> int:
-        return len(self.data) if self.data is not None else self.path.stat().st_size
+    def size(self) -> int | None:
+        if self.data is not None:
+            return len(self.data)
+        return self.path.stat().st_size if self.path is not None else None
 
 
 def write_zip(dest: Path, prefix: str, members: list[Member], stamp: int) -> None:
@@ -362,8 +365,9 @@ def build_archive(root: Path | None = None, out_dir: Path | None = None,
     write_zip(dest, name, members, stamp)
     from analysis.io import sha256_file
 
-    return ArchiveReport(dest, sha256_file(dest), dest.stat().st_size, len(members), quick,
-                         excluded)
+    digest = sha256_file(dest)
+    dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
+    return ArchiveReport(dest, digest, dest.stat().st_size, len(members), quick, excluded)
 
 
 def render_manuscript(python: str | Path, src: Path, stamp: int, env: dict, log: Path) -> None:
@@ -432,6 +436,20 @@ def _value(v) -> str | int | float | bool:
     return v if isinstance(v, str | int | float | bool) else json.dumps(v, sort_keys=True)
 
 
+class _FileEntities(dict):
+    """File entities by archive path; a path that is not a member gets an entity without a
+    checksum (the crate of :func:`availability_markdown`, which has no source members).
+    """
+
+    def __init__(self, crate):
+        super().__init__()
+        self.crate = crate
+
+    def __missing__(self, name: str):
+        self[name] = self.crate.add_file(dest_path=name)
+        return self[name]
+
+
 def build_crate(members: list[Member], manifests: dict[str, dict], register: list[dict],
                 commit: str, stamp: int, root: Path) -> bytes:
     """``ro-crate-metadata.json`` of the archive (RO-Crate 1.1, Provenance Run Crate 0.5).
@@ -483,10 +501,12 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
                                     version=uri.rsplit("/", 1)[1]) for uri, name in PROFILES.items()]
 
     # data entities: every member, with checksum and size
-    files = {}
+    files = _FileEntities(crate)
     for m in sorted(members, key=lambda m: m.name):
-        files[m.name] = crate.add_file(dest_path=m.name, properties={
-            "sha256": m.digest(), "contentSize": str(m.size())})
+        props = {"sha256": m.digest()}
+        if m.size() is not None:
+            props["contentSize"] = str(m.size())
+        files[m.name] = crate.add_file(dest_path=m.name, properties=props)
     # datasets (one Dataset per registry dataset)
     for dname in sorted({r["dataset"] for r in register}):
         rows = [r for r in register if r["dataset"] == dname]
@@ -528,14 +548,14 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
         tool.type = ["File", "SoftwareSourceCode", "SoftwareApplication"]
         tool["name"] = f"stage {stage.name} ({stage.target})"
         tool["programmingLanguage"] = python
-        tool["hasPart"] = [files[f] for f in sorted(prov["code"]) if f in files and f != module]
+        tool["hasPart"] = [files[f] for f in sorted(prov["code"]) if f != module]
         tools[stage.name] = tool
         step = entity(f"#step-{stage.name}", "HowToStep", name=stage.name, position=str(pos),
                       workExample=tool)
         if stage.depends:
             step["connectedTo"] = [{"@id": f"#step-{d}"} for d in stage.depends]
         steps.append(step)
-        objects = [files[f] for f in sorted(prov["inputs"]) if f in files]
+        objects = [files[f] for f in sorted(prov["inputs"])]
         for dep in stage.depends:  # what the upstream stage wrote
             objects.extend(files[f"results/{rel}"] for rel in sorted(manifests[dep]["outputs"]))
         for key, val in _flatten(prov["config"]).items():
@@ -563,7 +583,7 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
     started = min(m["provenance"]["started"] for m in manifests.values())
     ended = max(m["provenance"]["ended"] for m in manifests.values())
     data_inputs = sorted({f for m in manifests.values() for f in m["provenance"]["inputs"]})
-    wf_objects = [files[f] for f in data_inputs if f in files] + [
+    wf_objects = [files[f] for f in data_inputs] + [
         files[m.name] for m in sorted(members, key=lambda m: m.name)
         if m.name.startswith(f"{DATASETS_DIR}/")]
     wf_results = [files[f"results/{rel}"] for n in stage_names
@@ -750,13 +770,13 @@ class VerifyReport:
     """What :func:`verify_archive` found."""
 
     comparisons: list[Comparison]
-    quick: bool
+    quick: bool | None
     seconds: dict[str, float]
     workdir: Path
 
     @property
     def ok(self) -> bool:
-        return all(c.status == "identical" for c in self.comparisons)
+        return self.quick is not None and all(c.status == "identical" for c in self.comparisons)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("identical", "different", "missing", "extra")}
@@ -814,6 +834,12 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
     download : bool
         Allow downloads of the datasets the archive does not hold (licence); off by default.
 
+    Returns
+    -------
+    VerifyReport
+        Every compared file; when a file fails ``SHA256SUMS`` only those files (nothing is
+        rebuilt against an altered archive).
+
     Raises
     ------
     ArchiveError
@@ -834,6 +860,9 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
         top = unpack(archive, work / "archive")
         comparisons = [Comparison(f"(integrity) {c.name}", c.status, c.detail)
                        for c in check_sums(top)]
+        if comparisons:  # a damaged or altered archive: nothing to rebuild against
+            LGR.error("verify: %d file(s) of the archive fail %s", len(comparisons), SUMS_FILE)
+            return VerifyReport(comparisons, None, seconds, work)
         archived_quick, config = archived_run(top)
         if quick is not None and quick != archived_quick:
             raise ArchiveError(f"{archive}: holds {'quick' if archived_quick else 'full'}-run "
@@ -887,3 +916,66 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
     finally:
         if own and not keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+# --- the manuscript's "Data and code availability" -----------------------------------------------
+
+def availability_markdown(results: Path | None = None, root: Path | None = None) -> str:
+    """The manuscript's data and code availability paragraph, generated from the RO-Crate of the
+    archive that ``python -m analysis archive`` writes for these results.
+
+    The crate is built as :func:`build_crate` builds it, from the stage manifests of
+    ``results``, the dataset register and ``CITATION.cff`` (the source files enter without
+    their checksums: a render inside an unpacked archive has no git tree), and summarised:
+    the archive's name, the stages and result files, each dataset with its licence and version
+    and whether it is inside, the profiles. Nothing in it depends on when the stages ran, so a
+    verification renders the same text.
+    """
+    from analysis.pipeline import STAGES
+
+    root = Path(root or paths.REPO_ROOT)
+    results = Path(results or paths.results_dir())
+    manifests = {}
+    for stage in STAGES:
+        mpath = results / ".stages" / f"{stage.name}.json"
+        m = json.loads(mpath.read_text(encoding="utf-8")) if mpath.is_file() else None
+        if not m or "provenance" not in m:
+            return ("The archive's description is generated from the stage manifests; stage "
+                    f"{stage.name} has not run with a provenance record (run `make paper`).")
+        manifests[stage.name] = m
+    register = dataset_register()
+    members = [Member(f"{DATASETS_DIR}/{r['relpath']}", sha256=r["sha256"]) for r in register
+               if r["redistribute"] == "yes"]
+    members += [Member(f"results/{rel}", sha256=digest) for m in manifests.values()
+                for rel, digest in m["outputs"].items()]
+    graph = {e["@id"]: e for e in json.loads(build_crate(members, manifests, register, "", 0,
+                                                         root))["@graph"]}
+    quick = any(m["quick"] for m in manifests.values())
+    name = f"{PROJECT}-{__version__}{'-quick' if quick else ''}.zip"
+    actions = [e for e in graph.values() if e.get("@type") == "CreateAction"
+               and e["@id"].startswith("#run-")]
+    n_results = len({r["@id"] for a in actions for r in a.get("result", [])})
+    datasets = sorted((e for e in graph.values() if e.get("@type") == "Dataset"
+                       and e["@id"].startswith(f"{DATASETS_DIR}/")), key=lambda e: e["@id"])
+    lines = []
+    for d in datasets:
+        lic = graph[d["license"]["@id"]].get("identifier", d["license"]["@id"])
+        inside = "in the archive" if d.get("hasPart") else "not redistributable, fetched"
+        lines.append(f"* `{d['name']}` ({d.get('url', 'no public URL')}, "
+                     f"{d['version']}): {lic}, {len(d.get('hasPart', []))} file(s), {inside}")
+    profiles = ", ".join(sorted(graph[c["@id"]]["name"] for c in graph["./"]["conformsTo"]))
+    return (
+        f"The compendium is archived as `{name}` (`make archive`) for deposit beside the "
+        "pre-registration. It holds the source at its git commit, the locked environment "
+        f"(`requirements.lock`, `environment.yml`), `CITATION.cff`, the {n_results} result "
+        f"files written by the {len(actions)} stages of this "
+        f"{'quick' if quick else 'full'} run, this document, `SHA256SUMS` over every file, and "
+        f"`ro-crate-metadata.json`, an RO-Crate 1.1 ({profiles}) that records each stage as a "
+        "`CreateAction` with its inputs, configuration values, outputs, times and code. "
+        "The public datasets the pipeline reads, with their licences (register "
+        "`LICENSES.tsv`):\n\n" + "\n".join(lines) + "\n\n"
+        "`make verify ARCHIVE=...` unpacks the archive in an empty folder, reruns the pipeline "
+        "and this document offline against the archived datasets and compares every archived "
+        "result. The archive's own SHA-256 is published beside it (`.sha256`), since a file "
+        "cannot contain its checksum."
+    )
