@@ -436,6 +436,10 @@ def _value(v) -> str | int | float | bool:
     return v if isinstance(v, str | int | float | bool) else json.dumps(v, sort_keys=True)
 
 
+def _set_type(entity, types: list[str]) -> None:
+    entity._jsonld["@type"] = types  # rocrate's entities keep "@type" read-only after creation
+
+
 class _FileEntities(dict):
     """File entities by archive path; a path that is not a member gets an entity without a
     checksum (the crate of :func:`availability_markdown`, which has no source members).
@@ -527,7 +531,7 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
 
     # the compendium and its workflow (the stage registry)
     workflow = files["analysis/pipeline.py"]
-    workflow.type = ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"]
+    _set_type(workflow, ["File", "SoftwareSourceCode", "ComputationalWorkflow", "HowTo"])
     workflow["name"] = "Stage registry and runner of the compendium (python -m analysis run)"
     workflow["programmingLanguage"] = python
     compendium = entity("#compendium", "SoftwareSourceCode", name=f"{PROJECT} {cff['version']}",
@@ -545,7 +549,7 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
         prov = manifest["provenance"]
         module = "analysis/" + stage.target.split(":")[0].split(".", 1)[1].replace(".", "/") + ".py"
         tool = files[module]
-        tool.type = ["File", "SoftwareSourceCode", "SoftwareApplication"]
+        _set_type(tool, ["File", "SoftwareSourceCode", "SoftwareApplication"])
         tool["name"] = f"stage {stage.name} ({stage.target})"
         tool["programmingLanguage"] = python
         tool["hasPart"] = [files[f] for f in sorted(prov["code"]) if f != module]
@@ -599,6 +603,10 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
            instrument=engine, object=controls, result=run, startTime=started, endTime=ended)
     root_ds["mentions"] = [run, *actions]
     data = crate.metadata.generate()
+    for ent in data["@graph"]:  # RO-Crate 1.1 recommends single values, not singleton arrays
+        for key, value in ent.items():
+            if not key.startswith("@") and isinstance(value, list) and len(value) == 1:
+                ent[key] = value[0]
     return (json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
@@ -962,7 +970,7 @@ def availability_markdown(results: Path | None = None, root: Path | None = None)
         lic = graph[d["license"]["@id"]].get("identifier", d["license"]["@id"])
         inside = "in the archive" if d.get("hasPart") else "not redistributable, fetched"
         lines.append(f"* `{d['name']}` ({d.get('url', 'no public URL')}, "
-                     f"{d['version']}): {lic}, {len(d.get('hasPart', []))} file(s), {inside}")
+                     f"{d['version'][:23]}): {lic}, {len(d.get('hasPart', []))} file(s), {inside}")
     profiles = ", ".join(sorted(graph[c["@id"]]["name"] for c in graph["./"]["conformsTo"]))
     return (
         f"The compendium is archived as `{name}` (`make archive`) for deposit beside the "

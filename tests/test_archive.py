@@ -212,6 +212,11 @@ def test_archive_is_deterministic_and_complete(quick_archive, tmp_path):
     assert {"_manuscript/index.html", "_manuscript/index.pdf", "LICENSES.tsv"} <= names
 
 
+def _ids(value) -> set[str]:
+    """``@id``s of a JSON-LD reference or list of references."""
+    return {v["@id"] for v in (value if isinstance(value, list) else [value])}
+
+
 def test_crate_records_each_stage_from_its_manifest(quick_archive, tmp_path):
     from analysis.pipeline import STAGES
 
@@ -219,18 +224,18 @@ def test_crate_records_each_stage_from_its_manifest(quick_archive, tmp_path):
     top = ar.unpack(rep.path, tmp_path)
     graph = {e["@id"]: e for e in json.loads((top / ar.CRATE_FILE).read_text())["@graph"]}
     root = graph["./"]
-    assert {c["@id"] for c in root["conformsTo"]} == set(ar.PROFILES)
+    assert _ids(root["conformsTo"]) == set(ar.PROFILES)
     assert graph["ro-crate-metadata.json"]["conformsTo"]["@id"] == "https://w3id.org/ro/crate/1.1"
     assert root["mainEntity"]["@id"] == "analysis/pipeline.py"
     assert root["license"]["@id"] == "https://spdx.org/licenses/MIT"
-    assert ar.PAPER_DOI in {c["@id"] for c in root["citation"]}
+    assert {ar.PAPER_DOI, ar.PREREGISTRATION} <= _ids(root["citation"])
     for stage in STAGES:
         manifest = json.loads((results / ".stages" / f"{stage.name}.json").read_text())
         action = graph[f"#run-{stage.name}"]
         assert action["@type"] == "CreateAction"
         assert action["startTime"] == manifest["provenance"]["started"]
-        assert {r["@id"] for r in action["result"]} == {f"results/{k}" for k in manifest["outputs"]}
-        objects = {o["@id"] for o in action["object"]}
+        assert _ids(action["result"]) == {f"results/{k}" for k in manifest["outputs"]}
+        objects = _ids(action["object"])
         assert {f for f in manifest["provenance"]["inputs"]} <= objects
         assert any(graph[o]["@type"] == "PropertyValue" and graph[o]["name"] == "seed"
                    for o in objects if o.startswith("#config-"))
@@ -241,7 +246,8 @@ def test_crate_records_each_stage_from_its_manifest(quick_archive, tmp_path):
             assert sha256_file(top / f["@id"]) == f["sha256"], f["@id"]
 
 
-@pytest.mark.parametrize("profile", ["ro-crate-1.1", "provenance-run-crate-0.5"])
+@pytest.mark.parametrize("profile", ["ro-crate-1.1", "workflow-run-crate-0.5",
+                                     "provenance-run-crate-0.5"])
 def test_crate_passes_roc_validator(quick_archive, tmp_path, monkeypatch, profile):
     services = pytest.importorskip("rocrate_validator.services")
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -253,6 +259,26 @@ def test_crate_passes_roc_validator(quick_archive, tmp_path, monkeypatch, profil
                                 "abort_on_first": False})
     issues = [f"{i.check.identifier}: {i.message}" for i in result.get_issues()]
     assert result.passed(), "\n".join(issues)
+
+
+def test_roc_validator_rejects_a_crate_without_its_workflow(quick_archive, tmp_path,
+                                                            monkeypatch):
+    """The validator is not vacuous offline: the root without ``mainEntity`` fails."""
+    services = pytest.importorskip("rocrate_validator.services")
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(k, DEAD)
+    rep, _, _ = quick_archive
+    top = ar.unpack(rep.path, tmp_path)
+    crate = json.loads((top / ar.CRATE_FILE).read_text())
+    for e in crate["@graph"]:
+        if e["@id"] == "./":
+            del e["mainEntity"]
+    (top / ar.CRATE_FILE).write_text(json.dumps(crate))
+    result = services.validate({"rocrate_uri": str(top),
+                                "profile_identifier": "provenance-run-crate-0.5",
+                                "requirement_severity": "REQUIRED", "offline": True})
+    assert not result.passed()
+    assert any("mainEntity" in i.message for i in result.get_issues())
 
 
 def test_flipped_byte_in_a_result_is_named_and_fails(quick_archive, tmp_path):
