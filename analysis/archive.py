@@ -80,6 +80,7 @@ SPDX = {
     "BSD-3-Clause": "BSD 3-Clause \"New\" or \"Revised\" License",
     "ODbL-1.0": "Open Data Commons Open Database License v1.0",
 }
+WFRUN_SHA256 = "https://w3id.org/ro/terms/workflow-run#sha256"
 REGISTER_FIELDS = ("dataset", "licence", "version", "redistribute")
 #: software and data the compendium reuses, cited by the crate (DOIs of the publications)
 REUSED = {
@@ -552,6 +553,7 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
         _set_type(tool, ["File", "SoftwareSourceCode", "SoftwareApplication"])
         tool["name"] = f"stage {stage.name} ({stage.target})"
         tool["programmingLanguage"] = python
+        tool["softwareVersion"] = __version__
         tool["hasPart"] = [files[f] for f in sorted(prov["code"]) if f != module]
         tools[stage.name] = tool
         step = entity(f"#step-{stage.name}", "HowToStep", name=stage.name, position=str(pos),
@@ -603,6 +605,8 @@ def build_crate(members: list[Member], manifests: dict[str, dict], register: lis
            instrument=engine, object=controls, result=run, startTime=started, endTime=ended)
     root_ds["mentions"] = [run, *actions]
     data = crate.metadata.generate()
+    # "sha256" is not a term of the RO-Crate 1.1 context: the Workflow Run Crate terms define it
+    data["@context"] = [data["@context"], {"sha256": WFRUN_SHA256}]
     for ent in data["@graph"]:  # RO-Crate 1.1 recommends single values, not singleton arrays
         for key, value in ent.items():
             if not key.startswith("@") and isinstance(value, list) and len(value) == 1:
