@@ -79,7 +79,12 @@ SPDX = {
     "MIT": "MIT License",
     "BSD-3-Clause": "BSD 3-Clause \"New\" or \"Revised\" License",
     "ODbL-1.0": "Open Data Commons Open Database License v1.0",
+    "CC0-1.0": "Creative Commons Zero v1.0 Universal",
 }
+#: registry file of the RO-Crate 1.1 JSON-LD context (https://w3id.org/ro/crate/1.1/context),
+#: with which roc-validator checks the crate offline
+CRATE_CONTEXT_FILE = "schemas/ro-crate-1.1/context.jsonld"
+CRATE_CONTEXT_URL = "https://w3id.org/ro/crate/1.1/context"
 WFRUN_SHA256 = "https://w3id.org/ro/terms/workflow-run#sha256"
 REGISTER_FIELDS = ("dataset", "licence", "version", "redistribute")
 #: software and data the compendium reuses, cited by the crate (DOIs of the publications)
