@@ -884,8 +884,8 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
         if quick is not None and quick != archived_quick:
             raise ArchiveError(f"{archive}: holds {'quick' if archived_quick else 'full'}-run "
                                f"results; {'drop' if archived_quick is False else 'add'} --quick")
-        register = list(csv.DictReader((top / LICENSES_FILE).open(encoding="utf-8"),
-                                       delimiter="\t"))
+        with (top / LICENSES_FILE).open(encoding="utf-8") as fh:
+            register = list(csv.DictReader(fh, delimiter="\t"))
         absent = [r["file"] for r in register if r["in_archive"] != "yes"]
         if absent and not download:
             raise ArchiveError(f"the archive does not hold {len(absent)} dataset file(s) whose "
@@ -897,7 +897,8 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
                                                            and n in GENERATED])
         seconds["unpack"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
-        py = Path(python) if python else build_environment(src, work / "venv")
+        # absolute, not resolved: a virtualenv's python is a link that must stay one
+        py = Path(python).absolute() if python else build_environment(src, work / "venv")
         seconds["environment"] = round(time.perf_counter() - t0, 1)
         env = offline_env(dict(os.environ), top / DATASETS_DIR, work / "cache")
         if download:
