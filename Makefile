@@ -10,7 +10,7 @@ PYTHON := $(BIN)/python
 RUN := $(PYTHON) -m analysis
 
 .DEFAULT_GOAL := help
-.PHONY: help venv results paper test lint validate bench nightly regen lock clean clean-venv
+.PHONY: help venv results paper test lint validate bench nightly regen lock clean clean-venv archive verify
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,13 @@ lock: $(STAMP) ## re-resolve requirements.in into the hashed requirements.lock
 	$(BIN)/pip install --quiet uv
 	$(BIN)/uv pip compile requirements.in --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+archive: $(STAMP) ## deterministic zip in dist/ (source, datasets, results, manuscript, RO-Crate); clean tree only
+	$(RUN) archive
+
+verify: $(STAMP) ## rebuild ARCHIVE=dist/....zip offline and compare its results (VERIFY_FLAGS=--quick ...)
+	@test -n "$(ARCHIVE)" || { echo "usage: make verify ARCHIVE=dist/painemp-compendium-<version>.zip"; exit 2; }
+	$(RUN) verify $(VERIFY_FLAGS) --python $(PYTHON) $(ARCHIVE)
 
 clean: ## remove generated results and the rendered manuscript
 	rm -rf results _manuscript

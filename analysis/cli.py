@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "characterise": ("analysis.commands.characterise", "network and behavioural profile of MNI peaks"),
     "render": ("analysis.commands.render", "render the manuscript (Quarto, else pandoc + Typst)"),
     "bench": ("analysis.commands.bench", "speed and memory benchmarks (ratios in the same run)"),
+    "archive": ("analysis.commands.archive", "deterministic zip of source, datasets, results and provenance"),
+    "verify": ("analysis.commands.verify", "rebuild an archive offline and compare its results"),
 }
 
 EPILOG = """\
@@ -95,14 +97,15 @@ def error_lines(exc: BaseException) -> list[str]:
     their own message, which names the file, row and field or the configuration key; anything
     else is an internal error, reported with its type and a pointer to ``--debug``.
     """
+    from analysis.archive import ArchiveError
     from analysis.fetch import FetchError
 
     if isinstance(exc, DataErrors):
         return [f"{len(exc.errors)} data error(s)"] + [_one_line(e) for e in exc.errors]
     if isinstance(exc, OSError) and exc.filename is not None:
         return [f"{exc.strerror or type(exc).__name__}: {exc.filename}"]
-    if isinstance(exc, DataError | ConfigError | FetchError | ResultsLocked | OSError
-                  | ValueError):
+    if isinstance(exc, DataError | ConfigError | FetchError | ArchiveError | ResultsLocked
+                  | OSError | ValueError):
         return [_one_line(exc)]
     return [f"internal error ({type(exc).__name__}: {_one_line(exc)}); run with --debug for "
             "the traceback"]

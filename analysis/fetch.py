@@ -19,6 +19,16 @@ Lookup order for a file:
 
 Every file is checked against its SHA-256 before use; a mismatch is an error
 (:class:`FetchError`, naming the file), not a warning.
+
+**Offline switch.** With the environment variable ``PAINEMP_OFFLINE=1`` (:func:`offline`) no
+download is ever attempted: a file that is neither in the mirror nor in the cache is an error
+naming it. ``python -m analysis verify`` runs the pipeline this way against the datasets of an
+archive.
+
+The registry also records, per file, its dataset, the dataset's licence (SPDX identifier), the
+version (commit) and whether the licence allows redistribution (``redistribute``: yes or no);
+``python -m analysis archive`` copies only redistributable files and writes this register as
+``LICENSES.tsv``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from analysis.io import atomic_path, current_umask, sha256_file
 LGR = logging.getLogger(__name__)
 
 MIRROR_ENV = "PAINEMP_MIRROR"
+OFFLINE_ENV = "PAINEMP_OFFLINE"
 CACHE_ENV = "PAINEMP_CACHE"
 APP_NAME = "painemp-compendium"
 REGISTRY = Path(__file__).with_name("datasets.tsv")
@@ -87,6 +98,11 @@ def mirror_dir() -> Path | None:
     """The local mirror named by ``PAINEMP_MIRROR``, if any."""
     env = os.environ.get(MIRROR_ENV)
     return Path(env) if env else None
+
+
+def offline() -> bool:
+    """Whether downloads are switched off (``PAINEMP_OFFLINE`` set to 1, true or yes)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 def _verified(path: Path, sha: str) -> bool:
@@ -200,9 +216,10 @@ def fetch_file(relpath: str, download: bool = True) -> Path:
     if url == "-":
         raise FetchError(f"{relpath} has no download URL: it comes only with the mirror "
                          f"({MIRROR_ENV}), which does not have it{stale}")
-    if not download:
+    if not download or offline():
+        why = f"{OFFLINE_ENV} is set" if download else "downloads are off"
         raise FetchError(f"{relpath} is neither in the mirror ({MIRROR_ENV}) nor in the cache "
-                         f"{cache_dir()}{stale}, and downloads are off")
+                         f"{cache_dir()}{stale}, and {why}")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

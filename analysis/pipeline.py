@@ -517,6 +517,7 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     ctx = Context(stage.name, cfg, data, results, staging, quick)
+    started = _utc_now()
     t0 = time.perf_counter()
     LGR.info("stage %s: running", stage.name)
     try:
@@ -529,7 +530,8 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
         timings["seconds"] = round(time.perf_counter() - t0, 3)
         commit_stage(staging, results, outputs,
                      {"stage": stage.name, "key": key, "quick": quick, "outputs": outputs,
-                      "parts": parts or {}, "seconds": timings["seconds"], "timings": timings})
+                      "parts": parts or {}, "seconds": timings["seconds"], "timings": timings,
+                      "provenance": provenance(stage, cfg, data, started, _utc_now())})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -538,6 +540,35 @@ def _run_one(stage: Stage, key: str, cfg: dict, data: Path, results: Path, quick
             pass
     LGR.info("stage %s: done in %.1f s", stage.name, time.perf_counter() - t0)
     return "ran"
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def provenance(stage: Stage, cfg: dict, data: Path, started: str, ended: str) -> dict:
+    """What a stage's manifest records of its run (read by :mod:`analysis.archive`).
+
+    Start and end time (UTC), the data files it read with their SHA-256, the upstream stages,
+    the package files of its code (:func:`module_closure` or ``sources``) with their SHA-256,
+    and the configuration its key hashes (:func:`analysis.config.result_config`).
+    """
+    if stage.sources:
+        code: list[Path] = []
+        for rel in stage.sources:
+            p = paths.PACKAGE_DIR / rel
+            code.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
+    else:
+        code = module_closure(stage.target.split(":")[0])
+    return {
+        "started": started, "ended": ended, "target": stage.target,
+        "inputs": {f"data/{rel}": sha256_file(data / rel) for rel in stage.inputs
+                   if (data / rel).is_file()},
+        "depends": list(stage.depends),
+        "code": {f"analysis/{f.relative_to(paths.PACKAGE_DIR).as_posix()}": sha256_file(f)
+                 for f in code if f.is_file()},
+        "config": result_config(cfg),
+    }
 
 
 def merge_values(results: Path) -> dict:

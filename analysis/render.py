@@ -401,7 +401,8 @@ def fill_inline(text: str, values: list[dict[str, str]]) -> str:
 def document_metadata(front: dict[str, Any], qmd: Path) -> dict[str, Any]:
     """Pandoc metadata from Quarto front matter.
 
-    Authors become names, ``date: last-modified`` the date the .qmd was last changed, paths
+    Authors become names, ``date: last-modified`` the date the .qmd was last changed (or
+    ``SOURCE_DATE_EPOCH`` where set, as for the PDF's timestamp), paths
     of ``bibliography`` and ``csl`` absolute; Quarto's execution keys are dropped.
     """
     meta = {k: v for k, v in front.items() if k not in QUARTO_ONLY}
@@ -412,6 +413,8 @@ def document_metadata(front: dict[str, Any], qmd: Path) -> dict[str, Any]:
     date = str(front.get("date", ""))
     if date in ("last-modified", "today", "now"):
         stamp = qmd.stat().st_mtime if date == "last-modified" else time.time()
+        if os.environ.get("SOURCE_DATE_EPOCH"):  # reproducible builds: the source's date
+            stamp = float(os.environ["SOURCE_DATE_EPOCH"])
         meta["date"] = _dt.datetime.fromtimestamp(stamp, _dt.timezone.utc).strftime("%Y-%m-%d")
     for key in ("bibliography", "csl"):
         if key in front:

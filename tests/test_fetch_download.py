@@ -106,6 +106,23 @@ def test_download_into_the_cache(remote, server, caplog):
     assert len(server.requests) == n
 
 
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_offline_switch_stops_every_download(remote, server, monkeypatch, value):
+    """PAINEMP_OFFLINE: a file reachable on the server is not downloaded; the error names it."""
+    monkeypatch.setenv(fetch.OFFLINE_ENV, value)
+    assert fetch.offline()
+    with pytest.raises(fetch.FetchError, match=r"grp/remote/good.bin is neither in the mirror "
+                                               r".*PAINEMP_OFFLINE is set"):
+        fetch.fetch_file("grp/remote/good.bin")
+    assert server.requests == []                                    # not one request made
+    assert _files_under(remote / "cache") == []
+    (remote / "mirror" / "grp/remote").mkdir(parents=True)          # the mirror still serves
+    (remote / "mirror" / "grp/remote/good.bin").write_bytes(GOOD)
+    assert fetch.fetch_file("grp/remote/good.bin").read_bytes() == GOOD
+    monkeypatch.setenv(fetch.OFFLINE_ENV, "0")                      # switched off: downloads
+    assert not fetch.offline()
+
+
 def test_bad_checksum_is_an_error_and_leaves_nothing(remote, server):
     with pytest.raises(fetch.FetchError, match="grp/remote/tampered.bin: download from .* failed"):
         fetch.fetch_file("grp/remote/tampered.bin")
