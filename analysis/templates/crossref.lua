@@ -17,7 +17,8 @@ This filter numbers those floats in document order (figures and tables separatel
   "Figure N: ..." and the fig-alt text as the image's alternative text (the caption when
   no fig-alt is given);
 * a table float gives its first table the identifier, the caption "Table N: ..." and
-  automatic column widths (the notes under the table stay under it);
+  column widths (automatic in HTML; in Typst relative widths that keep every word whole);
+  the notes under the table stay under it;
 * a float without an image or a table (a "no rows" note) keeps its identifier and shows the
   caption as a paragraph above the note;
 * @fig-x, @tbl-x, @sec-x and [@fig-x; @tbl-y] (pandoc parses them as citations) become links
@@ -117,6 +118,51 @@ local function figure(div, caption, rest)
     pandoc.Attr(div.identifier, { "painemp-figure" }))
 end
 
+-- Relative column widths of a table for Typst: a column gets the larger of its longest word
+-- (header words count 15 % wider, they are bold) and its longest cell capped at WRAP_CHARS
+-- characters, so that long text wraps between words and no word has to be hyphenated.
+local WRAP_CHARS = 26
+
+local function text_length(text)
+  return utf8.len(text) or #text
+end
+
+function typst_widths(tbl)
+  local n = #tbl.colspecs
+  local word, cell = {}, {}
+  for j = 1, n do
+    word[j], cell[j] = 2, 2
+  end
+  local function visit(rows, factor, counts_cells)
+    for _, row in ipairs(rows) do
+      for j, c in ipairs(row.cells) do
+        if j <= n then
+          local text = pandoc.utils.stringify(c.contents)
+          for w in text:gmatch("%S+") do
+            word[j] = math.max(word[j], factor * text_length(w))
+          end
+          if counts_cells then
+            cell[j] = math.max(cell[j], math.min(text_length(text), WRAP_CHARS))
+          end
+        end
+      end
+    end
+  end
+  visit(tbl.head.rows, 1.15, false)
+  for _, body in ipairs(tbl.bodies) do
+    visit(body.body, 1.0, true)
+  end
+  local w, total = {}, 0
+  for j = 1, n do
+    w[j] = math.max(word[j], cell[j]) + 1.5
+    total = total + w[j]
+  end
+  for j = 1, n do
+    w[j] = w[j] / total
+  end
+  return w
+end
+
 local function table_float(div, caption, rest)
   local done = false
   rest = rest:walk({
@@ -126,10 +172,12 @@ local function table_float(div, caption, rest)
       end
       done = true
       tbl.identifier = div.identifier
-      -- column widths from the cells (HTML and Typst lay out automatic columns well); the
-      -- relative widths of the pipe table's dashes are for Quarto
+      -- column widths: automatic in HTML (the browser never breaks a word); in Typst
+      -- relative widths from the cells, each column at least as wide as its longest word
+      -- (typst_widths); the relative widths of the pipe table's dashes are for Quarto
+      local widths = FORMAT == "typst" and typst_widths(tbl) or nil
       for i, spec in ipairs(tbl.colspecs) do
-        tbl.colspecs[i] = { spec[1], pandoc.ColWidthDefault }
+        tbl.colspecs[i] = { spec[1], widths and widths[i] or pandoc.ColWidthDefault }
       end
       tbl.caption = pandoc.Caption(pandoc.Plain(labelled(div.identifier, caption)))
       return tbl
