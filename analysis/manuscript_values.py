@@ -409,7 +409,7 @@ def _xyz(prefix: str = "") -> Callable[[pd.Series], Any]:
         vals = [row.get(f"{prefix}{a}") for a in "xyz"]
         if any(_is_missing(v) for v in vals):
             return None
-        return ", ".join(fmt_int(v) for v in vals)
+        return ",\u00a0".join(fmt_int(v) for v in vals)  # a coordinate is never split
 
     return get
 
@@ -529,7 +529,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False,
         longest_word = max((len(w) for w in h.split()), default=1)
         width = max([longest_word, *(len(r[j]) for r in rows)], default=3)
         dashes = "-" * max(3, min(width, 40))
-        rules.append(dashes[:-1] + ":" if align[j] == "right" else dashes)
+        rules.append(dashes[:-1] + ":" if align[j] == "right" else ":" + dashes[1:])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rules) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -1510,6 +1510,10 @@ def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
                 f"({thr}). ")
     else:
         head = f"No cluster survived the thresholds of the main analysis ({thr}). "
+        if not any(o.figure_thresholded):
+            parts = ["The slices through the published peaks (A: increases, B: decreases) "
+                     "show the unthresholded |SDM-*Z*| map for orientation, not a result"]
+            alt = ["the unthresholded map at the published peaks, where no cluster survived"]
     caption = head + "; ".join(parts) + "." + tail
     return caption, "Brain slices showing " + " and ".join(alt) + "."
 
@@ -1520,8 +1524,7 @@ def viewer_text(v: Values) -> str:
     base = ("The SDM-*Z* map can be explored below; voxels beyond the voxel threshold are "
             "coloured")
     if o.known and o.n_clusters == 0:
-        return base + (", and with no cluster in this run few or none of them are; the "
-                       "slider's colour bar reads from the threshold.")
+        return base + ", and with no cluster in this run few or none of them are."
     return base + "."
 
 

@@ -208,3 +208,105 @@ def test_auto_format_is_human():
     assert "0.200" in text and "0.50" in text and "3.51" in text
     assert "Middle Temporal Gyrus, Left" in text
     assert "does not bound" in text  # the note explaining "unbounded"
+
+
+# --- the whole manuscript, rendered on three result sets -----------------------------------------
+
+def _perturbed(src: Path, dest: Path, published: pd.DataFrame, n_extra: int | None) -> Path:
+    """A copy of a quick run whose main analysis found no cluster (``n_extra=None``), exactly
+    the published clusters (``0``) or the published clusters and ``n_extra`` more."""
+    import shutil
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("intermediate", ".staging"))
+    values = json.loads((dest / "values.json").read_text())
+    meta = values["meta"]
+    t3 = dest / "tables" / "table3.tsv"
+    cols = list(pd.read_csv(t3, sep="\t", nrows=0).columns)
+    if n_extra is None:
+        rows = pd.DataFrame(columns=cols)
+        z_at = [0.25, 1.06, -1.55, -0.43]
+    else:
+        extra = published.iloc[[0] * n_extra].assign(x=lambda d: d["x"] + 30)
+        rows = pd.concat([published, extra], ignore_index=True)[cols]
+        z_at = published["sdm_z"].tolist()
+    rows.to_csv(t3, sep="\t", index=False)
+    inc = int((rows["direction"] == "Patients>Controls").sum())
+    meta.update({"n_clusters_increase": inc, "n_clusters_decrease": len(rows) - inc,
+                 "published_matched_within_10mm": 0 if n_extra is None else len(published),
+                 "at_published_peaks": [{"sdm_z": z} for z in z_at]})
+    rep = dest / "tables" / "table3_vs_published.tsv"
+    df = pd.read_csv(rep, sep="\t")
+    df["reproduced_z_at_published_peak"] = z_at
+    df.to_csv(rep, sep="\t", index=False)
+    (dest / "values.json").write_text(json.dumps(values))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n_extra", [None, 0, 2], ids=["no-cluster", "published", "extra"])
+def test_manuscript_on_three_result_sets(request, tmp_path, monkeypatch, n_extra):
+    """The rendered HTML on three result sets: counts, captions, title and box agree."""
+    from test_manuscript import QMD, REPO, _cache_dir, _Html, _quick_run
+
+    from analysis import render as rd
+    from analysis.config import load_config
+
+    skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
+    results, _, _ = _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
+    published = pd.read_csv(REPO / "data" / "published_table3.tsv", sep="\t")
+    root = _perturbed(results, tmp_path / "results", published, n_extra)
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(root))
+    if skip:  # stages left out of the quick run render as placeholders
+        monkeypatch.setenv("PAINEMP_ALLOW_MISSING", "1")
+    out = rd.render_pandoc(QMD, tmp_path / "out", timeout=600, pdf=False)
+    html = out["html"].read_text()
+    text = re.sub(r"\s+", " ", " ".join(_Html(html).text))
+    n = 0 if n_extra is None else len(published) + n_extra
+    assert "(s)" not in text and not re.search(r"\b0 clusters?\b", text)
+    prov = mv.provenance(REPO / "data")
+    if not prov.all_real:
+        assert "(simulated stand-in data)" in re.search(r"<title>(.*?)</title>", html).group(1)
+        assert html.index('class="provenance-box"') < html.index('id="TOC"')
+    fig2 = re.search(r"Figure 2: (.*?)(?:Figure 3:|$)", text).group(1)
+    if n == 0:
+        assert "No cluster survived" in fig2 and "through their peaks" not in fig2
+        assert "No cluster survived the thresholds in this run." in text
+    else:
+        inc = int((published["direction"] == "Patients>Controls").sum()) + (n_extra or 0)
+        assert f"A: increases, {inc} clusters on slices through their peaks" in fig2
+        table3 = re.search(r'<table[^>]*id="tbl-results".*?</table>', html, flags=re.S).group(0)
+        assert table3.count("<tr") - 1 == n  # header row + one row per cluster
+    # the SDM-Z printed at the published peaks is the one Table 9 shows
+    printed = re.search(r"SDM-Z at the published peaks is ([^(]+) \(paper", text).group(1)
+    table9 = re.search(r'<table[^>]*id="tbl-reproduction".*?</table>', html, flags=re.S).group(0)
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in
+             re.findall(r"<td[^>]*>(.*?)</td>", table9, flags=re.S)]
+    assert all(z in cells for z in printed.split(", ")), (printed, cells)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_provenance_box_on_the_first_screen(request, tmp_path, monkeypatch):
+    """At 1280 x 800 the data-provenance box starts on the first screen, above the contents."""
+    from test_manuscript import QMD, REPO, _cache_dir, _quick_run
+
+    from analysis import browser
+    from analysis import render as rd
+    from analysis.config import load_config
+
+    if browser.find_chromium() is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    if mv.provenance(REPO / "data").all_real:
+        pytest.skip("every study's peaks are real: no provenance box")
+    skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
+    results, _, _ = _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
+    if skip:
+        monkeypatch.setenv("PAINEMP_ALLOW_MISSING", "1")
+    out = rd.render_pandoc(QMD, tmp_path / "out", timeout=600, pdf=False)
+    box = browser.check_page(out["html"], selector=".provenance-box", settle=0.5,
+                             window=(1280, 800))
+    toc = browser.check_page(out["html"], selector="nav#TOC", settle=0.5, window=(1280, 800))
+    assert box.element_top is not None and box.element_top < 800, box.element_top
+    assert toc.element_top is not None and box.element_top < toc.element_top
+    assert "(simulated stand-in data)" in box.title
