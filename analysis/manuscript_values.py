@@ -467,7 +467,7 @@ class TableSpec:
 
 def _cells(spec: TableSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Formatted cells (text) and the notes about missing values."""
-    shown: dict[str, list[str]] = {}
+    shown: list[tuple[str, list[str]]] = []  # (header, cells); headers may repeat
     aligns: list[str] = []
     notes: list[str] = []
     dropped: list[str] = []
@@ -482,13 +482,14 @@ def _cells(spec: TableSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             continue
         if any(missing) and col.missing_note:
             notes.append(f"{MISSING} {col.missing_note}")
-        shown[col.header] = [MISSING if m else col.fmt(v) for v, m in zip(raw, missing)]
+        shown.append((col.header, [MISSING if m else col.fmt(v) for v, m in zip(raw, missing)]))
         aligns.append(col.align)
     if dropped:
         why = f" {spec.dropped_note}" if spec.dropped_note else ""
         notes.append(f"Not shown, because no value exists in this run: {', '.join(dropped)}."
                      f"{why}")
-    out = pd.DataFrame(shown)
+    out = pd.DataFrame({i: cells for i, (_, cells) in enumerate(shown)}, index=range(len(df)))
+    out.columns = [header for header, _ in shown]
     out.attrs["align"] = aligns
     return out, list(dict.fromkeys(notes))
 

@@ -118,10 +118,15 @@ local function figure(div, caption, rest)
     pandoc.Attr(div.identifier, { "painemp-figure" }))
 end
 
--- Relative column widths of a table for Typst: a column gets the larger of its longest word
--- (header words count 15 % wider, they are bold) and its longest cell capped at WRAP_CHARS
--- characters, so that long text wraps between words and no word has to be hyphenated.
-local WRAP_CHARS = 26
+-- Relative column widths of a table for Typst. Every column first gets its longest word
+-- (header words count 15 % wider, they are bold), so that no word has to be hyphenated or
+-- overflow; what remains of the line goes to the columns whose longest cell (capped at
+-- WRAP_CHARS characters) is longer than that word, in proportion to the difference. A line
+-- of the table holds about LINE_CHARS characters at the table's font size; a table whose
+-- words alone need more is set in a smaller font (TIGHT_SCALE), and is "tight".
+local WRAP_CHARS = 30
+local LINE_CHARS = 100
+local TIGHT_SCALE = 1.15
 
 local function text_length(text)
   return utf8.len(text) or #text
@@ -152,19 +157,32 @@ function typst_widths(tbl)
   for _, body in ipairs(tbl.bodies) do
     visit(body.body, 1.0, true)
   end
-  local w, total = {}, 0
+  local min, want, total_min, total_extra = {}, {}, 0, 0
   for j = 1, n do
-    w[j] = math.max(word[j], cell[j]) + 1.5
+    min[j] = word[j] + 1.5
+    want[j] = math.max(cell[j] + 1.5, min[j])
+    total_min = total_min + min[j]
+    total_extra = total_extra + (want[j] - min[j])
+  end
+  local tight = total_min > LINE_CHARS
+  local line = tight and LINE_CHARS * TIGHT_SCALE or LINE_CHARS
+  local w = {}
+  local spare = math.max(line - total_min, 0)
+  local total = 0
+  for j = 1, n do
+    local extra = total_extra > 0 and spare * (want[j] - min[j]) / total_extra or 0
+    w[j] = min[j] + math.min(extra, want[j] - min[j])
     total = total + w[j]
   end
   for j = 1, n do
     w[j] = w[j] / total
   end
-  return w
+  return w, tight
 end
 
 local function table_float(div, caption, rest)
   local done = false
+  local tight = false
   rest = rest:walk({
     Table = function(tbl)
       if done then
@@ -175,7 +193,10 @@ local function table_float(div, caption, rest)
       -- column widths: automatic in HTML (the browser never breaks a word); in Typst
       -- relative widths from the cells, each column at least as wide as its longest word
       -- (typst_widths); the relative widths of the pipe table's dashes are for Quarto
-      local widths = FORMAT == "typst" and typst_widths(tbl) or nil
+      local widths = nil
+      if FORMAT == "typst" then
+        widths, tight = typst_widths(tbl)
+      end
       for i, spec in ipairs(tbl.colspecs) do
         tbl.colspecs[i] = { spec[1], widths and widths[i] or pandoc.ColWidthDefault }
       end
@@ -185,6 +206,10 @@ local function table_float(div, caption, rest)
   })
   if not done then
     return nil
+  end
+  if tight then  -- a smaller font for a table whose words do not fit the line
+    rest:insert(1, pandoc.RawBlock("typst", "#[#show table: set text(size: 6.5pt)"))
+    rest:insert(pandoc.RawBlock("typst", "]"))
   end
   return pandoc.Div(rest, pandoc.Attr("", { "painemp-table" }))
 end
