@@ -6,9 +6,11 @@ A div with the class "painemp-provenance" (written by analysis.manuscript_values
 
 * its attribute title-suffix is appended to the document title ("... (simulated stand-in
   data)"), in every format;
-* in HTML, the div leaves the body for the metadata field provenance-box, which the template
-  (manuscript.html) places after the title block and before the table of contents, so that it
-  is on the first screen; in other formats it stays where it is, the first block of the body.
+* in HTML written by analysis/render.py, the div leaves the body for the metadata field
+  provenance-box, which the template (manuscript.html) places after the title block and before
+  the table of contents, so that it is on the first screen; in other formats, and under Quarto
+  (whose HTML puts the table of contents in the margin), it stays where it is, the first block
+  of the body.
 
 Runs after quarto-divs.lua (the div is already a callout) and before the cross-reference filter.
 --]]
@@ -25,7 +27,7 @@ function Pandoc(doc)
     if block.t == "Div" and block.classes:includes("painemp-provenance") then
       suffix = block.attributes["title-suffix"]
       block.attributes["title-suffix"] = nil
-      if is_html() and box == nil then
+      if is_html() and box == nil and quarto == nil then
         box = block
       else
         kept:insert(block)
@@ -33,6 +35,13 @@ function Pandoc(doc)
     else
       kept:insert(block)
     end
+  end
+  if suffix == nil then  -- the box inside another block (Quarto wraps cell outputs)
+    doc.blocks:walk({ Div = function(div)
+      if div.classes:includes("painemp-provenance") and suffix == nil then
+        suffix = div.attributes["title-suffix"]
+      end
+    end })
   end
   if suffix and suffix ~= "" and doc.meta.title then
     local title = pandoc.Inlines(doc.meta.title)
