@@ -650,9 +650,17 @@ def _check_manuscript(quick_results, tmp_path, monkeypatch):
     pdf = _norm(_pdf_text(out["pdf"]))
     for c in CHUNKS:
         cap = c.options.get("fig-cap") or c.options.get("tbl-cap") if c.kind == "code" else None
+        if cap and "caption=" in c.text:  # computed from the results (manuscript_values)
+            cap = mv.caption(str(c.options["label"]), v, prov)
         if cap:
             plain = re.sub(r"\[?-?@[\w:.-]+\]?|\*", "", str(cap))
             assert _norm(plain) in pdf, f"caption of {c.options['label']} not in the PDF"
+    # while stand-ins are in use: the title says so, and the provenance box comes before the
+    # table of contents in HTML
+    if prov.simulated_studies:
+        assert _norm(mv.TITLE_SUFFIX) in pdf.split(_norm("Data provenance"))[0]
+        assert mv.TITLE_SUFFIX in re.search(r"<title>(.*?)</title>", html, flags=re.S).group(1)
+        assert html.index('class="provenance-box"') < html.index('id="TOC"')
     assert _norm("References") in pdf
     for title in _bib_titles():
         assert _norm(title) in pdf, f"reference {title!r} not in the PDF"
