@@ -635,7 +635,7 @@ def _humanise(text: Any) -> str:
     t = str(text)
     if re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)+", t):
         return t.replace("_", " ")
-    return t
+    return re.sub(r"(?<![\w.])-(?=\d)", MINUS, t)  # typographic minus of numbers in text
 
 
 def auto_format(column: str, values: list) -> tuple[Callable[[Any], str], str]:
@@ -912,7 +912,7 @@ def _printed_name_notes(df: pd.DataFrame) -> list[str]:
     for _, r in df.iterrows():
         printed = re.sub(r"\s*\([^()]*\)\s*$", "", str(r["published_printed_region"]))
         if not _is_missing(r["published_printed_region"]) and printed != str(r["published_region"]):
-            notes.append(f"The paper names the peak at {_xyz('published_')(r)} "
+            notes.append(f"The paper names the peak at ({_xyz('published_')(r)}) "
                          f"{printed}; the AAL atlas used for every region name of this document "
                          f"places it in the {r['published_region']}.")
     return notes

@@ -228,6 +228,10 @@ local function resolve_floats(blocks)
       end
       -- no image / no table (e.g. "No cluster survived"): caption above the note
       local content = pandoc.List({ pandoc.Para(labelled(div.identifier, caption)) })
+      if FORMAT == "typst" then  -- in the size of the other captions
+        content:insert(1, pandoc.RawBlock("typst", "#block[#set text(size: 8.5pt)"))
+        content:insert(3, pandoc.RawBlock("typst", "]"))
+      end
       content:extend(rest)
       return pandoc.Div(content, pandoc.Attr(div.identifier, { "painemp-" .. kind }))
     end,
