@@ -191,13 +191,11 @@ def stage_manifests(results: Path, data_dir: Path) -> dict[str, dict]:
         A stage has no manifest or no provenance, an output is missing or changed, the stages
         mix quick and full runs, or a stage's key no longer matches (names the stage).
     """
+    from analysis.config import load_config
+    from analysis.config import merge as merge_config
     from analysis.errors import StaleResults
     from analysis.pipeline import STAGES, _manifest_path, check_results
 
-    try:
-        check_results(data_dir=data_dir, results_dir=results)
-    except StaleResults as exc:
-        raise ArchiveError(str(exc)) from None
     manifests = {}
     for stage in STAGES:
         mpath = _manifest_path(results, stage.name)
@@ -210,6 +208,14 @@ def stage_manifests(results: Path, data_dir: Path) -> dict[str, dict]:
                                "one); rerun the stage with `python -m analysis run --force "
                                f"--stage {stage.name}`")
         manifests[stage.name] = manifest
+    # the configuration the run recorded (a run with --set/--config is archived as it ran)
+    cfg = load_config()
+    for manifest in manifests.values():
+        merge_config(cfg, manifest["provenance"]["config"])
+    try:
+        check_results(config=cfg, data_dir=data_dir, results_dir=results)
+    except StaleResults as exc:
+        raise ArchiveError(str(exc)) from None
     modes = {m["quick"] for m in manifests.values()}
     if len(modes) > 1:
         raise ArchiveError(f"{results}: quick and full stages are mixed; rerun every stage in "

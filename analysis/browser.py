@@ -65,12 +65,16 @@ class PageReport:
         PNG of the element asked for (``None`` when it does not exist).
     element_size : tuple of float
         Width and height (CSS pixels) of that element.
+    element_top : float or None
+        Distance (CSS pixels) of the element's top from the top of the page: below the window
+        height, the element is not on the first screen.
     """
 
     errors: list[str] = field(default_factory=list)
     title: str = ""
     screenshot: bytes | None = None
     element_size: tuple[float, float] = (0.0, 0.0)
+    element_top: float | None = None
 
 
 class _Pipe:
@@ -269,6 +273,7 @@ def _inspect(pipe: _Pipe, url: str, selector: str, settle: float,
                      "scale": 1}}, session=session)
         report.screenshot = base64.b64decode(shot["data"])
         report.element_size = (float(rect[2]), float(rect[3]))
+        report.element_top = float(rect[1])
     report.errors = _errors(pipe.events)
     return report
 

@@ -238,7 +238,7 @@ def validate_config(cfg: Any, source: str = "configuration",
     tests = cfg["manuscript"]["test_overrides"]
     if tests and _with_test_overrides:  # the test suite's overrides obey the same schema
         merged = copy.deepcopy(cfg)
-        _merge(merged, copy.deepcopy(tests))
+        merge(merged, copy.deepcopy(tests))
         validate_config(merged, f"{source} (manuscript.test_overrides)", False)
     return cfg
 
@@ -278,7 +278,7 @@ def load_config(overrides: dict[str, Any] | None = None,
     if overrides:
         if not isinstance(overrides, dict):
             raise ConfigError("<root>", "overrides must be a mapping", source)
-        _merge(cfg, copy.deepcopy(overrides))
+        merge(cfg, copy.deepcopy(overrides))
         validate_config(cfg, source)
     return cfg
 
@@ -328,10 +328,11 @@ def result_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _merge(base: dict, extra: dict) -> None:
+def merge(base: dict, extra: dict) -> None:
+    """Merge ``extra`` into ``base`` in place, nested dictionaries key by key."""
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
+            merge(base[key], value)
         else:
             base[key] = value
 

@@ -282,11 +282,50 @@ def describe_aal(label: str) -> str:
     return f"{name}, {side}" if side else name
 
 
+def peak_labels(xyz) -> pd.DataFrame:
+    """The one label of each peak coordinate: its AAL label and readable region name.
+
+    Every table, figure and sentence that names the region of a coordinate (a cluster peak,
+    a published peak, a characterisation seed) takes it from here, so that one coordinate
+    has one name throughout: :func:`label_coordinates` with the AAL atlas and the default
+    search radius, read by :func:`describe_aal`.
+
+    Parameters
+    ----------
+    xyz : array-like, shape (n, 3) or (3,)
+        MNI coordinates in mm.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``aal_label`` and ``region``, one row per coordinate.
+    """
+    arr = np.asarray(xyz, dtype=float)
+    labels = label_coordinates(arr, "aal") if arr.size else []
+    return pd.DataFrame({"aal_label": labels, "region": [describe_aal(a) for a in labels]})
+
+
+def peak_regions(xyz) -> list[str]:
+    """Readable region name of each coordinate (:func:`peak_labels`)."""
+    return peak_labels(xyz)["region"].tolist()
+
+
+def relabel_peaks(df: pd.DataFrame) -> pd.DataFrame:
+    """A table of peaks (``x``, ``y``, ``z``) with its ``region`` and ``aal_label`` from
+    :func:`peak_labels`, the names it had before kept as ``printed_region`` and
+    ``printed_aal_label`` (for a published table: the names the paper printed).
+    """
+    out = df.copy()
+    names = peak_labels(out[["x", "y", "z"]].to_numpy(float))
+    for col in ("region", "aal_label"):
+        if col in out.columns:
+            out[f"printed_{col}"] = out[col]
+        out[col] = names[col].to_numpy()
+    return out
+
+
 def aal_labeler(xyz):
     """``region`` and ``aal_label`` of MNI coordinates (n, 3): the cluster-table labeler of
-    :func:`analysis.sdm.clusters.threshold_clusters`.
+    :func:`analysis.sdm.clusters.threshold_clusters` (:func:`peak_labels`).
     """
-    import pandas as pd
-
-    labels = label_coordinates(xyz, "aal") if len(xyz) else []
-    return pd.DataFrame({"aal_label": labels, "region": [describe_aal(a) for a in labels]})
+    return peak_labels(xyz)

@@ -227,12 +227,23 @@ class Values:
 
 
 def fmt_p(p: float) -> str:
-    """A p-value as text: three significant digits, or ``< 0.001``."""
+    """A p-value as text, in the prose and in every table: three significant digits
+    (``0.0462``, ``0.500``), in powers of ten below 0.001 (``2.24 × 10⁻⁴``).
+    """
     if isinstance(p, str):
         return p  # a placeholder or text already formatted
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "NA"
-    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+    p = float(p)
+    if p <= 0:
+        return "0"
+    if p < 0.001:
+        exponent = math.floor(math.log10(p))
+        mantissa = p / 10**exponent
+        if round(mantissa, 2) >= 10:
+            mantissa, exponent = mantissa / 10, exponent + 1
+        return f"{mantissa:.2f} × 10{str(exponent).translate(_SUPERSCRIPT)}"
+    return f"{p:#.3g}".rstrip(".")
 
 
 def run_mode(imputations: Any, permutations: Any, imputations_config: Any,
@@ -288,14 +299,25 @@ def _missing_note(label: str, path: Path):
     return Markdown(f"**[missing artefact: {ARTEFACTS[label][1]} from stage {stage}]**")
 
 
-def figure(label: str, results_dir: str | Path | None = None):
-    """The figure file of ``label`` for display in a code cell (an IPython ``Image``)."""
+def figure(label: str, results_dir: str | Path | None = None, caption: str | None = None,
+           alt: str | None = None):
+    """The figure file of ``label`` for display in a code cell (an IPython ``Image``).
+
+    Parameters
+    ----------
+    label : str
+        A figure of :data:`ARTEFACTS`.
+    caption, alt : str, optional
+        Caption and alternative text computed from the results; they replace the cell's
+        ``fig-cap`` and ``fig-alt`` (:func:`analysis.render.computed_caption`).
+    """
     from IPython.display import Image
 
     path = artefact_path(label, results_dir)
     if not path.exists():
         return _missing_note(label, path)
-    return Image(filename=str(path))
+    meta = {"painemp": {"caption": caption, "alt": alt}} if caption or alt else None
+    return Image(filename=str(path), metadata=meta)
 
 
 def read_table(label: str, results_dir: str | Path | None = None) -> pd.DataFrame | None:
@@ -357,9 +379,8 @@ def fmt_pct(digits: int = 1) -> Callable[[Any], str]:
 
 
 def fmt_p_table(p: Any) -> str:
-    """A p-value in a table: three decimals, ``< 0.001`` below that."""
-    p = float(p)
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    """A p-value in a table: :func:`fmt_p` (one rule for p in prose and tables)."""
+    return fmt_p(float(p))
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -388,7 +409,7 @@ def _xyz(prefix: str = "") -> Callable[[pd.Series], Any]:
         vals = [row.get(f"{prefix}{a}") for a in "xyz"]
         if any(_is_missing(v) for v in vals):
             return None
-        return ", ".join(fmt_int(v) for v in vals)
+        return ",\u00a0".join(fmt_int(v) for v in vals)  # a coordinate is never split
 
     return get
 
@@ -446,7 +467,7 @@ class TableSpec:
 
 def _cells(spec: TableSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Formatted cells (text) and the notes about missing values."""
-    shown: dict[str, list[str]] = {}
+    shown: list[tuple[str, list[str]]] = []  # (header, cells); headers may repeat
     aligns: list[str] = []
     notes: list[str] = []
     dropped: list[str] = []
@@ -461,13 +482,14 @@ def _cells(spec: TableSpec, df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             continue
         if any(missing) and col.missing_note:
             notes.append(f"{MISSING} {col.missing_note}")
-        shown[col.header] = [MISSING if m else col.fmt(v) for v, m in zip(raw, missing)]
+        shown.append((col.header, [MISSING if m else col.fmt(v) for v, m in zip(raw, missing)]))
         aligns.append(col.align)
     if dropped:
         why = f" {spec.dropped_note}" if spec.dropped_note else ""
         notes.append(f"Not shown, because no value exists in this run: {', '.join(dropped)}."
                      f"{why}")
-    out = pd.DataFrame(shown)
+    out = pd.DataFrame({i: cells for i, (_, cells) in enumerate(shown)}, index=range(len(df)))
+    out.columns = [header for header, _ in shown]
     out.attrs["align"] = aligns
     return out, list(dict.fromkeys(notes))
 
@@ -508,7 +530,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".3g", index: bool = False,
         longest_word = max((len(w) for w in h.split()), default=1)
         width = max([longest_word, *(len(r[j]) for r in rows)], default=3)
         dashes = "-" * max(3, min(width, 40))
-        rules.append(dashes[:-1] + ":" if align[j] == "right" else dashes)
+        rules.append(dashes[:-1] + ":" if align[j] == "right" else ":" + dashes[1:])
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rules) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
@@ -549,7 +571,8 @@ def format_table(label: str, df: pd.DataFrame, spec: TableSpec | None = None,
 
 
 def table(label: str, results_dir: str | Path | None = None, query: str | None = None,
-          empty: str | None = None, floatfmt: str = ".3g", columns: dict | None = None):
+          empty: str | None = None, floatfmt: str = ".3g", columns: dict | None = None,
+          caption: str | None = None):
     """The table of ``label`` as Markdown for display in a code cell.
 
     Parameters
@@ -564,9 +587,15 @@ def table(label: str, results_dir: str | Path | None = None, query: str | None =
         Format of floating-point cells of a table without a spec.
     columns : dict, optional
         ``{TSV column: header}`` of a table without an entry in :data:`TABLES`: these columns,
-        in this order, numbers formatted with ``floatfmt``.
+        in this order, numbers formatted by :func:`auto_format`.
+    caption : str, optional
+        Caption computed from the results; replaces the cell's ``tbl-cap``
+        (:func:`analysis.render.computed_caption`).
     """
-    from IPython.display import Markdown
+    from IPython.display import Markdown as _Markdown
+
+    def Markdown(text):  # noqa: N802 (IPython's name)
+        return _Markdown(text, metadata={"painemp": {"caption": caption}} if caption else None)
 
     df = read_table(label, results_dir)
     if df is None:
@@ -575,18 +604,114 @@ def table(label: str, results_dir: str | Path | None = None, query: str | None =
         df = df.query(query)
     spec = TABLES.get(label)
     if spec is None and columns:
-        def number(v, f=floatfmt):
-            return format(v, f) if isinstance(v, float) else str(v)
-
-        spec = TableSpec(columns=[Column(h, c, number, align="right" if pd.api.types
-                                         .is_numeric_dtype(df[c]) else "left")
-                                  for c, h in columns.items() if c in df.columns],
-                         empty=empty or "No rows in this run.")
+        spec = auto_spec(df, columns, empty=empty or "No rows in this run.",
+                         location_names=_location_names(results_dir))
     if empty is not None and spec is not None:
         spec = TableSpec(**{**spec.__dict__, "empty": empty})
     if df.empty and spec is None:
         return Markdown(f"*{empty or 'No rows in this run.'}*")
     return Markdown(format_table(label, df, spec, floatfmt=floatfmt))
+
+
+# --- tables without a specification: one rule per quantity ---------------------------------------
+
+#: Quantities whose TSV column names say what they are, and how many decimals they get.
+TWO_DECIMALS = re.compile(r"(^|_)(z|sdm_z|g|hedges_g|effect_size|gumbel|fwe_z|tau2?)(_|$)")
+P_VALUE = re.compile(r"(^|_)p(_|$)|(^|_)pvalue(_|$)")
+PROBABILITY = re.compile(r"^(p_detect|p_covered|prob|rate|power)")
+ONE_DECIMAL = re.compile(r"(distance|mm|i2|percent|pct)")
+UNBOUNDED = "unbounded"
+UNBOUNDED_NOTE = (f"{UNBOUNDED}: the number of simulated meta-analyses run does not bound "
+                  "this end of the interval.")
+
+
+def _is_bool_column(values: list) -> bool:
+    texts = {str(v).strip().lower() for v in values if not _is_missing(v)}
+    return bool(texts) and texts <= {"true", "false"}
+
+
+def _humanise(text: Any) -> str:
+    """``snake_case`` words of a stage (``macm_only``, ``not_checkable``) as words."""
+    t = str(text)
+    if re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)+", t):
+        return t.replace("_", " ")
+    return re.sub(r"(?<![\w.])-(?=\d)", MINUS, t)  # typographic minus of numbers in text
+
+
+def auto_format(column: str, values: list) -> tuple[Callable[[Any], str], str]:
+    """Formatter and alignment of a TSV column from its name and values.
+
+    One rounding rule per quantity, whatever the table: SDM-Z, Hedges' g and thresholds on the
+    z scale 2 decimals; p-values :func:`fmt_p`; probabilities 2 decimals; distances, I² and
+    percentages 1 decimal; counts as integers; ``inf`` as "unbounded"; booleans yes/no;
+    ``snake_case`` words as words. Text columns are left-aligned, numbers right-aligned.
+    """
+    name = column.lower()
+    if _is_bool_column(values):
+        return (lambda v: "yes" if str(v).strip().lower() == "true" else "no"), "left"
+    numeric = all(_is_missing(v) or isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in values)
+    if not numeric:
+        return _humanise, "left"
+    finite = [float(v) for v in values if not _is_missing(v) and math.isfinite(float(v))]
+    if PROBABILITY.search(name):
+        num = fmt_num(2)
+    elif P_VALUE.search(name):
+        num = fmt_p_table
+    elif TWO_DECIMALS.search(name):
+        num = fmt_num(2)
+    elif ONE_DECIMAL.search(name):
+        num = fmt_num(1)
+    elif finite and all(float(x).is_integer() for x in finite):
+        num = fmt_int
+    else:
+        num = fmt_num(2)
+
+    def fmt(v: Any) -> str:
+        x = float(v)
+        if math.isinf(x):
+            return UNBOUNDED if x > 0 else f"{MINUS}{UNBOUNDED}"
+        return num(x)
+
+    return fmt, "right"
+
+
+def _location_names(results_dir: str | Path | None = None) -> dict[int, str]:
+    """Published location number -> region name (the one atlas label of its coordinate)."""
+    path = artefact_path("tbl-reproduction", results_dir)
+    if not path.exists():
+        return {}
+    df = pd.read_csv(path, sep="\t")
+    if not {"published_x", "published_y", "published_z"} <= set(df.columns):
+        return {}
+    from analysis.labels import peak_regions
+
+    xyz = df[["published_x", "published_y", "published_z"]].to_numpy(float)
+    return {i + 1: name for i, name in enumerate(peak_regions(xyz))}
+
+
+def auto_spec(df: pd.DataFrame, columns: dict[str, str], empty: str = "No rows in this run.",
+              location_names: dict[int, str] | None = None) -> TableSpec:
+    """A :class:`TableSpec` for ``{TSV column: header}`` by :func:`auto_format`.
+
+    A column ``location`` holding the published locations' numbers shows their region names;
+    a column ``region`` or ``aal_label`` of coordinates is left as the stage wrote it.
+    """
+    cols = []
+    notes: list[str] = []
+    for c, header in columns.items():
+        if c not in df.columns:
+            continue
+        values = list(df[c])
+        if c == "location" and location_names:
+            cols.append(Column(header, c, lambda v, m=location_names: m.get(int(v), str(v))))
+            continue
+        fmt, align = auto_format(c, values)
+        if any(not _is_missing(v) and isinstance(v, float) and math.isinf(v) for v in values):
+            notes.append(UNBOUNDED_NOTE)
+        cols.append(Column(header, c, fmt, align=align))
+    unique = list(dict.fromkeys(notes))
+    return TableSpec(columns=cols, notes=lambda _df: list(unique), empty=empty)
 
 
 def terms_table(label: str = "tbl-terms", seed_set: str = "published", n: int | None = None,
@@ -681,6 +806,42 @@ def _disorder(v: Any) -> str:
     return m.group(1) if m else str(v)
 
 
+#: Marks the studies whose peak coordinates are real in Tables 1-2 while others are stand-ins.
+REAL_MARK = "†"
+
+
+def _study_key(study_id: Any) -> str:
+    """``Moriguchi et al, 2007`` -> ``Moriguchi2007`` (the study key of data/peaks.tsv)."""
+    text = str(study_id)
+    m = re.match(r"\s*([^\W\d_][\w'-]*).*?(\d{4})", text)
+    return f"{m.group(1)}{m.group(2)}" if m else text
+
+
+def _real_studies() -> tuple[set[str], bool]:
+    """Keys of the studies with real peaks, and whether any study is a stand-in."""
+    try:
+        prov = provenance()
+    except Exception:  # noqa: BLE001 (a table of another data folder: no marks)
+        return set(), False
+    return set(prov.real_studies), not prov.all_real
+
+
+def _study_name(row: pd.Series) -> str:
+    name = str(row["Study ID"]).replace(" et al,", " et al.,")
+    real, mixed = _real_studies()
+    return f"{name}{REAL_MARK}" if mixed and _study_key(row["Study ID"]) in real else name
+
+
+def _real_study_notes(df: pd.DataFrame) -> list[str]:
+    real, mixed = _real_studies()
+    if not mixed or "Study ID" not in df:
+        return []
+    if not any(_study_key(s) in real for s in df["Study ID"]):
+        return []
+    return [f"{REAL_MARK} Peak coordinates real (the authors' own); the peaks "
+            "of every other study are simulated stand-ins."]
+
+
 def _demographics_notes(df: pd.DataFrame) -> list[str]:
     notes = ["Age: mean (SD) of each group as reported by the study."]
     ages = [str(v) for c in ("Patient mean age (SD)", "Control mean age (SD)") if c in df
@@ -743,6 +904,20 @@ def _network_notes(df: pd.DataFrame) -> list[str]:
     return notes
 
 
+def _printed_name_notes(df: pd.DataFrame) -> list[str]:
+    """Where the paper names a published peak differently from the atlas used throughout."""
+    if "published_printed_region" not in df:
+        return []
+    notes = []
+    for _, r in df.iterrows():
+        printed = re.sub(r"\s*\([^()]*\)\s*$", "", str(r["published_printed_region"]))
+        if not _is_missing(r["published_printed_region"]) and printed != str(r["published_region"]):
+            notes.append(f"The paper names the peak at ({_xyz('published_')(r)}) "
+                         f"{printed}; the AAL atlas used for every region name of this document "
+                         f"places it in the {r['published_region']}.")
+    return notes
+
+
 def _jackknife_analysis(v: Any) -> str:
     text = str(v)
     if text == "leave-one-out":
@@ -793,7 +968,7 @@ def _metaregression_notes(df: pd.DataFrame) -> list[str]:
 TABLES: dict[str, TableSpec] = {
     "tbl-demographics": TableSpec(
         columns=[
-            Column("Study", lambda r: str(r["Study ID"]).replace(" et al,", " et al.,")),
+            Column("Study", _study_name),
             Column("Disorder", "Disease type", _disorder),
             Column("N", "Num.", fmt_int, align="right"),
             Column("Women (%)", "Female (%)", lambda v: str(v).rstrip("%").strip(),
@@ -807,19 +982,20 @@ TABLES: dict[str, TableSpec] = {
             Column("Controls' age (years)", lambda r: _age_sd(r["Control mean age (SD)"]),
                    missing_note="age of the group not reported by the study."),
         ],
-        notes=lambda df: [*_demographics_notes(df),
+        notes=lambda df: [*_real_study_notes(df), *_demographics_notes(df),
                           *_abbreviation_notes(["Disease type"])(df)],
     ),
     "tbl-data": TableSpec(
         columns=[
-            Column("Study", lambda r: str(r["Study ID"]).replace(" et al,", " et al.,")),
+            Column("Study", _study_name),
             Column("Voxel threshold", "Correction", _threshold),
             Column("Space", "Space"),
             Column("Contrast (pain > no pain)", "Coordinates (Pain > No Pain)",
                    lambda v: str(v).replace(" & ", "; ")),
             Column("Paradigm", "Paradigm", lambda v: str(v).capitalize()),
         ],
-        notes=_abbreviation_notes(["Coordinates (Pain > No Pain)"]),
+        notes=lambda df: [*_real_study_notes(df),
+                          *_abbreviation_notes(["Coordinates (Pain > No Pain)"])(df)],
     ),
     "tbl-results": TableSpec(
         columns=[
@@ -841,7 +1017,7 @@ TABLES: dict[str, TableSpec] = {
     "tbl-reproduction": TableSpec(
         columns=[
             Column("Direction", "direction", _direction),
-            Column("Published region", "published_region"),
+            Column("Region of the published peak", "published_region"),
             Column("Published peak x, y, z (mm)", _xyz("published_")),
             Column("SDM-Z (paper)", "published_sdm_z", fmt_num(2), align="right"),
             Column("SDM-Z here at that peak", "reproduced_z_at_published_peak", fmt_num(2),
@@ -854,8 +1030,9 @@ TABLES: dict[str, TableSpec] = {
             Column("Distance (mm)", "distance_mm", fmt_num(1),
                    "no reproduced cluster of that direction.", align="right"),
         ],
-        notes=lambda df: ([f"Inputs of this run: {df['inputs'].iloc[0]}."]
-                          if "inputs" in df and len(df) else []),
+        notes=lambda df: [*_printed_name_notes(df),
+                          *([f"Inputs of this run: {df['inputs'].iloc[0]}."]
+                            if "inputs" in df and len(df) else [])],
         dropped_note="No cluster of either direction survived in this run.",
     ),
     "tbl-jackknife": TableSpec(
@@ -999,20 +1176,38 @@ def provenance(data_dir: str | Path | None = None,
                       n_peaks_unknown=v.n_peaks_unknown)
 
 
-def provenance_banner(prov: Provenance) -> str:
+def provenance_banner(prov: Provenance, v: Values | None = None) -> str:
     """Markdown callout stating the data provenance; empty when every study's peaks are real.
 
-    Names the simulated stand-ins and every study of the study table without any peak row.
+    Names the simulated stand-ins and every study of the study table without any peak row, and
+    says how the stand-ins relate to the published Table 3 (:func:`standins`). The callout has
+    the class ``painemp-provenance``: the renderer places it before the table of contents and
+    appends :data:`TITLE_SUFFIX` to the title (``analysis/templates/front-matter.lua``).
+
+    Parameters
+    ----------
+    prov : Provenance
+        From :func:`provenance`.
+    v : Values, optional
+        The run's values (default: read from the results folder when it has any).
     """
     if prov.all_real:
         return ""
+    if v is None:
+        v = Values()
+    s = standins(v, prov)
     real = ", ".join(prov.real_studies) if prov.real_studies else "none"
     if prov.simulated_studies:
         title = "Data provenance: simulated stand-ins"
+        if s.by_construction:
+            how = f"They are {BY_CONSTRUCTION}. "
+        else:
+            how = ("They are simulated study maps with the published effects planted in them; "
+                   "they are not expected to reproduce the paper's Table 3. ")
         head = (f"The peak coordinates of {prov.n_studies_simulated} of {prov.n_studies} "
                 f"studies are **simulated stand-ins** ({prov.n_peaks_simulated} simulated peaks), "
                 "generated by `analysis.simulate` because the original coordinates are not "
-                "available to this compendium. ")
+                f"available to this compendium. {how}")
     elif prov.unknown_studies:
         title = "Data provenance: unknown"
         head = ""
@@ -1028,8 +1223,9 @@ def provenance_banner(prov: Provenance) -> str:
         missing = (f"{prov.n_studies_no_peaks} of {prov.n_studies} studies have **no peak "
                    f"coordinates at all** ({', '.join(prov.no_peak_studies)}) and enter the "
                    "analysis as null studies. ")
+    suffix = f' title-suffix="{TITLE_SUFFIX}"' if prov.simulated_studies else ""
     return (
-        f'::: {{.callout-warning title="{title}"}}\n'
+        f'::: {{.callout-warning .painemp-provenance title="{title}"{suffix}}}\n'
         f"{head}{missing}Real peaks: {prov.n_peaks_real} (studies: {real}; "
         f"{prov.n_studies_real} of {prov.n_studies}). Every map, table and number computed from "
         "the peaks below demonstrates the pipeline and is **not** a finding of the paper. "
@@ -1077,3 +1273,424 @@ def renderer_name() -> str:
         return (f"pandoc {version} and Typst through analysis/render.py (Quarto is not "
                 "installed here)").replace("pandoc  ", "pandoc ")
     return "Quarto"
+
+
+# --- prose that follows the numbers --------------------------------------------------------------
+#
+# Every sentence and caption of the manuscript whose truth depends on a result is written here
+# from values.json (and the provenance of data/peaks.tsv), so that the text cannot contradict
+# the tables: the number of clusters, whether Figure 2 is thresholded, the agreement with the
+# published Table 3, the kind of stand-in data. tests/test_manuscript_prose.py renders these
+# texts on result sets without clusters, with the four published clusters and with more.
+
+#: Title suffix while any stand-in data are in use.
+TITLE_SUFFIX = "(simulated stand-in data)"
+#: How generator-v3 stand-ins are described in the banner, the Methods and every result caption.
+BY_CONSTRUCTION = ("constructed so that the main analysis reproduces the published Table 3; "
+                   "agreement is by construction")
+#: Distance (mm) within which a reproduced cluster counts as matching a published one
+#: (``meta.published_matched_within_10mm``).
+MATCH_MM = 10
+
+
+def plural(n: int, word: str, words: str | None = None, zero: str = "no") -> str:
+    """``0 -> "no cluster"``, ``1 -> "1 cluster"``, ``3 -> "3 clusters"``."""
+    if n == 0:
+        return f"{zero} {word}"
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+@dataclass(frozen=True)
+class StandIns:
+    """What kind of stand-in data the results were computed from.
+
+    Attributes
+    ----------
+    in_use : bool
+        Some study's peaks are simulated stand-ins.
+    versions : tuple of str
+        Generator versions of the stand-in rows (``meta.standin_generator_versions``).
+    by_construction : bool
+        The stand-ins were constructed so that the main analysis reproduces the published
+        Table 3 (``meta.standins_reproduce_table3_by_construction``; false when absent).
+    """
+
+    in_use: bool
+    versions: tuple[str, ...] = ()
+    by_construction: bool = False
+
+
+def standins(v: Values, prov: Provenance) -> StandIns:
+    """The stand-in data of this run, from the meta stage's values and ``data/peaks.tsv``."""
+    meta = v.raw.get("meta") if isinstance(v.raw.get("meta"), dict) else {}
+    in_use = bool(prov.simulated_studies) or prov.n_peaks_simulated > 0
+    versions = tuple(str(x) for x in (meta.get("standin_generator_versions") or ()))
+    by = in_use and meta.get("standins_reproduce_table3_by_construction") is True
+    return StandIns(in_use=in_use, versions=versions, by_construction=by)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The main analysis in numbers, as the prose needs them.
+
+    ``known`` is false when the meta stage's values are missing (placeholders allowed); the
+    prose then names the missing values instead of stating a result.
+    """
+
+    known: bool
+    n_increase: int = 0
+    n_decrease: int = 0
+    n_published: int = 0
+    n_recovered: int = 0
+    z_at_published: tuple[float | None, ...] = ()
+    z_published: tuple[float | None, ...] = ()
+    figure_thresholded: tuple[bool, bool] = (True, True)
+
+    @property
+    def n_clusters(self) -> int:
+        return self.n_increase + self.n_decrease
+
+
+def _float_or_none(x: Any) -> float | None:
+    return None if _is_missing(x) else float(x)
+
+
+def outcome(v: Values) -> Outcome:
+    """Cluster counts, agreement with the published Table 3 and how Figure 2 is drawn.
+
+    Figure 2 draws a direction thresholded when the meta stage says so
+    (``meta.figure2_thresholded``, true or false for both directions); without that value, as
+    the figure code of ``analysis.stages.meta`` draws it, a direction with a cluster is
+    thresholded and a direction without one shows the unthresholded map at the published peaks.
+    """
+    meta = v.raw.get("meta")
+    if not isinstance(meta, dict) or "n_clusters_increase" not in meta:
+        return Outcome(known=False)
+    n_inc, n_dec = int(meta["n_clusters_increase"]), int(meta["n_clusters_decrease"])
+    at_pub = meta.get("at_published_peaks") or []
+    z_pub: tuple[float | None, ...] = ()
+    rep = artefact_path("tbl-reproduction", v.results_dir)
+    if rep.exists():
+        df = pd.read_csv(rep, sep="\t")
+        if "published_sdm_z" in df:
+            z_pub = tuple(_float_or_none(x) for x in df["published_sdm_z"])
+    flag = meta.get("figure2_thresholded")
+    thresholded = (bool(flag), bool(flag)) if isinstance(flag, bool) else (n_inc > 0, n_dec > 0)
+    return Outcome(known=True, n_increase=n_inc, n_decrease=n_dec,
+                   n_published=len(at_pub) or len(z_pub),
+                   n_recovered=int(meta.get("published_matched_within_10mm", 0)),
+                   z_at_published=tuple(_float_or_none(p.get("sdm_z")) for p in at_pub),
+                   z_published=z_pub, figure_thresholded=thresholded)
+
+
+def _nums(xs, digits: int = 2) -> str:
+    """Numbers as the tables print them (:func:`fmt_num`), joined by commas."""
+    f = fmt_num(digits)
+    return ", ".join(MISSING if x is None else f(x) for x in xs)
+
+
+def _clusters_found(o: Outcome) -> str:
+    if o.n_clusters == 0:
+        return "no cluster in either direction"
+    return (f"{plural(o.n_increase, 'cluster')} of increased and "
+            f"{plural(o.n_decrease, 'cluster')} of decreased activation in patients")
+
+
+def agreement_sentence(v: Values, prov: Provenance) -> str:
+    """How the main analysis compares with the published Table 3, from the numbers."""
+    o, s = outcome(v), standins(v, prov)
+    if not o.known:
+        return "The comparison with the published Table 3 needs the meta stage's values."
+    matched = (f"{o.n_recovered} of the {o.n_published} published clusters "
+               f"{'has' if o.n_recovered == 1 else 'have'} a reproduced cluster of the same "
+               f"direction within {MATCH_MM} mm")
+    at_peaks = ""
+    if o.z_at_published and any(z is not None for z in o.z_at_published):
+        at_peaks = (f"; the SDM-*Z* at the published peaks is {_nums(o.z_at_published)}"
+                    + (f" (paper: {_nums(o.z_published)})" if o.z_published else ""))
+    if not s.in_use:
+        return f"{matched[0].upper()}{matched[1:]}{at_peaks} (@tbl-reproduction)."
+    if s.by_construction:
+        status = ("as built in" if o.n_recovered == o.n_published and o.n_clusters
+                  == o.n_published else "although the stand-ins were built to reproduce all of "
+                  "them, so the construction did not hold in this run")
+        return (f"The stand-ins were {BY_CONSTRUCTION}: {matched}{at_peaks}, {status} "
+                "(@tbl-reproduction). This agreement says that the pipeline recovers what was "
+                "built into its input, not that the paper's findings replicate.")
+    verdict = ("and they do not" if o.n_recovered < o.n_published else
+               "yet here every published cluster has one, which the generator does not aim at")
+    return (f"The stand-ins are simulated study maps with the published effects planted in "
+            f"them; they are not expected to reproduce the paper's Table 3, {verdict}: "
+            f"{matched}{at_peaks} (@tbl-reproduction).")
+
+
+def standin_caption(v: Values, prov: Provenance) -> str:
+    """The sentence that every result caption carries while stand-ins are in use."""
+    s = standins(v, prov)
+    if not s.in_use:
+        return ""
+    if s.by_construction:
+        return (f" Computed on simulated stand-in data, {BY_CONSTRUCTION}; not a finding of "
+                "the paper.")
+    return (" Computed on simulated stand-in data, which are not expected to reproduce the "
+            "paper's Table 3; not a finding of the paper.")
+
+
+def abstract_results(v: Values, prov: Provenance) -> str:
+    """The results paragraph of the Abstract."""
+    o, s = outcome(v), standins(v, prov)
+    found = _clusters_found(o) if o.known else "results that need the meta stage's values"
+    if not s.in_use and prov.all_real:
+        return (f"On the authors' peak coordinates the re-analysis finds {found}; "
+                f"{o.n_recovered} of the {o.n_published} published clusters have a reproduced "
+                f"cluster of the same direction within {MATCH_MM} mm (see the Reproduction "
+                "section).")
+    others = []
+    if prov.n_studies_simulated:
+        others.append(f"{prov.n_studies_simulated} are simulated stand-ins")
+    if prov.n_studies_no_peaks:
+        others.append(f"{prov.n_studies_no_peaks} have no peaks")
+    head = (f"Only {prov.n_studies_real} of the {prov.n_studies} studies' peak coordinates "
+            f"are available to this compendium; {' and '.join(others)}.")
+    held = o.known and o.n_recovered == o.n_published and o.n_clusters == o.n_published
+    if s.by_construction and held:
+        body = (f" The stand-ins were {BY_CONSTRUCTION}, and the main analysis finds {found}. "
+                "The voxel-wise results therefore show that the pipeline runs and recovers "
+                "what was built into its input, not what the original data contain.")
+    elif s.by_construction:
+        body = (f" The stand-ins were {BY_CONSTRUCTION}, yet the main analysis finds {found}: "
+                "the construction did not hold in this run, and the voxel-wise results show "
+                "neither a working reproduction nor what the original data contain.")
+    elif s.in_use:
+        body = (" The stand-ins are not expected to reproduce the paper's Table 3, and the "
+                f"main analysis on them finds {found}"
+                + (f" ({o.n_recovered} of the {o.n_published} published clusters matched)"
+                   if o.known and o.n_published else "")
+                + ". The voxel-wise results therefore show that the pipeline runs, not what "
+                "the original data contain.")
+    else:
+        body = f" On the available peaks the main analysis finds {found}."
+    return (head + body + " Checks that need no peak data (the reported sample statistics, "
+            "the internal consistency of the paper's Table 3 and the characterisation of the "
+            "published peaks) are genuine reproductions.")
+
+
+def standin_methods(v: Values, prov: Provenance) -> str:
+    """How the stand-in peaks were made (Methods), or nothing when every study is real."""
+    s = standins(v, prov)
+    if not s.in_use:
+        return ""
+    gen = (f" (generator version{'s' if len(s.versions) > 1 else ''} "
+           f"{', '.join(s.versions)})" if s.versions else "")
+    head = (f"The peak coordinates of {prov.n_studies_simulated} of the {prov.n_studies} "
+            "studies are not public; `analysis.simulate` writes simulated stand-ins for them"
+            f"{gen}, with each study's sample sizes, statistical threshold, reported directions "
+            "and number of peaks, and a provenance tag on every row. ")
+    if s.by_construction:
+        return head + (f"The stand-ins are {BY_CONSTRUCTION}. They test the pipeline end to "
+                       "end; they carry no evidence about the paper's findings.")
+    return head + ("They are study maps simulated with the published effects planted at the "
+                   "published peaks and thresholded as each study was; they are not expected "
+                   "to reproduce the paper's Table 3, and whether they do is reported, not "
+                   "assumed (@tbl-reproduction).")
+
+
+def results_text(v: Values, prov: Provenance) -> str:
+    """The first paragraph of the results of the main analysis (§ Shared alterations)."""
+    o, s = outcome(v), standins(v, prov)
+    if not o.known:
+        return "The main analysis has not been run (meta stage missing)."
+    found = _clusters_found(o)
+    if not s.in_use and prov.all_real:
+        return (f"The meta-analysis of the authors' coordinates finds {found} "
+                "(@tbl-results, @fig-meta). " + agreement_sentence(v, prov))
+    data = (f"On the data available here ({prov.n_studies_real} real and "
+            f"{prov.n_studies_simulated} simulated studies"
+            + (f", {prov.n_studies_no_peaks} without peaks" if prov.n_studies_no_peaks else "")
+            + f") the main analysis finds {found} (@tbl-results, @fig-meta). ")
+    return data + agreement_sentence(v, prov)
+
+
+def _thresholds(v: Values) -> str:
+    return (f"voxel *p* < {v.fmt('p_threshold')}, peak SDM-*Z* > {v.fmt('peak_z')}, at least "
+            f"{v.fmt('min_cluster_voxels')} voxels")
+
+
+def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
+    """Caption and alternative text of Figure 2, from the cluster counts and whether each
+    direction is drawn thresholded.
+    """
+    o = outcome(v)
+    tail = standin_caption(v, prov)
+    if not o.known:
+        return ("Main analysis (meta stage values missing)." + tail,
+                "Brain slices of the main analysis.")
+    thr = _thresholds(v)
+    parts, alt = [], []
+    for letter, n, name, drawn in (("A", o.n_increase, "increases", o.figure_thresholded[0]),
+                                   ("B", o.n_decrease, "decreases", o.figure_thresholded[1])):
+        if n and drawn:
+            parts.append(f"{letter}: {name}, {plural(n, 'cluster')} on slices through "
+                         f"{'its peak' if n == 1 else 'their peaks'}")
+            alt.append(f"{plural(n, 'coloured cluster')} of {name[:-1]}d activation")
+        elif drawn:
+            parts.append(f"{letter}: {name}, no cluster; slices through the published peaks "
+                         "show no voxel beyond the threshold")
+            alt.append(f"no cluster of {name[:-1]}d activation")
+        else:
+            parts.append(f"{letter}: {name}, no cluster; the slices through the published "
+                         "peaks show the unthresholded |SDM-*Z*| map for orientation, not a "
+                         "result")
+            alt.append(f"the unthresholded map of {name} at the published peaks, where no "
+                       "cluster survived")
+    if o.n_clusters:
+        head = ("Regions where patients differ from controls during pain-empathic processing "
+                f"({thr}). ")
+    else:
+        head = f"No cluster survived the thresholds of the main analysis ({thr}). "
+        if not any(o.figure_thresholded):
+            parts = ["The slices through the published peaks (A: increases, B: decreases) "
+                     "show the unthresholded |SDM-*Z*| map for orientation, not a result"]
+            alt = ["the unthresholded map at the published peaks, where no cluster survived"]
+    caption = head + "; ".join(parts) + "." + tail
+    return caption, "Brain slices showing " + " and ".join(alt) + "."
+
+
+def viewer_text(v: Values) -> str:
+    """The sentence introducing the interactive viewer."""
+    o = outcome(v)
+    base = ("The SDM-*Z* map can be explored below; voxels beyond the voxel threshold are "
+            "coloured")
+    if o.known and o.n_clusters == 0:
+        return base + ", and with no cluster in this run few or none of them are."
+    return base + "."
+
+
+#: Captions of the result tables; each ends with the stand-in sentence while stand-ins are used.
+RESULT_CAPTIONS: dict[str, str] = {
+    "tbl-results": "Clusters of the voxel-wise meta-analysis (as the paper's Table 3): peak MNI "
+                   "coordinates, SDM-Z, voxel p, Hedges' g, I² and Egger's test at the peak.",
+    "tbl-jackknife": "Jackknife re-analyses (leaving out one study, or one disorder, at a "
+                     "time): in how many of them each cluster survives the same thresholds, and "
+                     "without which studies it fails.",
+    "tbl-metaregression": "Meta-regressions on age, percentage of women and treatment: slopes "
+                          "at the cluster peaks and across the whole brain.",
+    "tbl-reproduction": "Each cluster of the paper's Table 3: its published peak and effect, "
+                        "the effect that this re-analysis finds at that peak, and the nearest "
+                        "reproduced cluster of the same direction (distance in mm).",
+}
+
+
+def caption(label: str, v: Values, prov: Provenance) -> str:
+    """The caption of a result table or figure, with the stand-in sentence where it applies."""
+    if label == "fig-meta":
+        return figure2_caption(v, prov)[0]
+    text = RESULT_CAPTIONS[label]
+    if label == "tbl-results":
+        o = outcome(v)
+        if o.known and o.n_clusters == 0:
+            text = ("Clusters of the voxel-wise meta-analysis (as the paper's Table 3): none "
+                    f"survived the thresholds ({_thresholds(v)}).")
+    return text + standin_caption(v, prov)
+
+
+def discussion_data(v: Values, prov: Provenance) -> str:
+    """What the voxel-wise result can and cannot say, given the data (Discussion)."""
+    o, s = outcome(v), standins(v, prov)
+    if prov.all_real:
+        return ("Every study's coordinates are the authors' own, so the voxel-wise result is a "
+                "re-analysis of the original data: " + _clusters_found(o) + ".")
+    held = o.known and o.n_recovered == o.n_published and o.n_clusters == o.n_published
+    if s.by_construction and held:
+        what = (f"the stand-ins were {BY_CONSTRUCTION}, so the reproduced clusters confirm "
+                "only that the engine recovers what its input was built to contain")
+    elif s.by_construction:
+        what = (f"the stand-ins were {BY_CONSTRUCTION}, yet the main analysis finds "
+                f"{_clusters_found(o)}, so the construction did not hold in this run and the "
+                "voxel-wise result says nothing about the paper")
+    elif o.known and o.n_clusters == 0:
+        what = ("on the stand-ins the main analysis finds no cluster at all, which says "
+                "nothing for or against the paper: the stand-ins are not its data")
+    else:
+        what = (f"on the stand-ins the main analysis finds {_clusters_found(o)}, which neither "
+                "supports nor contradicts the paper: the stand-ins are not its data")
+    return ("What can be said about the paper's claims depends on the data. The sample "
+            "description, the reported test statistics and the network-level and behavioural "
+            "characterisation of the published peaks need no access to the original peak "
+            "tables and are reproduced here directly. The central voxel-wise result needs the "
+            f"coordinates of all included studies; {what}. As soon as the authors' coordinates "
+            "are placed in `data/peaks.tsv`, the same commands produce the actual re-analysis "
+            "and the wording of this document changes accordingly.")
+
+
+def _seed_profiles(v: Values) -> list[dict]:
+    seeds = v.raw.get("characterisation", {}).get("published", {}).get("seeds", {})
+    out = []
+    for sid in sorted(seeds, key=lambda s: (len(s), s)):
+        s = seeds[sid]
+        out.append({"id": sid, "region": _region(s.get("aal2_region")),
+                    "direction": s.get("direction"), "terms": list(s.get("top_terms") or []),
+                    "dmn": s.get("dmn_share")})
+    return out
+
+
+def characterisation_discussion(v: Values, n_terms: int = 3) -> str:
+    """How the characterisation reads each published peak, from its top terms (Discussion)."""
+    profiles = _seed_profiles(v)
+    if not profiles or not any(p["terms"] for p in profiles):
+        return ("The behavioural characterisation of the published peaks is not available in "
+                "this run.")
+    parts = []
+    for p in profiles:
+        terms = ", ".join(f"*{t}*" for t in p["terms"][:n_terms]) or "no associated term"
+        parts.append(f"{p['id']} ({p['region']}): {terms}")
+    text = ("In the NeuroQuery corpus, the terms most associated with the region of each "
+            "published peak are " + "; ".join(parts) + " (@tbl-terms).")
+    inc, dec = v.raw.get("characterisation", {}).get("published", {}).get(
+        "overlap_increase", {}), v.raw.get("characterisation", {}).get("published", {}).get(
+        "overlap_decrease", {})
+    si, sd = inc.get("dmn_share"), dec.get("dmn_share")
+    if si is not None and sd is not None:
+        text += (f" The co-activation and connectivity maps shared by the hyperactive peaks "
+                 f"fall {100 * si:.0f} % in the default mode network, those of the hypoactive "
+                 f"peaks {100 * sd:.0f} %"
+                 + ("; this is the coupling with the default mode network that the paper "
+                    "reads as excessive empathic distress." if si > 0.5 and si > sd else
+                    "; the data do not single out the default mode network for the hyperactive "
+                    "peaks, as the paper's reading would need."))
+    return text + (" These associations are reverse inferences from a literature database; "
+                   "they suggest functions, they do not establish them.")
+
+
+def conclusion(v: Values, prov: Provenance) -> str:
+    """The Conclusion, from the values."""
+    o, s = outcome(v), standins(v, prov)
+    sample = (f"The compendium re-runs the pre-registered SDM-PSI meta-analysis of He et al. "
+              f"on {v.fmt('n_studies')} studies ({v.fmt('n_patients')} patients, "
+              f"{v.fmt('n_controls')} controls) with one command.")
+    if prov.all_real:
+        main = (f" On the authors' coordinates it finds {_clusters_found(o)}; "
+                f"{o.n_recovered} of the {o.n_published} published clusters are matched.")
+    elif s.by_construction:
+        main = (f" Its voxel-wise results rest on stand-ins {BY_CONSTRUCTION}; they show a "
+                "working pipeline, not a replication.")
+    else:
+        main = (f" On stand-ins that are not expected to reproduce the paper it finds "
+                f"{_clusters_found(o)}; the voxel-wise claims of the paper remain untested "
+                "until the authors' coordinates are available.")
+    checks = ""
+    n_inc = v.raw.get("design", {}).get("table3_checks", {}).get("inconsistent")
+    if isinstance(n_inc, int):
+        checks = (" The paper's Table 3 is consistent with itself and with the samples."
+                  if n_inc == 0 else
+                  f" {plural(n_inc, 'printed number')} of the paper's Table 3 "
+                  f"{'is' if n_inc == 1 else 'are'} not consistent with the others or with the "
+                  "samples (@tbl-table3-checks).")
+    p = v.raw.get("tables", {}).get("age_sd_ttest_p")
+    age = ""
+    if isinstance(p, (int, float)):
+        age = (" Recomputed from the study table, the comparison of age variability agrees "
+               "with the paper's conclusion of no difference." if p >= 0.05 else
+               " Recomputed, the age comparison contradicts the paper's conclusion.")
+    return (sample + main + checks + age + " Every number above is regenerated from the "
+            "study and peak tables whenever they change.")

@@ -12,9 +12,11 @@ what Quarto does for this manuscript with tools that install from wheels:
    output (the interactive viewer) as raw HTML, labelled figure and table cells as numbered
    floats;
 3. **convert** - pandoc (``pypandoc-binary``) with the Lua filters in ``analysis/templates``
-   (Quarto's ``content-visible`` and callout divs; cross-references ``@fig-x`` -> "Figure 1")
+   (Quarto's ``content-visible`` and callout divs; the data-provenance box and the title's
+   stand-in suffix; cross-references ``@fig-x`` -> "Figure 1")
    and then ``--citeproc`` (``manuscript/references.bib``, the CSL style named by ``csl:`` in
-   the front matter) writes a self-contained ``_manuscript/index.html`` and a Typst file,
+   the front matter) writes a self-contained ``_manuscript/index.html`` (template and styles
+   in ``analysis/templates``) and a Typst file,
    which the ``typst`` package compiles to ``_manuscript/index.pdf``.
 
 An unresolved cross-reference or citation, a failing cell or a Typst error is a
@@ -48,8 +50,10 @@ QMD = paths.REPO_ROOT / "manuscript" / "index.qmd"
 OUT_DIR = paths.REPO_ROOT / "_manuscript"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: Lua filters, in the order pandoc runs them (all before --citeproc).
-FILTERS = (TEMPLATES / "quarto-divs.lua", TEMPLATES / "crossref.lua")
+FILTERS = (TEMPLATES / "quarto-divs.lua", TEMPLATES / "front-matter.lua",
+           TEMPLATES / "crossref.lua")
 HTML_CSS = TEMPLATES / "manuscript.css"
+HTML_TEMPLATE = TEMPLATES / "manuscript.html"
 TYPST_HEADER = TEMPLATES / "manuscript.typ"
 MIN_PANDOC = (3, 1)
 INLINE_RE = re.compile(r"`\{python\}\s+([^`]+?)`")
@@ -372,11 +376,28 @@ def cell_markdown(chunk: Chunk, cell, defaults: dict[str, Any], media: Media,
     if opts.get("output") is not False:
         parts.append(body)
     content = "\n\n".join(p for p in parts if p)
+    computed = computed_caption(cell.get("outputs", []))
     if label.startswith("fig-"):
-        return float_block(label, content, str(opts.get("fig-cap", "")), opts.get("fig-alt"))
+        return float_block(label, content, str(computed.get("caption", opts.get("fig-cap", ""))),
+                           computed.get("alt", opts.get("fig-alt")))
     if label.startswith("tbl-"):
-        return float_block(label, content, str(opts.get("tbl-cap", "")))
+        return float_block(label, content, str(computed.get("caption", opts.get("tbl-cap", ""))))
     return content
+
+
+def computed_caption(outputs: list) -> dict[str, str]:
+    """Caption and alternative text that a cell computed from the results.
+
+    A figure or table whose caption depends on the results (``analysis.manuscript_values``)
+    is displayed with the metadata ``{"painemp": {"caption": ..., "alt": ...}}``; these
+    replace the cell's static ``fig-cap`` / ``tbl-cap`` / ``fig-alt`` options, which remain
+    the text that a renderer without this step shows.
+    """
+    for out in outputs:
+        for meta in (out.get("metadata") or {}).values():
+            if isinstance(meta, dict) and isinstance(meta.get("painemp"), dict):
+                return {k: str(v) for k, v in meta["painemp"].items() if v}
+    return {}
 
 
 def _inline_values(cell, source: str, line: int) -> list[dict[str, str]]:
@@ -642,7 +663,8 @@ def render_pandoc(qmd: Path = QMD, out_dir: Path = OUT_DIR, cwd: Path | None = N
         LGR.info("pandoc %s: HTML", version_text)
         with atomic_path(out_dir / "index.html") as tmp_html:
             run_pandoc(pandoc, markdown, tmp_html.resolve(), "html5", qmd,
-                       [*common, "--toc", "--embed-resources", "--css", str(HTML_CSS),
+                       [*common, "--toc", "--toc-depth=2", "--embed-resources",
+                        "--template", str(HTML_TEMPLATE), "--css", str(HTML_CSS),
                         "--resource-path", str(build)])
         written["html"] = out_dir / "index.html"
         written["html"].chmod(0o644)  # a web page: readable by the server, not only its author

@@ -404,14 +404,14 @@ def test_md_table_formats_cells():
     md = mv.md_table(df, align=["left", "right", "right"])
     lines = md.splitlines()
     assert lines[0] == "| a | b | c |"
-    assert lines[1] == "|----|----:|--:|"  # widths from the cells, alignment from `align`
+    assert lines[1] == "|:---|----:|--:|"  # widths from the cells, alignment from `align`
     assert "| x\\|y | 0.123 | 1 |" in md and "|  |  | 2 |" in md
 
 
 def test_number_formats():
     assert mv.fmt_num(2)(-0.004) == "0.00" and mv.fmt_num(1)(-3.25) == "−3.2"
     assert mv.fmt_int(12174.0) == "12,174" and mv.fmt_pct(1)(0.8733) == "87.3"
-    assert mv.fmt_p_table(0.0004) == "< 0.001" and mv.fmt_p_table(0.0234) == "0.023"
+    assert mv.fmt_p_table(0.0004) == "4.00 × 10⁻⁴" and mv.fmt_p_table(0.0234) == "0.0234"
     assert mv.fmt_p_sci(9.92584e-14) == "9.9 × 10⁻¹⁴" and mv.fmt_p_sci(0.0123) == "0.012"
 
 
@@ -464,8 +464,8 @@ def test_metaregression_table_with_clusters():
                        "p_fwe_freedman_lane": [float("nan")], "n_slope_clusters": [1],
                        "n_fwe_voxels": [float("nan")]})
     md = mv.format_table("tbl-metaregression", df)
-    assert "| 0, 48, −2 |" in md and "0.012 (0.005)" in md and "| 2.71 |" in md
-    assert "| 0.007 |" in md and "Patients > controls" not in _headers(md)
+    assert "| 0,\u00a048,\u00a0−2 |" in md and "0.012 (0.005)" in md and "| 2.71 |" in md
+    assert "| 0.00679 |" in md and "Patients > controls" not in _headers(md)
     assert "p FWE" not in _headers(md)  # no permutation test in this run: column left out
     assert "Slope: change of Hedges' g at the cluster peak (mean age: per year" in md
 
@@ -650,9 +650,17 @@ def _check_manuscript(quick_results, tmp_path, monkeypatch):
     pdf = _norm(_pdf_text(out["pdf"]))
     for c in CHUNKS:
         cap = c.options.get("fig-cap") or c.options.get("tbl-cap") if c.kind == "code" else None
+        if cap and "caption=" in c.text:  # computed from the results (manuscript_values)
+            cap = mv.caption(str(c.options["label"]), v, prov)
         if cap:
             plain = re.sub(r"\[?-?@[\w:.-]+\]?|\*", "", str(cap))
             assert _norm(plain) in pdf, f"caption of {c.options['label']} not in the PDF"
+    # while stand-ins are in use: the title says so, and the provenance box comes before the
+    # table of contents in HTML
+    if prov.simulated_studies:
+        assert _norm(mv.TITLE_SUFFIX) in pdf.split(_norm("Data provenance"))[0]
+        assert mv.TITLE_SUFFIX in re.search(r"<title>(.*?)</title>", html, flags=re.S).group(1)
+        assert html.index('class="provenance-box"') < html.index('id="TOC"')
     assert _norm("References") in pdf
     for title in _bib_titles():
         assert _norm(title) in pdf, f"reference {title!r} not in the PDF"

@@ -44,9 +44,9 @@ LN10 = np.log(10.0)
 
 def region_of(seed) -> tuple[str, np.ndarray]:
     """AAL2 label of ``seed`` and a boolean volume of that region (analysis grid)."""
-    from analysis.labels import atlas_on_grid, label_coordinates
+    from analysis.labels import atlas_on_grid, peak_labels
 
-    label = label_coordinates(seed, "aal")[0]
+    label = str(peak_labels(np.atleast_2d(np.asarray(seed, dtype=float)))["aal_label"].iloc[0])
     at = atlas_on_grid("aal")
     ids = [k for k, v in at.names.items() if v == label]
     return label, (np.isin(at.ids, ids) if ids else np.zeros(at.ids.shape, dtype=bool))

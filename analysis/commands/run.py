@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from analysis.config import _merge, load_config, parse_overrides
+from analysis.config import load_config, merge, parse_overrides
 from analysis.errors import ConfigError
 from analysis.pipeline import STAGES, run_stages
 
@@ -52,10 +52,10 @@ def config_from_args(args: argparse.Namespace) -> dict:
                               str(path)) from None
         if extra is not None and not isinstance(extra, dict):
             raise ConfigError("<root>", "expected a mapping of sections", str(path))
-        _merge(overrides, extra or {})
+        merge(overrides, extra or {})
         source.append(str(path))
     if getattr(args, "set", None):
-        _merge(overrides, parse_overrides(args.set))
+        merge(overrides, parse_overrides(args.set))
         source.append("--set")
     return load_config(overrides, source=" + ".join(source) or "override")
 

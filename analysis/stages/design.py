@@ -254,6 +254,7 @@ def run_sensitivity(studies, quotas, config: dict, space, kernel, p: dict, effec
 def _published(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 3 as printed text (for the consistency checks) and as numbers."""
     from analysis.checks.table3 import load_published_table3
+    from analysis.labels import relabel_peaks
 
     text = load_published_table3(data_dir)
     num = text.copy()
@@ -262,7 +263,11 @@ def _published(data_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         num[col] = pd.to_numeric(num[col].replace("", np.nan), errors="coerce").astype(float)
     for col in ("direction", "region", "aal_label"):
         num[col] = num[col].astype(str).str.strip()
-    return text, num.reset_index(drop=True)
+    # one name per coordinate (analysis.labels.peak_labels), as in every other table; the
+    # checks read the printed numbers only
+    named = relabel_peaks(num).reset_index(drop=True)
+    text = text.assign(region=named["region"].to_numpy(), aal_label=named["aal_label"].to_numpy())
+    return text, named
 
 
 def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = None) -> dict:

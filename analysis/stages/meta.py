@@ -30,7 +30,7 @@ import pandas as pd
 
 from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure
-from analysis.labels import aal_labeler, cluster_breakdown
+from analysis.labels import aal_labeler, cluster_breakdown, relabel_peaks
 from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters, values_at_peaks
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
@@ -156,7 +156,8 @@ def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: 
     for i, pub in published.reset_index(drop=True).iterrows():
         cand = table3[table3["direction"] == pub["direction"]]
         row = {"direction": pub["direction"], "published_region": pub["region"],
-               "published_aal_label": pub["aal_label"]}
+               "published_aal_label": pub["aal_label"],
+               "published_printed_region": pub.get("printed_region", pub["region"])}
         for c in ("x", "y", "z"):
             row[f"published_{c}"] = int(pub[c])
         if len(cand):
@@ -435,7 +436,9 @@ def produce(ctx) -> dict:
     dataset = params.compendium_dataset(ctx.data_dir, ctx.config)
     cfg = ctx.config["sdm"]
     n_imp = int(cfg["imputations_quick"] if ctx.quick else cfg["imputations"])
-    published = load_published_table3(ctx.data_dir)
+    # one name per coordinate (analysis.labels.peak_labels); the paper's names stay as
+    # printed_region / printed_aal_label
+    published = relabel_peaks(load_published_table3(ctx.data_dir))
     provenance = input_provenance(dataset)
     LGR.info("meta: %d studies (%s), %d imputations", len(dataset.studies),
              provenance["statement"], n_imp)

@@ -17,7 +17,8 @@ This filter numbers those floats in document order (figures and tables separatel
   "Figure N: ..." and the fig-alt text as the image's alternative text (the caption when
   no fig-alt is given);
 * a table float gives its first table the identifier, the caption "Table N: ..." and
-  automatic column widths (the notes under the table stay under it);
+  column widths (automatic in HTML; in Typst relative widths that keep every word whole);
+  the notes under the table stay under it;
 * a float without an image or a table (a "no rows" note) keeps its identifier and shows the
   caption as a paragraph above the note;
 * @fig-x, @tbl-x, @sec-x and [@fig-x; @tbl-y] (pandoc parses them as citations) become links
@@ -117,8 +118,71 @@ local function figure(div, caption, rest)
     pandoc.Attr(div.identifier, { "painemp-figure" }))
 end
 
+-- Relative column widths of a table for Typst. Every column first gets its longest word
+-- (header words count 15 % wider, they are bold), so that no word has to be hyphenated or
+-- overflow; what remains of the line goes to the columns whose longest cell (capped at
+-- WRAP_CHARS characters) is longer than that word, in proportion to the difference. A line
+-- of the table holds about LINE_CHARS characters at the table's font size; a table whose
+-- words alone need more is set in a smaller font (TIGHT_SCALE), and is "tight".
+local WRAP_CHARS = 30
+local LINE_CHARS = 100
+local TIGHT_SCALE = 1.15
+
+local function text_length(text)
+  return utf8.len(text) or #text
+end
+
+function typst_widths(tbl)
+  local n = #tbl.colspecs
+  local word, cell = {}, {}
+  for j = 1, n do
+    word[j], cell[j] = 2, 2
+  end
+  local function visit(rows, factor, counts_cells)
+    for _, row in ipairs(rows) do
+      for j, c in ipairs(row.cells) do
+        if j <= n then
+          local text = pandoc.utils.stringify(c.contents)
+          for w in text:gmatch("%S+") do
+            word[j] = math.max(word[j], factor * text_length(w))
+          end
+          if counts_cells then
+            cell[j] = math.max(cell[j], math.min(text_length(text), WRAP_CHARS))
+          end
+        end
+      end
+    end
+  end
+  visit(tbl.head.rows, 1.15, false)
+  for _, body in ipairs(tbl.bodies) do
+    visit(body.body, 1.0, true)
+  end
+  local min, want, total_min, total_extra = {}, {}, 0, 0
+  for j = 1, n do
+    min[j] = word[j] + 1.5
+    want[j] = math.max(cell[j] + 1.5, min[j])
+    total_min = total_min + min[j]
+    total_extra = total_extra + (want[j] - min[j])
+  end
+  local tight = total_min > LINE_CHARS
+  local line = tight and LINE_CHARS * TIGHT_SCALE or LINE_CHARS
+  local w = {}
+  local spare = math.max(line - total_min, 0)
+  local total = 0
+  for j = 1, n do
+    local extra = total_extra > 0 and spare * (want[j] - min[j]) / total_extra or 0
+    w[j] = min[j] + math.min(extra, want[j] - min[j])
+    total = total + w[j]
+  end
+  for j = 1, n do
+    w[j] = w[j] / total
+  end
+  return w, tight
+end
+
 local function table_float(div, caption, rest)
   local done = false
+  local tight = false
   rest = rest:walk({
     Table = function(tbl)
       if done then
@@ -126,10 +190,15 @@ local function table_float(div, caption, rest)
       end
       done = true
       tbl.identifier = div.identifier
-      -- column widths from the cells (HTML and Typst lay out automatic columns well); the
-      -- relative widths of the pipe table's dashes are for Quarto
+      -- column widths: automatic in HTML (the browser never breaks a word); in Typst
+      -- relative widths from the cells, each column at least as wide as its longest word
+      -- (typst_widths); the relative widths of the pipe table's dashes are for Quarto
+      local widths = nil
+      if FORMAT == "typst" then
+        widths, tight = typst_widths(tbl)
+      end
       for i, spec in ipairs(tbl.colspecs) do
-        tbl.colspecs[i] = { spec[1], pandoc.ColWidthDefault }
+        tbl.colspecs[i] = { spec[1], widths and widths[i] or pandoc.ColWidthDefault }
       end
       tbl.caption = pandoc.Caption(pandoc.Plain(labelled(div.identifier, caption)))
       return tbl
@@ -137,6 +206,10 @@ local function table_float(div, caption, rest)
   })
   if not done then
     return nil
+  end
+  if tight then  -- a smaller font for a table whose words do not fit the line
+    rest:insert(1, pandoc.RawBlock("typst", "#[#show table: set text(size: 6.5pt)"))
+    rest:insert(pandoc.RawBlock("typst", "]"))
   end
   return pandoc.Div(rest, pandoc.Attr("", { "painemp-table" }))
 end
@@ -155,6 +228,10 @@ local function resolve_floats(blocks)
       end
       -- no image / no table (e.g. "No cluster survived"): caption above the note
       local content = pandoc.List({ pandoc.Para(labelled(div.identifier, caption)) })
+      if FORMAT == "typst" then  -- in the size of the other captions
+        content:insert(1, pandoc.RawBlock("typst", "#block[#set text(size: 8.5pt)"))
+        content:insert(3, pandoc.RawBlock("typst", "]"))
+      end
       content:extend(rest)
       return pandoc.Div(content, pandoc.Attr(div.identifier, { "painemp-" .. kind }))
     end,

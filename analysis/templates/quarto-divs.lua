@@ -71,7 +71,9 @@ local function callout(div, kind)
       .. 'stroke: (left: 3pt + rgb("%s")))[', colour, colour)) })
     out:extend(blocks)
     out:insert(pandoc.RawBlock("typst", "]"))
-    return out
+    -- the div keeps its classes and attributes for later filters (front-matter.lua); the
+    -- Typst writer writes only its content
+    return pandoc.Div(out, div.attr)
   end
   div.classes:insert(1, "callout")
   div.content = blocks
