@@ -50,7 +50,10 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     "tbl-metaregression": ("robustness", "tables/metaregression.tsv"),
     "tbl-networks": ("characterisation", "tables/network_overlap.tsv"),
     "tbl-terms": ("characterisation", "tables/top_terms.tsv"),
-    "map-z": ("meta", "maps/z.nii.gz"),  # interactive viewer (HTML only)
+    "map-z": ("meta", "maps/z.nii.gz"),
+    # interactive viewer (HTML only): the clusters of Table 3, thresholded as Figure 2
+    "map-z-thresholded": ("meta", "maps/z_thresholded.nii.gz"),
+    "fig-funnels": ("meta", "figures/funnels.png"),  # supplementary figure
     # What can be checked without the coordinates (stage design, analysis/stages/design.py)
     "tbl-table3-checks": ("design", "tables/table3_checks.tsv"),
     "tbl-design-fwe": ("design", "tables/design_published_peaks.tsv"),
@@ -1006,8 +1009,13 @@ def provenance_banner(prov: Provenance) -> str:
     )
 
 
-def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshold=None):
+def viewer(label: str = "map-z-thresholded", results_dir: str | Path | None = None,
+           threshold=None):
     """Interactive slice viewer of a result map (nilearn ``view_img``) as embeddable HTML.
+
+    The default map is the thresholded SDM-Z of the clusters (as Figure 2); its colour bar
+    runs from the voxel threshold to the largest |SDM-Z|. A map without any non-zero voxel
+    (no cluster survived) gives a sentence saying so instead of an empty viewer.
 
     Parameters
     ----------
@@ -1016,18 +1024,27 @@ def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshol
     threshold : float, optional
         Display threshold; defaults to the z of the voxel threshold the meta stage used.
     """
-    from IPython.display import HTML
+    import nibabel as nib
+    import numpy as np
+    from IPython.display import HTML, Markdown
     from nilearn.plotting import view_img
     from scipy.stats import norm
 
     path = artefact_path(label, results_dir)
     if not path.exists():
         return _missing_note(label, path)
+    meta = Values(results_dir).raw.get("meta", {})
+    p_thr = meta.get("threshold", {}).get("p_threshold")
     if threshold is None:
-        p_thr = Values(results_dir).raw.get("meta", {}).get("threshold", {}).get("p_threshold")
         threshold = float(norm.isf(p_thr)) if p_thr else 3.0
-    view = view_img(str(path), threshold=threshold, cmap="cold_hot", symmetric_cmap=True,
-                    title=f"SDM-Z, |z| > {threshold:.2f}",
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=float)
+    vmax = float(np.nanmax(np.abs(data))) if data.size else 0.0
+    if not np.isfinite(vmax) or vmax < threshold:
+        return Markdown(f"*No voxel reaches |SDM-Z| > {threshold:.2f} in this map (no cluster "
+                        "survived the thresholds), so there is nothing to explore.*")
+    view = view_img(img, threshold=threshold, vmax=vmax, cmap="cold_hot",
+                    symmetric_cmap=True, title=f"SDM-Z, |SDM-Z| > {threshold:.2f}",
                     black_bg=False, colorbar=True)
     return HTML(view.get_iframe(width=760, height=320))
 

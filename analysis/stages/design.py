@@ -84,7 +84,8 @@ def _num(x, digits: int = 4):
 
 def _tab(x):
     """A JSON-ready number exactly as the stage's tables write it (``%.6g``; ``None`` for NaN
-    and infinities), so that the text and the tables round one and the same value."""
+    and infinities), so that the text and the tables round one and the same value.
+    """
     if x is None:
         return None
     x = float(x)
