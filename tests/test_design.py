@@ -260,7 +260,8 @@ def test_sensitivity_figure(tmp_path):
     s = D.summarise_sensitivity(_rows(), 0.95)
     pub = pd.DataFrame({"aal_label": ["Cingulate_Ant_L"], "hedges_g": [0.39], "sdm_z": [3.5]})
     fig = plot_sensitivity(s, pub, title="t", note="simulated")
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # A, B, C and the legend with the note
+    assert [ax.get_title(loc="left")[0] for ax in fig.axes[:3]] == ["A", "B", "C"]
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
 

@@ -7,6 +7,7 @@ text of it is measured in points at that size.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,7 +80,9 @@ PUBLISHED = pd.DataFrame({"direction": ["Patients>Controls", "Patients>Controls"
                           "hedges_g": [0.39, 0.33, -0.31, -0.3], "sdm_z": [3.5, 3.1, -3.3, -3.4]})
 
 
+@functools.lru_cache(maxsize=2)
 def _figure2(with_clusters):
+    """Built once per case (nilearn's slices take a while); closed at the end of the module."""
     from analysis.figures.figure2 import plot_figure2
 
     cl, space = _clusters(with_clusters)
@@ -179,6 +182,13 @@ PRODUCERS = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _close_cached_figures():
+    yield
+    _figure2.cache_clear()
+    plt.close("all")
+
+
 @pytest.mark.parametrize("name", list(PRODUCERS))
 def test_no_text_smaller_than_6_pt_in_print(name):
     fig = PRODUCERS[name]()
@@ -186,18 +196,16 @@ def test_no_text_smaller_than_6_pt_in_print(name):
         texts = PS.printed_text_sizes(fig)
         small = PS.too_small(fig)
     finally:
-        plt.close(fig)
+        if not name.startswith("figure2"):
+            plt.close(fig)
     assert texts, "the figure has no text to measure"
     assert not small, f"{name}: printed below {PS.MIN_TEXT_PT} pt: {small[:8]}"
 
 
 def test_figure2_without_clusters_says_so_and_shows_no_colour():
     fig = _figure2(False)
-    try:
-        texts = " ".join(t for t, _ in PS.printed_text_sizes(fig))
-        images = [im for ax in fig.axes for im in ax.get_images()]
-    finally:
-        plt.close(fig)
+    texts = " ".join(t for t, _ in PS.printed_text_sizes(fig))
+    images = [im for ax in fig.axes for im in ax.get_images()]
     assert "No cluster survives" in texts
     assert not any(np.ma.count(np.ma.masked_invalid(np.ma.asarray(im.get_array()))) and
                    getattr(im, "cmap", None) is not None and im.get_cmap().name in
@@ -208,11 +216,8 @@ def test_figure2_colour_bars_start_at_the_threshold():
     from scipy.stats import norm
 
     fig = _figure2(True)
-    try:
-        bars = [ax for ax in fig.axes if ax.get_ylabel() == "SDM-Z"]
-        lims = sorted(tuple(np.round(ax.get_ylim(), 2)) for ax in bars)
-    finally:
-        plt.close(fig)
+    bars = [ax for ax in fig.axes if ax.get_ylabel() == "SDM-Z"]
+    lims = sorted(tuple(np.round(ax.get_ylim(), 2)) for ax in bars)
     thr = round(float(norm.isf(0.0025)), 2)
     assert len(bars) == 2
     assert lims[0][1] == -thr and lims[1][0] == thr
