@@ -58,7 +58,7 @@ def study_points(g_imputed, n1, n2=None, atol: float = 1e-6) -> dict:
 
 def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
                 egger_p: float | None = None, title: str = "", study_names=None, ax=None,
-                legend: bool = True):
+                legend: bool = True, title_width: int = 60):
     """Draw a funnel plot at one voxel.
 
     Parameters
@@ -79,6 +79,8 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
         Axes to draw on (a new figure otherwise).
     legend : bool
         Whether to draw the legend under the axes.
+    title_width : int
+        Characters per line of the title.
 
     Returns
     -------
@@ -112,7 +114,7 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
     ax.set_xlabel("Hedges' g", fontsize=FONT)
     ax.set_ylabel("Standard error", fontsize=FONT)
     ax.tick_params(labelsize=FONT - 0.5)
-    t = textwrap.fill(title, 60)
+    t = textwrap.fill(title, title_width)
     if egger_p is not None and np.isfinite(egger_p):
         t = f"{t}\nEgger test p = {egger_p:.3f}" if t else f"Egger test p = {egger_p:.3f}"
     ax.set_title(t, fontsize=FONT)
@@ -148,7 +150,7 @@ def plot_funnels(panels: list[dict], note: str | None = None):
     for ax in axes.ravel()[len(panels):]:
         ax.set_axis_off()
     for ax, kw in zip(axes.ravel(), panels, strict=False):
-        funnel_plot(ax=ax, legend=False, **kw)
+        funnel_plot(ax=ax, legend=False, title_width=46, **kw)
     handles, labels = {}, []
     for ax in axes.ravel()[:len(panels)]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
