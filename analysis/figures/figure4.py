@@ -46,7 +46,7 @@ def plot_figure4(terms: pd.DataFrame, seeds: list):
     n = len(seeds)
     ncol = 2 if n > 1 else 1
     nrow = (n + ncol - 1) // ncol
-    fig = plt.figure(figsize=(TEXT_WIDTH_IN, 3.0 * nrow))
+    fig = plt.figure(figsize=(TEXT_WIDTH_IN, 2.75 * nrow + 0.2))
     regions = []
     for i, s in enumerate(seeds):
         letter = string.ascii_uppercase[i]
@@ -60,10 +60,19 @@ def plot_figure4(terms: pd.DataFrame, seeds: list):
             ax.plot(np.r_[ang, ang[:1]], np.r_[r, r[:1]], color="tab:red", lw=1.2)
             ax.fill(np.r_[ang, ang[:1]], np.r_[r, r[:1]], color="tab:red", alpha=0.25)
             ax.set_xticks(ang)
-            ax.set_xticklabels([textwrap.fill(str(t), 14) for t in sub["term"]],
-                               fontsize=FONT - 0.5)
-            ax.tick_params(axis="x", pad=1)
-            ax.set_ylim(0, float(r.max()) * 1.08)
+            ax.set_xticklabels([])
+            top = float(r.max()) * 1.08
+            ax.set_ylim(0, top)
+            # each term outside the outer ring, anchored on the side facing the centre, so
+            # neighbouring labels grow away from each other and from the ring
+            for a, term in zip(ang, sub["term"], strict=True):
+                c, sn = np.cos(a), np.sin(a)
+                ax.text(a, top * (1.07 if abs(c) > 0.5 else 1.04),
+                        textwrap.fill(str(term), 11 if abs(c) < 0.5 else 14,
+                                      break_long_words=False), fontsize=FONT - 0.5,
+                        ha="left" if c > 0.15 else "right" if c < -0.15 else "center",
+                        va="bottom" if sn > 0.15 else "top" if sn < -0.15 else "center",
+                        linespacing=1.0, clip_on=False)
             ax.yaxis.set_major_locator(MaxNLocator(3))
             ax.set_rlabel_position(float(np.degrees(ang[1] / 2)) if len(ang) > 1 else 0.0)
             ax.tick_params(axis="y", labelsize=FONT - 1, colors="0.35")
@@ -72,10 +81,10 @@ def plot_figure4(terms: pd.DataFrame, seeds: list):
             ax.set_yticks([])
             ax.text(0.5, 0.5, "no terms", transform=ax.transAxes, ha="center", fontsize=FONT)
         ax.set_title(f"{letter}  {s.id} ({s.x:g}, {s.y:g}, {s.z:g})\n{region}",
-                     fontsize=FONT + 0.5, pad=16)
+                     fontsize=FONT + 0.5, pad=22)
     fig.text(0.5, 0.005, "Radius: \u2212log10 p of the term's enrichment (larger = stronger "
              "association).", ha="center", va="bottom", fontsize=FONT - 0.5)
-    fig.tight_layout(rect=(0, 0.03, 1, 1), w_pad=2.0, h_pad=1.0)
+    fig.subplots_adjust(left=0.15, right=0.85, top=0.89, bottom=0.09, wspace=0.95, hspace=0.5)
     return fig, regions
 
 
