@@ -137,6 +137,8 @@ VALUES: dict[str, str] = {
     "design_published": "design.published",
     "design_psi_permutations": "design.psi_standin_permutations",
     "design_sens_replicates": "design.sensitivity.replicates",
+    "design_sens_decidable": "design.sensitivity.decidable",
+    "design_sens_replicates_to_decide": "design.sensitivity.replicates_to_decide",
     "design_sens_radius": "design.sensitivity.roi_radius_mm",
     "design_sens_voxels": "design.sensitivity.n_voxels",
     "design_match_mm": "design.sensitivity.match_distance_mm",

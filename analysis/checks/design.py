@@ -94,6 +94,10 @@ SENSITIVITY_COLUMNS = ["replicate", "effect_size", "location", "direction", "x",
 GUMBEL_MIN_MAXIMA = 20
 #: why a Gumbel quantile is missing when there are fewer maxima than that
 GUMBEL_REFUSAL = f"not fitted: fewer than {GUMBEL_MIN_MAXIMA} null maxima"
+#: fewest sensitivity replicates per effect size from which a detection probability is read as
+#: a verdict (compatible effect sizes): with 10, the 95 % Clopper-Pearson interval of an
+#: observed 0 or 1 reaches no further than 0.31 from it; with fewer the text says "undecided"
+SENSITIVITY_MIN_REPLICATES = 10
 #: columns read from the PSI permutation table of stage ``robustness``
 PERMUTATION_COLUMNS = ["permutation", "max_z", "max_neg_z", "max_tfce", "max_neg_tfce"]
 

@@ -153,7 +153,8 @@ def plot_figure3(panels: list[dict], mask: np.ndarray | None = None, substitute:
             cb.locator = MaxNLocator(3)
             cb.update_ticks()
             cb.set_label("Z", fontsize=FONT)
-        ax.set_title(textwrap.fill(title, 50), fontsize=FONT, loc="left")
+        title = title.replace("macm_only", "MACM only")
+        ax.set_title(textwrap.fill(title, 44), fontsize=FONT, loc="left")
     if substitute:
         fig.text(0.01, 0.005, "rs-FC: SUBSTITUTE (HCP parcel FC, cortex only); projections: "
                  "sagittal, coronal, axial (left = left)", fontsize=FONT - 0.5,

@@ -70,7 +70,8 @@ THRESHOLD_COLUMNS = ["direction", "statistic", "n", "quantile", "estimate", "low
 PUBLISHED_COLUMNS = ["cluster", "direction", "region", "x", "y", "z", "sdm_z", "abs_z",
                      "fwe_z", "fwe_z_lower", "fwe_z_upper", "gumbel_fwe_z", "gumbel_fwe_z_lower",
                      "gumbel_fwe_z_upper", "n_exceed", "n", "p_fwe", "p_fwe_lower",
-                     "p_fwe_upper", "p_fwe_min", "p_fwe_gumbel", "verdict", "verdict_gumbel",
+                     "p_fwe_upper", "p_fwe_min", "p_fwe_gumbel", "verdict", "verdict_text",
+                     "verdict_gumbel",
                      "psi_standin_fwe_z", "passes_psi_standin"]
 
 
@@ -213,6 +214,8 @@ def published_verdicts(published: pd.DataFrame, null: pd.DataFrame, thresholds: 
                      "p_fwe_min": D.smallest_monte_carlo_p(ex["n"]),
                      "p_fwe_gumbel": ex["p_gumbel"],
                      "verdict": D.monte_carlo_verdict(ex, p["alpha"]),
+                     "verdict_text": D.verdict_text(D.monte_carlo_verdict(ex, p["alpha"]),
+                                                    ex["n"]),
                      "verdict_gumbel": (D.fwe_verdict(abs(z), g["lower"], g["upper"])
                                         if g["fitted"] else "not fitted"),
                      "psi_standin_fwe_z": psi_z,
@@ -469,6 +472,9 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
         "published_verdicts": n_verdict,
         "published_pass_psi_standin": int(verdicts["passes_psi_standin"].sum()),
         "sensitivity": {"replicates": p["sensitivity_replicates"],
+                        "replicates_to_decide": D.SENSITIVITY_MIN_REPLICATES,
+                        "decidable": bool(p["sensitivity_replicates"]
+                                          >= D.SENSITIVITY_MIN_REPLICATES),
                         "effect_sizes": p["effect_sizes"],
                         "roi_radius_mm": p["roi_radius_mm"],
                         "n_voxels": int(sens_space.n_voxels),
