@@ -373,3 +373,19 @@ def test_published_peaks_against_the_design_null():
         assert t["lower"] <= t["estimate"] and t["gumbel_lower"] < t["gumbel"] < t["gumbel_upper"]
     for loc in v["sensitivity"]["locations"]:
         assert loc["p_covered"][-1] >= loc["p_covered"][0]
+
+
+@pytest.mark.parametrize("x", [2.62549, 3.2155, 0.000939, 1.0049999, -2.6254])
+def test_text_and_tables_round_the_same_value(x, tmp_path):
+    """values.json keeps each number as the stage's tables write it (%.6g), so the text's
+    rounding and the table's rounding of it agree (a value like 2.62549 once printed as 2.62 in
+    the text and 2.63 in its table)."""
+    from analysis.sdm.io import write_tsv
+    from analysis.stages.design import _tab
+
+    write_tsv(tmp_path / "t.tsv", pd.DataFrame({"v": [x]}), float_format="%.6g")
+    table = float(pd.read_csv(tmp_path / "t.tsv", sep="\t")["v"].iloc[0])
+    assert _tab(x) == table
+    for spec in (".2f", ".3g"):
+        assert format(_tab(x), spec) == format(table, spec)
+    assert _tab(float("nan")) is None and _tab(float("inf")) is None
