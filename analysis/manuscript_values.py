@@ -1051,12 +1051,14 @@ def viewer(label: str = "map-z-thresholded", results_dir: str | Path | None = No
     data = np.asarray(img.dataobj, dtype=float)
     vmax = float(np.nanmax(np.abs(data))) if data.size else 0.0
     if not np.isfinite(vmax) or vmax < threshold:
-        return Markdown(f"*No voxel reaches |SDM-Z| > {threshold:.2f} in this map (no cluster "
-                        "survived the thresholds), so there is nothing to explore.*")
+        return Markdown(f"*No voxel reaches |SDM-Z| > {threshold:.2f} in the thresholded map (no "
+                        "cluster survived the thresholds), so there is no interactive map to "
+                        "explore.*")
     view = view_img(img, threshold=threshold, vmax=vmax, cmap="cold_hot",
                     symmetric_cmap=True, title=f"SDM-Z, |SDM-Z| > {threshold:.2f}",
                     black_bg=False, colorbar=True)
-    return HTML(view.get_iframe(width=760, height=320))
+    return HTML("<p>The thresholded SDM-Z map (the clusters of Figure 2, same thresholds) can "
+                "be explored below.</p>" + view.get_iframe(width=760, height=320))
 
 
 def renderer() -> str:
