@@ -150,9 +150,9 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
         fig.text(0.01, y_head, f"{letter}  {direction}{more}", fontsize=FONT + 1,
                  weight="bold")
     _header(fig, title, simulated_note, top)
-    fig.text(0.5, top - 0.005, f"Clusters at {thr_text}; colour bars start at the voxel "
-             f"threshold, |SDM-Z| = {threshold_z:.2f}; +: published peaks.", ha="center",
-             va="top", fontsize=FONT)
+    fig.text(0.5, top + 0.005, f"Clusters at {thr_text}; colour from the voxel threshold, "
+             f"|SDM-Z| = {threshold_z:.2f}; +: published peaks.", ha="center",
+             va="bottom", fontsize=FONT)
     return fig
 
 
