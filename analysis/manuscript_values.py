@@ -50,7 +50,10 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     "tbl-metaregression": ("robustness", "tables/metaregression.tsv"),
     "tbl-networks": ("characterisation", "tables/network_overlap.tsv"),
     "tbl-terms": ("characterisation", "tables/top_terms.tsv"),
-    "map-z": ("meta", "maps/z.nii.gz"),  # interactive viewer (HTML only)
+    "map-z": ("meta", "maps/z.nii.gz"),
+    # interactive viewer (HTML only): the clusters of Table 3, thresholded as Figure 2
+    "map-z-thresholded": ("meta", "maps/z_thresholded.nii.gz"),
+    "fig-funnels": ("meta", "figures/funnels.png"),  # supplementary figure
     # What can be checked without the coordinates (stage design, analysis/stages/design.py)
     "tbl-table3-checks": ("design", "tables/table3_checks.tsv"),
     "tbl-design-fwe": ("design", "tables/design_published_peaks.tsv"),
@@ -120,6 +123,10 @@ VALUES: dict[str, str] = {
     "design_t3_not_checkable": "design.table3_checks.not_checkable",
     "design_null_replicates": "design.null.replicates",
     "design_null_imputations": "design.null.imputations",
+    "design_null_smallest_p": "design.null.smallest_p",
+    "design_null_decidable": "design.null.decidable",
+    "design_null_replicates_to_decide": "design.null.replicates_to_decide",
+    "design_gumbel_min_maxima": "design.null.gumbel_min_maxima",
     "design_null_voxels": "design.null.n_voxels",
     "design_null_whole_mask": "design.null.whole_mask",
     "design_alpha": "design.null.alpha",
@@ -130,6 +137,8 @@ VALUES: dict[str, str] = {
     "design_published": "design.published",
     "design_psi_permutations": "design.psi_standin_permutations",
     "design_sens_replicates": "design.sensitivity.replicates",
+    "design_sens_decidable": "design.sensitivity.decidable",
+    "design_sens_replicates_to_decide": "design.sensitivity.replicates_to_decide",
     "design_sens_radius": "design.sensitivity.roi_radius_mm",
     "design_sens_voxels": "design.sensitivity.n_voxels",
     "design_match_mm": "design.sensitivity.match_distance_mm",
@@ -1025,6 +1034,14 @@ TABLES: dict[str, TableSpec] = {
             Column("g (paper)", "published_hedges_g", fmt_num(2), align="right"),
             Column("g here at that peak", "reproduced_g_at_published_peak", fmt_num(2),
                    "the peak lies outside the analysis mask.", align="right"),
+            Column("I² % (paper)", "published_i2", fmt_num(1), "I² not printed in the paper.",
+                   align="right"),
+            Column("I² % here at that peak", "reproduced_i2_at_published_peak", fmt_num(1),
+                   "the peak lies outside the analysis mask.", align="right"),
+            Column("Egger p (paper)", "published_egger_p", fmt_p_table,
+                   "Egger p not printed in the paper.", align="right"),
+            Column("Egger p here at that peak", "reproduced_egger_p_at_published_peak",
+                   fmt_p_table, "the peak lies outside the analysis mask.", align="right"),
             Column("Nearest cluster here, x, y, z (mm)", _xyz("reproduced_"),
                    "no reproduced cluster of that direction."),
             Column("Distance (mm)", "distance_mm", fmt_num(1),
@@ -1235,8 +1252,13 @@ def provenance_banner(prov: Provenance, v: Values | None = None) -> str:
     )
 
 
-def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshold=None):
+def viewer(label: str = "map-z-thresholded", results_dir: str | Path | None = None,
+           threshold=None):
     """Interactive slice viewer of a result map (nilearn ``view_img``) as embeddable HTML.
+
+    The default map is the thresholded SDM-Z of the clusters (as Figure 2); its colour bar
+    runs from the voxel threshold to the largest |SDM-Z|. A map without any non-zero voxel
+    (no cluster survived) gives a sentence saying so instead of an empty viewer.
 
     Parameters
     ----------
@@ -1245,20 +1267,31 @@ def viewer(label: str = "map-z", results_dir: str | Path | None = None, threshol
     threshold : float, optional
         Display threshold; defaults to the z of the voxel threshold the meta stage used.
     """
-    from IPython.display import HTML
+    import nibabel as nib
+    import numpy as np
+    from IPython.display import HTML, Markdown
     from nilearn.plotting import view_img
     from scipy.stats import norm
 
     path = artefact_path(label, results_dir)
     if not path.exists():
         return _missing_note(label, path)
+    meta = Values(results_dir).raw.get("meta", {})
+    p_thr = meta.get("threshold", {}).get("p_threshold")
     if threshold is None:
-        p_thr = Values(results_dir).raw.get("meta", {}).get("threshold", {}).get("p_threshold")
         threshold = float(norm.isf(p_thr)) if p_thr else 3.0
-    view = view_img(str(path), threshold=threshold, cmap="cold_hot", symmetric_cmap=True,
-                    title=f"SDM-Z, |z| > {threshold:.2f}",
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=float)
+    vmax = float(np.nanmax(np.abs(data))) if data.size else 0.0
+    if not np.isfinite(vmax) or vmax < threshold:
+        return Markdown(f"*No voxel reaches |SDM-Z| > {threshold:.2f} in the thresholded map (no "
+                        "cluster survived the thresholds), so there is no interactive map to "
+                        "explore.*")
+    view = view_img(img, threshold=threshold, vmax=vmax, cmap="cold_hot",
+                    symmetric_cmap=True, title=f"SDM-Z, |SDM-Z| > {threshold:.2f}",
                     black_bg=False, colorbar=True)
-    return HTML(view.get_iframe(width=760, height=320))
+    return HTML("<p>The thresholded SDM-Z map (the clusters of Figure 2, same thresholds) can "
+                "be explored below.</p>" + view.get_iframe(width=760, height=320))
 
 
 def renderer() -> str:
@@ -1534,8 +1567,7 @@ def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
                          f"{'its peak' if n == 1 else 'their peaks'}")
             alt.append(f"{plural(n, 'coloured cluster')} of {name[:-1]}d activation")
         elif drawn:
-            parts.append(f"{letter}: {name}, no cluster; slices through the published peaks "
-                         "show no voxel beyond the threshold")
+            parts.append(f"{letter}: {name}, no cluster survives (the row says so)")
             alt.append(f"no cluster of {name[:-1]}d activation")
         else:
             parts.append(f"{letter}: {name}, no cluster; the slices through the published "
@@ -1548,22 +1580,16 @@ def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
                 f"({thr}). ")
     else:
         head = f"No cluster survived the thresholds of the main analysis ({thr}). "
-        if not any(o.figure_thresholded):
+        if all(o.figure_thresholded):
+            parts = ["A glass brain shows only the published peaks (+); there is no "
+                     "thresholded map to show"]
+            alt = ["a glass brain with the published peaks marked and no coloured cluster"]
+        elif not any(o.figure_thresholded):
             parts = ["The slices through the published peaks (A: increases, B: decreases) "
                      "show the unthresholded |SDM-*Z*| map for orientation, not a result"]
             alt = ["the unthresholded map at the published peaks, where no cluster survived"]
     caption = head + "; ".join(parts) + "." + tail
     return caption, "Brain slices showing " + " and ".join(alt) + "."
-
-
-def viewer_text(v: Values) -> str:
-    """The sentence introducing the interactive viewer."""
-    o = outcome(v)
-    base = ("The SDM-*Z* map can be explored below; voxels beyond the voxel threshold are "
-            "coloured")
-    if o.known and o.n_clusters == 0:
-        return base + ", and with no cluster in this run few or none of them are."
-    return base + "."
 
 
 #: Captions of the result tables; each ends with the stand-in sentence while stand-ins are used.

@@ -122,7 +122,48 @@ def test_gumbel_quantile_recovers_a_known_quantile():
     true = stats.gumbel_r.ppf(q, loc, scale)
     assert r["lower"] < true < r["upper"] and abs(r["estimate"] - true) < 0.1
     assert np.isnan(D.gumbel_quantile([1.0, 2.0], q)["estimate"])
-    assert np.isnan(D.gumbel_quantile([1.0, 1.0, 1.0], q)["estimate"])
+    assert np.isnan(D.gumbel_quantile(np.ones(30), q)["estimate"])
+
+
+def test_gumbel_is_not_fitted_to_fewer_than_20_maxima():
+    x = stats.gumbel_r.rvs(2.0, 0.3, size=40, random_state=3)
+    for n in (3, 4, 19):
+        r = D.gumbel_quantile(x[:n], 0.95, 0.95, 50, np.random.default_rng(0))
+        assert not r["fitted"] and np.isnan(r["estimate"]) and np.isnan(r["upper"])
+        assert r["reason"] == "not fitted: fewer than 20 null maxima" == D.GUMBEL_REFUSAL
+        assert np.isnan(D.exceedance(x[:n], 2.5, gumbel=r)["p_gumbel"])
+    r = D.gumbel_quantile(x[:20], 0.95, 0.95, 50, np.random.default_rng(0))
+    assert r["fitted"] and r["lower"] < r["estimate"] < r["upper"]
+
+
+@pytest.mark.parametrize("n, decidable", [(1, False), (4, False), (18, False), (19, True),
+                                          (39, True)])
+def test_smallest_attainable_p_decides_whether_a_verdict_is_printed(n, decidable):
+    assert D.smallest_monte_carlo_p(n) == pytest.approx(1 / (n + 1))
+    assert D.decidable(n, 0.05) is decidable
+    # a value above every null maximum: the best outcome the replicates can give
+    ex = D.exceedance(np.linspace(1.0, 3.0, n), 10.0)
+    assert ex["p_monte_carlo"] == pytest.approx(1 / (n + 1))
+    assert D.monte_carlo_verdict(ex, 0.05) == ("passes" if decidable else "undecided")
+    # a value below every null maximum: fails only where a pass was reachable
+    ex = D.exceedance(np.linspace(1.0, 3.0, n), 0.0)
+    assert D.monte_carlo_verdict(ex, 0.05) == ("fails" if decidable else "undecided")
+    assert D.verdict_text("undecided", n) == f"undecided at {n} replicates"
+    assert D.verdict_text("passes", n) == "passes"
+
+
+def test_monte_carlo_verdict_boundaries_at_39_replicates():
+    """r of 39 null maxima reach the value: p = (r + 1)/40 passes for r <= 1; fails once the
+    Clopper-Pearson lower end of r/39 exceeds 0.05 (r >= 6); undecided between."""
+    maxima = np.arange(1, 40, dtype=float)          # 1 .. 39
+    got = {}
+    for r in range(0, 10):
+        ex = D.exceedance(maxima, 40.0 - r)          # exactly r maxima >= value
+        assert ex["n_exceed"] == r
+        got[r] = D.monte_carlo_verdict(ex, 0.05)
+    assert [got[r] for r in range(10)] == (["passes"] * 2 + ["undecided"] * 4
+                                           + ["fails"] * 4)
+    assert D.exceedance(maxima, 39.0)["p_lower"] < 0.05 < D.exceedance(maxima, 34.0)["p_lower"]
 
 
 def test_exceedance_and_the_monte_carlo_verdict():
@@ -134,7 +175,7 @@ def test_exceedance_and_the_monte_carlo_verdict():
     ex = D.exceedance(maxima, 1.5)
     assert ex["n_exceed"] == 14 and ex["p_lower"] > 0.05
     assert D.monte_carlo_verdict(ex, 0.05) == "fails"
-    g = D.gumbel_quantile(maxima, 0.95)
+    g = D.gumbel_quantile(np.linspace(1.0, 3.0, 20), 0.95)
     assert 0 < D.exceedance(maxima, 3.5, gumbel=g)["p_gumbel"] < 0.05
     assert D.fwe_verdict(4.0, 2.0, 3.0) == "passes" and D.fwe_verdict(1.0, 2.0, 3.0) == "fails"
     assert D.fwe_verdict(2.5, 2.0, np.inf) == "undecided"
@@ -219,7 +260,8 @@ def test_sensitivity_figure(tmp_path):
     s = D.summarise_sensitivity(_rows(), 0.95)
     pub = pd.DataFrame({"aal_label": ["Cingulate_Ant_L"], "hedges_g": [0.39], "sdm_z": [3.5]})
     fig = plot_sensitivity(s, pub, title="t", note="simulated")
-    assert len(fig.axes) == 3
+    assert len(fig.axes) == 4  # A, B, C and the legend with the note
+    assert [ax.get_title(loc="left")[0] for ax in fig.axes[:3]] == ["A", "B", "C"]
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
 
@@ -331,3 +373,19 @@ def test_published_peaks_against_the_design_null():
         assert t["lower"] <= t["estimate"] and t["gumbel_lower"] < t["gumbel"] < t["gumbel_upper"]
     for loc in v["sensitivity"]["locations"]:
         assert loc["p_covered"][-1] >= loc["p_covered"][0]
+
+
+@pytest.mark.parametrize("x", [2.62549, 3.2155, 0.000939, 1.0049999, -2.6254])
+def test_text_and_tables_round_the_same_value(x, tmp_path):
+    """values.json keeps each number as the stage's tables write it (%.6g), so the text's
+    rounding and the table's rounding of it agree (a value like 2.62549 once printed as 2.62 in
+    the text and 2.63 in its table)."""
+    from analysis.sdm.io import write_tsv
+    from analysis.stages.design import _tab
+
+    write_tsv(tmp_path / "t.tsv", pd.DataFrame({"v": [x]}), float_format="%.6g")
+    table = float(pd.read_csv(tmp_path / "t.tsv", sep="\t")["v"].iloc[0])
+    assert _tab(x) == table
+    for spec in (".2f", ".3g"):
+        assert format(_tab(x), spec) == format(table, spec)
+    assert _tab(float("nan")) is None and _tab(float("inf")) is None

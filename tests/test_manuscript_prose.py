@@ -77,7 +77,7 @@ def _texts(v: mv.Values, prov: mv.Provenance) -> dict[str, str]:
     caption, alt = mv.figure2_caption(v, prov)
     texts = {"banner": mv.provenance_banner(prov, v), "abstract": mv.abstract_results(v, prov),
              "methods": mv.standin_methods(v, prov), "results": mv.results_text(v, prov),
-             "fig-meta": caption, "fig-meta-alt": alt, "viewer": mv.viewer_text(v),
+             "fig-meta": caption, "fig-meta-alt": alt,
              "discussion": mv.discussion_data(v, prov), "conclusion": mv.conclusion(v, prov),
              "agreement": mv.agreement_sentence(v, prov)}
     for label in mv.RESULT_CAPTIONS:

@@ -93,7 +93,8 @@ def test_report_outputs(tmp_path, data_copy, space):
     assert np.array_equal(sizes, t3["cluster_voxels"].to_numpy())
     assert np.allclose(cmp_["reproduced_egger_p_at_published_peak"], 0.5)
     assert np.allclose(cmp_["reproduced_i2_at_published_peak"], 1.0)
-    for f in ("figure2.png", "figure2.svg", "funnel_1.png", "funnel_4.png",
+    for f in ("figure2.png", "figure2.svg", "funnels.png", "funnels.svg", "funnel_1.png",
+              "funnel_4.png",
               "funnel_published_1.png", "funnel_published_4.png"):
         assert (tmp_path / "figures" / f).stat().st_size > 1000
     assert not (tmp_path / "figures/funnel_5.png").exists()

@@ -27,7 +27,12 @@ maximum likelihood with a parametric-bootstrap interval (:func:`gumbel_quantile`
 published peak gets the design's FWE p, the share of null maxima at least as large
 (:func:`exceedance`, with the Monte-Carlo p ``(r + 1) / (n + 1)`` of North et al., 2002, a
 Clopper-Pearson interval, and the Gumbel tail probability): it passes the Monte-Carlo test when
-``(r + 1) / (n + 1) <= alpha`` (Barnard, 1963), which needs at least 19 replicates for 5 %. The
+``(r + 1) / (n + 1) <= alpha`` (Barnard, 1963). The smallest attainable Monte-Carlo p is
+``1 / (n + 1)`` (:func:`smallest_monte_carlo_p`), so with fewer than ``1 / alpha - 1`` replicates
+(19 for 5 %) no verdict is reachable and every peak is *undecided at n replicates*
+(:func:`decidable`); a Gumbel distribution is fitted only to at least
+:data:`GUMBEL_MIN_MAXIMA` maxima (a two-parameter extreme-value fit to fewer gives tail
+probabilities that the sample cannot support). The
 same null meta-analyses give the family-wise false-positive rate of the paper's own thresholds
 (any cluster at voxel p < 0.0025, peak SDM-Z > 1, k > 10) in this design.
 
@@ -85,6 +90,14 @@ NULL_COLUMNS = ["replicate", "max_z", "max_neg_z", "max_tfce", "max_neg_tfce",
 SENSITIVITY_COLUMNS = ["replicate", "effect_size", "location", "direction", "x", "y", "z",
                        "true_g_mean", "detected", "detected_fwe", "covered", "distance_mm",
                        "sdm_z", "hedges_g", "cluster_voxels", "n_peaks"]
+#: fewest null maxima a Gumbel distribution is fitted to (:func:`gumbel_quantile`)
+GUMBEL_MIN_MAXIMA = 20
+#: why a Gumbel quantile is missing when there are fewer maxima than that
+GUMBEL_REFUSAL = f"not fitted: fewer than {GUMBEL_MIN_MAXIMA} null maxima"
+#: fewest sensitivity replicates per effect size from which a detection probability is read as
+#: a verdict (compatible effect sizes): with 10, the 95 % Clopper-Pearson interval of an
+#: observed 0 or 1 reaches no further than 0.31 from it; with fewer the text says "undecided"
+SENSITIVITY_MIN_REPLICATES = 10
 #: columns read from the PSI permutation table of stage ``robustness``
 PERMUTATION_COLUMNS = ["permutation", "max_z", "max_neg_z", "max_tfce", "max_neg_tfce"]
 
@@ -308,7 +321,8 @@ def quantile_ci(x, q: float = 0.95, confidence: float = 0.95) -> dict:
 
 
 def gumbel_quantile(x, q: float = 0.95, confidence: float = 0.95, n_boot: int = 2000,
-                    rng: np.random.Generator | None = None) -> dict:
+                    rng: np.random.Generator | None = None,
+                    min_n: int = GUMBEL_MIN_MAXIMA) -> dict:
     """Quantile of a Gumbel distribution fitted to maxima, with a parametric-bootstrap interval.
 
     ``loc`` and ``scale`` by maximum likelihood (:func:`scipy.stats.gumbel_r.fit`); the
@@ -316,28 +330,37 @@ def gumbel_quantile(x, q: float = 0.95, confidence: float = 0.95, n_boot: int = 
     quantiles of ``n_boot`` refits to samples of the same size drawn from the fitted
     distribution (Efron & Tibshirani, 1993, ch. 13).
 
+    No distribution is fitted to fewer than ``min_n`` maxima (default
+    :data:`GUMBEL_MIN_MAXIMA`): two parameters and a tail quantile estimated from a handful of
+    maxima would print tail probabilities far beyond what the sample resolves.
+
     Parameters
     ----------
     x : array-like
-        Maxima (at least 3).
+        Maxima (at least ``min_n``).
     q, confidence : float
         Quantile and coverage.
     n_boot : int
         Bootstrap samples.
     rng : numpy.random.Generator, optional
         Stream of the bootstrap (default seed 0).
+    min_n : int
+        Fewest maxima fitted.
 
     Returns
     -------
     dict
-        ``estimate``, ``lower``, ``upper``, ``loc``, ``scale``, ``n``; NaN with fewer than 3
-        values or a degenerate sample.
+        ``estimate``, ``lower``, ``upper``, ``loc``, ``scale``, ``n`` and ``fitted``; NaN
+        (``fitted`` False, ``reason`` saying why) with fewer than ``min_n`` values or a
+        degenerate sample.
     """
     x = np.asarray(x, dtype=float)
     nan = {"estimate": np.nan, "lower": np.nan, "upper": np.nan, "loc": np.nan,
-           "scale": np.nan, "n": len(x)}
-    if len(x) < 3 or np.ptp(x) <= 0:
-        return nan
+           "scale": np.nan, "n": len(x), "fitted": False}
+    if len(x) < max(int(min_n), 3):
+        return {**nan, "reason": f"not fitted: fewer than {max(int(min_n), 3)} null maxima"}
+    if np.ptp(x) <= 0:
+        return {**nan, "reason": "not fitted: every null maximum is equal"}
     rng = np.random.default_rng(0) if rng is None else rng
     loc, scale = stats.gumbel_r.fit(x)
     yq = -math.log(-math.log(q))
@@ -349,7 +372,8 @@ def gumbel_quantile(x, q: float = 0.95, confidence: float = 0.95, n_boot: int = 
     a = 1.0 - float(confidence)
     lo, hi = np.quantile(boot, [a / 2.0, 1.0 - a / 2.0])
     return {"estimate": float(loc + scale * yq), "lower": float(lo), "upper": float(hi),
-            "loc": float(loc), "scale": float(scale), "n": len(x)}
+            "loc": float(loc), "scale": float(scale), "n": len(x), "fitted": True,
+            "reason": ""}
 
 
 def exceedance(maxima, value: float, confidence: float = 0.95,
@@ -398,19 +422,42 @@ def fwe_verdict(value: float, lower: float, upper: float) -> str:
     return "undecided"
 
 
+def smallest_monte_carlo_p(n: int) -> float:
+    """Smallest Monte-Carlo p ``(r + 1) / (n + 1)`` that ``n`` null replicates can give: ``1 / (n + 1)``."""
+    return 1.0 / (int(n) + 1) if int(n) >= 0 else np.nan
+
+
+def decidable(n: int, alpha: float) -> bool:
+    """Whether ``n`` null replicates can reach a verdict at level ``alpha``.
+
+    A statistic can pass the Monte-Carlo test only if ``1 / (n + 1) <= alpha``, i.e. from
+    ``n >= 1 / alpha - 1`` replicates (19 for 5 %, 99 for 1 %; North et al., 2002). With fewer,
+    no outcome of the simulation could make a statistic pass, so neither verdict is printed.
+    """
+    return int(n) >= 1 and smallest_monte_carlo_p(n) <= float(alpha) * (1 + 1e-12)
+
+
 def monte_carlo_verdict(ex: dict, alpha: float) -> str:
     """Verdict of the Monte-Carlo FWE test of one statistic (:func:`exceedance` output).
 
-    ``passes`` when ``(r + 1) / (n + 1) <= alpha``: an exact level-``alpha`` test whatever
-    ``n`` (Barnard, 1963; North et al., 2002), reachable from ``n >= 1 / alpha - 1`` null
-    replicates (19 for 5 %); ``fails`` when even the lower end of the Clopper-Pearson interval
-    of ``P(max >= value)`` exceeds ``alpha``; ``undecided`` otherwise (too few replicates).
+    ``undecided`` whenever the ``n`` replicates cannot reach a verdict (:func:`decidable`:
+    ``1 / (n + 1) > alpha``); otherwise ``passes`` when ``(r + 1) / (n + 1) <= alpha``, an exact
+    level-``alpha`` test (Barnard, 1963; North et al., 2002); ``fails`` when even the lower end
+    of the Clopper-Pearson interval of ``P(max >= value)`` exceeds ``alpha`` (more replicates
+    would not make it pass); ``undecided`` otherwise.
     """
-    if ex["n"] and ex["p_monte_carlo"] <= alpha:
+    if not decidable(ex["n"], alpha):
+        return "undecided"
+    if ex["p_monte_carlo"] <= alpha * (1 + 1e-12):
         return "passes"
-    if ex["n"] and ex["p_lower"] > alpha:
+    if ex["p_lower"] > alpha:
         return "fails"
     return "undecided"
+
+
+def verdict_text(verdict: str, n: int) -> str:
+    """A verdict as printed: ``passes``, ``fails`` or ``undecided at n replicates``."""
+    return f"undecided at {int(n)} replicates" if verdict == "undecided" else verdict
 
 
 # ---------------------------------------------------------------------------------------------

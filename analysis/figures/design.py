@@ -35,57 +35,73 @@ def plot_sensitivity(summary: pd.DataFrame, published: pd.DataFrame, *, title: s
     -------
     matplotlib.figure.Figure
     """
+    import textwrap
+
     import matplotlib.pyplot as plt
 
+    from analysis.figures.print_size import TEXT_WIDTH_IN
+
+    font = 7.0
     pub = published.reset_index(drop=True)
-    fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(14, 4.6), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH_IN, 5.6), constrained_layout=True)
+    (ax1, ax3), (ax2, lax) = axes
+    n_loc = max(int(summary["location"].nunique()), 1)
+    step = float(np.min(np.diff(np.unique(summary["effect_size"])))) if summary[
+        "effect_size"].nunique() > 1 else 0.2
+    handles = []
     for loc, grp in summary.groupby("location", sort=True):
         grp = grp.sort_values("effect_size")
         i = int(loc) - 1
         col = COLOURS[i % len(COLOURS)]
         name = str(pub["aal_label"].iloc[i] if "aal_label" in pub else pub["region"].iloc[i])
         x = grp["effect_size"].to_numpy(float)
-        p = grp["p_detect"].to_numpy(float)
-        ax1.plot(x, p, "-o", color=col, label=name, ms=4)
-        ax1.fill_between(x, grp["p_detect_lower"].to_numpy(float),
-                         grp["p_detect_upper"].to_numpy(float), color=col, alpha=0.12, lw=0)
-        ax1.plot(x, grp["p_detect_fwe"].to_numpy(float), "--", color=col, lw=1)
-        ax3.plot(x, grp["p_detect_covered"].to_numpy(float), "-o", color=col, ms=4, label=name)
-        ax3.fill_between(x, grp["p_detect_covered_lower"].to_numpy(float),
-                         grp["p_detect_covered_upper"].to_numpy(float), color=col, alpha=0.12,
-                         lw=0)
+        # the locations side by side around each true g, so no interval hides another's
+        off = (i - (n_loc - 1) / 2) * step * 0.09
+        for ax, key in ((ax1, "p_detect"), (ax3, "p_detect_covered")):
+            p = grp[key].to_numpy(float)
+            lo, hi = grp[f"{key}_lower"].to_numpy(float), grp[f"{key}_upper"].to_numpy(float)
+            ax.errorbar(x + off, p, yerr=[p - lo, hi - p], fmt="none", ecolor=col, elinewidth=0.6,
+                        alpha=0.45, capsize=0)
+            h, = ax.plot(x + off, p, "-o", color=col, ms=3, lw=1.1, label=name, zorder=3)
+        handles.append(h)
+        ax1.plot(x + off, grp["p_detect_fwe"].to_numpy(float), "--", color=col, lw=1.1,
+                 marker="x", ms=3.5, zorder=4)
         sign = -1.0 if str(grp["direction"].iloc[0]) == "Patients<Controls" else 1.0
         g = sign * grp["g_mean"].to_numpy(float)
         ok = np.isfinite(g)
         lo, hi = np.sort(sign * grp[["g_lower", "g_upper"]].to_numpy(float), axis=1).T
-        off = (i - 1.5) * 0.012  # keep the error bars of the locations apart
         ax2.errorbar(x[ok] + off, g[ok], yerr=[g[ok] - lo[ok], hi[ok] - g[ok]], fmt="-o",
-                     color=col, ms=4, capsize=2, lw=1, label=name)
-        ax2.axhline(abs(float(pub["hedges_g"].iloc[i])), color=col, ls=":", lw=1.2)
-    ax1.plot([], [], "k--", lw=1, label=fwe_label)
-    ax1.set_xlabel("true Hedges' g at the location (every study)")
-    ax1.set_ylabel(f"P(same-sign cluster peak within {radius_mm:g} mm)")
-    ax1.set_ylim(-0.02, 1.02)
-    ax1.legend(fontsize=7, loc="upper left")
-    ax1.set_title(f"A. Same-sign cluster peak within {radius_mm:g} mm", loc="left", fontsize=10)
-    ax3.set_xlabel("true Hedges' g at the location (every study)")
-    ax3.set_ylabel("P(location inside a same-sign cluster)")
-    ax3.set_ylim(-0.02, 1.02)
-    ax3.set_title("B. Location covered by a cluster", loc="left", fontsize=10)
+                     color=col, ms=3, capsize=1.5, lw=0.9, elinewidth=0.6)
+        ax2.axhline(abs(float(pub["hedges_g"].iloc[i])), color=col, ls=":", lw=1.1)
+    xlab = "true Hedges' g at the location"
+    ax1.set_ylabel(f"P(cluster peak within {radius_mm:g} mm)", fontsize=font)
+    ax3.set_ylabel("P(location inside a cluster)", fontsize=font)
     lim = float(np.nanmax(summary["effect_size"])) * 1.05
-    ax2.plot([0, lim], [0, lim], color="0.6", lw=0.8, label="reported = true")
-    ax2.plot([], [], "k:", lw=1.2, label="published SDM g (|g|)")
-    ax2.set_xlabel("true Hedges' g at the location")
-    ax2.set_ylabel("|SDM g| at the detected cluster peak")
-    ax2.legend(fontsize=7, loc="upper left")
-    ax2.set_title("C. Reported effect when detected (A)", loc="left", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    if note:
-        import textwrap
+    ax2.plot([0, lim], [0, lim], color="0.6", lw=0.8)
+    ax2.set_ylabel("|g| at the detected peak", fontsize=font)
+    for ax, head in ((ax1, f"A  Same-sign cluster peak within {radius_mm:g} mm"),
+                     (ax3, "B  Location inside a same-sign cluster"),
+                     (ax2, "C  Reported effect when detected (A)")):
+        ax.set_xlabel(xlab, fontsize=font)
+        ax.set_title(head, loc="left", fontsize=font + 1)
+        ax.tick_params(labelsize=font - 0.5)
+    for ax in (ax1, ax3):
+        ax.set_ylim(-0.03, 1.03)
+    lax.set_axis_off()
+    from matplotlib.lines import Line2D
 
-        lines = textwrap.wrap(note, 190)
-        fig.get_layout_engine().set(rect=(0, 0.025 * (len(lines) + 1), 1,
-                                          1 - 0.025 * (len(lines) + 1)))
-        fig.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=7)
+    extra = [Line2D([], [], color="k", lw=1.1, marker="o", ms=3,
+                    label="paper's thresholds (A, B)"),
+             Line2D([], [], color="k", lw=1.1, ls="--", marker="x", ms=3.5,
+                    label=f"{fwe_label} (A)"),
+             Line2D([], [], color="k", lw=0.6, alpha=0.5, label="95 % interval (vertical bars)"),
+             Line2D([], [], color="0.6", lw=0.8, label="reported = true (C)"),
+             Line2D([], [], color="k", ls=":", lw=1.1, label="published |g| (C)")]
+    lax.legend(handles=handles + extra, loc="upper left", fontsize=font, frameon=False,
+               title="Published location", title_fontsize=font, borderaxespad=0)
+    if note:
+        lax.text(0.0, 0.0, textwrap.fill(note, 58), transform=lax.transAxes, va="bottom",
+                 ha="left", fontsize=font - 0.5)
+    if title:
+        fig.suptitle(textwrap.fill(title, 100), fontsize=font + 1)
     return fig

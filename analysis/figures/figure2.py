@@ -1,11 +1,14 @@
 """Figure 2: increases (A) and decreases (B) of pain-empathy activation, patients vs controls.
 
 He et al. (2024) show the SDM-Z map thresholded at voxel p < 0.0025 (uncorrected, one-tailed),
-k > 10 (drawn with MRIcroGL). Here the thresholded map (clusters of
-:func:`analysis.sdm.clusters.threshold_clusters`) is drawn with nilearn on the MNI152 template:
-one orthogonal view through each cluster peak, increases in warm colours (row A), decreases in
-cool colours (row B), each panel with its MNI cut coordinates and an SDM-Z colour bar. When the
-input data are simulated stand-ins the title says so.
+k > 10, on a template (drawn with MRIcroGL). Here the thresholded map (the clusters of
+:func:`analysis.sdm.clusters.threshold_clusters`, nothing else) is drawn with nilearn on the
+MNI152 template at the PDF's text width (:mod:`analysis.figures.print_size`): one orthogonal
+view through each reproduced cluster peak, increases in warm colours (row A), decreases in
+cool colours (row B), one colour bar per row labelled "SDM-Z" that starts at the voxel
+threshold, and the published peaks marked. A direction without any cluster says so in its
+row; when no cluster survives at all, a glass brain shows only the published peaks under a
+statement that nothing survived, so that no unthresholded colour is ever shown.
 """
 
 from __future__ import annotations
@@ -19,94 +22,169 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from analysis.figures.print_size import TEXT_WIDTH_IN  # noqa: E402
 from analysis.sdm.clusters import DECREASE, INCREASE  # noqa: E402
 
 LGR = logging.getLogger(__name__)
 
-ROWS = ((INCREASE, "A", "autumn", 1.0), (DECREASE, "B", "winter", -1.0))
+#: direction, panel letter, colour map, sign of the map, marker colour of the published peaks
+ROWS = ((INCREASE, "A", "autumn", 1.0, "#0b3d91"), (DECREASE, "B", "winter", -1.0, "#8b0000"))
+FONT = 7.0  # points; the figure is drawn at the PDF's text width, so this is the printed size
+
+
+def _threshold_text(params: dict) -> str:
+    p = params.get("p_threshold")
+    k = params.get("min_voxels")
+    parts = [f"voxel p < {p:g}" if p is not None else None,
+             f"k \u2265 {k}" if k is not None else None]
+    return ", ".join(x for x in parts if x)
+
+
+def _published_cuts(published, direction) -> list[tuple[int, int, int]]:
+    if published is None or not len(published):
+        return []
+    sel = published[published["direction"] == direction]
+    return [tuple(int(v) for v in r) for r in sel[["x", "y", "z"]].to_numpy()]
 
 
 def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = None,
-                 max_panels: int = 4, z=None, fallback_cuts: dict | None = None):
+                 max_panels: int = 2, published=None, threshold_z: float | None = None):
     """Draw Figure 2 from a cluster result.
 
     Parameters
     ----------
     clusters : analysis.sdm.clusters.ClusterResult
-        Thresholded map and cluster peaks.
+        Thresholded map and cluster peaks (``params`` with ``p_threshold``, ``min_voxels``).
     space : analysis.sdm.space.MaskSpace
         Voxel space of the map.
     title : str
-        Figure title.
+        Figure title (the manuscript's caption numbers the figure; usually empty).
     simulated_note : str, optional
         Text stating that (part of) the input data are simulated stand-ins; drawn in red under
         the title when given.
     max_panels : int
-        Most peaks shown per direction (largest clusters first).
-    z : array, optional
-        Unthresholded SDM-Z vector. With ``fallback_cuts``, a direction without any surviving
-        cluster is drawn unthresholded (clearly labelled as such) at those cuts instead of
-        being left empty.
-    fallback_cuts : dict, optional
-        ``direction -> list of (x, y, z)`` MNI cuts (e.g. the published peaks).
+        Most cluster peaks shown per direction (largest clusters first); the row says how
+        many more Table 3 lists.
+    published : DataFrame, optional
+        Published peaks (``direction, x, y, z``), marked on every view of their direction.
+    threshold_z : float, optional
+        SDM-Z of the voxel threshold: where the colour bars start (default: from
+        ``clusters.params["p_threshold"]``, one-tailed; else the smallest surviving |SDM-Z|).
 
     Returns
     -------
     matplotlib.figure.Figure
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
     from nilearn import plotting
+    from scipy.stats import norm
 
     peaks = clusters.peaks()
-    fallback_cuts = fallback_cuts if z is not None else None
-    counts = [int((peaks["direction"] == d).sum()) or
-              (len((fallback_cuts or {}).get(d, [])) if fallback_cuts else 0) for d, *_ in ROWS]
-    n_cols = max(2, min(max_panels, max(counts)))
-    fig = plt.figure(figsize=(5.5 * n_cols, 5.6), dpi=150)
-    top = 0.84 if simulated_note else 0.9
-    grid = fig.add_gridspec(2, n_cols, left=0.02, right=0.98, bottom=0.03, top=top,
-                            hspace=0.35, wspace=0.05)
     zt = np.asarray(clusters.thresholded_z, dtype=np.float32)
-    vmax = float(np.max(np.abs(zt))) if np.any(zt) else 1.0
-    for row, (direction, letter, cmap, sign) in enumerate(ROWS):
-        sel = peaks[peaks["direction"] == direction].head(max_panels)
-        header = f"{letter}  {direction} (|SDM-Z|, thresholded)"
-        if sel.empty and fallback_cuts and fallback_cuts.get(direction):
-            # nothing survives: show the unthresholded map at the given cuts, labelled as such
-            zu = np.asarray(z, dtype=np.float32)
-            part = np.where(sign * zu > 0, sign * zu, 0.0).astype(np.float32)
-            vmax_u = max(float(part.max()), 1e-3)
-            cuts = [tuple(int(v) for v in c) for c in fallback_cuts[direction]][:max_panels]
-            panels = [(c, f"MNI {c}: SDM-Z = {float(zu[space.voxel_index(c)[0]]):.2f}"
-                       if space.voxel_index(c)[0] >= 0 else f"MNI {c}") for c in cuts]
-            img, vmax_row = space.to_img(part), vmax_u
-            header = (f"{letter}  {direction}: no cluster survives the threshold; "
-                      "UNTHRESHOLDED |SDM-Z| at the published peaks")
-        elif sel.empty:
+    params = dict(getattr(clusters, "params", {}) or {})
+    if threshold_z is None:
+        p_thr = params.get("p_threshold")
+        threshold_z = (float(norm.isf(p_thr)) if p_thr else
+                       float(np.min(np.abs(zt[zt != 0]))) if np.any(zt) else 0.0)
+    thr_text = _threshold_text(params)
+    header_h = 0.45 if (title or simulated_note) else 0.25
+
+    if peaks.empty:
+        return _no_cluster_figure(published, thr_text, title, simulated_note)
+
+    n_cols = max(1, min(max_panels, int(peaks["direction"].value_counts().max())))
+    row_h = 1.55
+    fig = plt.figure(figsize=(TEXT_WIDTH_IN, header_h + 2 * row_h + 0.1))
+    top = 1.0 - header_h / fig.get_figheight()
+    grid = fig.add_gridspec(2, n_cols + 1, width_ratios=[1] * n_cols + [0.045], left=0.01,
+                            right=0.9, bottom=0.02, top=top - 0.1, hspace=0.42, wspace=0.04)
+    vmax = float(np.max(np.abs(zt)))
+    vmax = max(vmax, threshold_z + 0.01)
+    for row, (direction, letter, cmap, sign, marker) in enumerate(ROWS):
+        sel = peaks[peaks["direction"] == direction]
+        n_more = max(0, len(sel) - max_panels)
+        sel = sel.head(max_panels)
+        y_head = grid[row, 0].get_position(fig).y1 + 0.035
+        name = "increases" if sign > 0 else "decreases"
+        if sel.empty:
             ax = fig.add_subplot(grid[row, :])
-            ax.axis("off")
-            ax.text(0.5, 0.5, f"({letter}) {direction}: no cluster survives the threshold",
-                    ha="center", va="center", fontsize=10)
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"No cluster of {name} survives the thresholds ({thr_text}).",
+                    ha="center", va="center", fontsize=FONT + 1, weight="bold",
+                    bbox={"boxstyle": "round,pad=0.5", "fc": "#fff3cd", "ec": "#b58900"})
+            fig.text(0.01, y_head, f"{letter}  {direction}", fontsize=FONT + 1, weight="bold")
             continue
-        else:
-            part = np.where(sign * zt > 0, sign * zt, 0.0).astype(np.float32)
-            img, vmax_row = space.to_img(part), vmax
-            panels = []
-            for _, pk in sel.iterrows():
-                cut = (int(pk["x"]), int(pk["y"]), int(pk["z"]))
-                panels.append((cut, f"{pk['region']}  MNI {cut}  SDM-Z = {pk['sdm_z']:.2f}"))
-        for col, (cut, text) in enumerate(panels):
+        part = np.where(sign * zt > 0, sign * zt, 0.0).astype(np.float32)
+        img = space.to_img(part)
+        pub = _published_cuts(published, direction)
+        for col, (_, pk) in enumerate(sel.iterrows()):
             ax = fig.add_subplot(grid[row, col])
+            cut = (int(pk["x"]), int(pk["y"]), int(pk["z"]))
             display = plotting.plot_stat_map(
                 img, display_mode="ortho", cut_coords=cut, axes=ax, cmap=cmap,
-                threshold=1e-6, vmin=0.0, vmax=vmax_row, symmetric_cbar=False, colorbar=True,
-                draw_cross=False, annotate=True, black_bg=False,
-            )
-            display.title(text, size=7, color="black", bgcolor="white", alpha=0.0)
-        fig.text(0.01, grid[row, 0].get_position(fig).y1 + 0.01, header, fontsize=10,
+                threshold=1e-6, vmin=threshold_z, vmax=vmax, symmetric_cbar=False,
+                colorbar=False, draw_cross=False, annotate=False, black_bg=False)
+            display.annotate(size=FONT - 0.5, left_right=True, positions=True)
+            if pub:
+                display.add_markers(pub, marker_color=marker, marker_size=18, marker="+",
+                                    linewidths=1.0)
+            pos = ax.get_position()
+            fig.text(pos.x0 + 0.005, pos.y1 + 0.004,
+                     textwrap.shorten(f"{pk['region']}, MNI ({cut[0]}, {cut[1]}, {cut[2]}), "
+                                      f"SDM-Z = {float(pk['sdm_z']):.2f}", 70),
+                     fontsize=FONT - 0.5, va="bottom")
+        for col in range(len(sel), n_cols):
+            fig.add_subplot(grid[row, col]).set_axis_off()
+        cax = fig.add_subplot(grid[row, n_cols])
+        if sign > 0:
+            sm = ScalarMappable(norm=Normalize(threshold_z, vmax), cmap=cmap)
+        else:
+            sm = ScalarMappable(norm=Normalize(-vmax, -threshold_z), cmap=f"{cmap}_r")
+        cb = fig.colorbar(sm, cax=cax)
+        cb.set_label("SDM-Z", fontsize=FONT)
+        cb.ax.tick_params(labelsize=FONT - 0.5)
+        lo, hi = (threshold_z, vmax) if sign > 0 else (-vmax, -threshold_z)
+        cb.set_ticks(np.unique(np.round([lo, (lo + hi) / 2, hi], 2)))
+        more = f" ({n_more} more in Table 3)" if n_more else ""
+        fig.text(0.01, y_head, f"{letter}  {direction}{more}", fontsize=FONT + 1,
                  weight="bold")
+    _header(fig, title, simulated_note, top)
+    fig.text(0.5, top + 0.005, f"Clusters at {thr_text}; colour from the voxel threshold, "
+             f"|SDM-Z| = {threshold_z:.2f}; +: published peaks.", ha="center",
+             va="bottom", fontsize=FONT)
+    return fig
+
+
+def _header(fig, title: str, simulated_note: str | None, top: float) -> None:
+    y = 0.995
     if title:
-        fig.suptitle(textwrap.fill(title, 120), fontsize=11, y=0.985)
+        fig.text(0.5, y, textwrap.fill(title, 100), ha="center", va="top", fontsize=FONT + 2)
+        y -= 0.05
     if simulated_note:
-        fig.text(0.5, top + 0.035, textwrap.fill(simulated_note, 140), ha="center", va="bottom",
-                 color="firebrick", fontsize=9)
+        fig.text(0.5, y, textwrap.fill(simulated_note, 120), ha="center", va="top",
+                 color="firebrick", fontsize=FONT - 0.5)
+
+
+def _no_cluster_figure(published, thr_text: str, title: str, simulated_note: str | None):
+    """A glass brain with the published peaks only, under a statement that nothing survived."""
+    from nilearn import plotting
+
+    fig = plt.figure(figsize=(TEXT_WIDTH_IN, 2.9))
+    ax = fig.add_axes((0.0, 0.02, 1.0, 0.62))
+    display = plotting.plot_glass_brain(None, display_mode="lyrz", axes=ax, annotate=False,
+                                        black_bg=False)
+    for direction, _, _, sign, _ in ROWS:
+        cuts = _published_cuts(published, direction)
+        if cuts:
+            display.add_markers(cuts, marker_color="#d62728" if sign > 0 else "#1f77b4",
+                                marker_size=30, marker="o" if sign > 0 else "s")
+    fig.text(0.5, 0.76, "No cluster survives the thresholds (" + thr_text + "):\n"
+             "there is no thresholded map to show.", ha="center", va="center",
+             fontsize=FONT + 2, weight="bold",
+             bbox={"boxstyle": "round,pad=0.5", "fc": "#fff3cd", "ec": "#b58900"})
+    if published is not None and len(published):
+        fig.text(0.5, 0.645, "Markers: published peaks (circles: patients > controls; "
+                 "squares: patients < controls).", ha="center", va="center", fontsize=FONT)
+    _header(fig, title, simulated_note, 1.0)
     return fig

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import string
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -18,11 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from analysis.figures.print_size import TEXT_WIDTH_IN  # noqa: E402
 from analysis.io import save_figure_files  # noqa: E402
 
 LGR = logging.getLogger(__name__)
 
+FONT = 7.0  # points: the figure is drawn at the PDF's text width, so this is the printed size
 KIND_TEXT = {
     "conjunction": "conjunction rs-FC (substitute) ∩ MACM",
     "macm_only": "MACM only: no rs-FC substitute",
@@ -91,18 +95,41 @@ def _mip_axes(ax, vol: np.ndarray, mask: np.ndarray, vmax: float) -> None:
     return im
 
 
-def draw(panels: list[dict], png: Path, svg: Path | None, set_label: str,
-         substitute: bool = True) -> str:
-    """Draw the panels as glass-brain projections and save PNG (and SVG); return the caption."""
-    from analysis.characterisation.databases import neurosynth_mask
-    from analysis.characterisation.macm import vector_to_img
+def plot_figure3(panels: list[dict], mask: np.ndarray | None = None, substitute: bool = True,
+                 to_volume=None):
+    """The panels as glass-brain projections, two per row at the PDF's text width.
 
-    mask = np.asarray(neurosynth_mask().dataobj) > 0
+    Parameters
+    ----------
+    panels : list of dict
+        ``seed`` (or None), ``key``, ``kind``, ``note`` and ``map`` of each panel.
+    mask : ndarray, optional
+        Brain mask volume of the maps (default: Neurosynth's mask).
+    substitute : bool
+        Whether the rs-FC maps are the substitute (a note under the panels says so).
+    to_volume : callable, optional
+        ``map -> 3-D array`` (default: :func:`analysis.characterisation.macm.vector_to_img`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if mask is None:
+        from analysis.characterisation.databases import neurosynth_mask
+
+        mask = np.asarray(neurosynth_mask().dataobj) > 0
+    if to_volume is None:
+        from analysis.characterisation.macm import vector_to_img
+
+        def to_volume(m):
+            return np.asarray(vector_to_img(m).dataobj, dtype=float)
+
     ordered = order_panels(panels)
     n = len(ordered)
-    ncol = 3 if n > 4 else max(n, 1)
+    ncol = 2 if n > 1 else 1
     nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 1.9 * nrow + 0.3), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, 1.45 * nrow + 0.35),
+                             squeeze=False)
     for ax in axes.ravel()[n:]:
         ax.set_axis_off()
     for i, p in enumerate(ordered):
@@ -113,22 +140,33 @@ def draw(panels: list[dict], png: Path, svg: Path | None, set_label: str,
             title = f"{letter}  {s.id} ({s.x:g}, {s.y:g}, {s.z:g}): {KIND_TEXT.get(p['kind'], '')}"
         else:
             title = f"{letter}  {p['note']}"
-        img = vector_to_img(p["map"])
-        vol = np.asarray(img.dataobj, dtype=float)
+        vol = np.asarray(to_volume(p["map"]), dtype=float)
         vol = np.where(vol > 0, vol, 0.0)
         vmax = float(np.percentile(vol[vol > 0], 99)) if (vol > 0).any() else 1.0
         im = _mip_axes(ax, vol, mask, vmax)
         if not (vol > 0).any():
-            ax.text(0.5, 0.5, "no voxel", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no voxel", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=FONT)
         else:
-            cb = fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
-            cb.ax.tick_params(labelsize=6)
-            cb.set_label("Z", fontsize=7)
-        ax.set_title(title, fontsize=8, loc="left")
-    text = caption(panels, substitute, set_label)
+            cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.01)
+            cb.ax.tick_params(labelsize=FONT - 0.5)
+            cb.locator = MaxNLocator(3)
+            cb.update_ticks()
+            cb.set_label("Z", fontsize=FONT)
+        title = title.replace("macm_only", "MACM only")
+        ax.set_title(textwrap.fill(title, 44), fontsize=FONT, loc="left")
     if substitute:
         fig.text(0.01, 0.005, "rs-FC: SUBSTITUTE (HCP parcel FC, cortex only); projections: "
-                 "sagittal, coronal, axial (left = left)", fontsize=7, color="firebrick")
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    save_figure_files(fig, png, svg, caption=text)
+                 "sagittal, coronal, axial (left = left)", fontsize=FONT - 0.5,
+                 color="firebrick")
+    fig.tight_layout(rect=(0, 0.035, 1, 1), h_pad=0.6, w_pad=0.8)
+    return fig
+
+
+def draw(panels: list[dict], png: Path, svg: Path | None, set_label: str,
+         substitute: bool = True) -> str:
+    """Draw the panels (:func:`plot_figure3`) and save PNG (and SVG); return the caption."""
+    fig = plot_figure3(panels, substitute=substitute)
+    text = caption(panels, substitute, set_label)
+    save_figure_files(fig, png, svg, caption=text, dpi=300)
     return text

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from analysis.sdm.effect_sizes import g_variance  # noqa: E402
 
 LGR = logging.getLogger(__name__)
+FONT = 7.0  # points: the combined figure is drawn at the PDF's text width
 
 
 def study_points(g_imputed, n1, n2=None, atol: float = 1e-6) -> dict:
@@ -56,7 +57,8 @@ def study_points(g_imputed, n1, n2=None, atol: float = 1e-6) -> dict:
 
 
 def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
-                egger_p: float | None = None, title: str = "", study_names=None, ax=None):
+                egger_p: float | None = None, title: str = "", study_names=None, ax=None,
+                legend: bool = True, title_width: int = 60):
     """Draw a funnel plot at one voxel.
 
     Parameters
@@ -75,6 +77,10 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
         Labels of the known studies' points.
     ax : matplotlib Axes, optional
         Axes to draw on (a new figure otherwise).
+    legend : bool
+        Whether to draw the legend under the axes.
+    title_width : int
+        Characters per line of the title.
 
     Returns
     -------
@@ -105,13 +111,57 @@ def funnel_plot(g_imputed, n1, n2=None, pooled_g: float | None = None,
                 ax.annotate(str(study_names[i]), (pts["g_mean"][i], pts["se_mean"][i]),
                             fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_ylim(se_max, 0)
-    ax.set_xlabel("Hedges' g")
-    ax.set_ylabel("Standard error")
-    t = textwrap.fill(title, 60)
+    ax.set_xlabel("Hedges' g", fontsize=FONT)
+    ax.set_ylabel("Standard error", fontsize=FONT)
+    ax.tick_params(labelsize=FONT - 0.5)
+    t = textwrap.fill(title, title_width)
     if egger_p is not None and np.isfinite(egger_p):
         t = f"{t}\nEgger test p = {egger_p:.3f}" if t else f"Egger test p = {egger_p:.3f}"
-    ax.set_title(t, fontsize=8)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
-              frameon=False)
-    fig.tight_layout()
+    ax.set_title(t, fontsize=FONT)
+    if legend:
+        ax.legend(fontsize=FONT - 0.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2,
+                  frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def plot_funnels(panels: list[dict], note: str | None = None):
+    """Funnel plots of several peaks side by side at the PDF's text width, one legend.
+
+    Parameters
+    ----------
+    panels : list of dict
+        Keyword arguments of :func:`funnel_plot` per panel (``g_imputed``, ``n1``, ``n2``,
+        ``pooled_g``, ``egger_p``, ``title``, ``study_names``).
+    note : str, optional
+        A line under the panels (e.g. that the inputs are simulated).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from analysis.figures.print_size import TEXT_WIDTH_IN
+
+    n = max(len(panels), 1)
+    ncol = 2 if n > 1 else 1
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, 2.6 * nrow + 0.6),
+                             squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_axis_off()
+    for ax, kw in zip(axes.ravel(), panels, strict=False):
+        funnel_plot(ax=ax, legend=False, title_width=46, **kw)
+    handles, labels = {}, []
+    for ax in axes.ravel()[:len(panels)]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            key = lab.split(" = ")[0]
+            if key not in handles:
+                handles[key] = h
+                labels.append(key if key != "pooled g" else "pooled g (vertical line)")
+    fig.legend(list(handles.values()), labels, loc="lower center", ncol=3, fontsize=FONT - 0.5,
+               frameon=False, bbox_to_anchor=(0.5, 0.02 if note else 0.0))
+    if note:
+        fig.text(0.5, 0.0, textwrap.fill(note, 120), ha="center", va="bottom",
+                 fontsize=FONT - 0.5, color="firebrick")
+    fig.tight_layout(rect=(0, 0.09 if note else 0.06, 1, 1))
     return fig

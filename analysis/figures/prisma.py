@@ -193,18 +193,21 @@ def draw_prisma(record: dict[str, Any]):
     from matplotlib.patches import FancyBboxPatch
 
     texts = box_texts(record)
-    fig = plt.figure(figsize=(10, 9.5))
+    from analysis.figures.print_size import TEXT_WIDTH_IN
+
+    # drawn at the PDF's text width: the point sizes below are the printed sizes
+    fig = plt.figure(figsize=(TEXT_WIDTH_IN, TEXT_WIDTH_IN * 1.0))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.axis("off")
 
     # (x centre, y centre, width, height) in axes coordinates
-    main_x, side_x, other_x = 0.30, 0.62, 0.87
+    main_x, side_x, other_x = 0.29, 0.60, 0.872
     layout = {
-        "identified": (main_x, 0.88, 0.30, 0.12),
-        "removed": (side_x, 0.88, 0.26, 0.12),
-        "other": (other_x, 0.88, 0.21, 0.12),
+        "identified": (main_x, 0.88, 0.28, 0.12),
+        "removed": (side_x, 0.88, 0.29, 0.12),
+        "other": (other_x, 0.88, 0.24, 0.12),
         "screened": (main_x, 0.70, 0.30, 0.07),
         "excluded_screening": (side_x, 0.70, 0.20, 0.07),
         "sought": (main_x, 0.56, 0.30, 0.07),
@@ -220,7 +223,7 @@ def draw_prisma(record: dict[str, Any]):
                                     fc="#f4f4f4" if missing else "#ffffff", ec="#333333", lw=1.0))
         left = name == "excluded_full_text"
         ax.text(x - w / 2 + 0.01 if left else x, y, texts[name], ha="left" if left else "center",
-                va="center", fontsize=8.5)
+                va="center", fontsize=6.0, linespacing=1.15)
 
     def arrow(x0, y0, x1, y1):
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
@@ -258,10 +261,10 @@ def draw_prisma(record: dict[str, Any]):
         ax.add_patch(FancyBboxPatch((0.02, y0), 0.07, y1 - y0, boxstyle="round,pad=0.003",
                                     fc="#cfe2f3", ec="#6fa8dc", lw=0.8))
         ax.text(0.055, (y0 + y1) / 2, label, rotation=90, ha="center", va="center",
-                fontsize=10, weight="bold")
+                fontsize=7.5, weight="bold")
     n_missing = sum(v is None for v in record["counts"].values())
     if n_missing:
         ax.text(0.5, 0.02, f"Grey boxes: counts not reported in the text of He et al. (2024) "
                 f"({n_missing} of {len(COUNT_FIELDS)} stage counts); none is estimated.",
-                ha="center", va="bottom", fontsize=8, style="italic", color="#555555")
+                ha="center", va="bottom", fontsize=6.2, style="italic", color="#555555")
     return fig

@@ -70,7 +70,8 @@ THRESHOLD_COLUMNS = ["direction", "statistic", "n", "quantile", "estimate", "low
 PUBLISHED_COLUMNS = ["cluster", "direction", "region", "x", "y", "z", "sdm_z", "abs_z",
                      "fwe_z", "fwe_z_lower", "fwe_z_upper", "gumbel_fwe_z", "gumbel_fwe_z_lower",
                      "gumbel_fwe_z_upper", "n_exceed", "n", "p_fwe", "p_fwe_lower",
-                     "p_fwe_upper", "p_fwe_gumbel", "verdict", "verdict_gumbel",
+                     "p_fwe_upper", "p_fwe_min", "p_fwe_gumbel", "verdict", "verdict_text",
+                     "verdict_gumbel",
                      "psi_standin_fwe_z", "passes_psi_standin"]
 
 
@@ -80,6 +81,16 @@ def _num(x, digits: int = 4):
         return None
     x = float(x)
     return round(x, digits) if math.isfinite(x) else None
+
+
+def _tab(x):
+    """A JSON-ready number exactly as the stage's tables write it (``%.6g``; ``None`` for NaN
+    and infinities), so that the text and the tables round one and the same value.
+    """
+    if x is None:
+        return None
+    x = float(x)
+    return float(f"{x:.6g}") if math.isfinite(x) else None
 
 
 def design_params(config: dict, quick: bool) -> dict:
@@ -122,6 +133,8 @@ def run_null(studies, quotas, config: dict, space, kernel, p: dict, rng_of) -> p
     sdm = config["sdm"]
     thr = params.threshold_params(config)
     tfce = params.psi_params(config)["tfce_params"] if p["tfce"] else None
+    # the pooling of the imputations in threads over voxel blocks (bit-identical results)
+    n_jobs = int(sdm["psi"]["n_jobs"])
     rows = []
     for i in progress(range(p["null_replicates"]), desc="design: null meta-analyses",
                       unit="meta-analysis", logger=LGR):
@@ -130,7 +143,7 @@ def run_null(studies, quotas, config: dict, space, kernel, p: dict, rng_of) -> p
                                      config)
         est = params.estimator(config, p["imputations"],
                                int(rng_of(f"null/{i}/fit").integers(2**31 - 1)),
-                               keep_imputations=False)
+                               keep_imputations=False, n_jobs=n_jobs)
         res = D.fit_peaks(studies, peaks[0], space, kernel, est,
                           unknown_peak_mode=sdm["unknown_peak_mode"], combine=sdm["combine"])
         sign = peaks[0]["sign"].to_numpy()
@@ -197,10 +210,14 @@ def published_verdicts(published: pd.DataFrame, null: pd.DataFrame, thresholds: 
                      "gumbel_fwe_z": g["estimate"], "gumbel_fwe_z_lower": g["lower"],
                      "gumbel_fwe_z_upper": g["upper"], "n_exceed": ex["n_exceed"], "n": ex["n"],
                      "p_fwe": ex["p_monte_carlo"], "p_fwe_lower": ex["p_lower"],
-                     "p_fwe_upper": ex["p_upper"], "p_fwe_gumbel": ex["p_gumbel"],
+                     "p_fwe_upper": ex["p_upper"],
+                     "p_fwe_min": D.smallest_monte_carlo_p(ex["n"]),
+                     "p_fwe_gumbel": ex["p_gumbel"],
                      "verdict": D.monte_carlo_verdict(ex, p["alpha"]),
+                     "verdict_text": D.verdict_text(D.monte_carlo_verdict(ex, p["alpha"]),
+                                                    ex["n"]),
                      "verdict_gumbel": (D.fwe_verdict(abs(z), g["lower"], g["upper"])
-                                        if np.isfinite(g["estimate"]) else "undecided"),
+                                        if g["fitted"] else "not fitted"),
                      "psi_standin_fwe_z": psi_z,
                      "passes_psi_standin": bool(np.isfinite(psi_z) and abs(z) > psi_z)})
     return pd.DataFrame(rows, columns=PUBLISHED_COLUMNS)
@@ -221,6 +238,7 @@ def run_sensitivity(studies, quotas, config: dict, space, kernel, p: dict, effec
     sdm = config["sdm"]
     thr = params.threshold_params(config)
     scales = p["effect_sizes"]
+    n_jobs = int(sdm["psi"]["n_jobs"])
     rows = []
     bar = progress(total=p["sensitivity_replicates"] * len(scales), unit="meta-analysis",
                    desc="design: sensitivity meta-analyses", logger=LGR)
@@ -231,7 +249,8 @@ def run_sensitivity(studies, quotas, config: dict, space, kernel, p: dict, effec
                                               effects=effects, scales=scales)
             seed = int(rng_of(f"sensitivity/{i}/fit").integers(2**31 - 1))
             for j, c in enumerate(scales):
-                est = params.estimator(config, p["imputations"], seed, keep_imputations=False)
+                est = params.estimator(config, p["imputations"], seed, keep_imputations=False,
+                                       n_jobs=n_jobs)
                 res = D.fit_peaks(studies, peaks[j], space, kernel, est,
                                   unknown_peak_mode=sdm["unknown_peak_mode"],
                                   combine=sdm["combine"])
@@ -379,14 +398,11 @@ def draw_sensitivity(summary, published, p: dict, n_voxels: int, out,
     note = (f"Simulated meta-analyses of the paper's design ({n_studies} studies, their sample sizes, "
             f"thresholds, reported directions and peak counts): {p['sensitivity_replicates']} "
             f"per true g, {p['imputations']} imputations, {n_voxels} grey-matter voxels within "
-            f"{p['roi_radius_mm']} mm of the published peaks. Bands: "
-            f"{100 * p['confidence']:g} % Clopper-Pearson intervals; error bars: central "
-            f"{100 * p['confidence']:g} % of the reported g among detections.")
-    fig = plot_sensitivity(summary, published, note=note, radius_mm=p["match_distance_mm"],
-                           title=(
-        "Sensitivity of the design: a true effect at each published location "
-        f"(cluster peak within {p['match_distance_mm']:g} mm, same sign)"))
-    save_figure(fig, out("figures/design_sensitivity.png"))
+            f"{p['roi_radius_mm']} mm of the published peaks. Vertical bars: "
+            f"{100 * p['confidence']:g} % Clopper-Pearson intervals (A, B) and the central "
+            f"{100 * p['confidence']:g} % of the reported g among detections (C).")
+    fig = plot_sensitivity(summary, published, note=note, radius_mm=p["match_distance_mm"])
+    save_figure(fig, out("figures/design_sensitivity.png"), dpi=300)
     save_figure(fig, out("figures/design_sensitivity.svg"))
     plt.close(fig)
 
@@ -399,22 +415,28 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
         if not len(sel):
             return None
         r = sel.iloc[0]
-        return {"estimate": _num(r["estimate"], 3), "lower": _num(r["lower"], 3),
-                "upper": _num(r["upper"], 3), "coverage": _num(r["coverage"], 3),
-                "gumbel": _num(r["gumbel_estimate"], 3),
-                "gumbel_lower": _num(r["gumbel_lower"], 3),
-                "gumbel_upper": _num(r["gumbel_upper"], 3),
-                "null_median": _num(r["null_median"], 3), "null_max": _num(r["null_max"], 3),
-                "psi_standin": _num(r["psi_standin_estimate"], 3),
-                "psi_standin_median": _num(r["psi_standin_median"], 3)}
+        n = int(r["n"])
+        return {"estimate": _tab(r["estimate"]), "lower": _tab(r["lower"]),
+                "upper": _tab(r["upper"]), "coverage": _tab(r["coverage"]),
+                "gumbel": _tab(r["gumbel_estimate"]),
+                "gumbel_lower": _tab(r["gumbel_lower"]),
+                "gumbel_upper": _tab(r["gumbel_upper"]),
+                "gumbel_fitted": bool(np.isfinite(r["gumbel_estimate"])),
+                "gumbel_note": ("" if np.isfinite(r["gumbel_estimate"]) else
+                                D.GUMBEL_REFUSAL if n < D.GUMBEL_MIN_MAXIMA else
+                                "not fitted: every null maximum is equal"),
+                "null_median": _tab(r["null_median"]), "null_max": _tab(r["null_max"]),
+                "psi_standin": _tab(r["psi_standin_estimate"]),
+                "psi_standin_median": _tab(r["psi_standin_median"])}
 
     peaks = []
     for r in verdicts.itertuples(index=False):
         peaks.append({"cluster": int(r.cluster), "direction": r.direction,
-                      "sdm_z": _num(r.sdm_z, 3), "n_exceed": int(r.n_exceed),
-                      "p_fwe": _num(r.p_fwe, 4), "p_fwe_lower": _num(r.p_fwe_lower, 4),
-                      "p_fwe_upper": _num(r.p_fwe_upper, 4),
-                      "p_fwe_gumbel": _num(r.p_fwe_gumbel, 6), "verdict": r.verdict,
+                      "sdm_z": _tab(r.sdm_z), "n_exceed": int(r.n_exceed), "n": int(r.n),
+                      "p_fwe": _tab(r.p_fwe), "p_fwe_lower": _tab(r.p_fwe_lower),
+                      "p_fwe_upper": _tab(r.p_fwe_upper), "p_fwe_min": _tab(r.p_fwe_min),
+                      "p_fwe_gumbel": _tab(r.p_fwe_gumbel), "verdict": r.verdict,
+                      "verdict_text": D.verdict_text(r.verdict, r.n),
                       "verdict_gumbel": r.verdict_gumbel,
                       "passes_psi_standin": bool(r.passes_psi_standin)})
     locs = []
@@ -422,10 +444,10 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
         ok = grp[grp["compatible"].astype(bool)]["effect_size"].tolist()
         locs.append({"location": int(loc), "aal_label": published["aal_label"].iloc[int(loc) - 1],
                      "effect_sizes": [float(x) for x in grp["effect_size"]],
-                     "p_detect": [_num(x, 3) for x in grp["p_detect"]],
-                     "p_detect_fwe": [_num(x, 3) for x in grp["p_detect_fwe"]],
-                     "p_covered": [_num(x, 3) for x in grp["p_detect_covered"]],
-                     "distance_median": [_num(x, 1) for x in grp["distance_median"]],
+                     "p_detect": [_tab(x) for x in grp["p_detect"]],
+                     "p_detect_fwe": [_tab(x) for x in grp["p_detect_fwe"]],
+                     "p_covered": [_tab(x) for x in grp["p_detect_covered"]],
+                     "distance_median": [_tab(x) for x in grp["distance_median"]],
                      "compatible_effect_sizes": [float(x) for x in ok],
                      "compatible_min": _num(min(ok), 2) if ok else None,
                      "compatible_max": _num(max(ok), 2) if ok else None})
@@ -438,6 +460,10 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
                           "flagged": [f"{r.cluster}:{r.quantity}:{r.verdict}"
                                       for r in flagged.itertuples(index=False)]},
         "null": {"replicates": int(len(null)), "imputations": p["imputations"],
+                 "smallest_p": _tab(D.smallest_monte_carlo_p(len(null))),
+                 "decidable": bool(D.decidable(len(null), p["alpha"])),
+                 "replicates_to_decide": int(math.ceil(1.0 / p["alpha"] - 1.0 - 1e-9)),
+                 "gumbel_min_maxima": D.GUMBEL_MIN_MAXIMA,
                  "n_voxels": int(space.n_voxels), "alpha": p["alpha"],
                  "confidence": p["confidence"],
                  "whole_mask": bool(whole_mask),
@@ -451,6 +477,9 @@ def values(p, checks, counts, flagged, null, thresholds, verdicts, summary, publ
         "published_verdicts": n_verdict,
         "published_pass_psi_standin": int(verdicts["passes_psi_standin"].sum()),
         "sensitivity": {"replicates": p["sensitivity_replicates"],
+                        "replicates_to_decide": D.SENSITIVITY_MIN_REPLICATES,
+                        "decidable": bool(p["sensitivity_replicates"]
+                                          >= D.SENSITIVITY_MIN_REPLICATES),
                         "effect_sizes": p["effect_sizes"],
                         "roi_radius_mm": p["roi_radius_mm"],
                         "n_voxels": int(sens_space.n_voxels),
@@ -474,8 +503,8 @@ def paper_fwer(null: pd.DataFrame, confidence: float) -> dict:
                      ("either", (null["n_clusters_pos"] > 0) | (null["n_clusters_neg"] > 0))):
         k = int(hit.sum())
         ci = binomtest(k, n).proportion_ci(confidence, method="exact") if n else None
-        out[key] = {"hits": k, "rate": _num(k / n if n else np.nan, 4),
-                    "lower": _num(ci.low if ci else np.nan, 4),
-                    "upper": _num(ci.high if ci else np.nan, 4)}
+        out[key] = {"hits": k, "rate": _tab(k / n if n else np.nan),
+                    "lower": _tab(ci.low if ci else np.nan),
+                    "upper": _tab(ci.high if ci else np.nan)}
     out["replicates"] = n
     return out

@@ -12,7 +12,8 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   (cluster and local peaks), ``tables/table3_breakdown.tsv`` (AAL voxels per cluster),
   ``tables/table3_vs_published.tsv`` (each published cluster beside the nearest reproduced
   cluster of the same direction);
-- ``figures/figure2.{png,svg}``, ``figures/funnel_<cluster>.png`` and
+- ``figures/figure2.{png,svg}``, ``figures/funnels.{png,svg}`` (every cluster's funnel plot
+  in one supplementary figure), ``figures/funnel_<cluster>.png`` and
   ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
@@ -250,15 +251,8 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
     simulated = bool(provenance["simulated"])
     note = (f"Simulated stand-in data: {provenance['statement']}. Not the paper's result."
             if simulated else None)
-    cuts = None
-    if published is not None:
-        cuts = {d: published.loc[published["direction"] == d, ["x", "y", "z"]].to_numpy().tolist()
-                for d in (INCREASE, DECREASE)}
-    fig = plot_figure2(clusters, space, simulated_note=note, z=result.maps["z"],
-                       fallback_cuts=cuts, title=(
-        "Figure 2. Pain empathy, patients vs controls (SDM-PSI, p < "
-        f"{clusters.params['p_threshold']:g} uncorrected, k \u2265 {clusters.params['min_voxels']})"))
-    save_figure(fig, out("figures/figure2.png"))
+    fig = plot_figure2(clusters, space, simulated_note=note, published=published)
+    save_figure(fig, out("figures/figure2.png"), dpi=300)
     save_figure(fig, out("figures/figure2.svg"))
     plt.close(fig)
     names, n1, n2 = study_info(result, dataset)
@@ -272,6 +266,7 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
                         study_names=names)
         save_figure(f, out(f"figures/funnel_{c + 1}.png"))
         plt.close(f)
+    draw_funnels(result, names, n1, n2, imputed, table3, published, simulated, out)
     if published is None:
         return
     pub_vox = space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
@@ -288,6 +283,43 @@ def draw_figures(result, dataset, clusters, table3: pd.DataFrame, provenance: di
                         egger_p=egger_p, title=title, study_names=names)
         save_figure(f, out(f"figures/funnel_published_{i + 1}.png"))
         plt.close(f)
+
+
+def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
+                 published: pd.DataFrame | None, simulated: bool,
+                 out: Callable[[str], Path]) -> None:
+    """``figures/funnels.{png,svg}``: the funnel plot of every cluster peak in one figure.
+
+    Without any cluster, the funnel plots of the reproduced data at the published peaks are
+    shown instead, and their titles say so.
+    """
+    import matplotlib.pyplot as plt
+
+    from analysis.figures.funnel import plot_funnels
+
+    panels = []
+    for c, pk in table3.iterrows():
+        panels.append({"g_imputed": imputed[:, :, int(pk["voxel"])], "n1": n1, "n2": n2,
+                       "pooled_g": pk["hedges_g"], "egger_p": pk["egger_p"],
+                       "study_names": names,
+                       "title": f"Cluster {c + 1}: {pk['region']} ({pk['x']}, {pk['y']}, "
+                                f"{pk['z']})"})
+    if not panels and published is not None:
+        vox = result.space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
+        for i, pub in published.reset_index(drop=True).iterrows():
+            if vox[i] < 0:
+                continue
+            panels.append({"g_imputed": imputed[:, :, int(vox[i])], "n1": n1, "n2": n2,
+                           "pooled_g": float(result.maps["g"][vox[i]]),
+                           "egger_p": pub.get("reproduced_egger_p_at_published_peak", np.nan),
+                           "study_names": names,
+                           "title": f"No cluster; published peak {i + 1}: {pub['aal_label']} "
+                                    f"({pub['x']}, {pub['y']}, {pub['z']})"})
+    note = "Simulated stand-in inputs: not the paper's data." if simulated else None
+    fig = plot_funnels(panels, note=note)
+    save_figure(fig, out("figures/funnels.png"), dpi=300)
+    save_figure(fig, out("figures/funnels.svg"))
+    plt.close(fig)
 
 
 def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path], *,
@@ -376,6 +408,9 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
         **provenance_values(provenance),
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
+        # Figure 2 (analysis.figures.figure2) draws only the thresholded clusters, or a glass
+        # brain with the published peaks when a direction has none
+        "figure2_thresholded": True,
         "clusters": clusters_values,
         "threshold": clusters.params,
         "published_matched_within_10mm": int((comparison["distance_mm"] <= 10).sum()),
