@@ -191,10 +191,8 @@ def stage_manifests(results: Path, data_dir: Path) -> dict[str, dict]:
         A stage has no manifest or no provenance, an output is missing or changed, the stages
         mix quick and full runs, or a stage's key no longer matches (names the stage).
     """
-    from analysis.config import load_config
-    from analysis.config import merge as merge_config
     from analysis.errors import StaleResults
-    from analysis.pipeline import STAGES, _manifest_path, check_results
+    from analysis.pipeline import STAGES, _manifest_path, check_results, recorded_config
 
     manifests = {}
     for stage in STAGES:
@@ -208,12 +206,9 @@ def stage_manifests(results: Path, data_dir: Path) -> dict[str, dict]:
                                "one); rerun the stage with `python -m analysis run --force "
                                f"--stage {stage.name}`")
         manifests[stage.name] = manifest
-    # the configuration the run recorded (a run with --set/--config is archived as it ran)
-    cfg = load_config()
-    for manifest in manifests.values():
-        merge_config(cfg, manifest["provenance"]["config"])
     try:
-        check_results(config=cfg, data_dir=data_dir, results_dir=results)
+        check_results(config=recorded_config(manifests.values()), data_dir=data_dir,
+                      results_dir=results)
     except StaleResults as exc:
         raise ArchiveError(str(exc)) from None
     modes = {m["quick"] for m in manifests.values()}

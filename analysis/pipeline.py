@@ -587,6 +587,19 @@ def merge_values(results: Path) -> dict:
 RUN_COMMAND = "python -m analysis run"
 
 
+def recorded_config(manifests) -> dict:
+    """The configuration a run recorded in its stage manifests (``provenance.config``), over
+    the current one for the keys that do not change results (a run made with ``--set`` or
+    ``--config`` is checked as it ran).
+    """
+    from analysis.config import merge
+
+    cfg = load_config()
+    for manifest in manifests:
+        merge(cfg, manifest["provenance"]["config"])
+    return cfg
+
+
 def check_results(config: dict | None = None, data_dir: Path | None = None,
                   results_dir: Path | None = None, stages: list[str] | None = None,
                   allow_missing: bool = False) -> None:
