@@ -16,7 +16,11 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
-``data/peaks.tsv``) every output says so; the numbers are then not the paper's data.
+``data/peaks.tsv``) every output says so; the numbers are then not the paper's data. The values
+``standin_generator_versions`` (the generator versions found in the provenance) and
+``standins_reproduce_table3_by_construction`` (true only when every stand-in is of the
+constructed generator v3, :mod:`analysis.standins`) let the manuscript say whether agreement
+with the published Table 3 is built into the data.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ MAP_NAMES = ("g", "var", "z", "tau2", "i2", "p")
 TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y", "z", "sdm_z",
                   "p_voxel", "hedges_g", "i2", "egger_p"]
 PUBLISHED_FILE = "published_table3.tsv"
+#: Stand-in generator whose stand-ins reproduce the published Table 3 by construction
+#: (:mod:`analysis.standins`, ``simulated:v3:...`` provenance).
+CONSTRUCTED_VERSION = "3"
 #: Table 3 gives I2 in percent, like SDM-PSI's ``_h_i2`` maps, the paper (0.355083 % at the ACC
 #: peak) and the engine's ``MetaResult.maps["i2"]`` (analysis.sdm.estimator).
 I2_UNIT = "percent"
@@ -76,8 +83,12 @@ def input_provenance(dataset) -> dict:
     :func:`analysis.sdm.peaks.classify_provenance` over every study of the study table: a study is
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; real when
     all start with ``original:`` or ``sdm-import:``; studies without peak rows are listed apart.
+    ``generator_versions`` lists the stand-in generator versions of the simulated rows
+    (:func:`analysis.sdm.peaks.generator_versions`): ``["3"]`` for the constructed stand-ins
+    of :mod:`analysis.standins`, whose main analysis reproduces the published Table 3 by
+    construction, ``["2"]`` for the simulated ones of :mod:`analysis.simulate`.
     """
-    from analysis.sdm.peaks import classify_provenance
+    from analysis.sdm.peaks import classify_provenance, generator_versions
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
@@ -86,7 +97,9 @@ def input_provenance(dataset) -> dict:
     v = classify_provenance(studies, peaks["study"].astype(str), prov)
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
             "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
-            "n_peaks_simulated": v.n_peaks_simulated}
+            "n_peaks_simulated": v.n_peaks_simulated,
+            "generator_versions": generator_versions(
+                prov[peaks["study"].astype(str).isin(set(studies))])}
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,6 +364,9 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
         "studies_without_peaks": provenance["no_peaks"],
         "n_peaks_real": provenance["n_peaks_real"],
         "n_peaks_simulated": provenance["n_peaks_simulated"],
+        "standin_generator_versions": list(provenance.get("generator_versions", [])),
+        "standins_reproduce_table3_by_construction": (
+            list(provenance.get("generator_versions", [])) == [CONSTRUCTED_VERSION]),
         "n_clusters_increase": clusters.n_clusters(INCREASE),
         "n_clusters_decrease": clusters.n_clusters(DECREASE),
         "clusters": clusters_values,
