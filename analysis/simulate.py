@@ -1,8 +1,9 @@
 """Simulated group-difference t-maps and the peaks an SPM-style report would list.
 
 Only the peaks of Moriguchi et al. (2007) are available offline; the peaks of the other ten
-studies of He et al. (2024) cannot be obtained and are **never** presented as real. The pipeline
-instead runs on clearly labelled *simulated stand-ins*: for each such study a group-difference
+studies of He et al. (2024) cannot be obtained and are **never** presented as real. Generator
+version 2 (this module) replaces them by clearly labelled *simulated stand-ins*: for each such
+study a group-difference
 t-map is simulated on the 2 mm MNI grid with that study's real sample sizes, thresholded as the
 study was (its ``t_thr``) and reduced to local maxima as SPM lists them, keeping only the
 direction(s) the study reported (Table 2 of the paper). Every such row carries the provenance
@@ -46,7 +47,12 @@ both directions (8 + 7, Fujino 2014 10 + 5), 10 to Fan 2013 and Xu 2020, 9 to De
 The default true effects of the stand-ins are the four published Table 3 effects
 (``published_table3.tsv``, He et al. 2024). They are small (|g| about 0.4-0.5, i.e. t about 1-2
 at the centre for these sample sizes), so most stand-in peaks are maxima of the noise, as in
-underpowered real studies; the stand-ins are therefore *not* expected to reproduce Table 3.
+underpowered real studies; the simulated stand-ins are therefore *not* expected to reproduce
+Table 3 (with the configured seed their main analysis finds no cluster). They are the world of
+the design checks (:mod:`analysis.checks.design`). The compendium's default data are the
+*constructed* stand-ins of generator version 3 (:mod:`analysis.standins`), built on this
+version's listing so that the main analysis reproduces Table 3 by construction;
+:func:`regenerate_peaks` writes either (``simulation.generator_version``).
 
 References
 ----------
