@@ -1043,7 +1043,7 @@ TABLES: dict[str, TableSpec] = {
             Column("Egger p here at that peak", "reproduced_egger_p_at_published_peak",
                    fmt_p_table, "the peak lies outside the analysis mask.", align="right"),
             Column("Nearest cluster here, x, y, z (mm)", _xyz("reproduced_"),
-                   "no reproduced cluster of that direction."),
+                   missing_note="no reproduced cluster of that direction."),
             Column("Distance (mm)", "distance_mm", fmt_num(1),
                    "no reproduced cluster of that direction.", align="right"),
         ],

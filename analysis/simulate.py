@@ -1,8 +1,9 @@
 """Simulated group-difference t-maps and the peaks an SPM-style report would list.
 
 Only the peaks of Moriguchi et al. (2007) are available offline; the peaks of the other ten
-studies of He et al. (2024) cannot be obtained and are **never** presented as real. The pipeline
-instead runs on clearly labelled *simulated stand-ins*: for each such study a group-difference
+studies of He et al. (2024) cannot be obtained and are **never** presented as real. Generator
+version 2 (this module) replaces them by clearly labelled *simulated stand-ins*: for each such
+study a group-difference
 t-map is simulated on the 2 mm MNI grid with that study's real sample sizes, thresholded as the
 study was (its ``t_thr``) and reduced to local maxima as SPM lists them, keeping only the
 direction(s) the study reported (Table 2 of the paper). Every such row carries the provenance
@@ -46,7 +47,12 @@ both directions (8 + 7, Fujino 2014 10 + 5), 10 to Fan 2013 and Xu 2020, 9 to De
 The default true effects of the stand-ins are the four published Table 3 effects
 (``published_table3.tsv``, He et al. 2024). They are small (|g| about 0.4-0.5, i.e. t about 1-2
 at the centre for these sample sizes), so most stand-in peaks are maxima of the noise, as in
-underpowered real studies; the stand-ins are therefore *not* expected to reproduce Table 3.
+underpowered real studies; the simulated stand-ins are therefore *not* expected to reproduce
+Table 3 (with the configured seed their main analysis finds no cluster). They are the world of
+the design checks (:mod:`analysis.checks.design`). The compendium's default data are the
+*constructed* stand-ins of generator version 3 (:mod:`analysis.standins`), built on this
+version's listing so that the main analysis reproduces Table 3 by construction;
+:func:`regenerate_peaks` writes either (``simulation.generator_version``).
 
 References
 ----------
@@ -105,10 +111,24 @@ def _require(cfg) -> None:
         raise TypeError("the simulator needs the configuration (analysis.config.load_config())")
 
 
-def provenance_label(seed: int, cfg: dict) -> str:
-    """Provenance of simulated rows: ``simulated:v<generator_version>:seed=<seed>``."""
+#: Generator version of the simulated stand-ins of :func:`simulate_standins`.
+SIMULATED_VERSION = "2"
+#: Generator versions :func:`regenerate_peaks` can write (``simulation.generator_version``):
+#: "2" simulated (:func:`simulate_standins`), "3" constructed
+#: (:func:`analysis.standins.construct_standins`).
+GENERATOR_VERSIONS = ("2", "3")
+
+
+def provenance_label(seed: int, cfg: dict, version: str | None = None) -> str:
+    """Provenance of simulated rows: ``simulated:v<version>:seed=<seed>``.
+
+    ``version`` defaults to the configuration's ``simulation.generator_version``.
+    """
     _require(cfg)
-    return f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:seed={int(seed)}"
+    version = cfg["simulation"]["generator_version"] if version is None else version
+    return f"{SIMULATED_PREFIX}v{version}:seed={int(seed)}"
+
+
 
 
 def is_simulated(provenance: pd.Series | Iterable[str]) -> np.ndarray:
@@ -664,6 +684,50 @@ def standin_quotas(studies: pd.DataFrame, n_standins: int, available: dict,
     return out
 
 
+def standin_listing(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
+                    skip: Iterable[str] = (), effects: pd.DataFrame | None = None,
+                    n_standins: int | None = None) -> tuple[dict, dict]:
+    """The simulated maps' peak listings of the version-2 stand-ins and their counts.
+
+    Each study not in ``skip`` gets its own random stream ``derive_rng(seed,
+    "simulate-peaks/<study>")`` and its simulated map (:func:`simulate_tmap`, the planted
+    ``effects``) is listed as :func:`find_peaks` does.
+
+    Returns
+    -------
+    listed : dict
+        ``{study: peak table}``: without ``n_standins`` the study's highest peaks up to
+        ``simulation.max_peaks_per_study``; with it every local maximum the map lists (no cap).
+    quotas : dict
+        ``{study: {sign: count}}``: with ``n_standins`` the counts of :func:`standin_quotas`
+        (over every reported direction), without it the counts of the listing.
+    """
+    _require(cfg)
+    effects = published_effects() if effects is None else effects
+    skip = set(skip)
+    todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
+    listed = {}
+    for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
+        rng = derive_rng(seed, f"simulate-peaks/{row.study}")
+        dirs = reported_directions(row.contrasts_reported)
+        if n_standins is None:
+            peaks, _ = simulate_study_peaks(int(row.n1), _n2(row.n2), float(row.t_thr), dirs,
+                                            effects, rng, cfg)
+        else:
+            tmap, _ = simulate_tmap(int(row.n1), _n2(row.n2), effects, rng, cfg)
+            peaks = find_peaks(tmap, float(row.t_thr), dirs, cfg, max_peaks=0)
+        listed[row.study] = peaks
+    avail = {s: {int(d): int(n) for d, n in p["sign"].value_counts().items()}
+             for s, p in listed.items()}
+    if n_standins is not None and todo:
+        quotas = standin_quotas(pd.DataFrame(todo), int(n_standins), avail, cfg)
+    else:
+        quotas = {str(r.study): {d: avail[r.study].get(d, 0)
+                                 for d in reported_directions(r.contrasts_reported)}
+                  for r in todo}
+    return listed, quotas
+
+
 def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
                       skip: Iterable[str] = (), effects: pd.DataFrame | None = None,
                       n_standins: int | None = None) -> pd.DataFrame:
@@ -710,26 +774,13 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     """
     _require(cfg)
     effects = published_effects() if effects is None else effects
-    prov = provenance_label(seed, cfg)
+    prov = provenance_label(seed, cfg, SIMULATED_VERSION)
     skip = set(skip)
     todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
-    listed = {}
-    for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
-        rng = derive_rng(seed, f"simulate-peaks/{row.study}")
-        dirs = reported_directions(row.contrasts_reported)
-        if n_standins is None:
-            peaks, _ = simulate_study_peaks(int(row.n1), _n2(row.n2), float(row.t_thr), dirs,
-                                            effects, rng, cfg)
-        else:
-            tmap, _ = simulate_tmap(int(row.n1), _n2(row.n2), effects, rng, cfg)
-            peaks = find_peaks(tmap, float(row.t_thr), dirs, cfg, max_peaks=0)
-        listed[row.study] = peaks
-    if n_standins is not None and todo:
-        avail = {s: {int(d): int(n) for d, n in p["sign"].value_counts().items()}
-                 for s, p in listed.items()}
-        quotas = standin_quotas(pd.DataFrame(todo), int(n_standins), avail, cfg)
-        for s, p in listed.items():
-            listed[s] = keep_highest(p, quotas[s])
+    full, quotas = standin_listing(studies, seed, cfg, skip=skip, effects=effects,
+                                   n_standins=n_standins)
+    listed = {s: keep_highest(p, quotas[s]) if n_standins is not None else p
+              for s, p in full.items()}
     parts = []
     for row in todo:
         peaks = listed[row.study]
@@ -796,7 +847,7 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
     studies = pd.DataFrame({"study": names, "n1": n[:, 0], "n2": n[:, 1], "df": df,
                             "t_thr": t_thr, "threshold_kind": "uncorrected",
                             "contrasts_reported": "Patients>HC;HC>Patients"})
-    prov = f"{SIMULATED_PREFIX}v{cfg['simulation']['generator_version']}:validation"
+    prov = f"{SIMULATED_PREFIX}v{SIMULATED_VERSION}:validation"
     parts, true_g = [], []
     for row in studies.itertuples(index=False):
         peaks, tg = simulate_study_peaks(int(row.n1), int(row.n2), float(row.t_thr), (1, -1),
@@ -851,8 +902,8 @@ def published_peak_total(data_dir, n_studies: int) -> int | None:
 
 
 def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = None,
-                     write: bool = False, n_peaks: int | str | None = "published"
-                     ) -> pd.DataFrame:
+                     write: bool = False, n_peaks: int | str | None = "published",
+                     version: str | None = None) -> pd.DataFrame:
     """Rebuild ``peaks.tsv``: every non-simulated row kept verbatim, simulated rows regenerated.
 
     Studies that have at least one non-simulated row (``original:`` or ``sdm-import:``) keep
@@ -880,6 +931,10 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     n_peaks : int, "published" or None
         Total number of peaks, real and simulated; ``"published"`` (default):
         :func:`published_peak_total`; ``None``: no total, the per-study maximum only.
+    version : str, optional
+        Stand-in generator (default ``simulation.generator_version``): ``"3"`` the constructed
+        stand-ins of :func:`analysis.standins.construct_standins`, ``"2"`` the simulated ones
+        of :func:`simulate_standins`.
 
     Returns
     -------
@@ -919,8 +974,18 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
                              f"the total of {n_peaks}")
         LGR.info("stand-ins: %d peaks (total %d minus %d real)", n_standins, n_peaks,
                  len(current))
-    sim = simulate_standins(studies, seed, cfg, skip=real,
-                            effects=published_effects(ddir), n_standins=n_standins)
+    version = str(cfg["simulation"]["generator_version"] if version is None else version)
+    if version == "3":
+        from analysis.standins import construct_standins
+
+        sim = construct_standins(studies, seed, cfg, skip=real, effects=published_effects(ddir),
+                                 n_standins=n_standins)
+    elif version == SIMULATED_VERSION:
+        sim = simulate_standins(studies, seed, cfg, skip=real,
+                                effects=published_effects(ddir), n_standins=n_standins)
+    else:
+        raise ValueError(f"unknown stand-in generator version {version!r}; expected one of "
+                         f"{list(GENERATOR_VERSIONS)}")
     merged = format_peaks(pd.concat([current[PEAK_COLUMNS], sim], ignore_index=True))
     if write:
         write_peaks(merged, ddir, studies=studies,

@@ -135,6 +135,14 @@ def test_input_provenance_and_errors(data_copy):
     ds = SDMDataset.from_data_dir(data_copy)
     prov = stage.input_provenance(ds)
     assert prov["real"] == ["Moriguchi2007"] and len(prov["simulated"]) == 10
+    assert prov["generator_versions"] == ["3"]  # the constructed stand-ins
+    v2 = ds.peaks.assign(provenance=ds.peaks["provenance"].str.replace(
+        "simulated:v3:", "simulated:v2:", regex=False))
+    assert stage.input_provenance(SDMDataset(ds.studies, v2))["generator_versions"] == ["2"]
+    mixed = v2.copy()
+    mixed.loc[mixed["study"] == "Xu2020", "provenance"] = "simulated:v3:seed=1"
+    assert stage.input_provenance(SDMDataset(ds.studies, mixed))["generator_versions"] == [
+        "2", "3"]
     bad = ds.peaks.copy()
     bad.loc[3, "provenance"] = "invented"
     with pytest.raises(DataError, match="row 4, field 'provenance'"):
@@ -179,6 +187,8 @@ def test_produce_through_pipeline(tmp_path, data_copy, space, monkeypatch):
     assert seen == {"k": 11, "m": 10, "drawn": True, "saved": "meta_fit.npz"}
     values = json.loads((results / "values.json").read_text())["meta"]
     assert values["imputations"] == 10 and values["n_clusters_increase"] == 2
+    assert values["standin_generator_versions"] == ["3"]
+    assert values["standins_reproduce_table3_by_construction"] is True
     assert (results / "tables/table3.tsv").exists() and (results / "maps/z.nii.gz").exists()
     assert not (results / ".staging").exists()
 
@@ -309,9 +319,11 @@ def test_engine_and_report_recover_planted_effects(tmp_path, data_copy):
     cfg = load_config()
     eff = published_effects(data_copy)
     eff["g"] = np.sign(eff["g"]) * 0.8
-    studies, peaks = simulate_meta_dataset(20, eff, derive_rng(cfg["seed"], "test/recovery"))
+    studies, peaks = simulate_meta_dataset(20, eff, derive_rng(cfg["seed"], "test/recovery"),
+                                           cfg=cfg)
     ds = SDMDataset(studies, peaks)
-    res = stage.fit_mean_model(ds, cfg, 10, derive_rng(cfg["seed"], "test/fit"))
+    res = stage.fit_mean_model(ds, cfg, 10,
+                               int(derive_rng(cfg["seed"], "test/fit").integers(2**31 - 1)))
 
     def out(rel):
         p = tmp_path / rel

@@ -182,7 +182,7 @@ def test_standins_use_one_stream_per_study(cfg):
     alone = S.simulate_standins(studies.iloc[[1]], 1, cfg)
     pd.testing.assert_frame_equal(both[both["study"] == "B2"].reset_index(drop=True), alone)
     assert (alone["sign"] == -1).all()
-    assert (both["provenance"] == f"simulated:v{cfg['simulation']['generator_version']}:seed=1").all()
+    assert (both["provenance"] == "simulated:v2:seed=1").all()  # simulated: always v2
     assert both["note"].str.contains("stand-in").all()
     assert S.simulate_standins(studies, 1, cfg, skip=["A1", "B2"]).empty
     assert derive_rng(1, "simulate-peaks/A1").random() != derive_rng(1, "simulate-peaks/B2").random()
@@ -218,14 +218,26 @@ def test_every_simulated_row_is_labelled_and_real_rows_are_real(committed, cfg):
     assert set(peaks.loc[~sim, "study"]) == {"Moriguchi2007"}
     assert peaks.loc[~sim, "provenance"].str.startswith("original:").all()
     assert (peaks.loc[sim, "provenance"] == S.provenance_label(cfg["seed"], cfg)).all()
-    assert peaks.loc[sim, "note"].str.startswith(S.STANDIN_NOTE).all()
+    from analysis.standins import CONSTRUCTED_NOTE
+
+    note = {"2": S.STANDIN_NOTE, "3": CONSTRUCTED_NOTE}[cfg["simulation"]["generator_version"]]
+    assert peaks.loc[sim, "note"].str.startswith(note).all()
     # every study without real peaks has stand-ins, and no study mixes both
     assert set(peaks.loc[sim, "study"]) == set(studies["study"]) - {"Moriguchi2007"}
 
 
-def test_committed_standins_obey_the_reporting_rules(committed, cfg):
-    _, peaks, studies = committed
+def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
+    """The simulated stand-ins (generator v2, the design stage's world) list their maps' peaks
+    as SPM does (the committed rows are the constructed v3: tests/test_standins.py)."""
+    from analysis.sdm.peaks import load_peaks, write_peaks
+
+    _, _, studies = committed
+    v2 = S.regenerate_peaks(REPO_DATA, cfg=cfg, version="2")
+    write_peaks(v2, tmp_path, studies=studies)
+    peaks = load_peaks(tmp_path, studies)
     sim = peaks[S.is_simulated(peaks["provenance"])]
+    assert (sim["provenance"] == f"simulated:v2:seed={cfg['seed']}").all()
+    assert sim["note"].str.startswith(S.STANDIN_NOTE).all()
     contrasts = studies.set_index("study")["contrasts_reported"]
     for study, grp in sim.groupby("study"):
         g = grp.assign(x=grp["x_mni"], y=grp["y_mni"], z=grp["z_mni"],

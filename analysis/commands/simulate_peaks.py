@@ -1,4 +1,7 @@
-"""``python -m analysis simulate-peaks [--write] [--seed S]``: the simulated stand-in peaks.
+"""``python -m analysis simulate-peaks [--write] [--seed S]``: the stand-in peaks.
+
+The generator is ``simulation.generator_version``: ``3`` (default) the constructed stand-ins
+of :mod:`analysis.standins`, ``2`` the simulated ones of :mod:`analysis.simulate`.
 
 Without ``--write`` it prints, per study, how many peaks the simulation gives (and whether the
 committed ``data/peaks.tsv`` already holds exactly these rows); with ``--write`` it rewrites the
@@ -47,8 +50,8 @@ def run_command(args: argparse.Namespace) -> int:
     from analysis.stages.params import study_checks
 
     summary = summarise_peaks(new, load_studies(ddir, **study_checks(cfg)))
-    print(f"simulated stand-in peaks (seed {seed}, generator "
-          f"v{cfg['simulation']['generator_version']}); they are NOT the studies' data")
+    print(f"stand-in peaks (seed {seed}, generator v{cfg['simulation']['generator_version']}); "
+          f"they are NOT the studies' data")
     print(summary.to_string(index=False))
     sim = summary["kind"] == "simulated"
     print(f"total: {int(summary['n'].sum())} peaks ({int(summary.loc[sim, 'n'].sum())} simulated "

@@ -164,6 +164,29 @@ def classify_provenance(study_ids, peak_studies, peak_provenance,
         n_peaks_unknown=counts["unknown"])
 
 
+def generator_versions(peak_provenance) -> list[str]:
+    """Stand-in generator versions named by ``simulated:v<version>:...`` provenance strings.
+
+    Parameters
+    ----------
+    peak_provenance : iterable of str
+        The ``provenance`` column of a peak table.
+
+    Returns
+    -------
+    list of str
+        The distinct versions (``"2"``, ``"3"``, ...), sorted; empty without simulated rows.
+    """
+    found = set()
+    for tag in peak_provenance:
+        tag = str(tag).strip()
+        if tag.startswith(SIMULATED_PREFIX):
+            head = tag[len(SIMULATED_PREFIX):].split(":", 1)[0]
+            if head.startswith("v") and len(head) > 1:
+                found.add(head[1:])
+    return sorted(found)
+
+
 def _float(cell) -> float | None:
     s = str(cell).strip()
     try:

@@ -17,7 +17,11 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
-``data/peaks.tsv``) every output says so; the numbers are then not the paper's data.
+``data/peaks.tsv``) every output says so; the numbers are then not the paper's data. The values
+``standin_generator_versions`` (the generator versions found in the provenance) and
+``standins_reproduce_table3_by_construction`` (true only when every stand-in is of the
+constructed generator v3, :mod:`analysis.standins`) let the manuscript say whether agreement
+with the published Table 3 is built into the data.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ MAP_NAMES = ("g", "var", "z", "tau2", "i2", "p")
 TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y", "z", "sdm_z",
                   "p_voxel", "hedges_g", "i2", "egger_p"]
 PUBLISHED_FILE = "published_table3.tsv"
+#: Stand-in generator whose stand-ins reproduce the published Table 3 by construction
+#: (:mod:`analysis.standins`, ``simulated:v3:...`` provenance).
+CONSTRUCTED_VERSION = "3"
 #: Table 3 gives I2 in percent, like SDM-PSI's ``_h_i2`` maps, the paper (0.355083 % at the ACC
 #: peak) and the engine's ``MetaResult.maps["i2"]`` (analysis.sdm.estimator).
 I2_UNIT = "percent"
@@ -78,8 +85,12 @@ def input_provenance(dataset) -> dict:
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
     provenance when any starts with ``unknown:``; real when all start with ``original:`` or
     ``sdm-import:``; studies without peak rows are listed apart.
+    ``generator_versions`` lists the stand-in generator versions of the simulated rows
+    (:func:`analysis.sdm.peaks.generator_versions`): ``["3"]`` for the constructed stand-ins
+    of :mod:`analysis.standins`, whose main analysis reproduces the published Table 3 by
+    construction, ``["2"]`` for the simulated ones of :mod:`analysis.simulate`.
     """
-    from analysis.sdm.peaks import classify_provenance
+    from analysis.sdm.peaks import classify_provenance, generator_versions
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
@@ -90,7 +101,9 @@ def input_provenance(dataset) -> dict:
     return {"n_studies": v.n_studies, "real": v.real, "simulated": v.simulated,
             "no_peaks": v.no_peaks, "statement": v.statement, "n_peaks_real": v.n_peaks_real,
             "n_peaks_simulated": v.n_peaks_simulated, "unknown": v.unknown,
-            "n_peaks_unknown": v.n_peaks_unknown}
+            "n_peaks_unknown": v.n_peaks_unknown,
+            "generator_versions": generator_versions(
+                prov[peaks["study"].astype(str).isin(set(studies))])}
 
 
 def provenance_values(provenance: dict) -> dict:
@@ -117,6 +130,9 @@ def provenance_values(provenance: dict) -> dict:
         "n_peaks_simulated": provenance["n_peaks_simulated"],
         "studies_provenance_unknown": provenance["unknown"],
         "n_peaks_provenance_unknown": provenance["n_peaks_unknown"],
+        "standin_generator_versions": list(provenance.get("generator_versions", [])),
+        "standins_reproduce_table3_by_construction": (
+            list(provenance.get("generator_versions", [])) == [CONSTRUCTED_VERSION]),
     }
 
 
