@@ -308,7 +308,8 @@ def test_engine_and_report_recover_planted_effects(tmp_path, data_copy):
     cfg = load_config()
     eff = published_effects(data_copy)
     eff["g"] = np.sign(eff["g"]) * 0.8
-    studies, peaks = simulate_meta_dataset(20, eff, derive_rng(cfg["seed"], "test/recovery"))
+    studies, peaks = simulate_meta_dataset(20, eff, derive_rng(cfg["seed"], "test/recovery"),
+                                            cfg=cfg)
     ds = SDMDataset(studies, peaks)
     res = stage.fit_mean_model(ds, cfg, 10, derive_rng(cfg["seed"], "test/fit"))
 
