@@ -33,10 +33,14 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     studies, peaks = read_sdm_project(args.folder)
     from analysis.config import load_config
-    from analysis.stages.params import study_checks
+    from analysis.stages.params import data_checks
 
-    sp, pp = write_data_tables(studies, peaks, out, **study_checks(load_config()))
+    warnings: list[str] = []
+    sp, pp = write_data_tables(studies, peaks, out, warnings=warnings,
+                               **data_checks(load_config()))
     unknown = int((peaks["stat_type"] == "none").sum())
     print(f"imported {len(studies)} studies and {len(peaks)} peaks ({unknown} without a "
           f"statistic) into {sp.parent}")
+    for line in warnings:
+        print(f"warning: {line}")
     return 0
