@@ -311,7 +311,8 @@ def test_engine_and_report_recover_planted_effects(tmp_path, data_copy):
     studies, peaks = simulate_meta_dataset(20, eff, derive_rng(cfg["seed"], "test/recovery"),
                                             cfg=cfg)
     ds = SDMDataset(studies, peaks)
-    res = stage.fit_mean_model(ds, cfg, 10, derive_rng(cfg["seed"], "test/fit"))
+    res = stage.fit_mean_model(ds, cfg, 10,
+                               int(derive_rng(cfg["seed"], "test/fit").integers(2**31 - 1)))
 
     def out(rel):
         p = tmp_path / rel

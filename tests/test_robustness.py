@@ -168,6 +168,7 @@ def test_bench_command_lists_the_registry(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # stage meta then 20 re-fits: more than 15 min on 2 shared cores
 def test_robustness_stage_quick_on_the_data(tmp_path):
     """The whole stage in quick mode on data/ (re-fits 20 subsets: slow), after the meta stage
     it reads its fit from (``intermediate/meta_fit.npz``)."""

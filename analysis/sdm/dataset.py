@@ -33,8 +33,7 @@ _STUDY_FIELD = {"n_patients": "n1", "n_controls": "n2", "correction": "t_thr",
 
 
 def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDMDataset", *,
-                  study_names=None, peak_rows=None, warnings: list[str] | None = None,
-                  check_mask: bool = True) -> None:
+                  warnings: list[str] | None = None, check_mask: bool = True) -> None:
     """Check the engine's typed tables with the rules of the compendium's text tables.
 
     The typed tables (``study, n1, n2, t_thr``; ``study, x, y, z, t, sign``, MNI) are written
@@ -49,10 +48,8 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
     studies, peaks : pandas.DataFrame
         The engine's tables.
     source : str
-        Names the input in errors (``<source> studies`` / ``<source> peaks``).
-    study_names, peak_rows : sequence, optional
-        How errors name a study row (default: its ``study``) and a peak row (default: its
-        1-based position).
+        Names the input in errors (``<source> studies`` / ``<source> peaks``, rows numbered
+        from 1 in table order, fields by the engine's column names).
     warnings : list of str, optional
         Receives the warnings (logged when None).
     check_mask : bool
@@ -81,7 +78,7 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
     raw_s.index = pd.RangeIndex(1, len(raw_s) + 1)
     s_file, p_file = f"{source} studies", f"{source} peaks"
     typed, errors = check_studies(raw_s, s_file)
-    names = list(raw_s["study"]) if study_names is None else list(study_names)
+    names = list(raw_s["study"])
     errors = [DataError(e.file, f"study {names[e.row - 1]!r}: {e.message}" if e.row else
                         e.message, row=e.row, field=_STUDY_FIELD.get(e.field, e.field))
               for e in errors]
@@ -101,15 +98,14 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
             "stat_value": ["" if np.isnan(v) else format_number(v) for v in t],
             "provenance": "", "note": ""}, columns=PEAK_COLUMNS)
         raw_p.index = pd.RangeIndex(1, len(raw_p) + 1)
-        rows = list(raw_p.index) if peak_rows is None else list(peak_rows)
         field_name = {"stat_value": "t"}
         own: list[str] = []
         _, perrs = check_peaks(raw_p, typed, p_file, check_mask=check_mask,
                                check_provenance=False, warnings=own)
         for e in perrs:
-            row = rows[e.row - 1] if e.row else e.row
-            errors.append(DataError(e.file, e.message, row=row,
+            errors.append(DataError(e.file, e.message, row=e.row,
                                     field=field_name.get(e.field, e.field)))
+        own = [w.replace("field 'stat_value'", "field 't'") for w in own]
         if warnings is None:
             import logging
 

@@ -372,11 +372,11 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
             dist[ok] = brain_distance_mm(xyz[ok])
         for row, d, (a, b, c) in zip(out.index, dist, xyz):
             if d > OUTSIDE_BRAIN_MM:
-                err(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.0f} mm "
+                err(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.1f} mm "
                     f"outside the MNI152 brain (more than {OUTSIDE_BRAIN_MM:g} mm: check the "
                     "coordinates and their space)")
             elif d > tol:
-                warn(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.0f} mm "
+                warn(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.1f} mm "
                      f"outside the 2 mm MNI152 brain mask (tolerance {tol:g} mm; SDM-PSI keeps "
                      "it where it is)")
     errors.sort(key=lambda e: (e.row or 0))

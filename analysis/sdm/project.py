@@ -106,6 +106,10 @@ def read_sdm_project(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         Every problem found (unreadable table, missing or duplicated peak file, bad line).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(folder.name, f"is a file, not an SDM project folder: {folder}")
+    if not folder.exists():
+        raise DataError(folder.name, f"folder not found: {folder}")
     errors: list[DataError] = []
     table = read_tsv_text(folder / TABLE_FILE, required=["study", "n1", "t_thr"])
     has_n2 = "n2" in table.columns
@@ -207,7 +211,7 @@ def check_sdm_table(studies: pd.DataFrame,
 def _check_no_peaks_file(path: Path, errors: list[DataError]) -> None:
     """A ``<study>.no_peaks.txt`` file must be empty (its peaks would be dropped silently)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # BOM read as in sdm_table.txt
     except UnicodeDecodeError as exc:
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return
@@ -222,7 +226,7 @@ def _check_no_peaks_file(path: Path, errors: list[DataError]) -> None:
 def _read_peak_file(path: Path, study: str, space: str, provenance: str,
                     errors: list[DataError]) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # BOM read as in sdm_table.txt
     except UnicodeDecodeError as exc:
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return []
