@@ -115,3 +115,49 @@ def test_folder_given_as_a_file_is_reported_as_such(tmp_path, capsys):
         read_sdm_project(f)
     assert cli.main(["validate-data", "--data", str(tmp_path)]) == 1
     assert "is a folder, not a file" in capsys.readouterr().err
+
+
+_HOLDER = """
+import sys, time
+from analysis.commands.render import private_temp
+with private_temp() as d:
+    import os
+    (d / "runtime" / "kernel-1234.json").write_text('{"key": "secret"}')
+    print(d, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_killed_render_leaves_no_kernel_files(tmp_path, how):
+    """A terminated render removes its private temporary folder (kernel connection files with
+    their keys); one killed outright has it removed by the next render."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from analysis.commands.render import private_temp
+    from analysis.paths import REPO_ROOT
+
+    env = {**os.environ, "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER], stdout=subprocess.PIPE, env=env,
+                            text=True, cwd=REPO_ROOT)
+    folder = proc.stdout.readline().strip()
+    assert folder.startswith(str(tmp_path)) and os.path.isfile(f"{folder}/runtime/kernel-1234.json")
+    proc.send_signal(getattr(signal, how))
+    proc.wait(timeout=60)
+    if how == "SIGKILL":
+        assert os.path.isdir(folder)  # nothing runs after SIGKILL ...
+        import tempfile
+
+        old = tempfile.tempdir
+        tempfile.tempdir = str(tmp_path)
+        try:
+            with private_temp():
+                pass  # ... the next render removes it
+        finally:
+            tempfile.tempdir = old
+    assert not os.path.exists(folder)
+    assert list(tmp_path.iterdir()) == []
