@@ -37,7 +37,7 @@ test: $(STAMP) ## lint and run the test suite (no Quarto, no network)
 	$(BIN)/pytest
 
 validate: $(STAMP) ## engine validation (public SDM-PSI run, simulations); manuscript in headless Chromium (slow)
-	$(RUN) validate-sdm
+	@# validate-sdm runs inside tests/test_sdm_validation.py (with its floors), once
 	$(BIN)/pytest -m slow -p no:cacheprovider
 
 bench: $(STAMP) ## speed and memory benchmarks, as ratios measured in the same run
