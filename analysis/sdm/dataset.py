@@ -74,7 +74,9 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
         "threshold": "",
     })
     if "contrasts_reported" in studies.columns:
-        raw_s["contrasts_reported"] = studies["contrasts_reported"].astype(str).to_numpy()
+        raw_s["contrasts_reported"] = [
+            "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            for v in studies["contrasts_reported"]]
     raw_s.index = pd.RangeIndex(1, len(raw_s) + 1)
     s_file, p_file = f"{source} studies", f"{source} peaks"
     typed, errors = check_studies(raw_s, s_file)
