@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.errors import ConfigError
 from analysis.sdm.rng import derive_rng, stage_seed  # noqa: F401 (the engine's streams)
@@ -40,6 +40,16 @@ PosFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Prob = Annotated[float, Field(gt=0, lt=1)]
 Connectivity = Literal[6, 18, 26]
+
+
+def _nonzero(v: int) -> int:
+    if v == 0:
+        raise ValueError("must not be 0 (a number of workers: 1, 2, ... or -1 for all cores)")
+    return v
+
+
+#: joblib's n_jobs: a positive count, or -1 (all cores), -2 (all but one)...; never 0
+NJobs = Annotated[int, AfterValidator(_nonzero)]
 
 
 class _Section(BaseModel):
@@ -74,7 +84,7 @@ class PsiConfig(_Section):
     voxel_block: PosInt
     backend: Literal["numpy", "numba", "cupy"]
     precision: Literal["single", "double"]
-    n_jobs: int
+    n_jobs: NJobs
 
 
 class RobustnessConfig(_Section):
@@ -243,13 +253,57 @@ def validate_config(cfg: Any, source: str = "configuration",
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML 1.2 requires keys to
+    be unique; PyYAML would keep the last value silently).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # reported by the base constructor
+            if key in seen:
+                raise ConfigError(
+                    str(key), f"key given twice in one mapping (line {seen[key]} and line "
+                    f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Read a YAML configuration file; every problem is a :class:`ConfigError` naming the file.
+
+    Refused: a missing file, a folder, a file that is not UTF-8 text (e.g. binary), invalid YAML
+    and a key given twice in one mapping (named with both lines).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError("<file>", "is a folder, not a YAML file", str(path))
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError("<file>", "file not found", str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"not a UTF-8 text file (byte {exc.start}: {exc.reason}); "
+                          "a YAML configuration file is expected", str(path)) from None
+    except OSError as exc:
+        raise ConfigError("<file>", exc.strerror or type(exc).__name__, str(path)) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.message, str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("<file>", f"not valid YAML ({' '.join(str(exc).split())})",
+                          str(path)) from None
+
+
 @lru_cache(maxsize=1)
 def _load_default() -> dict[str, Any]:
-    try:
-        with CONFIG_PATH.open(encoding="utf-8") as fh:
-            cfg = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError("<file>", f"not valid YAML ({exc})", CONFIG_PATH.name) from None
+    cfg = read_yaml_file(CONFIG_PATH)
     return validate_config(cfg, CONFIG_PATH.name)
 
 

@@ -6,7 +6,10 @@ numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mas
 conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
 contrasts or the statistic, p outside (0, 1), |t|, |z| or n beyond plausibility bounds, unknown
 spaces) and raises one :class:`analysis.errors.DataErrors` listing every problem, each naming
-file, row and field. A study of the study table without any peak row is not an error (a study
+file, row and field; what SDM-PSI accepts although a real project is merely untidy (a peak
+4-20 mm outside the brain mask, a repeated peak, a t below the study's threshold) is a warning,
+the same rule set as ``import-sdm`` (:func:`analysis.sdm.peaks.check_peaks`). A study of the
+study table without any peak row is not an error (a study
 may report no significant difference) but a warning, and it keeps the provenance verdict
 (:func:`analysis.sdm.peaks.classify_provenance`) from "all real". It never writes anything.
 """
@@ -75,19 +78,19 @@ def validate_data(data_dir: str | Path | None = None, check_mask: bool = True,
     except DataError as exc:
         errors.append(exc)
     peaks = None
+    peak_warnings: list[str] = []
     try:
         raw_p = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
         if studies is not None and len(studies) and "study" in studies.columns:
             peaks, errs = check_peaks(raw_p, studies, PEAKS_FILE, check_mask=check_mask,
-                                      **peak_kw)
+                                      warnings=peak_warnings, **peak_kw)
             errors.extend(errs)
     except DataError as exc:
         errors.append(exc)
     if errors:
         raise DataErrors(errors)
     summary = summarise(studies, peaks)
-    for line in summary["warnings"]:
-        LGR.warning("%s", line)
+    summary["warnings"] = peak_warnings + summary["warnings"]  # printed once, by the command
     return summary
 
 

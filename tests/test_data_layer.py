@@ -191,6 +191,11 @@ def _case(name, d):
     if name == "stat-vs-sign":
         _edit_line(P, 8, "stat_value", "4.5")  # row 8 has sign -1
         return "peaks.tsv", 8, "stat_value"
+    if name == "near-brain":  # 8 mm outside the brain: SDM-PSI keeps it (Enge et al. 2021)
+        _edit_line(P, 6, "x", "0")
+        _edit_line(P, 6, "y", "0")
+        _edit_line(P, 6, "z", "84")
+        return "peaks.tsv", 6, "x"
     if name == "below-threshold":
         _edit_line(P, 13, "stat_value", "-2.1")  # Moriguchi t_thr (p<0.005, df=28) = 2.763
         return "peaks.tsv", 13, "stat_value"
@@ -214,8 +219,10 @@ def _case(name, d):
 
 
 CASES = ["malformed-row", "wrong-columns", "empty-file", "not-utf8", "unknown-study",
-         "duplicate-peak", "outside-mask", "sign-vs-contrasts", "stat-vs-sign", "missing-n",
-         "non-numeric-n", "non-numeric-t", "unknown-space", "p-out-of-range", "below-threshold"]
+         "outside-mask", "sign-vs-contrasts", "stat-vs-sign", "missing-n",
+         "non-numeric-n", "non-numeric-t", "unknown-space", "p-out-of-range"]
+#: what SDM-PSI accepts although a real project is untidy: warnings naming file, row and field
+WARNING_CASES = ["duplicate-peak", "below-threshold", "near-brain"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -229,6 +236,16 @@ def test_validate_data_names_file_row_field(data_copy, case):
     assert file in text and f"row {row}" in text
     if field:
         assert f"field '{field}'" in text
+
+
+@pytest.mark.parametrize("case", WARNING_CASES)
+def test_validate_data_warns_where_sdm_psi_accepts(data_copy, case):
+    """Repeated peaks, t below t_thr and peaks 4-20 mm outside the brain pass, with a warning
+    naming file, row and field (one rule set with import-sdm and every engine entry point)."""
+    file, row, field = _case(case, data_copy)
+    summary = validate_data(data_copy)
+    hits = [w for w in summary["warnings"] if w.startswith(f"{file}, row {row}, field '{field}'")]
+    assert len(hits) == 1, summary["warnings"]
 
 
 def test_validate_data_reports_all_errors(data_copy):

@@ -168,16 +168,20 @@ def test_bench_command_lists_the_registry(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # stage meta then 20 re-fits: more than 15 min on 2 shared cores
 def test_robustness_stage_quick_on_the_data(tmp_path):
-    """The whole stage in quick mode on data/ (re-fits 20 subsets: slow)."""
+    """The whole stage in quick mode on data/ (re-fits 20 subsets: slow), after the meta stage
+    it reads its fit from (``intermediate/meta_fit.npz``)."""
     from analysis import paths
     from analysis.config import load_config
-    from analysis.pipeline import Context
+    from analysis.pipeline import Context, run_stages
 
+    results = tmp_path / "results"
+    assert run_stages(["meta"], quick=True, force=True, data_dir=paths.data_dir(),
+                      results_dir=results) == {"meta": "ran"}
     staging = tmp_path / "staging"
     staging.mkdir()
-    ctx = Context("robustness", load_config(), paths.data_dir(), tmp_path / "results", staging,
-                  quick=True)
+    ctx = Context("robustness", load_config(), paths.data_dir(), results, staging, quick=True)
     values = rs.produce(ctx)
     for rel in ["maps/corrp_voxel.nii.gz", "maps/corrp_voxel_neg.nii.gz",
                 "maps/corrp_tfce.nii.gz", "maps/corrp_tfce_neg.nii.gz",

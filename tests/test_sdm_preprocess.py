@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError
+from analysis.errors import DataError, DataErrors
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.effect_sizes import g_from_t
 from analysis.sdm.kernel import (
@@ -359,18 +359,24 @@ def test_weighted_rule_mixed_signs():
     assert up[v] == pytest.approx(g + kp * (geff - g), rel=1e-5)
 
 
-def _ds(peaks: pd.DataFrame, **study) -> SDMDataset:
+def _ds(peaks: pd.DataFrame, checked: bool = False, **study) -> SDMDataset:
     s = dict(study="s1", n1=N1, n2=np.nan, t_thr=T_THR)
     s.update(study)
-    return SDMDataset(pd.DataFrame([s]), peaks.assign(study="s1"))
+    return SDMDataset(pd.DataFrame([s]), peaks.assign(study="s1"), checked=checked)
 
 
 @pytest.mark.parametrize("change, field", [
     (dict(n1=1), "n1"), (dict(t_thr=-2.0), "t_thr"), (dict(t_thr=np.nan), "t_thr")])
 def test_bad_study_rows_raise_located_errors(change, field):
+    """Refused where the dataset is built and, for tables marked as checked, by preprocess."""
+    with pytest.raises(DataErrors) as errs:
+        _ds(peaks_df([]), **change)
+    assert [(e.file, e.row, e.field) for e in errs.value.errors] == [
+        ("SDMDataset studies", 1, field)]
     space = box_space()
     with pytest.raises(DataError) as err:
-        preprocess(_ds(peaks_df([]), **change), space, anisotropy=0.0, progress=False)
+        preprocess(_ds(peaks_df([]), checked=True, **change), space, anisotropy=0.0,
+                   progress=False)
     assert err.value.field == field and err.value.row == 1
 
 
@@ -379,13 +385,18 @@ def test_bad_peak_rows_raise_located_errors():
     c = centre_xyz(space)
     pk = peaks_df([[*c, 4.0], [*c, 5.0]])
     pk.loc[1, "sign"] = -1.0
+    with pytest.raises(DataErrors) as errs:
+        _ds(pk)
+    assert [(e.row, e.field) for e in errs.value.errors] == [(2, "t")]  # t contradicts sign
     with pytest.raises(DataError) as err:
-        preprocess(_ds(pk), space, anisotropy=0.0, progress=False)
+        preprocess(_ds(pk, checked=True), space, anisotropy=0.0, progress=False)
     assert err.value.field == "sign" and err.value.row == 2
     pk = peaks_df([[*c, 4.0], [*c, np.nan]])
     pk.loc[1, "sign"] = 0.0
+    with pytest.raises(DataErrors, match="sign"):
+        _ds(pk)
     with pytest.raises(DataError, match="sign"):
-        preprocess(_ds(pk), space, anisotropy=0.0, progress=False)
+        preprocess(_ds(pk, checked=True), space, anisotropy=0.0, progress=False)
 
 
 def test_preprocess_shapes_and_metadata():

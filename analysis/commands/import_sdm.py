@@ -47,9 +47,11 @@ def run_command(args: argparse.Namespace) -> int:
         return 1
     studies, peaks = read_sdm_project(args.folder, source=args.source)
     from analysis.config import load_config
-    from analysis.stages.params import study_checks
+    from analysis.stages.params import data_checks
 
-    sp, pp = write_data_tables(studies, peaks, out, **study_checks(load_config()))
+    warnings: list[str] = []
+    sp, pp = write_data_tables(studies, peaks, out, warnings=warnings,
+                               **data_checks(load_config()))
     unknown = int((peaks["stat_type"] == "none").sum())
     print(f"imported {len(studies)} studies and {len(peaks)} peaks ({unknown} without a "
           f"statistic) into {sp.parent}")
@@ -58,4 +60,6 @@ def run_command(args: argparse.Namespace) -> int:
     if no_record:
         print(f"warning: {no_record} of {len(peaks)} peaks are labelled {UNKNOWN_LABEL} (no "
               f"record in {PROVENANCE_FILE} and no --source): they are not counted as real")
+    for line in warnings:
+        print(f"warning: {line}")
     return 0

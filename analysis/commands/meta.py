@@ -160,13 +160,45 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="kernel FWHM in mm (default: config sdm.fwhm_mm, 20 as in SDM-PSI)")
     p.add_argument("--anisotropy", type=float, default=None,
                    help="SDM's degree of kernel anisotropy (default: config sdm.anisotropy)")
-    p.add_argument("--n-jobs", type=int, default=1,
+    p.add_argument("--n-jobs", type=_n_jobs, default=1,
                    help="parallel workers of the fit and the permutations (default 1; -1 = all "
                         "cores)")
 
 
-def run_command(args: argparse.Namespace) -> int:
+def _n_jobs(text: str) -> int:
+    """``--n-jobs``: a non-zero integer (joblib: 1, 2, ... workers; -1 all cores)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("0 workers: give 1, 2, ... or -1 for all cores")
+    return value
+
+
+def load_mask(path: Path):
+    """The ``--mask`` image; a file that is not a NIfTI image is a one-line error naming it."""
     import nibabel as nib
+
+    from analysis.errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(str(path), "is a folder, not a mask image (a NIfTI file is expected)")
+    if not path.is_file():
+        raise DataError(str(path), "file not found (the --mask image)")
+    try:
+        img = nib.load(str(path))
+        img.get_fdata()  # noqa: B018 (a truncated file fails here, not later)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as exc:
+        raise DataError(str(path), f"not a NIfTI mask image ({' '.join(str(exc).split())})"
+                        ) from None
+    if img.ndim != 3:
+        raise DataError(str(path), f"a mask image must be 3-D, this one has shape {img.shape}")
+    return img
+
+
+def run_command(args: argparse.Namespace) -> int:
 
     from analysis.config import load_config
     from analysis.errors import DataError
@@ -180,7 +212,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise DataError(folder / "sdm_table.txt", "no SDM study table in this folder")
     dataset = SDMDataset.from_sdm_project(folder, **params.study_checks(cfg))
     if args.mask is not None:
-        mask, mask_name = nib.load(str(args.mask)), str(args.mask)
+        mask, mask_name = load_mask(args.mask), str(args.mask)
     elif dataset.mask is not None:
         mask, mask_name = dataset.mask, str(folder / "sdm_mask.nii.gz")
     else:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from analysis.config import load_config, merge, parse_overrides
+from analysis.config import load_config, merge, parse_overrides, read_yaml_file
 from analysis.errors import ConfigError
 from analysis.pipeline import STAGES, run_stages
 
@@ -45,11 +43,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     source = []
     if getattr(args, "config", None):
         path = Path(args.config)
-        try:
-            extra = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError("<file>", f"not valid YAML ({' '.join(str(exc).split())})",
-                              str(path)) from None
+        extra = read_yaml_file(path)
         if extra is not None and not isinstance(extra, dict):
             raise ConfigError("<root>", "expected a mapping of sections", str(path))
         merge(overrides, extra or {})

@@ -225,7 +225,9 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
     from analysis.stages import params
 
     folder = folder or enge_folder()
-    seed = int(load_config()["seed"] if seed is None else seed)
+    cfg = load_config()
+    seed = int(cfg["seed"] if seed is None else seed)
+    imputations = int(cfg["sdm"]["imputations"] if imputations is None else imputations)
     space, ref = load_reference(folder)
     clusters = published_clusters(folder)
     dataset = SDMDataset.from_sdm_project(folder)
@@ -234,8 +236,6 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
               "n_peaks": len(dataset.peaks), "n_voxels": space.n_voxels,
               "t5_sdm_maps": t5_checks(ref), "published_clusters": clusters,
               "targets": TARGETS, "runs": {}, "noise_floor": {}}
-
-    cfg = load_config()
 
     def est(s, heterogeneity="dl", template=None):
         kw = {} if template is None else {"kernel_template": stretch_template(

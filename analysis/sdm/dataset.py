@@ -17,14 +17,106 @@ Readers: :meth:`SDMDataset.from_sdm_project` (an SDM-PSI project folder),
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.sdm.errors import DataError, DataErrors
+
 #: the mask SDM-PSI writes into a project folder
 SDM_MASK_FILE = "sdm_mask.nii.gz"
+#: column names of the text study table → names of the engine's study table (in errors)
+_STUDY_FIELD = {"n_patients": "n1", "n_controls": "n2", "correction": "t_thr",
+                "threshold": "t_thr", "design": "n2"}
+
+
+def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDMDataset", *,
+                  warnings: list[str] | None = None, check_mask: bool = True) -> None:
+    """Check the engine's typed tables with the rules of the compendium's text tables.
+
+    The typed tables (``study, n1, n2, t_thr``; ``study, x, y, z, t, sign``, MNI) are written
+    as the text of ``studies.tsv`` / ``peaks.tsv`` and go through the one rule set
+    (:func:`analysis.sdm.studies.check_studies`, :func:`analysis.sdm.peaks.check_peaks`), so a
+    NiMARE Dataset or Python tables meet the same bounds as a data folder or an SDM-PSI project
+    (2 <= n <= 100,000 and integer, 0 < t_thr <= 100, finite non-zero |t| <= 100 agreeing with
+    the sign, peaks within 20 mm of the brain; warnings for untidy but usable peaks).
+
+    Parameters
+    ----------
+    studies, peaks : pandas.DataFrame
+        The engine's tables.
+    source : str
+        Names the input in errors (``<source> studies`` / ``<source> peaks``, rows numbered
+        from 1 in table order, fields by the engine's column names).
+    warnings : list of str, optional
+        Receives the warnings (logged when None).
+    check_mask : bool
+        Check peaks against the brain.
+
+    Raises
+    ------
+    DataErrors
+        Every problem, each naming the source, row and field.
+    """
+    from analysis.sdm.io import format_number
+    from analysis.sdm.peaks import PEAK_COLUMNS, check_peaks
+    from analysis.sdm.studies import check_studies
+
+    n2 = pd.to_numeric(studies["n2"], errors="coerce").to_numpy(float)
+    raw_s = pd.DataFrame({
+        "study": [str(s) for s in studies["study"]],
+        "design": ["two-sample" if np.isfinite(v) else "one-sample" for v in n2],
+        "n_patients": [format_number(v) for v in studies["n1"]],
+        "n_controls": [format_number(v) for v in studies["n2"]],
+        "t_thr": [format_number(v) for v in studies["t_thr"]],
+        "threshold": "",
+    })
+    if "contrasts_reported" in studies.columns:
+        raw_s["contrasts_reported"] = [
+            "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+            for v in studies["contrasts_reported"]]
+    raw_s.index = pd.RangeIndex(1, len(raw_s) + 1)
+    s_file, p_file = f"{source} studies", f"{source} peaks"
+    typed, errors = check_studies(raw_s, s_file)
+    names = list(raw_s["study"])
+    errors = [DataError(e.file, f"study {names[e.row - 1]!r}: {e.message}" if e.row else
+                        e.message, row=e.row, field=_STUDY_FIELD.get(e.field, e.field))
+              for e in errors]
+    if not errors and len(peaks):
+        t = pd.to_numeric(peaks["t"], errors="coerce").to_numpy(float)
+        sign = pd.to_numeric(peaks["sign"], errors="coerce").to_numpy(float)
+        study = [str(s) for s in peaks["study"]]
+        pid: dict[str, int] = {}
+        ids = [pid.__setitem__(s, pid.get(s, 0) + 1) or pid[s] for s in study]
+        raw_p = pd.DataFrame({
+            "study": study, "peak_id": [str(i) for i in ids],
+            "sign": [format_number(v) if np.isfinite(v) else str(v) for v in sign],
+            "x": [format_number(v) for v in peaks["x"]],
+            "y": [format_number(v) for v in peaks["y"]],
+            "z": [format_number(v) for v in peaks["z"]], "space": "MNI",
+            "stat_type": ["none" if np.isnan(v) else "t" for v in t],
+            "stat_value": ["" if np.isnan(v) else format_number(v) for v in t],
+            "provenance": "", "note": ""}, columns=PEAK_COLUMNS)
+        raw_p.index = pd.RangeIndex(1, len(raw_p) + 1)
+        field_name = {"stat_value": "t"}
+        own: list[str] = []
+        _, perrs = check_peaks(raw_p, typed, p_file, check_mask=check_mask,
+                               check_provenance=False, warnings=own)
+        for e in perrs:
+            errors.append(DataError(e.file, e.message, row=e.row,
+                                    field=field_name.get(e.field, e.field)))
+        own = [w.replace("field 'stat_value'", "field 't'") for w in own]
+        if warnings is None:
+            import logging
+
+            for line in own:
+                logging.getLogger(__name__).warning("%s", line)
+        else:
+            warnings.extend(own)
+    if errors:
+        raise DataErrors(errors)
 
 
 @dataclass
@@ -44,6 +136,8 @@ class SDMDataset:
     studies: pd.DataFrame
     peaks: pd.DataFrame
     mask: object = None
+    #: True when the tables were already checked (by a reader of this class, or a subset)
+    checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         need_s = {"study", "n1", "n2", "t_thr"}
@@ -55,6 +149,9 @@ class SDMDataset:
         unknown = set(self.peaks["study"]) - set(self.studies["study"])
         if unknown:
             raise ValueError(f"peaks for unknown studies: {sorted(unknown)}")
+        if not self.checked:  # Python tables meet the bounds of every other entry point
+            check_dataset(self.studies, self.peaks)
+            self.checked = True
 
     def __repr__(self) -> str:
         return (f"SDMDataset({len(self.studies)} studies, {len(self.peaks)} peaks"
@@ -74,19 +171,21 @@ class SDMDataset:
         keep = set(keep)
         s = self.studies[self.studies["study"].isin(keep)].reset_index(drop=True)
         p = self.peaks[self.peaks["study"].isin(keep)].reset_index(drop=True)
-        return SDMDataset(s, p, self.mask)
+        return SDMDataset(s, p, self.mask, checked=self.checked)
 
     # ------------------------------------------------------------------------------------
     # readers
     @classmethod
-    def from_tables(cls, studies: pd.DataFrame, peaks: pd.DataFrame, mask=None) -> SDMDataset:
+    def from_tables(cls, studies: pd.DataFrame, peaks: pd.DataFrame, mask=None, *,
+                    checked: bool = False) -> SDMDataset:
         """From a validated study table and peak table (:func:`analysis.sdm.studies.load_studies`,
         :func:`analysis.sdm.peaks.load_peaks`): peaks in MNI (``x_mni, y_mni, z_mni``).
+        ``checked``: the tables come from those readers (not checked again).
         """
         p = peaks.drop(columns=["x", "y", "z"]).rename(
             columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
         s = studies if "n2" in studies.columns else studies.assign(n2=np.nan)
-        return cls(s.reset_index(drop=True), p.reset_index(drop=True), mask)
+        return cls(s.reset_index(drop=True), p.reset_index(drop=True), mask, checked=checked)
 
     @classmethod
     def from_data_dir(cls, data_dir: str | Path, **checks) -> SDMDataset:
@@ -98,7 +197,8 @@ class SDMDataset:
 
         study_kw, _ = _split_checks(checks)
         studies = load_studies(data_dir, **study_kw)
-        return cls.from_tables(studies, load_peaks(data_dir, studies=studies, **checks))
+        return cls.from_tables(studies, load_peaks(data_dir, studies=studies, **checks),
+                               checked=True)
 
     @classmethod
     def from_sdm_project(cls, folder: str | Path, corrected_voxel_p: float = 0.05,
@@ -106,14 +206,13 @@ class SDMDataset:
         """Any SDM-PSI project folder (``sdm_table.txt`` + peak files), one- or two-sample.
 
         The text tables of :func:`analysis.sdm.project.read_sdm_project` are typed and converted
-        (Talairach to MNI, signed t) by the same checks as the compendium's own data, except the
-        brain-mask, duplicate and below-threshold checks, which published SDM projects fail.
+        (Talairach to MNI, signed t) by the same checks as the compendium's own data
+        (:func:`analysis.sdm.peaks.check_peaks`; its warnings are logged).
         The folder's ``sdm_mask.nii.gz`` (written by SDM-PSI) becomes the dataset's mask when
         present and ``read_mask``. SDM-PSI's pre-processed maps (``pp/``) are never read here.
         """
         import nibabel as nib
 
-        from analysis.sdm.errors import DataErrors
         from analysis.sdm.peaks import check_peaks
         from analysis.sdm.project import _typed_studies, read_sdm_project
 
@@ -122,13 +221,12 @@ class SDMDataset:
         studies = _typed_studies(raw_s, corrected_voxel_p)
         raw_p = raw_p.copy()
         raw_p.index = pd.RangeIndex(1, len(raw_p) + 1)
-        peaks, errors = check_peaks(raw_p, studies, f"{folder.name}/peaks", check_mask=False,
-                                    check_duplicates=False)
+        peaks, errors = check_peaks(raw_p, studies, f"{folder.name}/peaks")
         if errors:
             raise DataErrors(errors)
         mask_path = folder / SDM_MASK_FILE
         mask = nib.load(str(mask_path)) if read_mask and mask_path.is_file() else None
-        return cls.from_tables(studies, peaks, mask)
+        return cls.from_tables(studies, peaks, mask, checked=True)
 
     # ------------------------------------------------------------------------------------
     # NiMARE
@@ -141,7 +239,9 @@ class SDMDataset:
         dset : nimare.dataset.Dataset
             Coordinates with a ``t`` column (signed; NaN for an unknown statistic, then a
             ``sign`` column is required), metadata ``sample_sizes`` (``[n]`` one-sample,
-            ``[n1, n2]`` two-sample) and, unless ``t_thr`` is given, ``t_thr``.
+            ``[n1, n2]`` two-sample) and, unless ``t_thr`` is given, ``t_thr``. Everything is
+            checked as every other entry point is (:func:`check_dataset`); errors name the
+            experiment (metadata row) or the coordinate row, and the field.
         t_thr : float, optional
             Voxel t threshold of every study (when the metadata have none).
         t_column : str
@@ -153,37 +253,60 @@ class SDMDataset:
             One study per NiMARE experiment, named by its ``study_id`` when every study has one
             experiment, else by its ``id`` (``<study>-<contrast>``); coordinates in MNI.
         """
+        source = "NiMARE Dataset"
         coords = dset.coordinates
         meta = dset.metadata.set_index("id")
         names = dict(zip(dset.metadata["id"], dset.metadata["id"], strict=True))
         if "study_id" in dset.metadata.columns and dset.metadata["study_id"].is_unique:
             names = dict(zip(dset.metadata["id"], dset.metadata["study_id"], strict=True))
         if t_column not in coords.columns:
-            raise ValueError(f"the NiMARE coordinates have no {t_column!r} column (signed t "
-                             "values are needed for SDM)")
-        rows = []
-        for sid in meta.index:
+            raise DataError(source, f"the coordinates have no {t_column!r} column (signed t "
+                            "values are needed for SDM)", field=t_column)
+        rows, errors = [], []
+        for k, sid in enumerate(meta.index, start=1):
+            def bad(msg, fld="sample_sizes", k=k, sid=sid):
+                errors.append(DataError(f"{source} metadata", f"experiment {sid!r}: {msg}",
+                                        row=k, field=fld))
             sizes = meta.at[sid, "sample_sizes"] if "sample_sizes" in meta.columns else None
-            if sizes is None or (np.ndim(sizes) == 0 and not np.isfinite(sizes)):
-                raise ValueError(f"experiment {sid!r}: metadata 'sample_sizes' is missing")
-            sizes = [float(x) for x in np.atleast_1d(sizes)]
+            if sizes is None or (np.ndim(sizes) == 0 and pd.isna(sizes)):
+                bad("missing ([n] one-sample, [n1, n2] two-sample)")
+                continue
+            try:
+                sizes = [float(x) for x in np.atleast_1d(sizes)]
+            except (TypeError, ValueError):
+                bad(f"{sizes!r} is not a list of numbers")
+                continue
+            if len(sizes) not in (1, 2):
+                bad(f"{len(sizes)} values {sizes}; expected [n] (one-sample) or [n1, n2] "
+                    "(two-sample)")
+                continue
             thr = meta.at[sid, "t_thr"] if "t_thr" in meta.columns else t_thr
-            if thr is None or not np.isfinite(float(thr)):
-                raise ValueError(f"experiment {sid!r}: no t_thr (metadata or argument)")
+            if thr is None or (np.ndim(thr) == 0 and pd.isna(thr)):
+                thr = t_thr
+            try:
+                thr = float(thr)
+            except (TypeError, ValueError):
+                bad(f"t_thr {thr!r} is not a number (metadata or argument)", "t_thr")
+                continue
             rows.append({"study": names[sid], "n1": sizes[0],
-                         "n2": sizes[1] if len(sizes) > 1 else np.nan, "t_thr": float(thr)})
+                         "n2": sizes[1] if len(sizes) > 1 else np.nan, "t_thr": thr})
         t = pd.to_numeric(coords[t_column], errors="coerce").to_numpy(float)
         if "sign" in coords.columns:
             sign = pd.to_numeric(coords["sign"], errors="coerce").to_numpy(float)
         else:
             sign = np.sign(t)
-        if not np.all(np.isin(sign, (1.0, -1.0))):
-            raise ValueError("every coordinate needs a non-zero t or a sign of +1/-1")
+        for i in np.flatnonzero(~np.isin(sign, (1.0, -1.0))):
+            errors.append(DataError(f"{source} coordinates", "needs a non-zero t or a sign of "
+                                    "+1/-1", row=int(i) + 1, field="sign"))
+        if errors:
+            raise DataErrors(errors)
+        studies = pd.DataFrame(rows, columns=["study", "n1", "n2", "t_thr"])
         peaks = pd.DataFrame({"study": coords["id"].map(names).to_numpy(),
                               "x": coords["x"].to_numpy(float), "y": coords["y"].to_numpy(float),
                               "z": coords["z"].to_numpy(float), "t": t,
                               "sign": sign.astype(np.int64)})
-        return cls(pd.DataFrame(rows), peaks)
+        check_dataset(studies, peaks, source)
+        return cls(studies, peaks, checked=True)
 
     def to_nimare(self, target: str = "mni152_2mm"):
         """A :class:`nimare.dataset.Dataset` with the peaks (``t`` and ``sign`` columns), the

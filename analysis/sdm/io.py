@@ -67,10 +67,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~current_umask())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            if tmp_path.exists():
+                os.chmod(tmp_path, 0o666 & ~current_umask())
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            if exc.filename is None or Path(exc.filename) == tmp_path:
+                # e.g. a full disk: name the file being written, not its temporary name
+                raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+            raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -141,6 +147,8 @@ def read_tsv_text(path: str | Path, required: list[str] | None = None,
     """
     path = Path(path)
     name = path.name
+    if path.is_dir():
+        raise DataError(name, f"is a folder, not a file: {path}")
     if not path.is_file():
         raise DataError(name, f"file not found: {path}")
     raw = path.read_bytes()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,15 @@ from analysis.sdm.studies import STUDY_SPACES, reported_signs
 LGR = logging.getLogger(__name__)
 
 PEAKS_FILE = "peaks.tsv"
-#: a peak may lie up to 4 mm (2 voxels) outside the MNI152 2 mm brain mask
+#: a peak may lie up to 4 mm (2 voxels) outside the MNI152 2 mm brain mask without a warning
 MASK_TOLERANCE_MM = 4.0
-#: a known |t| may be below the study's t_thr by rounding only
+#: A peak farther than this from every voxel of the MNI152 2 mm brain mask is outside the brain
+#: (an error). SDM-PSI accepts peaks outside its mask and centres the kernel at the peak's own
+#: position (Enge et al. 2021's project: 49 of 687 peaks outside the grey-matter mask, 6 of them
+#: 4-12 mm outside the brain, all used by SDM-PSI v6.21, as its bound maps show); only gross
+#: coordinate errors (a sign or axis swapped, a value in voxels) lie this far out.
+OUTSIDE_BRAIN_MM = 20.0
+#: a known |t| may be below the study's t_thr by rounding only (beyond it: a warning)
 T_BELOW_THRESHOLD_TOLERANCE = 0.01
 PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type", "stat_value",
                 "provenance", "note"]
@@ -204,9 +211,29 @@ def _int(cell) -> int | None:
 def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE, *,
                 check_mask: bool = True, check_duplicates: bool = True,
                 mask_tolerance_mm: float = MASK_TOLERANCE_MM,
-                t_tolerance: float = T_BELOW_THRESHOLD_TOLERANCE
+                t_tolerance: float = T_BELOW_THRESHOLD_TOLERANCE,
+                check_provenance: bool = True, warnings: list[str] | None = None
                 ) -> tuple[pd.DataFrame, list[DataError]]:
     """Validate a peak table read as text and convert every peak to MNI and t.
+
+    This is the one rule set of every entry point (``peaks.tsv``, an SDM-PSI project folder, a
+    NiMARE Dataset, the engine's Python tables: :class:`analysis.sdm.dataset.SDMDataset`). What
+    SDM-PSI itself refuses or cannot compute with is an error; what it accepts although a real
+    project is merely untidy is a warning. Sources of each rule:
+
+    - errors: a coordinate or statistic that is not a finite number, a zero t or a t whose sign
+      contradicts the peak's sign, p outside (0, 1) (SDM-PSI's peak format: ``x,y,z,t`` with a
+      signed non-zero t, or ``p``/``n``; SDM-PSI manual and Albajes-Eizagirre et al. 2019);
+      |t| above :data:`analysis.sdm.coords.MAX_ABS_T` or |z| above
+      :data:`analysis.sdm.coords.MAX_ABS_Z` (plausibility; Enge et al. 2021 truncated t > 50 to
+      50 before entering them in SDM-PSI); a peak more than :data:`OUTSIDE_BRAIN_MM` outside the
+      MNI152 brain (a gross coordinate error); unknown studies and spaces (SDM-PSI matches peak
+      files to ``sdm_table.txt`` rows and reads only its six suffixes);
+    - warnings: a peak outside the brain mask by more than ``mask_tolerance_mm`` but within
+      :data:`OUTSIDE_BRAIN_MM` (SDM-PSI keeps it where it is; Enge et al.'s project has six
+      4-12 mm out); two peaks of one study with the same sign and coordinates (Enge et al.'s
+      lee2011vis reports -42,27,0 twice; SDM-PSI reads both); a known |t| below the study's
+      ``t_thr`` (Enge et al.'s booth2007 and xue2004; SDM-PSI uses the t as given).
 
     Parameters
     ----------
@@ -218,18 +245,21 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     file : str
         File name used in error messages.
     check_mask : bool
-        Reject coordinates outside the 2 mm MNI brain mask (:func:`analysis.sdm.space.in_mask`,
-        with ``mask_tolerance_mm`` tolerance) after conversion to MNI.
+        Check coordinates against the 2 mm MNI152 brain mask after conversion to MNI (error
+        beyond :data:`OUTSIDE_BRAIN_MM`, warning beyond ``mask_tolerance_mm``).
     check_duplicates : bool
-        Reject two peaks of one study with the same sign and coordinates, and known t values
-        below the study's ``t_thr`` (by more than ``t_tolerance``, the rounding of printed
-        statistics). Off when reading or writing SDM projects: published
-        projects contain both (Enge et al.'s lee2011vis reports -42,27,0 twice; booth2007 and
-        xue2004 have t below the t_thr entered).
+        Look for repeated peaks and for known t values below the study's ``t_thr`` (by more
+        than ``t_tolerance``, the rounding of printed statistics); both are warnings.
     mask_tolerance_mm : float
-        A peak may lie this far outside the brain mask (4 mm: 2 voxels).
+        A peak may lie this far outside the brain mask without a warning (4 mm: 2 voxels).
     t_tolerance : float
         A known |t| may be below the study's t_thr by this much (rounding only).
+    check_provenance : bool
+        Check the ``provenance`` column (off for tables that never had one, e.g. a NiMARE
+        Dataset or the engine's Python tables).
+    warnings : list of str, optional
+        Receives one line per warning (``file: row N, field F: message``); when None, the
+        warnings are logged.
 
     Returns
     -------
@@ -240,9 +270,13 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         Every problem found.
     """
     errors: list[DataError] = []
+    warned: list[tuple[int, str]] = []
 
     def err(row, field, msg):
         errors.append(DataError(file, msg, row=row, field=field))
+
+    def warn(row, field, msg):
+        warned.append((row or 0, str(DataError(file, msg, row=row, field=field))))
 
     missing = [c for c in PEAK_COLUMNS if c not in raw.columns]
     extra = [c for c in raw.columns if c not in PEAK_COLUMNS]
@@ -306,8 +340,8 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
             first_space.setdefault(study, (space, row))
         key = (study, sign, *xyz)
         if check_duplicates and all(np.isfinite(xyz)) and key in seen_xyz:
-            err(row, "x", f"duplicate peak: same study, sign and coordinates as row "
-                f"{seen_xyz[key]}")
+            warn(row, "x", f"duplicate peak: same study, sign and coordinates as row "
+                 f"{seen_xyz[key]} (SDM-PSI uses both)")
         else:
             seen_xyz[key] = row
         stype = r["stat_type"].strip()
@@ -337,7 +371,7 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
                 val = v
         rec["stat_value"].append(val)
         prov = r["provenance"].strip()
-        if not prov.startswith(PROVENANCE_KINDS) or prov.endswith(":"):
+        if check_provenance and not prov.startswith(PROVENANCE_KINDS) or prov.endswith(":"):
             err(row, "provenance", f"{prov!r} must start with one of {list(PROVENANCE_KINDS)} "
                 "followed by the source")
 
@@ -366,24 +400,66 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
         with np.errstate(invalid="ignore"):
             low = np.isfinite(tv) & np.isfinite(thr) & (np.abs(tv) < thr - tol)
         for row, a, b in zip(out.index[low], tv[low], thr[low]):
-            err(row, "stat_value", f"|t| = {abs(a):.3f} is below the study's voxel threshold "
-                f"t_thr = {b:.3f} (a reported peak must pass it; check the value or the "
-                "study's correction)")
+            warn(row, "stat_value", f"|t| = {abs(a):.3f} is below the study's voxel threshold "
+                 f"t_thr = {b:.3f} (a reported peak should pass it; SDM-PSI uses the t as given: "
+                 "check the value or the study's correction)")
     if check_mask and n:
-        from analysis.sdm.space import in_mask
-
         tol = float(mask_tolerance_mm)
         xyz = out[["x_mni", "y_mni", "z_mni"]].to_numpy()
+        dist = np.zeros(n)
         ok = np.isfinite(xyz).all(axis=1)
-        inside = np.ones(n, dtype=bool)
         if ok.any():
-            inside[ok] = in_mask(xyz[ok], tolerance_mm=tol)
-        for row, good, (a, b, c) in zip(out.index, inside, xyz):
-            if not good:
-                err(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies outside the 2 mm "
-                    f"MNI152 brain mask (tolerance {tol:g} mm)")
+            dist[ok] = brain_distance_mm(xyz[ok])
+        for row, d, (a, b, c) in zip(out.index, dist, xyz):
+            if d > OUTSIDE_BRAIN_MM:
+                err(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.1f} mm "
+                    f"outside the MNI152 brain (more than {OUTSIDE_BRAIN_MM:g} mm: check the "
+                    "coordinates and their space)")
+            elif d > tol:
+                warn(row, "x", f"coordinate ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies {d:.1f} mm "
+                     f"outside the 2 mm MNI152 brain mask (tolerance {tol:g} mm; SDM-PSI keeps "
+                     "it where it is)")
     errors.sort(key=lambda e: (e.row or 0))
+    warned.sort(key=lambda w: w[0])
+    if warnings is None:
+        for _, line in warned:
+            LGR.warning("%s", line)
+    else:
+        warnings.extend(line for _, line in warned)
     return out.reset_index(drop=True), errors
+
+
+@lru_cache(maxsize=1)
+def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) of every grid voxel to the MNI152 2 mm brain mask, and the mask's affine."""
+    from scipy.ndimage import distance_transform_edt
+
+    from analysis.sdm.space import brain_mask
+
+    mask = brain_mask()
+    data = np.asarray(mask.dataobj) > 0
+    return distance_transform_edt(~data) * abs(float(mask.affine[0, 0])), mask.affine
+
+
+def brain_distance_mm(xyz_mni) -> np.ndarray:
+    """Distance (mm) of each MNI point from the MNI152 2 mm brain mask (0 inside; inf off the
+    grid or for a non-finite coordinate); the nearest grid voxel is used.
+    """
+    from analysis.sdm.space import mni_to_ijk
+
+    xyz = np.atleast_2d(np.asarray(xyz_mni, dtype=float))
+    dist, affine = _brain_distance()
+    out = np.full(len(xyz), np.inf)
+    finite = np.isfinite(xyz).all(axis=1)
+    if finite.any():
+        with np.errstate(invalid="ignore", over="ignore"):
+            ijk = np.clip(np.rint(mni_to_ijk(xyz[finite], affine)), -1, max(dist.shape))
+        ijk = ijk.astype(np.int64)
+        on_grid = np.all((ijk >= 0) & (ijk < np.array(dist.shape)), axis=1)
+        sub = np.full(len(ijk), np.inf)
+        sub[on_grid] = dist[tuple(ijk[on_grid].T)]
+        out[finite] = sub
+    return out
 
 
 def _convert(peaks: pd.DataFrame, st: pd.DataFrame) -> None:

@@ -42,7 +42,6 @@ import hashlib
 import logging
 import re
 from contextlib import ExitStack
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +50,14 @@ import pandas as pd
 from analysis.sdm.coords import MAX_ABS_T, to_mni
 from analysis.sdm.errors import DataError, DataErrors
 from analysis.sdm.io import atomic_path, format_number, read_tsv_text, sha256_file
-from analysis.sdm.peaks import PEAK_COLUMNS, UNKNOWN_PREFIX, check_peaks, format_peaks
+from analysis.sdm.peaks import (
+    OUTSIDE_BRAIN_MM,
+    PEAK_COLUMNS,
+    UNKNOWN_PREFIX,
+    brain_distance_mm,
+    check_peaks,
+    format_peaks,
+)
 from analysis.sdm.studies import CORRECTED_VOXEL_P, check_studies
 
 LGR = logging.getLogger(__name__)
@@ -72,10 +78,7 @@ PEAK_FILE = re.compile(r"^(?P<study>.+)\.(?P<suffix>" + "|".join([*SUFFIX_SPACE,
                        + r")\.txt$")
 #: Any ``<name>.<suffix>.txt`` file: a peak file when the suffix is known, else an error.
 SUFFIXED_TXT = re.compile(r"^(?P<study>[^.]+)\.(?P<suffix>[^.]+)\.txt$")
-#: A peak farther than this from every voxel of the MNI152 2 mm brain mask is outside the brain
-#: (an error). Published projects have peaks up to ~12 mm outside (Enge et al. 2021: 5 of 687
-#: beyond 4 mm, none beyond 12 mm); the engine handles those, so only gross errors are refused.
-OUTSIDE_BRAIN_MM = 20.0
+
 #: Column of the imported study table -> column of sdm_table.txt (for error messages).
 TABLE_FIELD = {"n_patients": "n1", "n_controls": "n2", "study": "study", "t_thr": "t_thr",
                "threshold": "threshold", "design": "n2"}
@@ -124,6 +127,10 @@ def read_sdm_project(folder: str | Path,
         Every problem found (unreadable table, missing or duplicated peak file, bad line).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(folder.name, f"is a file, not an SDM project folder: {folder}")
+    if not folder.exists():
+        raise DataError(folder.name, f"folder not found: {folder}")
     errors: list[DataError] = []
     table = read_tsv_text(folder / TABLE_FILE, required=["study", "n1", "t_thr"])
     has_n2 = "n2" in table.columns
@@ -214,6 +221,12 @@ def check_sdm_table(studies: pd.DataFrame,
     raw.index = pd.RangeIndex(1, len(raw) + 1)
     _, errs = check_studies(raw, TABLE_FILE, corrected_voxel_p)
     out = []
+    if "t_thr" in raw.columns:  # SDM-PSI computes each study's effect-size threshold from it
+        have = {e.row for e in errs if e.field == "t_thr"}
+        errs += [DataError(TABLE_FILE, "blank: SDM-PSI needs every study's voxel t threshold",
+                           row=row, field="t_thr")
+                 for row, cell in raw["t_thr"].items() if not cell.strip() and row not in have]
+        errs.sort(key=lambda e: (e.row or 0))
     for e in errs:
         field = TABLE_FIELD.get(e.field, e.field)
         msg = e.message.replace("n_patients", "n1").replace("n_controls", "n2")
@@ -224,7 +237,7 @@ def check_sdm_table(studies: pd.DataFrame,
 def _check_no_peaks_file(path: Path, errors: list[DataError]) -> None:
     """A ``<study>.no_peaks.txt`` file must be empty (its peaks would be dropped silently)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # BOM read as in sdm_table.txt
     except UnicodeDecodeError as exc:
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return
@@ -234,32 +247,6 @@ def _check_no_peaks_file(path: Path, errors: list[DataError]) -> None:
                                     "rename it <study>.<software>_<space>.txt if the study has "
                                     "peaks, or empty it", row=i))
             return
-
-
-@lru_cache(maxsize=1)
-def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
-    """Distance (mm) of every grid voxel to the MNI152 2 mm brain mask, and the mask's affine."""
-    from scipy.ndimage import distance_transform_edt
-
-    from analysis.sdm.space import brain_mask
-
-    mask = brain_mask()
-    data = np.asarray(mask.dataobj) > 0
-    return distance_transform_edt(~data) * abs(float(mask.affine[0, 0])), mask.affine
-
-
-def _outside_brain(xyz_mni: np.ndarray, max_mm: float = OUTSIDE_BRAIN_MM) -> np.ndarray:
-    """Whether each MNI point lies more than ``max_mm`` from the MNI152 2 mm brain mask."""
-    from analysis.sdm.space import mni_to_ijk
-
-    dist, affine = _brain_distance()
-    data = dist
-    ijk = np.rint(mni_to_ijk(xyz_mni, affine)).astype(int)
-    inside_grid = np.all((ijk >= 0) & (ijk < np.array(data.shape)), axis=1)
-    out = np.ones(len(ijk), dtype=bool)
-    ok = inside_grid & np.isfinite(xyz_mni).all(axis=1)
-    out[ok] = dist[tuple(ijk[ok].T)] > max_mm
-    return out
 
 
 def _read_provenance_record(folder: Path, errors: list[DataError]) -> dict:
@@ -283,7 +270,7 @@ def _read_provenance_record(folder: Path, errors: list[DataError]) -> dict:
 def _read_peak_file(path: Path, study: str, space: str, provenance: str,
                     errors: list[DataError], records: dict | None = None) -> list[dict]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # BOM read as in sdm_table.txt
     except UnicodeDecodeError as exc:
         errors.append(DataError(path.name, f"not valid UTF-8 ({exc.reason})"))
         return []
@@ -334,8 +321,8 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
         lines.append(i)
     if out:
         xyz = to_mni(np.array([[float(p[a]) for a in "xyz"] for p in out]), space)
-        for line, far, (a, b, c) in zip(lines, _outside_brain(xyz), xyz):
-            if far:
+        for line, d, (a, b, c) in zip(lines, brain_distance_mm(xyz), xyz):
+            if d > OUTSIDE_BRAIN_MM:  # the rule of analysis.sdm.peaks.check_peaks
                 errors.append(DataError(path.name, f"peak ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies "
                                         f"more than {OUTSIDE_BRAIN_MM:g} mm outside the brain",
                                         row=line, field="x"))
@@ -511,12 +498,16 @@ def _note(value) -> str:
 
 
 def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str | Path,
-                      corrected_voxel_p: float = CORRECTED_VOXEL_P) -> tuple[Path, Path]:
+                      corrected_voxel_p: float = CORRECTED_VOXEL_P,
+                      warnings: list[str] | None = None, **peak_checks) -> tuple[Path, Path]:
     """Validate and atomically write ``studies.tsv`` + ``peaks.tsv`` (text tables) together.
 
-    Used by ``import-sdm``. Coordinates are not checked against the brain mask, nor for
-    repeated coordinates, here (published SDM projects contain both); ``validate-data`` does
-    that.
+    Used by ``import-sdm``: the tables pass the rule set of ``validate-data``
+    (:func:`analysis.sdm.peaks.check_peaks`, brain mask included), so that what is imported is
+    what the pipeline accepts; its warnings (peaks outside the mask but near the brain,
+    repeated peaks, t below t_thr: a published project may have them) go to ``warnings`` and
+    are named against the ``peaks.tsv`` written. ``peak_checks`` are ``mask_tolerance_mm`` and
+    ``t_tolerance`` of :func:`~analysis.sdm.peaks.check_peaks`.
     """
     s = studies.astype(object).where(studies.notna(), "").astype(str)
     s.index = pd.RangeIndex(1, len(s) + 1)
@@ -525,8 +516,7 @@ def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str 
     raw = text.copy()
     raw.index = pd.RangeIndex(1, len(raw) + 1)
     if not errors:
-        errors += check_peaks(raw, typed, "peaks.tsv", check_mask=False,
-                              check_duplicates=False)[1]
+        errors += check_peaks(raw, typed, "peaks.tsv", warnings=warnings, **peak_checks)[1]
     if errors:
         raise DataErrors(errors)
     for col in s.columns:

@@ -210,6 +210,9 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
                 kind[k] = th
         if np.isfinite(explicit):
             t_thr[k] = explicit
+        elif kind[k] == "uncorrected" and not np.isfinite(p_thr[k]):
+            err(row, "t_thr", "blank for an uncorrected threshold: give the study's voxel t "
+                "threshold (or its p in 'correction')")
         elif kind[k] and np.isfinite(out["df"].iat[k]) and out["df"].iat[k] > 0:
             p_use = p_thr[k] if kind[k] == "uncorrected" else corrected_p
             t_thr[k] = float(t_threshold(p_use, out["df"].iat[k]))
