@@ -76,3 +76,14 @@ def save_figure_files(fig, png: str | os.PathLike, svg: str | os.PathLike | None
     plt.close(fig)
     if caption is not None:
         write_text(Path(png).with_name(Path(png).stem + "_caption.txt"), caption + "\n")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists (a folder or lock it left is then still in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

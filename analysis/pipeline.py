@@ -47,7 +47,7 @@ import numpy as np
 from analysis import __version__, paths
 from analysis.config import derive_rng, load_config, result_config, validate_config
 from analysis.errors import ResultsLocked
-from analysis.io import sha256_file, write_json
+from analysis.io import process_alive, sha256_file, write_json
 
 LGR = logging.getLogger(__name__)
 
@@ -177,21 +177,28 @@ def module_closure(module: str) -> list[Path]:
     return sorted({_module_file(m) for m in seen})
 
 
+def stage_code_files(stage: Stage) -> list[Path]:
+    """The package files of a stage's code: its ``sources`` when given, else the import
+    closure of its target module (:func:`module_closure`).
+    """
+    if stage.sources:
+        files: list[Path] = []
+        for rel in stage.sources:
+            p = paths.PACKAGE_DIR / rel
+            files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
+        return files
+    return module_closure(stage.target.split(":")[0])
+
+
 def _source_hash(stage: Stage) -> str:
     """Hash of the code behind a stage: its ``sources`` when given, else the import closure of
     its target module (so editing the renderer does not invalidate the permutation stage).
     The configuration enters the stage key as parsed values, not as the file's text.
     """
     h = hashlib.sha256(__version__.encode())
-    if stage.sources:
-        files: list[Path] = []
-        for rel in stage.sources:
-            p = paths.PACKAGE_DIR / rel
-            files.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
-    else:
-        files = module_closure(stage.target.split(":")[0])
-        if paths.PACKAGE_DIR / "fetch.py" in files:  # the dataset registry decides the inputs
-            files.append(paths.PACKAGE_DIR / "datasets.tsv")
+    files = stage_code_files(stage)
+    if not stage.sources and paths.PACKAGE_DIR / "fetch.py" in files:
+        files.append(paths.PACKAGE_DIR / "datasets.tsv")  # the dataset registry decides the inputs
     for f in files:
         if f.exists():
             h.update(str(f.relative_to(paths.PACKAGE_DIR)).encode())
@@ -366,16 +373,6 @@ def results_lock(results: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def clean_stale_staging(results: Path) -> list[str]:
     """Remove ``results/.staging/<stage>-<pid>`` folders whose process no longer runs.
 
@@ -390,7 +387,7 @@ def clean_stale_staging(results: Path) -> list[str]:
         return removed
     for d in sorted(root.iterdir()):
         m = _STAGING_NAME.match(d.name)
-        if m and int(m.group("pid")) != os.getpid() and _pid_alive(int(m.group("pid"))):
+        if m and int(m.group("pid")) != os.getpid() and process_alive(int(m.group("pid"))):
             continue
         shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
         removed.append(d.name)
@@ -553,13 +550,7 @@ def provenance(stage: Stage, cfg: dict, data: Path, started: str, ended: str) ->
     the package files of its code (:func:`module_closure` or ``sources``) with their SHA-256,
     and the configuration its key hashes (:func:`analysis.config.result_config`).
     """
-    if stage.sources:
-        code: list[Path] = []
-        for rel in stage.sources:
-            p = paths.PACKAGE_DIR / rel
-            code.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
-    else:
-        code = module_closure(stage.target.split(":")[0])
+    code = stage_code_files(stage)
     return {
         "started": started, "ended": ended, "target": stage.target,
         "inputs": {f"data/{rel}": sha256_file(data / rel) for rel in stage.inputs

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from analysis.io import process_alive
+
 LGR = logging.getLogger(__name__)
 
 
@@ -58,16 +60,6 @@ def _positive(text: str) -> int:
 
 
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(partial|old)-(?P<pid>\d+)$")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_meta_output(folder: Path) -> bool:
@@ -106,7 +98,7 @@ def staged_output(out: Path) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     for d in parent.iterdir():
         m = _STAGED.match(d.name)
-        if m and m.group("name") == out.name and not _alive(int(m.group("pid"))):
+        if m and m.group("name") == out.name and not process_alive(int(m.group("pid"))):
             shutil.rmtree(d, ignore_errors=True)
             LGR.info("removed %s, left by an interrupted run", d)
     staging = parent / f".{out.name}.partial-{os.getpid()}"

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from analysis.commands.run import config_from_args
+from analysis.io import process_alive
 from analysis.render import RenderError, render
 
 #: prefix of the private temporary folder of one render (``<prefix><pid>-<random>``)
@@ -51,22 +52,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "repeatable")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temp(base: str | os.PathLike | None = None) -> list[Path]:
     """Remove the private temporary folders of renders whose process is gone (killed)."""
     removed = []
     for d in Path(base or tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
         pid = d.name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if d.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if d.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)
             removed.append(d)
     return removed
