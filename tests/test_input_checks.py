@@ -127,7 +127,9 @@ def test_enge_project_imports_and_validates(enge_dir, tmp_path, capsys):
     validated = [ln for ln in text.out.splitlines() if ln.startswith("warning:")]
     assert "data OK" in text.out and "warning" not in text.err
     peak_warnings = [w for w in validated if "peaks.tsv" in w]
-    assert sorted(peak_warnings) == sorted(imported)
+    assert sorted(peak_warnings) == sorted(w for w in imported if "peaks.tsv" in w)
+    # imported without --source or a provenance record: never counted as real
+    assert any("provenance unknown" in w for w in imported)
     assert len(set(validated)) == len(validated)  # each printed once
     assert sum("outside the 2 mm MNI152 brain mask" in w for w in imported) == 6
     assert sum("below the study's voxel threshold" in w for w in imported) == 8
