@@ -126,8 +126,8 @@ def test_enge_project_imports_and_validates(enge_dir, tmp_path, capsys):
     text = capsys.readouterr()
     validated = [ln for ln in text.out.splitlines() if ln.startswith("warning:")]
     assert "data OK" in text.out and "warning" not in text.err
-    peak_warnings = [w for w in validated if "peaks.tsv" in w]
-    assert sorted(peak_warnings) == sorted(w for w in imported if "peaks.tsv" in w)
+    peak_warnings = [w for w in validated if "peaks.tsv, row" in w]
+    assert sorted(peak_warnings) == sorted(w for w in imported if "peaks.tsv, row" in w)
     # imported without --source or a provenance record: never counted as real
     assert any("provenance unknown" in w for w in imported)
     assert len(set(validated)) == len(validated)  # each printed once
