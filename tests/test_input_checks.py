@@ -115,7 +115,7 @@ def test_untidy_but_usable_peaks_warn(caplog):
 
 def test_enge_project_imports_and_validates(enge_dir, tmp_path, capsys):
     """Enge et al.'s public SDM-PSI project (run by SDM-PSI v6.21) passes import-sdm and then
-    validate-data, with the same warnings, each printed once: 6 peaks 4-12 mm outside the
+    validate-data, with the same warnings, each printed once: 5 peaks 4-12 mm outside the
     brain mask, 8 t below t_thr, one repeated peak."""
     from analysis.cli import main
 
@@ -131,7 +131,7 @@ def test_enge_project_imports_and_validates(enge_dir, tmp_path, capsys):
     # imported without --source or a provenance record: never counted as real
     assert any("provenance unknown" in w for w in imported)
     assert len(set(validated)) == len(validated)  # each printed once
-    assert sum("outside the 2 mm MNI152 brain mask" in w for w in imported) == 6
+    assert sum("outside the 2 mm MNI152 brain mask" in w for w in imported) == 5
     assert sum("below the study's voxel threshold" in w for w in imported) == 8
     assert sum("duplicate peak" in w for w in imported) == 1
 
