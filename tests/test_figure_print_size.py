@@ -69,7 +69,8 @@ def _clusters(with_clusters: bool):
             d = np.linalg.norm(space.xyz - np.asarray(centre, float), axis=1)
             z += sign * 4.0 * np.exp(-(d / 6.0) ** 2)
     cl = threshold_clusters(z, space, p_threshold=0.0025, peak_z=1.0, min_voxels=11)
-    cl.table["region"] = "Cingulate_Ant_L"
+    # region names as long as the atlas gives them, so that crowded titles show
+    cl.table["region"] = "Middle Temporal Gyrus, Right (Temporal_Mid_R)"
     return cl, space
 
 
@@ -200,6 +201,17 @@ def test_no_text_smaller_than_6_pt_in_print(name):
             plt.close(fig)
     assert texts, "the figure has no text to measure"
     assert not small, f"{name}: printed below {PS.MIN_TEXT_PT} pt: {small[:8]}"
+
+
+def test_figure2_texts_do_not_overlap():
+    """No two texts of Figure 2 (panel titles, row headers, notes) share any area."""
+    fig = _figure2(True)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text()]
+    clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
+               if ba.overlaps(bb)]
+    assert clashes == []
 
 
 def test_figure2_without_clusters_says_so_and_shows_no_colour():

@@ -94,18 +94,18 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
         return _no_cluster_figure(published, thr_text, title, simulated_note)
 
     n_cols = max(1, min(max_panels, int(peaks["direction"].value_counts().max())))
-    row_h = 1.55
+    row_h = 1.75
     fig = plt.figure(figsize=(TEXT_WIDTH_IN, header_h + 2 * row_h + 0.1))
     top = 1.0 - header_h / fig.get_figheight()
     grid = fig.add_gridspec(2, n_cols + 1, width_ratios=[1] * n_cols + [0.045], left=0.01,
-                            right=0.9, bottom=0.02, top=top - 0.1, hspace=0.42, wspace=0.04)
+                            right=0.9, bottom=0.02, top=top - 0.13, hspace=0.62, wspace=0.04)
     vmax = float(np.max(np.abs(zt)))
     vmax = max(vmax, threshold_z + 0.01)
     for row, (direction, letter, cmap, sign, marker) in enumerate(ROWS):
         sel = peaks[peaks["direction"] == direction]
         n_more = max(0, len(sel) - max_panels)
         sel = sel.head(max_panels)
-        y_head = grid[row, 0].get_position(fig).y1 + 0.035
+        y_head = grid[row, 0].get_position(fig).y1 + 0.075
         name = "increases" if sign > 0 else "decreases"
         if sel.empty:
             ax = fig.add_subplot(grid[row, :])
@@ -130,10 +130,11 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
                 display.add_markers(pub, marker_color=marker, marker_size=18, marker="+",
                                     linewidths=1.0)
             pos = ax.get_position()
+            # two lines, each shorter than the panel is wide: neighbouring titles never touch
             fig.text(pos.x0 + 0.005, pos.y1 + 0.004,
-                     textwrap.shorten(f"{pk['region']}, MNI ({cut[0]}, {cut[1]}, {cut[2]}), "
-                                      f"SDM-Z = {float(pk['sdm_z']):.2f}", 70),
-                     fontsize=FONT - 0.5, va="bottom")
+                     textwrap.shorten(str(pk["region"]), 44, placeholder="...") + "\n"
+                     + f"MNI ({cut[0]}, {cut[1]}, {cut[2]}), SDM-Z = {float(pk['sdm_z']):.2f}",
+                     fontsize=FONT - 0.5, va="bottom", linespacing=1.1)
         for col in range(len(sel), n_cols):
             fig.add_subplot(grid[row, col]).set_axis_off()
         cax = fig.add_subplot(grid[row, n_cols])
