@@ -1581,7 +1581,7 @@ def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
     else:
         head = f"No cluster survived the thresholds of the main analysis ({thr}). "
         if all(o.figure_thresholded):
-            parts = ["A glass brain shows only the published peaks (+); there is no "
+            parts = ["A glass brain shows only the published peaks (dots and squares); there is no "
                      "thresholded map to show"]
             alt = ["a glass brain with the published peaks marked and no coloured cluster"]
         elif not any(o.figure_thresholded):

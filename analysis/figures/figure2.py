@@ -127,8 +127,9 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
                 colorbar=False, draw_cross=False, annotate=False, black_bg=False)
             display.annotate(size=FONT - 0.5, left_right=True, positions=True)
             if pub:
-                display.add_markers(pub, marker_color=marker, marker_size=18, marker="+",
-                                    linewidths=1.0)
+                # hollow rings, so that a small cluster under a published peak stays visible
+                display.add_markers(pub, marker_color="none", marker_size=22, marker="o",
+                                    edgecolors=marker, linewidths=0.8)
             pos = ax.get_position()
             # two lines, each shorter than the panel is wide: neighbouring titles never touch
             fig.text(pos.x0 + 0.005, pos.y1 + 0.004,
@@ -152,7 +153,7 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
                  weight="bold")
     _header(fig, title, simulated_note, top)
     fig.text(0.5, top + 0.005, f"Clusters at {thr_text}; colour from the voxel threshold, "
-             f"|SDM-Z| = {threshold_z:.2f}; +: published peaks.", ha="center",
+             f"|SDM-Z| = {threshold_z:.2f}; rings: published peaks.", ha="center",
              va="bottom", fontsize=FONT)
     return fig
 
