@@ -771,3 +771,33 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
     # a kernel whose space does not hold the region is refused, not silently misaligned
     with pytest.raises(ValueError, match="not inside the recreation space"):
         preprocess(ds, full, kernel=make_kernel(roi, **opts), progress=False)
+
+
+def test_kd_tree_cache_never_hands_back_another_masks_tree():
+    """The KD-tree cache is keyed by the space's id; an id reused after garbage collection
+    (as CPython does) must not return the collected mask's tree."""
+    import gc
+    import weakref
+
+    from analysis.sdm import kernel
+
+    def space(lo, hi):
+        m = np.zeros(grid_shape(), np.uint8)
+        m[lo:hi, lo:hi, lo:hi] = 1
+        return MaskSpace(nib.Nifti1Image(m, grid_affine()))
+
+    small, large = space(30, 33), space(20, 40)
+    assert kernel._tree(small).n == small.n_voxels
+    # an entry of a collected mask under the id of a live one (a reused id)
+    dead = space(30, 31)
+    ref = weakref.ref(dead)
+    kernel._TREES[id(large)] = (ref, kernel._tree(dead))
+    del dead
+    gc.collect()
+    assert ref() is None
+    assert kernel._tree(large).n == large.n_voxels
+    # entries leave with their masks
+    key = id(small)
+    del small
+    gc.collect()
+    assert key not in kernel._TREES

@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,14 +143,20 @@ def peak_voxels(xyz, space: MaskSpace, tol: float = 1e-6, outside: str = "keep")
     return np.array([nearest], dtype=np.int64)
 
 
-_TREES: dict[int, cKDTree] = {}
+#: KD-trees of the masks alive now: ``id(space) -> (weak reference to space, tree)``. An entry
+#: leaves when its space is collected, and is used only while its weak reference still points
+#: to the same space, so a reused ``id`` never hands back another mask's tree.
+_TREES: dict[int, tuple[weakref.ref, cKDTree]] = {}
 
 
 def _tree(space: MaskSpace) -> cKDTree:
     key = id(space)
-    if key not in _TREES:
-        _TREES[key] = cKDTree(space.xyz)
-    return _TREES[key]
+    entry = _TREES.get(key)
+    if entry is not None and entry[0]() is space:
+        return entry[1]
+    tree = cKDTree(space.xyz)
+    _TREES[key] = (weakref.ref(space, lambda _ref, key=key: _TREES.pop(key, None)), tree)
+    return tree
 
 
 def mask_edges(space: MaskSpace):
