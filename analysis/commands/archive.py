@@ -18,7 +18,7 @@ from analysis.archive import build_archive
 EPILOG = """\
 examples:
   python -m analysis archive                    # after make paper, on a committed tree
-  python -m analysis archive --out-dir ../deposit # the zip elsewhere
+  python -m analysis archive --out-dir ../deposit  # the zip elsewhere
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
