@@ -149,22 +149,24 @@ def dataset_register(registry_path: Path | None = None) -> list[dict[str, str]]:
     Raises
     ------
     ArchiveError
-        A row lacks ``dataset``, ``licence`` or ``version``, or ``redistribute`` is not yes/no
-        (file, row and field named).
+        A row fails the fetcher's checks (:func:`analysis.fetch.read_registry`), lacks
+        ``dataset``, ``licence`` or ``version``, or ``redistribute`` is not yes/no (file, row
+        and field named).
     """
-    from analysis.fetch import REGISTRY
+    from analysis.fetch import REGISTRY, FetchError, read_registry
 
     path = Path(registry_path or REGISTRY)
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for row_no, r in enumerate(csv.DictReader(fh, delimiter="\t"), start=1):
-            for f in REGISTER_FIELDS:
-                if not (r.get(f) or "").strip():
-                    raise ArchiveError(f"{path}, row {row_no}, field '{f}': empty or missing")
-            if r["redistribute"] not in ("yes", "no"):
-                raise ArchiveError(f"{path}, row {row_no}, field 'redistribute': "
-                                   f"{r['redistribute']!r} is not yes or no")
-            rows.append(r)
+    try:
+        rows = list(read_registry(path).values())
+    except FetchError as exc:
+        raise ArchiveError(str(exc)) from None
+    for row_no, r in enumerate(rows, start=1):
+        for f in REGISTER_FIELDS:
+            if not (r.get(f) or "").strip():
+                raise ArchiveError(f"{path}, row {row_no}, field '{f}': empty or missing")
+        if r["redistribute"] not in ("yes", "no"):
+            raise ArchiveError(f"{path}, row {row_no}, field 'redistribute': "
+                               f"{r['redistribute']!r} is not yes or no")
     return rows
 
 

@@ -67,18 +67,30 @@ def registry() -> dict[str, dict[str, str]]:
     FetchError
         A row of ``datasets.tsv`` lacks a field or has a malformed checksum (row and field named).
     """
+    return read_registry(REGISTRY)
+
+
+def read_registry(path: Path) -> dict[str, dict[str, str]]:
+    """Rows of a dataset registry (``datasets.tsv`` layout), by ``relpath``, checked.
+
+    Raises
+    ------
+    FetchError
+        A row lacks ``relpath``, ``sha256`` or ``url``, has a malformed checksum, or repeats a
+        ``relpath`` (file, row and field named).
+    """
     out: dict[str, dict[str, str]] = {}
-    with REGISTRY.open(encoding="utf-8") as fh:
+    with Path(path).open(encoding="utf-8") as fh:
         for row_no, r in enumerate(csv.DictReader(fh, delimiter="\t"), start=1):
             for field in ("relpath", "sha256", "url"):
                 if not r.get(field):
-                    raise FetchError(f"{REGISTRY}, row {row_no}, field '{field}': empty or missing")
+                    raise FetchError(f"{path}, row {row_no}, field '{field}': empty or missing")
             sha = r["sha256"]
             if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-                raise FetchError(f"{REGISTRY}, row {row_no}, field 'sha256': {sha!r} is not a "
+                raise FetchError(f"{path}, row {row_no}, field 'sha256': {sha!r} is not a "
                                  "SHA-256 hex digest (64 lower-case hex digits)")
             if r["relpath"] in out:
-                raise FetchError(f"{REGISTRY}, row {row_no}, field 'relpath': "
+                raise FetchError(f"{path}, row {row_no}, field 'relpath': "
                                  f"{r['relpath']!r} is listed twice")
             out[r["relpath"]] = r
     return out
