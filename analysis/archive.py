@@ -83,7 +83,6 @@ SPDX = {
 }
 #: registry file of the RO-Crate 1.1 JSON-LD context (https://w3id.org/ro/crate/1.1/context),
 #: with which roc-validator checks the crate offline
-CRATE_CONTEXT_FILE = "schemas/ro-crate-1.1/context.jsonld"
 CRATE_CONTEXT_URL = "https://w3id.org/ro/crate/1.1/context"
 WFRUN_SHA256 = "https://w3id.org/ro/terms/workflow-run#sha256"
 REGISTER_FIELDS = ("dataset", "licence", "version", "redistribute")

@@ -10,6 +10,7 @@ The full offline rebuild of an archive (a whole quick pipeline run) is ``slow``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -27,6 +28,9 @@ from analysis.pipeline import run_stages
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"
+#: the RO-Crate 1.1 JSON-LD context, for roc-validator offline (provenance in its SOURCE)
+CRATE_CONTEXT_COPY = REPO / "tests" / "fixtures" / "ro-crate-1.1" / "context.jsonld"
+CRATE_CONTEXT_SHA256 = "4a8c4cbdfd73d3d11be5ebe135f6122a0fc711fd1433e4258a748c80cc257ab7"
 
 
 # --- CITATION.cff --------------------------------------------------------------------------------
@@ -249,18 +253,15 @@ def test_crate_records_each_stage_from_its_manifest(quick_archive, tmp_path):
 @pytest.fixture
 def offline_validator(monkeypatch):
     """roc-validator's ``validate`` with its HTTP requests answered locally: the RO-Crate 1.1
-    JSON-LD context from the dataset registry (mirror or cache), 404 for anything else. Without
-    the context the validator's SHACL checks see no terms and pass vacuously."""
-    services = pytest.importorskip("rocrate_validator.services")
+    JSON-LD context (the copy in ``tests/fixtures``, checked against its published sha256), 404
+    for anything else. Without the context the validator's SHACL checks see no
+    terms and pass vacuously."""
     import requests
+    from rocrate_validator import services
     from rocrate_validator.utils.http import HttpRequester
 
-    from analysis.fetch import FetchError, fetch_file
-
-    try:
-        context = fetch_file(ar.CRATE_CONTEXT_FILE, download=False).read_bytes()
-    except FetchError as exc:
-        pytest.skip(f"{exc} (python -m analysis fetch schemas/ro-crate-1.1 gets it)")
+    context = CRATE_CONTEXT_COPY.read_bytes()
+    assert hashlib.sha256(context).hexdigest() == CRATE_CONTEXT_SHA256, CRATE_CONTEXT_COPY
     asked = []
 
     def get(self, url, *args, **kwargs):
