@@ -68,30 +68,14 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
 from analysis.sdm.progress import progress as progress_bar
+from analysis.sdm.statistics.hedges import variance_coefficients
 
 LGR = logging.getLogger(__name__)
 
 KNOWN_TOL = 1e-6
 TAU2_MAX = 999.0
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-# ----------------------------------------------------------------------------- variances
-def variance_coefficients(n1, n2=None) -> tuple[np.ndarray, np.ndarray]:
-    """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges g variance; Hedges & Olkin 1985).
-
-    Parameters
-    ----------
-    n1, n2 : array-like, shape (k,)
-        Sample sizes (``n2`` NaN/None for one-sample studies).
-    """
-    n1 = np.asarray(n1, dtype=float)
-    n2 = np.full_like(n1, np.nan) if n2 is None else np.asarray(n2, dtype=float)
-    df = degrees_of_freedom(n1, n2)
-    j = hedges_j(df)
-    return _scale(n1, n2) ** 2, 1.0 - (df - 2.0) / (df * j * j)
 
 
 def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
