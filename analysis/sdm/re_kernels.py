@@ -150,11 +150,28 @@ def _rubin_pool(acc, m, v0, nb, out, stats):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always", **_INLINE)
-def _accumulate(acc, b, cf, var, tb, qf, trf, df, stats):  # pragma: no cover - compiled
-    """Add one imputation's fit of voxel ``b`` to the Rubin sums."""
+def _solve_slope(s0, s1, s2, s3, s4):  # pragma: no cover - compiled
+    """Weighted least squares of the design ``[1, x]`` from ``sum w, wx, wx^2, wy, wxy``:
+    ``(det, b0, b1)`` with ``det = |X'WX|`` (``Cov(b) = (X'WX)^-1``).
+    """
+    det = s0 * s2 - s1 * s1
+    return det, (s2 * s3 - s1 * s4) / det, (s0 * s4 - s1 * s3) / det
+
+
+@numba.njit(inline="always", **_INLINE)
+def _accumulate_coef(acc, b, cf, var):  # pragma: no cover - compiled
+    """Add one imputation's coefficient ``cf`` and its variance of voxel ``b`` to the Rubin
+    sums (``acc`` rows 0-2: coefficient, its square, variance).
+    """
     acc[0, b] += cf
     acc[1, b] += cf * cf
     acc[2, b] += var
+
+
+@numba.njit(inline="always", **_INLINE)
+def _accumulate(acc, b, cf, var, tb, qf, trf, df, stats):  # pragma: no cover - compiled
+    """Add one imputation's fit of voxel ``b`` to the Rubin sums."""
+    _accumulate_coef(acc, b, cf, var)
     acc[3, b] += math.sqrt(tb)
     if stats:
         i2 = tb / (tb + df / trf) if (tb > 0.0 and trf > 0.0) else 0.0
@@ -330,9 +347,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
             for b in range(nb):
                 s0, s1, s2, s3, s4, syy = _wls_sums(v, y, x, kt, b, 0.0)
                 u0, u1, u2, _, _, _ = _power_sums(v, x, kt, b, 0.0)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
+                det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                 den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
                 q = syy - b0 * s3 - b1 * s4
                 _dl_tau2(t, qf, trf, b, q, den, K - 2.0)
@@ -343,9 +358,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
                     # short passes over the studies: one long pass is not unrolled by
                     # LLVM and then not vectorised
                     s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                    det = s0 * s2 - s1 * s1
-                    b0 = (s2 * s3 - s1 * s4) / det
-                    b1 = (s0 * s4 - s1 * s3) / det
+                    det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                     u0, u1, u2, e0, e1, e2 = _power_sums(v, x, kt, b, tb)
                     q = 0.0   # sum w^2 r^2
                     q3 = 0.0  # sum w^3 r^2
@@ -375,9 +388,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
             for b in range(nb):
                 tb = t[b]
                 s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
+                det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                 var = (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
                 _accumulate(acc, b, c0 * b0 + c1 * b1, var, tb, qf[b], trf[b], K - 2.0, stats)
         _rubin_pool(acc, m, v0, nb, out, stats)
@@ -476,9 +487,7 @@ def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - com
                     swy += wi * y[i, b]
                 s = np.float64(sw)
                 cf = np.float64(swy) / s
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += 1.0 / s
+                _accumulate_coef(acc, b, cf, 1.0 / s)
         _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
@@ -550,9 +559,7 @@ def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
                 d2 = np.float64(s2)
                 d3 = np.float64(s3)
                 d4 = np.float64(s4)
-                det = d0 * d2 - d1 * d1
-                b0 = (d2 * d3 - d1 * d4) / det
-                b1 = (d0 * d4 - d1 * d3) / det
+                det, b0, b1 = _solve_slope(d0, d1, d2, d3, d4)
                 den = d0 - (d2 * np.float64(u0) - 2.0 * d1 * np.float64(u1)
                             + d0 * np.float64(u2)) / det
                 q = np.float64(syy) - b0 * d3 - b1 * d4
@@ -579,13 +586,10 @@ def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
                 d2 = np.float64(s2)
                 d3 = np.float64(s3)
                 d4 = np.float64(s4)
-                det = d0 * d2 - d1 * d1
-                b0 = (d2 * d3 - d1 * d4) / det
-                b1 = (d0 * d4 - d1 * d3) / det
+                det, b0, b1 = _solve_slope(d0, d1, d2, d3, d4)
                 cf = c0 * b0 + c1 * b1
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det
+                _accumulate_coef(acc, b, cf,
+                                 (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det)
         _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
