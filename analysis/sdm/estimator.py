@@ -182,7 +182,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     m, k, nv = imputed.shape
     k1, k2 = variance_coefficients(n1, n2)
     Xd = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
-    Cd = np.eye(Xd.shape[1])[0] if C is None else np.asarray(C, dtype=float).ravel()
+    Cd = hypothesis_row(C, Xd.shape[1])
     if compiled_design(Xd, Cd) is not None:
         return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity,
                           max_iter=max_iter, tol=tol, n_jobs=n_jobs)

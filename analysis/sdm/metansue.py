@@ -70,6 +70,8 @@ from scipy.special import log_ndtr, ndtr, ndtri
 
 from analysis.sdm.progress import progress as progress_bar
 from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.hypothesis import hypothesis_row
+from analysis.sdm.statistics.wls import weighted_least_squares
 
 LGR = logging.getLogger(__name__)
 
@@ -231,15 +233,15 @@ def _sub(prob: _Problem, cols) -> _Problem:
 
 
 def _start(prob: _Problem, act) -> np.ndarray:
-    """WLS start with midpoints for censored studies and weights 1/v(midpoint)."""
+    """WLS start with midpoints for censored studies and weights 1/v(midpoint)
+    (:func:`analysis.sdm.statistics.wls.weighted_least_squares`; a ridge of 1e-9 keeps designs
+    solvable where left-out studies make them singular).
+    """
     mid = 0.5 * (prob.lo + prob.up)
     w = act / (prob.k1 + prob.k2 * mid ** 2)
-    X = prob.X
     if prob.simple:
-        return ((w * mid).sum(0) / w.sum(0))[:, None]
-    M = np.einsum("kp,kn,kq->npq", X, w, X) + 1e-9 * np.eye(X.shape[1])
-    b = np.einsum("kp,kn->np", X, w * mid)
-    return np.linalg.solve(M, b[..., None])[..., 0]
+        return weighted_least_squares(mid, w)[0]
+    return weighted_least_squares(mid, w, prob.X, ridge=1e-9)[0]
 
 
 def _coef_mle(prob: _Problem, C, n_out: int):
@@ -378,7 +380,7 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
     k1, k2 = variance_coefficients(n1, n2)
     X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
     p = X.shape[1]
-    C = np.eye(p)[0] if C is None else np.asarray(C, dtype=float).ravel()
+    C = hypothesis_row(C, p)
     n_out = leave_n_out_count(k, leave_n_out)
     if compress:
         both = np.concatenate([lower, upper], axis=0)
