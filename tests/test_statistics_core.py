@@ -136,6 +136,22 @@ def test_egger_fit_is_the_reml_optimum():
         assert out["var"][j] == pytest.approx(np.linalg.inv(M)[1, 1], rel=1e-6)
 
 
+def test_egger_at_a_voxel_does_not_depend_on_the_other_voxels():
+    """Each voxel's REML iteration stops on its own convergence: testing a voxel alone or
+    among others gives the same numbers (a stop once every voxel of the batch had converged
+    made them depend on the batch).
+    """
+    rng = np.random.default_rng(8)
+    k, m, nv = 11, 5, 60
+    n1, n2 = _studies(rng, k)
+    g = rng.normal(0.2, 0.4, (m, k, nv)) * rng.uniform(0.2, 2.5, (1, 1, nv))
+    batch = egger_test(g, n1, n2)
+    for j in range(0, nv, 7):
+        alone = egger_test(g[:, :, [j]], n1, n2)
+        for key in ("b", "var", "p"):
+            assert alone[key][0] == pytest.approx(batch[key][j], rel=1e-12, abs=1e-15)
+
+
 def test_hedges_g_variance_is_unbiased_for_the_exact_variance():
     """``E v(g) = Var(g)`` with ``g = J t sqrt(s2)``, ``t`` noncentral t (Hedges 1981), from
     scipy's noncentral-t moments.
