@@ -96,7 +96,8 @@ def test_save_maps_round_trip(small_fit, tmp_path):
 
 
 def test_known_bounds_reduce_to_plain_random_effects(rng):
-    """With every effect known, all imputations coincide and Rubin = one REML fit."""
+    """With every effect known, all imputations coincide and Rubin = one DerSimonian-Laird fit
+    (the default estimator)."""
     space = MaskSpace(_box_mask(half=(4, 4, 4)))
     k, nv = 7, space.n_voxels
     n1 = rng.integers(10, 40, k).astype(float)

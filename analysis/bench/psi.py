@@ -44,8 +44,8 @@ def naive_permutation(inputs, subjects, codes, b: int) -> tuple[float, float, fl
     and pooled; TFCE by labelling every
     height (:func:`analysis.sdm.tfce.tfce_reference`).
     """
-    from analysis.sdm.permutation import rubin_z
     from analysis.sdm.random_effects import fit_random_effects
+    from analysis.sdm.statistics import rubin_z
     from analysis.sdm.tfce import tfce_reference
 
     k1, k2 = inputs.variance_coefficients()

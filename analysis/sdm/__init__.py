@@ -12,7 +12,9 @@ Modules: inputs (:mod:`~analysis.sdm.dataset`, :mod:`~analysis.sdm.project` for 
 folders, :mod:`~analysis.sdm.studies`, :mod:`~analysis.sdm.peaks`, :mod:`~analysis.sdm.coords`,
 :mod:`~analysis.sdm.io`), space (:mod:`~analysis.sdm.space`), pre-processing
 (:mod:`~analysis.sdm.kernel`, :mod:`~analysis.sdm.templates`, :mod:`~analysis.sdm.kernel_fit`,
-:mod:`~analysis.sdm.preprocess`), statistics (:mod:`~analysis.sdm.effect_sizes`,
+:mod:`~analysis.sdm.preprocess`), statistics (the core :mod:`~analysis.sdm.statistics`:
+weighted least squares, DerSimonian-Laird and REML tau2, Rubin's rules, the hypothesis row, the
+Hedges-g variance; :mod:`~analysis.sdm.effect_sizes`,
 :mod:`~analysis.sdm.metansue`, :mod:`~analysis.sdm.random_effects`,
 :mod:`~analysis.sdm.re_kernels`, :mod:`~analysis.sdm.rubin`, :mod:`~analysis.sdm.egger`,
 :mod:`~analysis.sdm.reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference

@@ -2,56 +2,31 @@
 
 After ``metabias.meta.nsue`` of the ``metansue`` R package (Radua): for each imputation j the
 study standard error ``sqrt(v(y_ij))`` is added as an extra column of the design, a REML
-random-effects meta-regression is fitted, and its coefficient ``b_j`` and variance are pooled
-with Rubin's rules; ``z = b / sqrt(var)``, two-tailed p.
+random-effects meta-regression is fitted (the statistics core,
+:func:`analysis.sdm.statistics.model.fit_columns`, with a design per voxel: Newton steps to the
+maximum of the restricted likelihood), and its coefficient ``b_j`` and variance are pooled with
+Rubin's rules; ``z = b / sqrt(var)``, two-tailed p.
 
 References
 ----------
 Egger M, Davey Smith G, Schneider M, Minder C (1997). Bias in meta-analysis detected by a simple,
 graphical test. BMJ 315:629-634.
+Viechtbauer W (2005). J Educ Behav Stat 30:261-293 (REML).
+Rubin DB (1987). Multiple Imputation for Nonresponse in Surveys. Wiley.
 """
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from scipy.stats import norm
 
-from analysis.sdm.metansue import variance_coefficients
-from analysis.sdm.random_effects import _defaults
-from analysis.sdm.rubin import pool_scalar
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.model import fit_columns
+from analysis.sdm.statistics.pooling import rubin_z
 
-LGR = logging.getLogger(__name__)
-
-
-def _reml_percolumn(y, v, X, tau2, max_iter, tol):
-    """REML Fisher scoring with a design that differs per column: y, v (k, N), X (k, N, p)."""
-    tau2 = tau2.copy()
-    eye = 1e-12 * np.eye(X.shape[2])
-    for _ in range(max_iter):
-        w = 1.0 / (v + tau2)
-        M = np.einsum("knp,kn,knq->npq", X, w, X) + eye
-        minv = np.linalg.inv(M)
-        beta = np.einsum("npq,knq,kn->np", minv, X, w * y)
-        r = y - np.einsum("knp,np->kn", X, beta)
-        h = np.einsum("knp,npq,knq->kn", X, minv, X)
-        w2 = w * w
-        A = np.einsum("knp,kn,knq->npq", X, w2, X)
-        B = minv @ A
-        tr_pp = w2.sum(0) - 2.0 * (w2 * w * h).sum(0) + np.einsum("npq,nqp->n", B, B)
-        tr_p = w.sum(0) - (w2 * h).sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            step = ((w2 * r * r).sum(0) - tr_p) / tr_pp
-        new = np.maximum(0.0, tau2 + np.where(np.isfinite(step), step, 0.0))
-        done = np.all(np.abs(new - tau2) < tol)
-        tau2 = new
-        if done:
-            break
-    w = 1.0 / (v + tau2)
-    minv = np.linalg.inv(np.einsum("knp,kn,knq->npq", X, w, X) + eye)
-    beta = np.einsum("npq,knq,kn->np", minv, X, w * y)
-    return beta, minv, tau2
+#: added to the diagonal of X'WX: the standard-error column of a voxel whose studies all have
+#: the same variance is the intercept's multiple, and the fit must stay solvable there
+RIDGE = 1e-12
 
 
 def egger_test(imputed, n1, n2=None, X=None, tau2=None, max_iter=None, tol=None) -> dict:
@@ -67,22 +42,22 @@ def egger_test(imputed, n1, n2=None, X=None, tau2=None, max_iter=None, tol=None)
     X : ndarray, shape (k, p), optional
         Design of the model (default: intercept); the SE column is appended.
     tau2 : ndarray, shape (N,), optional
-        Starting tau2 (e.g. the MetaNSUE MLE).
+        REML start (default: the DerSimonian-Laird value of each imputation).
+    max_iter, tol : optional
+        REML updates and tolerance (default
+        :data:`analysis.sdm.statistics.tau2.REML_MAX_ITER` and ``REML_TOL``).
 
     Returns
     -------
     dict of (N,) arrays
         ``b`` (pooled SE coefficient), ``var``, ``z``, ``p`` (two-tailed).
     """
-    d_iter, d_tol = _defaults()
-    max_iter = d_iter if max_iter is None else max_iter
-    tol = d_tol if tol is None else tol
     y = np.asarray(imputed, dtype=float)
     m, k, n = y.shape
     k1, k2 = variance_coefficients(n1, n2)
     X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
     p = X.shape[1]
-    t0 = np.zeros(n) if tau2 is None else np.broadcast_to(np.asarray(tau2, float), (n,))
+    t0 = None if tau2 is None else np.broadcast_to(np.asarray(tau2, float), (n,))
     b = np.empty((m, n))
     bv = np.empty((m, n))
     for j in range(m):
@@ -90,9 +65,9 @@ def egger_test(imputed, n1, n2=None, X=None, tau2=None, max_iter=None, tol=None)
         vj = k1[:, None] + k2[:, None] * yj * yj
         Xj = np.concatenate([np.broadcast_to(X[:, None, :], (k, n, p)),
                              np.sqrt(vj)[..., None]], axis=2)
-        beta, minv, _ = _reml_percolumn(yj, vj, Xj, np.array(t0, dtype=float), max_iter, tol)
-        b[j] = beta[:, p]
-        bv[j] = minv[:, p, p]
-    bbar, var = pool_scalar(b, bv)
-    z = bbar / np.sqrt(var)
+        fit = fit_columns(yj, vj, Xj, method="reml", tau2=t0, max_iter=max_iter, tol=tol,
+                          ridge=RIDGE)
+        b[j] = fit["beta"][:, p]
+        bv[j] = fit["cov"][:, p, p]
+    bbar, var, z = rubin_z(b, bv)
     return {"b": bbar, "var": var, "z": z, "p": 2.0 * norm.sf(np.abs(z))}

@@ -39,12 +39,14 @@ import pandas as pd
 from scipy.stats import norm
 
 from analysis.sdm.base import ParamsMixin
-from analysis.sdm.metansue import censored_mle, impute, variance_coefficients
+from analysis.sdm.metansue import censored_mle, impute
 from analysis.sdm.random_effects import fit_random_effects, q_to_z
 from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
 from analysis.sdm.rng import derive_rng
 from analysis.sdm.rubin import pool_fits
 from analysis.sdm.space import MaskSpace
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.hypothesis import hypothesis_row
 
 LGR = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class MetaResult:
         MetaNSUE MLE: ``beta`` (V, p), ``tau2`` (V,), ``discarded``, ``n_leave_out``, ``X``, ``C``.
     imputations : ndarray (m, k, V) float32 or None
         Imputed study images (Hedges g); their variances are ``k1 + k2 g^2``
-        (:func:`analysis.sdm.metansue.variance_coefficients`).
+        (:func:`analysis.sdm.statistics.hedges.variance_coefficients`).
     estimator : SDMPSI
         A copy of the estimator that produced the result (re-fits of the diagnostics).
     tables : dict of str -> pandas.DataFrame
@@ -180,7 +182,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     m, k, nv = imputed.shape
     k1, k2 = variance_coefficients(n1, n2)
     Xd = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
-    Cd = np.eye(Xd.shape[1])[0] if C is None else np.asarray(C, dtype=float).ravel()
+    Cd = hypothesis_row(C, Xd.shape[1])
     if compiled_design(Xd, Cd) is not None:
         return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity,
                           max_iter=max_iter, tol=tol, n_jobs=n_jobs)
@@ -252,17 +254,10 @@ def design_matrix(studies: pd.DataFrame, covariates=None, centre: bool = True
 
 
 def parse_hypothesis(hypothesis, p: int) -> np.ndarray:
-    """Hypothesis row from None (intercept), a sequence, or SDM's ``"0+1+0"`` string."""
-    if hypothesis is None:
-        C = np.zeros(p)
-        C[0] = 1.0
-        return C
-    if isinstance(hypothesis, str):
-        hypothesis = [float(x) for x in hypothesis.replace(",", "+").split("+") if x.strip()]
-    C = np.asarray(hypothesis, dtype=float).ravel()
-    if C.size != p:
-        raise ValueError(f"hypothesis has {C.size} entries but the design has {p} columns")
-    return C
+    """Hypothesis row from None (intercept), a sequence, or SDM's ``"0+1+0"`` string
+    (:func:`analysis.sdm.statistics.hypothesis.hypothesis_row`).
+    """
+    return hypothesis_row(hypothesis, p)
 
 
 class SDMPSI(ParamsMixin):

@@ -68,30 +68,16 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import log_ndtr, ndtr, ndtri
 
-from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
 from analysis.sdm.progress import progress as progress_bar
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.hypothesis import hypothesis_row
+from analysis.sdm.statistics.wls import weighted_least_squares
 
 LGR = logging.getLogger(__name__)
 
 KNOWN_TOL = 1e-6
 TAU2_MAX = 999.0
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-# ----------------------------------------------------------------------------- variances
-def variance_coefficients(n1, n2=None) -> tuple[np.ndarray, np.ndarray]:
-    """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges g variance; Hedges & Olkin 1985).
-
-    Parameters
-    ----------
-    n1, n2 : array-like, shape (k,)
-        Sample sizes (``n2`` NaN/None for one-sample studies).
-    """
-    n1 = np.asarray(n1, dtype=float)
-    n2 = np.full_like(n1, np.nan) if n2 is None else np.asarray(n2, dtype=float)
-    df = degrees_of_freedom(n1, n2)
-    j = hedges_j(df)
-    return _scale(n1, n2) ** 2, 1.0 - (df - 2.0) / (df * j * j)
 
 
 def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
@@ -247,15 +233,15 @@ def _sub(prob: _Problem, cols) -> _Problem:
 
 
 def _start(prob: _Problem, act) -> np.ndarray:
-    """WLS start with midpoints for censored studies and weights 1/v(midpoint)."""
+    """WLS start with midpoints for censored studies and weights 1/v(midpoint)
+    (:func:`analysis.sdm.statistics.wls.weighted_least_squares`; a ridge of 1e-9 keeps designs
+    solvable where left-out studies make them singular).
+    """
     mid = 0.5 * (prob.lo + prob.up)
     w = act / (prob.k1 + prob.k2 * mid ** 2)
-    X = prob.X
     if prob.simple:
-        return ((w * mid).sum(0) / w.sum(0))[:, None]
-    M = np.einsum("kp,kn,kq->npq", X, w, X) + 1e-9 * np.eye(X.shape[1])
-    b = np.einsum("kp,kn->np", X, w * mid)
-    return np.linalg.solve(M, b[..., None])[..., 0]
+        return weighted_least_squares(mid, w)[0]
+    return weighted_least_squares(mid, w, prob.X, ridge=1e-9)[0]
 
 
 def _coef_mle(prob: _Problem, C, n_out: int):
@@ -394,7 +380,7 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
     k1, k2 = variance_coefficients(n1, n2)
     X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
     p = X.shape[1]
-    C = np.eye(p)[0] if C is None else np.asarray(C, dtype=float).ravel()
+    C = hypothesis_row(C, p)
     n_out = leave_n_out_count(k, leave_n_out)
     if compress:
         both = np.concatenate([lower, upper], axis=0)

@@ -86,12 +86,10 @@ from threadpoolctl import threadpool_limits
 
 from analysis.sdm import tfce as tfce_mod
 from analysis.sdm.backend import array_module, check_backend, to_numpy
-from analysis.sdm.effect_sizes import _scale, degrees_of_freedom, hedges_j
 from analysis.sdm.progress import progress as progress_bar
 from analysis.sdm.re_kernels import (
     ROWS,
     blocked_layout,
-    check_heterogeneity,
     check_precision,
     compiled_design,
     permuted_mean,
@@ -99,6 +97,16 @@ from analysis.sdm.re_kernels import (
     run_kernel,
 )
 from analysis.sdm.rng import derive_rng
+from analysis.sdm.statistics.hedges import (
+    degrees_of_freedom,
+    hedges_j,
+    two_sample,
+    variance_coefficients,
+)
+from analysis.sdm.statistics.hypothesis import contrast, hypothesis_row
+from analysis.sdm.statistics.model import check_heterogeneity, fit_columns
+from analysis.sdm.statistics.pooling import rubin_z
+from analysis.sdm.statistics.wls import from_columns, to_columns
 
 LGR = logging.getLogger(__name__)
 
@@ -175,12 +183,7 @@ class PSIInputs:
             self.X = self.X[:, None]
         if self.X.shape[0] != k:
             raise ValueError(f"design has {self.X.shape[0]} rows for {k} studies")
-        p = self.X.shape[1]
-        if self.C is None:
-            self.C = np.eye(p)[0]
-        self.C = np.asarray(self.C, dtype=float).reshape(-1)
-        if len(self.C) != p:
-            raise ValueError(f"hypothesis has {len(self.C)} entries for {p} design columns")
+        self.C = hypothesis_row(self.C, self.X.shape[1])
         if not self.studies:
             self.studies = [f"study{i + 1}" for i in range(k)]
         two = self.two_sample
@@ -191,7 +194,7 @@ class PSIInputs:
     @property
     def two_sample(self) -> np.ndarray:
         """Whether each study compares two groups (``n2`` given)."""
-        return np.isfinite(self.n2) & (self.n2 > 0)
+        return two_sample(self.n2)
 
     @property
     def intercept_only(self) -> bool:
@@ -208,10 +211,10 @@ class PSIInputs:
         return "subjects" if (is_intercept and list(nz) == [0]) else "freedman-lane"
 
     def variance_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
-        """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges-g variance)."""
-        df = degrees_of_freedom(self.n1, self.n2)
-        j = hedges_j(df)
-        return _scale(self.n1, self.n2) ** 2, 1.0 - (df - 2.0) / (df * j * j)
+        """``k1, k2`` with ``v(g) = k1 + k2 g^2`` (exact Hedges-g variance,
+        :func:`analysis.sdm.statistics.hedges.variance_coefficients`).
+        """
+        return variance_coefficients(self.n1, self.n2)
 
     @property
     def j(self) -> np.ndarray:
@@ -346,56 +349,14 @@ def make_codes(inputs: PSIInputs, n_permutations: int, rng: np.random.Generator
 # ============================================================================================
 # NumPy / CuPy fits (DerSimonian-Laird, or bounded REML updates from it), Rubin's rules
 # ============================================================================================
-def _dl_start(y, v, Xd, xp):
-    """DerSimonian-Laird estimate (closed form; the start of the REML iterations)."""
-    k = y.shape[-2]
-    w = 1.0 / v
-    if Xd is None:
-        sw = w.sum(-2)
-        mu = (w * y).sum(-2) / sw
-        q = (w * (y - mu[..., None, :]) ** 2).sum(-2)
-        den = sw - (w * w).sum(-2) / sw
-        df = k - 1
-    else:
-        beta, minv, r = _wls(y, w, Xd, xp)
-        q = (w * r * r).sum(-2)
-        A = xp.einsum("kp,...kn,kq->...npq", Xd, w * w, Xd)
-        den = w.sum(-2) - xp.einsum("...npq,...nqp->...n", minv, A)
-        df = k - Xd.shape[1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        t = (q - df) / den
-    return xp.maximum(0.0, xp.where(den > 0, t, 0.0))
-
-
-def _wls(y, w, Xd, xp):
-    """Weighted least squares per column of (..., k, N): beta (..., N, p), Minv, residuals."""
-    M = xp.einsum("kp,...kn,kq->...npq", Xd, w, Xd)
-    minv = xp.linalg.inv(M)
-    b = xp.einsum("kp,...kn->...np", Xd, w * y)
-    beta = xp.einsum("...npq,...nq->...np", minv, b)
-    r = y - xp.einsum("kp,...np->...kn", Xd, beta)
-    return beta, minv, r
-
-
-def _newton_step(score, obs, tr_pp, xp):
-    """Newton step on the REML score where the log-likelihood is locally concave, else Fisher."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        step = xp.where(obs > 0, score / xp.where(obs > 0, obs, 1.0),
-                        xp.where(tr_pp > 0, score / xp.where(tr_pp > 0, tr_pp, 1.0), 0.0))
-    return xp.where(xp.isfinite(step), step, 0.0)
-
-
 def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
     """Random-effects fit, vectorised over voxels (and imputations), on any array back-end.
 
-    ``n_iter = 0``: DerSimonian-Laird (closed form). Otherwise REML from the DL value:
-    Newton-Raphson on the REML log-likelihood
-    ``l(tau2) = -1/2 [sum ln(v+tau2) + ln|X'WX| + y'Py]`` with score
-    ``(y'PPy - tr P)/2`` and observed information ``y'PPPy - tr(PP)/2``; where the
-    log-likelihood is not locally concave the Fisher-scoring step ``(y'PPy - tr P)/tr(PP)`` of
-    :func:`analysis.sdm.random_effects.reml_tau2` (Viechtbauer 2005, eq. 11) is used instead.
-    Plain Fisher scoring can oscillate for many iterations (observed on permuted data); the
-    Newton step converges in about five. Iterates are clipped at 0.
+    The statistics core's fit (:func:`analysis.sdm.statistics.model.fit_columns`) on arrays
+    with leading axes. ``n_iter = 0``: DerSimonian-Laird (closed form). Otherwise REML from the
+    DerSimonian-Laird value: Newton steps on the restricted log-likelihood, the Fisher-scoring
+    step where it is not locally concave (:func:`analysis.sdm.statistics.tau2.reml`), at most
+    ``n_iter`` updates per voxel.
 
     Parameters
     ----------
@@ -408,7 +369,7 @@ def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
     xp : module
         ``numpy`` or ``cupy``.
     tol : float
-        Stop early when no tau2 moves by ``tol`` or more (0: always ``n_iter`` updates).
+        A voxel stops once its tau2 moves by less than ``tol`` (0: always ``n_iter`` updates).
 
     Returns
     -------
@@ -416,56 +377,12 @@ def reml_fixed(y, v, X=None, n_iter: int = 10, xp=np, tol: float = 0.0):
     cov : array (..., N, p, p)
     tau2 : array (..., N)
     """
-    intercept = X is None or (X.shape[1] == 1 and np.allclose(X, 1.0))
-    Xd = None if intercept else xp.asarray(X, dtype=y.dtype)
-    t = _dl_start(y, v, Xd, xp)
-    for _ in range(n_iter):
-        w = 1.0 / (v + t[..., None, :])
-        w2 = w * w
-        if intercept:
-            sw = w.sum(-2)
-            r = y - ((w * y).sum(-2) / sw)[..., None, :]
-            sw2 = w2.sum(-2)
-            tr_p = sw - sw2 / sw
-            tr_pp = sw2 - 2.0 * (w2 * w).sum(-2) / sw + (sw2 / sw) ** 2
-            w2r = w2 * r
-            ypppy = (w2r * r).sum(-2)
-            yp3y = (w2r * r * w).sum(-2) - w2r.sum(-2) ** 2 / sw
-        else:
-            _, minv, r = _wls(y, w, Xd, xp)
-            h = xp.einsum("kp,...npq,kq->...kn", Xd, minv, Xd)
-            ypppy = (w2 * r * r).sum(-2)
-            tr_p = w.sum(-2) - (w2 * h).sum(-2)
-            B = minv @ xp.einsum("kp,...kn,kq->...npq", Xd, w2, Xd)
-            tr_pp = w2.sum(-2) - 2.0 * (w2 * w * h).sum(-2) + xp.einsum("...npq,...nqp->...n", B, B)
-            u = w * r  # P y
-            bu = xp.einsum("kp,...kn->...np", Xd, w * u)
-            yp3y = (w * u * u).sum(-2) - xp.einsum("...np,...npq,...nq->...n", bu, minv, bu)
-        step = _newton_step(ypppy - tr_p, 2.0 * yp3y - tr_pp, tr_pp, xp)
-        new = xp.maximum(0.0, t + step)
-        moved = float(xp.abs(new - t).max()) if t.size else 0.0
-        t = new
-        if moved < tol:
-            break
-    w = 1.0 / (v + t[..., None, :])
-    if intercept:
-        sw = w.sum(-2)
-        return ((w * y).sum(-2) / sw)[..., None], (1.0 / sw)[..., None, None], t
-    beta, minv, _ = _wls(y, w, Xd, xp)
-    return beta, minv, t
-
-
-def rubin_z(coef, var, xp=np):
-    """Rubin's rules over the first axis (imputations): pooled coefficient, total variance, z.
-
-    ``T = mean(var) + (1 + 1/m) var_j(coef)`` (sample variance over imputations), z = coef/sqrt(T)
-    (normal reference, as SDM-PSI: its maps of Enge et al. 2021 satisfy ``z = g / sqrt(var)``).
-    """
-    m = coef.shape[0]
-    cbar = coef.mean(0)
-    between = coef.var(0, ddof=1) if m > 1 else 0.0 * cbar
-    total = var.mean(0) + (1.0 + 1.0 / m) * between
-    return cbar, total, cbar / xp.sqrt(total)
+    y2, shape = to_columns(y, xp)
+    v2, _ = to_columns(v, xp)
+    fit = fit_columns(y2, v2, X, method="reml" if n_iter else "dl", max_iter=n_iter, tol=tol,
+                      xp=xp)
+    return (from_columns(fit["beta"], shape), from_columns(fit["cov"], shape),
+            from_columns(fit["tau2"], shape))
 
 
 def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
@@ -479,8 +396,7 @@ def _meta_numpy(y, k1, k2, X, C, n_iter, tol, xp, block):
         yy = xp.asarray(y[:, :, s:s + block], dtype=xp.float64)
         vv = k1d + k2d * yy * yy
         beta, cov, t = reml_fixed(yy, vv, X, n_iter, xp, tol)
-        coef = beta @ Cd
-        var = xp.einsum("p,...npq,q->...n", Cd, cov, Cd)
+        coef, var = contrast(beta, cov, Cd, xp)
         cb, tot, z = rubin_z(coef, var, xp)
         for o, val in zip(out, (cb, tot, z, xp.sqrt(t).mean(0) ** 2), strict=True):
             o[s:s + block] = val

@@ -4,8 +4,12 @@ One implementation of the per-imputation random-effects model serves the estimat
 (:func:`analysis.sdm.estimator.analyse_imputations`) and the PSI permutation kernels
 (:mod:`analysis.sdm.permutation`): the z map of the identity permutation is the estimator's z map,
 bit for bit. Two designs are compiled: intercept only (:func:`_mean_kernel`) and ``[1, x]``
-(:func:`_slope_kernel`, meta-regression on one covariate); other designs use the NumPy fit
-:func:`analysis.sdm.random_effects.fit_random_effects`.
+(:func:`_slope_kernel`, meta-regression on one covariate); other designs use the statistics
+core (:func:`analysis.sdm.statistics.model.fit_columns`, through
+:func:`analysis.sdm.random_effects.fit_random_effects`). These kernels are the one other
+implementation of the core's formulas (DerSimonian-Laird, REML, weighted least squares, Rubin's
+rules), written as fused loops over voxels; ``tests/test_statistics_core.py`` checks them
+against the core on random inputs.
 
 Between-study variance of each imputation (SDM-PSI's ``AccurateHeterogeneity``):
 
@@ -22,7 +26,7 @@ Between-study variance of each imputation (SDM-PSI's ``AccurateHeterogeneity``):
 Heterogeneity of each imputation: ``Q_FE``, ``I2 = tau2 / (tau2 + (k - p) / tr P_FE)``
 (= ``1 - 1/H2`` with ``H2 = 1 + tau2 tr P_FE / (k - p)``). Rubin's rules: coefficient mean,
 within + (1 + 1/m) between variance; tau2 and I2 pooled as ``(mean sqrt)^2``; the moments of Q
-for D2 pooling (:func:`analysis.sdm.rubin.pool_chi2_moments`).
+for D2 pooling (:func:`analysis.sdm.statistics.pooling.pool_chi2_moments`).
 
 References
 ----------
@@ -39,6 +43,10 @@ import math
 
 import numba
 import numpy as np
+
+from analysis.sdm.statistics.hypothesis import hypothesis_row
+from analysis.sdm.statistics.model import check_heterogeneity
+from analysis.sdm.statistics.pooling import pool_chi2_moments
 
 #: rows of the kernels' output array ``out`` (n_rows, V)
 ROWS = ("coef", "var", "tau2", "i2", "q_mean", "sqrt_q_var")
@@ -78,14 +86,22 @@ def _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb):  # pragma: no 
 
 
 @numba.njit(inline="always", **_INLINE)
+def _dl_value(q, den, df):  # pragma: no cover - compiled
+    """DerSimonian-Laird ``max(0, (Q - df) / tr P_FE)`` from the fixed-effect ``Q`` and
+    ``tr P_FE`` (``den``); 0 where ``tr P_FE <= 0``.
+    """
+    tt = (q - df) / den
+    return tt if (den > 0.0 and tt > 0.0) else 0.0
+
+
+@numba.njit(inline="always", **_INLINE)
 def _dl_tau2(t, qf, trf, b, q, den, df):  # pragma: no cover - compiled
-    """DerSimonian-Laird tau2 of voxel ``b`` from its fixed-effect ``Q`` and ``tr P_FE``
-    (``den``), ``max(0, (Q - df) / tr P_FE)``; Q and tr P_FE are kept for I2 and Q pooling.
+    """DerSimonian-Laird tau2 of voxel ``b`` (:func:`_dl_value`); Q and tr P_FE are kept for
+    I2 and Q pooling.
     """
     qf[b] = q if q > 0.0 else 0.0
     trf[b] = den
-    tt = (q - df) / den
-    t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+    t[b] = _dl_value(q, den, df)
 
 
 @numba.njit(inline="always", **_INLINE)
@@ -103,13 +119,26 @@ def _reml_update(t, b, tb, score, trp, trpp, obs, tol):  # pragma: no cover - co
 
 
 @numba.njit(inline="always", **_INLINE)
-def _rubin_pool(acc, m, v0, nb, out, stats):  # pragma: no cover - compiled
-    """Rubin's rules from per-voxel sums over ``m`` imputations into ``out[:, v0:v0 + nb]``."""
+def _rubin_coef_var(acc, m, v0, nb, out):  # pragma: no cover - compiled
+    """Rubin's rules: pooled coefficient and total variance (within + (1 + 1/m) between) into
+    ``out[:, v0:v0 + nb]`` from the sums over ``m`` imputations of the coefficient, its square
+    and its variance (``acc`` rows 0-2).
+    """
     for b in range(nb):
         cm = acc[0, b] / m
         between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
         out[0, v0 + b] = cm
         out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0 else 0.0)
+
+
+@numba.njit(inline="always", **_INLINE)
+def _rubin_pool(acc, m, v0, nb, out, stats):  # pragma: no cover - compiled
+    """Rubin's rules from per-voxel sums over ``m`` imputations into ``out[:, v0:v0 + nb]``:
+    coefficient and total variance (:func:`_rubin_coef_var`), tau2 as ``(mean tau)^2`` and,
+    with ``stats``, I2 as ``(mean I)^2`` and the moments of Q for D2 pooling.
+    """
+    _rubin_coef_var(acc, m, v0, nb, out)
+    for b in range(nb):
         out[2, v0 + b] = (acc[3, b] / m) ** 2
         if stats:
             out[3, v0 + b] = (acc[4, b] / m) ** 2
@@ -121,11 +150,28 @@ def _rubin_pool(acc, m, v0, nb, out, stats):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always", **_INLINE)
-def _accumulate(acc, b, cf, var, tb, qf, trf, df, stats):  # pragma: no cover - compiled
-    """Add one imputation's fit of voxel ``b`` to the Rubin sums."""
+def _solve_slope(s0, s1, s2, s3, s4):  # pragma: no cover - compiled
+    """Weighted least squares of the design ``[1, x]`` from ``sum w, wx, wx^2, wy, wxy``:
+    ``(det, b0, b1)`` with ``det = |X'WX|`` (``Cov(b) = (X'WX)^-1``).
+    """
+    det = s0 * s2 - s1 * s1
+    return det, (s2 * s3 - s1 * s4) / det, (s0 * s4 - s1 * s3) / det
+
+
+@numba.njit(inline="always", **_INLINE)
+def _accumulate_coef(acc, b, cf, var):  # pragma: no cover - compiled
+    """Add one imputation's coefficient ``cf`` and its variance of voxel ``b`` to the Rubin
+    sums (``acc`` rows 0-2: coefficient, its square, variance).
+    """
     acc[0, b] += cf
     acc[1, b] += cf * cf
     acc[2, b] += var
+
+
+@numba.njit(inline="always", **_INLINE)
+def _accumulate(acc, b, cf, var, tb, qf, trf, df, stats):  # pragma: no cover - compiled
+    """Add one imputation's fit of voxel ``b`` to the Rubin sums."""
+    _accumulate_coef(acc, b, cf, var)
     acc[3, b] += math.sqrt(tb)
     if stats:
         i2 = tb / (tb + df / trf) if (tb > 0.0 and trf > 0.0) else 0.0
@@ -301,9 +347,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
             for b in range(nb):
                 s0, s1, s2, s3, s4, syy = _wls_sums(v, y, x, kt, b, 0.0)
                 u0, u1, u2, _, _, _ = _power_sums(v, x, kt, b, 0.0)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
+                det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                 den = s0 - (s2 * u0 - 2.0 * s1 * u1 + s0 * u2) / det
                 q = syy - b0 * s3 - b1 * s4
                 _dl_tau2(t, qf, trf, b, q, den, K - 2.0)
@@ -314,9 +358,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
                     # short passes over the studies: one long pass is not unrolled by
                     # LLVM and then not vectorised
                     s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                    det = s0 * s2 - s1 * s1
-                    b0 = (s2 * s3 - s1 * s4) / det
-                    b1 = (s0 * s4 - s1 * s3) / det
+                    det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                     u0, u1, u2, e0, e1, e2 = _power_sums(v, x, kt, b, tb)
                     q = 0.0   # sum w^2 r^2
                     q3 = 0.0  # sum w^3 r^2
@@ -346,9 +388,7 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
             for b in range(nb):
                 tb = t[b]
                 s0, s1, s2, s3, s4, _ = _wls_sums(v, y, x, kt, b, tb)
-                det = s0 * s2 - s1 * s1
-                b0 = (s2 * s3 - s1 * s4) / det
-                b1 = (s0 * s4 - s1 * s3) / det
+                det, b0, b1 = _solve_slope(s0, s1, s2, s3, s4)
                 var = (c0 * c0 * s2 - 2.0 * c0 * c1 * s1 + c1 * c1 * s0) / det
                 _accumulate(acc, b, c0 * b0 + c1 * b1, var, tb, qf[b], trf[b], K - 2.0, stats)
         _rubin_pool(acc, m, v0, nb, out, stats)
@@ -390,19 +430,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
-
-
-@numba.njit(inline="always", **_INLINE)
-def _rubin_coef_var(acc, m, v0, nb, out):  # pragma: no cover - compiled
-    """Rubin's rules of the permutation kernels: pooled coefficient and total variance into
-    ``out[:, v0:v0 + nb]`` from the sums over ``m`` imputations of the coefficient, its square
-    and its variance (``acc`` rows 0-2).
-    """
-    for b in range(nb):
-        cm = acc[0, b] / m
-        between = (acc[1, b] - m * cm * cm) / (m - 1) if m > 1 else 0.0
-        out[0, v0 + b] = cm
-        out[1, v0 + b] = acc[2, b] / m + (1.0 + 1.0 / m) * (between if between > 0.0 else 0.0)
 
 
 @numba.njit(**_JIT)
@@ -449,8 +476,7 @@ def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - com
                 s = np.float64(sw)
                 den = s - np.float64(sw2) / s
                 q = np.float64(swyy) - np.float64(swy) * np.float64(swy) / s
-                tt = (q - (K - 1.0)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                t[b] = _dl_value(q, den, K - 1.0)
             for b in range(block):
                 tb = t[b]
                 sw = zero
@@ -461,9 +487,7 @@ def _perm_mean_kernel(A, c, Gb, k1, k2, one, kt, out):  # pragma: no cover - com
                     swy += wi * y[i, b]
                 s = np.float64(sw)
                 cf = np.float64(swy) / s
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += 1.0 / s
+                _accumulate_coef(acc, b, cf, 1.0 / s)
         _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
@@ -535,14 +559,11 @@ def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
                 d2 = np.float64(s2)
                 d3 = np.float64(s3)
                 d4 = np.float64(s4)
-                det = d0 * d2 - d1 * d1
-                b0 = (d2 * d3 - d1 * d4) / det
-                b1 = (d0 * d4 - d1 * d3) / det
+                det, b0, b1 = _solve_slope(d0, d1, d2, d3, d4)
                 den = d0 - (d2 * np.float64(u0) - 2.0 * d1 * np.float64(u1)
                             + d0 * np.float64(u2)) / det
                 q = np.float64(syy) - b0 * d3 - b1 * d4
-                tt = (q - (K - 2.0)) / den
-                t[b] = tt if (den > 0.0 and tt > 0.0) else 0.0
+                t[b] = _dl_value(q, den, K - 2.0)
             for b in range(block):
                 tb = t[b]
                 s0 = zero
@@ -565,13 +586,10 @@ def _perm_slope_kernel(P1, P2b, c, order, mode, x, c0, c1, k1, k2, one, kt,
                 d2 = np.float64(s2)
                 d3 = np.float64(s3)
                 d4 = np.float64(s4)
-                det = d0 * d2 - d1 * d1
-                b0 = (d2 * d3 - d1 * d4) / det
-                b1 = (d0 * d4 - d1 * d3) / det
+                det, b0, b1 = _solve_slope(d0, d1, d2, d3, d4)
                 cf = c0 * b0 + c1 * b1
-                acc[0, b] += cf
-                acc[1, b] += cf * cf
-                acc[2, b] += (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det
+                _accumulate_coef(acc, b, cf,
+                                 (c0 * c0 * d2 - 2.0 * c0 * c1 * d1 + c1 * c1 * d0) / det)
         _rubin_coef_var(acc, m, v0, min(block, nv - v0), out)
 
 
@@ -638,18 +656,6 @@ def permuted_mean(A, c, Gb, k1, k2, n_voxels: int, precision: str = "single") ->
 # ============================================================================================
 # Python entry points
 # ============================================================================================
-#: between-study variance estimators: SDM-PSI's default and its ``AccurateHeterogeneity`` option
-HETEROGENEITY = ("dl", "reml")
-
-
-def check_heterogeneity(method: str) -> str:
-    """Validate a heterogeneity estimator name (``"dl"`` or ``"reml"``)."""
-    method = str(method).lower()
-    if method not in HETEROGENEITY:
-        raise ValueError(f"heterogeneity must be one of {HETEROGENEITY}, got {method!r}")
-    return method
-
-
 def ktype(k: int) -> tuple:
     """A tuple of length ``k``: passed to the kernels only for its type, which carries ``k`` (the
     number of studies) into compilation; one cached specialisation per ``k``.
@@ -721,12 +727,10 @@ def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
     dict of (V,) arrays
         ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int).
     """
-    from analysis.sdm.rubin import pool_chi2_moments
-
     imputed = np.asarray(imputed, dtype=np.float32)
     m, k, nv = imputed.shape
     X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
-    C = np.eye(X.shape[1])[0] if C is None else np.asarray(C, dtype=float).ravel()
+    C = hypothesis_row(C, X.shape[1])
     design = compiled_design(X, C)
     if design is None:
         raise ValueError("pooled_fit compiles the designs [1] and [1, x] only")

@@ -1,11 +1,17 @@
-"""Straightforward per-voxel reference implementation of the engine's statistics.
+"""Straightforward per-voxel reference implementation of the engine's statistics (an oracle).
 
 Loops over voxels and uses :mod:`scipy.optimize` directly, following the formulas of MetaNSUE
 (Radua et al. 2015; ``metansue`` R package) and of REML random effects (Viechtbauer 2005)
 without any of the fast path's tricks (no vectorisation, no unique-pattern compression, no
 one-step leave-one-out approximation: every leave-one-out candidate is refitted). Used by the
-tests on small masks to check :mod:`analysis.sdm.metansue` and
-:mod:`analysis.sdm.random_effects`, and by the benchmark for the speed ratio. Slow by design.
+tests on small masks to check :mod:`analysis.sdm.metansue` and the statistics core
+(:mod:`analysis.sdm.statistics`), and by the benchmark for the speed ratio. Slow by design.
+
+It is deliberately independent of the statistics core: REML tau2 by direct bounded
+maximisation of the restricted likelihood (:func:`reml_voxel`, not the core's Newton/Fisher
+iteration), the random-effects mean and Rubin's rules written out per voxel
+(:func:`meta_voxel`). Only the definition of the Hedges-g variance is shared
+(:mod:`analysis.sdm.statistics.hedges`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import numpy as np
 from scipy import optimize
 from scipy.stats import norm
 
-from analysis.sdm.metansue import KNOWN_TOL, TAU2_MAX, leave_n_out_count, variance_coefficients
+from analysis.sdm.metansue import KNOWN_TOL, TAU2_MAX, leave_n_out_count
+from analysis.sdm.statistics.hedges import g_variance, variance_coefficients
 
 LGR = logging.getLogger(__name__)
 
@@ -160,8 +167,6 @@ def meta_voxel(imputed, n1, n2=None) -> dict:
 
     ``imputed`` is (m, k); returns ``g, var, z, tau2, i2`` (fraction) for the voxel.
     """
-    from analysis.sdm.effect_sizes import g_variance
-
     imputed = np.asarray(imputed, dtype=float)
     m, k = imputed.shape
     coef, var, tau, isq = [], [], [], []
@@ -190,8 +195,6 @@ def reference_meta(lower, upper, n1, n2=None, imputations: int = 10, rng=None,
     Rubin per voxel (:func:`meta_voxel`). Loops over voxels; for checks and the speed ratio.
     """
     from scipy.stats import truncnorm
-
-    from analysis.sdm.effect_sizes import g_variance
 
     rng = np.random.default_rng(0) if rng is None else rng
     lower = np.asarray(lower, dtype=float)
