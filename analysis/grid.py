@@ -1,25 +1,27 @@
 """The compendium's analysis masks on SDM-PSI's 2 mm grid (:mod:`analysis.sdm.space`).
 
 The analysis mask of every SDM analysis is SDM-PSI's own grey-matter mask (``gray_matter_2mm``,
-193,768 voxels), as SDM-PSI writes it into a project folder (``sdm_mask.nii.gz``; fetched with
-its sha256 from the public SDM-PSI run of Enge et al. 2021, dataset ``validation/enge2021_sdm``).
-Peaks are moved into it and maps recreated on it, as SDM-PSI does. The MNI152 (2009) grey-matter
-template of nilearn (resampled, probability > 0.2: 181,054 voxels) remains available as
-``sdm.mask: mni152_gray_matter``; the MNI152 brain mask screens input coordinates.
+193,768 voxels), as SDM-PSI writes it into a project folder (``sdm_mask.nii.gz``): the engine's
+own default mask (:func:`analysis.sdm.space.sdm_gm_mask`), which the engine fetches from its
+canonical URL into the user cache (:data:`analysis.sdm.datasets.SDM_GM_MASK`). It is the file
+:data:`SDM_MASK_FILE` of the public SDM-PSI run of Enge et al. (2021) in the dataset registry,
+with the same URL and SHA-256 (tested), so the compendium and the engine share one copy (mirror
+or cache). Peaks are moved into it and maps recreated on it, as SDM-PSI does. The MNI152 (2009)
+grey-matter template of nilearn (resampled, probability > 0.2: 181,054 voxels) remains
+available as ``sdm.mask: mni152_gray_matter``; the MNI152 brain mask screens input coordinates.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import nibabel as nib
 import numpy as np
 
-from analysis.sdm.space import grid_affine, grid_shape, ijk_to_mni, mni152_gm_mask
+from analysis.sdm.datasets import SDM_GM_MASK
+from analysis.sdm.space import ijk_to_mni, mni152_gm_mask, sdm_gm_mask
 
 #: dataset file of SDM-PSI's gray_matter_2mm mask (written by SDM-PSI v6.21 into Enge et al.'s
-#: project folder)
-SDM_MASK_FILE = "validation/enge2021_sdm/sdm_mask.nii.gz"
+#: project folder), the engine's :data:`analysis.sdm.datasets.SDM_GM_MASK`
+SDM_MASK_FILE = SDM_GM_MASK.relpath
 
 #: analysis masks by name (``sdm.mask`` of the configuration), as the manuscript names them
 MASK_DESCRIPTIONS = {
@@ -27,18 +29,6 @@ MASK_DESCRIPTIONS = {
     "mni152_gray_matter": "the MNI152 grey-matter template thresholded at probability 0.2",
 }
 MASKS = tuple(MASK_DESCRIPTIONS)
-
-
-@lru_cache(maxsize=1)
-def sdm_gm_mask() -> nib.Nifti1Image:
-    """SDM-PSI's grey-matter mask ``gray_matter_2mm`` (193,768 voxels), fetched and checked."""
-    from analysis.fetch import fetch_file
-
-    img = nib.load(str(fetch_file(SDM_MASK_FILE)))
-    data = (np.asarray(img.dataobj) > 0).astype(np.uint8)
-    if data.shape != grid_shape() or not np.allclose(img.affine, grid_affine()):
-        raise ValueError(f"{SDM_MASK_FILE} is not on the analysis grid")
-    return nib.Nifti1Image(data, grid_affine())
 
 
 def gm_mask(name: str | None = None) -> nib.Nifti1Image:

@@ -185,7 +185,7 @@ def test_exceedance_and_the_monte_carlo_verdict():
 
 
 @pytest.fixture(scope="module")
-def roi_space(cfg):
+def roi_space(cfg, mirror):
     from analysis.stages.design import sensitivity_space
 
     return sensitivity_space(cfg, 20)
@@ -279,7 +279,7 @@ def test_design_configuration_is_validated():
 
 
 @pytest.fixture(scope="module")
-def quick_design(request):
+def quick_design(request, mirror):
     """The stage in quick mode with ``manuscript.test_overrides``, in the results folder the
     manuscript tests use (pytest's cache: upstream stages are computed once and reused)."""
     from analysis.pipeline import run_stages

@@ -69,7 +69,7 @@ def test_probabilistic_atlases(atlas):
     assert expected in lab
 
 
-def test_cluster_breakdown_vector_and_volume():
+def test_cluster_breakdown_vector_and_volume(mirror):
     space = MaskSpace(gm_mask())
     d = np.linalg.norm(space.xyz - np.array([60, -14, -12]), axis=1)
     blob = d <= 6

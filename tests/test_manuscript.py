@@ -542,7 +542,7 @@ def _quick_run(results: Path, skip: list[str]):
 
 
 @pytest.fixture(scope="session")
-def quick_results(request):
+def quick_results(request, mirror):
     """``run_stages(quick=True)`` into a results folder kept in pytest's cache (stage manifests
     make reruns cheap when nothing changed), without the stages of
     ``manuscript.test_skip_stages`` (too slow for the default run)."""
@@ -598,7 +598,7 @@ def test_manuscript_executes_without_quarto(quick_results, tmp_path, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
-def test_manuscript_full_pipeline(request, tmp_path, monkeypatch):
+def test_manuscript_full_pipeline(request, tmp_path, monkeypatch, mirror):
     """Every stage (quick mode), then the manuscript with no placeholder allowed."""
     run = _quick_run(_cache_dir(request, "painemp-quick-results-all"), [])
     assert run[2] == [], f"stages not importable: {run[2]}"

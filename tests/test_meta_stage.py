@@ -25,7 +25,7 @@ PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -
 
 
 @pytest.fixture(scope="module")
-def space():
+def space(mirror):
     return MaskSpace(gm_mask())
 
 

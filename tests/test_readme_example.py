@@ -27,7 +27,7 @@ def _example() -> str:
 
 
 @pytest.mark.timeout(600)
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, mirror):
     from analysis.sdm import dataset as dataset_mod
     from analysis.sdm.space import MaskSpace
 

@@ -863,7 +863,7 @@ def test_render_refuses_values_json_that_is_not_the_merge(meta_like):
 
 
 @pytest.fixture
-def small_sdm(tmp_path):
+def small_sdm(tmp_path, mirror):
     import nibabel as nib
     from test_sdm_estimator import _box_mask
 

@@ -169,7 +169,7 @@ def test_covariate_fit_runs(small_fit):
     assert res.params["design_columns"] == ["intercept", "age"]
 
 
-def test_meta_command_on_an_sdm_folder(tmp_path):
+def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
     """``python -m analysis meta`` on a small simulated SDM-PSI project folder."""
     import json
 

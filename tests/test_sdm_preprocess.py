@@ -616,24 +616,6 @@ def read_enge_ids(ds) -> list:
     return list(tab["study"])
 
 
-def test_fitted_template_cache_records_its_sources(enge_dir):
-    """The derived template is cached with the SHA-256 of every input map (dataset registry)."""
-    import json
-
-    from analysis.fetch import cache_dir
-    from analysis.resources import _source_checksums, enge_stretch_template
-
-    arr = enge_stretch_template(grid_affine(), grid_shape())
-    assert arr.shape == (13, *grid_shape()) and not arr.flags.writeable
-    sums = _source_checksums()
-    assert sum(k.endswith("_lower.nii.gz") for k in sums) == 50 and any("sdm_mask" in k for k in sums)
-    files = list((cache_dir() / "derived").glob("sdm_stretch_enge2021_*.npz"))
-    assert files
-    assert any(json.loads(str(np.load(f)["sources"])) == sums for f in files)
-    with pytest.raises(ValueError, match="grid"):
-        enge_stretch_template(grid_affine(), (10, 10, 10))
-
-
 def test_peaks_outside_the_mask_are_not_moved(enge_dir):
     """SDM-PSI v6.21 keeps a peak outside its mask where it is (all 50 Enge studies).
 
@@ -662,11 +644,13 @@ def test_fitted_template_held_out_half_of_enge(enge_dir):
     isotropic 20 mm 0.922/0.894 (held out); tissue template ``gray_matter`` 0.927/0.881.
     Studies with integer peak coordinates: held out 0.976 (14), training 0.993 (15); with
     non-integer (converted) coordinates, whose SDM peak position differs from the rounded one
-    by 1-2 mm on 30 % of the axes: 0.969 (11) and 0.974 (10). The refit reproduces the cached
-    template exactly.
+    by 1-2 mm on 30 % of the axes: 0.969 (11) and 0.974 (10). The refit reproduces the
+    template shipped with the engine exactly (``analysis/sdm/data/stretch_enge2021.npz``:
+    edge values, fill value and provenance).
     """
-    from analysis.resources import enge_stretch_template
+    from analysis.resources import stretch_resource
     from analysis.sdm.kernel_fit import evaluate, summary
+    from analysis.sdm.templates import ENGE_TEMPLATE_RESOURCE, stretch_template
 
     tab, info = evaluate(enge_dir)
     s = summary(tab)
@@ -674,10 +658,17 @@ def test_fitted_template_held_out_half_of_enge(enge_dir):
     assert s["train_r_mean"] > 0.98
     assert s["test_r_mean"] > s["test_r_isotropic_mean"] + 0.04
     assert s["test_r_mean"] > s["test_r_gray_matter_mean"] + 0.04
-    from analysis.sdm.kernel_fit import fit_enge_template
+    refit = stretch_resource(enge_dir)
+    np.testing.assert_array_equal(refit["stretch"],
+                                  stretch_template("enge_fit", grid_affine(), grid_shape()))
+    import io
 
-    np.testing.assert_array_equal(fit_enge_template(enge_dir)[0],
-                                  enge_stretch_template(grid_affine(), grid_shape()))
+    from analysis.sdm.space import data_file_bytes
+
+    with np.load(io.BytesIO(data_file_bytes(ENGE_TEMPLATE_RESOURCE))) as shipped:
+        np.testing.assert_array_equal(shipped["edge_planes"], refit["edge_planes"])
+        assert shipped["fill"] == refit["fill"]
+        assert str(shipped["provenance"]) == refit["provenance"]
 
 
 @pytest.mark.bench
@@ -732,7 +723,7 @@ def test_random_studies_bounds_are_ordered_and_bounded(rng, combine):
             assert lo[v[strongest]] == pytest.approx(gp[strongest], rel=1e-5)
 
 
-def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
+def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted(mirror):
     """An analysis restricted to a region (``sdm.analysis_roi_radius_mm``) recreates the study
     maps on the whole grey-matter mask and keeps the region: peaks elsewhere must not be moved
     onto the region's edge (they were, before: 66 % voxel-FWE false positives under the null)."""

@@ -20,12 +20,20 @@ Hedges-g variance; :mod:`~analysis.sdm.effect_sizes`,
 :mod:`~analysis.sdm.reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference
 (:mod:`~analysis.sdm.permutation`, :mod:`~analysis.sdm.tfce`, :mod:`~analysis.sdm.clusters`,
 :mod:`~analysis.sdm.correct`), diagnostics (:mod:`~analysis.sdm.jackknife`,
-:mod:`~analysis.sdm.metaregression`). Errors: :mod:`~analysis.sdm.errors`.
+:mod:`~analysis.sdm.metaregression`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
+:class:`SDMPSI`: SDM-PSI's ``gray_matter_2mm`` mask, a public file fetched on first use from its
+canonical URL into the user cache and checked by SHA-256 (:mod:`~analysis.sdm.datasets`), and
+the kernel template fitted on SDM-PSI's maps, which the engine ships in ``analysis/sdm/data/``
+(its ``README.md`` gives the source).
+Estimators and transformers follow scikit-learn's parameter conventions (Buitinck et al. 2013),
+so ``sklearn.base.clone`` copies them (:mod:`~analysis.sdm.base`).
 
 References
 ----------
 Albajes-Eizagirre A, Solanes A, Vieta E, Radua J (2019). Voxel-based meta-analysis via
 permutation of subject images (PSI): theory and implementation for SDM. NeuroImage 186:174-184.
+Buitinck L et al. (2013). API design for machine learning software: experiences from the
+scikit-learn project. arXiv:1309.0238.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ _EXPORTS = {
     "write_sdm_project": "analysis.sdm.project",
     "DataError": "analysis.sdm.errors",
     "DataErrors": "analysis.sdm.errors",
+    "MissingCovariateWarning": "analysis.sdm.estimator",
 }
 
 __all__ = sorted(_EXPORTS)

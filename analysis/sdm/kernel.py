@@ -370,7 +370,7 @@ class AnisotropicKernel:
 
 
 def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
-                template="gray_matter", path_model: str = "gaussian",
+                template="enge_fit", path_model: str = "gaussian",
                 outside_stretch: float = 1.5, outside_radius: float = 16.0):
     """Kernel for a space: isotropic when ``anisotropy == 0``, else anisotropic.
 
@@ -385,7 +385,8 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
     template : str or numpy.ndarray
         A stretch template (array of shape (13, X, Y, Z), e.g. fitted on SDM-PSI's maps by
         :mod:`analysis.sdm.kernel_fit`) or the name of one of
-        :func:`analysis.sdm.templates.stretch_template` (default ``"gray_matter"``).
+        :func:`analysis.sdm.templates.stretch_template` (default ``"enge_fit"``, the template
+        fitted on SDM-PSI's own maps, :data:`analysis.sdm.templates.DEFAULT_TEMPLATE`).
     path_model : str
         See :class:`AnisotropicKernel`.
     outside_stretch : float

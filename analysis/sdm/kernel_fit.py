@@ -27,8 +27,9 @@ Fit (:func:`fit_edge_stretch`, :func:`assemble_stretch`)
 
 Split (:func:`split_studies`)
     Studies sorted by id; even positions (0, 2, ...) train, odd positions are held out. The
-    template the compendium uses (:func:`analysis.resources.enge_stretch_template`, cached) is
-    fitted on the training half only, so the held-out figures of :func:`evaluate` describe it.
+    engine's default template (``"enge_fit"`` of :mod:`analysis.sdm.templates`, shipped
+    precomputed; :func:`analysis.resources.write_stretch_resource` rebuilds it) is fitted on the
+    training half only, so the held-out figures of :func:`evaluate` describe it.
 
 Limits (measured, :func:`evaluate`): see the bound-map agreement tests with SDM-PSI's maps in
 ``tests/test_sdm_preprocess.py``.

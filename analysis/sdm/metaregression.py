@@ -1,12 +1,15 @@
 """Meta-regression of SDM-PSI maps on study covariates, reported at the result peaks.
 
 He et al. (2024) regressed the pain-empathy maps on mean age, percentage of women and treatment
-status (no significant effects). As in SDM-PSI's linear models (``mi_lm``), the
-design is ``X = [1, covariate]`` and the hypothesis is the covariate's slope; the slope map, its
-Rubin variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation,
-random-effects meta-regression, Rubin's rules). Studies with a missing covariate value are left out of that
-regression (and counted). The covariate is centred on its mean, like Enge et al. (2021) did for
-SDM-PSI's ``age_mean_c``; the slope does not depend on the centring. Inference at a peak is the
+status (no significant effects). As in SDM-PSI's linear models (``mi_lm``), the design is
+``X = [1, covariate]`` and the hypothesis is the covariate's slope; the slope map, its Rubin
+variance and SDM-Z come from the engine (MetaNSUE MLE with the covariate, imputation,
+random-effects meta-regression, Rubin's rules). Studies with a missing covariate value are left
+out of that regression, listed in a warning and counted: the engine's one missing-value policy,
+``SDMPSI(missing="drop")`` (:func:`analysis.sdm.estimator.complete_cases`); a fit with
+covariates raises on a missing value unless asked to drop. The covariate is centred on its
+mean, like Enge et al. (2021) did for SDM-PSI's ``age_mean_c``; the slope does not depend on
+the centring. Inference at a peak is the
 two-tailed normal p of the slope's SDM-Z; family-wise inference over the brain is by
 Freedman-Lane permutation of studies (:mod:`analysis.sdm.permutation`).
 """
@@ -29,7 +32,14 @@ REGRESSION_COLUMNS = ["covariate", "n_studies", "n_missing", "cluster", "directi
 
 
 def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray, np.ndarray]:
-    """Centred design ``[1, covariate]`` and the mask of studies with a value.
+    """Centred design ``[1, covariate]`` of the studies with a value, and which those are.
+
+    The engine's one missing-value policy with ``missing="drop"``
+    (:func:`analysis.sdm.estimator.complete_cases`: the studies without a value are left out and
+    a :class:`~analysis.sdm.estimator.MissingCovariateWarning` lists them) and its design
+    (:func:`analysis.sdm.estimator.design_matrix`: numeric columns as they are, text by dummy
+    coding); ``SDMPSI(covariates=[covariate], hypothesis=[0, 1], missing="drop")`` fits the
+    same regression from a study table.
 
     Parameters
     ----------
@@ -37,21 +47,24 @@ def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray,
         Study table (``analysis.sdm.studies.load_studies``): ``age``, ``female_pct``, ``treated``
         (0/1) or any numeric column.
     covariate : str
+        The column.
 
     Returns
     -------
     X : ndarray (k_used, 2)
     keep : ndarray of bool (k,)
     """
+    from analysis.sdm.estimator import complete_cases, design_matrix
+
     if covariate not in studies.columns:
         raise KeyError(f"covariate {covariate!r} is not a column of the study table")
-    vals = pd.to_numeric(studies[covariate], errors="coerce").to_numpy(dtype=float)
-    keep = np.isfinite(vals)
-    x = vals[keep]
-    if keep.sum() < 3 or np.ptp(x) == 0:
+    keep = complete_cases(studies, [covariate], missing="drop")
+    x = pd.to_numeric(studies.loc[keep, covariate], errors="coerce")
+    if keep.sum() < 3 or x.nunique() < 2:
         raise ValueError(f"covariate {covariate!r}: too few studies with distinct values "
                          f"({int(keep.sum())} with a value)")
-    return np.column_stack([np.ones(keep.sum()), x - x.mean()]), keep
+    X, _ = design_matrix(studies[keep].reset_index(drop=True), [covariate])
+    return X, keep
 
 
 def slope_at_peaks(result, peaks: pd.DataFrame, covariate: str, n_missing: int,

@@ -99,6 +99,28 @@ class Bounds:
         """Boolean (k, V): voxels whose effect is known (``|upper - lower| < 1e-6``)."""
         return np.abs(self.upper - self.lower) < 1e-6
 
+    def subset(self, studies) -> Bounds:
+        """The bound maps of some of the studies, in the order given.
+
+        Parameters
+        ----------
+        studies : list of str
+            Study ids of this object.
+
+        Returns
+        -------
+        Bounds
+            Rows copied; the same space.
+        """
+        pos = {s: i for i, s in enumerate(self.studies)}
+        unknown = [s for s in studies if s not in pos]
+        if unknown:
+            raise ValueError(f"no bound maps for the studies {unknown}")
+        idx = np.array([pos[s] for s in studies], dtype=np.int64)
+        return Bounds(list(studies), self.lower[idx], self.upper[idx],
+                      np.asarray(self.g_thr)[idx], np.asarray(self.n1)[idx],
+                      np.asarray(self.n2)[idx], self.space)
+
     def save(self, out_dir) -> list:
         """Write ``<study>_lower.nii.gz`` / ``<study>_upper.nii.gz`` (SDM's ``pp/`` layout)."""
         from pathlib import Path
@@ -345,7 +367,7 @@ def recreation_space(space: MaskSpace, recreation_mask=None) -> tuple[MaskSpace,
 
 
 def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,
-               unknown_peak_mode: str = "corrected", template="gray_matter",
+               unknown_peak_mode: str = "corrected", template="enge_fit",
                path_model: str = "gaussian", combine: str = "weighted",
                outside_stretch: float = 1.5, outside_radius: float = 16.0,
                recreation_mask=None, kernel=None, progress: bool = True) -> Bounds:
@@ -365,7 +387,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
         Effect of peaks without a statistic (module docstring).
     template : str or numpy.ndarray
         Stretch template of the anisotropic kernel (:func:`analysis.sdm.kernel.make_kernel`):
-        a name of :mod:`analysis.sdm.templates` or an array fitted by
+        a name of :mod:`analysis.sdm.templates` (default ``"enge_fit"``, the template fitted on
+        SDM-PSI's own maps and shipped with the engine) or an array fitted by
         :mod:`analysis.sdm.kernel_fit`.
     path_model : {"gaussian", "product"}
         See :class:`analysis.sdm.kernel.AnisotropicKernel`.

@@ -3,12 +3,22 @@ mapping.
 
 Every map inside the engine is a 1-D float array over the in-mask voxels, in C order of the
 mask's ``np.nonzero`` (the order SDM-PSI also uses for its ``*.sdmimage.bin`` files).
+
+The engine's default analysis mask is SDM-PSI's own grey-matter mask ``gray_matter_2mm``
+(:func:`sdm_gm_mask`, 193,768 voxels): the file SDM-PSI v6.21 wrote into the project folder of
+Enge et al. (2021, NeuroImage 241:118436; github SkeideLab/meta_semantics at commit de53184b,
+``results/sdm/sdm_mask.nii.gz``, MIT licence). The engine does not ship it: it is downloaded
+from that URL into the user cache on first use and checked against its SHA-256
+(:data:`analysis.sdm.datasets.SDM_GM_MASK`, :func:`analysis.sdm.datasets.fetch_file`; a mirror
+folder in ``PAINEMP_MIRROR`` or a cached copy serves it without a network).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import resources
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +29,27 @@ GRID_SHAPE = (91, 109, 91)
 #: its voxel-to-MNI affine (LAS orientation, like SDM-PSI's images)
 GRID_AFFINE = ((-2.0, 0.0, 0.0, 90.0), (0.0, 2.0, 0.0, -126.0), (0.0, 0.0, 2.0, -72.0),
                (0.0, 0.0, 0.0, 1.0))
+
+
+def data_file_bytes(name: str, sha256: str | None = None) -> bytes:
+    """Contents of a file shipped in ``analysis/sdm/data/``, checked against its SHA-256.
+
+    Parameters
+    ----------
+    name : str
+        File name inside the engine's data folder.
+    sha256 : str, optional
+        Expected checksum; a mismatch raises ``ValueError`` naming the file.
+
+    Returns
+    -------
+    bytes
+    """
+    data = resources.files("analysis.sdm").joinpath("data", name).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"analysis/sdm/data/{name}: SHA-256 differs from the recorded "
+                         f"{sha256} (damaged installation?)")
+    return data
 
 
 def grid_shape() -> tuple[int, int, int]:
@@ -71,6 +102,45 @@ def mni152_gm_mask(threshold: float = 0.2) -> nib.Nifti1Image:
 
     img = _resample(load_mni152_gm_template(resolution=2), "continuous")
     data = (np.asarray(img.dataobj) > threshold).astype(np.uint8)
+    return nib.Nifti1Image(data, grid_affine())
+
+
+@lru_cache(maxsize=1)
+def sdm_gm_mask() -> nib.Nifti1Image:
+    """SDM-PSI's grey-matter mask ``gray_matter_2mm`` on the analysis grid (193,768 voxels).
+
+    The engine's default analysis mask (:meth:`analysis.sdm.estimator.SDMPSI.fit` uses it when
+    neither the call nor the dataset gives one), as SDM-PSI v6.21 writes it into a project folder
+    (``sdm_mask.nii.gz``). Fetched on first use from its canonical URL into the user cache and
+    checked against its SHA-256 (:data:`analysis.sdm.datasets.SDM_GM_MASK`; module docstring).
+
+    Returns
+    -------
+    nibabel.Nifti1Image
+        uint8 mask (1 inside) with :func:`grid_affine`.
+
+    Raises
+    ------
+    analysis.sdm.datasets.FetchError
+        The file cannot be obtained (``PAINEMP_OFFLINE`` set or no network, and neither a mirror
+        nor a cached copy; or a failed download): one line saying how to get it or do without.
+    """
+    from analysis.sdm.datasets import CACHE_ENV, MIRROR_ENV, SDM_GM_MASK, FetchError, fetch_file
+
+    try:
+        path = fetch_file(*SDM_GM_MASK)
+    except FetchError as exc:
+        raise FetchError(
+            f"SDM-PSI's grey-matter mask, the engine's default mask, is not available: {exc}. "
+            f"Fetch it once with a network connection (from {SDM_GM_MASK.url}), or put the "
+            f"file at {SDM_GM_MASK.relpath} under the folder named by {MIRROR_ENV} or "
+            f"{CACHE_ENV}; or do without it: pass mask_img= to SDMPSI.fit with a "
+            f"kernel_template other than 'enge_fit' (that template is laid out on this mask)"
+        ) from exc
+    img = nib.load(path)
+    data = (np.asarray(img.dataobj) > 0).astype(np.uint8)
+    if data.shape != grid_shape() or not np.allclose(img.affine, grid_affine()):
+        raise ValueError(f"{path}: SDM-PSI's mask is not on the analysis grid")
     return nib.Nifti1Image(data, grid_affine())
 
 

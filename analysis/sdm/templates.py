@@ -36,11 +36,31 @@ Tissue-similarity model ("gray_matter")
     individual-variability structure that population tissue maps cannot supply. So this is a
     model of SDM's kernel, not its template: expect voxelwise deviations.
 
-Fitted templates
-    An edge stretch fitted on SDM-PSI v6.21's own bound maps (:mod:`analysis.sdm.kernel_fit`,
-    e.g. on the training half of Enge et al. 2021, NeuroImage 241:118436) is passed to the
-    kernel as an array; its held-out agreement with SDM-PSI is far better than the tissue
-    model's (see ``tests/test_sdm_preprocess.py``).
+Fitted template ("enge_fit", the default)
+    The edge stretch fitted on SDM-PSI v6.21's own bound maps of the 25 studies at even
+    positions of the sorted study list of Enge et al. (2021, NeuroImage 241:118436)
+    (:func:`analysis.sdm.kernel_fit.fit_enge_template`), shipped precomputed with the engine
+    (``analysis/sdm/data/stretch_enge2021.npz``, :data:`ENGE_TEMPLATE_RESOURCE`; no fit at
+    first use). Of the template only the edges of SDM-PSI's grey-matter mask
+    (:func:`analysis.sdm.space.sdm_gm_mask`, 2,345,776 edges; fetched on first use, so loading
+    this template needs that file too) carry fitted values; every other
+    edge of the grid has one value, the median fitted voxel slope (0.868). The file stores
+    exactly that: the edge values as float32 in the order of
+    :func:`analysis.sdm.kernel.mask_edges` on SDM-PSI's mask (their four bytes as four planes,
+    which zlib compresses 13 % better), the fill value, the SHA-256 of the assembled
+    (13, 91, 109, 91) float32 array, which :func:`stretch_template` checks on loading, and its
+    provenance (fit version, training studies, SHA-256 of every input file of the dataset
+    registry; :func:`enge_template_provenance`). The input maps are MIT-licensed (SkeideLab,
+    github SkeideLab/meta_semantics at commit de53184b, ``results/sdm``). The compendium
+    rebuilds the file with :func:`analysis.resources.write_stretch_resource`, and a slow test
+    refits it from the fetched maps and compares it value for value. Held-out agreement with
+    SDM-PSI's bound maps (the other 25 studies): mean voxelwise r 0.973 (min 0.945) against
+    about 0.92 for the tissue model and for the isotropic kernel; of the engine's whole run,
+    r(z) 0.933 against SDM-PSI's map of Enge's model mod1 from the peaks alone, 0.836 with the
+    tissue model (see ``tests/test_sdm_preprocess.py`` and the compendium's README). On
+    another mask of the same grid (e.g. the MNI152 grey matter) edges outside SDM-PSI's mask
+    take the fill value. Any other fitted array of shape (13, X, Y, Z) can be passed to the
+    kernel instead of a name.
 
 "uniform"
     ``s = 1`` everywhere: a Gaussian of the geodesic distance inside the mask (paths cannot
@@ -49,16 +69,25 @@ Fitted templates
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 from functools import lru_cache
 
 import numpy as np
 
 from analysis.sdm.kernel import OFFSETS
+from analysis.sdm.space import GRID_SHAPE, data_file_bytes, grid_affine
 
 LGR = logging.getLogger(__name__)
 
-TEMPLATES = ("gray_matter", "uniform")
+#: names of the templates (module docstring)
+TEMPLATES = ("enge_fit", "gray_matter", "uniform")
+#: the engine's default: the best template validated against SDM-PSI (module docstring)
+DEFAULT_TEMPLATE = "enge_fit"
+#: file of the fitted template in ``analysis/sdm/data/``
+ENGE_TEMPLATE_RESOURCE = "stretch_enge2021.npz"
 #: parameters of the tissue-similarity template, chosen on 5 of Enge et al.'s (2021) SDM-PSI
 #: bound maps and checked on 5 others
 TISSUE_PARAMS = {"s0": 0.65, "beta": 0.0, "gamma": 0.75}
@@ -142,13 +171,90 @@ def _stretch_cached(name: str, affine_key: tuple, shape: tuple, params: tuple) -
     return tissue_stretch(prob, np.abs(np.diag(affine)[:3]), s0, beta, gamma)
 
 
+def encode_edge_values(values) -> np.ndarray:
+    """float32 values as a (4, n) uint8 array of their little-endian bytes, one plane per byte.
+
+    The layout of :data:`ENGE_TEMPLATE_RESOURCE` (the planes compress better than the values);
+    :func:`decode_edge_values` inverts it exactly.
+    """
+    v = np.ascontiguousarray(values, dtype="<f4")
+    return np.ascontiguousarray(v.view(np.uint8).reshape(-1, 4).T)
+
+
+def decode_edge_values(planes) -> np.ndarray:
+    """float32 values from the byte planes of :func:`encode_edge_values`."""
+    planes = np.asarray(planes, dtype=np.uint8)
+    if planes.ndim != 2 or planes.shape[0] != 4:
+        raise ValueError(f"expected (4, n) byte planes, got shape {planes.shape}")
+    return np.ascontiguousarray(planes.T).view("<f4").ravel().astype(np.float32)
+
+
+def assemble_template(edge_values, fill: float, space) -> np.ndarray:
+    """(13, X, Y, Z) float32 stretch with ``edge_values`` on the edges of ``space``'s mask.
+
+    Parameters
+    ----------
+    edge_values : array-like, shape (E,)
+        One stretch per edge of :func:`analysis.sdm.kernel.mask_edges` (its order).
+    fill : float
+        Stretch of every other edge of the grid.
+    space : MaskSpace
+        The mask whose edges carry the values.
+
+    Returns
+    -------
+    numpy.ndarray, shape (13, X, Y, Z), float32
+    """
+    from analysis.sdm.kernel import mask_edges
+
+    src, _, noff, _ = mask_edges(space)
+    edge_values = np.asarray(edge_values, dtype=np.float32)
+    if edge_values.shape != src.shape:
+        raise ValueError(f"{edge_values.size} edge values for the {src.size} edges of the mask")
+    out = np.full((len(OFFSETS), *space.shape), np.float32(fill), dtype=np.float32)
+    out[(noff, *space.ijk[src].T)] = edge_values
+    return out
+
+
+def _read_enge_resource() -> tuple[np.ndarray, float, dict]:
+    with np.load(io.BytesIO(data_file_bytes(ENGE_TEMPLATE_RESOURCE))) as z:
+        return (decode_edge_values(z["edge_planes"]), float(z["fill"]),
+                json.loads(str(z["provenance"])))
+
+
+def enge_template_provenance() -> dict:
+    """What :data:`ENGE_TEMPLATE_RESOURCE` records about its fit.
+
+    Returns
+    -------
+    dict
+        ``fit_version``, ``fwhm_mm``, ``train`` (the 25 training studies), ``sources`` (dataset
+        registry file -> SHA-256 of every input), ``edges``, ``edges_steepest``,
+        ``voxels_reached``, ``fallback`` (the fill value) and ``dense_sha256`` (SHA-256 of the
+        assembled float32 array).
+    """
+    return _read_enge_resource()[2]
+
+
+@lru_cache(maxsize=1)
+def _enge_template() -> np.ndarray:
+    from analysis.sdm.space import MaskSpace, sdm_gm_mask
+
+    values, fill, prov = _read_enge_resource()
+    arr = assemble_template(values, fill, MaskSpace(sdm_gm_mask()))
+    if hashlib.sha256(arr.tobytes()).hexdigest() != prov["dense_sha256"]:
+        raise ValueError(f"analysis/sdm/data/{ENGE_TEMPLATE_RESOURCE}: the assembled template "
+                         f"differs from the recorded SHA-256 {prov['dense_sha256']}")
+    return arr
+
+
 def stretch_template(name: str, affine, shape, params: dict | None = None) -> np.ndarray:
     """Edge stretch template on a grid.
 
     Parameters
     ----------
-    name : {"gray_matter", "uniform"}
-        Template (module docstring).
+    name : {"enge_fit", "gray_matter", "uniform"}
+        Template (module docstring); ``"enge_fit"`` exists on SDM-PSI's 2 mm grid only.
     affine : array-like, shape (4, 4)
         Grid affine.
     shape : tuple of int
@@ -162,8 +268,16 @@ def stretch_template(name: str, affine, shape, params: dict | None = None) -> np
     """
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; known: {TEMPLATES}")
-    cfg = {**TISSUE_PARAMS, **(params or {})}
-    p = (float(cfg.get("s0", 1.0)), float(cfg.get("beta", 0.0)), float(cfg.get("gamma", 0.0)))
-    arr = _stretch_cached(name, tuple(np.asarray(affine, float).ravel()), tuple(shape), p)
+    if name == "enge_fit":
+        if tuple(shape) != GRID_SHAPE or not np.allclose(np.asarray(affine, float),
+                                                         grid_affine()):
+            raise ValueError("the fitted template 'enge_fit' exists only on SDM-PSI's 2 mm MNI "
+                             f"grid {GRID_SHAPE}")
+        arr = _enge_template()
+    else:
+        cfg = {**TISSUE_PARAMS, **(params or {})}
+        p = (float(cfg.get("s0", 1.0)), float(cfg.get("beta", 0.0)),
+             float(cfg.get("gamma", 0.0)))
+        arr = _stretch_cached(name, tuple(np.asarray(affine, float).ravel()), tuple(shape), p)
     arr.flags.writeable = False
     return arr
