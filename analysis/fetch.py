@@ -39,7 +39,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from analysis.io import atomic_path, current_umask, sha256_file
+from analysis.sdm.io import atomic_path, current_umask, sha256_file
 
 LGR = logging.getLogger(__name__)
 

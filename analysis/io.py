@@ -15,16 +15,8 @@ from typing import Any
 
 import numpy as np
 
-# the atomic primitives are the engine's (one implementation)
-from analysis.sdm.io import (  # noqa: F401
-    atomic_path,
-    current_umask,
-    save_nifti,
-    sha256_file,
-    write_bytes,
-    write_text,
-    write_tsv,
-)
+# the atomic primitives are the engine's (analysis.sdm.io): import them from there
+from analysis.sdm.io import atomic_path, write_text
 
 
 def _json_default(obj: Any) -> Any:

@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from analysis.io import atomic_path
+from analysis.sdm.io import atomic_path
 from analysis.sdm.kernel_fit import FIT_VERSION, fit_enge_template
 from analysis.sdm.space import grid_affine, grid_shape
 from analysis.sdm.templates import TEMPLATES

@@ -23,8 +23,8 @@ import pytest
 
 from analysis import archive as ar
 from analysis.config import load_config
-from analysis.io import sha256_file
 from analysis.pipeline import run_stages
+from analysis.sdm.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"

@@ -13,9 +13,11 @@ from scipy import stats
 
 from analysis import simulate as S
 from analysis.checks import design as D
-from analysis.config import derive_rng, load_config
-from analysis.errors import ConfigError, DataError
+from analysis.config import load_config
+from analysis.errors import ConfigError
 from analysis.sdm.clusters import DECREASE, INCREASE
+from analysis.sdm.errors import DataError
+from analysis.sdm.rng import derive_rng
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
