@@ -41,6 +41,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
 
 
+def test_saved_figures_do_not_depend_on_the_process_savefig_settings(tmp_path):
+    """Importing NiMARE sets ``savefig.bbox: tight`` and ``savefig.dpi: 100`` for the whole
+    process; a figure saved afterwards must have the same size and bytes as before."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    def draw(stem):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        ax.set_title("a title")
+        for suffix in (".png", ".svg"):
+            io.save_figure(fig, tmp_path / f"{stem}{suffix}")
+        plt.close(fig)
+
+    draw("default")
+    with matplotlib.rc_context({"savefig.bbox": "tight", "savefig.dpi": 100}):
+        draw("changed")
+    for suffix in (".png", ".svg"):
+        assert (tmp_path / f"default{suffix}").read_bytes() == \
+            (tmp_path / f"changed{suffix}").read_bytes(), suffix
+
+
 def test_fetch_rejects_unknown_and_corrupt(tmp_path, monkeypatch):
     with pytest.raises(fetch.FetchError, match="not in the dataset registry"):
         fetch.fetch_file("nope/file.txt")
