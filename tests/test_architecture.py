@@ -10,6 +10,10 @@
   of ``load_config``, an import of ``load_config`` or of the loader's internals
   (``CONFIG_PATH``, ``_load_default``), or a path spelling ``config.yaml``. Reading keys of a
   configuration handed over as an argument is not a load.
+* One import path per helper: a name is imported from the module that defines it, never
+  through a module that imports it from elsewhere (the engine's helpers are imported from the
+  engine). The engine's public facade ``analysis.sdm`` (``from analysis.sdm import SDMPSI``)
+  defines its names lazily and is not such a re-export.
 * Progress is reported through one helper (:mod:`analysis.sdm.progress`): no other module
   imports tqdm.
 
@@ -146,6 +150,35 @@ def config_loads_outside_readers(root: Path = PACKAGE_DIR,
     return [f for f in config_loads(root) if f.split(":", 1)[0] not in allowed]
 
 
+def _module_name(path: Path, root: Path) -> str:
+    parts = ("analysis", *path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def reexports(root: Path = PACKAGE_DIR, importers: tuple[Path, ...] = ()) -> list[str]:
+    """Imports of a name through a package module that only imports it itself."""
+    borrowed: dict[str, dict[str, str]] = {}  # module -> {name: where it comes from}
+    modules = {_module_name(p, root): p for p in _modules(root)}
+    for mod, path in modules.items():
+        for node in _tree(path).body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                for a in node.names:
+                    borrowed.setdefault(mod, {})[a.asname or a.name] = f"{node.module}.{a.name}"
+    bad = []
+    files = [(p, _rel(p, root)) for p in _modules(root)]
+    files += [(p, p.name) for d in importers for p in _modules(d)]
+    for path, rel in files:
+        for node in ast.walk(_tree(path)):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                continue
+            for a in node.names:
+                origin = borrowed.get(node.module, {}).get(a.name)
+                if origin and origin not in modules:  # a submodule is imported, not a name
+                    bad.append(f"{rel}:{node.lineno} imports {a.name} from {node.module} "
+                               f"(defined in {origin.rsplit('.', 1)[0]})")
+    return bad
+
+
 def tqdm_outside_helper(root: Path = PACKAGE_DIR) -> list[str]:
     """Modules other than the progress helper that import tqdm."""
     return [f"{_rel(path, root)}:{line} imports {name}"
@@ -179,6 +212,10 @@ def test_every_declared_reader_exists_and_loads_the_configuration():
 def test_readme_states_the_declared_readers():
     readme = (PACKAGE_DIR.parent / "README.md").read_text(encoding="utf-8")
     assert [r for r in CONFIG_READERS if f"analysis/{r}" not in readme] == []
+
+
+def test_one_import_path_per_helper():
+    assert reexports(importers=(PACKAGE_DIR.parent / "tests",)) == []
 
 
 def test_progress_goes_through_the_helper():
@@ -215,6 +252,7 @@ def test_the_clean_planted_tree_passes(tmp_path):
     assert relative_imports(root) == []
     assert config_loads_outside_readers(root, readers=("commands/run.py",)) == []
     assert tqdm_outside_helper(root) == []
+    assert reexports(root) == []
 
 
 def test_engine_rule_finds_planted_violations(tmp_path):
@@ -264,6 +302,16 @@ def test_configuration_rule_finds_planted_violations(tmp_path):
     # a reader that is not declared is a violation too
     assert config_loads_outside_readers(root, readers=())[:1] == [
         "commands/run.py:1 imports load_config"]
+
+
+def test_import_path_rule_finds_planted_violations(tmp_path):
+    root = _plant(tmp_path, {**CLEAN,
+                             "io.py": "from analysis.sdm.errors import DataError  # noqa\n\n\n"
+                                      "def write_json():\n    return 1\n",
+                             "render.py": "from analysis.io import DataError, write_json\n"
+                                          "from analysis import io\n"})
+    assert reexports(root) == ["render.py:1 imports DataError from analysis.io "
+                               "(defined in analysis.sdm.errors)"]
 
 
 def test_progress_rule_finds_planted_violations(tmp_path):

@@ -892,7 +892,7 @@ def _tree(folder):
 def test_meta_out_is_replaced_whole_or_not_at_all(small_sdm, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from analysis import io as aio
+    from analysis.sdm import io as aio
 
     out = tmp_path / "out"
     assert cli.main([*small_sdm, "--out", str(out), "--permutations", "3", "--seed", "1"]) == 0
