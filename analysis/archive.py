@@ -249,7 +249,7 @@ class Member:
             if self.data is not None:
                 self.sha256 = hashlib.sha256(self.data).hexdigest()
             else:
-                from analysis.io import sha256_file
+                from analysis.sdm.io import sha256_file
 
                 self.sha256 = sha256_file(self.path)
         return self.sha256
@@ -262,7 +262,7 @@ class Member:
 
 def write_zip(dest: Path, prefix: str, members: list[Member], stamp: int) -> None:
     """Write a deterministic zip: sorted entries under ``prefix/``, one timestamp, fixed modes."""
-    from analysis.io import atomic_path
+    from analysis.sdm.io import atomic_path
 
     date_time = time.gmtime(max(stamp, 315532800))[:6]  # zip dates start in 1980
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -370,7 +370,7 @@ def build_archive(root: Path | None = None, out_dir: Path | None = None,
     name = f"{PROJECT}-{__version__}{'-quick' if quick else ''}"
     dest = out_dir / f"{name}.zip"
     write_zip(dest, name, members, stamp)
-    from analysis.io import sha256_file
+    from analysis.sdm.io import sha256_file
 
     digest = sha256_file(dest)
     dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
@@ -690,7 +690,7 @@ def compare_trees(archived: Path, rebuilt: Path, label: str,
     a = {p.relative_to(archived).as_posix(): p for p in tree_files(archived, skip)}
     b = {p.relative_to(rebuilt).as_posix(): p for p in tree_files(rebuilt, skip)} \
         if rebuilt.is_dir() else {}
-    from analysis.io import sha256_file
+    from analysis.sdm.io import sha256_file
 
     out = []
     for rel in sorted(set(a) | set(b)):
@@ -708,7 +708,7 @@ def compare_trees(archived: Path, rebuilt: Path, label: str,
 
 def check_sums(folder: Path) -> list[Comparison]:
     """Check every line of ``folder/SHA256SUMS``; files not listed are reported as extra."""
-    from analysis.io import sha256_file
+    from analysis.sdm.io import sha256_file
 
     sums = folder / SUMS_FILE
     if not sums.is_file():

@@ -13,7 +13,8 @@ import logging
 import sys
 
 from analysis import __version__
-from analysis.errors import ConfigError, DataError, DataErrors, ResultsLocked
+from analysis.errors import ConfigError, ResultsLocked
+from analysis.sdm.errors import DataError, DataErrors
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

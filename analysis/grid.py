@@ -46,25 +46,38 @@ def gm_mask(name: str | None = None) -> nib.Nifti1Image:
     raise ValueError(f"unknown mask {name!r}; one of {MASKS}")
 
 
-def analysis_mask(config: dict) -> nib.Nifti1Image:
-    """The engine's analysis mask: :func:`gm_mask` (``sdm.mask``), optionally restricted to a
-    region of interest.
+def analysis_mask(name: str | None = None, roi_radius_mm: float | None = None,
+                  centres=None) -> nib.Nifti1Image:
+    """The engine's analysis mask: :func:`gm_mask`, optionally restricted to a region of
+    interest.
 
-    ``sdm.analysis_roi_radius_mm`` (default ``null``: the whole grey-matter mask) keeps only the
-    grey-matter voxels within that radius of the published peaks
-    (``characterisation.seeds_published``). Only the test suite's quick pipeline runs use it,
-    to check the wiring of every stage in seconds; every result of ``make paper`` uses the whole
-    mask, and ``values.json`` records the number of voxels analysed.
+    The pipeline passes the configuration's values (:func:`analysis.stages.params.masks`):
+    ``sdm.mask``, ``sdm.analysis_roi_radius_mm`` (default ``null``: the whole grey-matter mask)
+    and the published peaks ``characterisation.seeds_published`` as ``centres``. Only the test
+    suite's quick pipeline runs use a region, to check the wiring of every stage in seconds;
+    every result of ``make paper`` uses the whole mask, and ``values.json`` records the number
+    of voxels analysed.
+
+    Parameters
+    ----------
+    name : {"sdm_gray_matter", "mni152_gray_matter"}, optional
+        The whole-brain mask (:func:`gm_mask`).
+    roi_radius_mm : float, optional
+        Keep only the mask voxels within this radius (mm) of ``centres``; ``None`` or 0: the
+        whole mask.
+    centres : array-like, shape (n, 3), optional
+        MNI centres of the region (needed with ``roi_radius_mm``).
     """
-    cfg = config
-    img = gm_mask(cfg["sdm"].get("mask"))
-    radius = cfg["sdm"].get("analysis_roi_radius_mm")
-    if not radius:
+    img = gm_mask(name)
+    if not roi_radius_mm:
         return img
+    if centres is None:
+        raise ValueError("a region of interest needs its centres")
     data = np.asarray(img.dataobj) > 0
     ijk = np.argwhere(data)
     xyz = ijk_to_mni(ijk, img.affine)
-    centres = np.asarray(cfg["characterisation"]["seeds_published"], dtype=float)
+    centres = np.asarray(centres, dtype=float).reshape(-1, 3)
+    radius = roi_radius_mm
     d2 = ((xyz[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).min(axis=1)
     keep = np.zeros_like(data)
     sel = ijk[d2 <= float(radius) ** 2]

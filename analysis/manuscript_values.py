@@ -1164,7 +1164,7 @@ def provenance(data_dir: str | Path | None = None,
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         When a file or its ``study`` / ``provenance`` column is missing, or a row has another
         prefix.
     """

@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 
 from analysis import __version__, paths
-from analysis.config import derive_rng, load_config, result_config, validate_config
+from analysis.config import load_config, result_config, validate_config
 from analysis.errors import ResultsLocked
-from analysis.io import process_alive, sha256_file, write_json
+from analysis.io import process_alive, write_json
+from analysis.sdm.io import sha256_file
+from analysis.sdm.rng import derive_rng
 
 LGR = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.io import atomic_path
+from analysis.sdm.io import atomic_path
 from analysis.sdm.kernel_fit import FIT_VERSION, fit_enge_template
 from analysis.sdm.space import MaskSpace, grid_affine, grid_shape, sdm_gm_mask
 from analysis.sdm.templates import ENGE_TEMPLATE_RESOURCE, TEMPLATES, encode_edge_values

@@ -73,12 +73,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
-from tqdm.auto import tqdm
 
 from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
 from analysis.sdm.peaks import PEAK_COLUMNS
+from analysis.sdm.progress import progress
 from analysis.sdm.rng import derive_rng
-from analysis.sdm.space import VOXEL_MM
+from analysis.sdm.space import VOXEL_MM, connectivity_structure
 
 LGR = logging.getLogger(__name__)
 
@@ -241,13 +241,6 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
 # SPM-like peak listing
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
-    return ndimage.generate_binary_structure(3, rank)
-
-
 def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -1),
                cfg: dict | None = None, mask: np.ndarray | None = None,
                max_peaks: int | None = None) -> pd.DataFrame:
@@ -291,7 +284,7 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
     from analysis.sdm.space import grid_affine, ijk_to_mni
 
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
-    structure = _structure(sim["cluster_connectivity"])
+    structure = connectivity_structure(sim["cluster_connectivity"])
     min_k = int(sim["cluster_extent_voxels"])
     per_cluster = int(sim["local_max_per_cluster"])
     min_dist2 = float(sim["local_max_min_distance_mm"]) ** 2
@@ -382,7 +375,7 @@ def published_effects(data_dir=None) -> pd.DataFrame:
     positive = patients > controls).
     """
     from analysis import paths
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     path = (paths.data_dir() if data_dir is None else Path(data_dir)) / "published_table3.tsv"
     df = pd.read_csv(path, sep="\t")
@@ -707,7 +700,8 @@ def standin_listing(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     skip = set(skip)
     todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
     listed = {}
-    for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
+    for row in progress(todo, desc="simulating stand-in studies", unit="study",
+                        disable=len(todo) < 5, logger=LGR):
         rng = derive_rng(seed, f"simulate-peaks/{row.study}")
         dirs = reported_directions(row.contrasts_reported)
         if n_standins is None:
@@ -881,7 +875,7 @@ def published_peak_total(data_dir, n_studies: int) -> int | None:
     DataError
         ``n_peaks`` or ``n_studies`` is not a whole number (file, row and field named).
     """
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
     from analysis.sdm.io import read_tsv_text
 
     path = Path(data_dir) / PUBLISHED_VALUES_FILE

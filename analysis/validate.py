@@ -5,7 +5,7 @@
 numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mask after
 conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
 contrasts or the statistic, p outside (0, 1), |t|, |z| or n beyond plausibility bounds, unknown
-spaces) and raises one :class:`analysis.errors.DataErrors` listing every problem, each naming
+spaces) and raises one :class:`analysis.sdm.errors.DataErrors` listing every problem, each naming
 file, row and field; what SDM-PSI accepts although a real project is merely untidy (a peak
 4-20 mm outside the brain mask, a repeated peak, a t below the study's threshold) is a warning,
 the same rule set as ``import-sdm`` (:func:`analysis.sdm.peaks.check_peaks`). A study of the
@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import paths
-from analysis.errors import DataError, DataErrors
+from analysis.sdm.errors import DataError, DataErrors
 from analysis.sdm.io import read_tsv_text
 from analysis.sdm.peaks import (
     PEAK_COLUMNS,

@@ -8,8 +8,8 @@ import pytest
 from scipy import stats
 
 from analysis import paths
-from analysis.errors import DataError, DataErrors
 from analysis.sdm import coords
+from analysis.sdm.errors import DataError, DataErrors
 from analysis.sdm.peaks import PEAK_COLUMNS, load_peaks, write_peaks
 from analysis.sdm.studies import load_studies
 from analysis.validate import validate_data

@@ -13,9 +13,11 @@ from scipy import stats
 
 from analysis import simulate as S
 from analysis.checks import design as D
-from analysis.config import derive_rng, load_config
-from analysis.errors import ConfigError, DataError
+from analysis.config import load_config
+from analysis.errors import ConfigError
 from analysis.sdm.clusters import DECREASE, INCREASE
+from analysis.sdm.errors import DataError
+from analysis.sdm.rng import derive_rng
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -279,17 +281,14 @@ def test_design_configuration_is_validated():
 
 
 @pytest.fixture(scope="module")
-def quick_design(request, mirror):
-    """The stage in quick mode with ``manuscript.test_overrides``, in the results folder the
-    manuscript tests use (pytest's cache: upstream stages are computed once and reused)."""
-    from analysis.pipeline import run_stages
+def quick_design(quick_results):
+    """The stage in quick mode with ``manuscript.test_overrides``: the session's quick run of
+    the pipeline (fixture ``quick_results`` of conftest.py), shared with the manuscript tests."""
+    from conftest import quick_config
 
-    cache = getattr(request.config, "cache", None)
-    results = (Path(cache.mkdir("painemp-quick-results")) if cache is not None
-               else request.getfixturevalue("tmp_path_factory").mktemp("quick"))
-    config = load_config(load_config()["manuscript"]["test_overrides"])
-    run_stages(["design"], quick=True, config=config, results_dir=results, data_dir=DATA)
-    return results, config
+    results, ready, _ = quick_results
+    assert "design" in ready
+    return results, quick_config()
 
 
 def test_stage_outputs(quick_design):

@@ -27,8 +27,9 @@ def test_text_width_is_the_typst_template_s():
     """A4 less the left and right margins of pandoc's Typst template, which render.py uses."""
     src = (REPO / "analysis" / "render.py").read_text(encoding="utf-8")
     assert '"papersize=a4"' in src
-    pypandoc = pytest.importorskip("pypandoc")
     import subprocess
+
+    import pypandoc  # pypandoc-binary: a runtime dependency (the renderer's pandoc)
 
     template = subprocess.run([pypandoc.get_pandoc_path(), "-D", "typst"], check=True,
                               capture_output=True, text=True).stdout

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import config, fetch, io, paths, pipeline
+from analysis.sdm.rng import derive_rng
 
 
 def test_config_holds_preregistered_parameters():
@@ -20,10 +21,10 @@ def test_config_holds_preregistered_parameters():
 
 
 def test_stage_streams_are_reproducible_and_independent():
-    a1 = config.derive_rng(1, "meta").random(5)
-    a2 = config.derive_rng(1, "meta").random(5)
-    b = config.derive_rng(1, "robustness").random(5)
-    c = config.derive_rng(2, "meta").random(5)
+    a1 = derive_rng(1, "meta").random(5)
+    a2 = derive_rng(1, "meta").random(5)
+    b = derive_rng(1, "robustness").random(5)
+    c = derive_rng(2, "meta").random(5)
     np.testing.assert_array_equal(a1, a2)
     assert not np.allclose(a1, b)
     assert not np.allclose(a1, c)
@@ -38,6 +39,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("boom")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_saved_figures_do_not_depend_on_the_process_savefig_settings(tmp_path):
+    """Importing NiMARE sets ``savefig.bbox: tight`` and ``savefig.dpi: 100`` for the whole
+    process; a figure saved afterwards must have the same size and bytes as before."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    def draw(stem):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        ax.set_title("a title")
+        for suffix in (".png", ".svg"):
+            io.save_figure(fig, tmp_path / f"{stem}{suffix}")
+        plt.close(fig)
+
+    draw("default")
+    with matplotlib.rc_context({"savefig.bbox": "tight", "savefig.dpi": 100}):
+        draw("changed")
+    for suffix in (".png", ".svg"):
+        assert (tmp_path / f"default{suffix}").read_bytes() == \
+            (tmp_path / f"changed{suffix}").read_bytes(), suffix
 
 
 def test_fetch_rejects_unknown_and_corrupt(tmp_path, monkeypatch):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataErrors
 from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.errors import DataErrors
 
 
 def _tables():

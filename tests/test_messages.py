@@ -102,7 +102,7 @@ def test_mask_that_is_not_an_image_is_one_line(tmp_path, capsys, enge_dir):
 
 
 def test_folder_given_as_a_file_is_reported_as_such(tmp_path, capsys):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
     from analysis.sdm.io import read_tsv_text
     from analysis.sdm.project import read_sdm_project
 

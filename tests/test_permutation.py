@@ -247,7 +247,9 @@ def test_voxel_blocked_slope_kernel_agrees_with_the_estimator_kernel(toy, C):
 
 
 def test_dask_cluster_gives_the_serial_result(toy):
-    distributed = pytest.importorskip("distributed")
+    distributed = pytest.importorskip(
+        "distributed", reason="dask[distributed] is the optional extra .[dask], not in "
+                              "requirements.lock: this test runs where it is installed")
     from joblib import parallel_config
 
     serial = P.psi_permutation_test(toy, n_permutations=9, seed=4, backend="numba",

@@ -15,7 +15,7 @@ from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (r
 
 from analysis import cli, paths
 from analysis import manuscript_values as mv
-from analysis.errors import DataError, DataErrors
+from analysis.sdm.errors import DataError, DataErrors
 from analysis.validate import validate_data
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -528,7 +528,8 @@ def test_second_run_on_the_same_results_is_refused(toy, capsys):
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_outputs_honour_the_umask(tmp_path, umask, mode):
-    from analysis.io import write_json, write_text
+    from analysis.io import write_json
+    from analysis.sdm.io import write_text
 
     old = os.umask(umask)
     try:
@@ -577,7 +578,7 @@ def test_two_runs_of_real_stages_give_byte_identical_outputs(data_copy, tmp_path
     """Stages ``tables`` and ``figure1`` run twice into two results folders: values.json and
     every output file are byte-identical (the manifests differ only in their timings)."""
     from analysis import pipeline
-    from analysis.io import sha256_file
+    from analysis.sdm.io import sha256_file
 
     runs = []
     for name in ("first", "second"):
@@ -882,7 +883,7 @@ def small_sdm(tmp_path, mirror):
 
 
 def _tree(folder):
-    from analysis.io import sha256_file
+    from analysis.sdm.io import sha256_file
 
     return {p.relative_to(folder).as_posix(): sha256_file(p)
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -891,7 +892,7 @@ def _tree(folder):
 def test_meta_out_is_replaced_whole_or_not_at_all(small_sdm, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from analysis import io as aio
+    from analysis.sdm import io as aio
 
     out = tmp_path / "out"
     assert cli.main([*small_sdm, "--out", str(out), "--permutations", "3", "--seed", "1"]) == 0

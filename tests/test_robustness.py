@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError
 from analysis.sdm import jackknife as jk
 from analysis.sdm import metaregression as mr
 from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
+from analysis.sdm.errors import DataError
 from analysis.sdm.space import MaskSpace, grid_affine
 from analysis.stages import robustness as rs
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError
 from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import (
     SDMPSI,
     analyse_imputations,

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis import paths
-from analysis.errors import DataErrors
+from analysis.sdm.errors import DataErrors
 from analysis.sdm.peaks import load_peaks
 from analysis.sdm.project import read_sdm_project, write_sdm_project
 from analysis.sdm.studies import load_studies

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError, DataErrors
 from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.effect_sizes import g_from_t
+from analysis.sdm.errors import DataError, DataErrors
 from analysis.sdm.kernel import (
     OFFSETS,
     TRUNCATE,
@@ -728,10 +728,11 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted(mirror)
     maps on the whole grey-matter mask and keeps the region: peaks elsewhere must not be moved
     onto the region's edge (they were, before: 66 % voxel-FWE false positives under the null)."""
     from analysis.config import load_config
-    from analysis.grid import analysis_mask, gm_mask
+    from analysis.grid import gm_mask
     from analysis.sdm.preprocess import recreation_space
+    from analysis.stages import params
 
-    roi = MaskSpace(analysis_mask(load_config({"sdm": {"analysis_roi_radius_mm": 12}})))
+    roi = MaskSpace(params.masks(load_config({"sdm": {"analysis_roi_radius_mm": 12}}))[0])
     full = MaskSpace(gm_mask())
     rec, index = recreation_space(roi, gm_mask())
     assert rec.n_voxels == full.n_voxels and roi.n_voxels < full.n_voxels

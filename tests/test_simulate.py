@@ -8,8 +8,9 @@ import pytest
 from scipy import ndimage
 
 from analysis import simulate as S
-from analysis.config import derive_rng, load_config
+from analysis.config import load_config
 from analysis.sdm.effect_sizes import t_from_g
+from analysis.sdm.rng import derive_rng
 from analysis.sdm.space import brain_mask, in_mask, mni_to_ijk
 
 
@@ -280,7 +281,7 @@ def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
 
 
 def test_published_effects_and_bad_input(data_copy):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     eff = S.published_effects(data_copy)
     assert eff[["x", "y", "z"]].to_numpy().tolist()[0] == [0, 48, 0]
@@ -387,7 +388,7 @@ def test_committed_peaks_total_the_papers_143_and_real_rows_are_untouched(commit
 
 
 def test_the_total_applies_to_the_papers_study_set_only(data_copy):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     assert S.published_peak_total(data_copy, 11) == 143
     assert S.published_peak_total(data_copy, 3) is None  # a subset: no total

@@ -18,9 +18,10 @@ import pytest
 
 from analysis import simulate as S
 from analysis import standins as ST
-from analysis.config import derive_rng, load_config
+from analysis.config import load_config
 from analysis.sdm import coords
 from analysis.sdm.effect_sizes import g_from_t
+from analysis.sdm.rng import derive_rng
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis import paths
-from analysis.io import write_json, write_text
+from analysis.io import write_json
+from analysis.sdm.io import write_text
 
 LGR = logging.getLogger(__name__)
 

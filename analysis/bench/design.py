@@ -58,7 +58,8 @@ def run_design(null_replicates: int = DEFAULTS["null_replicates"],
 
     from analysis import paths
     from analysis.checks.design import read_permutation_maxima
-    from analysis.config import derive_rng, load_config
+    from analysis.config import load_config
+    from analysis.sdm.rng import derive_rng
     from analysis.stages.design import compute, design_params
 
     design = {"null_replicates": int(null_replicates),

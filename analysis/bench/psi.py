@@ -134,8 +134,8 @@ def _freedman_lane_kernels(fl, n: int, seed: int) -> tuple[float, float, float]:
     """Seconds per Freedman-Lane permutation of the voxel-blocked kernel and of the voxel-major
     estimator kernel (one thread), and the largest z difference between them.
     """
-    from analysis.config import derive_rng
     from analysis.sdm.permutation import _Engine, _freedman_lane_parts, make_codes
+    from analysis.sdm.rng import derive_rng
 
     n = max(int(n), 1)
     codes = make_codes(fl, n + 1, derive_rng(seed, "psi/permutations"))
@@ -180,8 +180,9 @@ def _loaded_seconds_per_permutation(inputs, subjects, n: int, seed: int, args) -
 
 @register("psi", "PSI permutations x imputations on the 11-study data (FWE + TFCE maxima)")
 def bench_psi(args: argparse.Namespace) -> dict:
-    from analysis.config import derive_rng, load_config
+    from analysis.config import load_config
     from analysis.sdm.permutation import make_codes, make_subject_images, psi_permutation_test
+    from analysis.sdm.rng import derive_rng
 
     cfg = load_config()
     n_perm = int(args.permutations)

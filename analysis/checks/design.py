@@ -74,7 +74,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
 
 LGR = logging.getLogger(__name__)
 

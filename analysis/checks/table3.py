@@ -106,7 +106,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
+from analysis.sdm.space import ijk_to_mni, mni_to_ijk
 
 LGR = logging.getLogger(__name__)
 
@@ -347,13 +348,13 @@ def single_peak_extent(z_peak: float, z_thr: float, xyz, fwhm_mm: float,
     sigma = float(fwhm_mm) / math.sqrt(8.0 * math.log(2.0))
     r2 = 2.0 * sigma * sigma * math.log(a / z_thr)
     aff = np.asarray(affine, dtype=float)
-    centre = np.linalg.solve(aff[:3, :3], np.asarray(xyz, float) - aff[:3, 3])
+    centre = mni_to_ijk(xyz, aff)[0]
     step = float(np.min(np.abs(np.diag(aff[:3, :3]))))
     reach = int(math.ceil(math.sqrt(r2) / step)) + 1
     base = np.floor(centre).astype(int)
     rng = np.arange(-reach, reach + 2)
     ijk = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3) + base
-    pts = ijk @ aff[:3, :3].T + aff[:3, 3]
+    pts = ijk_to_mni(ijk, aff)
     d2 = np.sum((pts - np.asarray(xyz, float)) ** 2, axis=1)
     return int(np.count_nonzero(d2 <= r2 * (1 + 1e-12)))
 
@@ -412,7 +413,8 @@ def _ok(flag: bool) -> str:
 
 
 def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
-                       config: dict, kernel=None, float32_output: bool = True,
+                       p_uncorrected: float, min_cluster_voxels: int, fwhm_mm: float,
+                       kernel=None, float32_output: bool = True,
                        published_name: str = TABLE3_FILE,
                        studies_name: str = STUDIES_FILE) -> pd.DataFrame:
     """Check the printed Table 3 against itself, the samples and the paper's text.
@@ -426,10 +428,10 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
     studies : DataFrame
         The included studies with ``n1``/``n2`` (:func:`analysis.sdm.studies.load_studies`) or
         ``n_patients``/``n_controls`` (raw ``studies.tsv``).
-    config : dict
-        The compendium's configuration (:func:`analysis.config.load_config`): voxel threshold
-        ``sdm.threshold.p_uncorrected`` (0.0025), extent ``sdm.threshold.min_cluster_voxels``
-        (11, i.e. k > 10) and kernel ``sdm.fwhm_mm`` (20), on SDM-PSI's grid.
+    p_uncorrected, min_cluster_voxels, fwhm_mm : float, int, float
+        The paper's voxel threshold (0.0025), extent (11, i.e. k > 10) and kernel FWHM (20 mm)
+        on SDM-PSI's grid; the pipeline passes the configuration's ``sdm.threshold`` and
+        ``sdm.fwhm_mm`` (:func:`analysis.stages.params.table3_check_params`).
     kernel : object, optional
         A kernel of the engine (``weights(xyz)``, ``space``) for the single-peak extent; default
         the isotropic Gaussian without a mask (see the module docstring).
@@ -456,11 +458,9 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
     """
     from analysis.sdm.space import grid_affine
 
-    cfg = config
-    thr = cfg["sdm"]["threshold"]
-    alpha = float(thr["p_uncorrected"])
-    min_k = int(thr["min_cluster_voxels"])
-    fwhm = float(cfg["sdm"]["fwhm_mm"])
+    alpha = float(p_uncorrected)
+    min_k = int(min_cluster_voxels)
+    fwhm = float(fwhm_mm)
     affine = grid_affine()
     zc = z_threshold(alpha)
 
@@ -517,7 +517,7 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
 
         # peak on the 2 mm grid
         xyz = x[["x", "y", "z"]].to_numpy(float)
-        ijk = np.linalg.solve(affine[:3, :3], xyz - affine[:3, 3])
+        ijk = mni_to_ijk(xyz, affine)[0]
         ok = bool(np.allclose(ijk, np.round(ijk), atol=1e-6))
         rows.append(_row(c, rec, "peak_coordinates",
                          ",".join(_text(rec[a], 0) for a in ("x", "y", "z")), np.nan, np.nan,

@@ -44,7 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "sdm.psi.tfce_subject_fwhm_mm)")
     p.add_argument("--nimare-iters", type=int, default=20,
                    help="Monte-Carlo iterations of the NiMARE comparison (0 = skip)")
-    # null-calibration (analysis/sdm/bench_calibration.py): its own counts, so that the options
+    # null-calibration (analysis/bench/calibration.py): its own counts, so that the options
     # above keep their meaning for the other benchmarks
     p.add_argument("--simulations", type=int, default=100,
                    help="null-calibration: simulated null meta-analyses (default 100)")

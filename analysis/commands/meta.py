@@ -83,10 +83,10 @@ def staged_output(out: Path) -> Iterator[Path]:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         ``out`` is a file, or a non-empty folder that is not the output of a ``meta`` run.
     """
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -172,7 +172,7 @@ def load_mask(path: Path):
     """The ``--mask`` image; a file that is not a NIfTI image is a one-line error naming it."""
     import nibabel as nib
 
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     path = Path(path)
     if path.is_dir():
@@ -193,9 +193,9 @@ def load_mask(path: Path):
 def run_command(args: argparse.Namespace) -> int:
 
     from analysis.config import load_config
-    from analysis.errors import DataError
     from analysis.grid import gm_mask
     from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.errors import DataError
     from analysis.stages import params
 
     cfg = load_config()
@@ -226,9 +226,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out: Path) -> dict:
     """Fit, threshold and (with ``--permutations``) correct; write everything into ``out``."""
-    from analysis.io import write_json, write_tsv
+    from analysis.io import write_json
     from analysis.labels import aal_labeler
     from analysis.sdm.clusters import threshold_clusters
+    from analysis.sdm.io import write_tsv
     from analysis.stages import params
 
     t0 = time.perf_counter()

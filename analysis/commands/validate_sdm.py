@@ -219,9 +219,10 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
     The two seeds of each give the noise floor (imputation noise) beside every correlation.
     """
     from analysis.config import load_config
-    from analysis.io import write_json, write_text
+    from analysis.io import write_json
     from analysis.resources import stretch_template
     from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.io import write_text
     from analysis.stages import params
 
     folder = folder or enge_folder()

@@ -24,6 +24,8 @@ import pandas as pd
 from scipy import ndimage
 from scipy.stats import norm
 
+from analysis.sdm.space import connectivity_structure, ijk_to_mni
+
 LGR = logging.getLogger(__name__)
 
 INCREASE = "Patients>Controls"
@@ -62,13 +64,6 @@ class ClusterResult:
     def n_clusters(self, direction: str) -> int:
         """Number of clusters in one direction."""
         return int((self.peaks()["direction"] == direction).sum())
-
-
-def _structure(connectivity: int) -> np.ndarray:
-    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    return ndimage.generate_binary_structure(3, rank)
 
 
 #: the thresholds of He et al. (2024) and SDM-PSI's reports: one-tailed voxel p < 0.0025, peak
@@ -160,11 +155,11 @@ def threshold_clusters(
         raise ValueError(f"z map has shape {z.shape}, the space has {space.n_voxels} voxels")
     z = np.where(np.isfinite(z), z, 0.0)
     p_pos, p_neg = one_tailed_p(z) if p_vecs is None else (np.asarray(p) for p in p_vecs)
-    struct = _structure(params["connectivity"])
+    struct = connectivity_structure(params["connectivity"])
     aff = space.affine
 
     def xyz_of(ijk):
-        return np.asarray(ijk, dtype=float) @ aff[:3, :3].T + aff[:3, 3]
+        return ijk_to_mni(ijk, aff)
 
     rows: list[dict] = []
     labels = np.zeros(space.n_voxels, dtype=np.int32)

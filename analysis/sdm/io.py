@@ -9,7 +9,7 @@ Reading tables:
 The reader never guesses: the file must be UTF-8, non-empty, tab-separated, with one header line
 and the same number of fields on every line. Leading and trailing whitespace of every cell and
 column name is removed here, once, so the validator, the loaders and every table or value
-derived from them see the same text (``"Bird2010 "`` is ``"Bird2010"`` everywhere). Problems are :class:`analysis.errors.DataError`
+derived from them see the same text (``"Bird2010 "`` is ``"Bird2010"`` everywhere). Problems are :class:`analysis.sdm.errors.DataError`
 naming the file, the data row (1 = first line after the header) and the field. All cells are
 returned as text; typed parsing is left to the callers (:mod:`analysis.sdm.studies`,
 :mod:`analysis.sdm.peaks`), which report every bad cell at once.

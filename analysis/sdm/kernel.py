@@ -68,7 +68,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.space import MaskSpace, mni_to_ijk, neighbour_indices
 
 LGR = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ def peak_voxels(xyz, space: MaskSpace, tol: float = 1e-6, outside: str = "keep")
     if outside not in ("keep", "nearest"):
         raise ValueError(f"outside must be 'keep' or 'nearest', got {outside!r}")
     pos = peak_position(xyz)
-    inv = np.linalg.inv(space.affine)
-    f = inv[:3, :3] @ pos + inv[:3, 3]
+    f = mni_to_ijk(pos, space.affine)[0]
     lo = np.ceil(f - 0.5 - tol).astype(int)
     hi = np.floor(f + 0.5 + tol).astype(int)
     cand = np.array(list(itertools.product(*[range(a, b + 1) for a, b in zip(lo, hi)])))
@@ -162,18 +161,14 @@ def _tree(space: MaskSpace) -> cKDTree:
 def mask_edges(space: MaskSpace):
     """All in-mask 26-neighbour edges once: ``(src, dst, offset number, length mm)``."""
     vox = np.abs(np.diag(space.affine)[:3])
-    shape = np.array(space.shape)
+    table = neighbour_indices(space.mask, OFFSETS)
     src_l, dst_l, n_l, len_l = [], [], [], []
     for n, off in enumerate(OFFSETS):
-        nb = space.ijk + off
-        ok = np.all((nb >= 0) & (nb < shape), axis=1)
-        src = np.nonzero(ok)[0]
-        dst = space._index[tuple(nb[ok].T)]
-        keep = dst >= 0
-        src_l.append(src[keep])
-        dst_l.append(dst[keep])
-        n_l.append(np.full(keep.sum(), n, dtype=np.int8))
-        len_l.append(np.full(keep.sum(), float(np.linalg.norm(off * vox))))
+        src = np.flatnonzero(table[:, n] >= 0)
+        src_l.append(src)
+        dst_l.append(table[src, n])
+        n_l.append(np.full(len(src), n, dtype=np.int8))
+        len_l.append(np.full(len(src), float(np.linalg.norm(off * vox))))
     return (np.concatenate(src_l), np.concatenate(dst_l), np.concatenate(n_l),
             np.concatenate(len_l))
 

@@ -76,6 +76,66 @@ def ijk_to_mni(ijk, affine: np.ndarray | None = None) -> np.ndarray:
     return (aff @ np.c_[ijk, np.ones(len(ijk))].T)[:3].T
 
 
+def nearest_voxel(xyz, affine: np.ndarray | None = None) -> np.ndarray:
+    """MNI millimetres (n x 3) to the indices of the nearest voxel centres (n x 3, int64).
+
+    :func:`mni_to_ijk` rounded half to even (:func:`numpy.rint`); indices may lie outside the
+    grid, callers check the bounds they need.
+    """
+    return np.rint(mni_to_ijk(xyz, affine)).astype(np.int64)
+
+
+#: rank of :func:`scipy.ndimage.generate_binary_structure` for each voxel connectivity
+_CONNECTIVITY_RANK = {6: 1, 18: 2, 26: 3}
+
+
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """The 3 x 3 x 3 structuring element of a voxel connectivity (6 faces, 18 edges, 26
+    corners), as :func:`scipy.ndimage.label` takes it.
+
+    Raises
+    ------
+    ValueError
+        ``connectivity`` is not 6, 18 or 26.
+    """
+    from scipy import ndimage
+
+    rank = _CONNECTIVITY_RANK.get(int(connectivity))
+    if rank is None:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    return ndimage.generate_binary_structure(3, rank)
+
+
+def neighbour_indices(mask: np.ndarray, offsets) -> np.ndarray:
+    """The in-mask neighbour at each offset of every in-mask voxel.
+
+    Parameters
+    ----------
+    mask : ndarray of bool (3-D)
+        Voxels numbered in C order of ``np.nonzero(mask)`` (the order of :class:`MaskSpace`).
+    offsets : array-like of int, shape (n, 3)
+        Voxel offsets, in the order of the columns returned.
+
+    Returns
+    -------
+    ndarray of int64, shape (V, n)
+        Index (into the in-mask vector) of the voxel at ``ijk + offsets[c]``; ``-1`` where it is
+        outside the mask or the grid.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    ijk = np.argwhere(mask)
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(len(ijk))
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 3)
+    shape = np.array(mask.shape)
+    out = np.full((len(ijk), len(offsets)), -1, dtype=np.int64)
+    for c, off in enumerate(offsets):
+        nb = ijk + off
+        ok = np.all((nb >= 0) & (nb < shape), axis=1)
+        out[ok, c] = index[tuple(nb[ok].T)]
+    return out
+
+
 def _resample(img, interpolation: str):
     from nilearn.image import resample_img
 
@@ -152,7 +212,7 @@ def in_mask(xyz, mask: nib.Nifti1Image | None = None, tolerance_mm: float = 0.0)
     """
     mask = brain_mask() if mask is None else mask
     data = np.asarray(mask.dataobj) > 0
-    ijk = np.rint(mni_to_ijk(xyz, mask.affine)).astype(int)
+    ijk = nearest_voxel(xyz, mask.affine)
     out = np.zeros(len(ijk), dtype=bool)
     r = int(np.ceil(tolerance_mm / 2.0))
     offs = [(a, b, c) for a in range(-r, r + 1) for b in range(-r, r + 1) for c in range(-r, r + 1)
@@ -185,8 +245,7 @@ class MaskSpace:
     def __post_init__(self):
         self.mask = np.asarray(self.mask_img.dataobj) > 0
         self.ijk = np.argwhere(self.mask)  # C order, same as np.nonzero
-        aff = self.mask_img.affine
-        self.xyz = self.ijk @ aff[:3, :3].T + aff[:3, 3]
+        self.xyz = ijk_to_mni(self.ijk, self.mask_img.affine)
         self._index = np.full(self.mask.shape, -1, dtype=np.int64)
         self._index[self.mask] = np.arange(len(self.ijk))
 
@@ -225,9 +284,7 @@ class MaskSpace:
 
     def voxel_index(self, xyz) -> np.ndarray:
         """Index (into the voxel vector) of the voxel nearest each MNI coordinate; -1 if outside."""
-        xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
-        ijk = np.rint((np.linalg.inv(self.affine) @ np.c_[xyz, np.ones(len(xyz))].T)[:3].T)
-        ijk = ijk.astype(int)
+        ijk = nearest_voxel(xyz, self.affine)
         inside = np.all((ijk >= 0) & (ijk < np.array(self.shape)), axis=1)
         out = np.full(len(ijk), -1, dtype=np.int64)
         out[inside] = self._index[tuple(ijk[inside].T)]

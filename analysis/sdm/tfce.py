@@ -35,6 +35,8 @@ import numba
 import numpy as np
 from scipy import ndimage
 
+from analysis.sdm.space import connectivity_structure, neighbour_indices
+
 LGR = logging.getLogger(__name__)
 
 _FACE_OFFSETS = np.array(
@@ -79,7 +81,7 @@ def tfce_reference(stat_pos: np.ndarray, n_steps: int = 100, E: float = 0.5,
         TFCE values (float64), same shape.
     """
     stat_pos = np.asarray(stat_pos, dtype=np.float64)
-    conn = ndimage.generate_binary_structure(3, 1)  # 6-connectivity (faces)
+    conn = connectivity_structure(6)  # faces
     out = np.zeros(stat_pos.shape, dtype=np.float64)
     top = float(stat_pos.max()) if stat_pos.size else 0.0
     if not top > 0:
@@ -113,17 +115,7 @@ def neighbour_table(mask: np.ndarray) -> np.ndarray:
     ndarray of int32, shape (V, 6)
         Neighbour indices, ``-1`` where the neighbour is outside the mask or the grid.
     """
-    mask = np.asarray(mask, dtype=bool)
-    ijk = np.argwhere(mask)
-    index = np.full(mask.shape, -1, dtype=np.int64)
-    index[mask] = np.arange(len(ijk))
-    shape = np.array(mask.shape)
-    out = np.full((len(ijk), 6), -1, dtype=np.int32)
-    for c, off in enumerate(_FACE_OFFSETS):
-        nb = ijk + off
-        ok = np.all((nb >= 0) & (nb < shape), axis=1)
-        out[ok, c] = index[tuple(nb[ok].T)]
-    return out
+    return neighbour_indices(mask, _FACE_OFFSETS).astype(np.int32)
 
 
 @lru_cache(maxsize=4)

@@ -322,7 +322,7 @@ def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = 
     text, published = _published(data_dir)
 
     # ---- 2. Table 3 against itself, the samples and the text
-    checks = table3_consistency(text, studies, config=cfg)
+    checks = table3_consistency(text, studies, **params.table3_check_params(cfg))
     counts = verdict_counts(checks)
     flagged = checks[checks["verdict"] != "consistent"]
 

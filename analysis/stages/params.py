@@ -70,8 +70,10 @@ def masks(config: dict) -> tuple:
     """
     from analysis.grid import analysis_mask, gm_mask
 
-    mask = analysis_mask(config)
-    whole = gm_mask(config["sdm"]["mask"]) if config["sdm"].get("analysis_roi_radius_mm") else None
+    radius = config["sdm"].get("analysis_roi_radius_mm")
+    mask = analysis_mask(config["sdm"]["mask"], radius,
+                         config["characterisation"]["seeds_published"])
+    whole = gm_mask(config["sdm"]["mask"]) if radius else None
     return mask, whole
 
 
@@ -103,6 +105,16 @@ def threshold_params(config: dict) -> dict:
             "min_voxels": int(thr["min_cluster_voxels"]),
             "local_peak_distance_mm": float(sdm["local_peak_min_distance_mm"]),
             "connectivity": int(thr["connectivity"])}
+
+
+def table3_check_params(config: dict) -> dict:
+    """Arguments of :func:`analysis.checks.table3.table3_consistency` (``sdm.threshold``,
+    ``sdm.fwhm_mm``).
+    """
+    thr = config["sdm"]["threshold"]
+    return {"p_uncorrected": float(thr["p_uncorrected"]),
+            "min_cluster_voxels": int(thr["min_cluster_voxels"]),
+            "fwhm_mm": float(config["sdm"]["fwhm_mm"])}
 
 
 def psi_params(config: dict) -> dict:

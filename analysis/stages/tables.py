@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.io import write_tsv
-from analysis.sdm.io import read_tsv_text
+from analysis.sdm.io import read_tsv_text, write_tsv
 from analysis.sdm.peaks import load_peaks
 from analysis.sdm.studies import CONTRASTS, load_studies
 
