@@ -49,9 +49,9 @@ CONFIG_READERS = (
     "commands/validate_data.py",
     "commands/validate_sdm.py",
     "bench/calibration.py",
-    "bench/characterisation.py",
-    "bench/design.py",
-    "bench/meta.py",
+    "bench/characterisation_macm.py",
+    "bench/design_replicates.py",
+    "bench/sdm_fit.py",
     "bench/psi.py",
 )
 

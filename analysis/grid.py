@@ -1,8 +1,8 @@
-"""The compendium's analysis masks on SDM-PSI's 2 mm grid (:mod:`analysis.sdm.space`).
+"""The compendium's analysis masks on SDM-PSI's 2 mm grid (:mod:`analysis.sdm.maps.space`).
 
 The analysis mask of every SDM analysis is SDM-PSI's own grey-matter mask (``gray_matter_2mm``,
 193,768 voxels), as SDM-PSI writes it into a project folder (``sdm_mask.nii.gz``): the engine's
-own default mask (:func:`analysis.sdm.space.sdm_gm_mask`), which the engine fetches from its
+own default mask (:func:`analysis.sdm.maps.space.sdm_gm_mask`), which the engine fetches from its
 canonical URL into the user cache (:data:`analysis.sdm.datasets.SDM_GM_MASK`). It is the file
 :data:`SDM_MASK_FILE` of the public SDM-PSI run of Enge et al. (2021) in the dataset registry,
 with the same URL and SHA-256 (tested), so the compendium and the engine share one copy (mirror
@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from analysis.sdm.datasets import SDM_GM_MASK
-from analysis.sdm.space import ijk_to_mni, mni152_gm_mask, sdm_gm_mask
+from analysis.sdm.maps.space import ijk_to_mni, mni152_gm_mask, sdm_gm_mask
 
 #: dataset file of SDM-PSI's gray_matter_2mm mask (written by SDM-PSI v6.21 into Enge et al.'s
 #: project folder), the engine's :data:`analysis.sdm.datasets.SDM_GM_MASK`

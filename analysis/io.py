@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-# the atomic primitives are the engine's (analysis.sdm.io): import them from there
-from analysis.sdm.io import atomic_path, write_text
+# the atomic primitives are the engine's (analysis.sdm.inputs.io): import them from there
+from analysis.sdm.inputs.io import atomic_path, write_text
 
 
 def _json_default(obj: Any) -> Any:

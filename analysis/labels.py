@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from analysis.sdm.space import grid_affine, grid_shape, ijk_to_mni, nearest_voxel
+from analysis.sdm.maps.space import grid_affine, grid_shape, ijk_to_mni, nearest_voxel
 
 LGR = logging.getLogger(__name__)
 
@@ -138,9 +138,9 @@ def atlas_on_grid(atlas: str = "aal", affine=None, shape=None) -> AtlasOnGrid:
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
     affine : array, optional
-        Voxel-to-MNI affine of the grid (default :func:`analysis.sdm.space.grid_affine`).
+        Voxel-to-MNI affine of the grid (default :func:`analysis.sdm.maps.space.grid_affine`).
     shape : tuple, optional
-        Grid shape (default :func:`analysis.sdm.space.grid_shape`).
+        Grid shape (default :func:`analysis.sdm.maps.space.grid_shape`).
 
     Returns
     -------
@@ -197,7 +197,7 @@ def cluster_breakdown(in_cluster, space=None, atlas: str = "aal") -> pd.DataFram
     ----------
     in_cluster : array-like
         Boolean vector over the voxels of ``space`` or a boolean 3-D volume on the grid.
-    space : analysis.sdm.space.MaskSpace, optional
+    space : analysis.sdm.maps.space.MaskSpace, optional
         Needed when ``in_cluster`` is a vector.
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
@@ -323,6 +323,6 @@ def relabel_peaks(df: pd.DataFrame) -> pd.DataFrame:
 
 def aal_labeler(xyz):
     """``region`` and ``aal_label`` of MNI coordinates (n, 3): the cluster-table labeler of
-    :func:`analysis.sdm.clusters.threshold_clusters` (:func:`peak_labels`).
+    :func:`analysis.sdm.inference.clusters.threshold_clusters` (:func:`peak_labels`).
     """
     return peak_labels(xyz)

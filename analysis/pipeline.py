@@ -48,7 +48,7 @@ from analysis import __version__, paths
 from analysis.config import load_config, result_config, validate_config
 from analysis.errors import ResultsLocked
 from analysis.io import process_alive, write_json
-from analysis.sdm.io import sha256_file
+from analysis.sdm.inputs.io import sha256_file
 from analysis.sdm.rng import derive_rng
 
 LGR = logging.getLogger(__name__)

@@ -1,12 +1,12 @@
 """Resources of the compendium's SDM analyses.
 
 * SDM-PSI's ``gray_matter_2mm`` analysis mask and the compendium's masks:
-  :mod:`analysis.grid` (the engine fetches the mask, :func:`analysis.sdm.space.sdm_gm_mask`);
+  :mod:`analysis.grid` (the engine fetches the mask, :func:`analysis.sdm.maps.space.sdm_gm_mask`);
 * the anisotropic kernel's stretch template fitted on SDM-PSI's own bound maps of Enge et al.
   (2021, NeuroImage 241:118436; dataset ``validation/enge2021_sdm``): shipped precomputed with
-  the engine (``"enge_fit"`` of :mod:`analysis.sdm.templates`); :func:`stretch_resource`
+  the engine (``"enge_fit"`` of :mod:`analysis.sdm.maps.templates`); :func:`stretch_resource`
   recomputes that file's contents from the fetched maps
-  (:func:`analysis.sdm.kernel_fit.fit_enge_template`) and :func:`write_stretch_resource`
+  (:func:`analysis.kernel_template.fit_enge_template`) and :func:`write_stretch_resource`
   rewrites it;
 * :func:`stretch_template`: a template by its configuration name (``sdm.kernel_template``).
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.sdm.io import atomic_path
-from analysis.sdm.kernel_fit import FIT_VERSION, fit_enge_template
-from analysis.sdm.space import MaskSpace, grid_affine, grid_shape, sdm_gm_mask
-from analysis.sdm.templates import ENGE_TEMPLATE_RESOURCE, TEMPLATES, encode_edge_values
-from analysis.sdm.templates import stretch_template as engine_template
+from analysis.kernel_template import FIT_VERSION, fit_enge_template
+from analysis.sdm.inputs.io import atomic_path
+from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape, sdm_gm_mask
+from analysis.sdm.maps.templates import ENGE_TEMPLATE_RESOURCE, TEMPLATES, encode_edge_values
+from analysis.sdm.maps.templates import stretch_template as engine_template
 
 LGR = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ TEMPLATE_NAMES = TEMPLATES
 
 
 def stretch_template(name: str, params: dict | None = None) -> np.ndarray:
-    """Stretch template ``name`` on SDM-PSI's grid (:func:`analysis.sdm.templates.stretch_template`).
+    """Stretch template ``name`` on SDM-PSI's grid (:func:`analysis.sdm.maps.templates.stretch_template`).
 
     Parameters
     ----------
@@ -73,13 +73,13 @@ def stretch_resource(folder=None, fwhm: float = 20.0) -> dict:
     Returns
     -------
     dict
-        ``edge_planes`` ((4, E) uint8, :func:`analysis.sdm.templates.encode_edge_values` of the
+        ``edge_planes`` ((4, E) uint8, :func:`analysis.sdm.maps.templates.encode_edge_values` of the
         fitted stretch of every edge of SDM-PSI's mask), ``fill`` (float32, every other edge),
-        ``provenance`` (JSON text, :func:`analysis.sdm.templates.enge_template_provenance`) and
+        ``provenance`` (JSON text, :func:`analysis.sdm.maps.templates.enge_template_provenance`) and
         ``stretch`` (the assembled (13, X, Y, Z) template, not written to the file).
     """
     from analysis.fetch import fetch_dataset
-    from analysis.sdm.kernel import mask_edges
+    from analysis.sdm.maps.kernel import mask_edges
 
     folder = fetch_dataset(ENGE_DATASET) if folder is None else Path(folder)
     stretch, meta = fit_enge_template(folder, fwhm=fwhm)
@@ -92,7 +92,7 @@ def stretch_resource(folder=None, fwhm: float = 20.0) -> dict:
     if fill.size != 1:
         raise ValueError(f"the fitted template has {fill.size} values off SDM-PSI's mask edges")
     prov = {"fit_version": FIT_VERSION, "fwhm_mm": float(fwhm), "method":
-            "analysis.sdm.kernel_fit.fit_enge_template", "train": list(meta["train"]),
+            "analysis.kernel_template.fit_enge_template", "train": list(meta["train"]),
             "edges": int(meta["edges"]), "edges_steepest": float(meta["edges_steepest"]),
             "voxels_reached": float(meta["voxels_reached"]), "fallback": float(meta["fallback"]),
             "dense_sha256": hashlib.sha256(np.ascontiguousarray(stretch, np.float32).tobytes())

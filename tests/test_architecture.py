@@ -238,7 +238,7 @@ CLEAN = {
     "config.py": 'from pathlib import Path\n\nCONFIG_PATH = Path(__file__).with_name("config.yaml")\n'
                  "\n\ndef load_config():\n    return {}\n",
     "sdm/__init__.py": '"""The engine."""\n',
-    "sdm/space.py": "import numpy as np\n\nfrom analysis.sdm.errors import DataError\n",
+    "sdm/maps/space.py": "import numpy as np\n\nfrom analysis.sdm.errors import DataError\n",
     "sdm/progress.py": "from tqdm import tqdm\n",
     "commands/run.py": "from analysis.config import load_config\n\nCFG = load_config()\n",
     "stages/meta.py": '"""Reads ``config.yaml`` values handed to it."""\n\n\n'
@@ -324,8 +324,8 @@ def test_progress_rule_finds_planted_violations(tmp_path):
 # --------------------------------------------------------------------------------------------
 # the engine at run time, and its documentation
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module", ["analysis.sdm.estimator", "analysis.sdm.permutation",
-                                    "analysis.sdm.preprocess", "analysis.sdm.dataset"])
+@pytest.mark.parametrize("module", ["analysis.sdm.estimator", "analysis.sdm.inference.permutation",
+                                    "analysis.sdm.maps.preprocess", "analysis.sdm.inputs.dataset"])
 def test_engine_modules_import_alone(module):
     """Importing an engine module pulls in no other part of the package."""
     code = (f"import sys, {module}; "

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from analysis import archive as ar
-from analysis.sdm.io import sha256_file
+from analysis.sdm.inputs.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"

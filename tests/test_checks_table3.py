@@ -31,7 +31,7 @@ def published():
 
 @pytest.fixture(scope="module")
 def studies():
-    from analysis.sdm.studies import load_studies
+    from analysis.sdm.inputs.studies import load_studies
 
     return load_studies(DATA)
 
@@ -150,7 +150,7 @@ def test_extents_are_within_what_one_isotropic_peak_gives(checks):
 
 
 def test_single_peak_extent_geometry(cfg):
-    from analysis.sdm.space import grid_affine
+    from analysis.sdm.maps.space import grid_affine
 
     aff = grid_affine()
     sigma = 20 / math.sqrt(8 * math.log(2))
@@ -169,8 +169,8 @@ def test_single_peak_extent_geometry(cfg):
 def test_kernel_extent_matches_the_closed_form_on_an_unmasked_box(cfg):
     import nibabel as nib
 
-    from analysis.sdm.kernel import IsotropicKernel
-    from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+    from analysis.sdm.maps.kernel import IsotropicKernel
+    from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
 
     aff = grid_affine()
     box = np.zeros(grid_shape(), dtype=np.uint8)
@@ -187,8 +187,8 @@ def test_anisotropic_kernel_in_the_grey_matter_mask(published, studies, cfg, mir
     # matter, as its bound maps of Enge et al. 2021 show) gives larger single-peak blobs; the
     # printed extents stay within them.
     from analysis.grid import gm_mask
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.kernel import make_kernel
+    from analysis.sdm.maps.space import MaskSpace
 
     kern = make_kernel(MaskSpace(gm_mask()), fwhm=20.0, anisotropy=1.0)
     res = T.table3_consistency(published, studies, **cfg, kernel=kern)
@@ -258,7 +258,7 @@ def test_numeric_input_uses_table3_decimals(published, studies, cfg):
 
 
 def test_raw_studies_table_is_accepted(published, cfg):
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     raw = read_tsv_text(DATA / "studies.tsv")
     res = T.table3_consistency(published, raw, **cfg)

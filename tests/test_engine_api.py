@@ -19,8 +19,7 @@ import pytest
 from sklearn.base import clone
 
 from analysis.sdm.base import ParamsMixin
-from analysis.sdm.correct import Jackknife, PSICorrector
-from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.diagnostics.jackknife import Jackknife
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import (
     SDMPSI,
@@ -28,8 +27,10 @@ from analysis.sdm.estimator import (
     complete_cases,
     design_matrix,
 )
-from analysis.sdm.permutation import PermutationResult
-from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+from analysis.sdm.inference.correct import PSICorrector
+from analysis.sdm.inference.permutation import PermutationResult
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
 
 STUDIES = ["simA", "simB", "simC", "simD", "simE", "simF", "simG"]
 
@@ -116,9 +117,9 @@ def test_nested_parameters_get_set_and_clone():
 
 
 def test_defaults_are_the_validated_settings():
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.preprocess import preprocess
-    from analysis.sdm.templates import DEFAULT_TEMPLATE
+    from analysis.sdm.maps.kernel import make_kernel
+    from analysis.sdm.maps.preprocess import preprocess
+    from analysis.sdm.maps.templates import DEFAULT_TEMPLATE
 
     assert DEFAULT_TEMPLATE == "enge_fit"
     assert SDMPSI().kernel_template == DEFAULT_TEMPLATE
@@ -130,7 +131,7 @@ def test_defaults_are_the_validated_settings():
 
 def test_fit_without_a_mask_uses_sdm_psis_mask(monkeypatch, mirror):
     """No mask given and none in the dataset: SDM-PSI's gray_matter_2mm (193,768 voxels)."""
-    import analysis.sdm.preprocess as pp
+    import analysis.sdm.maps.preprocess as pp
 
     seen = {}
 
@@ -152,7 +153,7 @@ def test_default_mask_is_the_registry_file(mirror):
     from analysis.fetch import fetch_file
     from analysis.grid import SDM_MASK_FILE, gm_mask
     from analysis.sdm.datasets import SDM_GM_MASK
-    from analysis.sdm.space import sdm_gm_mask
+    from analysis.sdm.maps.space import sdm_gm_mask
 
     assert SDM_MASK_FILE == SDM_GM_MASK.relpath
     img = sdm_gm_mask()
@@ -165,9 +166,9 @@ def test_default_mask_is_the_registry_file(mirror):
 
 def test_shipped_template_records_its_fit(mirror):
     """The fitted template: provenance, read-only float32 on SDM's grid, checked on loading."""
+    from analysis.kernel_template import FIT_VERSION, split_studies
     from analysis.resources import _source_checksums
-    from analysis.sdm.kernel_fit import FIT_VERSION, split_studies
-    from analysis.sdm.templates import enge_template_provenance, stretch_template
+    from analysis.sdm.maps.templates import enge_template_provenance, stretch_template
 
     prov = enge_template_provenance()
     assert prov["sources"] == _source_checksums()  # every input map, as registered
@@ -186,7 +187,7 @@ def test_shipped_template_records_its_fit(mirror):
 
 
 def test_edge_value_planes_round_trip_exactly(rng):
-    from analysis.sdm.templates import decode_edge_values, encode_edge_values
+    from analysis.sdm.maps.templates import decode_edge_values, encode_edge_values
 
     v = np.concatenate([rng.normal(size=1000), [0.0, -0.0, np.inf, 1e-40, 3.4e38]])
     v = v.astype(np.float32)
@@ -204,7 +205,7 @@ def test_stage_keys_cover_the_engine_data_files():
     files = pipeline.stage_hashed_files(stage)
     engine = paths.PACKAGE_DIR / "sdm"
     assert engine / "data" / "stretch_enge2021.npz" in files
-    assert engine / "datasets.py" in files and engine / "space.py" in files
+    assert engine / "datasets.py" in files and engine / "maps" / "space.py" in files
 
 
 # ---- fitted attributes ----------------------------------------------------------------------
@@ -240,7 +241,7 @@ def test_psi_corrector_declares_what_it_sets(fitted):
 
 
 def test_psi_corrector_falls_back_to_numpy_without_numba(fitted, monkeypatch):
-    import analysis.sdm.correct as correct
+    import analysis.sdm.inference.correct as correct
 
     _, result = fitted
     monkeypatch.setattr(correct, "available_backends", lambda: ["numpy"])
@@ -278,7 +279,7 @@ def test_missing_covariate_drop_warns_and_records_the_studies():
 
 def test_one_policy_for_meta_regression_designs():
     """``metaregression.covariate_design`` is the engine's ``missing="drop"`` design."""
-    from analysis.sdm.metaregression import covariate_design
+    from analysis.sdm.diagnostics.metaregression import covariate_design
 
     studies = _dataset(age=[30.0, np.nan, 28, 40, np.nan, 25, 31]).studies
     with pytest.warns(MissingCovariateWarning, match="simB, simE"):

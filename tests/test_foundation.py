@@ -134,7 +134,7 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "analysis")
     rel = {str(f.relative_to(tmp_path / "analysis"))
            for f in pipeline.module_closure("analysis.stages.robustness")}
-    assert {"sdm/permutation.py", "sdm/tfce.py", "sdm/jackknife.py", "stages/params.py",
+    assert {"sdm/inference/permutation.py", "sdm/inference/tfce.py", "sdm/diagnostics/jackknife.py", "stages/params.py",
             "stages/meta.py", "__init__.py", "sdm/__init__.py"} <= rel
     assert not rel & {"render.py", "manuscript_values.py", "cli.py", "characterisation/macm.py"}
 
@@ -147,7 +147,7 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
     k0 = key()
     (tmp_path / "analysis/render.py").write_text("# edited\n")
     assert key() == k0
-    tfce = tmp_path / "analysis/sdm/tfce.py"  # imported by permutation.py, not by the stage
+    tfce = tmp_path / "analysis/sdm/inference/tfce.py"  # imported by permutation.py, not by the stage
     tfce.write_text(tfce.read_text() + "\n# edited\n")
     assert key() != k0
 

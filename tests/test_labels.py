@@ -8,7 +8,7 @@ import pytest
 
 from analysis import labels
 from analysis.grid import gm_mask
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.maps.space import MaskSpace
 
 # Table 3 of He et al. (2024): the four published peaks and their AAL labels (data/published_table3.tsv)
 PUBLISHED = [

@@ -12,11 +12,11 @@ from scipy.stats import norm
 
 from analysis.grid import gm_mask
 from analysis.paths import REPO_ROOT
-from analysis.sdm.clusters import DECREASE, INCREASE
-from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.errors import DataError
-from analysis.sdm.io import sha256_file
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.inference.clusters import DECREASE, INCREASE
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.inputs.io import sha256_file
+from analysis.sdm.maps.space import MaskSpace
 from analysis.stages import meta as stage
 
 PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -3.8),
@@ -289,7 +289,7 @@ def test_stage_is_deterministic(quick_run, tmp_path):
 
 def test_funnel_study_points_and_plot():
     from analysis.figures.funnel import funnel_plot, study_points
-    from analysis.sdm.effect_sizes import g_variance
+    from analysis.sdm.statistics.hedges import g_variance
 
     rng = np.random.default_rng(1)
     g = rng.normal(0.3, 0.2, (5, 3))

@@ -17,7 +17,7 @@ import pytest
 
 from analysis import fetch
 from analysis.sdm import datasets
-from analysis.sdm.space import sdm_gm_mask
+from analysis.sdm.maps.space import sdm_gm_mask
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import (
     SDMPSI,
@@ -18,10 +17,11 @@ from analysis.sdm.estimator import (
     design_matrix,
     parse_hypothesis,
 )
-from analysis.sdm.metansue import variance_coefficients
-from analysis.sdm.random_effects import fit_random_effects
-from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace, grid_affine
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.maps.space import MaskSpace, grid_affine
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.random_effects import fit_random_effects
+from analysis.sdm.statistics.rubin import pool_fits
 
 
 def _box_mask(center=(-40, 16, -4), half=(14, 14, 10)):
@@ -202,7 +202,7 @@ def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
 
 
 def _censored_bounds(rng, k, nv):
-    from analysis.sdm.effect_sizes import g_from_t
+    from analysis.sdm.statistics.effect_sizes import g_from_t
 
     n1 = rng.integers(12, 40, k).astype(float)
     gthr = g_from_t(3.2, n1)[:, None]
@@ -216,7 +216,7 @@ def _censored_bounds(rng, k, nv):
 def test_fast_pipeline_agrees_with_reference_pipeline(rng):
     """Fast engine vs the per-voxel reference pipeline (independent draws): same maps up to
     Monte-Carlo error of the imputations."""
-    from analysis.sdm.reference import reference_meta
+    from sdm_reference import reference_meta
 
     space = MaskSpace(_box_mask(half=(2, 0, 0)))
     k, nv = 6, space.n_voxels
@@ -235,7 +235,7 @@ def test_bench_engine_vs_reference_speed(rng, capsys):
     """Speed ratio of the fast engine over the per-voxel reference (same maths)."""
     import time
 
-    from analysis.sdm.reference import reference_meta
+    from sdm_reference import reference_meta
 
     space = MaskSpace(_box_mask(half=(6, 6, 4)))
     k, nv = 11, space.n_voxels

@@ -9,9 +9,9 @@ from scipy import ndimage
 
 from analysis import simulate as S
 from analysis.config import load_config
-from analysis.sdm.effect_sizes import t_from_g
+from analysis.sdm.maps.space import brain_mask, in_mask, mni_to_ijk
 from analysis.sdm.rng import derive_rng
-from analysis.sdm.space import brain_mask, in_mask, mni_to_ijk
+from analysis.sdm.statistics.effect_sizes import t_from_g
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_smooth_noise_is_standardised_with_the_configured_smoothness(cfg, mask):
     # FWHM from the lag-1 autocorrelation of a Gaussian field: rho = exp(-d^2 / (4 sigma^2))
     both = mask[1:] & mask[:-1]
     rho = np.corrcoef(z[1:][both], z[:-1][both])[0, 1]
-    d = 2.0  # SDM-PSI grid (analysis.sdm.space.VOXEL_MM)
+    d = 2.0  # SDM-PSI grid (analysis.sdm.maps.space.VOXEL_MM)
     fwhm_est = np.sqrt(8 * np.log(2)) * np.sqrt(-d * d / (4 * np.log(rho)))
     assert fwhm_est == pytest.approx(fwhm, rel=0.1)
 
@@ -69,7 +69,7 @@ def test_gaussian_to_t_has_nominal_tail_probability():
 
 
 def test_null_maps_exceed_a_threshold_at_the_nominal_rate(cfg, mask):
-    from analysis.sdm.coords import t_threshold
+    from analysis.sdm.inputs.coords import t_threshold
 
     rng = np.random.default_rng(7)
     df, p = 30, 0.01
@@ -143,7 +143,7 @@ def test_planted_effects_produce_peaks_near_their_centres(cfg):
     assert list(studies.columns[:7]) == ["study", "n1", "n2", "df", "t_thr", "threshold_kind",
                                          "contrasts_reported"]
     assert peaks["provenance"].str.startswith("simulated:").all()
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.inputs.dataset import SDMDataset
 
     assert SDMDataset(studies, peaks).ids == list(studies["study"])
     assert studies.attrs["true_g"].shape == (8, 2)
@@ -197,9 +197,9 @@ REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.sdm.inputs.io import read_tsv_text
+    from analysis.sdm.inputs.peaks import load_peaks
+    from analysis.sdm.inputs.studies import load_studies
 
     text = read_tsv_text(REPO_DATA / "peaks.tsv").reset_index(drop=True)
     return text, load_peaks(REPO_DATA), load_studies(REPO_DATA)
@@ -230,7 +230,7 @@ def test_every_simulated_row_is_labelled_and_real_rows_are_real(committed, cfg):
 def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
     """The simulated stand-ins (generator v2, the design stage's world) list their maps' peaks
     as SPM does (the committed rows are the constructed v3: tests/test_standins.py)."""
-    from analysis.sdm.peaks import load_peaks, write_peaks
+    from analysis.sdm.inputs.peaks import load_peaks, write_peaks
 
     _, _, studies = committed
     v2 = S.regenerate_peaks(REPO_DATA, cfg=cfg, version="2")
@@ -255,7 +255,7 @@ def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
 
 def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     from analysis.cli import main
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     keep = {"Moriguchi2007", "Bird2010", "Fujino2014"}  # real; one direction; Talairach
     studies = (data_copy / "studies.tsv").read_text().splitlines()

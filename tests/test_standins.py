@@ -19,9 +19,9 @@ import pytest
 from analysis import simulate as S
 from analysis import standins as ST
 from analysis.config import load_config
-from analysis.sdm import coords
-from analysis.sdm.effect_sizes import g_from_t
+from analysis.sdm.inputs import coords
 from analysis.sdm.rng import derive_rng
+from analysis.sdm.statistics.effect_sizes import g_from_t
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -41,8 +41,8 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.sdm.inputs.peaks import load_peaks
+    from analysis.sdm.inputs.studies import load_studies
 
     return load_peaks(REPO_DATA), load_studies(REPO_DATA)
 
@@ -81,7 +81,7 @@ def test_committed_rows_are_v3_and_keep_what_is_known(committed, cfg):
 
 def test_counts_per_study_and_direction_are_v2s(committed, v2_counts):
     """Same counts as the simulated stand-ins: the design stage simulates the same listing."""
-    from analysis.checks.design import design_quotas
+    from analysis.checks.design_simulation import design_quotas
 
     peaks, studies = committed
     stand = peaks[S.is_simulated(peaks["provenance"])]
@@ -152,7 +152,7 @@ def test_talairach_study_is_converted(committed):
 def test_v3_reproduces_table3(committed, cfg, tmp_path):
     """Whole-brain main analysis of data/ (configured seed, imputations and thresholds): the
     four published clusters and no other, each within the tolerances above."""
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages import meta
     from analysis.stages.params import data_checks
 

@@ -1,6 +1,6 @@
 """The statistics core (:mod:`analysis.sdm.statistics`) and the compiled kernels checked against it.
 
-The compiled kernels of :mod:`analysis.sdm.re_kernels` are the one other implementation of the
+The compiled kernels of :mod:`analysis.sdm.statistics.re_kernels` are the one other implementation of the
 core's formulas: on random inputs (one- and two-sample studies, random designs, permutation
 coefficients and study orders) they must give the core's numbers to rounding. The core itself is
 checked against independent computations: bounded 1-D maximisation of the restricted likelihood
@@ -14,21 +14,21 @@ import pytest
 from scipy import stats
 from scipy.optimize import minimize_scalar
 
-from analysis.sdm import effect_sizes, metansue
-from analysis.sdm.egger import egger_test
-from analysis.sdm.re_kernels import blocked_layout, permuted_mean, permuted_slope, pooled_fit
-from analysis.sdm.statistics import (
-    contrast,
-    fit_columns,
-    hypothesis_row,
-    pool_chi2,
-    pool_sqrt_mean,
-    reml,
-    rubin_pool,
-    to_columns,
-    variance_coefficients,
+from analysis.sdm.diagnostics.egger import egger_test
+from analysis.sdm.statistics import effect_sizes
+from analysis.sdm.statistics.hedges import hedges_j, variance_coefficients
+from analysis.sdm.statistics.hypothesis import contrast, hypothesis_row
+from analysis.sdm.statistics.metansue import mle as metansue_mle
+from analysis.sdm.statistics.model import fit_columns
+from analysis.sdm.statistics.pooling import pool_chi2, pool_sqrt_mean, rubin_pool
+from analysis.sdm.statistics.re_kernels import (
+    blocked_layout,
+    permuted_mean,
+    permuted_slope,
+    pooled_fit,
 )
-from analysis.sdm.statistics.hedges import hedges_j
+from analysis.sdm.statistics.tau2 import reml
+from analysis.sdm.statistics.wls import to_columns
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,10 +169,10 @@ def test_hedges_g_variance_is_unbiased_for_the_exact_variance():
 
 def test_one_hedges_g_variance():
     """Every module that needs the variance uses the core's."""
-    from analysis.sdm.permutation import PSIInputs
+    from analysis.sdm.inference.permutation import PSIInputs
 
     assert effect_sizes.g_variance.__module__ == "analysis.sdm.statistics.hedges"
-    assert metansue.variance_coefficients.__module__ == "analysis.sdm.statistics.hedges"
+    assert metansue_mle.variance_coefficients.__module__ == "analysis.sdm.statistics.hedges"
     rng = np.random.default_rng(3)
     n1, n2 = _studies(rng, 6)
     space = type("S", (), {"n_voxels": 4})()

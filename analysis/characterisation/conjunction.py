@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from analysis.characterisation.macm import vector_to_img
 from analysis.fetch import fetch_file
-from analysis.sdm.space import ijk_to_mni, nearest_voxel
+from analysis.sdm.maps.space import ijk_to_mni, nearest_voxel
 
 LGR = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from scipy.spatial import cKDTree
 from analysis.characterisation.macm import img_to_vector
 from analysis.fetch import fetch_file
 from analysis.sdm.errors import DataError
-from analysis.sdm.space import ijk_to_mni
+from analysis.sdm.maps.space import ijk_to_mni
 
 LGR = logging.getLogger(__name__)
 

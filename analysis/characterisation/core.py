@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.sdm.errors import DataError
-from analysis.sdm.io import save_nifti, write_tsv
+from analysis.sdm.inputs.io import save_nifti, write_tsv
 
 LGR = logging.getLogger(__name__)
 

@@ -39,12 +39,13 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from analysis.fetch import cache_dir, fetch_file, registry
+from analysis.fetch import fetch_file, registry
 from analysis.io import write_json
-from analysis.sdm.coords import tal2mni_lancaster
+from analysis.sdm.datasets import cache_dir
 from analysis.sdm.errors import DataError
-from analysis.sdm.io import atomic_path, sha256_file
-from analysis.sdm.space import nearest_voxel
+from analysis.sdm.inputs.coords import tal2mni_lancaster
+from analysis.sdm.inputs.io import atomic_path, sha256_file
+from analysis.sdm.maps.space import nearest_voxel
 
 LGR = logging.getLogger(__name__)
 

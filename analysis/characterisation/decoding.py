@@ -54,7 +54,7 @@ def region_of(seed) -> tuple[str, np.ndarray]:
 
 def studies_in_region(db: CoordinateDB, region: np.ndarray) -> np.ndarray:
     """Boolean (n_studies,): study has >= 1 focus whose nearest grid voxel lies in ``region``."""
-    from analysis.sdm.space import grid_affine, nearest_voxel
+    from analysis.sdm.maps.space import grid_affine, nearest_voxel
 
     ijk = nearest_voxel(db.foci[["x", "y", "z"]].to_numpy(), grid_affine())
     ok = np.all((ijk >= 0) & (ijk < np.array(region.shape)), axis=1)

@@ -72,7 +72,7 @@ digit)
     2 mm grid without a mask: the grid points within ``sigma sqrt(2 ln(|z_peak| / z_thr))`` of the
     peak. SDM-PSI's anisotropic kernel is wider than this Gaussian in grey matter (as its bound
     maps of Enge et al., 2021, show), so the isotropic count is not an upper bound for it; pass
-    ``kernel`` (e.g. the engine's :func:`analysis.sdm.kernel.make_kernel` on the analysis mask)
+    ``kernel`` (e.g. the engine's :func:`analysis.sdm.maps.kernel.make_kernel` on the analysis mask)
     to count the connected voxels of that kernel inside its mask instead. A printed extent within
     the bound is ``consistent`` (one study's peak suffices; the extent says nothing about
     convergence across studies). A larger one is ``not checkable``: several peaks (of one or more
@@ -107,7 +107,7 @@ import pandas as pd
 from scipy import ndimage, stats
 
 from analysis.sdm.errors import DataError
-from analysis.sdm.space import ijk_to_mni, mni_to_ijk
+from analysis.sdm.maps.space import ijk_to_mni, mni_to_ijk
 
 LGR = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def load_published_table3(data_dir: str | Path | None = None) -> pd.DataFrame:
         message names the file, the row and the field).
     """
     from analysis import paths
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     path = Path(data_dir or paths.data_dir()) / TABLE3_FILE
     raw = read_tsv_text(path, required=TABLE3_COLUMNS)
@@ -249,7 +249,7 @@ def study_samples(studies: pd.DataFrame, name: str = STUDIES_FILE) -> pd.DataFra
 
 def within_variances(samples: pd.DataFrame) -> np.ndarray:
     """Smallest variance of each study's Hedges' g, ``1/n1 + 1/n2`` (its exact value at g = 0)."""
-    from analysis.sdm.effect_sizes import g_variance
+    from analysis.sdm.statistics.hedges import g_variance
 
     return np.asarray(g_variance(0.0, samples["n1"].to_numpy(float),
                                  samples["n2"].to_numpy(float)), dtype=float)
@@ -265,7 +265,7 @@ def typical_within_variance(v: np.ndarray) -> float:
     """Higgins & Thompson's typical within-study variance ``(k-1) S1 / (S1² - S2)``, ``Sr = sum w^r``.
 
     For an intercept-only model this is ``(k - p) / tr P_FE`` of SDM-PSI's I²
-    (:mod:`analysis.sdm.random_effects`).
+    (:mod:`analysis.sdm.statistics.random_effects`).
     """
     w = 1.0 / np.asarray(v, dtype=float)
     return float((len(w) - 1) * w.sum() / (w.sum() ** 2 - (w * w).sum()))
@@ -370,7 +370,7 @@ def kernel_single_peak_extent(z_peak: float, z_thr: float, xyz, kernel) -> int:
         Peak (MNI mm).
     kernel : object
         Has ``weights(xyz) -> (voxel indices, K)`` and ``space.ijk`` (e.g.
-        :class:`analysis.sdm.kernel.IsotropicKernel` or ``AnisotropicKernel``).
+        :class:`analysis.sdm.maps.kernel.IsotropicKernel` or ``AnisotropicKernel``).
 
     Returns
     -------
@@ -426,7 +426,7 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
         (:func:`load_published_table3`) keep the printed number of decimals, which sets the
         rounding allowed; numeric cells use :data:`DEFAULT_DECIMALS` (Table 3's).
     studies : DataFrame
-        The included studies with ``n1``/``n2`` (:func:`analysis.sdm.studies.load_studies`) or
+        The included studies with ``n1``/``n2`` (:func:`analysis.sdm.inputs.studies.load_studies`) or
         ``n_patients``/``n_controls`` (raw ``studies.tsv``).
     p_uncorrected, min_cluster_voxels, fwhm_mm : float, int, float
         The paper's voxel threshold (0.0025), extent (11, i.e. k > 10) and kernel FWHM (20 mm)
@@ -456,7 +456,7 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
         A missing column, an unknown direction, a non-numeric cell (file, row, field named),
         or a study table without valid group sizes.
     """
-    from analysis.sdm.space import grid_affine
+    from analysis.sdm.maps.space import grid_affine
 
     alpha = float(p_uncorrected)
     min_k = int(min_cluster_voxels)

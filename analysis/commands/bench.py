@@ -62,7 +62,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
-    # design (analysis/bench/design.py): the checks of stage "design" with more replicates
+    # design (analysis/bench/design_replicates.py): the checks of stage "design" with more replicates
     p.add_argument("--design-null-replicates", type=int, default=None,
                    help="design: whole-brain null meta-analyses (default 20)")
     p.add_argument("--design-sensitivity-replicates", type=int, default=None,

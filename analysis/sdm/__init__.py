@@ -8,19 +8,19 @@ A library with NiMARE's shape, usable without the rest of this package:
 >>> result = PSICorrector(n_iters=1000).transform(result)    # doctest: +SKIP
 >>> result.save_maps("out")                                  # doctest: +SKIP
 
-Modules: inputs (:mod:`~analysis.sdm.dataset`, :mod:`~analysis.sdm.project` for SDM project
-folders, :mod:`~analysis.sdm.studies`, :mod:`~analysis.sdm.peaks`, :mod:`~analysis.sdm.coords`,
-:mod:`~analysis.sdm.io`), space (:mod:`~analysis.sdm.space`), pre-processing
-(:mod:`~analysis.sdm.kernel`, :mod:`~analysis.sdm.templates`, :mod:`~analysis.sdm.kernel_fit`,
-:mod:`~analysis.sdm.preprocess`), statistics (the core :mod:`~analysis.sdm.statistics`:
+Modules: inputs (:mod:`~analysis.sdm.inputs.dataset`, :mod:`~analysis.sdm.inputs.project` for SDM project
+folders, :mod:`~analysis.sdm.inputs.studies`, :mod:`~analysis.sdm.inputs.peaks`, :mod:`~analysis.sdm.inputs.coords`,
+:mod:`~analysis.sdm.inputs.io`), space (:mod:`~analysis.sdm.maps.space`), pre-processing
+(:mod:`~analysis.sdm.maps.kernel`, :mod:`~analysis.sdm.maps.templates`, :mod:`~analysis.kernel_template`,
+:mod:`~analysis.sdm.maps.preprocess`), statistics (the core :mod:`~analysis.sdm.statistics`:
 weighted least squares, DerSimonian-Laird and REML tau2, Rubin's rules, the hypothesis row, the
-Hedges-g variance; :mod:`~analysis.sdm.effect_sizes`,
-:mod:`~analysis.sdm.metansue`, :mod:`~analysis.sdm.random_effects`,
-:mod:`~analysis.sdm.re_kernels`, :mod:`~analysis.sdm.rubin`, :mod:`~analysis.sdm.egger`,
-:mod:`~analysis.sdm.reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference
-(:mod:`~analysis.sdm.permutation`, :mod:`~analysis.sdm.tfce`, :mod:`~analysis.sdm.clusters`,
-:mod:`~analysis.sdm.correct`), diagnostics (:mod:`~analysis.sdm.jackknife`,
-:mod:`~analysis.sdm.metaregression`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
+Hedges-g variance; :mod:`~analysis.sdm.statistics.effect_sizes`,
+:mod:`~analysis.sdm.statistics.metansue`, :mod:`~analysis.sdm.statistics.random_effects`,
+:mod:`~analysis.sdm.statistics.re_kernels`, :mod:`~analysis.sdm.statistics.rubin`, :mod:`~analysis.sdm.diagnostics.egger`,
+:mod:`~sdm_reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference
+(:mod:`~analysis.sdm.inference.permutation`, :mod:`~analysis.sdm.inference.tfce`, :mod:`~analysis.sdm.inference.clusters`,
+:mod:`~analysis.sdm.inference.correct`), diagnostics (:mod:`~analysis.sdm.diagnostics.jackknife`,
+:mod:`~analysis.sdm.diagnostics.metaregression`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
 :class:`SDMPSI`: SDM-PSI's ``gray_matter_2mm`` mask, a public file fetched on first use from its
 canonical URL into the user cache and checked by SHA-256 (:mod:`~analysis.sdm.datasets`), and
 the kernel template fitted on SDM-PSI's maps, which the engine ships in ``analysis/sdm/data/``
@@ -42,15 +42,15 @@ import importlib
 
 #: public names -> defining module (imported on first use: numba kernels compile lazily)
 _EXPORTS = {
-    "SDMDataset": "analysis.sdm.dataset",
+    "SDMDataset": "analysis.sdm.inputs.dataset",
     "SDMPSI": "analysis.sdm.estimator",
     "MetaResult": "analysis.sdm.estimator",
-    "PSICorrector": "analysis.sdm.correct",
-    "Jackknife": "analysis.sdm.correct",
-    "threshold_clusters": "analysis.sdm.clusters",
-    "psi_permutation_test": "analysis.sdm.permutation",
-    "read_sdm_project": "analysis.sdm.project",
-    "write_sdm_project": "analysis.sdm.project",
+    "PSICorrector": "analysis.sdm.inference.correct",
+    "Jackknife": "analysis.sdm.diagnostics.jackknife",
+    "threshold_clusters": "analysis.sdm.inference.clusters",
+    "psi_permutation_test": "analysis.sdm.inference.permutation",
+    "read_sdm_project": "analysis.sdm.inputs.project",
+    "write_sdm_project": "analysis.sdm.inputs.project",
     "DataError": "analysis.sdm.errors",
     "DataErrors": "analysis.sdm.errors",
     "MissingCovariateWarning": "analysis.sdm.estimator",

@@ -21,7 +21,7 @@ Every file is checked against its SHA-256 before use; a mismatch is an error
 (:func:`offline`) no download is ever attempted.
 
 The engine's own file is SDM-PSI's grey-matter mask (:data:`SDM_GM_MASK`, loaded by
-:func:`analysis.sdm.space.sdm_gm_mask`). The compendium's dataset registry
+:func:`analysis.sdm.maps.space.sdm_gm_mask`). The compendium's dataset registry
 (``analysis/datasets.tsv``, :mod:`analysis.fetch`) fetches through :func:`fetch_file` too, so
 both share one cached copy of each file.
 
@@ -39,7 +39,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from analysis.sdm.io import atomic_path, current_umask, sha256_file
+from analysis.sdm.inputs.io import atomic_path, current_umask, sha256_file
 
 LGR = logging.getLogger(__name__)
 

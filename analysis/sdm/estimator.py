@@ -3,19 +3,19 @@
 ``SDMPSI(**params).fit(dataset, mask_img=None)`` runs, at every voxel of the mask, the steps of
 SDM-PSI before permutation (Albajes-Eizagirre et al. 2019):
 
-1. pre-processing: lower/upper Hedges-g bound maps (:func:`analysis.sdm.preprocess.preprocess`);
+1. pre-processing: lower/upper Hedges-g bound maps (:func:`analysis.sdm.maps.preprocess.preprocess`);
 2. MetaNSUE maximum likelihood (coefficients with conservative leave-n-out, then tau2;
-   :func:`analysis.sdm.metansue.censored_mle`);
-3. ``imputations`` study images per study (:func:`analysis.sdm.metansue.impute`);
+   :func:`analysis.sdm.statistics.metansue.mle.censored_mle`);
+3. ``imputations`` study images per study (:func:`analysis.sdm.statistics.metansue.imputation.impute`);
 4. random-effects meta-analysis / meta-regression of every imputed data set, between-study
    variance by DerSimonian-Laird (SDM-PSI's default) or REML (its ``AccurateHeterogeneity``),
    variance of each imputed value from the exact Hedges-g variance; compiled for the designs
-   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.re_kernels`, shared with the permutation test),
-   NumPy otherwise (:func:`analysis.sdm.random_effects.fit_random_effects`); covariates enter
+   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.statistics.re_kernels`, shared with the permutation test),
+   NumPy otherwise (:func:`analysis.sdm.statistics.random_effects.fit_random_effects`); covariates enter
    centred, so the intercept is the mean at the covariates' averages (as SDM-PSI);
-5. Rubin's rules (:func:`analysis.sdm.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
+5. Rubin's rules (:func:`analysis.sdm.statistics.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
 
-Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.permutation`)
+Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.inference.permutation`)
 from what :class:`MetaResult` keeps (bounds, MLE maps, imputed images, design).
 
 References
@@ -28,6 +28,7 @@ Radua J et al. (2015). JAMA Psychiatry 72:1243-1251 (MetaNSUE).
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 import warnings
@@ -39,14 +40,16 @@ import pandas as pd
 from scipy.stats import norm
 
 from analysis.sdm.base import ParamsMixin
-from analysis.sdm.metansue import censored_mle, impute
-from analysis.sdm.random_effects import fit_random_effects, q_to_z
-from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
+from analysis.sdm.maps.space import MaskSpace
 from analysis.sdm.rng import derive_rng
-from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace
 from analysis.sdm.statistics.hedges import variance_coefficients
 from analysis.sdm.statistics.hypothesis import hypothesis_row
+from analysis.sdm.statistics.metansue.imputation import impute
+from analysis.sdm.statistics.metansue.mle import censored_mle
+from analysis.sdm.statistics.model import check_heterogeneity
+from analysis.sdm.statistics.random_effects import fit_random_effects, q_to_z
+from analysis.sdm.statistics.re_kernels import compiled_design, pooled_fit
+from analysis.sdm.statistics.rubin import pool_fits
 
 LGR = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class MetaResult:
         ``z`` (SDM-Z = g / sqrt(var)), ``tau2``, ``i2`` (I2 in percent, like SDM's ``_h_i2``),
         ``h2``, ``q`` (pooled Q), ``q_z``, ``p`` (one-tailed p of the observed direction,
         ``1 - Phi(|z|)``), ``p_pos`` (``1 - Phi(z)``), ``p_neg`` (``Phi(z)``); correctors add
-        theirs (:data:`analysis.sdm.correct.CORRECTED_MAPS`).
+        theirs (:data:`analysis.sdm.inference.correct.CORRECTED_MAPS`).
     space : MaskSpace
         The voxel space of the maps.
     df : int
@@ -82,11 +85,11 @@ class MetaResult:
     bounds : Bounds or None
         The pre-processing bound maps of the studies of the fit (``lower``, ``upper``: (k, V)
         float32); set by :meth:`SDMPSI.fit` and :meth:`SDMPSI.fit_preprocessed`, needed by
-        :class:`~analysis.sdm.correct.Jackknife`.
+        :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`.
     imputations : ndarray (m, k, V) float32 or None
         Imputed study images (Hedges g); their variances are ``k1 + k2 g^2``
         (:func:`analysis.sdm.statistics.hedges.variance_coefficients`); needed by
-        :class:`~analysis.sdm.correct.PSICorrector`.
+        :class:`~analysis.sdm.inference.correct.PSICorrector`.
     params : dict
         The checked parameters of the fit, and ``design_columns`` when fitted from a table.
     description_ : str
@@ -95,8 +98,8 @@ class MetaResult:
         Seconds per step.
     tables : dict of str -> pandas.DataFrame
         Tables added downstream (e.g. ``permutation_maxima`` by
-        :class:`~analysis.sdm.correct.PSICorrector`, ``jackknife`` and ``jackknife_summary``
-        by :class:`~analysis.sdm.correct.Jackknife`).
+        :class:`~analysis.sdm.inference.correct.PSICorrector`, ``jackknife`` and ``jackknife_summary``
+        by :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`).
     estimator : SDMPSI
         An unfitted estimator with the parameters that produced the result (it holds no
         earlier result; the diagnostics re-fit with it).
@@ -104,12 +107,12 @@ class MetaResult:
         The corrector whose maps the result holds (an unfitted copy), as NiMARE's
         ``MetaResult.corrector``.
     diagnostics : list
-        The diagnostics applied (unfitted copies, e.g. :class:`~analysis.sdm.correct.Jackknife`),
+        The diagnostics applied (unfitted copies, e.g. :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`),
         as NiMARE's ``MetaResult.diagnostics``.
     permutation_ : PermutationResult or None
         The permutation test behind the corrected maps
-        (:class:`analysis.sdm.permutation.PermutationResult`: null maxima, the identity
-        permutation's maps, timings); ``None`` until :class:`~analysis.sdm.correct.PSICorrector`
+        (:class:`analysis.sdm.inference.permutation.PermutationResult`: null maxima, the identity
+        permutation's maps, timings); ``None`` until :class:`~analysis.sdm.inference.correct.PSICorrector`
         runs.
     dropped_studies : list of str
         Studies left out of the fit for a missing covariate value (``SDMPSI(missing="drop")``).
@@ -159,7 +162,7 @@ class MetaResult:
 
         Returns the written paths (NiMARE's ``MetaResult.save_maps``).
         """
-        from analysis.sdm.io import save_nifti
+        from analysis.sdm.inputs.io import save_nifti
 
         out_dir = Path(output_dir)
         lead = f"{prefix}{prefix_sep}" if prefix else ""
@@ -173,7 +176,7 @@ class MetaResult:
     def save_tables(self, output_dir=".", prefix: str = "", prefix_sep: str = "_",
                     names=None) -> list:
         """Write each table of ``tables`` as ``[<prefix><prefix_sep>]<name>.tsv`` (atomic)."""
-        from analysis.sdm.io import write_tsv
+        from analysis.sdm.inputs.io import write_tsv
 
         out_dir = Path(output_dir)
         lead = f"{prefix}{prefix_sep}" if prefix else ""
@@ -183,6 +186,18 @@ class MetaResult:
             write_tsv(path, self.tables[name])
             paths.append(path)
         return paths
+
+
+def copy_result(result: MetaResult) -> MetaResult:
+    """A shallow copy of a result with its own ``maps``, ``tables`` and ``diagnostics``: what a
+    transformer (:class:`~analysis.sdm.inference.correct.PSICorrector`,
+    :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`) returns, leaving its input as it was.
+    """
+    out = copy.copy(result)
+    out.maps = dict(result.maps)
+    out.tables = dict(result.tables)
+    out.diagnostics = list(getattr(result, "diagnostics", []))
+    return out
 
 
 def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str = "dl",
@@ -202,7 +217,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         Between-study variance of each imputation: DerSimonian-Laird (SDM-PSI's default) or
         REML (SDM-PSI's ``AccurateHeterogeneity``).
     max_iter, tol : optional
-        REML updates and tolerance (default :data:`analysis.sdm.random_effects.REML_MAX_ITER` / ``REML_TOL``).
+        REML updates and tolerance (default :data:`analysis.sdm.statistics.random_effects.REML_MAX_ITER` / ``REML_TOL``).
     chunk : int
         Voxels per block; n_jobs : int, threads over blocks.
 
@@ -212,7 +227,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int).
     """
     from analysis.sdm.progress import progress as progress_bar
-    from analysis.sdm.random_effects import _defaults
+    from analysis.sdm.statistics.random_effects import _defaults
 
     heterogeneity = check_heterogeneity(heterogeneity)
     d_iter, d_tol = _defaults()
@@ -266,7 +281,7 @@ def complete_cases(studies: pd.DataFrame, covariates=None, missing: str = "raise
     """The studies with a value for every covariate, under the missing-value policy.
 
     One policy for every design of the engine (:class:`SDMPSI` and
-    :func:`analysis.sdm.metaregression.covariate_design`): with ``missing="raise"`` a missing
+    :func:`analysis.sdm.diagnostics.metaregression.covariate_design`): with ``missing="raise"`` a missing
     value (NaN, None, an empty cell) is an error naming the first such row and column; with
     ``"drop"`` the studies with a missing value in any covariate are left out (complete-case
     analysis) and a :class:`MissingCovariateWarning` lists them.
@@ -370,9 +385,9 @@ class SDMPSI(ParamsMixin):
     as ``results_``). ``get_params(deep=True)``, ``set_params`` and ``sklearn.base.clone`` work
     as for a scikit-learn estimator (:class:`analysis.sdm.base.ParamsMixin`). The defaults are
     SDM-PSI v6.21's, with the settings validated against its run of Enge et al. (2021): its own
-    grey-matter mask (:func:`analysis.sdm.space.sdm_gm_mask`, a public file fetched on first use
+    grey-matter mask (:func:`analysis.sdm.maps.space.sdm_gm_mask`, a public file fetched on first use
     into the user cache, :mod:`analysis.sdm.datasets`) and the kernel template fitted on its
-    bound maps (``"enge_fit"``, :mod:`analysis.sdm.templates`, shipped with the engine).
+    bound maps (``"enge_fit"``, :mod:`analysis.sdm.maps.templates`, shipped with the engine).
 
     Parameters
     ----------
@@ -381,16 +396,16 @@ class SDMPSI(ParamsMixin):
     imputations : int
         Number of imputed study images (50, as SDM-PSI).
     unknown_peak_mode : {"corrected", "sdm621"}
-        Effect of peaks without a statistic (:mod:`analysis.sdm.preprocess`).
+        Effect of peaks without a statistic (:mod:`analysis.sdm.maps.preprocess`).
     kernel_template : str or numpy.ndarray
-        Stretch template of the anisotropic kernel: a name of :mod:`analysis.sdm.templates`
+        Stretch template of the anisotropic kernel: a name of :mod:`analysis.sdm.maps.templates`
         (default ``"enge_fit"``, fitted on SDM-PSI's own bound maps and shipped with the engine;
         ``"gray_matter"``, the tissue model, agrees less with SDM-PSI) or a (13, X, Y, Z) array
-        (:mod:`analysis.sdm.kernel_fit`).
+        (:mod:`analysis.kernel_template`).
     path_model, combine : str
-        Kernel path model and rule for several peaks (:func:`analysis.sdm.preprocess.preprocess`).
+        Kernel path model and rule for several peaks (:func:`analysis.sdm.maps.preprocess.preprocess`).
     outside_stretch, outside_radius : float
-        Peaks outside the mask (:func:`analysis.sdm.kernel.make_kernel`).
+        Peaks outside the mask (:func:`analysis.sdm.maps.kernel.make_kernel`).
     covariates : list of str, optional
         Study-table columns added to the design (intercept always included), centred on their
         means so that the intercept is the mean at the covariates' averages (as SDM-PSI).
@@ -403,7 +418,7 @@ class SDMPSI(ParamsMixin):
         (:func:`complete_cases`), e.g. for a meta-regression on a covariate some studies do
         not report. SDM-PSI's manual states no rule for missing values; this is the engine's.
     leave_n_out : "auto" or int
-        Conservative leave-n-out of the MLE (:func:`analysis.sdm.metansue.censored_mle`).
+        Conservative leave-n-out of the MLE (:func:`analysis.sdm.statistics.metansue.mle.censored_mle`).
     heterogeneity : {"dl", "reml"}
         Between-study variance of each imputation's model: DerSimonian-Laird (SDM-PSI's default,
         ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``).
@@ -467,7 +482,7 @@ class SDMPSI(ParamsMixin):
 
     def _checked(self) -> dict:
         """Parameters checked and typed (called by :meth:`fit`)."""
-        from analysis.sdm.preprocess import COMBINE_RULES, UNKNOWN_PEAK_MODES
+        from analysis.sdm.maps.preprocess import COMBINE_RULES, UNKNOWN_PEAK_MODES
 
         p = self.get_params(deep=False)
         p["fwhm"], p["anisotropy"] = float(p["fwhm"]), float(p["anisotropy"])
@@ -489,7 +504,7 @@ class SDMPSI(ParamsMixin):
         return p
 
     def fit(self, dataset, mask_img=None, recreation_mask=None) -> MetaResult:
-        """Pre-process ``dataset`` (an :class:`~analysis.sdm.dataset.SDMDataset`) and fit.
+        """Pre-process ``dataset`` (an :class:`~analysis.sdm.inputs.dataset.SDMDataset`) and fit.
 
         Parameters
         ----------
@@ -498,17 +513,17 @@ class SDMPSI(ParamsMixin):
         mask_img : nibabel image, optional
             Analysis mask on SDM-PSI's 2 mm grid; default the dataset's (``dataset.mask``, e.g.
             the ``sdm_mask.nii.gz`` of an SDM project folder), else SDM-PSI's own grey-matter
-            mask ``gray_matter_2mm`` (:func:`analysis.sdm.space.sdm_gm_mask`).
+            mask ``gray_matter_2mm`` (:func:`analysis.sdm.maps.space.sdm_gm_mask`).
         recreation_mask : nibabel image, optional
             Whole mask the study maps are recreated on when ``mask_img`` is a region of it
-            (:func:`analysis.sdm.preprocess.recreation_space`).
+            (:func:`analysis.sdm.maps.preprocess.recreation_space`).
 
         Returns
         -------
         MetaResult
         """
-        from analysis.sdm.preprocess import preprocess
-        from analysis.sdm.space import sdm_gm_mask
+        from analysis.sdm.maps.preprocess import preprocess
+        from analysis.sdm.maps.space import sdm_gm_mask
 
         p = self._checked()
         if mask_img is None:
@@ -531,13 +546,13 @@ class SDMPSI(ParamsMixin):
 
         The design comes from ``study_table`` under the ``missing`` policy
         (:func:`complete_cases`, :func:`design_matrix`); the result keeps the bound maps of the
-        studies fitted, so the diagnostics (:class:`~analysis.sdm.correct.Jackknife`) can
+        studies fitted, so the diagnostics (:class:`~analysis.sdm.diagnostics.jackknife.Jackknife`) can
         re-fit subsets of them.
 
         Parameters
         ----------
-        bounds : analysis.sdm.preprocess.Bounds
-            Bound maps of the studies (:func:`analysis.sdm.preprocess.preprocess`).
+        bounds : analysis.sdm.maps.preprocess.Bounds
+            Bound maps of the studies (:func:`analysis.sdm.maps.preprocess.preprocess`).
         study_table : pandas.DataFrame, optional
             Study table with a ``study`` column and the covariates; needed with covariates.
 

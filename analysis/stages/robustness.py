@@ -35,8 +35,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.clusters import INCREASE, threshold_clusters
-from analysis.sdm.io import save_nifti, write_tsv
+from analysis.sdm.inference.clusters import INCREASE, threshold_clusters
+from analysis.sdm.inputs.io import save_nifti, write_tsv
 from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
@@ -77,10 +77,11 @@ def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataF
 
 def produce(ctx) -> dict:
     """Stage ``robustness`` (see the module docstring)."""
-    from analysis.sdm import jackknife as jk
-    from analysis.sdm import metaregression as mr
-    from analysis.sdm.correct import Jackknife, PSICorrector
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.diagnostics import jackknife as jk
+    from analysis.sdm.diagnostics import metaregression as mr
+    from analysis.sdm.diagnostics.jackknife import Jackknife
+    from analysis.sdm.inference.correct import PSICorrector
+    from analysis.sdm.maps.space import MaskSpace
     from analysis.stages.meta import FIT_FILE, input_provenance, load_fit
 
     cfg = ctx.config

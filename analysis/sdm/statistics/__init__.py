@@ -1,7 +1,8 @@
-"""The statistics core of the engine: one implementation of each piece of the model's algebra.
+"""The engine's statistics: the core (one implementation of each piece of the model's algebra),
+the model built on it, and the compiled kernels.
 
-Modules
--------
+The core
+--------
 :mod:`~analysis.sdm.statistics.hedges`
     Hedges' correction ``J``, degrees of freedom and the exact variance of Hedges' g,
     ``v(g) = k1 + k2 g^2`` (Hedges 1981; Hedges & Olkin 1985).
@@ -18,10 +19,24 @@ Modules
 :mod:`~analysis.sdm.statistics.pooling`
     Rubin's rules (Rubin 1987) and D2 pooling of Q (Li et al. 1991).
 
+Built on it
+-----------
+:mod:`~analysis.sdm.statistics.effect_sizes`
+    Hedges' g from t statistics and back.
+:mod:`~analysis.sdm.statistics.metansue`
+    MetaNSUE: censored maximum likelihood (NumPy path and compiled kernels) and the imputation
+    of study images.
+:mod:`~analysis.sdm.statistics.random_effects`
+    Random-effects meta-analysis and meta-regression of every voxel.
+:mod:`~analysis.sdm.statistics.rubin`
+    Rubin's rules applied to the fits of the imputations.
+:mod:`~analysis.sdm.statistics.re_kernels`
+    Compiled (numba) random-effects fits of every imputation, pooled.
+
 The array functions take an array module ``xp`` (``numpy`` or ``cupy``,
 :func:`analysis.sdm.backend.array_module`): the permutation test runs them on a GPU through
-CuPy. The compiled kernels of :mod:`analysis.sdm.re_kernels` (numba; fused loops over voxels)
-are the one other implementation of the same formulas, tested against this core.
+CuPy. The compiled kernels of :mod:`analysis.sdm.statistics.re_kernels` (numba; fused loops
+over voxels) are the one other implementation of the same formulas, tested against this core.
 
 References
 ----------
@@ -32,46 +47,3 @@ Li KH, Meng XL, Raghunathan TE, Rubin DB (1991). Statistica Sinica 1:65-92.
 Rubin DB (1987). Multiple Imputation for Nonresponse in Surveys. Wiley.
 Viechtbauer W (2005). J Educ Behav Stat 30:261-293.
 """
-
-from __future__ import annotations
-
-from analysis.sdm.statistics.hedges import (
-    degrees_of_freedom,
-    g_variance,
-    hedges_j,
-    sampling_scale,
-    variance_coefficients,
-)
-from analysis.sdm.statistics.hypothesis import contrast, hypothesis_row
-from analysis.sdm.statistics.model import HETEROGENEITY, check_heterogeneity, fit_columns
-from analysis.sdm.statistics.pooling import (
-    pool_chi2,
-    pool_chi2_moments,
-    pool_sqrt_mean,
-    rubin_pool,
-    rubin_pool_cov,
-    rubin_z,
-)
-from analysis.sdm.statistics.tau2 import (
-    REML_MAX_ITER,
-    REML_TOL,
-    dersimonian_laird,
-    dl_tau2,
-    fixed_effect_heterogeneity,
-    reml,
-)
-from analysis.sdm.statistics.wls import (
-    from_columns,
-    leverage,
-    to_columns,
-    weighted_least_squares,
-)
-
-__all__ = [
-    "HETEROGENEITY", "REML_MAX_ITER", "REML_TOL", "check_heterogeneity", "contrast",
-    "degrees_of_freedom", "dersimonian_laird", "dl_tau2", "fit_columns",
-    "fixed_effect_heterogeneity", "from_columns", "g_variance", "hedges_j", "hypothesis_row",
-    "leverage", "pool_chi2", "pool_chi2_moments", "pool_sqrt_mean", "reml", "rubin_pool",
-    "rubin_pool_cov", "rubin_z", "sampling_scale", "to_columns", "variance_coefficients",
-    "weighted_least_squares",
-]

@@ -7,10 +7,10 @@ meta-analysis and meta-regression::
     tau2                 DerSimonian-Laird, or REML from a start (:mod:`.tau2`)
     W = diag(1/(v + tau2));  beta = (X'WX)^-1 X'Wy;  Cov(beta) = (X'WX)^-1
 
-The estimator's non-compiled designs (:func:`analysis.sdm.random_effects.fit_random_effects`),
-the NumPy/CuPy permutation kernels (:func:`analysis.sdm.permutation.reml_fixed`) and Egger's
-test (:func:`analysis.sdm.egger.egger_test`, a design per column) call it; the compiled kernels
-of :mod:`analysis.sdm.re_kernels` are the one other implementation and are tested against it.
+The estimator's non-compiled designs (:func:`analysis.sdm.statistics.random_effects.fit_random_effects`),
+the NumPy/CuPy permutation kernels (:func:`analysis.sdm.inference.permutation.reml_fixed`) and Egger's
+test (:func:`analysis.sdm.diagnostics.egger.egger_test`, a design per column) call it; the compiled kernels
+of :mod:`analysis.sdm.statistics.re_kernels` are the one other implementation and are tested against it.
 
 References
 ----------

@@ -12,7 +12,7 @@
   a chi-square with the same p value ("For convenience, SDM-PSI converts FQ back into a Q").
 
 After the ``metansue`` R package (``.pool.var``, ``.pool.cov``, ``.pool.chi2``). The compiled
-kernels (:mod:`analysis.sdm.re_kernels`) pool from running sums with the same formulas.
+kernels (:mod:`analysis.sdm.statistics.re_kernels`) pool from running sums with the same formulas.
 
 References
 ----------

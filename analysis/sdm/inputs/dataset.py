@@ -11,7 +11,7 @@
 
 Readers: :meth:`SDMDataset.from_sdm_project` (an SDM-PSI project folder),
 :meth:`SDMDataset.from_tables` (validated ``studies.tsv`` / ``peaks.tsv`` of
-:mod:`analysis.sdm.studies` and :mod:`analysis.sdm.peaks`), :meth:`SDMDataset.from_nimare`
+:mod:`analysis.sdm.inputs.studies` and :mod:`analysis.sdm.inputs.peaks`), :meth:`SDMDataset.from_nimare`
 (a NiMARE Dataset with t values); :meth:`SDMDataset.to_nimare` goes the other way.
 """
 
@@ -38,7 +38,7 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
 
     The typed tables (``study, n1, n2, t_thr``; ``study, x, y, z, t, sign``, MNI) are written
     as the text of ``studies.tsv`` / ``peaks.tsv`` and go through the one rule set
-    (:func:`analysis.sdm.studies.check_studies`, :func:`analysis.sdm.peaks.check_peaks`), so a
+    (:func:`analysis.sdm.inputs.studies.check_studies`, :func:`analysis.sdm.inputs.peaks.check_peaks`), so a
     NiMARE Dataset or Python tables meet the same bounds as a data folder or an SDM-PSI project
     (2 <= n <= 100,000 and integer, 0 < t_thr <= 100, finite non-zero |t| <= 100 agreeing with
     the sign, peaks within 20 mm of the brain; warnings for untidy but usable peaks).
@@ -60,9 +60,9 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
     DataErrors
         Every problem, each naming the source, row and field.
     """
-    from analysis.sdm.io import format_number
-    from analysis.sdm.peaks import PEAK_COLUMNS, check_peaks
-    from analysis.sdm.studies import check_studies
+    from analysis.sdm.inputs.io import format_number
+    from analysis.sdm.inputs.peaks import PEAK_COLUMNS, check_peaks
+    from analysis.sdm.inputs.studies import check_studies
 
     n2 = pd.to_numeric(studies["n2"], errors="coerce").to_numpy(float)
     raw_s = pd.DataFrame({
@@ -178,8 +178,8 @@ class SDMDataset:
     @classmethod
     def from_tables(cls, studies: pd.DataFrame, peaks: pd.DataFrame, mask=None, *,
                     checked: bool = False) -> SDMDataset:
-        """From a validated study table and peak table (:func:`analysis.sdm.studies.load_studies`,
-        :func:`analysis.sdm.peaks.load_peaks`): peaks in MNI (``x_mni, y_mni, z_mni``).
+        """From a validated study table and peak table (:func:`analysis.sdm.inputs.studies.load_studies`,
+        :func:`analysis.sdm.inputs.peaks.load_peaks`): peaks in MNI (``x_mni, y_mni, z_mni``).
         ``checked``: the tables come from those readers (not checked again).
         """
         p = peaks.drop(columns=["x", "y", "z"]).rename(
@@ -190,10 +190,10 @@ class SDMDataset:
     @classmethod
     def from_data_dir(cls, data_dir: str | Path, **checks) -> SDMDataset:
         """``studies.tsv`` and ``peaks.tsv`` of a folder, validated
-        (:func:`analysis.sdm.peaks.load_peaks`; ``checks`` are its check parameters).
+        (:func:`analysis.sdm.inputs.peaks.load_peaks`; ``checks`` are its check parameters).
         """
-        from analysis.sdm.peaks import _split_checks, load_peaks
-        from analysis.sdm.studies import load_studies
+        from analysis.sdm.inputs.peaks import _split_checks, load_peaks
+        from analysis.sdm.inputs.studies import load_studies
 
         study_kw, _ = _split_checks(checks)
         studies = load_studies(data_dir, **study_kw)
@@ -205,16 +205,16 @@ class SDMDataset:
                          read_mask: bool = True) -> SDMDataset:
         """Any SDM-PSI project folder (``sdm_table.txt`` + peak files), one- or two-sample.
 
-        The text tables of :func:`analysis.sdm.project.read_sdm_project` are typed and converted
+        The text tables of :func:`analysis.sdm.inputs.project.read_sdm_project` are typed and converted
         (Talairach to MNI, signed t) by the same checks as the compendium's own data
-        (:func:`analysis.sdm.peaks.check_peaks`; its warnings are logged).
+        (:func:`analysis.sdm.inputs.peaks.check_peaks`; its warnings are logged).
         The folder's ``sdm_mask.nii.gz`` (written by SDM-PSI) becomes the dataset's mask when
         present and ``read_mask``. SDM-PSI's pre-processed maps (``pp/``) are never read here.
         """
         import nibabel as nib
 
-        from analysis.sdm.peaks import check_peaks
-        from analysis.sdm.project import _typed_studies, read_sdm_project
+        from analysis.sdm.inputs.peaks import check_peaks
+        from analysis.sdm.inputs.project import _typed_studies, read_sdm_project
 
         folder = Path(folder)
         raw_s, raw_p = read_sdm_project(folder)

@@ -15,9 +15,9 @@ with ``w_i`` the permutation's contrast weights over the subjects (``+-1/n`` for
 ``1/n1`` or ``-1/n2`` for a group reassignment) and ``c_i = sum of w_i over the original
 patients``. So one permutation costs one product ``W Z`` per study (shared by all imputations)
 plus one random-effects meta-analysis per imputation (DerSimonian-Laird tau2 by default as
-SDM-PSI, REML on request; the compiled fits of :mod:`analysis.sdm.re_kernels`, which the
+SDM-PSI, REML on request; the compiled fits of :mod:`analysis.sdm.statistics.re_kernels`, which the
 estimator uses too), the exact Hedges-g variance ``v(g)`` at the permuted g, Rubin's rules over
-imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.tfce`). The maxima
+imputations, SDM-Z, and TFCE (:mod:`analysis.sdm.inference.tfce`). The maxima
 ``max z+, max z-, max TFCE+, max TFCE-`` of every permutation give the voxel- and
 TFCE-FWE corrected p maps.
 
@@ -84,18 +84,9 @@ import pandas as pd
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from analysis.sdm import tfce as tfce_mod
 from analysis.sdm.backend import array_module, check_backend, to_numpy
+from analysis.sdm.inference import tfce as tfce_mod
 from analysis.sdm.progress import progress as progress_bar
-from analysis.sdm.re_kernels import (
-    ROWS,
-    blocked_layout,
-    check_precision,
-    compiled_design,
-    permuted_mean,
-    permuted_slope,
-    run_kernel,
-)
 from analysis.sdm.rng import derive_rng
 from analysis.sdm.statistics.hedges import (
     degrees_of_freedom,
@@ -106,6 +97,15 @@ from analysis.sdm.statistics.hedges import (
 from analysis.sdm.statistics.hypothesis import contrast, hypothesis_row
 from analysis.sdm.statistics.model import check_heterogeneity, fit_columns
 from analysis.sdm.statistics.pooling import rubin_z
+from analysis.sdm.statistics.re_kernels import (
+    ROWS,
+    blocked_layout,
+    check_precision,
+    compiled_design,
+    permuted_mean,
+    permuted_slope,
+    run_kernel,
+)
 from analysis.sdm.statistics.wls import from_columns, to_columns
 
 LGR = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ def make_subject_images(n1, n2, space, rng: np.random.Generator,
                         fwhm_mm: float | None = None) -> list[np.ndarray]:
     """The single preliminary set of subject images of every study (Albajes-Eizagirre et al. 2019).
 
-    Gaussian-smoothed white noise (:func:`analysis.sdm.metansue.correlated_fields`), then
+    Gaussian-smoothed white noise (:func:`analysis.sdm.statistics.metansue.imputation.correlated_fields`), then
     standardised per voxel across the subjects of each group (exact zero mean, unit SD, as the
     PSI supplement's ``z = (r - mean(r)) / sd(r)``). Rows ``0..n1-1`` are the patients (or the
     one sample), rows ``n1..n1+n2-1`` the controls.
@@ -265,7 +265,7 @@ def make_subject_images(n1, n2, space, rng: np.random.Generator,
     -------
     list of ndarray (n_i, V), float32
     """
-    from analysis.sdm.metansue import correlated_fields
+    from analysis.sdm.statistics.metansue.imputation import correlated_fields
 
     fwhm_mm = float(SUBJECT_FWHM_MM if fwhm_mm is None else fwhm_mm)
     n1 = np.asarray(n1, dtype=float).reshape(-1)
@@ -428,7 +428,7 @@ class _Engine:
     voxel_blocked: bool = True
     # derived once (not per permutation): the compiled design or None, v(g) = k1 + k2 g^2, and
     # for DerSimonian-Laird fits of a compiled design with the numba back-end the permuted data
-    # in the voxel-blocked layout of :func:`analysis.sdm.re_kernels.blocked_layout`: the
+    # in the voxel-blocked layout of :func:`analysis.sdm.statistics.re_kernels.blocked_layout`: the
     # imputations (subject permutations) or the reduced fit and its residuals (Freedman-Lane,
     # which then replace ``fl_fit`` and ``fl_res``)
     design: str | None = field(init=False)
@@ -502,7 +502,7 @@ class _Engine:
         """Pooled coefficient, variance, z and tau2 maps of permutation ``b`` of ``codes``.
 
         ``codes=None`` is the identity: the imputations themselves, fitted with the estimator's
-        kernel (:func:`analysis.sdm.re_kernels.run_kernel` with ``A = 0, c = 1``), so its z map
+        kernel (:func:`analysis.sdm.statistics.re_kernels.run_kernel` with ``A = 0, c = 1``), so its z map
         is the estimator's. ``tfce_null`` permutes the subject images of the TFCE null.
         """
         inp = self.inputs
@@ -614,7 +614,7 @@ class PermutationResult:
 
     def save(self, out_dir: str | Path, prefix: str = "") -> list[Path]:
         """Write the corrected-p maps (``<prefix>corrp_*.nii.gz``) and ``fwe/maxima.tsv``."""
-        from analysis.sdm.io import save_nifti, write_tsv
+        from analysis.sdm.inputs.io import save_nifti, write_tsv
 
         out_dir = Path(out_dir)
         written = []
@@ -697,13 +697,13 @@ def psi_permutation_test(result_or_inputs, n_permutations: int = N_PERMUTATIONS,
         Between-study variance estimator of every fit (default: the inputs', i.e. the
         estimator's; DerSimonian-Laird as SDM-PSI).
     tfce_params : dict, optional
-        ``E``, ``H``, ``n_steps``, ``connectivity`` of :func:`analysis.sdm.tfce.tfce` (default
+        ``E``, ``H``, ``n_steps``, ``connectivity`` of :func:`analysis.sdm.inference.tfce.tfce` (default
         SDM-PSI's 0.5, 2, 100, 6).
     precision : {"single", "double"}
         Arithmetic of the per-study terms of the permuted fits where the voxel-blocked kernel
         applies (numba back-end, DerSimonian-Laird fits of the designs ``[1]`` and ``[1, x]``:
-        :func:`analysis.sdm.re_kernels.permuted_mean` and
-        :func:`analysis.sdm.re_kernels.permuted_slope`); tau2 and Rubin's rules are always
+        :func:`analysis.sdm.statistics.re_kernels.permuted_mean` and
+        :func:`analysis.sdm.statistics.re_kernels.permuted_slope`); tau2 and Rubin's rules are always
         double. ``"single"`` halves the kernel time; the permuted z maps differ from
         ``"double"`` by less than 1e-6. The observed (identity) maps are always the
         estimator's, in double precision.

@@ -4,7 +4,7 @@ Loops over voxels and uses :mod:`scipy.optimize` directly, following the formula
 (Radua et al. 2015; ``metansue`` R package) and of REML random effects (Viechtbauer 2005)
 without any of the fast path's tricks (no vectorisation, no unique-pattern compression, no
 one-step leave-one-out approximation: every leave-one-out candidate is refitted). Used by the
-tests on small masks to check :mod:`analysis.sdm.metansue` and the statistics core
+tests on small masks to check :mod:`analysis.sdm.statistics.metansue` and the statistics core
 (:mod:`analysis.sdm.statistics`), and by the benchmark for the speed ratio. Slow by design.
 
 It is deliberately independent of the statistics core: REML tau2 by direct bounded
@@ -22,8 +22,8 @@ import numpy as np
 from scipy import optimize
 from scipy.stats import norm
 
-from analysis.sdm.metansue import KNOWN_TOL, TAU2_MAX, leave_n_out_count
 from analysis.sdm.statistics.hedges import g_variance, variance_coefficients
+from analysis.sdm.statistics.metansue.settings import KNOWN_TOL, TAU2_MAX, leave_n_out_count
 
 LGR = logging.getLogger(__name__)
 

@@ -102,7 +102,7 @@ BENCHMARKS = {
 }
 
 
-if __name__ == "__main__":  # python -m analysis.bench.characterisation
+if __name__ == "__main__":  # python -m analysis.bench.characterisation_macm
     import json
 
     logging.basicConfig(level=logging.INFO)

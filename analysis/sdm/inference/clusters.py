@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.stats import norm
 
-from analysis.sdm.space import connectivity_structure, ijk_to_mni
+from analysis.sdm.maps.space import connectivity_structure, ijk_to_mni
 
 LGR = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def threshold_clusters(
     ----------
     z_vec : array-like
         SDM-Z over the voxels of ``space``.
-    space : analysis.sdm.space.MaskSpace
+    space : analysis.sdm.maps.space.MaskSpace
         The voxel space.
     p_threshold : float, optional
         Voxel threshold: a voxel is supra-threshold when its one-tailed p < ``p_threshold``

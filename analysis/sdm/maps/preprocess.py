@@ -2,7 +2,7 @@
 
 For a study with sample size ``n1`` (``n2`` NaN for one-sample studies), voxel threshold
 ``t_thr`` and peaks ``p`` with effect ``g_p`` (Hedges g from the peak t, as in the ``metansue``
-R package of Radua) and kernel weights ``K_p(v)`` (:mod:`analysis.sdm.kernel`), SDM-PSI's bounds
+R package of Radua) and kernel weights ``K_p(v)`` (:mod:`analysis.sdm.maps.kernel`), SDM-PSI's bounds
 are (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184; the formula reproduces the SDM-PSI
 v6.21 bound maps of Enge et al. 2021, NeuroImage 241:118436, exactly)::
 
@@ -57,10 +57,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.effect_sizes import g_from_t
 from analysis.sdm.errors import DataError
+from analysis.sdm.maps.space import MaskSpace
 from analysis.sdm.progress import progress as progress_bar
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.statistics.effect_sizes import g_from_t
 
 LGR = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Bounds:
         """Write ``<study>_lower.nii.gz`` / ``<study>_upper.nii.gz`` (SDM's ``pp/`` layout)."""
         from pathlib import Path
 
-        from analysis.sdm.io import save_nifti
+        from analysis.sdm.inputs.io import save_nifti
 
         out_dir = Path(out_dir)
         paths = []
@@ -247,7 +247,7 @@ def study_bounds(peaks_df: pd.DataFrame, n1, n2, t_thr, space: MaskSpace, kernel
     space : MaskSpace
         Voxel space.
     kernel : object
-        Has ``weights(xyz) -> (indices, K)`` (:mod:`analysis.sdm.kernel`).
+        Has ``weights(xyz) -> (indices, K)`` (:mod:`analysis.sdm.maps.kernel`).
     unknown_peak_mode : {"corrected", "sdm621"}
         Effect given to peaks without a statistic.
     combine : {"weighted", "maxmin", "maxk"}
@@ -334,7 +334,7 @@ def recreation_space(space: MaskSpace, recreation_mask=None) -> tuple[MaskSpace,
     """Where study maps are recreated for an analysis on ``space``.
 
     Peaks outside the recreation mask keep their position; their kernel reaches the mask's
-    voxels around them (SDM-PSI v6.21, :mod:`analysis.sdm.kernel`). When ``space`` is a proper
+    voxels around them (SDM-PSI v6.21, :mod:`analysis.sdm.maps.kernel`). When ``space`` is a proper
     sub-region of the recreation mask (a region of interest), the maps must still be recreated
     on the whole mask and then restricted: recreated on the region itself, every peak elsewhere
     in the brain would be moved onto the region's edge as a full-strength known effect (found by
@@ -371,7 +371,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
                path_model: str = "gaussian", combine: str = "weighted",
                outside_stretch: float = 1.5, outside_radius: float = 16.0,
                recreation_mask=None, kernel=None, progress: bool = True) -> Bounds:
-    """Bound maps of every study of an :class:`~analysis.sdm.dataset.SDMDataset`.
+    """Bound maps of every study of an :class:`~analysis.sdm.inputs.dataset.SDMDataset`.
 
     Parameters
     ----------
@@ -386,16 +386,16 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     unknown_peak_mode : {"corrected", "sdm621"}
         Effect of peaks without a statistic (module docstring).
     template : str or numpy.ndarray
-        Stretch template of the anisotropic kernel (:func:`analysis.sdm.kernel.make_kernel`):
-        a name of :mod:`analysis.sdm.templates` (default ``"enge_fit"``, the template fitted on
+        Stretch template of the anisotropic kernel (:func:`analysis.sdm.maps.kernel.make_kernel`):
+        a name of :mod:`analysis.sdm.maps.templates` (default ``"enge_fit"``, the template fitted on
         SDM-PSI's own maps and shipped with the engine) or an array fitted by
-        :mod:`analysis.sdm.kernel_fit`.
+        :mod:`analysis.kernel_template`.
     path_model : {"gaussian", "product"}
-        See :class:`analysis.sdm.kernel.AnisotropicKernel`.
+        See :class:`analysis.sdm.maps.kernel.AnisotropicKernel`.
     combine : {"weighted", "maxmin", "maxk"}
         Rule for several peaks of a study.
     outside_stretch, outside_radius : float
-        Peaks outside the mask (:func:`analysis.sdm.kernel.make_kernel`).
+        Peaks outside the mask (:func:`analysis.sdm.maps.kernel.make_kernel`).
     recreation_mask : nibabel image, optional
         The mask the maps are recreated on when ``space`` is a region of it
         (:func:`recreation_space`); default ``space`` itself.
@@ -414,7 +414,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     Radua J et al. (2012) Eur Psychiatry 27:605-611; Radua J et al. (2014) Front Psychiatry 5:13;
     Albajes-Eizagirre A et al. (2019) NeuroImage 186:174-184.
     """
-    from analysis.sdm.kernel import make_kernel
+    from analysis.sdm.maps.kernel import make_kernel
 
     if combine not in COMBINE_RULES:
         raise ValueError(f"combine must be one of {COMBINE_RULES}, got {combine!r}")

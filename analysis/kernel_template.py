@@ -2,12 +2,12 @@
 
 SDM-PSI's correlation templates (Radua et al. 2014, Front Psychiatry 5:13) are distributed only
 with its binaries, but its bound maps reveal its kernel: with one kernel weight ``K`` and one
-effect ``g`` per voxel (:mod:`analysis.sdm.preprocess`), ``upper - lower = 2 g_thr (1 - K)``, so
+effect ``g`` per voxel (:mod:`analysis.sdm.maps.preprocess`), ``upper - lower = 2 g_thr (1 - K)``, so
 ``K = 1 - (upper - lower) / (2 g_thr)`` whatever the peaks' effects, and for several peaks
 ``K = max_p K_p``. The public SDM-PSI v6.21 run of Enge et al. (2021, NeuroImage 241:118436;
 mirrored dataset ``validation/enge2021_sdm``) holds these maps for 50 studies (687 peaks).
 
-Model (:class:`analysis.sdm.kernel.AnisotropicKernel`, ``path_model="gaussian"``)
+Model (:class:`analysis.sdm.maps.kernel.AnisotropicKernel`, ``path_model="gaussian"``)
     ``K = exp(-D^2 / (2 sigma^2))`` with ``D`` the shortest path from the peak voxels through
     the 26-neighbour mask graph whose edges have length ``l * s``. The implied distance
     ``D = sigma sqrt(2 ln 1/K)`` of a study is then a multi-source geodesic distance, and along
@@ -22,12 +22,12 @@ Fit (:func:`fit_edge_stretch`, :func:`assemble_stretch`)
     mean of its two voxels' median steepest slopes (over studies), never less than its largest
     observed slope; voxels no training study reached (0.3 %) take the median voxel slope
     (0.87). No other parameter is fitted on the maps; the stretch outside the mask
-    (``outside_stretch``, :mod:`analysis.sdm.kernel`) was chosen on the training studies among
+    (``outside_stretch``, :mod:`analysis.sdm.maps.kernel`) was chosen on the training studies among
     1.0, 1.5, 2.0.
 
 Split (:func:`split_studies`)
     Studies sorted by id; even positions (0, 2, ...) train, odd positions are held out. The
-    engine's default template (``"enge_fit"`` of :mod:`analysis.sdm.templates`, shipped
+    engine's default template (``"enge_fit"`` of :mod:`analysis.sdm.maps.templates`, shipped
     precomputed; :func:`analysis.resources.write_stretch_resource` rebuilds it) is fitted on the
     training half only, so the held-out figures of :func:`evaluate` describe it.
 
@@ -42,8 +42,8 @@ import time
 
 import numpy as np
 
-from analysis.sdm.kernel import OFFSETS, TRUNCATE, fwhm_to_sigma, mask_edges
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.maps.kernel import OFFSETS, TRUNCATE, fwhm_to_sigma, mask_edges
+from analysis.sdm.maps.space import MaskSpace
 
 LGR = logging.getLogger(__name__)
 
@@ -177,9 +177,9 @@ def load_enge(folder):
 
     import nibabel as nib
 
-    from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.effect_sizes import g_from_t
-    from analysis.sdm.preprocess import read_bound_maps
+    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.sdm.maps.preprocess import read_bound_maps
+    from analysis.sdm.statistics.effect_sizes import g_from_t
 
     folder = Path(folder)
     ds = SDMDataset.from_sdm_project(folder)
@@ -229,7 +229,7 @@ def outside_mask_peaks(ds, space: MaskSpace, lower, upper, g_thr, sigma: float):
     """
     import pandas as pd
 
-    from analysis.sdm.kernel import _tree, peak_position, peak_voxels
+    from analysis.sdm.maps.kernel import _tree, peak_position, peak_voxels
 
     rows = []
     tree = _tree(space)
@@ -279,8 +279,8 @@ def evaluate(folder, *, template=None, outside_stretch: float = 1.5,
     """
     import pandas as pd
 
-    from analysis.sdm.kernel import IsotropicKernel, make_kernel
-    from analysis.sdm.preprocess import preprocess
+    from analysis.sdm.maps.kernel import IsotropicKernel, make_kernel
+    from analysis.sdm.maps.preprocess import preprocess
 
     ds, space, lo, up, g_thr = load_enge(folder)
     train, test = split_studies(ds.ids)

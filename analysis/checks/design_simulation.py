@@ -78,7 +78,7 @@ from analysis.sdm.errors import DataError
 
 LGR = logging.getLogger(__name__)
 
-#: sign of an effect -> direction label of Table 3 and of :mod:`analysis.sdm.clusters`
+#: sign of an effect -> direction label of Table 3 and of :mod:`analysis.sdm.inference.clusters`
 DIRECTION_OF_SIGN = {1: "Patients>Controls", -1: "Patients<Controls"}
 #: direction label -> sign
 SIGN_OF_DIRECTION = {v: k for k, v in DIRECTION_OF_SIGN.items()}
@@ -112,7 +112,7 @@ def design_quotas(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict[str, dict[
     Parameters
     ----------
     studies : DataFrame
-        ``study`` and ``contrasts_reported`` (:func:`analysis.sdm.studies.load_studies`).
+        ``study`` and ``contrasts_reported`` (:func:`analysis.sdm.inputs.studies.load_studies`).
     peaks : DataFrame
         ``study`` and ``sign`` of every listed peak (real or stand-in).
 
@@ -176,7 +176,7 @@ def simulate_design(studies: pd.DataFrame, quotas: dict, seed: int, stream: str,
     -------
     peaks : list of DataFrame
         One peak table per scale with ``study, x, y, z, t, sign`` (ready for
-        :class:`analysis.sdm.dataset.SDMDataset`).
+        :class:`analysis.sdm.inputs.dataset.SDMDataset`).
     true_g : ndarray, shape (len(scales), n_studies, n_effects)
         Each study's true effect at each planted effect.
     """
@@ -219,19 +219,19 @@ def fit_peaks(studies: pd.DataFrame, peaks: pd.DataFrame, space, kernel, estimat
     space : MaskSpace
         Analysis space (maps are recreated on the kernel's space and restricted to it).
     kernel : object
-        A prepared kernel (:func:`analysis.sdm.kernel.make_kernel`), reused across
+        A prepared kernel (:func:`analysis.sdm.maps.kernel.make_kernel`), reused across
         meta-analyses for its peak cache.
     estimator : SDMPSI
         The configured estimator (imputations, heterogeneity, seed).
     unknown_peak_mode, combine : str
-        As :func:`analysis.sdm.preprocess.preprocess`.
+        As :func:`analysis.sdm.maps.preprocess.preprocess`.
 
     Returns
     -------
     MetaResult
     """
-    from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.preprocess import preprocess
+    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.sdm.maps.preprocess import preprocess
 
     ds = SDMDataset(studies[["study", "n1", "n2", "t_thr"]].reset_index(drop=True),
                     peaks.reset_index(drop=True))
@@ -250,7 +250,7 @@ def null_maxima(z: np.ndarray, space, tfce_params: dict | None = None) -> dict:
     space : MaskSpace
         Its voxel space.
     tfce_params : dict, optional
-        ``E, H, n_steps, connectivity`` of :func:`analysis.sdm.tfce.tfce`; ``None`` skips TFCE
+        ``E, H, n_steps, connectivity`` of :func:`analysis.sdm.inference.tfce.tfce`; ``None`` skips TFCE
         (NaN).
 
     Returns
@@ -262,7 +262,7 @@ def null_maxima(z: np.ndarray, space, tfce_params: dict | None = None) -> dict:
     z = np.where(np.isfinite(z), np.asarray(z, dtype=float), 0.0)
     out = {"max_z": float(z.max()), "max_neg_z": float((-z).max())}
     if tfce_params is not None:
-        from analysis.sdm.tfce import tfce
+        from analysis.sdm.inference.tfce import tfce
 
         pos, neg = tfce(z, space, **tfce_params)
         out.update(max_tfce=float(pos.max()), max_neg_tfce=float(neg.max()))
@@ -471,7 +471,7 @@ def match_locations(clusters, space, locations: pd.DataFrame, radius: float,
     Parameters
     ----------
     clusters : ClusterResult
-        :func:`analysis.sdm.clusters.threshold_clusters` output (cluster peaks with ``voxel``;
+        :func:`analysis.sdm.inference.clusters.threshold_clusters` output (cluster peaks with ``voxel``;
         ``labels`` over the voxels).
     space : MaskSpace
         Its voxel space.

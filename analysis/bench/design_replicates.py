@@ -57,7 +57,7 @@ def run_design(null_replicates: int = DEFAULTS["null_replicates"],
     from pathlib import Path
 
     from analysis import paths
-    from analysis.checks.design import read_permutation_maxima
+    from analysis.checks.design_simulation import read_permutation_maxima
     from analysis.config import load_config
     from analysis.sdm.rng import derive_rng
     from analysis.stages.design import compute, design_params

@@ -2,7 +2,7 @@
 
 A kernel turns one reported peak into a weight map ``K`` over the in-mask voxels, ``K = 1`` at
 the peak and ``K -> 0`` far from it. The bound maps of a study (see
-:mod:`analysis.sdm.preprocess`) are then ``lower = -g_thr + K (g_p + g_thr)`` and
+:mod:`analysis.sdm.maps.preprocess`) are then ``lower = -g_thr + K (g_p + g_thr)`` and
 ``upper = g_thr + K (g_p - g_thr)``.
 
 Isotropic kernel
@@ -20,7 +20,7 @@ Anisotropic kernel (AES-SDM: Radua et al. 2014, Front Psychiatry 5:13)
     anisotropic") and ``D`` the shortest path from the peak to the voxel through the mask
     graph (26-connected neighbours), where each edge between neighbours ``v, w`` at distance
     ``l`` mm has the length ``l * s(v, w)``; the *stretch* ``s`` comes from a correlation
-    template (:mod:`analysis.sdm.templates`): ``s < 1`` where neighbouring voxels are strongly
+    template (:mod:`analysis.sdm.maps.templates`): ``s < 1`` where neighbouring voxels are strongly
     correlated, ``s > 1`` across tissue boundaries. Writing ``alpha * 2 sigma^2 ln(1/r)`` for
     ``alpha * D^2`` gives the "virtual distance" ``vd^2 = (1-alpha) d^2 + alpha 2 sigma^2
     ln(1/r(v, p))`` as transcribed in T. Salo's draft SDM-PSI estimator for NiMARE (pull
@@ -51,7 +51,7 @@ Truncation
 
 Limits: SDM's own correlation templates are distributed only with its binaries, so the
 anisotropic kernel here is a documented reconstruction, its stretch template fitted on SDM-PSI's
-bound maps of Enge et al. (2021) (:mod:`analysis.sdm.kernel_fit`); the measured agreement with
+bound maps of Enge et al. (2021) (:mod:`analysis.kernel_template`); the measured agreement with
 SDM-PSI's kernel is reported in ``tests/test_sdm_preprocess.py`` (the tests of bound-map
 agreement with SDM-PSI's maps).
 """
@@ -68,7 +68,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
-from analysis.sdm.space import MaskSpace, mni_to_ijk, neighbour_indices
+from analysis.sdm.maps.space import MaskSpace, mni_to_ijk, neighbour_indices
 
 LGR = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class AnisotropicKernel:
         Voxel space; paths run through in-mask voxels only.
     stretch : numpy.ndarray, shape (13, X, Y, Z)
         Edge stretch ``s`` for each forward offset of :data:`OFFSETS` at each voxel (the edge
-        from ``v`` to ``v + offset``), from :func:`analysis.sdm.templates.stretch_template`.
+        from ``v`` to ``v + offset``), from :func:`analysis.sdm.maps.templates.stretch_template`.
     fwhm : float
         FWHM of the Gaussian in mm.
     anisotropy : float
@@ -379,9 +379,9 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
         Degree of anisotropy in [0, 1].
     template : str or numpy.ndarray
         A stretch template (array of shape (13, X, Y, Z), e.g. fitted on SDM-PSI's maps by
-        :mod:`analysis.sdm.kernel_fit`) or the name of one of
-        :func:`analysis.sdm.templates.stretch_template` (default ``"enge_fit"``, the template
-        fitted on SDM-PSI's own maps, :data:`analysis.sdm.templates.DEFAULT_TEMPLATE`).
+        :mod:`analysis.kernel_template`) or the name of one of
+        :func:`analysis.sdm.maps.templates.stretch_template` (default ``"enge_fit"``, the template
+        fitted on SDM-PSI's own maps, :data:`analysis.sdm.maps.templates.DEFAULT_TEMPLATE`).
     path_model : str
         See :class:`AnisotropicKernel`.
     outside_stretch : float
@@ -396,7 +396,7 @@ def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0
     """
     if anisotropy == 0.0:
         return IsotropicKernel(space, fwhm)
-    from analysis.sdm.templates import stretch_template
+    from analysis.sdm.maps.templates import stretch_template
 
     if isinstance(template, str):
         stretch = stretch_template(template, space.affine, space.shape)

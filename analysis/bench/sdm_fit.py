@@ -4,9 +4,6 @@ Registered in ``python -m analysis bench`` as ``meta``. In one process it times
 
 * the engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``data/`` (11 studies, grey-matter
   mask, 50 imputations), after a small warm-up fit that compiles the numba kernels;
-* the straightforward per-voxel reference of the same maths
-  (:func:`analysis.sdm.reference.reference_meta`) on the first voxels of the same bound maps,
-  extrapolated linearly to the whole mask (labelled as such);
 * NiMARE's ``MKDADensity`` fit (no correction) on the same MNI peaks, as the familiar
   point of comparison for a coordinate-based meta-analysis.
 """
@@ -36,12 +33,11 @@ def _nimare_dataset(dataset):
     return Dataset(studies)
 
 
-@register("meta", "SDM mean analysis of data/ (50 imputations) vs per-voxel reference and NiMARE")
+@register("meta", "SDM mean analysis of data/ (50 imputations) vs NiMARE")
 def bench_meta(args: argparse.Namespace) -> dict:
     from analysis import paths
     from analysis.config import load_config
     from analysis.grid import gm_mask
-    from analysis.sdm.reference import reference_meta
     from analysis.stages import params
 
     cfg = load_config()
@@ -55,13 +51,6 @@ def bench_meta(args: argparse.Namespace) -> dict:
                                                                              mask_img=mask)
     t_engine = time.perf_counter() - t0
     rss = peak_rss_gb()
-
-    n_ref = 60
-    b = res.bounds
-    t0 = time.perf_counter()
-    reference_meta(b.lower[:, :n_ref], b.upper[:, :n_ref], b.n1, b.n2,
-                   imputations=imputations, rng=np.random.default_rng(0))
-    t_ref = (time.perf_counter() - t0) * res.space.n_voxels / n_ref
 
     t_nimare = None
     try:
@@ -79,12 +68,10 @@ def bench_meta(args: argparse.Namespace) -> dict:
         "metrics": {"studies": len(dataset.ids), "voxels": res.space.n_voxels,
                     "imputations": imputations, "engine_s": round(t_engine, 2),
                     "engine_stages_s": res.timings, "peak_rss_gb": round(rss, 2),
-                    "reference_s_extrapolated": round(t_ref, 1),
                     "nimare_mkda_density_s": None if t_nimare is None else round(t_nimare, 2)},
-        "ratios": {"reference_over_engine": round(t_ref / t_engine, 1),
-                   "nimare_over_engine": None if t_nimare is None
+        "ratios": {"nimare_over_engine": None if t_nimare is None
                    else round(t_nimare / t_engine, 2)},
-        "notes": [f"reference timed on {n_ref} voxels and extrapolated to the mask", note,
+        "notes": [note,
                   "targets: engine < 20 s on 2 cores, peak memory < 4 GB"],
     }
 
@@ -106,11 +93,11 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
 
     from analysis.config import load_config
     from analysis.fetch import fetch_dataset
-    from analysis.sdm.dataset import SDMDataset
     from analysis.sdm.estimator import design_matrix
-    from analysis.sdm.metansue import censored_mle
-    from analysis.sdm.preprocess import read_bound_maps
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.sdm.maps.preprocess import read_bound_maps
+    from analysis.sdm.maps.space import MaskSpace
+    from analysis.sdm.statistics.metansue.mle import censored_mle
     from analysis.stages import params
 
     cfg = load_config()

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from scipy import ndimage
 
-from analysis.sdm.space import connectivity_structure, neighbour_indices
+from analysis.sdm.maps.space import connectivity_structure, neighbour_indices
 
 LGR = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def neighbour_table(mask: np.ndarray) -> np.ndarray:
     ----------
     mask : ndarray of bool (3-D)
         Analysis mask; voxels are numbered in C order of ``np.nonzero(mask)`` (the order of
-        :class:`analysis.sdm.space.MaskSpace`).
+        :class:`analysis.sdm.maps.space.MaskSpace`).
 
     Returns
     -------
@@ -125,7 +125,7 @@ def _cached_table(key: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def space_neighbours(space) -> np.ndarray:
-    """Cached :func:`neighbour_table` of a :class:`~analysis.sdm.space.MaskSpace`."""
+    """Cached :func:`neighbour_table` of a :class:`~analysis.sdm.maps.space.MaskSpace`."""
     return _cached_table(np.packbits(space.mask.ravel()).tobytes(), tuple(space.shape))
 
 

@@ -13,7 +13,7 @@ An SDM project folder holds
 
 Reading is strict, every problem located by file, line and field: a peak file with no peak (use
 ``no_peaks``), a ``no_peaks`` file holding peaks, a ``<name>.<suffix>.txt`` file with an unknown
-suffix, a study listed twice in ``sdm_table.txt``, |t| above :data:`analysis.sdm.coords.MAX_ABS_T`,
+suffix, a study listed twice in ``sdm_table.txt``, |t| above :data:`analysis.sdm.inputs.coords.MAX_ABS_T`,
 peaks more than :data:`OUTSIDE_BRAIN_MM` from the MNI152 brain mask, and every study-table
 problem (``n1 = 0``, ``t_thr = "high"``...) reported against ``sdm_table.txt`` and its own column
 names (:func:`check_sdm_table`).
@@ -21,7 +21,7 @@ names (:func:`check_sdm_table`).
 :func:`read_sdm_project` gives the compendium's tables: a ``studies.tsv``-compatible table (text
 cells kept as written, so nothing is lost; columns ``study, design, n_patients, n_controls,
 t_thr, threshold, peak_file`` then the covariates) and a ``peaks.tsv`` table
-(:data:`analysis.sdm.peaks.PEAK_COLUMNS`).
+(:data:`analysis.sdm.inputs.peaks.PEAK_COLUMNS`).
 
 Provenance survives the round trip. :func:`write_sdm_project` also writes
 :data:`PROVENANCE_FILE`, a tab-separated record of every peak line (peak file, line, the peak
@@ -29,10 +29,10 @@ file's SHA-256, ``provenance``, ``note``); SDM-PSI reads only ``sdm_table.txt`` 
 named after its studies, so it ignores this file. :func:`read_sdm_project` gives each peak the
 provenance recorded for its line when the peak file is unchanged (same SHA-256); any other peak
 gets the source the importer declares (``sdm-import:<source>``, counted as real) or, without
-one, ``unknown:`` (:data:`analysis.sdm.peaks.UNKNOWN_LABEL`), which is never counted as real.
+one, ``unknown:`` (:data:`analysis.sdm.inputs.peaks.UNKNOWN_LABEL`), which is never counted as real.
 Exported simulated stand-ins therefore come back as stand-ins, never as real data.
 :func:`write_sdm_project` writes such a folder from either those tables or the validated ones of
-:func:`analysis.sdm.studies.load_studies` / :func:`analysis.sdm.peaks.load_peaks`. Numbers are written in
+:func:`analysis.sdm.inputs.studies.load_studies` / :func:`analysis.sdm.inputs.peaks.load_peaks`. Numbers are written in
 their shortest exact form, so read → write → read returns identical values.
 """
 
@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.coords import MAX_ABS_T, to_mni
 from analysis.sdm.errors import DataError, DataErrors
-from analysis.sdm.io import atomic_path, format_number, read_tsv_text, sha256_file
-from analysis.sdm.peaks import (
+from analysis.sdm.inputs.coords import MAX_ABS_T, to_mni
+from analysis.sdm.inputs.io import atomic_path, format_number, read_tsv_text, sha256_file
+from analysis.sdm.inputs.peaks import (
     OUTSIDE_BRAIN_MM,
     PEAK_COLUMNS,
     UNKNOWN_PREFIX,
@@ -58,7 +58,7 @@ from analysis.sdm.peaks import (
     check_peaks,
     format_peaks,
 )
-from analysis.sdm.studies import CORRECTED_VOXEL_P, check_studies
+from analysis.sdm.inputs.studies import CORRECTED_VOXEL_P, check_studies
 
 LGR = logging.getLogger(__name__)
 
@@ -114,9 +114,9 @@ def read_sdm_project(folder: str | Path,
         ``two-sample``), ``n_patients`` (= n1), ``n_controls`` (= n2, blank for one-sample),
         ``t_thr``, ``threshold``, ``peak_file`` (the suffix, e.g. ``other_mni``), then the
         covariate columns of ``sdm_table.txt`` in their order. Valid input for
-        :func:`analysis.sdm.studies.check_studies`.
+        :func:`analysis.sdm.inputs.studies.check_studies`.
     peaks : pandas.DataFrame
-        :data:`analysis.sdm.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
+        :data:`analysis.sdm.inputs.peaks.PEAK_COLUMNS` as text; ``peak_id`` = line order in the peak file,
         ``stat_type`` ``t`` (value signed) or ``none`` (``p``/``n`` lines), ``provenance``
         and ``note`` from :data:`PROVENANCE_FILE` where it records the unchanged peak file's
         line, else as ``source`` says.
@@ -212,7 +212,7 @@ def check_sdm_table(studies: pd.DataFrame,
                     corrected_voxel_p: float = CORRECTED_VOXEL_P) -> list[DataError]:
     """Problems of an imported study table, located in ``sdm_table.txt`` by its own names.
 
-    Runs :func:`analysis.sdm.studies.check_studies` (sample sizes, thresholds, bounds, identifiers)
+    Runs :func:`analysis.sdm.inputs.studies.check_studies` (sample sizes, thresholds, bounds, identifiers)
     on the table of :func:`read_sdm_project` and reports each problem against
     ``sdm_table.txt``, its data row and its column (``n1``, ``n2``, ``t_thr``...), not against
     the ``studies.tsv`` it would become.
@@ -322,7 +322,7 @@ def _read_peak_file(path: Path, study: str, space: str, provenance: str,
     if out:
         xyz = to_mni(np.array([[float(p[a]) for a in "xyz"] for p in out]), space)
         for line, d, (a, b, c) in zip(lines, brain_distance_mm(xyz), xyz):
-            if d > OUTSIDE_BRAIN_MM:  # the rule of analysis.sdm.peaks.check_peaks
+            if d > OUTSIDE_BRAIN_MM:  # the rule of analysis.sdm.inputs.peaks.check_peaks
                 errors.append(DataError(path.name, f"peak ({a:.1f}, {b:.1f}, {c:.1f}) MNI lies "
                                         f"more than {OUTSIDE_BRAIN_MM:g} mm outside the brain",
                                         row=line, field="x"))
@@ -377,11 +377,11 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
     Parameters
     ----------
     studies : pandas.DataFrame
-        :func:`analysis.sdm.studies.load_studies` output, or a table as returned by
+        :func:`analysis.sdm.inputs.studies.load_studies` output, or a table as returned by
         :func:`read_sdm_project` / read from a compatible ``studies.tsv`` (validated here).
     peaks : pandas.DataFrame
-        Peaks with :data:`analysis.sdm.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
-        converted to t (:mod:`analysis.sdm.coords`), unknown ones written as ``p`` / ``n``.
+        Peaks with :data:`analysis.sdm.inputs.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
+        converted to t (:mod:`analysis.sdm.inputs.coords`), unknown ones written as ``p`` / ``n``.
         Coordinates are written in their own space, with the suffix recorded in the studies'
         ``peak_file`` column or else ``other_mni`` / ``other_tal`` / ``spm_brett``.
     folder : path-like
@@ -394,7 +394,7 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
     default_covariates : sequence of str
         See ``covariates`` (the compendium passes its meta-regression covariates).
     corrected_voxel_p : float
-        See :func:`analysis.sdm.studies.check_studies`.
+        See :func:`analysis.sdm.inputs.studies.check_studies`.
     overwrite : bool
         Replace the project in a non-empty ``folder``: the files of the new project are
         replaced atomically, and peak files of studies that are no longer in the table are
@@ -503,11 +503,11 @@ def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str 
     """Validate and atomically write ``studies.tsv`` + ``peaks.tsv`` (text tables) together.
 
     Used by ``import-sdm``: the tables pass the rule set of ``validate-data``
-    (:func:`analysis.sdm.peaks.check_peaks`, brain mask included), so that what is imported is
+    (:func:`analysis.sdm.inputs.peaks.check_peaks`, brain mask included), so that what is imported is
     what the pipeline accepts; its warnings (peaks outside the mask but near the brain,
     repeated peaks, t below t_thr: a published project may have them) go to ``warnings`` and
     are named against the ``peaks.tsv`` written. ``peak_checks`` are ``mask_tolerance_mm`` and
-    ``t_tolerance`` of :func:`~analysis.sdm.peaks.check_peaks`.
+    ``t_tolerance`` of :func:`~analysis.sdm.inputs.peaks.check_peaks`.
     """
     s = studies.astype(object).where(studies.notna(), "").astype(str)
     s.index = pd.RangeIndex(1, len(s) + 1)

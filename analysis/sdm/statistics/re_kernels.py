@@ -2,11 +2,11 @@
 
 One implementation of the per-imputation random-effects model serves the estimator
 (:func:`analysis.sdm.estimator.analyse_imputations`) and the PSI permutation kernels
-(:mod:`analysis.sdm.permutation`): the z map of the identity permutation is the estimator's z map,
+(:mod:`analysis.sdm.inference.permutation`): the z map of the identity permutation is the estimator's z map,
 bit for bit. Two designs are compiled: intercept only (:func:`_mean_kernel`) and ``[1, x]``
 (:func:`_slope_kernel`, meta-regression on one covariate); other designs use the statistics
 core (:func:`analysis.sdm.statistics.model.fit_columns`, through
-:func:`analysis.sdm.random_effects.fit_random_effects`). These kernels are the one other
+:func:`analysis.sdm.statistics.random_effects.fit_random_effects`). These kernels are the one other
 implementation of the core's formulas (DerSimonian-Laird, REML, weighted least squares, Rubin's
 rules), written as fused loops over voxels; ``tests/test_statistics_core.py`` checks them
 against the core on random inputs.

@@ -17,7 +17,7 @@ def plot_sensitivity(summary: pd.DataFrame, published: pd.DataFrame, *, title: s
     Parameters
     ----------
     summary : DataFrame
-        :func:`analysis.checks.design.summarise_sensitivity` output (``location, direction,
+        :func:`analysis.checks.design_simulation.summarise_sensitivity` output (``location, direction,
         effect_size, p_detect*, p_detect_fwe, p_detect_covered*, g_mean, g_lower, g_upper``).
     published : DataFrame
         Table 3 (``aal_label`` or ``region``, ``hedges_g``, ``sdm_z``), row ``i - 1`` for

@@ -61,7 +61,7 @@ def pool_fits(fits: dict, C=None) -> dict:
     Parameters
     ----------
     fits : dict
-        Output of :func:`analysis.sdm.random_effects.fit_random_effects` on (m, k, V) input:
+        Output of :func:`analysis.sdm.statistics.random_effects.fit_random_effects` on (m, k, V) input:
         ``beta`` (m, V, p), ``cov`` (m, V, p, p), ``tau2``, ``Q``, ``I2`` (m, V), ``df``.
     C : array-like, shape (p,), optional
         Hypothesis row (default: the first coefficient).

@@ -18,7 +18,7 @@ SDM-PSI's own per-imputation output, Li et al. 2023) or REML (``method="reml"``,
     Q = y' P_fe y  (fixed-effect weights 1/v);  df = k - p
     H2 = 1 + tau2 tr(P_fe) / df;  I2 = 1 - 1/H2
 
-The compiled fits of the estimator and the permutation test (:mod:`analysis.sdm.re_kernels`) are
+The compiled fits of the estimator and the permutation test (:mod:`analysis.sdm.statistics.re_kernels`) are
 tested against the core.
 
 References

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
 from analysis.sdm.errors import DataError, DataErrors
-from analysis.sdm.io import atomic_path, format_number, read_tsv_text
-from analysis.sdm.studies import STUDY_SPACES, reported_signs
+from analysis.sdm.inputs.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
+from analysis.sdm.inputs.io import atomic_path, format_number, read_tsv_text
+from analysis.sdm.inputs.studies import STUDY_SPACES, reported_signs
 
 LGR = logging.getLogger(__name__)
 
@@ -217,15 +217,15 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     """Validate a peak table read as text and convert every peak to MNI and t.
 
     This is the one rule set of every entry point (``peaks.tsv``, an SDM-PSI project folder, a
-    NiMARE Dataset, the engine's Python tables: :class:`analysis.sdm.dataset.SDMDataset`). What
+    NiMARE Dataset, the engine's Python tables: :class:`analysis.sdm.inputs.dataset.SDMDataset`). What
     SDM-PSI itself refuses or cannot compute with is an error; what it accepts although a real
     project is merely untidy is a warning. Sources of each rule:
 
     - errors: a coordinate or statistic that is not a finite number, a zero t or a t whose sign
       contradicts the peak's sign, p outside (0, 1) (SDM-PSI's peak format: ``x,y,z,t`` with a
       signed non-zero t, or ``p``/``n``; SDM-PSI manual and Albajes-Eizagirre et al. 2019);
-      |t| above :data:`analysis.sdm.coords.MAX_ABS_T` or |z| above
-      :data:`analysis.sdm.coords.MAX_ABS_Z` (plausibility; Enge et al. 2021 truncated t > 50 to
+      |t| above :data:`analysis.sdm.inputs.coords.MAX_ABS_T` or |z| above
+      :data:`analysis.sdm.inputs.coords.MAX_ABS_Z` (plausibility; Enge et al. 2021 truncated t > 50 to
       50 before entering them in SDM-PSI); a peak more than :data:`OUTSIDE_BRAIN_MM` outside the
       MNI152 brain (a gross coordinate error); unknown studies and spaces (SDM-PSI matches peak
       files to ``sdm_table.txt`` rows and reads only its six suffixes);
@@ -238,9 +238,9 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     Parameters
     ----------
     raw : pandas.DataFrame
-        Output of :func:`analysis.sdm.io.read_tsv_text` (index = data row number).
+        Output of :func:`analysis.sdm.inputs.io.read_tsv_text` (index = data row number).
     studies : pandas.DataFrame
-        Validated study table (:func:`analysis.sdm.studies.load_studies`); gives df, the study's
+        Validated study table (:func:`analysis.sdm.inputs.studies.load_studies`); gives df, the study's
         space and its reported contrasts.
     file : str
         File name used in error messages.
@@ -434,7 +434,7 @@ def _brain_distance() -> tuple[np.ndarray, np.ndarray]:
     """Distance (mm) of every grid voxel to the MNI152 2 mm brain mask, and the mask's affine."""
     from scipy.ndimage import distance_transform_edt
 
-    from analysis.sdm.space import brain_mask
+    from analysis.sdm.maps.space import brain_mask
 
     mask = brain_mask()
     data = np.asarray(mask.dataobj) > 0
@@ -445,7 +445,7 @@ def brain_distance_mm(xyz_mni) -> np.ndarray:
     """Distance (mm) of each MNI point from the MNI152 2 mm brain mask (0 inside; inf off the
     grid or for a non-finite coordinate); the nearest grid voxel is used.
     """
-    from analysis.sdm.space import mni_to_ijk
+    from analysis.sdm.maps.space import mni_to_ijk
 
     xyz = np.atleast_2d(np.asarray(xyz_mni, dtype=float))
     dist, affine = _brain_distance()
@@ -507,12 +507,12 @@ def load_peaks(data_dir: str | Path, studies: pd.DataFrame | None = None, *,
     data_dir : path-like, optional
         Folder holding ``peaks.tsv`` (and ``studies.tsv`` when ``studies`` is not given).
     studies : pandas.DataFrame, optional
-        Validated study table (default :func:`analysis.sdm.studies.load_studies` of ``data_dir``).
+        Validated study table (default :func:`analysis.sdm.inputs.studies.load_studies` of ``data_dir``).
     check_mask : bool
         Reject peaks outside the brain mask (see :func:`check_peaks`).
     **checks
         ``mask_tolerance_mm``, ``t_tolerance`` of :func:`check_peaks` and
-        ``corrected_voxel_p`` of :func:`analysis.sdm.studies.check_studies`.
+        ``corrected_voxel_p`` of :func:`analysis.sdm.inputs.studies.check_studies`.
 
     Returns
     -------
@@ -527,7 +527,7 @@ def load_peaks(data_dir: str | Path, studies: pd.DataFrame | None = None, *,
     DataError, DataErrors
         Any invalid cell (all of them are listed).
     """
-    from analysis.sdm.studies import load_studies
+    from analysis.sdm.inputs.studies import load_studies
 
     ddir = Path(data_dir)
     study_kw, peak_kw = _split_checks(checks)
@@ -598,7 +598,7 @@ def write_peaks(df: pd.DataFrame, data_dir: str | Path, studies: pd.DataFrame | 
     pathlib.Path
         The written file.
     """
-    from analysis.sdm.studies import load_studies
+    from analysis.sdm.inputs.studies import load_studies
 
     ddir = Path(data_dir)
     study_kw, peak_kw = _split_checks(checks)

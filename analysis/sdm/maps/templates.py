@@ -39,14 +39,14 @@ Tissue-similarity model ("gray_matter")
 Fitted template ("enge_fit", the default)
     The edge stretch fitted on SDM-PSI v6.21's own bound maps of the 25 studies at even
     positions of the sorted study list of Enge et al. (2021, NeuroImage 241:118436)
-    (:func:`analysis.sdm.kernel_fit.fit_enge_template`), shipped precomputed with the engine
+    (:func:`analysis.kernel_template.fit_enge_template`), shipped precomputed with the engine
     (``analysis/sdm/data/stretch_enge2021.npz``, :data:`ENGE_TEMPLATE_RESOURCE`; no fit at
     first use). Of the template only the edges of SDM-PSI's grey-matter mask
-    (:func:`analysis.sdm.space.sdm_gm_mask`, 2,345,776 edges; fetched on first use, so loading
+    (:func:`analysis.sdm.maps.space.sdm_gm_mask`, 2,345,776 edges; fetched on first use, so loading
     this template needs that file too) carry fitted values; every other
     edge of the grid has one value, the median fitted voxel slope (0.868). The file stores
     exactly that: the edge values as float32 in the order of
-    :func:`analysis.sdm.kernel.mask_edges` on SDM-PSI's mask (their four bytes as four planes,
+    :func:`analysis.sdm.maps.kernel.mask_edges` on SDM-PSI's mask (their four bytes as four planes,
     which zlib compresses 13 % better), the fill value, the SHA-256 of the assembled
     (13, 91, 109, 91) float32 array, which :func:`stretch_template` checks on loading, and its
     provenance (fit version, training studies, SHA-256 of every input file of the dataset
@@ -77,8 +77,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from analysis.sdm.kernel import OFFSETS
-from analysis.sdm.space import GRID_SHAPE, data_file_bytes, grid_affine
+from analysis.sdm.maps.kernel import OFFSETS
+from analysis.sdm.maps.space import GRID_SHAPE, data_file_bytes, grid_affine
 
 LGR = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def assemble_template(edge_values, fill: float, space) -> np.ndarray:
     Parameters
     ----------
     edge_values : array-like, shape (E,)
-        One stretch per edge of :func:`analysis.sdm.kernel.mask_edges` (its order).
+        One stretch per edge of :func:`analysis.sdm.maps.kernel.mask_edges` (its order).
     fill : float
         Stretch of every other edge of the grid.
     space : MaskSpace
@@ -205,7 +205,7 @@ def assemble_template(edge_values, fill: float, space) -> np.ndarray:
     -------
     numpy.ndarray, shape (13, X, Y, Z), float32
     """
-    from analysis.sdm.kernel import mask_edges
+    from analysis.sdm.maps.kernel import mask_edges
 
     src, _, noff, _ = mask_edges(space)
     edge_values = np.asarray(edge_values, dtype=np.float32)
@@ -238,7 +238,7 @@ def enge_template_provenance() -> dict:
 
 @lru_cache(maxsize=1)
 def _enge_template() -> np.ndarray:
-    from analysis.sdm.space import MaskSpace, sdm_gm_mask
+    from analysis.sdm.maps.space import MaskSpace, sdm_gm_mask
 
     values, fill, prov = _read_enge_resource()
     arr = assemble_template(values, fill, MaskSpace(sdm_gm_mask()))

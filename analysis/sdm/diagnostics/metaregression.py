@@ -11,7 +11,7 @@ covariates raises on a missing value unless asked to drop. The covariate is cent
 mean, like Enge et al. (2021) did for SDM-PSI's ``age_mean_c``; the slope does not depend on
 the centring. Inference at a peak is the
 two-tailed normal p of the slope's SDM-Z; family-wise inference over the brain is by
-Freedman-Lane permutation of studies (:mod:`analysis.sdm.permutation`).
+Freedman-Lane permutation of studies (:mod:`analysis.sdm.inference.permutation`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from analysis.sdm.clusters import threshold_clusters
+from analysis.sdm.inference.clusters import threshold_clusters
 
 LGR = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray,
     Parameters
     ----------
     studies : DataFrame
-        Study table (``analysis.sdm.studies.load_studies``): ``age``, ``female_pct``, ``treated``
+        Study table (``analysis.sdm.inputs.studies.load_studies``): ``age``, ``female_pct``, ``treated``
         (0/1) or any numeric column.
     covariate : str
         The column.

@@ -11,8 +11,8 @@ and the same number of fields on every line. Leading and trailing whitespace of 
 column name is removed here, once, so the validator, the loaders and every table or value
 derived from them see the same text (``"Bird2010 "`` is ``"Bird2010"`` everywhere). Problems are :class:`analysis.sdm.errors.DataError`
 naming the file, the data row (1 = first line after the header) and the field. All cells are
-returned as text; typed parsing is left to the callers (:mod:`analysis.sdm.studies`,
-:mod:`analysis.sdm.peaks`), which report every bad cell at once.
+returned as text; typed parsing is left to the callers (:mod:`analysis.sdm.inputs.studies`,
+:mod:`analysis.sdm.inputs.peaks`), which report every bad cell at once.
 """
 
 from __future__ import annotations

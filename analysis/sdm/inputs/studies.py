@@ -15,7 +15,7 @@ and the tables need:
     The voxel-level t threshold SDM-PSI needs: one-tailed ``T⁻¹_df(1 - p)`` for an
     uncorrected p; for a corrected threshold the voxel-level t actually applied is unknown and
     the rule of Enge et al. (2021) is used: t for p = ``corrected_voxel_p`` (0.05).
-    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.project`) takes precedence.
+    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.inputs.project`) takes precedence.
 ``age``
     Sample-size-weighted mean of the two groups' mean ages (NaN when either is not reported).
 ``female_pct``, ``treated``
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.coords import MAX_ABS_T, t_threshold
 from analysis.sdm.errors import DataError, DataErrors
-from analysis.sdm.io import read_tsv_text
+from analysis.sdm.inputs.coords import MAX_ABS_T, t_threshold
+from analysis.sdm.inputs.io import read_tsv_text
 
 LGR = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
     Parameters
     ----------
     raw : pandas.DataFrame
-        Output of :func:`analysis.sdm.io.read_tsv_text` (index = data row number).
+        Output of :func:`analysis.sdm.inputs.io.read_tsv_text` (index = data row number).
     file : str
         File name used in error messages.
     corrected_voxel_p : float
