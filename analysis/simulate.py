@@ -741,7 +741,7 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.sdm.inputs.studies.load_studies`): ``study, n1, n2, t_thr,
+        The study table (:func:`analysis.data_tables.load_studies`): ``study, n1, n2, t_thr,
         contrasts_reported`` and optionally ``space`` (``MNI`` or ``Talairach``; Talairach
         studies get ``TAL`` stand-ins).
     seed : int
@@ -921,7 +921,7 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     cfg : dict, optional
         Configuration.
     write : bool
-        Write the result with :func:`analysis.sdm.inputs.peaks.write_peaks` (validated, atomic; nothing
+        Write the result with :func:`analysis.data_tables.write_peaks` (validated, atomic; nothing
         is written on any error).
     n_peaks : int, "published" or None
         Total number of peaks, real and simulated; ``"published"`` (default):
@@ -942,9 +942,9 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
         The real rows alone exceed the total, or the simulated maps list too few peaks.
     """
     from analysis import paths
+    from analysis.data_tables import PEAKS_FILE, load_studies, write_peaks
     from analysis.sdm.inputs.io import read_tsv_text
-    from analysis.sdm.inputs.peaks import PEAKS_FILE, format_peaks, write_peaks
-    from analysis.sdm.inputs.studies import load_studies
+    from analysis.sdm.inputs.peaks import format_peaks
 
     _require(cfg)
     seed = int(cfg["seed"] if seed is None else seed)

@@ -262,7 +262,7 @@ def construct_standins(studies: pd.DataFrame, seed: int, cfg: dict, skip=(),
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.sdm.inputs.studies.load_studies`).
+        The study table (:func:`analysis.data_tables.load_studies`).
     seed : int
         Seed of the version-2 listing the filler peaks and counts come from; recorded in the
         provenance ``simulated:v3:seed=<seed>``.

@@ -16,6 +16,12 @@
   defines its names lazily and is not such a re-export.
 * Progress is reported through one helper (:mod:`analysis.sdm.progress`): no other module
   imports tqdm.
+* The engine's modules sit in the sub-packages its ``__init__`` names (:data:`ENGINE_LAYOUT`):
+  inputs, maps, statistics, inference, diagnostics, and the few shared modules at its top.
+* One name per thing: the name of a stage (``analysis/stages``) or of a command
+  (``analysis/commands``) names that stage or command, and at most the one module or package at
+  the top of ``analysis/`` that implements it (``commands/fetch.py`` and ``fetch.py``); no
+  other module of the package is called so (no ``bench/design.py`` beside stage ``design``).
 
 Each checker takes the package folder, so that it can be run on a small planted tree: every
 rule is shown to fail on a violation (``test_*_finds_planted_violations``).
@@ -42,6 +48,20 @@ LOADER = "config.py"
 LOADING_NAMES = {"load_config", "_load_default", "CONFIG_PATH"}
 CONFIG_FILE = re.compile(r"(^|[/\\])config\.yaml$")
 MODULE_NAME = re.compile(r"^analysis(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+#: the engine's layout: its top-level modules and its sub-packages (inputs, maps, statistics,
+#: inference, diagnostics); a module elsewhere in the engine is a violation
+ENGINE_LAYOUT = {
+    "": {"__init__", "backend", "base", "datasets", "errors", "estimator", "progress", "rng"},
+    "inputs": {"__init__", "coords", "dataset", "io", "peaks", "project", "studies"},
+    "maps": {"__init__", "kernel", "preprocess", "space", "templates"},
+    "statistics": {"__init__", "effect_sizes", "hedges", "hypothesis", "model", "pooling",
+                   "random_effects", "re_kernels", "rubin", "tau2", "wls"},
+    "statistics/metansue": {"__init__", "compiled", "imputation", "mle", "settings"},
+    "inference": {"__init__", "clusters", "correct", "permutation", "tfce"},
+    "diagnostics": {"__init__", "egger", "jackknife", "metaregression"},
+}
+#: folders whose module names are the names users type (a stage, a command)
+NAMED_FOLDERS = ("stages", "commands")
 
 
 def _modules(root: Path) -> list[Path]:
@@ -187,6 +207,35 @@ def tqdm_outside_helper(root: Path = PACKAGE_DIR) -> list[str]:
             if name == "tqdm" or name.startswith("tqdm.")]
 
 
+def engine_layout_violations(root: Path = PACKAGE_DIR, layout=None) -> list[str]:
+    """Engine modules outside :data:`ENGINE_LAYOUT`, and declared modules that are missing."""
+    layout = ENGINE_LAYOUT if layout is None else layout
+    engine = root / ENGINE
+    found = {_rel(p, engine) for p in _modules(engine)}
+    declared = {f"{pkg}/{m}.py".lstrip("/") for pkg, mods in layout.items() for m in mods}
+    return ([f"{ENGINE}/{f} is not in the engine's layout" for f in sorted(found - declared)]
+            + [f"{ENGINE}/{f} is missing" for f in sorted(declared - found)])
+
+
+def repeated_names(root: Path = PACKAGE_DIR) -> list[str]:
+    """Modules (or packages) named like a stage or a command that are neither that stage or
+    command nor the one implementation at the top of the package."""
+    names = {p.stem for d in NAMED_FOLDERS for p in (root / d).glob("*.py")
+             if p.stem != "__init__"}
+    bad = []
+    for path in _modules(root):
+        rel = path.relative_to(root)
+        parts = rel.with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if not parts or parts[0] in NAMED_FOLDERS:
+            continue
+        # parts[0]: a module or package at the top, which may implement the stage or command
+        bad += [f"{rel.as_posix()} is named like stage or command {name!r}"
+                for name in parts[1:] if name in names]
+    return sorted(set(bad))
+
+
 # --------------------------------------------------------------------------------------------
 # the package as it is
 # --------------------------------------------------------------------------------------------
@@ -222,6 +271,14 @@ def test_progress_goes_through_the_helper():
     assert tqdm_outside_helper() == []
 
 
+def test_engine_modules_sit_in_the_declared_sub_packages():
+    assert engine_layout_violations() == []
+
+
+def test_one_name_per_stage_and_command():
+    assert repeated_names() == []
+
+
 # --------------------------------------------------------------------------------------------
 # every rule fails on a violation planted in a small tree
 # --------------------------------------------------------------------------------------------
@@ -253,6 +310,39 @@ def test_the_clean_planted_tree_passes(tmp_path):
     assert config_loads_outside_readers(root, readers=("commands/run.py",)) == []
     assert tqdm_outside_helper(root) == []
     assert reexports(root) == []
+    assert repeated_names(root) == []
+
+
+def test_engine_rule_covers_the_sub_packages(tmp_path):
+    root = _plant(tmp_path, {**CLEAN, "sdm/inputs/planted.py": "import analysis.io\n",
+                             "sdm/statistics/metansue/planted.py": (
+                                 "def f():\n    from analysis import config\n    return config\n")})
+    assert engine_violations(root) == [
+        "sdm/inputs/planted.py:1 imports analysis.io",
+        "sdm/statistics/metansue/planted.py:2 imports analysis.config",
+    ]
+
+
+def test_layout_rule_finds_planted_violations(tmp_path):
+    root = _plant(tmp_path, {**CLEAN, "sdm/kernel_fit.py": ""})
+    layout = {"": {"__init__", "progress"}, "maps": {"space", "kernel"}}
+    assert engine_layout_violations(_plant(tmp_path / "clean", CLEAN),
+                                    {"": {"__init__", "progress"}, "maps": {"space"}}) == []
+    assert engine_layout_violations(root, layout) == [
+        "sdm/kernel_fit.py is not in the engine's layout",
+        "sdm/maps/kernel.py is missing",
+    ]
+
+
+def test_one_name_rule_finds_planted_violations(tmp_path):
+    root = _plant(tmp_path, {**CLEAN, "commands/fetch.py": "", "fetch.py": "",
+                             "stages/design.py": "", "bench/design.py": "",
+                             "checks/meta.py": "", "figures/design/__init__.py": ""})
+    assert repeated_names(root) == [
+        "bench/design.py is named like stage or command 'design'",
+        "checks/meta.py is named like stage or command 'meta'",
+        "figures/design/__init__.py is named like stage or command 'design'",
+    ]
 
 
 def test_engine_rule_finds_planted_violations(tmp_path):

@@ -31,7 +31,7 @@ def published():
 
 @pytest.fixture(scope="module")
 def studies():
-    from analysis.sdm.inputs.studies import load_studies
+    from analysis.data_tables import load_studies
 
     return load_studies(DATA)
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
+from analysis.data_tables import load_dataset
 from analysis.grid import gm_mask
 from analysis.paths import REPO_ROOT
 from analysis.sdm.errors import DataError
@@ -45,7 +46,7 @@ def _synthetic_result(space, k, m=4, shift=(0, 0, 0), seed=0):
 
 
 def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
-    ds = SDMDataset.from_data_dir(data_dir)
+    ds = load_dataset(data_dir)
     published = stage.load_published_table3(data_dir)
     prov = stage.input_provenance(ds)
 
@@ -64,7 +65,7 @@ def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
 
 
 def test_report_outputs(tmp_path, data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies))
     values, ds = _run_report(tmp_path, data_copy, space, res)
     for name in stage.MAP_NAMES + ("z_thresholded", "clusters"):
@@ -108,7 +109,7 @@ def test_report_outputs(tmp_path, data_copy, space):
 
 
 def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies), shift=(0, 4, 0))
     res.maps["z"] = np.where(res.maps["z"] < 0, 0.0, res.maps["z"])  # no decreases
     _run_report(tmp_path, data_copy, space, res, figures=False)
@@ -122,7 +123,7 @@ def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space
 
 
 def test_egger_at_uses_imputations(data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies), m=3)
     vox = space.voxel_index([(0, 48, 0), (60, -14, -12)])
     p = stage.egger_at(res, ds, vox)
@@ -131,7 +132,7 @@ def test_egger_at_uses_imputations(data_copy, space):
 
 
 def test_input_provenance_and_errors(data_copy):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     prov = stage.input_provenance(ds)
     assert prov["real"] == ["Moriguchi2007"] and len(prov["simulated"]) == 10
     assert prov["generator_versions"] == ["3"]  # the constructed stand-ins

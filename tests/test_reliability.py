@@ -15,6 +15,7 @@ from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (r
 
 from analysis import cli, paths
 from analysis import manuscript_values as mv
+from analysis.data_tables import load_dataset
 from analysis.sdm.errors import DataError, DataErrors
 from analysis.validate import validate_data
 
@@ -51,10 +52,9 @@ def test_provenance_counts_studies_without_peaks(data_copy):
     assert "no peak coordinates at all" in banner and "Bird2010" in banner
     assert "1 of 11" in banner
 
-    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages.meta import input_provenance
 
-    ip = input_provenance(SDMDataset.from_data_dir(data_copy))
+    ip = input_provenance(load_dataset(data_copy))
     assert ip["real"] == ["Moriguchi2007"] and len(ip["no_peaks"]) == 10
     assert "10 without peaks" in ip["statement"]
 
@@ -77,7 +77,7 @@ def test_validate_data_cli_warns_on_study_without_peaks(data_copy, capsys):
 
 
 def test_provenance_one_classification():
-    from analysis.sdm.inputs.peaks import classify_provenance
+    from analysis.data_tables import classify_provenance
 
     v = classify_provenance(["A", "B", "C", "D"], ["A", "B", "B", "X"],
                             ["original:a", "sdm-import:p", "simulated:v1", "simulated:v1"])
@@ -196,8 +196,7 @@ def test_cli_entry_point_exit_status(tmp_path):
 
 
 def test_whitespace_is_stripped_everywhere(data_copy):
-    from analysis.sdm.inputs.peaks import load_peaks
-    from analysis.sdm.inputs.studies import load_studies
+    from analysis.data_tables import load_peaks, load_studies
 
     s = data_copy / "studies.tsv"
     lines = s.read_text().split("\n")
@@ -230,9 +229,8 @@ def test_case_insensitive_duplicate_ids(data_copy):
 @pytest.fixture
 def sdm_folder(tmp_path):
     """A small SDM project: three studies of the compendium's data."""
-    from analysis.sdm.inputs.peaks import load_peaks
+    from analysis.data_tables import load_peaks, load_studies
     from analysis.sdm.inputs.project import write_sdm_project
-    from analysis.sdm.inputs.studies import load_studies
 
     st = load_studies(paths.data_dir())
     keep = ["Bird2010", "Moriguchi2007", "Xu2020"]
@@ -744,13 +742,12 @@ def meta_like(data_copy, tmp_path, monkeypatch):
     """A one-stage pipeline named ``meta`` reading studies.tsv and peaks.tsv and recording
     their provenance as the meta stage does (its ``provenance_values``)."""
     from analysis import pipeline
-    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages.meta import input_provenance, provenance_values
 
     def produce(ctx):
         ctx.out("tables/table3.tsv").write_text("x\n1\n")
         ctx.out("figures/figure2.png").write_text("figure")
-        ds = SDMDataset.from_data_dir(ctx.data_dir)
+        ds = load_dataset(ctx.data_dir)
         return provenance_values(input_provenance(ds))
 
     stage = pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
@@ -933,7 +930,7 @@ def test_peaks_without_a_provenance_column_are_not_counted_real(data_copy):
     from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages.meta import input_provenance
 
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     bare = SDMDataset(ds.studies, ds.peaks.drop(columns="provenance"))
     ip = input_provenance(bare)
     assert ip["real"] == [] and len(ip["unknown"]) == 11

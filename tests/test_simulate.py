@@ -197,9 +197,8 @@ REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 
 @pytest.fixture(scope="module")
 def committed():
+    from analysis.data_tables import load_peaks, load_studies
     from analysis.sdm.inputs.io import read_tsv_text
-    from analysis.sdm.inputs.peaks import load_peaks
-    from analysis.sdm.inputs.studies import load_studies
 
     text = read_tsv_text(REPO_DATA / "peaks.tsv").reset_index(drop=True)
     return text, load_peaks(REPO_DATA), load_studies(REPO_DATA)
@@ -230,7 +229,7 @@ def test_every_simulated_row_is_labelled_and_real_rows_are_real(committed, cfg):
 def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
     """The simulated stand-ins (generator v2, the design stage's world) list their maps' peaks
     as SPM does (the committed rows are the constructed v3: tests/test_standins.py)."""
-    from analysis.sdm.inputs.peaks import load_peaks, write_peaks
+    from analysis.data_tables import load_peaks, write_peaks
 
     _, _, studies = committed
     v2 = S.regenerate_peaks(REPO_DATA, cfg=cfg, version="2")

@@ -112,7 +112,7 @@ def design_quotas(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict[str, dict[
     Parameters
     ----------
     studies : DataFrame
-        ``study`` and ``contrasts_reported`` (:func:`analysis.sdm.inputs.studies.load_studies`).
+        ``study`` and ``contrasts_reported`` (:func:`analysis.data_tables.load_studies`).
     peaks : DataFrame
         ``study`` and ``sign`` of every listed peak (real or stand-in).
 

@@ -426,7 +426,7 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
         (:func:`load_published_table3`) keep the printed number of decimals, which sets the
         rounding allowed; numeric cells use :data:`DEFAULT_DECIMALS` (Table 3's).
     studies : DataFrame
-        The included studies with ``n1``/``n2`` (:func:`analysis.sdm.inputs.studies.load_studies`) or
+        The included studies with ``n1``/``n2`` (:func:`analysis.data_tables.load_studies`) or
         ``n_patients``/``n_controls`` (raw ``studies.tsv``).
     p_uncorrected, min_cluster_voxels, fwhm_mm : float, int, float
         The paper's voxel threshold (0.0025), extent (11, i.e. k > 10) and kernel FWHM (20 mm)

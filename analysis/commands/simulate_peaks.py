@@ -36,9 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from analysis.data_tables import PEAKS_FILE, load_studies
     from analysis.sdm.inputs.io import read_tsv_text
-    from analysis.sdm.inputs.peaks import PEAKS_FILE
-    from analysis.sdm.inputs.studies import load_studies
     from analysis.simulate import regenerate_peaks, summarise_peaks
 
     cfg = load_config()

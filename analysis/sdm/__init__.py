@@ -8,19 +8,25 @@ A library with NiMARE's shape, usable without the rest of this package:
 >>> result = PSICorrector(n_iters=1000).transform(result)    # doctest: +SKIP
 >>> result.save_maps("out")                                  # doctest: +SKIP
 
-Modules: inputs (:mod:`~analysis.sdm.inputs.dataset`, :mod:`~analysis.sdm.inputs.project` for SDM project
-folders, :mod:`~analysis.sdm.inputs.studies`, :mod:`~analysis.sdm.inputs.peaks`, :mod:`~analysis.sdm.inputs.coords`,
-:mod:`~analysis.sdm.inputs.io`), space (:mod:`~analysis.sdm.maps.space`), pre-processing
-(:mod:`~analysis.sdm.maps.kernel`, :mod:`~analysis.sdm.maps.templates`, :mod:`~analysis.kernel_template`,
-:mod:`~analysis.sdm.maps.preprocess`), statistics (the core :mod:`~analysis.sdm.statistics`:
-weighted least squares, DerSimonian-Laird and REML tau2, Rubin's rules, the hypothesis row, the
-Hedges-g variance; :mod:`~analysis.sdm.statistics.effect_sizes`,
+Sub-packages: :mod:`~analysis.sdm.inputs` (:mod:`~analysis.sdm.inputs.dataset`,
+:mod:`~analysis.sdm.inputs.project` for SDM project folders, the rule set of the study and peak
+tables :mod:`~analysis.sdm.inputs.studies` and :mod:`~analysis.sdm.inputs.peaks`,
+:mod:`~analysis.sdm.inputs.coords`, :mod:`~analysis.sdm.inputs.io`), :mod:`~analysis.sdm.maps`
+(space, kernels, templates, pre-processing: :mod:`~analysis.sdm.maps.space`,
+:mod:`~analysis.sdm.maps.kernel`, :mod:`~analysis.sdm.maps.templates`,
+:mod:`~analysis.sdm.maps.preprocess`), :mod:`~analysis.sdm.statistics` (the core: weighted least
+squares, DerSimonian-Laird and REML tau2, Rubin's rules, the hypothesis row, the Hedges-g
+variance; and :mod:`~analysis.sdm.statistics.effect_sizes`,
 :mod:`~analysis.sdm.statistics.metansue`, :mod:`~analysis.sdm.statistics.random_effects`,
-:mod:`~analysis.sdm.statistics.re_kernels`, :mod:`~analysis.sdm.statistics.rubin`, :mod:`~analysis.sdm.diagnostics.egger`,
-:mod:`~sdm_reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference
-(:mod:`~analysis.sdm.inference.permutation`, :mod:`~analysis.sdm.inference.tfce`, :mod:`~analysis.sdm.inference.clusters`,
-:mod:`~analysis.sdm.inference.correct`), diagnostics (:mod:`~analysis.sdm.diagnostics.jackknife`,
-:mod:`~analysis.sdm.diagnostics.metaregression`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
+:mod:`~analysis.sdm.statistics.re_kernels`, :mod:`~analysis.sdm.statistics.rubin`),
+:mod:`~analysis.sdm.inference` (:mod:`~analysis.sdm.inference.permutation`,
+:mod:`~analysis.sdm.inference.tfce`, :mod:`~analysis.sdm.inference.clusters`,
+:mod:`~analysis.sdm.inference.correct`), :mod:`~analysis.sdm.diagnostics`
+(:mod:`~analysis.sdm.diagnostics.jackknife`, :mod:`~analysis.sdm.diagnostics.metaregression`,
+:mod:`~analysis.sdm.diagnostics.egger`). At the top: the estimator
+(:mod:`~analysis.sdm.estimator`), parameters (:mod:`~analysis.sdm.base`), random streams
+(:mod:`~analysis.sdm.rng`), progress (:mod:`~analysis.sdm.progress`), array back-ends
+(:mod:`~analysis.sdm.backend`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
 :class:`SDMPSI`: SDM-PSI's ``gray_matter_2mm`` mask, a public file fetched on first use from its
 canonical URL into the user cache and checked by SHA-256 (:mod:`~analysis.sdm.datasets`), and
 the kernel template fitted on SDM-PSI's maps, which the engine ships in ``analysis/sdm/data/``

@@ -81,16 +81,16 @@ def load_published_table3(data_dir) -> pd.DataFrame:
 def input_provenance(dataset) -> dict:
     """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
-    :func:`analysis.sdm.inputs.peaks.classify_provenance` over every study of the study table: a study is
+    :func:`analysis.data_tables.classify_provenance` over every study of the study table: a study is
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
     provenance when any starts with ``unknown:``; real when all start with ``original:`` or
     ``sdm-import:``; studies without peak rows are listed apart.
     ``generator_versions`` lists the stand-in generator versions of the simulated rows
-    (:func:`analysis.sdm.inputs.peaks.generator_versions`): ``["3"]`` for the constructed stand-ins
+    (:func:`analysis.data_tables.generator_versions`): ``["3"]`` for the constructed stand-ins
     of :mod:`analysis.standins`, whose main analysis reproduces the published Table 3 by
     construction, ``["2"]`` for the simulated ones of :mod:`analysis.simulate`.
     """
-    from analysis.sdm.inputs.peaks import classify_provenance, generator_versions
+    from analysis.data_tables import classify_provenance, generator_versions
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks

@@ -31,9 +31,9 @@ def peak_checks(config: dict) -> dict:
 
 def compendium_dataset(data_dir: str | Path, config: dict):
     """The compendium's ``studies.tsv`` + ``peaks.tsv`` as an :class:`~analysis.sdm.SDMDataset`."""
-    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.data_tables import load_dataset
 
-    return SDMDataset.from_data_dir(data_dir, **data_checks(config))
+    return load_dataset(data_dir, **data_checks(config))
 
 
 def kernel_template(config: dict):

@@ -44,7 +44,7 @@ def covariate_design(studies: pd.DataFrame, covariate: str) -> tuple[np.ndarray,
     Parameters
     ----------
     studies : DataFrame
-        Study table (``analysis.sdm.inputs.studies.load_studies``): ``age``, ``female_pct``, ``treated``
+        Study table (:func:`analysis.sdm.inputs.studies.check_studies`): ``age``, ``female_pct``, ``treated``
         (0/1) or any numeric column.
     covariate : str
         The column.

@@ -178,27 +178,15 @@ class SDMDataset:
     @classmethod
     def from_tables(cls, studies: pd.DataFrame, peaks: pd.DataFrame, mask=None, *,
                     checked: bool = False) -> SDMDataset:
-        """From a validated study table and peak table (:func:`analysis.sdm.inputs.studies.load_studies`,
-        :func:`analysis.sdm.inputs.peaks.load_peaks`): peaks in MNI (``x_mni, y_mni, z_mni``).
+        """From a validated study table and peak table (the output of
+        :func:`~analysis.sdm.inputs.studies.check_studies` and
+        :func:`~analysis.sdm.inputs.peaks.check_peaks`): peaks in MNI (``x_mni, y_mni, z_mni``).
         ``checked``: the tables come from those readers (not checked again).
         """
         p = peaks.drop(columns=["x", "y", "z"]).rename(
             columns={"x_mni": "x", "y_mni": "y", "z_mni": "z"})
         s = studies if "n2" in studies.columns else studies.assign(n2=np.nan)
         return cls(s.reset_index(drop=True), p.reset_index(drop=True), mask, checked=checked)
-
-    @classmethod
-    def from_data_dir(cls, data_dir: str | Path, **checks) -> SDMDataset:
-        """``studies.tsv`` and ``peaks.tsv`` of a folder, validated
-        (:func:`analysis.sdm.inputs.peaks.load_peaks`; ``checks`` are its check parameters).
-        """
-        from analysis.sdm.inputs.peaks import _split_checks, load_peaks
-        from analysis.sdm.inputs.studies import load_studies
-
-        study_kw, _ = _split_checks(checks)
-        studies = load_studies(data_dir, **study_kw)
-        return cls.from_tables(studies, load_peaks(data_dir, studies=studies, **checks),
-                               checked=True)
 
     @classmethod
     def from_sdm_project(cls, folder: str | Path, corrected_voxel_p: float = 0.05,

@@ -1,4 +1,4 @@
-"""The peak table ``data/peaks.tsv``: one row per reported (or simulated) peak.
+"""The text peak table: one row per reported (or simulated) peak, and its one rule set.
 
 Columns, exactly and in this order (:data:`PEAK_COLUMNS`)::
 
@@ -17,28 +17,29 @@ Columns, exactly and in this order (:data:`PEAK_COLUMNS`)::
     ``sdm-import:<source>`` (imported from an SDM project declared to be the authors' data) or
     ``unknown:<what>`` (imported, provenance unknown: never counted as real).
 
-:func:`load_peaks` validates and adds MNI coordinates, the signed t, df and a record of every
-conversion; :func:`write_peaks` is the one canonical (atomic, sorted, formatted) writer.
+:func:`check_peaks` validates a table read as text and adds MNI coordinates, the signed t, df
+and a record of every conversion; :func:`format_peaks` is its canonical text form. Every entry
+point of the engine (an SDM-PSI project folder, NiMARE, Python tables) goes through them; the
+compendium reads and writes its ``data/peaks.tsv`` with them.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.errors import DataError
 from analysis.sdm.inputs.coords import MAX_ABS_T, MAX_ABS_Z, SPACE_TO_MNI, p_to_t, to_mni, z_to_t
-from analysis.sdm.inputs.io import atomic_path, format_number, read_tsv_text
+from analysis.sdm.inputs.io import format_number
 from analysis.sdm.inputs.studies import STUDY_SPACES, reported_signs
 
 LGR = logging.getLogger(__name__)
 
-PEAKS_FILE = "peaks.tsv"
+#: how a peak table is named in errors when the caller names no file
+PEAK_TABLE = "peak table"
 #: a peak may lie up to 4 mm (2 voxels) outside the MNI152 2 mm brain mask without a warning
 MASK_TOLERANCE_MM = 4.0
 #: A peak farther than this from every voxel of the MNI152 2 mm brain mask is outside the brain
@@ -53,145 +54,10 @@ PEAK_COLUMNS = ["study", "peak_id", "sign", "x", "y", "z", "space", "stat_type",
                 "provenance", "note"]
 STAT_TYPES = ("t", "z", "p", "none")
 PROVENANCE_KINDS = ("original:", "simulated:", "sdm-import:", "unknown:")
-#: Provenance prefixes of real peaks (transcribed from a publication, or the authors' SDM project).
-REAL_PREFIXES = ("original:", "sdm-import:")
-#: Provenance prefix of the simulated stand-ins (:mod:`analysis.simulate`).
-SIMULATED_PREFIX = "simulated:"
 #: Provenance prefix of peaks whose origin is not known (an SDM project imported without the
 #: provenance record of ``export-sdm`` and without a declared source): neither real nor a
 #: stand-in, and never counted as real.
 UNKNOWN_PREFIX = "unknown:"
-#: How :data:`UNKNOWN_PREFIX` reads in summaries.
-UNKNOWN_LABEL = "imported, provenance unknown"
-
-
-@dataclass(frozen=True)
-class ProvenanceVerdict:
-    """Which studies of the study table have real peaks, simulated ones, or none at all.
-
-    Attributes
-    ----------
-    studies : list of str
-        Every study of the study table, in table order.
-    real, simulated, no_peaks, unknown : list of str
-        A partition of ``studies``: every peak row real; at least one simulated row; no peak
-        row at all; no simulated row but at least one of unknown provenance
-        (:data:`UNKNOWN_LABEL`).
-    n_peaks_real, n_peaks_simulated, n_peaks_unknown : int
-        Peak rows of the table's studies by kind.
-    """
-
-    studies: list[str]
-    real: list[str]
-    simulated: list[str]
-    no_peaks: list[str]
-    n_peaks_real: int = 0
-    n_peaks_simulated: int = 0
-    unknown: list[str] = field(default_factory=list)
-    n_peaks_unknown: int = 0
-
-    @property
-    def n_studies(self) -> int:
-        """All studies of the study table."""
-        return len(self.studies)
-
-    @property
-    def all_real(self) -> bool:
-        """True only when every study of the table has peaks and all of them are real."""
-        return bool(self.studies) and len(self.real) == len(self.studies)
-
-    @property
-    def statement(self) -> str:
-        """One sentence: real studies (named), simulated stand-ins, studies without peaks."""
-        text = (f"{len(self.real)} of {self.n_studies} studies' inputs real "
-                f"({', '.join(self.real) or 'none'}); {len(self.simulated)} simulated stand-ins")
-        if self.unknown:
-            text += (f"; {len(self.unknown)} {UNKNOWN_LABEL} ({', '.join(self.unknown)})")
-        if self.no_peaks:
-            text += f"; {len(self.no_peaks)} without peaks ({', '.join(self.no_peaks)})"
-        return text
-
-
-def classify_provenance(study_ids, peak_studies, peak_provenance,
-                        file: str = PEAKS_FILE) -> ProvenanceVerdict:
-    """Classify every study of the study table by the provenance of its peak rows.
-
-    This is the one implementation behind ``validate-data``, the meta-analysis stage and the
-    manuscript's provenance notice. The verdict is taken over **all** studies of the study
-    table: a study without any peak row is neither real nor simulated but listed apart (and
-    the inputs are then not "all real"); so is a study with a peak of unknown provenance
-    (``unknown:``, e.g. an SDM project imported without its provenance record).
-
-    Parameters
-    ----------
-    study_ids : sequence of str
-        The study table's identifiers.
-    peak_studies, peak_provenance : sequence of str
-        The ``study`` and ``provenance`` columns of the peak table (row order = data rows).
-    file : str
-        Peak file named in errors.
-
-    Returns
-    -------
-    ProvenanceVerdict
-
-    Raises
-    ------
-    DataError
-        A provenance that starts with none of the known prefixes (row and field named).
-    """
-    studies = list(dict.fromkeys(str(s) for s in study_ids))
-    known = set(studies)
-    rank = {"real": 0, "unknown": 1, "simulated": 2}  # a study takes its worst row's kind
-    kind_of: dict[str, str] = {}
-    counts = dict.fromkeys(rank, 0)
-    for i, (study, tag) in enumerate(zip(peak_studies, peak_provenance, strict=True), start=1):
-        tag = str(tag)
-        if tag.startswith(SIMULATED_PREFIX):
-            kind = "simulated"
-        elif tag.startswith(UNKNOWN_PREFIX):
-            kind = "unknown"
-        elif tag.startswith(REAL_PREFIXES):
-            kind = "real"
-        else:
-            raise DataError(file, f"unknown provenance {tag!r}: expected a value starting with "
-                            f"one of {list(PROVENANCE_KINDS)}", row=i, field="provenance")
-        if str(study) not in known:
-            continue
-        counts[kind] += 1
-        old = kind_of.get(str(study), "real")
-        kind_of[str(study)] = kind if rank[kind] > rank[old] else old
-    return ProvenanceVerdict(
-        studies=studies,
-        real=[s for s in studies if kind_of.get(s) == "real"],
-        simulated=[s for s in studies if kind_of.get(s) == "simulated"],
-        no_peaks=[s for s in studies if s not in kind_of],
-        unknown=[s for s in studies if kind_of.get(s) == "unknown"],
-        n_peaks_real=counts["real"], n_peaks_simulated=counts["simulated"],
-        n_peaks_unknown=counts["unknown"])
-
-
-def generator_versions(peak_provenance) -> list[str]:
-    """Stand-in generator versions named by ``simulated:v<version>:...`` provenance strings.
-
-    Parameters
-    ----------
-    peak_provenance : iterable of str
-        The ``provenance`` column of a peak table.
-
-    Returns
-    -------
-    list of str
-        The distinct versions (``"2"``, ``"3"``, ...), sorted; empty without simulated rows.
-    """
-    found = set()
-    for tag in peak_provenance:
-        tag = str(tag).strip()
-        if tag.startswith(SIMULATED_PREFIX):
-            head = tag[len(SIMULATED_PREFIX):].split(":", 1)[0]
-            if head.startswith("v") and len(head) > 1:
-                found.add(head[1:])
-    return sorted(found)
 
 
 def _float(cell) -> float | None:
@@ -208,7 +74,7 @@ def _int(cell) -> int | None:
     return int(v) if v is not None and float(v).is_integer() else None
 
 
-def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE, *,
+def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAK_TABLE, *,
                 check_mask: bool = True, check_duplicates: bool = True,
                 mask_tolerance_mm: float = MASK_TOLERANCE_MM,
                 t_tolerance: float = T_BELOW_THRESHOLD_TOLERANCE,
@@ -240,7 +106,7 @@ def check_peaks(raw: pd.DataFrame, studies: pd.DataFrame, file: str = PEAKS_FILE
     raw : pandas.DataFrame
         Output of :func:`analysis.sdm.inputs.io.read_tsv_text` (index = data row number).
     studies : pandas.DataFrame
-        Validated study table (:func:`analysis.sdm.inputs.studies.load_studies`); gives df, the study's
+        Validated study table (:func:`analysis.sdm.inputs.studies.check_studies`); gives df, the study's
         space and its reported contrasts.
     file : str
         File name used in error messages.
@@ -498,62 +364,13 @@ def _convert(peaks: pd.DataFrame, st: pd.DataFrame) -> None:
     peaks["conversion"] = ["; ".join(c) for c in conv]
 
 
-def load_peaks(data_dir: str | Path, studies: pd.DataFrame | None = None, *,
-               check_mask: bool = True, **checks) -> pd.DataFrame:
-    """Read and validate ``peaks.tsv``; add MNI coordinates, signed t, df and conversions.
-
-    Parameters
-    ----------
-    data_dir : path-like, optional
-        Folder holding ``peaks.tsv`` (and ``studies.tsv`` when ``studies`` is not given).
-    studies : pandas.DataFrame, optional
-        Validated study table (default :func:`analysis.sdm.inputs.studies.load_studies` of ``data_dir``).
-    check_mask : bool
-        Reject peaks outside the brain mask (see :func:`check_peaks`).
-    **checks
-        ``mask_tolerance_mm``, ``t_tolerance`` of :func:`check_peaks` and
-        ``corrected_voxel_p`` of :func:`analysis.sdm.inputs.studies.check_studies`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        :data:`PEAK_COLUMNS` plus ``x_mni, y_mni, z_mni`` (mm), ``t`` (signed; NaN where the
-        statistic is unknown, ``stat_type == "none"``), ``df`` and ``conversion`` (e.g.
-        ``"z→t (df=28); TAL→MNI (Lancaster icbm_other2tal inverse)"``, empty if none), sorted by
-        study and peak_id.
-
-    Raises
-    ------
-    DataError, DataErrors
-        Any invalid cell (all of them are listed).
+def format_peaks(df: pd.DataFrame, file: str = PEAK_TABLE) -> pd.DataFrame:
+    """Canonical text form of a peak table: :data:`PEAK_COLUMNS`, sorted, numbers normalised
+    (``file`` names the table in errors).
     """
-    from analysis.sdm.inputs.studies import load_studies
-
-    ddir = Path(data_dir)
-    study_kw, peak_kw = _split_checks(checks)
-    if studies is None:
-        studies = load_studies(ddir, **study_kw)
-    raw = read_tsv_text(ddir / PEAKS_FILE, required=PEAK_COLUMNS)
-    peaks, errors = check_peaks(raw, studies, check_mask=check_mask, **peak_kw)
-    if errors:
-        raise errors[0] if len(errors) == 1 else DataErrors(errors)
-    return peaks.sort_values(["study", "peak_id"], kind="stable").reset_index(drop=True)
-
-
-def _split_checks(checks: dict) -> tuple[dict, dict]:
-    """Keyword arguments of the study checks and of the peak checks."""
-    unknown = set(checks) - {"corrected_voxel_p", "mask_tolerance_mm", "t_tolerance"}
-    if unknown:
-        raise TypeError(f"unknown check parameters {sorted(unknown)}")
-    study = {k: v for k, v in checks.items() if k == "corrected_voxel_p"}
-    return study, {k: v for k, v in checks.items() if k != "corrected_voxel_p"}
-
-
-def format_peaks(df: pd.DataFrame) -> pd.DataFrame:
-    """Canonical text form of a peak table: :data:`PEAK_COLUMNS`, sorted, numbers normalised."""
     missing = [c for c in PEAK_COLUMNS if c not in df.columns]
     if missing:
-        raise DataError(PEAKS_FILE, f"cannot write peaks: missing columns {missing}", row=0,
+        raise DataError(file, f"cannot write peaks: missing columns {missing}", row=0,
                         field=missing[0])
     out = df[PEAK_COLUMNS].copy()
     out["_pid"] = pd.to_numeric(out["peak_id"], errors="coerce")
@@ -567,52 +384,7 @@ def format_peaks(df: pd.DataFrame) -> pd.DataFrame:
             text[col] = ["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
                          for v in vals]
         if text[col].str.contains("[\t\n\r]", regex=True).any():
-            raise DataError(PEAKS_FILE, "cells may not contain tabs or line breaks", field=col)
+            raise DataError(file, "cells may not contain tabs or line breaks", field=col)
     return text.reset_index(drop=True)
 
 
-def write_peaks(df: pd.DataFrame, data_dir: str | Path, studies: pd.DataFrame | None = None,
-                *, check_mask: bool = True, **checks) -> Path:
-    """Validate and atomically write ``peaks.tsv`` in canonical form.
-
-    The whole table is checked first (as :func:`load_peaks` would read it back); on any error
-    nothing is written. Rows are sorted by study and peak_id; numbers are written in their
-    shortest exact form. The simulator uses this to replace the simulated rows while keeping
-    the ``original:`` rows untouched.
-
-    Parameters
-    ----------
-    df : pandas.DataFrame
-        Peaks with (at least) :data:`PEAK_COLUMNS`; extra columns are dropped.
-    data_dir : path-like, optional
-        Destination folder.
-    studies : pandas.DataFrame, optional
-        Study table to validate against (default: ``studies.tsv`` of ``data_dir``).
-    check_mask : bool
-        Check coordinates against the brain mask.
-    **checks
-        As :func:`load_peaks`.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    from analysis.sdm.inputs.studies import load_studies
-
-    ddir = Path(data_dir)
-    study_kw, peak_kw = _split_checks(checks)
-    if studies is None:
-        studies = load_studies(ddir, **study_kw)
-    text = format_peaks(df)
-    raw = text.copy()
-    raw.index = pd.RangeIndex(1, len(raw) + 1)
-    _, errors = check_peaks(raw, studies, check_mask=check_mask, **peak_kw)
-    if errors:
-        raise errors[0] if len(errors) == 1 else DataErrors(errors)
-    dest = ddir / PEAKS_FILE
-    with atomic_path(dest) as tmp:
-        lines = ["\t".join(PEAK_COLUMNS)] + ["\t".join(r) for r in text.itertuples(index=False)]
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    LGR.info("wrote %d peaks to %s", len(text), dest)
-    return dest

@@ -29,10 +29,10 @@ file's SHA-256, ``provenance``, ``note``); SDM-PSI reads only ``sdm_table.txt`` 
 named after its studies, so it ignores this file. :func:`read_sdm_project` gives each peak the
 provenance recorded for its line when the peak file is unchanged (same SHA-256); any other peak
 gets the source the importer declares (``sdm-import:<source>``, counted as real) or, without
-one, ``unknown:`` (:data:`analysis.sdm.inputs.peaks.UNKNOWN_LABEL`), which is never counted as real.
+one, ``unknown:`` (imported, provenance unknown), which is never counted as real.
 Exported simulated stand-ins therefore come back as stand-ins, never as real data.
 :func:`write_sdm_project` writes such a folder from either those tables or the validated ones of
-:func:`analysis.sdm.inputs.studies.load_studies` / :func:`analysis.sdm.inputs.peaks.load_peaks`. Numbers are written in
+:func:`analysis.sdm.inputs.studies.check_studies` / :func:`analysis.sdm.inputs.peaks.check_peaks`. Numbers are written in
 their shortest exact form, so read → write → read returns identical values.
 """
 
@@ -377,7 +377,7 @@ def write_sdm_project(studies: pd.DataFrame, peaks: pd.DataFrame, folder: str | 
     Parameters
     ----------
     studies : pandas.DataFrame
-        :func:`analysis.sdm.inputs.studies.load_studies` output, or a table as returned by
+        :func:`analysis.sdm.inputs.studies.check_studies` output, or a table as returned by
         :func:`read_sdm_project` / read from a compatible ``studies.tsv`` (validated here).
     peaks : pandas.DataFrame
         Peaks with :data:`analysis.sdm.inputs.peaks.PEAK_COLUMNS` (typed or text); z and p statistics are
@@ -497,37 +497,3 @@ def _note(value) -> str:
     return str(value)
 
 
-def write_data_tables(studies: pd.DataFrame, peaks: pd.DataFrame, data_dir: str | Path,
-                      corrected_voxel_p: float = CORRECTED_VOXEL_P,
-                      warnings: list[str] | None = None, **peak_checks) -> tuple[Path, Path]:
-    """Validate and atomically write ``studies.tsv`` + ``peaks.tsv`` (text tables) together.
-
-    Used by ``import-sdm``: the tables pass the rule set of ``validate-data``
-    (:func:`analysis.sdm.inputs.peaks.check_peaks`, brain mask included), so that what is imported is
-    what the pipeline accepts; its warnings (peaks outside the mask but near the brain,
-    repeated peaks, t below t_thr: a published project may have them) go to ``warnings`` and
-    are named against the ``peaks.tsv`` written. ``peak_checks`` are ``mask_tolerance_mm`` and
-    ``t_tolerance`` of :func:`~analysis.sdm.inputs.peaks.check_peaks`.
-    """
-    s = studies.astype(object).where(studies.notna(), "").astype(str)
-    s.index = pd.RangeIndex(1, len(s) + 1)
-    typed, errors = check_studies(s, "studies.tsv", corrected_voxel_p)
-    text = format_peaks(peaks)
-    raw = text.copy()
-    raw.index = pd.RangeIndex(1, len(raw) + 1)
-    if not errors:
-        errors += check_peaks(raw, typed, "peaks.tsv", warnings=warnings, **peak_checks)[1]
-    if errors:
-        raise DataErrors(errors)
-    for col in s.columns:
-        if s[col].str.contains("[\t\n\r]", regex=True).any():
-            raise DataError("studies.tsv", "cells may not contain tabs or line breaks", field=col)
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    sp, pp = data_dir / "studies.tsv", data_dir / "peaks.tsv"
-    with atomic_path(sp) as ts, atomic_path(pp) as tp:
-        ts.write_text("\n".join("\t".join(r) for r in [list(s.columns), *s.values.tolist()])
-                      + "\n", encoding="utf-8")
-        tp.write_text("\n".join("\t".join(r) for r in [PEAK_COLUMNS, *text.values.tolist()])
-                      + "\n", encoding="utf-8")
-    return sp, pp

@@ -1,8 +1,7 @@
-"""The study table ``data/studies.tsv``: reading, validation and derived columns.
+"""The text study table: validation and derived columns.
 
-One row per included study (He et al. 2024, Tables 1-2). :func:`load_studies` validates every
-cell (all problems reported at once, see :func:`check_studies`) and adds the columns the engine
-and the tables need:
+One row per study. :func:`check_studies` validates every cell of a table read as text (all
+problems reported at once) and adds the columns the engine needs:
 
 ``n1``, ``n2``
     Patients and controls (``n2`` NaN for a one-sample study, ``design == "one-sample"``).
@@ -15,7 +14,8 @@ and the tables need:
     The voxel-level t threshold SDM-PSI needs: one-tailed ``T⁻¹_df(1 - p)`` for an
     uncorrected p; for a corrected threshold the voxel-level t actually applied is unknown and
     the rule of Enge et al. (2021) is used: t for p = ``corrected_voxel_p`` (0.05).
-    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.inputs.project`) takes precedence.
+    An explicit ``t_thr`` column (SDM projects, :mod:`analysis.sdm.inputs.project`) takes
+    precedence.
 ``age``
     Sample-size-weighted mean of the two groups' mean ages (NaN when either is not reported).
 ``female_pct``, ``treated``
@@ -26,18 +26,17 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.errors import DataError
 from analysis.sdm.inputs.coords import MAX_ABS_T, t_threshold
-from analysis.sdm.inputs.io import read_tsv_text
 
 LGR = logging.getLogger(__name__)
 
-STUDIES_FILE = "studies.tsv"
+#: how a study table is named in errors when the caller names no file
+STUDY_TABLE = "study table"
 #: "p<0.05 corrected" studies: t_thr = one-tailed t for this p (as Enge et al. 2021)
 CORRECTED_VOXEL_P = 0.05
 
@@ -78,7 +77,7 @@ def parse_correction(text: str) -> tuple[float, str] | None:
     return float(m.group(1)), m.group(2).lower()
 
 
-def check_studies(raw: pd.DataFrame, file: str = STUDIES_FILE,
+def check_studies(raw: pd.DataFrame, file: str = STUDY_TABLE,
                   corrected_voxel_p: float = CORRECTED_VOXEL_P
                   ) -> tuple[pd.DataFrame, list[DataError]]:
     """Validate a study table read as text and compute the derived columns.
@@ -288,34 +287,3 @@ def reported_signs(studies: pd.DataFrame) -> dict[str, set[int]]:
         items = [c.strip() for c in str(cell or "").split(";") if c.strip() in CONTRASTS]
         out[rec["study"]] = {CONTRASTS[c] for c in items} or {1, -1}
     return out
-
-
-def load_studies(data_dir: str | Path, corrected_voxel_p: float = CORRECTED_VOXEL_P
-                 ) -> pd.DataFrame:
-    """Read and validate ``studies.tsv``, adding n1, n2, df, thresholds and covariates.
-
-    Parameters
-    ----------
-    data_dir : path-like, optional
-        Folder holding ``studies.tsv``.
-    corrected_voxel_p : float
-        See :func:`check_studies`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The study table in file order (original text columns kept, numeric ones typed) plus
-        ``design, n1, n2, df, p_threshold, threshold_kind, t_thr, age, female_pct, treated``.
-
-    Raises
-    ------
-    DataError, DataErrors
-        Any invalid cell (all of them are listed).
-    """
-    path = Path(data_dir) / STUDIES_FILE
-    raw = read_tsv_text(path, required=REQUIRED)
-    studies, errors = check_studies(raw, file=STUDIES_FILE, corrected_voxel_p=corrected_voxel_p)
-    if errors:
-        raise errors[0] if len(errors) == 1 else DataErrors(errors)
-    studies["n1"] = studies["n1"].astype(np.int64)
-    return studies
