@@ -152,7 +152,8 @@ def dataset_register(registry_path: Path | None = None) -> list[dict[str, str]]:
         ``dataset``, ``licence`` or ``version``, or ``redistribute`` is not yes/no (file, row
         and field named).
     """
-    from analysis.fetch import REGISTRY, FetchError, read_registry
+    from analysis.fetch import REGISTRY, read_registry
+    from analysis.sdm.datasets import FetchError
 
     path = Path(registry_path or REGISTRY)
     try:
@@ -249,7 +250,7 @@ class Member:
             if self.data is not None:
                 self.sha256 = hashlib.sha256(self.data).hexdigest()
             else:
-                from analysis.io import sha256_file
+                from analysis.sdm.inputs.io import sha256_file
 
                 self.sha256 = sha256_file(self.path)
         return self.sha256
@@ -262,7 +263,7 @@ class Member:
 
 def write_zip(dest: Path, prefix: str, members: list[Member], stamp: int) -> None:
     """Write a deterministic zip: sorted entries under ``prefix/``, one timestamp, fixed modes."""
-    from analysis.io import atomic_path
+    from analysis.sdm.inputs.io import atomic_path
 
     date_time = time.gmtime(max(stamp, 315532800))[:6]  # zip dates start in 1980
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +324,8 @@ def build_archive(root: Path | None = None, out_dir: Path | None = None,
         Dirty tree (files named), a stage missing or out of date, no rendered manuscript, or a
         redistributable dataset file neither in the mirror nor in the cache.
     """
-    from analysis.fetch import FetchError, fetch_file
+    from analysis.fetch import fetch_file
+    from analysis.sdm.datasets import FetchError
 
     root = Path(root or paths.REPO_ROOT)
     results = Path(results or paths.results_dir())
@@ -370,7 +372,7 @@ def build_archive(root: Path | None = None, out_dir: Path | None = None,
     name = f"{PROJECT}-{__version__}{'-quick' if quick else ''}"
     dest = out_dir / f"{name}.zip"
     write_zip(dest, name, members, stamp)
-    from analysis.io import sha256_file
+    from analysis.sdm.inputs.io import sha256_file
 
     digest = sha256_file(dest)
     dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n")
@@ -690,7 +692,7 @@ def compare_trees(archived: Path, rebuilt: Path, label: str,
     a = {p.relative_to(archived).as_posix(): p for p in tree_files(archived, skip)}
     b = {p.relative_to(rebuilt).as_posix(): p for p in tree_files(rebuilt, skip)} \
         if rebuilt.is_dir() else {}
-    from analysis.io import sha256_file
+    from analysis.sdm.inputs.io import sha256_file
 
     out = []
     for rel in sorted(set(a) | set(b)):
@@ -708,7 +710,7 @@ def compare_trees(archived: Path, rebuilt: Path, label: str,
 
 def check_sums(folder: Path) -> list[Comparison]:
     """Check every line of ``folder/SHA256SUMS``; files not listed are reported as extra."""
-    from analysis.io import sha256_file
+    from analysis.sdm.inputs.io import sha256_file
 
     sums = folder / SUMS_FILE
     if not sums.is_file():
@@ -758,7 +760,7 @@ def offline_env(base: dict, mirror: Path, cache: Path) -> dict:
     """The environment of an offline run: the archived datasets as the mirror, an empty cache,
     ``PAINEMP_OFFLINE=1`` and proxies that lead nowhere (so that no other library downloads).
     """
-    from analysis.fetch import CACHE_ENV, MIRROR_ENV, OFFLINE_ENV
+    from analysis.sdm.datasets import CACHE_ENV, MIRROR_ENV, OFFLINE_ENV
 
     env = {k: v for k, v in base.items()
            if k not in ("PAINEMP_DATA_DIR", "PAINEMP_RESULTS_DIR", "no_proxy", "NO_PROXY")}
@@ -903,7 +905,7 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
         seconds["environment"] = round(time.perf_counter() - t0, 1)
         env = offline_env(dict(os.environ), top / DATASETS_DIR, work / "cache")
         if download:
-            from analysis.fetch import OFFLINE_ENV
+            from analysis.sdm.datasets import OFFLINE_ENV
 
             env.pop(OFFLINE_ENV)
             for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):

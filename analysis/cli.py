@@ -13,7 +13,8 @@ import logging
 import sys
 
 from analysis import __version__
-from analysis.errors import ConfigError, DataError, DataErrors, ResultsLocked
+from analysis.errors import ConfigError, ResultsLocked
+from analysis.sdm.errors import DataError, DataErrors
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -98,7 +99,7 @@ def error_lines(exc: BaseException) -> list[str]:
     else is an internal error, reported with its type and a pointer to ``--debug``.
     """
     from analysis.archive import ArchiveError
-    from analysis.fetch import FetchError
+    from analysis.sdm.datasets import FetchError
 
     if isinstance(exc, DataErrors):
         return [f"{len(exc.errors)} data error(s)"] + [_one_line(e) for e in exc.errors]

@@ -1,8 +1,9 @@
 """The single configuration of the compendium.
 
-Every preregistered parameter lives in ``analysis/config.yaml``; this module loads it and derives
-per-stage random streams from the one seed (one stream per stage name, so adding a stage never
-changes the numbers of another; compare NiMARE PR #1152).
+Every preregistered parameter lives in ``analysis/config.yaml``; this module loads it. The
+per-stage random streams derived from its one seed are the engine's
+(:func:`analysis.sdm.rng.derive_rng`: one stream per stage name, so adding a stage never changes
+the numbers of another; compare NiMARE PR #1152).
 
 The configuration is checked against a typed schema (:class:`ConfigSchema`, pydantic, strict:
 no silent conversion) when it is read and after every override (:func:`load_config`,
@@ -26,9 +27,33 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from analysis.errors import ConfigError
-from analysis.sdm.rng import derive_rng, stage_seed  # noqa: F401 (the engine's streams)
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
+
+#: The only modules (paths inside the package) that load the configuration, i.e. call
+#: :func:`load_config` (this module alone opens ``config.yaml``): the pipeline runner, which
+#: hands the loaded configuration to the stages (they read it through
+#: :mod:`analysis.stages.params`), and the entry points that run the engine outside the
+#: pipeline: the commands of ``python -m analysis`` (``run`` merges ``--set``/``--config``) and
+#: the benchmarks of ``make bench``. Every other module receives the configuration, or the
+#: values it needs, as arguments; ``tests/test_architecture.py`` holds the package to this list
+#: and the README states it.
+CONFIG_READERS = (
+    "pipeline.py",
+    "commands/characterise.py",
+    "commands/export_sdm.py",
+    "commands/import_sdm.py",
+    "commands/meta.py",
+    "commands/run.py",
+    "commands/simulate_peaks.py",
+    "commands/validate_data.py",
+    "commands/validate_sdm.py",
+    "bench/calibration.py",
+    "bench/characterisation_macm.py",
+    "bench/design_replicates.py",
+    "bench/sdm_fit.py",
+    "bench/psi.py",
+)
 
 #: Dotted keys that cannot change any result (outputs are byte-identical whatever their value):
 #: left out of the stage keys, so changing them reuses every cached stage.

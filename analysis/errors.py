@@ -1,12 +1,13 @@
-"""Errors with the location of the problem (file, row, field; configuration key; results folder).
+"""Errors of the compendium with the location of the problem (configuration key; results folder).
+
+Errors in input data (file, row, field) are the engine's :class:`analysis.sdm.errors.DataError`
+and :class:`analysis.sdm.errors.DataErrors`, imported from there.
 
 The command line (:mod:`analysis.cli`) turns each of them into a one-line ``error:`` message and
 a non-zero exit status; the traceback is shown only with ``--debug``.
 """
 
 from __future__ import annotations
-
-from analysis.sdm.errors import DataError, DataErrors  # noqa: F401 (one definition, the engine's)
 
 
 class ConfigError(ValueError):

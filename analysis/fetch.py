@@ -5,20 +5,13 @@ checksum, canonical URL at a pinned commit): Neurosynth v7 and NeuroQuery v1 in 
 the Yeo-7 / Schaefer-400 2 mm volumes, BrainSpace's HCP group FC matrix, Schaefer-400 conte69
 parcellation and conte69 surfaces, and the public SDM-PSI v6.21 run of Enge et al. (2021).
 
-Lookup order for a file:
-
-1. a local mirror, if the environment variable ``PAINEMP_MIRROR`` names a folder with the same
-   layout (read in place, never written);
-2. the user cache, ``PAINEMP_CACHE`` or the platform's user cache folder (platformdirs:
-   ``~/.cache/painemp-compendium`` on Linux, ``~/Library/Caches/painemp-compendium`` on macOS);
-3. a download from the canonical URL into the cache, through pooch: up to :data:`RETRIES`
-   further attempts after a network error or a checksum mismatch, a progress bar in a terminal
-   and periodic log lines otherwise (:mod:`analysis.sdm.progress`). The download goes to a temporary
-   file beside its destination and is moved into place only once its checksum matches, so the
-   cache never holds a partial or unverified file.
-
-Every file is checked against its SHA-256 before use; a mismatch is an error
-(:class:`FetchError`, naming the file), not a warning.
+Each file is obtained by the engine's fetcher (:func:`analysis.sdm.datasets.fetch_file`, one
+implementation for the engine and the compendium): from the local mirror named by
+``PAINEMP_MIRROR`` (read in place), the user cache (``PAINEMP_CACHE`` or the platform's user
+cache folder, :func:`cache_dir`), or a download from the canonical URL into the cache (pooch,
+with retries and progress; the cache never holds a partial or unverified file), and is checked
+against its SHA-256 before use; a mismatch is an error (:class:`FetchError`, naming the file).
+This module adds the registry: which files exist, their checksums and URLs.
 
 **Offline switch.** With the environment variable ``PAINEMP_OFFLINE=1`` (:func:`offline`) no
 download is ever attempted: a file that is neither in the mirror nor in the cache is an error
@@ -35,27 +28,28 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from functools import lru_cache
 from pathlib import Path
 
-from analysis.io import atomic_path, current_umask, sha256_file
+from analysis.sdm import datasets
+from analysis.sdm.datasets import (  # noqa: F401  (the fetcher's settings, one definition)
+    APP_NAME,
+    CACHE_ENV,
+    MIRROR_ENV,
+    OFFLINE_ENV,
+    TIMEOUT_S,
+    FetchError,
+    cache_dir,
+    mirror_dir,
+    offline,
+    verified,
+)
 
 LGR = logging.getLogger(__name__)
 
-MIRROR_ENV = "PAINEMP_MIRROR"
-OFFLINE_ENV = "PAINEMP_OFFLINE"
-CACHE_ENV = "PAINEMP_CACHE"
-APP_NAME = "painemp-compendium"
 REGISTRY = Path(__file__).with_name("datasets.tsv")
-RETRIES = 3
-"""Download attempts after the first one (pooch waits 1 s, 2 s, ... between them)."""
-TIMEOUT_S = 120
-"""Seconds without data before a download attempt fails."""
-
-
-class FetchError(RuntimeError):
-    """A dataset file could not be obtained or failed its checksum."""
+RETRIES = datasets.RETRIES
+"""Download attempts after the first one, passed to the engine's fetcher."""
 
 
 @lru_cache(maxsize=1)
@@ -96,99 +90,6 @@ def read_registry(path: Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def cache_dir() -> Path:
-    """The user cache folder for downloaded datasets (``PAINEMP_CACHE`` or the platform's)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return platformdirs.user_cache_path(APP_NAME, appauthor=False)
-
-
-def mirror_dir() -> Path | None:
-    """The local mirror named by ``PAINEMP_MIRROR``, if any."""
-    env = os.environ.get(MIRROR_ENV)
-    return Path(env) if env else None
-
-
-def offline() -> bool:
-    """Whether downloads are switched off (``PAINEMP_OFFLINE`` set to 1, true or yes)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _verified(path: Path, sha: str) -> bool:
-    return path.is_file() and sha256_file(path) == sha
-
-
-class _DownloadBar:
-    """The progress-bar protocol of pooch's HTTP downloader, on an :mod:`analysis.sdm.progress` bar.
-
-    Pooch sets ``total`` (0 when the server sends no length) at each attempt, counts whole
-    chunks with ``update``, and after the last chunk calls ``reset()`` and ``update(total)`` to
-    fill the bar; here the count is kept within the total and the timing is not restarted.
-    """
-
-    def __init__(self, bar):
-        self.bar = bar
-        self._filling = False
-
-    @property
-    def total(self):
-        return self.bar.total
-
-    @total.setter
-    def total(self, value) -> None:  # a new attempt starts
-        self.bar.reset(total=value or None)
-        self._filling = False
-
-    def update(self, n: int) -> None:
-        total = self.bar.total
-        if self._filling and total:
-            n = total - self.bar.n
-        elif total:
-            n = min(n, total - self.bar.n)
-        if n > 0:
-            self.bar.update(n)
-
-    def reset(self) -> None:
-        self._filling = True
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _no_pooch_start_line(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(("%s file", "Downloading", "Updating"))
-
-
-def _download(relpath: str, url: str, sha: str, dest: Path) -> None:
-    """Download ``url`` to ``dest`` through pooch, with retries, progress and the checksum."""
-    import pooch
-
-    from analysis.sdm.progress import progress
-
-    store = pooch.Pooch(path=dest.parent, base_url="", registry={dest.name: f"sha256:{sha}"},
-                        urls={dest.name: url}, retry_if_failed=RETRIES)
-    LGR.info("downloading %s from %s", relpath, url)
-    pooch_log = pooch.get_logger()  # keeps its retry notices, not the line that repeats ours
-    pooch_log.addFilter(_no_pooch_start_line)
-    with progress(desc=relpath.rsplit("/", 1)[-1], unit="B", unit_scale=True,
-                  logger=LGR) as bar:
-        downloader = pooch.HTTPDownloader(progressbar=_DownloadBar(bar), timeout=TIMEOUT_S)
-        try:
-            store.fetch(dest.name, downloader=downloader)
-        except ValueError as exc:  # checksum mismatch after the last attempt, or a bad URL
-            raise FetchError(f"{relpath}: download from {url} failed: {' '.join(str(exc).split())}"
-                             ) from exc
-        except OSError as exc:  # network and HTTP errors (requests' errors are OSErrors)
-            raise FetchError(f"{relpath}: could not download {url} after {1 + RETRIES} "
-                             f"attempt(s): {exc}") from exc
-        finally:
-            pooch_log.removeFilter(_no_pooch_start_line)
-    os.chmod(dest, 0o666 & ~current_umask())  # pooch's temporary file was private (0600)
-
-
 def fetch_file(relpath: str, download: bool = True) -> Path:
     """Return a local, verified copy of one registry file.
 
@@ -213,32 +114,9 @@ def fetch_file(relpath: str, download: bool = True) -> Path:
     reg = registry()
     if relpath not in reg:
         raise FetchError(f"{relpath!r} is not in the dataset registry {REGISTRY.name}")
-    sha, url = reg[relpath]["sha256"], reg[relpath]["url"]
-    mirror = mirror_dir()
-    if mirror is not None:
-        candidate = mirror / relpath
-        if candidate.exists():
-            if not _verified(candidate, sha):
-                raise FetchError(f"{candidate}: SHA-256 differs from the registry ({sha[:12]}…)")
-            return candidate
-    cached = cache_dir() / relpath
-    if _verified(cached, sha):
-        return cached
-    stale = " (the cached copy's SHA-256 differs from the registry)" if cached.exists() else ""
-    if url == "-":
-        raise FetchError(f"{relpath} has no download URL: it comes only with the mirror "
-                         f"({MIRROR_ENV}), which does not have it{stale}")
-    if not download or offline():
-        why = f"{OFFLINE_ENV} is set" if download else "downloads are off"
-        raise FetchError(f"{relpath} is neither in the mirror ({MIRROR_ENV}) nor in the cache "
-                         f"{cache_dir()}{stale}, and {why}")
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FetchError(f"{relpath}: cannot create the cache folder {cached.parent} ({exc}); "
-                         f"set {CACHE_ENV} to a writable folder") from exc
-    _download(relpath, url, sha, cached)
-    return cached
+    row = reg[relpath]
+    return datasets.fetch_file(relpath, None if row["url"] == "-" else row["url"], row["sha256"],
+                               download=download, retries=RETRIES, logger=LGR)
 
 
 def fetch_dataset(prefix: str, download: bool = True) -> Path:
@@ -261,12 +139,8 @@ def fetch_dataset(prefix: str, download: bool = True) -> Path:
 
 
 def _copy_to_cache(relpath: str) -> None:
-    import shutil
-
-    dest = cache_dir() / relpath
-    if not _verified(dest, registry()[relpath]["sha256"]):
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(fetch_file(relpath), tmp)
+    if not verified(cache_dir() / relpath, registry()[relpath]["sha256"]):
+        datasets.copy_to_cache(relpath, fetch_file(relpath))
 
 
 def nimare_data_dir(download: bool = True) -> Path:

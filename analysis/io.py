@@ -15,16 +15,8 @@ from typing import Any
 
 import numpy as np
 
-# the atomic primitives are the engine's (one implementation)
-from analysis.sdm.io import (  # noqa: F401
-    atomic_path,
-    current_umask,
-    save_nifti,
-    sha256_file,
-    write_bytes,
-    write_text,
-    write_tsv,
-)
+# the atomic primitives are the engine's (analysis.sdm.inputs.io): import them from there
+from analysis.sdm.inputs.io import atomic_path, write_text
 
 
 def _json_default(obj: Any) -> Any:
@@ -50,17 +42,21 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
     """Atomically save a matplotlib figure (format from the destination's suffix).
 
-    ``metadata`` is cleared for SVG/PDF/PNG so two runs give identical bytes.
+    ``metadata`` is cleared for SVG/PDF/PNG and the SVG ids are salted with a fixed string, so
+    two runs give identical bytes. The figure is saved under matplotlib's default ``savefig.*``
+    settings whatever the process changed before: importing NiMARE sets ``savefig.bbox:
+    tight`` and ``savefig.dpi: 100`` for the whole process (``nimare/reports/figures.py``), which
+    would otherwise make a figure's size and bytes depend on what ran earlier in the process.
     """
+    import matplotlib
+
     path = Path(path)
     fmt = path.suffix.lstrip(".")
     meta = {"svg": {"Date": None}, "pdf": {"CreationDate": None}, "png": {"Software": None}}
     kwargs.setdefault("metadata", meta.get(fmt))
-    if fmt == "svg":
-        import matplotlib
-
-        matplotlib.rcParams["svg.hashsalt"] = "painemp"
-    with atomic_path(path) as tmp:
+    rc = {k: v for k, v in matplotlib.rcParamsDefault.items() if k.startswith("savefig.")}
+    rc["svg.hashsalt"] = "painemp"
+    with matplotlib.rc_context(rc), atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, **kwargs)
     return path
 

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from analysis.sdm.space import grid_affine, grid_shape
+from analysis.sdm.maps.space import grid_affine, grid_shape, ijk_to_mni, nearest_voxel
 
 LGR = logging.getLogger(__name__)
 
@@ -90,10 +90,8 @@ class AtlasOnGrid:
 
 def _sample_native(img: nib.Nifti1Image, affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
     """Native voxel indices (nearest) of every grid voxel centre and whether they are inside."""
-    ijk = np.indices(shape).reshape(3, -1)
-    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
-    nat = np.linalg.inv(img.affine)
-    nijk = np.rint(nat[:3, :3] @ xyz + nat[:3, 3:4]).astype(np.int64)
+    xyz = ijk_to_mni(np.indices(shape).reshape(3, -1).T, affine)
+    nijk = nearest_voxel(xyz, img.affine).T
     inside = np.all((nijk >= 0) & (nijk < np.array(img.shape[:3])[:, None]), axis=0)
     return nijk, inside
 
@@ -140,9 +138,9 @@ def atlas_on_grid(atlas: str = "aal", affine=None, shape=None) -> AtlasOnGrid:
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
     affine : array, optional
-        Voxel-to-MNI affine of the grid (default :func:`analysis.sdm.space.grid_affine`).
+        Voxel-to-MNI affine of the grid (default :func:`analysis.sdm.maps.space.grid_affine`).
     shape : tuple, optional
-        Grid shape (default :func:`analysis.sdm.space.grid_shape`).
+        Grid shape (default :func:`analysis.sdm.maps.space.grid_shape`).
 
     Returns
     -------
@@ -181,8 +179,7 @@ def label_coordinates(xyz, atlas: str = "aal", max_distance_mm: float | None = N
     xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
     if xyz.shape[1] != 3:
         raise ValueError(f"coordinates must have 3 columns (x, y, z), got shape {xyz.shape}")
-    ijk = np.rint((np.linalg.inv(at.affine) @ np.c_[xyz, np.ones(len(xyz))].T)[:3].T)
-    ijk = ijk.astype(np.int64)
+    ijk = nearest_voxel(xyz, at.affine)
     inside = np.all((ijk >= 0) & (ijk < np.array(at.ids.shape)), axis=1)
     out = np.full(len(xyz), -1, dtype=np.int64)
     if inside.any():
@@ -200,7 +197,7 @@ def cluster_breakdown(in_cluster, space=None, atlas: str = "aal") -> pd.DataFram
     ----------
     in_cluster : array-like
         Boolean vector over the voxels of ``space`` or a boolean 3-D volume on the grid.
-    space : analysis.sdm.space.MaskSpace, optional
+    space : analysis.sdm.maps.space.MaskSpace, optional
         Needed when ``in_cluster`` is a vector.
     atlas : {"aal", "juelich", "harvard_oxford"}
         Atlas name.
@@ -326,6 +323,6 @@ def relabel_peaks(df: pd.DataFrame) -> pd.DataFrame:
 
 def aal_labeler(xyz):
     """``region`` and ``aal_label`` of MNI coordinates (n, 3): the cluster-table labeler of
-    :func:`analysis.sdm.clusters.threshold_clusters` (:func:`peak_labels`).
+    :func:`analysis.sdm.inference.clusters.threshold_clusters` (:func:`peak_labels`).
     """
     return peak_labels(xyz)

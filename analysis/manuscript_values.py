@@ -32,7 +32,6 @@ from typing import Any
 import pandas as pd
 
 from analysis import paths
-from analysis.sdm.peaks import REAL_PREFIXES, SIMULATED_PREFIX  # noqa: F401 (provenance prefixes)
 
 LGR = logging.getLogger(__name__)
 
@@ -1156,7 +1155,7 @@ def provenance(data_dir: str | Path | None = None,
     With ``data_dir``: classifies every study of ``studies.tsv`` by the provenance of its
     ``peaks.tsv`` rows.
 
-    :func:`analysis.sdm.peaks.classify_provenance`: a study counts as simulated when any of its
+    :func:`analysis.data_tables.classify_provenance`: a study counts as simulated when any of its
     peak rows is a simulated stand-in (``provenance`` starting with ``simulated:``), as real
     when all its rows start with ``original:`` (transcribed from a publication) or
     ``sdm-import:`` (imported from the authors' SDM project), and as without peaks when it has
@@ -1164,13 +1163,12 @@ def provenance(data_dir: str | Path | None = None,
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         When a file or its ``study`` / ``provenance`` column is missing, or a row has another
         prefix.
     """
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.peaks import PEAKS_FILE, classify_provenance
-    from analysis.sdm.studies import STUDIES_FILE
+    from analysis.data_tables import PEAKS_FILE, STUDIES_FILE, classify_provenance
+    from analysis.sdm.inputs.io import read_tsv_text
 
     if data_dir is None:
         rec = Values(results_dir).raw.get("meta", {})

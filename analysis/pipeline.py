@@ -45,9 +45,11 @@ from typing import Any
 import numpy as np
 
 from analysis import __version__, paths
-from analysis.config import derive_rng, load_config, result_config, validate_config
+from analysis.config import load_config, result_config, validate_config
 from analysis.errors import ResultsLocked
-from analysis.io import process_alive, sha256_file, write_json
+from analysis.io import process_alive, write_json
+from analysis.sdm.inputs.io import sha256_file
+from analysis.sdm.rng import derive_rng
 
 LGR = logging.getLogger(__name__)
 
@@ -190,16 +192,30 @@ def stage_code_files(stage: Stage) -> list[Path]:
     return module_closure(stage.target.split(":")[0])
 
 
-def _source_hash(stage: Stage) -> str:
-    """Hash of the code behind a stage: its ``sources`` when given, else the import closure of
-    its target module (so editing the renderer does not invalidate the permutation stage).
-    The configuration enters the stage key as parsed values, not as the file's text.
+def stage_hashed_files(stage: Stage) -> list[Path]:
+    """Every file whose bytes enter a stage's code hash: :func:`stage_code_files`, the dataset
+    registry when the stage can fetch, and the files a package of the stage ships in its
+    ``data/`` folder (e.g. ``analysis/sdm/data/``: the fitted kernel template). A file the engine
+    fetches (SDM-PSI's mask, :mod:`analysis.sdm.datasets`) enters through the module that records
+    its URL and SHA-256.
     """
-    h = hashlib.sha256(__version__.encode())
     files = stage_code_files(stage)
     if not stage.sources and paths.PACKAGE_DIR / "fetch.py" in files:
         files.append(paths.PACKAGE_DIR / "datasets.tsv")  # the dataset registry decides the inputs
-    for f in files:
+    for folder in sorted({f.parent / "data" for f in files}):
+        if folder.is_dir():
+            files.extend(sorted(p for p in folder.rglob("*") if p.is_file()))
+    return files
+
+
+def _source_hash(stage: Stage) -> str:
+    """Hash of the code behind a stage (:func:`stage_hashed_files`): its ``sources`` when
+    given, else the import closure of its target module (so editing the renderer does not
+    invalidate the permutation stage). The configuration enters the stage key as parsed
+    values, not as the file's text.
+    """
+    h = hashlib.sha256(__version__.encode())
+    for f in stage_hashed_files(stage):
         if f.exists():
             h.update(str(f.relative_to(paths.PACKAGE_DIR)).encode())
             h.update(f.read_bytes())

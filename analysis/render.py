@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from analysis import paths
-from analysis.io import atomic_path
+from analysis.sdm.inputs.io import atomic_path
 
 LGR = logging.getLogger(__name__)
 

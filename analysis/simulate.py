@@ -24,7 +24,7 @@ Model, per study ``s`` with ``n1`` patients and ``n2`` controls (``df = n1 + n2 
   SD ``simulation.heterogeneity_tau``; its spatial profile is a Gaussian of FWHM
   ``simulation.effect_fwhm_mm``; it is put on the t scale with
   ``t = g / (J(df) * sqrt(1/n1 + 1/n2))`` (Hedges & Olkin, 1985;
-  :func:`~analysis.sdm.effect_sizes.t_from_g`) and added to the noise (a normal approximation
+  :func:`~analysis.sdm.statistics.effect_sizes.t_from_g`) and added to the noise (a normal approximation
   of the non-central t).
 
 Reporting, per study: supra-threshold voxels in each reported direction form clusters
@@ -49,7 +49,7 @@ The default true effects of the stand-ins are the four published Table 3 effects
 at the centre for these sample sizes), so most stand-in peaks are maxima of the noise, as in
 underpowered real studies; the simulated stand-ins are therefore *not* expected to reproduce
 Table 3 (with the configured seed their main analysis finds no cluster). They are the world of
-the design checks (:mod:`analysis.checks.design`). The compendium's default data are the
+the design checks (:mod:`analysis.checks.design_simulation`). The compendium's default data are the
 *constructed* stand-ins of generator version 3 (:mod:`analysis.standins`), built on this
 version's listing so that the main analysis reproduces Table 3 by construction;
 :func:`regenerate_peaks` writes either (``simulation.generator_version``).
@@ -73,12 +73,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
-from tqdm.auto import tqdm
 
-from analysis.sdm.effect_sizes import degrees_of_freedom, t_from_g
-from analysis.sdm.peaks import PEAK_COLUMNS
+from analysis.sdm.inputs.peaks import PEAK_COLUMNS
+from analysis.sdm.maps.space import VOXEL_MM, connectivity_structure
+from analysis.sdm.progress import progress
 from analysis.sdm.rng import derive_rng
-from analysis.sdm.space import VOXEL_MM
+from analysis.sdm.statistics.effect_sizes import t_from_g
+from analysis.sdm.statistics.hedges import degrees_of_freedom
 
 LGR = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ STANDIN_NOTE = "simulated stand-in, not the study's data"
 @lru_cache(maxsize=1)
 def _mask_geometry() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Brain mask (bool grid), its voxel indices (n x 3) and their MNI coordinates (n x 3)."""
-    from analysis.sdm.space import brain_mask, ijk_to_mni
+    from analysis.sdm.maps.space import brain_mask, ijk_to_mni
 
     img = brain_mask()
     mask = np.asarray(img.dataobj) > 0
@@ -241,13 +242,6 @@ def simulate_tmap(n1: int, n2: int | None, effects: pd.DataFrame | None,
 # SPM-like peak listing
 
 
-def _structure(connectivity: int) -> np.ndarray:
-    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, not {connectivity}")
-    return ndimage.generate_binary_structure(3, rank)
-
-
 def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -1),
                cfg: dict | None = None, mask: np.ndarray | None = None,
                max_peaks: int | None = None) -> pd.DataFrame:
@@ -288,10 +282,10 @@ def find_peaks(tmap: np.ndarray, t_thr: float, directions: Sequence[int] = (1, -
     """
     _require(cfg)
     sim = cfg["simulation"]
-    from analysis.sdm.space import grid_affine, ijk_to_mni
+    from analysis.sdm.maps.space import grid_affine, ijk_to_mni
 
     mask = _mask_geometry()[0] if mask is None else np.asarray(mask, dtype=bool)
-    structure = _structure(sim["cluster_connectivity"])
+    structure = connectivity_structure(sim["cluster_connectivity"])
     min_k = int(sim["cluster_extent_voxels"])
     per_cluster = int(sim["local_max_per_cluster"])
     min_dist2 = float(sim["local_max_min_distance_mm"]) ** 2
@@ -360,9 +354,9 @@ def _table_order(out: pd.DataFrame) -> pd.DataFrame:
 def reported_directions(contrasts: str) -> list[int]:
     """Directions of a ``contrasts_reported`` field (``'Patients>HC;HC>Patients'`` -> [1, -1]).
 
-    Uses the vocabulary of :data:`analysis.sdm.studies.CONTRASTS`.
+    Uses the vocabulary of :data:`analysis.sdm.inputs.studies.CONTRASTS`.
     """
-    from analysis.sdm.studies import CONTRASTS
+    from analysis.sdm.inputs.studies import CONTRASTS
 
     out = set()
     for token in str(contrasts).split(";"):
@@ -382,7 +376,7 @@ def published_effects(data_dir=None) -> pd.DataFrame:
     positive = patients > controls).
     """
     from analysis import paths
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     path = (paths.data_dir() if data_dir is None else Path(data_dir)) / "published_table3.tsv"
     df = pd.read_csv(path, sep="\t")
@@ -542,10 +536,10 @@ def _peak_rows(study: str, peaks: pd.DataFrame, provenance: str, note: str,
 
     ``peak_id`` numbers the study's peaks from 1; ``note`` adds the cluster and its size. A
     study that reported Talairach coordinates gets its stand-ins converted from MNI with
-    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.sdm.coords` applies to ``TAL``
+    Lancaster's icbm_other2tal (the inverse of what :mod:`analysis.sdm.inputs.coords` applies to ``TAL``
     peaks) and rounded to whole millimetres, as a paper would print them.
     """
-    from analysis.sdm import coords
+    from analysis.sdm.inputs import coords
 
     if study_space not in STUDY_SPACE_OUT:
         raise ValueError(f"{study}: unknown study space {study_space!r}; expected one of "
@@ -707,7 +701,8 @@ def standin_listing(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     skip = set(skip)
     todo = [r for r in studies.itertuples(index=False) if r.study not in skip]
     listed = {}
-    for row in tqdm(todo, desc="simulating stand-in studies", disable=len(todo) < 5):
+    for row in progress(todo, desc="simulating stand-in studies", unit="study",
+                        disable=len(todo) < 5, logger=LGR):
         rng = derive_rng(seed, f"simulate-peaks/{row.study}")
         dirs = reported_directions(row.contrasts_reported)
         if n_standins is None:
@@ -746,7 +741,7 @@ def simulate_standins(studies: pd.DataFrame, seed: int, cfg: dict | None = None,
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.sdm.studies.load_studies`): ``study, n1, n2, t_thr,
+        The study table (:func:`analysis.data_tables.load_studies`): ``study, n1, n2, t_thr,
         contrasts_reported`` and optionally ``space`` (``MNI`` or ``Talairach``; Talairach
         studies get ``TAL`` stand-ins).
     seed : int
@@ -828,9 +823,9 @@ def simulate_meta_dataset(n_studies: int, effects, rng: np.random.Generator,
     peaks : DataFrame
         Peak rows in the ``peaks.tsv`` schema (all MNI, ``stat_type`` t), provenance
         ``simulated:v<version>:validation``, plus the signed ``t`` column, so that
-        ``SDMDataset(studies, peaks)`` (:mod:`analysis.sdm.dataset`) takes them directly.
+        ``SDMDataset(studies, peaks)`` (:mod:`analysis.sdm.inputs.dataset`) takes them directly.
     """
-    from analysis.sdm.coords import t_threshold
+    from analysis.sdm.inputs.coords import t_threshold
 
     _require(cfg)
     val = cfg["simulation"]["validation"]
@@ -881,8 +876,8 @@ def published_peak_total(data_dir, n_studies: int) -> int | None:
     DataError
         ``n_peaks`` or ``n_studies`` is not a whole number (file, row and field named).
     """
-    from analysis.errors import DataError
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.errors import DataError
+    from analysis.sdm.inputs.io import read_tsv_text
 
     path = Path(data_dir) / PUBLISHED_VALUES_FILE
     if not path.exists():
@@ -926,7 +921,7 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     cfg : dict, optional
         Configuration.
     write : bool
-        Write the result with :func:`analysis.sdm.peaks.write_peaks` (validated, atomic; nothing
+        Write the result with :func:`analysis.data_tables.write_peaks` (validated, atomic; nothing
         is written on any error).
     n_peaks : int, "published" or None
         Total number of peaks, real and simulated; ``"published"`` (default):
@@ -939,7 +934,7 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
     Returns
     -------
     DataFrame
-        The new table in canonical text form (:func:`analysis.sdm.peaks.format_peaks`).
+        The new table in canonical text form (:func:`analysis.sdm.inputs.peaks.format_peaks`).
 
     Raises
     ------
@@ -947,9 +942,9 @@ def regenerate_peaks(data_dir=None, seed: int | None = None, cfg: dict | None = 
         The real rows alone exceed the total, or the simulated maps list too few peaks.
     """
     from analysis import paths
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.peaks import PEAKS_FILE, format_peaks, write_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import PEAKS_FILE, load_studies, write_peaks
+    from analysis.sdm.inputs.io import read_tsv_text
+    from analysis.sdm.inputs.peaks import format_peaks
 
     _require(cfg)
     seed = int(cfg["seed"] if seed is None else seed)

@@ -6,7 +6,7 @@ replaces them by *simulated* stand-ins: the four published Table 3 effects plant
 simulated group-difference t-maps with each study's sample sizes and threshold. Under the
 published effect sizes (|g| about 0.4-0.5) studies of these sizes seldom list peaks near the
 published locations, and the main analysis of those stand-ins finds no cluster; that world is
-kept as the simulation of the design checks (stage ``design``, :mod:`analysis.checks.design`).
+kept as the simulation of the design checks (stage ``design``, :mod:`analysis.checks.design_simulation`).
 
 Version 3, the default data of the compendium, is **constructed** instead: the stand-ins are
 placed so that the main analysis (the configured seed, ``sdm.imputations`` imputations and
@@ -25,7 +25,7 @@ Construction, from the seed (deterministic):
 2. For each published cluster, the studies named in :data:`CONSTRUCTION` get one peak at the
    published coordinate (MNI; converted to Talairach for a study that reported Talairach
    coordinates) with the Hedges' g given there, turned into t with the study's sample sizes
-   (:func:`analysis.sdm.effect_sizes.t_from_g`, rounded up to 0.01 and never below the
+   (:func:`analysis.sdm.statistics.effect_sizes.t_from_g`, rounded up to 0.01 and never below the
    study's threshold). A study gets such a peak only in a direction that Table 2 lists for it.
 3. The other peaks of each study and direction ("filler" peaks) are the highest local maxima
    of its version-2 map in that direction that lie at least :data:`EXCLUSION_MM` from every
@@ -76,9 +76,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.effect_sizes import t_from_g
-from analysis.sdm.peaks import PEAK_COLUMNS
+from analysis.sdm.inputs.peaks import PEAK_COLUMNS
 from analysis.sdm.rng import derive_rng
+from analysis.sdm.statistics.effect_sizes import t_from_g
 
 LGR = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def construct_standins(studies: pd.DataFrame, seed: int, cfg: dict, skip=(),
     Parameters
     ----------
     studies : DataFrame
-        The study table (:func:`analysis.sdm.studies.load_studies`).
+        The study table (:func:`analysis.data_tables.load_studies`).
     seed : int
         Seed of the version-2 listing the filler peaks and counts come from; recorded in the
         provenance ``simulated:v3:seed=<seed>``.
@@ -291,7 +291,7 @@ def construct_standins(studies: pd.DataFrame, seed: int, cfg: dict, skip=(),
         a map without enough maxima far from the published peaks.
     """
     from analysis import simulate as S
-    from analysis.sdm import coords
+    from analysis.sdm.inputs import coords
 
     effects = S.published_effects() if effects is None else effects
     skip = set(skip)

@@ -1,17 +1,17 @@
 """Validation of the curated inputs ``studies.tsv`` and ``peaks.tsv`` (all errors at once).
 
-:func:`validate_data` reads both files strictly (:mod:`analysis.sdm.io`), checks every cell
-(:func:`analysis.sdm.studies.check_studies`, :func:`analysis.sdm.peaks.check_peaks`: encoding, columns,
+:func:`validate_data` reads both files strictly (:mod:`analysis.sdm.inputs.io`), checks every cell
+(:func:`analysis.sdm.inputs.studies.check_studies`, :func:`analysis.sdm.inputs.peaks.check_peaks`: encoding, columns,
 numbers, unknown studies, duplicates, coordinates outside the 2 mm MNI brain mask after
 conversion to MNI with ``data.mask_tolerance_mm`` tolerance, signs contradicting the reported
 contrasts or the statistic, p outside (0, 1), |t|, |z| or n beyond plausibility bounds, unknown
-spaces) and raises one :class:`analysis.errors.DataErrors` listing every problem, each naming
+spaces) and raises one :class:`analysis.sdm.errors.DataErrors` listing every problem, each naming
 file, row and field; what SDM-PSI accepts although a real project is merely untidy (a peak
 4-20 mm outside the brain mask, a repeated peak, a t below the study's threshold) is a warning,
-the same rule set as ``import-sdm`` (:func:`analysis.sdm.peaks.check_peaks`). A study of the
+the same rule set as ``import-sdm`` (:func:`analysis.sdm.inputs.peaks.check_peaks`). A study of the
 study table without any peak row is not an error (a study
 may report no significant difference) but a warning, and it keeps the provenance verdict
-(:func:`analysis.sdm.peaks.classify_provenance`) from "all real". It never writes anything.
+(:func:`analysis.data_tables.classify_provenance`) from "all real". It never writes anything.
 """
 
 from __future__ import annotations
@@ -22,17 +22,11 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import paths
-from analysis.errors import DataError, DataErrors
-from analysis.sdm.io import read_tsv_text
-from analysis.sdm.peaks import (
-    PEAK_COLUMNS,
-    PEAKS_FILE,
-    UNKNOWN_LABEL,
-    UNKNOWN_PREFIX,
-    check_peaks,
-    classify_provenance,
-)
-from analysis.sdm.studies import REQUIRED, STUDIES_FILE, check_studies
+from analysis.data_tables import PEAKS_FILE, STUDIES_FILE, UNKNOWN_LABEL, classify_provenance
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.inputs.io import read_tsv_text
+from analysis.sdm.inputs.peaks import PEAK_COLUMNS, UNKNOWN_PREFIX, check_peaks
+from analysis.sdm.inputs.studies import REQUIRED, check_studies
 
 LGR = logging.getLogger(__name__)
 
@@ -65,9 +59,9 @@ def validate_data(data_dir: str | Path | None = None, check_mask: bool = True,
         Every problem of both files (a single structural problem of a file, e.g. not UTF-8,
         stops the checks of that file only).
     """
-    from analysis.sdm.peaks import _split_checks
+    from analysis.data_tables import split_checks
 
-    study_kw, peak_kw = _split_checks(checks)
+    study_kw, peak_kw = split_checks(checks)
     ddir = Path(data_dir or paths.data_dir())
     errors: list[DataError] = []
     studies = None

@@ -56,6 +56,46 @@ def mirror():
     return m
 
 
+def quick_run(results: Path, skip: list[str]):
+    """``run_stages(quick=True)`` of every stage but ``skip`` into ``results``, with the
+    configuration's ``manuscript.test_overrides`` (a region of interest, few imputations and
+    permutations): ``(results, stages run, stages left out)``."""
+    from analysis.pipeline import STAGES, run_stages
+
+    ready = [s.name for s in STAGES if s.name not in skip]
+    missing = [s.name for s in STAGES if s.name not in ready]
+    run_stages(ready, quick=True, config=quick_config(), results_dir=results,
+               data_dir=REPO / "data")
+    return results, ready, missing
+
+
+def quick_config() -> dict:
+    """The configuration of the quick test runs (``manuscript.test_overrides``)."""
+    from analysis.config import load_config
+
+    return load_config(load_config()["manuscript"]["test_overrides"])
+
+
+def cache_dir(request, name: str) -> Path:
+    """pytest's cache folder ``name`` (kept between runs), or a fresh temporary folder when the
+    cache plugin is disabled (``-p no:cacheprovider``)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        return request.getfixturevalue("tmp_path_factory").mktemp(name)
+    return Path(cache.mkdir(name))
+
+
+@pytest.fixture(scope="session")
+def quick_results(request, mirror):
+    """One quick run of the pipeline per session (:func:`quick_run`), shared by every test that
+    checks real stage outputs; kept in pytest's cache (stage manifests make reruns cheap when
+    nothing changed), without the stages of ``manuscript.test_skip_stages``."""
+    from analysis.config import load_config
+
+    skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
+    return quick_run(cache_dir(request, "painemp-quick-results"), skip)
+
+
 @pytest.fixture(scope="session")
 def enge_dir(mirror):
     """The public SDM-PSI v6.21 run of Enge et al. (2021)."""

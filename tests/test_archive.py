@@ -22,9 +22,7 @@ from pathlib import Path
 import pytest
 
 from analysis import archive as ar
-from analysis.config import load_config
-from analysis.io import sha256_file
-from analysis.pipeline import run_stages
+from analysis.sdm.inputs.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD = "http://127.0.0.1:9"
@@ -36,8 +34,10 @@ CRATE_CONTEXT_SHA256 = "4a8c4cbdfd73d3d11be5ebe135f6122a0fc711fd1433e4258a748c80
 # --- CITATION.cff --------------------------------------------------------------------------------
 
 def _cffconvert() -> Path:
-    pytest.importorskip("cffconvert")
-    return Path(sys.executable).with_name("cffconvert")
+    """The cffconvert executable: a test dependency of the lock, so missing it is a failure."""
+    exe = Path(sys.executable).with_name("cffconvert")
+    assert exe.is_file(), f"{exe} missing: cffconvert is in requirements.lock (extra 'test')"
+    return exe
 
 
 def test_citation_cff_is_valid():
@@ -170,16 +170,14 @@ def test_compare_trees_reports_each_kind_of_difference(tmp_path):
 # --- an archive of quick results -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def quick_archive(request, tmp_path_factory, mirror):
-    """An archive of the manuscript tests' quick run (cached stages reused), with the manuscript
-    rendered for it, written from the repository's HEAD."""
+def quick_archive(quick_results, tmp_path_factory, mirror):
+    """An archive of the session's quick run (fixture ``quick_results`` of conftest.py, shared
+    with the manuscript tests), with the manuscript rendered for it, written from the
+    repository's HEAD."""
     from analysis import render as rd
 
-    cache = getattr(request.config, "cache", None)
-    results = (Path(cache.mkdir("painemp-quick-results")) if cache is not None
-               else tmp_path_factory.mktemp("painemp-quick-results"))
-    cfg = load_config(load_config()["manuscript"]["test_overrides"])
-    run_stages(quick=True, config=cfg, results_dir=results, data_dir=REPO / "data")
+    results, _, missing = quick_results
+    assert missing == []
     _, stamp = ar.head_commit(REPO)
     stamp -= stamp % 2
     out = tmp_path_factory.mktemp("archive")

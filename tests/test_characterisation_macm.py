@@ -132,7 +132,7 @@ def test_incidence_cache_roundtrip(neurosynth, tmp_path, monkeypatch):
 
 
 def test_bad_coordinates_raise_data_error(tmp_path):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     df = pd.DataFrame({"id": [1, 2], "x": [1.0, np.nan], "y": [0.0, 0.0], "z": [0.0, 0.0]})
     with pytest.raises(DataError, match=r"row 2, field 'x'"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from analysis.characterisation import conjunction as cj
 from analysis.characterisation import connectivity as fc
 from analysis.config import load_config
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
 
 CFG = load_config()["characterisation"]
 P1, P2, P3, P4 = ((0, 48, 0), (60, -14, -12), (-22, -48, -28), (-52, -70, 2))
@@ -43,18 +45,44 @@ def test_brainspace_files_read_without_brainspace(mirror):
     assert (xyz[:32492, 0] < 5).mean() > 0.99 and (xyz[32492:, 0] > -5).mean() > 0.99
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # VTK, inside BrainSpace's surface reader
-def test_brainspace_files_equal_brainspace_loaders(mirror):
-    """Same arrays as BrainSpace's own loaders (run only where BrainSpace is installed)."""
-    datasets = pytest.importorskip("brainspace.datasets")
+def _gifti_pointset(path: Path) -> np.ndarray:
+    """Vertex coordinates of a GIfTI surface read from its XML (GIfTI 1.0 format), without
+    nibabel: the data array whose intent is ``NIFTI_INTENT_POINTSET`` (the array BrainSpace's
+    VTK reader takes the points from), decoded from its declared encoding, type and order."""
+    import base64
+    import zlib
+    from xml.etree import ElementTree
+
+    arrays = ElementTree.parse(path).getroot().findall("DataArray")
+    (da,) = [a for a in arrays if a.get("Intent") == "NIFTI_INTENT_POINTSET"]
+    assert da.get("DataType") == "NIFTI_TYPE_FLOAT32" and da.get("ArrayIndexingOrder") == \
+        "RowMajorOrder"
+    raw = base64.b64decode(da.find("Data").text)
+    if da.get("Encoding") == "GZipBase64Binary":
+        raw = zlib.decompress(raw)
+    dtype = np.dtype("<f4" if da.get("Endian") == "LittleEndian" else ">f4")
+    return np.frombuffer(raw, dtype=dtype).reshape(int(da.get("Dim0")), int(da.get("Dim1")))
+
+
+def test_brainspace_files_equal_an_independent_reading(mirror):
+    """The arrays BrainSpace's loaders return (``brainspace.datasets.load_group_fc("schaefer",
+    400)``: ``np.loadtxt(..., delimiter=",")``; ``load_parcellation("schaefer", 400,
+    join=True)``: one integer per line; ``load_conte69()``: the point sets of the two GIfTI
+    surfaces), read again here with the csv module, ``int`` and the GIfTI XML itself."""
+    import csv
+
+    from analysis.fetch import fetch_file
+
     fcm, labels, xyz = fc.hcp_schaefer400()
-    ref_fc = datasets.load_group_fc("schaefer", scale=400)
-    ref_labels = datasets.load_parcellation("schaefer", scale=400, join=True)
-    assert ref_fc.dtype == fcm.dtype and ref_labels.dtype == labels.dtype
+    with open(fetch_file(fc.GROUP_FC), newline="") as fh:
+        ref_fc = np.array([[float(c) for c in row] for row in csv.reader(fh)])
+    ref_labels = np.array([int(line) for line in
+                           Path(fetch_file(fc.PARCELLATION)).read_text().split()])
+    ref_xyz = np.vstack([_gifti_pointset(Path(fetch_file(rel))) for rel in fc.SURFACES])
     np.testing.assert_array_equal(fcm, ref_fc)
     np.testing.assert_array_equal(labels, ref_labels)
-    lh, rh = datasets.load_conte69()
-    np.testing.assert_array_equal(xyz, np.vstack([lh.points, rh.points]).astype(np.float64))
+    assert ref_xyz.shape == (64984, 3)
+    np.testing.assert_array_equal(xyz, ref_xyz.astype(np.float64))
 
 
 @pytest.mark.parametrize("which, content, message", [

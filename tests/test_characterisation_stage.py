@@ -11,7 +11,7 @@ import pytest
 from analysis.characterisation import core
 from analysis.characterisation import databases as dbs
 from analysis.config import load_config
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
 
 CFG = load_config()["characterisation"]
 

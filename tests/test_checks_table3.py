@@ -12,14 +12,16 @@ from scipy import stats
 
 from analysis.checks import table3 as T
 from analysis.config import load_config
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
+from analysis.stages import params
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
 def cfg():
-    return load_config()
+    """The configuration's threshold, extent and kernel, as the pipeline passes them."""
+    return params.table3_check_params(load_config())
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +31,14 @@ def published():
 
 @pytest.fixture(scope="module")
 def studies():
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import load_studies
 
     return load_studies(DATA)
 
 
 @pytest.fixture(scope="module")
 def checks(published, studies, cfg):
-    return T.table3_consistency(published, studies, config=cfg)
+    return T.table3_consistency(published, studies, **cfg)
 
 
 def _verdict(checks, cluster, quantity) -> str:
@@ -89,7 +91,7 @@ def test_p_from_z_needs_the_float32_output_for_one_row(published, studies, cfg):
     #   MTG  3.699: [1.0801e-4, 1.0844e-4] holds 1.08063e-4
     #   CE   3.797: [7.3081e-5, 7.3377e-5] holds 7.3254e-5
     #   MOG  4.246: [1.08568e-5, 1.09053e-5] does NOT hold 1.0848e-5 (it needs |z| = 4.24668)
-    plain = T.table3_consistency(published, studies, config=cfg, float32_output=False)
+    plain = T.table3_consistency(published, studies, **cfg, float32_output=False)
     assert [_verdict(plain, c, "p_voxel") for c in (1, 2, 3, 4)] == [
         "consistent", "consistent", "consistent", "inconsistent"]
     assert "same significance at p < 0.0025" in plain["reason"].iloc[3 * len(QUANTITIES)]
@@ -97,7 +99,7 @@ def test_p_from_z_needs_the_float32_output_for_one_row(published, studies, cfg):
     # of 2^-24: 1 - float32(1 - 1.08568e-5) = 182 x 2^-24 = 1.0848e-5, the printed value.
     assert (1 - float(np.float32(1 - stats.norm.sf(4.2465)))) == pytest.approx(1.0848e-5,
                                                                               abs=5e-10)
-    full = T.table3_consistency(published, studies, config=cfg)
+    full = T.table3_consistency(published, studies, **cfg)
     assert [_verdict(full, c, "p_voxel") for c in (1, 2, 3, 4)] == ["consistent"] * 4
 
 
@@ -148,7 +150,7 @@ def test_extents_are_within_what_one_isotropic_peak_gives(checks):
 
 
 def test_single_peak_extent_geometry(cfg):
-    from analysis.sdm.space import grid_affine
+    from analysis.sdm.maps.space import grid_affine
 
     aff = grid_affine()
     sigma = 20 / math.sqrt(8 * math.log(2))
@@ -167,8 +169,8 @@ def test_single_peak_extent_geometry(cfg):
 def test_kernel_extent_matches_the_closed_form_on_an_unmasked_box(cfg):
     import nibabel as nib
 
-    from analysis.sdm.kernel import IsotropicKernel
-    from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+    from analysis.sdm.maps.kernel import IsotropicKernel
+    from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
 
     aff = grid_affine()
     box = np.zeros(grid_shape(), dtype=np.uint8)
@@ -185,11 +187,11 @@ def test_anisotropic_kernel_in_the_grey_matter_mask(published, studies, cfg, mir
     # matter, as its bound maps of Enge et al. 2021 show) gives larger single-peak blobs; the
     # printed extents stay within them.
     from analysis.grid import gm_mask
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.kernel import make_kernel
+    from analysis.sdm.maps.space import MaskSpace
 
     kern = make_kernel(MaskSpace(gm_mask()), fwhm=20.0, anisotropy=1.0)
-    res = T.table3_consistency(published, studies, config=cfg, kernel=kern)
+    res = T.table3_consistency(published, studies, **cfg, kernel=kern)
     sel = res[res["quantity"] == "cluster_extent_single_peak"]
     assert (sel["verdict"] == "consistent").all()
     assert (sel["upper"].to_numpy() > [69, 17, 108, 52]).all()
@@ -239,9 +241,9 @@ def _table(**changes) -> pd.DataFrame:
     ({"egger_p": ""}, "egger_p", "not checkable"),
 ])
 def test_each_check_can_fail(changes, quantity, verdict, studies, cfg):
-    res = T.table3_consistency(_table(**changes), studies, config=cfg)
+    res = T.table3_consistency(_table(**changes), studies, **cfg)
     assert _verdict(res, 1, quantity) == verdict
-    base = T.table3_consistency(_table(), studies, config=cfg)
+    base = T.table3_consistency(_table(), studies, **cfg)
     assert _verdict(base, 1, quantity) == "consistent"
 
 
@@ -249,17 +251,17 @@ def test_numeric_input_uses_table3_decimals(published, studies, cfg):
     num = published.copy()
     for c in T.TABLE3_COLUMNS[3:]:
         num[c] = pd.to_numeric(num[c])
-    a = T.table3_consistency(num, studies, config=cfg)
-    b = T.table3_consistency(published, studies, config=cfg)
+    a = T.table3_consistency(num, studies, **cfg)
+    b = T.table3_consistency(published, studies, **cfg)
     assert a["verdict"].tolist() == b["verdict"].tolist()
     assert a.loc[0, "printed"] == "0.000224233"
 
 
 def test_raw_studies_table_is_accepted(published, cfg):
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     raw = read_tsv_text(DATA / "studies.tsv")
-    res = T.table3_consistency(published, raw, config=cfg)
+    res = T.table3_consistency(published, raw, **cfg)
     assert T.verdict_counts(res)["inconsistent"] == 0
 
 
@@ -270,18 +272,18 @@ def test_errors_name_file_row_and_field(published, studies, cfg, tmp_path):
     bad = published.copy()
     bad.loc[2, "direction"] = "Patients=Controls"
     with pytest.raises(DataError, match=r"published_table3.tsv, row 2, field 'direction'"):
-        T.table3_consistency(bad, studies, config=cfg)
+        T.table3_consistency(bad, studies, **cfg)
     bad = published.copy()
     bad.loc[3, "sdm_z"] = "n/a"
     with pytest.raises(DataError, match=r"published_table3.tsv, row 3, field 'sdm_z'"):
-        T.table3_consistency(bad, studies, config=cfg)
+        T.table3_consistency(bad, studies, **cfg)
     with pytest.raises(DataError, match=r"field 'i2'"):
-        T.table3_consistency(published.drop(columns="i2"), studies, config=cfg)
+        T.table3_consistency(published.drop(columns="i2"), studies, **cfg)
     s = studies.copy()
     s["n2"] = s["n2"].astype(object)
     s.loc[s.index[4], "n2"] = "x"
     with pytest.raises(DataError, match=r"studies.tsv, row 5, field 'n2'.*Gu2015"):
-        T.table3_consistency(published, s, config=cfg)
+        T.table3_consistency(published, s, **cfg)
     (tmp_path / "published_table3.tsv").write_text(
         (DATA / "published_table3.tsv").read_text().replace("0.931", "high"))
     with pytest.raises(DataError, match=r"row 1, field 'egger_p'"):

@@ -1,4 +1,4 @@
-"""Thresholding and cluster tables (analysis.sdm.clusters)."""
+"""Thresholding and cluster tables (analysis.sdm.inference.clusters)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from analysis.sdm.clusters import (
+from analysis.sdm.inference.clusters import (
     DECREASE,
     INCREASE,
     TABLE_COLUMNS,
@@ -17,7 +17,7 @@ from analysis.sdm.clusters import (
     threshold_clusters,
     values_at_peaks,
 )
-from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
 
 
 @pytest.fixture(scope="module")

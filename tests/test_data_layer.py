@@ -8,10 +8,10 @@ import pytest
 from scipy import stats
 
 from analysis import paths
-from analysis.errors import DataError, DataErrors
-from analysis.sdm import coords
-from analysis.sdm.peaks import PEAK_COLUMNS, load_peaks, write_peaks
-from analysis.sdm.studies import load_studies
+from analysis.data_tables import load_peaks, load_studies, write_peaks
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.inputs import coords
+from analysis.sdm.inputs.peaks import PEAK_COLUMNS
 from analysis.validate import validate_data
 
 # --------------------------------------------------------------------------- conversions

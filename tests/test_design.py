@@ -1,4 +1,4 @@
-"""Stage "design" and its library (analysis.checks.design): what can be checked without the
+"""Stage "design" and its library (analysis.checks.design_simulation): what can be checked without the
 authors' coordinates. Every map and peak here is SIMULATED."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import pytest
 from scipy import stats
 
 from analysis import simulate as S
-from analysis.checks import design as D
-from analysis.config import derive_rng, load_config
-from analysis.errors import ConfigError, DataError
-from analysis.sdm.clusters import DECREASE, INCREASE
+from analysis.checks import design_simulation as D
+from analysis.config import load_config
+from analysis.errors import ConfigError
+from analysis.sdm.errors import DataError
+from analysis.sdm.inference.clusters import DECREASE, INCREASE
+from analysis.sdm.rng import derive_rng
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data"
@@ -185,14 +187,14 @@ def test_exceedance_and_the_monte_carlo_verdict():
 
 
 @pytest.fixture(scope="module")
-def roi_space(cfg):
+def roi_space(cfg, mirror):
     from analysis.stages.design import sensitivity_space
 
     return sensitivity_space(cfg, 20)
 
 
 def test_match_locations_on_a_simulated_map(cfg, roi_space):
-    from analysis.sdm.clusters import threshold_clusters
+    from analysis.sdm.inference.clusters import threshold_clusters
 
     locs = pd.DataFrame({"direction": [INCREASE, INCREASE, DECREASE, DECREASE],
                          "x": [0, 60, -22, -52], "y": [48, -14, -48, -70],
@@ -255,7 +257,7 @@ def test_read_permutation_maxima_names_file_row_and_field(tmp_path):
 
 
 def test_sensitivity_figure(tmp_path):
-    from analysis.figures.design import plot_sensitivity
+    from analysis.figures.design_sensitivity import plot_sensitivity
 
     s = D.summarise_sensitivity(_rows(), 0.95)
     pub = pd.DataFrame({"aal_label": ["Cingulate_Ant_L"], "hedges_g": [0.39], "sdm_z": [3.5]})
@@ -279,17 +281,14 @@ def test_design_configuration_is_validated():
 
 
 @pytest.fixture(scope="module")
-def quick_design(request):
-    """The stage in quick mode with ``manuscript.test_overrides``, in the results folder the
-    manuscript tests use (pytest's cache: upstream stages are computed once and reused)."""
-    from analysis.pipeline import run_stages
+def quick_design(quick_results):
+    """The stage in quick mode with ``manuscript.test_overrides``: the session's quick run of
+    the pipeline (fixture ``quick_results`` of conftest.py), shared with the manuscript tests."""
+    from conftest import quick_config
 
-    cache = getattr(request.config, "cache", None)
-    results = (Path(cache.mkdir("painemp-quick-results")) if cache is not None
-               else request.getfixturevalue("tmp_path_factory").mktemp("quick"))
-    config = load_config(load_config()["manuscript"]["test_overrides"])
-    run_stages(["design"], quick=True, config=config, results_dir=results, data_dir=DATA)
-    return results, config
+    results, ready, _ = quick_results
+    assert "design" in ready
+    return results, quick_config()
 
 
 def test_stage_outputs(quick_design):
@@ -355,7 +354,7 @@ def test_published_peaks_against_the_design_null():
     17), so the published decreases (-3.797, -4.246) cannot pass the exact test with these
     replicates. The design is asymmetric: the decrease threshold is the higher one.
     """
-    from analysis.bench.design import run_design
+    from analysis.bench.design_replicates import run_design
 
     out = run_design(null_replicates=20, sensitivity_replicates=3)
     v = out["values"]
@@ -380,7 +379,7 @@ def test_text_and_tables_round_the_same_value(x, tmp_path):
     """values.json keeps each number as the stage's tables write it (%.6g), so the text's
     rounding and the table's rounding of it agree (a value like 2.62549 once printed as 2.62 in
     the text and 2.63 in its table)."""
-    from analysis.sdm.io import write_tsv
+    from analysis.sdm.inputs.io import write_tsv
     from analysis.stages.design import _tab
 
     write_tsv(tmp_path / "t.tsv", pd.DataFrame({"v": [x]}), float_format="%.6g")

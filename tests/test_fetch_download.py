@@ -207,6 +207,6 @@ def test_real_registry_is_well_formed():
 
 
 def _umask() -> int:
-    from analysis.io import current_umask
+    from analysis.sdm.inputs.io import current_umask
 
     return current_umask()

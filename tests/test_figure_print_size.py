@@ -27,8 +27,9 @@ def test_text_width_is_the_typst_template_s():
     """A4 less the left and right margins of pandoc's Typst template, which render.py uses."""
     src = (REPO / "analysis" / "render.py").read_text(encoding="utf-8")
     assert '"papersize=a4"' in src
-    pypandoc = pytest.importorskip("pypandoc")
     import subprocess
+
+    import pypandoc  # pypandoc-binary: a runtime dependency (the renderer's pandoc)
 
     template = subprocess.run([pypandoc.get_pandoc_path(), "-D", "typst"], check=True,
                               capture_output=True, text=True).stdout
@@ -55,8 +56,8 @@ def test_the_check_sees_small_text():
 
 
 def _clusters(with_clusters: bool):
-    from analysis.sdm.clusters import threshold_clusters
-    from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+    from analysis.sdm.inference.clusters import threshold_clusters
+    from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
 
     shape = grid_shape()
     mask = np.zeros(shape, np.uint8)
@@ -143,8 +144,8 @@ def _funnel():
 
 
 def _sensitivity():
-    from analysis.checks import design as D
-    from analysis.figures.design import plot_sensitivity
+    from analysis.checks import design_simulation as D
+    from analysis.figures.design_sensitivity import plot_sensitivity
 
     rng = np.random.default_rng(2)
     rows = []

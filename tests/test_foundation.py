@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import config, fetch, io, paths, pipeline
+from analysis.sdm.rng import derive_rng
 
 
 def test_config_holds_preregistered_parameters():
@@ -20,10 +21,10 @@ def test_config_holds_preregistered_parameters():
 
 
 def test_stage_streams_are_reproducible_and_independent():
-    a1 = config.derive_rng(1, "meta").random(5)
-    a2 = config.derive_rng(1, "meta").random(5)
-    b = config.derive_rng(1, "robustness").random(5)
-    c = config.derive_rng(2, "meta").random(5)
+    a1 = derive_rng(1, "meta").random(5)
+    a2 = derive_rng(1, "meta").random(5)
+    b = derive_rng(1, "robustness").random(5)
+    c = derive_rng(2, "meta").random(5)
     np.testing.assert_array_equal(a1, a2)
     assert not np.allclose(a1, b)
     assert not np.allclose(a1, c)
@@ -38,6 +39,28 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("boom")
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_saved_figures_do_not_depend_on_the_process_savefig_settings(tmp_path):
+    """Importing NiMARE sets ``savefig.bbox: tight`` and ``savefig.dpi: 100`` for the whole
+    process; a figure saved afterwards must have the same size and bytes as before."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    def draw(stem):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        ax.set_title("a title")
+        for suffix in (".png", ".svg"):
+            io.save_figure(fig, tmp_path / f"{stem}{suffix}")
+        plt.close(fig)
+
+    draw("default")
+    with matplotlib.rc_context({"savefig.bbox": "tight", "savefig.dpi": 100}):
+        draw("changed")
+    for suffix in (".png", ".svg"):
+        assert (tmp_path / f"default{suffix}").read_bytes() == \
+            (tmp_path / f"changed{suffix}").read_bytes(), suffix
 
 
 def test_fetch_rejects_unknown_and_corrupt(tmp_path, monkeypatch):
@@ -111,7 +134,7 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PACKAGE_DIR", tmp_path / "analysis")
     rel = {str(f.relative_to(tmp_path / "analysis"))
            for f in pipeline.module_closure("analysis.stages.robustness")}
-    assert {"sdm/permutation.py", "sdm/tfce.py", "sdm/jackknife.py", "stages/params.py",
+    assert {"sdm/inference/permutation.py", "sdm/inference/tfce.py", "sdm/diagnostics/jackknife.py", "stages/params.py",
             "stages/meta.py", "__init__.py", "sdm/__init__.py"} <= rel
     assert not rel & {"render.py", "manuscript_values.py", "cli.py", "characterisation/macm.py"}
 
@@ -124,7 +147,7 @@ def test_stage_code_hash_follows_imports_only(tmp_path, monkeypatch):
     k0 = key()
     (tmp_path / "analysis/render.py").write_text("# edited\n")
     assert key() == k0
-    tfce = tmp_path / "analysis/sdm/tfce.py"  # imported by permutation.py, not by the stage
+    tfce = tmp_path / "analysis/sdm/inference/tfce.py"  # imported by permutation.py, not by the stage
     tfce.write_text(tfce.read_text() + "\n# edited\n")
     assert key() != k0
 

@@ -15,10 +15,10 @@ import pytest
 from scipy import stats
 
 from analysis.sdm.estimator import SDMPSI, analyse_imputations
-from analysis.sdm.metansue import variance_coefficients
-from analysis.sdm.random_effects import fit_random_effects
-from analysis.sdm.re_kernels import pooled_fit
-from analysis.sdm.rubin import pool_fits
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.random_effects import fit_random_effects
+from analysis.sdm.statistics.re_kernels import pooled_fit
+from analysis.sdm.statistics.rubin import pool_fits
 
 #: SDM's printed header (6 decimals): beta0 (at the covariate mean), slope g, its variance and z,
 #: tau2, H2, I2 (%), Q and the z of Q
@@ -146,8 +146,8 @@ def test_permutation_identity_equals_estimator_exactly(rng):
     """The unpermuted z of the PSI test is the estimator's z, bit for bit (mean and slope)."""
     import nibabel as nib
 
-    from analysis.sdm.permutation import psi_permutation_test
-    from analysis.sdm.space import MaskSpace, grid_affine
+    from analysis.sdm.inference.permutation import psi_permutation_test
+    from analysis.sdm.maps.space import MaskSpace, grid_affine
 
     data = np.zeros((91, 109, 91), np.uint8)
     data[40:48, 50:58, 40:46] = 1

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataErrors
-from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.errors import DataErrors
+from analysis.sdm.inputs.dataset import SDMDataset
 
 
 def _tables():
@@ -104,7 +104,7 @@ def test_untidy_but_usable_peaks_warn(caplog):
     peaks.loc[0, "t"] = 2.0  # below t_thr = 3.3
     peaks = pd.concat([peaks, peaks.iloc[[1]]], ignore_index=True)
     warnings: list[str] = []
-    from analysis.sdm.dataset import check_dataset
+    from analysis.sdm.inputs.dataset import check_dataset
 
     check_dataset(studies, peaks, warnings=warnings)
     assert any("row 1, field 't'" in w and "below" in w for w in warnings), warnings

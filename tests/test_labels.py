@@ -8,7 +8,7 @@ import pytest
 
 from analysis import labels
 from analysis.grid import gm_mask
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.maps.space import MaskSpace
 
 # Table 3 of He et al. (2024): the four published peaks and their AAL labels (data/published_table3.tsv)
 PUBLISHED = [
@@ -69,7 +69,7 @@ def test_probabilistic_atlases(atlas):
     assert expected in lab
 
 
-def test_cluster_breakdown_vector_and_volume():
+def test_cluster_breakdown_vector_and_volume(mirror):
     space = MaskSpace(gm_mask())
     d = np.linalg.norm(space.xyz - np.array([60, -14, -12]), axis=1)
     blob = d <= 6

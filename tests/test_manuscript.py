@@ -27,9 +27,8 @@ import pytest
 from analysis import manuscript_values as mv
 from analysis import pipeline
 from analysis import render as rd
-from analysis.config import load_config
-from analysis.errors import DataError
-from analysis.pipeline import STAGES, run_stages
+from analysis.pipeline import STAGES
+from analysis.sdm.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 QMD = REPO / "manuscript" / "index.qmd"
@@ -472,8 +471,7 @@ def test_metaregression_table_with_clusters():
 
 def test_network_table_headers_and_rounding(quick_results):
     results, ready, _ = quick_results
-    if "characterisation" not in ready:
-        pytest.skip("characterisation stage not run")
+    assert "characterisation" in ready
     df = mv.read_table("tbl-networks", results).query("set == 'published'")
     md = mv.format_table("tbl-networks", df)
     heads = _headers(md)
@@ -530,34 +528,7 @@ def test_provenance_bad_tag_names_row_and_field(tmp_path):
     assert err.value.file.endswith("peaks.tsv")
 
 
-# --- against a real (quick) pipeline run ----------------------------------------------------------
-
-def _quick_run(results: Path, skip: list[str]):
-    ready = [s.name for s in STAGES if s.name not in skip]
-    missing = [s.name for s in STAGES if s.name not in ready]
-    # quick mode with the configured test overrides (fewer imputations and permutations)
-    cfg = load_config(load_config()["manuscript"]["test_overrides"])
-    run_stages(ready, quick=True, config=cfg, results_dir=results, data_dir=REPO / "data")
-    return results, ready, missing
-
-
-@pytest.fixture(scope="session")
-def quick_results(request):
-    """``run_stages(quick=True)`` into a results folder kept in pytest's cache (stage manifests
-    make reruns cheap when nothing changed), without the stages of
-    ``manuscript.test_skip_stages`` (too slow for the default run)."""
-    skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
-    return _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
-
-
-def _cache_dir(request, name: str) -> Path:
-    """pytest's cache folder ``name`` (kept between runs), or a fresh temporary folder when the
-    cache plugin is disabled (``-p no:cacheprovider``)."""
-    cache = getattr(request.config, "cache", None)
-    if cache is None:
-        return request.getfixturevalue("tmp_path_factory").mktemp(name)
-    return Path(cache.mkdir(name))
-
+# --- against a real (quick) pipeline run (fixture ``quick_results`` of conftest.py) --------------
 
 def test_all_stages_present(quick_results):
     _, _, missing = quick_results
@@ -598,9 +569,11 @@ def test_manuscript_executes_without_quarto(quick_results, tmp_path, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
-def test_manuscript_full_pipeline(request, tmp_path, monkeypatch):
+def test_manuscript_full_pipeline(request, tmp_path, monkeypatch, mirror):
     """Every stage (quick mode), then the manuscript with no placeholder allowed."""
-    run = _quick_run(_cache_dir(request, "painemp-quick-results-all"), [])
+    from conftest import cache_dir, quick_run
+
+    run = quick_run(cache_dir(request, "painemp-quick-results-all"), [])
     assert run[2] == [], f"stages not importable: {run[2]}"
     _check_manuscript(run, tmp_path, monkeypatch)
 

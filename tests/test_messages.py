@@ -61,7 +61,7 @@ def test_duplicate_yaml_key_is_refused_with_its_lines(results_tmp, tmp_path, cap
 
 
 def test_bom_is_accepted_in_peak_files(tmp_path):
-    from analysis.sdm.project import read_sdm_project
+    from analysis.sdm.inputs.project import read_sdm_project
 
     d = tmp_path / "proj"
     d.mkdir()
@@ -75,7 +75,7 @@ def test_bom_is_accepted_in_peak_files(tmp_path):
 
 
 def test_disk_full_names_the_file(tmp_path, monkeypatch):
-    from analysis.sdm.io import write_text
+    from analysis.sdm.inputs.io import write_text
 
     dest = tmp_path / "out" / "table.tsv"
 
@@ -102,9 +102,9 @@ def test_mask_that_is_not_an_image_is_one_line(tmp_path, capsys, enge_dir):
 
 
 def test_folder_given_as_a_file_is_reported_as_such(tmp_path, capsys):
-    from analysis.errors import DataError
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.project import read_sdm_project
+    from analysis.sdm.errors import DataError
+    from analysis.sdm.inputs.io import read_tsv_text
+    from analysis.sdm.inputs.project import read_sdm_project
 
     (tmp_path / "studies.tsv").mkdir()
     with pytest.raises(DataError, match="is a folder, not a file"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,13 +10,14 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from analysis.errors import DataError
+from analysis.data_tables import load_dataset
 from analysis.grid import gm_mask
-from analysis.io import sha256_file
 from analysis.paths import REPO_ROOT
-from analysis.sdm.clusters import DECREASE, INCREASE
-from analysis.sdm.dataset import SDMDataset
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.errors import DataError
+from analysis.sdm.inference.clusters import DECREASE, INCREASE
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.inputs.io import sha256_file
+from analysis.sdm.maps.space import MaskSpace
 from analysis.stages import meta as stage
 
 PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -3.8),
@@ -25,7 +25,7 @@ PUBLISHED_PEAKS = [((0, 48, 0), 4.0), ((60, -14, -12), 3.7), ((-22, -48, -28), -
 
 
 @pytest.fixture(scope="module")
-def space():
+def space(mirror):
     return MaskSpace(gm_mask())
 
 
@@ -46,7 +46,7 @@ def _synthetic_result(space, k, m=4, shift=(0, 0, 0), seed=0):
 
 
 def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
-    ds = SDMDataset.from_data_dir(data_dir)
+    ds = load_dataset(data_dir)
     published = stage.load_published_table3(data_dir)
     prov = stage.input_provenance(ds)
 
@@ -65,7 +65,7 @@ def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
 
 
 def test_report_outputs(tmp_path, data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies))
     values, ds = _run_report(tmp_path, data_copy, space, res)
     for name in stage.MAP_NAMES + ("z_thresholded", "clusters"):
@@ -109,7 +109,7 @@ def test_report_outputs(tmp_path, data_copy, space):
 
 
 def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies), shift=(0, 4, 0))
     res.maps["z"] = np.where(res.maps["z"] < 0, 0.0, res.maps["z"])  # no decreases
     _run_report(tmp_path, data_copy, space, res, figures=False)
@@ -123,7 +123,7 @@ def test_comparison_with_shifted_and_missing_clusters(tmp_path, data_copy, space
 
 
 def test_egger_at_uses_imputations(data_copy, space):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies), m=3)
     vox = space.voxel_index([(0, 48, 0), (60, -14, -12)])
     p = stage.egger_at(res, ds, vox)
@@ -132,7 +132,7 @@ def test_egger_at_uses_imputations(data_copy, space):
 
 
 def test_input_provenance_and_errors(data_copy):
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     prov = stage.input_provenance(ds)
     assert prov["real"] == ["Moriguchi2007"] and len(prov["simulated"]) == 10
     assert prov["generator_versions"] == ["3"]  # the constructed stand-ins
@@ -194,11 +194,13 @@ def test_produce_through_pipeline(tmp_path, data_copy, space, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------
-# the real stage (engine analysis.sdm.estimator; about a minute per quick run: slow)
+# the real stage: the session's quick run of the pipeline (fixture ``quick_results`` of
+# conftest.py: ``manuscript.test_overrides``, grey matter within 20 mm of the published peaks,
+# 3 imputations), shared with the manuscript tests
 
-# Tolerances of the golden files of a quick run (sdm.imputations_quick = 10): cluster counts,
-# directions, labels and coordinates exact; floats to what the engine's numerics (BLAS,
-# optimiser stopping) may move on another machine.
+# Tolerances of the golden files of the quick run: cluster counts, directions, labels and
+# coordinates exact; floats to what the engine's numerics (BLAS, optimiser stopping) may move
+# on another machine.
 GOLDEN_TOLERANCES = {
     "sdm_z": {"atol": 1e-3},
     "p_voxel": {"rtol": 1e-2, "atol": 1e-9},
@@ -212,31 +214,22 @@ GOLDEN_TOLERANCES = {
 }
 
 
-def _run_stage(data_dir, results_dir):
-    from analysis.pipeline import run_stages
-
-    status = run_stages(["meta"], quick=True, force=True, data_dir=data_dir,
-                        results_dir=results_dir)
-    assert status == {"meta": "ran"}
-    return results_dir
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    pytest.importorskip("analysis.sdm.estimator")
-    data = tmp_path_factory.mktemp("meta") / "data"
-    shutil.copytree(REPO_ROOT / "data", data)
-    return data, _run_stage(data, data.parent / "results")
+def quick_run(quick_results):
+    """The results folder of the session's quick run, which ran stage ``meta``."""
+    results, ready, _ = quick_results
+    assert "meta" in ready
+    return results
 
 
-@pytest.mark.slow
 def test_stage_quick_golden(quick_run, data_regression, dataframe_regression):
     """Golden Table 3 of the quick run on data/ (SIMULATED stand-ins for 10 of 11 studies):
     clusters (exact) and the reproduced values at the published peaks (toleranced).
 
-    Regenerate with ``--force-regen`` when data/peaks.tsv or the engine change on purpose.
+    Regenerate with ``--force-regen`` when data/peaks.tsv, the engine or the quick run's
+    settings change on purpose.
     """
-    _, results = quick_run
+    results = quick_run
     t3 = pd.read_csv(results / "tables/table3.tsv", sep="\t")
     assert list(t3.columns) == stage.TABLE3_COLUMNS
     exact = {
@@ -259,14 +252,16 @@ def test_stage_quick_golden(quick_run, data_regression, dataframe_regression):
                                tolerances=tol)
 
 
-@pytest.mark.slow
 def test_stage_quick_outputs_and_values(quick_run):
-    data, results = quick_run
+    from conftest import quick_config
+
+    results = quick_run
     values = json.loads((results / "values.json").read_text())["meta"]
     t3 = pd.read_csv(results / "tables/table3.tsv", sep="\t")
     assert values["n_clusters_increase"] == int((t3["direction"] == INCREASE).sum())
     assert values["n_clusters_decrease"] == int((t3["direction"] == DECREASE).sum())
-    assert values["imputations"] == 10 and values["inputs_real"] == 1
+    assert values["imputations"] == quick_config()["sdm"]["imputations_quick"]
+    assert values["inputs_real"] == 1
     for name in stage.MAP_NAMES + ("z_thresholded", "clusters"):
         assert (results / "maps" / f"{name}.nii.gz").exists()
     assert (results / "figures/figure2.png").exists() and (results / "figures/figure2.svg").exists()
@@ -274,21 +269,28 @@ def test_stage_quick_outputs_and_values(quick_run):
         assert (results / f"figures/funnel_{c}.png").exists()
 
 
-@pytest.mark.slow
 def test_stage_is_deterministic(quick_run, tmp_path):
-    """Two runs of the stage give byte-identical tables, maps, figures and values."""
-    data, first = quick_run
-    second = _run_stage(data, tmp_path / "results")
-    files = [p.relative_to(first) for p in sorted(first.rglob("*"))
-             if p.is_file() and ".stages" not in p.parts]
-    assert any(f.suffix == ".tsv" for f in files) and any(f.suffix == ".png" for f in files)
-    for rel in files:
-        assert sha256_file(first / rel) == sha256_file(second / rel), rel
+    """A second run of the stage, from scratch into another folder, gives the session's quick
+    run's tables, maps, figures and intermediate files byte for byte, and the same values."""
+    from conftest import quick_config
+
+    from analysis.pipeline import run_stages
+
+    first, second = quick_run, tmp_path / "results"
+    assert run_stages(["meta"], quick=True, force=True, config=quick_config(),
+                      data_dir=REPO_ROOT / "data", results_dir=second) == {"meta": "ran"}
+    files = sorted(json.loads((first / ".stages/meta.json").read_text())["outputs"])
+    assert files == sorted(json.loads((second / ".stages/meta.json").read_text())["outputs"])
+    assert any(f.endswith(".tsv") for f in files) and any(f.endswith(".png") for f in files)
+    assert any(f.endswith(".nii.gz") for f in files)
+    assert [rel for rel in files if sha256_file(first / rel) != sha256_file(second / rel)] == []
+    meta_values = [json.loads((r / "values.json").read_text())["meta"] for r in (first, second)]
+    assert meta_values[0] == meta_values[1]
 
 
 def test_funnel_study_points_and_plot():
     from analysis.figures.funnel import funnel_plot, study_points
-    from analysis.sdm.effect_sizes import g_variance
+    from analysis.sdm.statistics.hedges import g_variance
 
     rng = np.random.default_rng(1)
     g = rng.normal(0.3, 0.2, (5, 3))
@@ -313,7 +315,8 @@ def test_engine_and_report_recover_planted_effects(tmp_path, data_copy):
     imputations) + Table 3. Each planted effect must be the peak region of a cluster of the
     right direction within 10 mm (observed when written: 2.8, 4.9, 9.2 and 8.7 mm), and the two
     largest clusters of each direction must be the planted ones."""
-    from analysis.config import derive_rng, load_config
+    from analysis.config import load_config
+    from analysis.sdm.rng import derive_rng
     from analysis.simulate import published_effects, simulate_meta_dataset
 
     cfg = load_config()

@@ -31,7 +31,7 @@ def null_run():
     null (the default) the same simulations give voxel-FWE 15 % (95 % CI 8.6-23.5 %) and
     TFCE-FWE 22 % (14.3-31.4 %): anti-conservative, because the observed maps, recreated from
     peaks with 20 mm kernels and imputed with 20 mm noise, are smoother than the permuted maps
-    and TFCE rewards extent (:mod:`analysis.sdm.permutation`). With the separate 20 mm TFCE
+    and TFCE rewards extent (:mod:`analysis.sdm.inference.permutation`). With the separate 20 mm TFCE
     null: voxel-FWE 15 % (unchanged; 99 % CI 7.2-26.3 %), TFCE-FWE 6 % (99 % CI 1.6-14.9 %).
     Expected 7.8 %."""
     return null_calibration(simulations=100, permutations=50, imputations=3, roi_radius_mm=20,

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.errors import DataError
 from analysis.figures import prisma
+from analysis.sdm.errors import DataError
 
 REPO_PRISMA = prisma.paths.REPO_ROOT / "data" / "prisma.yaml"
 

@@ -27,9 +27,9 @@ def _example() -> str:
 
 
 @pytest.mark.timeout(600)
-def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys):
-    from analysis.sdm import dataset as dataset_mod
-    from analysis.sdm.space import MaskSpace
+def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, mirror):
+    from analysis.sdm.inputs import dataset as dataset_mod
+    from analysis.sdm.maps.space import MaskSpace
 
     real = dataset_mod.SDMDataset.from_sdm_project.__func__
 

@@ -15,7 +15,8 @@ from test_data_layer import _edit_line as _edit  # set one cell of a TSV file (r
 
 from analysis import cli, paths
 from analysis import manuscript_values as mv
-from analysis.errors import DataError, DataErrors
+from analysis.data_tables import load_dataset
+from analysis.sdm.errors import DataError, DataErrors
 from analysis.validate import validate_data
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -51,10 +52,9 @@ def test_provenance_counts_studies_without_peaks(data_copy):
     assert "no peak coordinates at all" in banner and "Bird2010" in banner
     assert "1 of 11" in banner
 
-    from analysis.sdm.dataset import SDMDataset
     from analysis.stages.meta import input_provenance
 
-    ip = input_provenance(SDMDataset.from_data_dir(data_copy))
+    ip = input_provenance(load_dataset(data_copy))
     assert ip["real"] == ["Moriguchi2007"] and len(ip["no_peaks"]) == 10
     assert "10 without peaks" in ip["statement"]
 
@@ -77,7 +77,7 @@ def test_validate_data_cli_warns_on_study_without_peaks(data_copy, capsys):
 
 
 def test_provenance_one_classification():
-    from analysis.sdm.peaks import classify_provenance
+    from analysis.data_tables import classify_provenance
 
     v = classify_provenance(["A", "B", "C", "D"], ["A", "B", "B", "X"],
                             ["original:a", "sdm-import:p", "simulated:v1", "simulated:v1"])
@@ -161,7 +161,7 @@ def test_overlong_study_id_is_refused(data_copy):
 def test_cli_errors_are_one_line_and_debug_shows_traceback(monkeypatch, capsys, exc, expect):
     from analysis.commands import validate_data as cmd
     from analysis.errors import ConfigError
-    from analysis.fetch import FetchError
+    from analysis.sdm.datasets import FetchError
 
     def boom(args):
         if exc == "fetch":
@@ -196,8 +196,7 @@ def test_cli_entry_point_exit_status(tmp_path):
 
 
 def test_whitespace_is_stripped_everywhere(data_copy):
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import load_peaks, load_studies
 
     s = data_copy / "studies.tsv"
     lines = s.read_text().split("\n")
@@ -230,9 +229,8 @@ def test_case_insensitive_duplicate_ids(data_copy):
 @pytest.fixture
 def sdm_folder(tmp_path):
     """A small SDM project: three studies of the compendium's data."""
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.project import write_sdm_project
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import load_peaks, load_studies
+    from analysis.sdm.inputs.project import write_sdm_project
 
     st = load_studies(paths.data_dir())
     keep = ["Bird2010", "Moriguchi2007", "Xu2020"]
@@ -242,7 +240,7 @@ def sdm_folder(tmp_path):
 
 
 def _read(folder):
-    from analysis.sdm.project import read_sdm_project
+    from analysis.sdm.inputs.project import read_sdm_project
 
     with pytest.raises(DataErrors) as info:
         read_sdm_project(folder)
@@ -528,7 +526,8 @@ def test_second_run_on_the_same_results_is_refused(toy, capsys):
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_outputs_honour_the_umask(tmp_path, umask, mode):
-    from analysis.io import write_json, write_text
+    from analysis.io import write_json
+    from analysis.sdm.inputs.io import write_text
 
     old = os.umask(umask)
     try:
@@ -577,7 +576,7 @@ def test_two_runs_of_real_stages_give_byte_identical_outputs(data_copy, tmp_path
     """Stages ``tables`` and ``figure1`` run twice into two results folders: values.json and
     every output file are byte-identical (the manifests differ only in their timings)."""
     from analysis import pipeline
-    from analysis.io import sha256_file
+    from analysis.sdm.inputs.io import sha256_file
 
     runs = []
     for name in ("first", "second"):
@@ -640,7 +639,7 @@ def test_export_import_keeps_provenance(data_copy, tmp_path, capsys):
     beside the SDM files: stand-ins come back as stand-ins, never as real peaks."""
     import pandas as pd
 
-    from analysis.sdm.project import PROVENANCE_FILE, read_sdm_project
+    from analysis.sdm.inputs.project import PROVENANCE_FILE, read_sdm_project
 
     before = pd.read_csv(data_copy / "peaks.tsv", sep="\t", dtype=str, keep_default_na=False)
     proj, back = tmp_path / "proj", tmp_path / "back"
@@ -666,7 +665,7 @@ def test_export_import_keeps_provenance(data_copy, tmp_path, capsys):
 
 
 def test_import_without_record_is_provenance_unknown_never_real(data_copy, tmp_path, capsys):
-    from analysis.sdm.project import PROVENANCE_FILE
+    from analysis.sdm.inputs.project import PROVENANCE_FILE
 
     proj, back = tmp_path / "proj", tmp_path / "back"
     assert cli.main(["export-sdm", str(proj), "--data", str(data_copy)]) == 0
@@ -689,14 +688,14 @@ def test_import_without_record_is_provenance_unknown_never_real(data_copy, tmp_p
     summary = validate_data(back, check_mask=False)
     assert len(summary["studies_real"]) == 11 and summary["n_imported"] == summary["n_peaks"]
     with pytest.raises(DataErrors, match="source"):
-        from analysis.sdm.project import read_sdm_project
+        from analysis.sdm.inputs.project import read_sdm_project
         read_sdm_project(proj, source=" ")
 
 
 def test_export_keeps_every_covariate_of_an_imported_table(tmp_path):
     """sdm_table.txt with age, year, disorder, treated, female_pct, paradigm and sex: import ->
     export -> import keeps every column with its cells."""
-    from analysis.sdm.project import read_sdm_project, write_sdm_project
+    from analysis.sdm.inputs.project import read_sdm_project, write_sdm_project
 
     proj = tmp_path / "proj"
     proj.mkdir()
@@ -743,13 +742,12 @@ def meta_like(data_copy, tmp_path, monkeypatch):
     """A one-stage pipeline named ``meta`` reading studies.tsv and peaks.tsv and recording
     their provenance as the meta stage does (its ``provenance_values``)."""
     from analysis import pipeline
-    from analysis.sdm.dataset import SDMDataset
     from analysis.stages.meta import input_provenance, provenance_values
 
     def produce(ctx):
         ctx.out("tables/table3.tsv").write_text("x\n1\n")
         ctx.out("figures/figure2.png").write_text("figure")
-        ds = SDMDataset.from_data_dir(ctx.data_dir)
+        ds = load_dataset(ctx.data_dir)
         return provenance_values(input_provenance(ds))
 
     stage = pipeline.Stage("meta", "x:y", inputs=["studies.tsv", "peaks.tsv"],
@@ -863,7 +861,7 @@ def test_render_refuses_values_json_that_is_not_the_merge(meta_like):
 
 
 @pytest.fixture
-def small_sdm(tmp_path):
+def small_sdm(tmp_path, mirror):
     import nibabel as nib
     from test_sdm_estimator import _box_mask
 
@@ -882,7 +880,7 @@ def small_sdm(tmp_path):
 
 
 def _tree(folder):
-    from analysis.io import sha256_file
+    from analysis.sdm.inputs.io import sha256_file
 
     return {p.relative_to(folder).as_posix(): sha256_file(p)
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -891,7 +889,7 @@ def _tree(folder):
 def test_meta_out_is_replaced_whole_or_not_at_all(small_sdm, tmp_path, monkeypatch):
     from pathlib import Path
 
-    from analysis import io as aio
+    from analysis.sdm.inputs import io as aio
 
     out = tmp_path / "out"
     assert cli.main([*small_sdm, "--out", str(out), "--permutations", "3", "--seed", "1"]) == 0
@@ -929,10 +927,10 @@ def test_meta_out_refuses_a_folder_it_did_not_write(small_sdm, tmp_path, capsys)
 
 
 def test_peaks_without_a_provenance_column_are_not_counted_real(data_copy):
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages.meta import input_provenance
 
-    ds = SDMDataset.from_data_dir(data_copy)
+    ds = load_dataset(data_copy)
     bare = SDMDataset(ds.studies, ds.peaks.drop(columns="provenance"))
     ip = input_provenance(bare)
     assert ip["real"] == [] and len(ip["unknown"]) == 11

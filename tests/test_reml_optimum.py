@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from analysis.sdm.random_effects import reml_tau2
-from analysis.sdm.re_kernels import pooled_fit
+from analysis.sdm.statistics.random_effects import reml_tau2
+from analysis.sdm.statistics.re_kernels import pooled_fit
 
 
 def _reml_nll(tau2, y, v, X):

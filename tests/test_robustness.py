@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError
-from analysis.sdm import jackknife as jk
-from analysis.sdm import metaregression as mr
-from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
-from analysis.sdm.space import MaskSpace, grid_affine
+from analysis.sdm.diagnostics import jackknife as jk
+from analysis.sdm.diagnostics import metaregression as mr
+from analysis.sdm.errors import DataError
+from analysis.sdm.inference.clusters import DECREASE, INCREASE, threshold_clusters
+from analysis.sdm.maps.space import MaskSpace, grid_affine
 from analysis.stages import robustness as rs
 
 
@@ -140,7 +140,7 @@ def test_meta_fit_file_round_trip(tmp_path):
     """Stage robustness re-fits from what stage meta saved: bounds, seed, imputations."""
     from types import SimpleNamespace
 
-    from analysis.sdm.preprocess import Bounds
+    from analysis.sdm.maps.preprocess import Bounds
     from analysis.stages.meta import load_fit, save_fit
 
     space = MaskSpace(nib.Nifti1Image(np.ones((3, 3, 3), np.uint8), grid_affine()))

@@ -10,18 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError
-from analysis.sdm.dataset import SDMDataset
+from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import (
     SDMPSI,
     analyse_imputations,
     design_matrix,
     parse_hypothesis,
 )
-from analysis.sdm.metansue import variance_coefficients
-from analysis.sdm.random_effects import fit_random_effects
-from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace, grid_affine
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.maps.space import MaskSpace, grid_affine
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.random_effects import fit_random_effects
+from analysis.sdm.statistics.rubin import pool_fits
 
 
 def _box_mask(center=(-40, 16, -4), half=(14, 14, 10)):
@@ -96,7 +96,8 @@ def test_save_maps_round_trip(small_fit, tmp_path):
 
 
 def test_known_bounds_reduce_to_plain_random_effects(rng):
-    """With every effect known, all imputations coincide and Rubin = one REML fit."""
+    """With every effect known, all imputations coincide and Rubin = one DerSimonian-Laird fit
+    (the default estimator)."""
     space = MaskSpace(_box_mask(half=(4, 4, 4)))
     k, nv = 7, space.n_voxels
     n1 = rng.integers(10, 40, k).astype(float)
@@ -168,7 +169,7 @@ def test_covariate_fit_runs(small_fit):
     assert res.params["design_columns"] == ["intercept", "age"]
 
 
-def test_meta_command_on_an_sdm_folder(tmp_path):
+def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
     """``python -m analysis meta`` on a small simulated SDM-PSI project folder."""
     import json
 
@@ -201,7 +202,7 @@ def test_meta_command_on_an_sdm_folder(tmp_path):
 
 
 def _censored_bounds(rng, k, nv):
-    from analysis.sdm.effect_sizes import g_from_t
+    from analysis.sdm.statistics.effect_sizes import g_from_t
 
     n1 = rng.integers(12, 40, k).astype(float)
     gthr = g_from_t(3.2, n1)[:, None]
@@ -215,7 +216,7 @@ def _censored_bounds(rng, k, nv):
 def test_fast_pipeline_agrees_with_reference_pipeline(rng):
     """Fast engine vs the per-voxel reference pipeline (independent draws): same maps up to
     Monte-Carlo error of the imputations."""
-    from analysis.sdm.reference import reference_meta
+    from sdm_reference import reference_meta
 
     space = MaskSpace(_box_mask(half=(2, 0, 0)))
     k, nv = 6, space.n_voxels
@@ -234,7 +235,7 @@ def test_bench_engine_vs_reference_speed(rng, capsys):
     """Speed ratio of the fast engine over the per-voxel reference (same maths)."""
     import time
 
-    from analysis.sdm.reference import reference_meta
+    from sdm_reference import reference_meta
 
     space = MaskSpace(_box_mask(half=(6, 6, 4)))
     k, nv = 11, space.n_voxels

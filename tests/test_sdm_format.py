@@ -7,10 +7,9 @@ import pandas as pd
 import pytest
 
 from analysis import paths
-from analysis.errors import DataErrors
-from analysis.sdm.peaks import load_peaks
-from analysis.sdm.project import read_sdm_project, write_sdm_project
-from analysis.sdm.studies import load_studies
+from analysis.data_tables import load_peaks, load_studies
+from analysis.sdm.errors import DataErrors
+from analysis.sdm.inputs.project import read_sdm_project, write_sdm_project
 
 
 def _parse_folder(folder):
@@ -40,7 +39,7 @@ def test_round_trip_our_data(tmp_path):
     assert list(s2["study"]) == list(studies["study"])
     # imported tables load as data and give identical MNI coordinates and t values
     d = tmp_path / "d"
-    from analysis.sdm.project import write_data_tables
+    from analysis.data_tables import write_data_tables
 
     write_data_tables(s2, p2, d)
     st2 = load_studies(d)

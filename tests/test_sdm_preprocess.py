@@ -15,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.errors import DataError, DataErrors
-from analysis.sdm.dataset import SDMDataset
-from analysis.sdm.effect_sizes import g_from_t
-from analysis.sdm.kernel import (
+from analysis.sdm.errors import DataError, DataErrors
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.maps.kernel import (
     OFFSETS,
     TRUNCATE,
     AnisotropicKernel,
@@ -27,8 +26,9 @@ from analysis.sdm.kernel import (
     peak_position,
     peak_voxels,
 )
-from analysis.sdm.preprocess import preprocess, study_bounds
-from analysis.sdm.space import MaskSpace, grid_affine, grid_shape
+from analysis.sdm.maps.preprocess import preprocess, study_bounds
+from analysis.sdm.maps.space import MaskSpace, grid_affine, grid_shape
+from analysis.sdm.statistics.effect_sizes import g_from_t
 
 ENGE_STUDIES = ["arnoldussen2006nc", "aylward2005", "bauer2017", "backes2002", "lee2016",
                 "mooreparks2010", "schafer2009", "balsamo2006", "krishnan2021", "skeide2014six"]
@@ -201,7 +201,7 @@ def test_invalid_kernel_parameters():
 
 
 def test_tissue_stretch_model():
-    from analysis.sdm.templates import tissue_stretch
+    from analysis.sdm.maps.templates import tissue_stretch
 
     shape = (4, 4, 4)
     prob = np.zeros((3, *shape))
@@ -217,7 +217,7 @@ def test_tissue_stretch_model():
 
 
 def test_stretch_template_names():
-    from analysis.sdm.templates import stretch_template
+    from analysis.sdm.maps.templates import stretch_template
 
     shape = (5, 6, 7)
     u = stretch_template("uniform", grid_affine(), shape)
@@ -228,7 +228,7 @@ def test_stretch_template_names():
 
 def test_gray_matter_template_on_grid():
     from analysis.config import load_config
-    from analysis.sdm.templates import stretch_template, tissue_probabilities
+    from analysis.sdm.maps.templates import stretch_template, tissue_probabilities
 
     prob = tissue_probabilities(grid_affine(), grid_shape())
     assert prob.shape == (3, *grid_shape())
@@ -486,7 +486,7 @@ def test_sdm621_mode_reproduces_unknown_peaks(enge):
 @pytest.fixture(scope="module")
 def enge_kernel(enge):
     """The default anisotropic kernel on SDM's mask (peak kernels cached across tests)."""
-    from analysis.sdm.kernel import make_kernel
+    from analysis.sdm.maps.kernel import make_kernel
 
     return make_kernel(enge[0], anisotropy=1.0, template="gray_matter")
 
@@ -585,7 +585,7 @@ def test_bound_maps_anisotropic_kernel_vs_sdm(enge, enge_kernel):
 
 
 def test_bound_maps_fitted_template_vs_sdm(enge):
-    """Bound-map agreement with the default ``enge_fit`` template (:mod:`analysis.sdm.kernel_fit`),
+    """Bound-map agreement with the default ``enge_fit`` template (:mod:`analysis.kernel_template`),
     on the studies of this fixture that the template was NOT fitted on (held-out half).
 
     Measured (sdm621 mode, mean of lower/upper r): backes2002 0.977, balsamo2006 0.974,
@@ -593,9 +593,9 @@ def test_bound_maps_fitted_template_vs_sdm(enge):
     0.916/0.947/0.935/0.926). Whole held-out half (25 studies, slow test): mean 0.973, min
     0.945. Floors a little below the measured values.
     """
+    from analysis.kernel_template import split_studies
     from analysis.resources import stretch_template
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.kernel_fit import split_studies
+    from analysis.sdm.maps.kernel import make_kernel
 
     space, ds, sdm = enge
     _, test = split_studies(read_enge_ids(ds))
@@ -616,24 +616,6 @@ def read_enge_ids(ds) -> list:
     return list(tab["study"])
 
 
-def test_fitted_template_cache_records_its_sources(enge_dir):
-    """The derived template is cached with the SHA-256 of every input map (dataset registry)."""
-    import json
-
-    from analysis.fetch import cache_dir
-    from analysis.resources import _source_checksums, enge_stretch_template
-
-    arr = enge_stretch_template(grid_affine(), grid_shape())
-    assert arr.shape == (13, *grid_shape()) and not arr.flags.writeable
-    sums = _source_checksums()
-    assert sum(k.endswith("_lower.nii.gz") for k in sums) == 50 and any("sdm_mask" in k for k in sums)
-    files = list((cache_dir() / "derived").glob("sdm_stretch_enge2021_*.npz"))
-    assert files
-    assert any(json.loads(str(np.load(f)["sources"])) == sums for f in files)
-    with pytest.raises(ValueError, match="grid"):
-        enge_stretch_template(grid_affine(), (10, 10, 10))
-
-
 def test_peaks_outside_the_mask_are_not_moved(enge_dir):
     """SDM-PSI v6.21 keeps a peak outside its mask where it is (all 50 Enge studies).
 
@@ -643,7 +625,7 @@ def test_peaks_outside_the_mask_are_not_moved(enge_dir):
     implied distance D is 1.25 times the Euclidean distance (median; IQR 1.05-1.47; the engine
     uses 1.5, chosen on the training half); the peak 15 mm out leaves no trace (K = 0).
     """
-    from analysis.sdm.kernel_fit import load_enge, outside_mask_peaks
+    from analysis.kernel_template import load_enge, outside_mask_peaks
 
     ds, space, lo, up, g = load_enge(enge_dir)
     t = outside_mask_peaks(ds, space, lo, up, g, fwhm_to_sigma(20))
@@ -662,11 +644,13 @@ def test_fitted_template_held_out_half_of_enge(enge_dir):
     isotropic 20 mm 0.922/0.894 (held out); tissue template ``gray_matter`` 0.927/0.881.
     Studies with integer peak coordinates: held out 0.976 (14), training 0.993 (15); with
     non-integer (converted) coordinates, whose SDM peak position differs from the rounded one
-    by 1-2 mm on 30 % of the axes: 0.969 (11) and 0.974 (10). The refit reproduces the cached
-    template exactly.
+    by 1-2 mm on 30 % of the axes: 0.969 (11) and 0.974 (10). The refit reproduces the
+    template shipped with the engine exactly (``analysis/sdm/data/stretch_enge2021.npz``:
+    edge values, fill value and provenance).
     """
-    from analysis.resources import enge_stretch_template
-    from analysis.sdm.kernel_fit import evaluate, summary
+    from analysis.kernel_template import evaluate, summary
+    from analysis.resources import stretch_resource
+    from analysis.sdm.maps.templates import ENGE_TEMPLATE_RESOURCE, stretch_template
 
     tab, info = evaluate(enge_dir)
     s = summary(tab)
@@ -674,10 +658,17 @@ def test_fitted_template_held_out_half_of_enge(enge_dir):
     assert s["train_r_mean"] > 0.98
     assert s["test_r_mean"] > s["test_r_isotropic_mean"] + 0.04
     assert s["test_r_mean"] > s["test_r_gray_matter_mean"] + 0.04
-    from analysis.sdm.kernel_fit import fit_enge_template
+    refit = stretch_resource(enge_dir)
+    np.testing.assert_array_equal(refit["stretch"],
+                                  stretch_template("enge_fit", grid_affine(), grid_shape()))
+    import io
 
-    np.testing.assert_array_equal(fit_enge_template(enge_dir)[0],
-                                  enge_stretch_template(grid_affine(), grid_shape()))
+    from analysis.sdm.maps.space import data_file_bytes
+
+    with np.load(io.BytesIO(data_file_bytes(ENGE_TEMPLATE_RESOURCE))) as shipped:
+        np.testing.assert_array_equal(shipped["edge_planes"], refit["edge_planes"])
+        assert shipped["fill"] == refit["fill"]
+        assert str(shipped["provenance"]) == refit["provenance"]
 
 
 @pytest.mark.bench
@@ -732,15 +723,16 @@ def test_random_studies_bounds_are_ordered_and_bounded(rng, combine):
             assert lo[v[strongest]] == pytest.approx(gp[strongest], rel=1e-5)
 
 
-def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
+def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted(mirror):
     """An analysis restricted to a region (``sdm.analysis_roi_radius_mm``) recreates the study
     maps on the whole grey-matter mask and keeps the region: peaks elsewhere must not be moved
     onto the region's edge (they were, before: 66 % voxel-FWE false positives under the null)."""
     from analysis.config import load_config
-    from analysis.grid import analysis_mask, gm_mask
-    from analysis.sdm.preprocess import recreation_space
+    from analysis.grid import gm_mask
+    from analysis.sdm.maps.preprocess import recreation_space
+    from analysis.stages import params
 
-    roi = MaskSpace(analysis_mask(load_config({"sdm": {"analysis_roi_radius_mm": 12}})))
+    roi = MaskSpace(params.masks(load_config({"sdm": {"analysis_roi_radius_mm": 12}}))[0])
     full = MaskSpace(gm_mask())
     rec, index = recreation_space(roi, gm_mask())
     assert rec.n_voxels == full.n_voxels and roi.n_voxels < full.n_voxels
@@ -760,7 +752,7 @@ def test_region_of_interest_bounds_are_the_whole_brain_bounds_restricted():
     np.testing.assert_array_equal(b_roi.upper, b_full.upper[:, index])
     assert not b_roi.known.any()  # the far peak leaves the region unknown (bounds +-g_thr)
     # a prepared kernel on the whole mask (as the null-calibration bench passes) gives the same
-    from analysis.sdm.kernel import make_kernel
+    from analysis.sdm.maps.kernel import make_kernel
 
     sdm = load_config()["sdm"]
     opts = dict(fwhm=sdm["fwhm_mm"], anisotropy=sdm["anisotropy"],
@@ -779,7 +771,7 @@ def test_kd_tree_cache_never_hands_back_another_masks_tree():
     import gc
     import weakref
 
-    from analysis.sdm import kernel
+    from analysis.sdm.maps import kernel
 
     def space(lo, hi):
         m = np.zeros(grid_shape(), np.uint8)

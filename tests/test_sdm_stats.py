@@ -2,21 +2,34 @@
 
 Checked against independent implementations (PyMARE, statsmodels, scipy.optimize /
 scipy.integrate, scipy.stats.truncnorm) and against the per-voxel reference implementation
-(:mod:`analysis.sdm.reference`). Tolerances are stated at each assertion.
+(:mod:`sdm_reference`). Tolerances are stated at each assertion.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import sdm_reference as ref
 from scipy import integrate, stats
 
-from analysis.sdm import metansue as mn
-from analysis.sdm import reference as ref
-from analysis.sdm.effect_sizes import g_from_t, g_variance
-from analysis.sdm.egger import egger_test
-from analysis.sdm.random_effects import fit_random_effects, q_to_z, reml_tau2
-from analysis.sdm.rubin import pool_chi2, pool_cov, pool_fits, pool_scalar, pool_sqrt_mean
+from analysis.sdm.diagnostics.egger import egger_test
+from analysis.sdm.statistics.effect_sizes import g_from_t
+from analysis.sdm.statistics.hedges import g_variance
+from analysis.sdm.statistics.metansue import (
+    compiled as mn_compiled,
+)
+from analysis.sdm.statistics.metansue import (
+    imputation as mn_impute,
+)
+from analysis.sdm.statistics.metansue import (
+    mle as mn_mle,
+)
+from analysis.sdm.statistics.metansue import (
+    settings as mn_settings,
+)
+from analysis.sdm.statistics.pooling import pool_chi2, pool_sqrt_mean
+from analysis.sdm.statistics.random_effects import fit_random_effects, q_to_z, reml_tau2
+from analysis.sdm.statistics.rubin import pool_cov, pool_fits, pool_scalar
 
 
 def _random_meta(rng, k=12, nv=6):
@@ -119,26 +132,26 @@ def test_q_to_z_matches_definition():
 # ----------------------------------------------------------------------------- MetaNSUE
 def test_leave_n_out_rule():
     # 'auto' = metansue + 1: 50 -> 3 (Enge's MleNLeaveOneOut), 21 -> 2 (JDKENT template)
-    assert mn.leave_n_out_count(50) == 3
-    assert mn.leave_n_out_count(21) == 2
-    assert mn.leave_n_out_count(50, "metansue") == 2
-    assert mn.leave_n_out_count(3) == 1
-    assert mn.leave_n_out_count(11, 0) == 0
+    assert mn_settings.leave_n_out_count(50) == 3
+    assert mn_settings.leave_n_out_count(21) == 2
+    assert mn_settings.leave_n_out_count(50, "metansue") == 2
+    assert mn_settings.leave_n_out_count(3) == 1
+    assert mn_settings.leave_n_out_count(11, 0) == 0
 
 
 def test_interval_terms_against_integration_and_finite_differences():
     lo, up, s = -0.4, 0.7, 0.3
     for mu in (-2.0, 0.1, 0.9, 3.5):
-        f, d1, d2 = mn._interval_terms(np.array([mu]), lo, up, s, s)
+        f, d1, d2 = mn_mle._interval_terms(np.array([mu]), lo, up, s, s)
         prob = integrate.quad(stats.norm(mu, s).pdf, lo, up, epsabs=1e-14)[0]
         assert f[0] == pytest.approx(-np.log(prob), rel=1e-8)
         h = 1e-5
-        fp = mn._interval_terms(np.array([mu + h]), lo, up, s, s, deriv=False)
-        fm = mn._interval_terms(np.array([mu - h]), lo, up, s, s, deriv=False)
+        fp = mn_mle._interval_terms(np.array([mu + h]), lo, up, s, s, deriv=False)
+        fm = mn_mle._interval_terms(np.array([mu - h]), lo, up, s, s, deriv=False)
         assert d1[0] == pytest.approx((fp - fm)[0] / (2 * h), rel=1e-5, abs=1e-7)
         assert d2[0] == pytest.approx((fp - 2 * f + fm)[0] / h**2, rel=1e-3, abs=1e-5)
     # far tail stays finite
-    f = mn._interval_terms(np.array([40.0]), lo, up, s, s, deriv=False)
+    f = mn_mle._interval_terms(np.array([40.0]), lo, up, s, s, deriv=False)
     assert np.isfinite(f[0]) and f[0] > 1000
 
 
@@ -147,7 +160,7 @@ def test_mle_matches_reference(rng, with_cov):
     lo, up, n1, n2 = _random_bounds(rng, k=9 if with_cov else 11, nv=6 if with_cov else 25)
     X = np.c_[np.ones(len(n1)), rng.normal(size=len(n1))] if with_cov else None
     C = [0.0, 1.0] if with_cov else None
-    fast = mn.censored_mle(lo, up, n1, n2, X, C)
+    fast = mn_mle.censored_mle(lo, up, n1, n2, X, C)
     slow = ref.mle_map(lo, up, n1, n2, X, C)
     # scipy's bounded Brent / BFGS vs Newton: 1e-5 on coefficients and tau2
     np.testing.assert_allclose(fast["beta"], slow["beta"], atol=1e-5)
@@ -156,8 +169,8 @@ def test_mle_matches_reference(rng, with_cov):
 
 def test_mle_compiled_matches_numpy_path(rng):
     lo, up, n1, n2 = _random_bounds(rng, nv=80)
-    a = mn.censored_mle(lo, up, n1, n2, compiled=True)
-    b = mn.censored_mle(lo, up, n1, n2, compiled=False)
+    a = mn_mle.censored_mle(lo, up, n1, n2, compiled=True)
+    b = mn_mle.censored_mle(lo, up, n1, n2, compiled=False)
     # exact leave-n-out in both (every candidate that can win is refitted); golden section on
     # tau: 1e-5
     np.testing.assert_allclose(a["beta"], b["beta"], atol=1e-6)
@@ -189,8 +202,8 @@ def test_mle_compiled_design_matches_numpy_path(rng, first, n_cov):
         x1 = np.r_[np.full(6, 0.5), rng.normal(size=k - 6)]
     X = np.column_stack([np.ones(k), x1] + [rng.normal(size=k) for _ in range(n_cov - 1)])
     C = np.eye(n_cov + 1)[0 if first == "indicator" and n_cov == 1 else n_cov]
-    a = mn.censored_mle(lo, up, n1, n2, X, C, compiled=True)
-    b = mn.censored_mle(lo, up, n1, n2, X, C, compiled=False)
+    a = mn_mle.censored_mle(lo, up, n1, n2, X, C, compiled=True)
+    b = mn_mle.censored_mle(lo, up, n1, n2, X, C, compiled=False)
     assert a["n_leave_out"] == 2
     same = (a["discarded"] == b["discarded"]).all(0)
     assert same.mean() >= 0.97
@@ -214,12 +227,12 @@ def test_small_solver_falls_back_to_minimum_norm():
     out = np.empty((p, 1))
     A = np.array([[4.0, 1.0, 0.5], [1.0, 3.0, 0.2], [0.5, 0.2, 2.0]])
     B = np.array([[1.0], [-2.0], [0.5]])
-    assert mn._solve_small(A, B, out, M)
+    assert mn_compiled._solve_small(A, B, out, M)
     np.testing.assert_allclose(out, np.linalg.solve(A, B), rtol=1e-13)
     # a covariate constant (0) among the active studies: a zero row and column plus the ridge
     S = np.array([[4.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 3.0]]) + 1e-12 * np.eye(p)
     B = np.array([[1.0], [0.0], [0.5]])
-    assert not mn._solve_small(S, B, out, M)
+    assert not mn_compiled._solve_small(S, B, out, M)
     np.testing.assert_allclose(out, np.linalg.pinv(S - 1e-12 * np.eye(p)) @ B, rtol=1e-12)
     assert out[1, 0] == 0.0
 
@@ -228,7 +241,7 @@ def test_mle_all_known_is_weighted_mean(rng):
     k, nv = 7, 5
     n1 = rng.integers(10, 30, k).astype(float)
     g = rng.normal(0.4, 0.2, (k, nv))
-    res = mn.censored_mle(g, g, n1, None, leave_n_out=0, compress=False)
+    res = mn_mle.censored_mle(g, g, n1, None, leave_n_out=0, compress=False)
     w = 1 / g_variance(g, n1[:, None])
     np.testing.assert_allclose(res["beta"][:, 0], (w * g).sum(0) / w.sum(0), atol=1e-9)
 
@@ -237,8 +250,8 @@ def test_mle_compression_is_exact(rng):
     lo, up, n1, n2 = _random_bounds(rng, nv=20)
     lo = np.repeat(lo, 3, axis=1)
     up = np.repeat(up, 3, axis=1)
-    a = mn.censored_mle(lo, up, n1, n2, compress=True)
-    b = mn.censored_mle(lo, up, n1, n2, compress=False)
+    a = mn_mle.censored_mle(lo, up, n1, n2, compress=True)
+    b = mn_mle.censored_mle(lo, up, n1, n2, compress=False)
     np.testing.assert_allclose(a["beta"], b["beta"], atol=1e-12)
     np.testing.assert_allclose(a["tau2"], b["tau2"], atol=1e-12)
 
@@ -249,7 +262,7 @@ def test_truncnorm_ppf_matches_scipy(rng):
     sd = rng.uniform(0.1, 1, 200)
     lo = mean + rng.normal(0, 3, 200)
     up = lo + rng.uniform(0.01, 2, 200)
-    ours = mn.truncnorm_ppf(u, mean, sd, lo, up)
+    ours = mn_impute.truncnorm_ppf(u, mean, sd, lo, up)
     a, b = (lo - mean) / sd, (up - mean) / sd
     theirs = stats.truncnorm.ppf(u, a, b, loc=mean, scale=sd)
     ok = np.isfinite(theirs)
@@ -260,7 +273,7 @@ def test_truncnorm_ppf_matches_scipy(rng):
 def _box_space(shape=(14, 12, 10)):
     import nibabel as nib
 
-    from analysis.sdm.space import MaskSpace, grid_affine
+    from analysis.sdm.maps.space import MaskSpace, grid_affine
 
     data = np.zeros((91, 109, 91), np.uint8)
     data[30:30 + shape[0], 40:40 + shape[1], 30:30 + shape[2]] = 1
@@ -269,7 +282,7 @@ def _box_space(shape=(14, 12, 10)):
 
 def test_correlated_fields_are_standard_normal_and_smooth():
     space = _box_space()
-    f = mn.correlated_fields(np.random.default_rng(1), 400, space, fwhm_mm=20)
+    f = mn_impute.correlated_fields(np.random.default_rng(1), 400, space, fwhm_mm=20)
     assert f.shape == (400, space.n_voxels) and f.dtype == np.float32
     # per-voxel mean 0 and SD 1 (400 draws: SE of the mean 0.05, of the SD ~0.035)
     assert np.abs(f.mean(0)).max() < 0.25
@@ -286,17 +299,17 @@ def test_impute_respects_bounds_and_is_seeded(rng):
     space = _box_space((6, 6, 5))
     k, nv = 5, space.n_voxels
     lo, up, n1, n2 = _random_bounds(rng, k=k, nv=nv)
-    mle = mn.censored_mle(lo, up, n1, n2)
+    mle = mn_mle.censored_mle(lo, up, n1, n2)
     kw = dict(imputations=30, fwhm_mm=20)
-    a = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
-    b = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
-    c = mn.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(6), **kw)
+    a = mn_impute.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
+    b = mn_impute.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(5), **kw)
+    c = mn_impute.impute(lo, up, mle, n1, n2, space, rng=np.random.default_rng(6), **kw)
     assert a.shape == (30, k, nv) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     tol = 1e-6
     assert np.all(a >= lo.astype(np.float32) - tol) and np.all(a <= up.astype(np.float32) + tol)
-    known = np.abs(up - lo) < mn.KNOWN_TOL
+    known = np.abs(up - lo) < mn_settings.KNOWN_TOL
     np.testing.assert_array_equal(a[:, known], np.broadcast_to(lo[known].astype(np.float32),
                                                                (30, known.sum())))
 
@@ -308,7 +321,7 @@ def test_impute_draws_follow_the_truncated_normal():
     lo = np.full((1, nv), -0.7)
     up = np.full((1, nv), 0.6)
     mle = {"X": np.ones((1, 1)), "beta": np.full((nv, 1), 0.2), "tau2": np.full(nv, 0.05)}
-    draws = mn.impute(lo, up, mle, n1, None, space, imputations=2000,
+    draws = mn_impute.impute(lo, up, mle, n1, None, space, imputations=2000,
                       rng=np.random.default_rng(0), fwhm_mm=20)[:, 0, 0]
     sd = np.sqrt(g_variance(0.2, 20.0) + 0.05)
     a, b = (-0.7 - 0.2) / sd, (0.6 - 0.2) / sd
@@ -378,7 +391,7 @@ def test_compiled_inverse_normal_cdf():
     from scipy.special import ndtri
 
     p = np.r_[np.geomspace(1e-15, 0.5, 200), 1 - np.geomspace(1e-12, 0.5, 200)]
-    ours = np.array([mn._ndtri(x) for x in p])
+    ours = np.array([mn_impute._ndtri(x) for x in p])
     # Acklam's approximation: relative error < 1.2e-9 (absolute here <= 5e-9)
     np.testing.assert_allclose(ours, ndtri(p), rtol=2e-9, atol=5e-9)
-    assert mn._ndtri(0.0) == -np.inf and mn._ndtri(1.0) == np.inf
+    assert mn_impute._ndtri(0.0) == -np.inf and mn_impute._ndtri(1.0) == np.inf

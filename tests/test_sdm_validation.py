@@ -12,13 +12,13 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import sdm_reference as ref
 
 from analysis.commands import validate_sdm as vs
-from analysis.sdm import metansue as mn
-from analysis.sdm import reference as ref
-from analysis.sdm.dataset import SDMDataset
 from analysis.sdm.estimator import SDMPSI
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.inputs.dataset import SDMDataset
+from analysis.sdm.maps.space import MaskSpace
+from analysis.sdm.statistics.metansue import mle as mn_mle
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, reference_maps):
     up = np.stack([space.from_img(nib.load(str(enge_dir / "pp" / f"{s}_upper.nii.gz")))[cols]
                    for s in studies]).astype(float)
     n1 = tab["n1"].to_numpy(float)
-    fast = mn.censored_mle(lo, up, n1, None)
+    fast = mn_mle.censored_mle(lo, up, n1, None)
     slow = ref.mle_map(lo, up, n1, None)
     np.testing.assert_allclose(fast["beta"], slow["beta"], atol=1e-5)
     # golden-section search on tau (24 steps): relative 2e-5

@@ -8,9 +8,10 @@ import pytest
 from scipy import ndimage
 
 from analysis import simulate as S
-from analysis.config import derive_rng, load_config
-from analysis.sdm.effect_sizes import t_from_g
-from analysis.sdm.space import brain_mask, in_mask, mni_to_ijk
+from analysis.config import load_config
+from analysis.sdm.maps.space import brain_mask, in_mask, mni_to_ijk
+from analysis.sdm.rng import derive_rng
+from analysis.sdm.statistics.effect_sizes import t_from_g
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_smooth_noise_is_standardised_with_the_configured_smoothness(cfg, mask):
     # FWHM from the lag-1 autocorrelation of a Gaussian field: rho = exp(-d^2 / (4 sigma^2))
     both = mask[1:] & mask[:-1]
     rho = np.corrcoef(z[1:][both], z[:-1][both])[0, 1]
-    d = 2.0  # SDM-PSI grid (analysis.sdm.space.VOXEL_MM)
+    d = 2.0  # SDM-PSI grid (analysis.sdm.maps.space.VOXEL_MM)
     fwhm_est = np.sqrt(8 * np.log(2)) * np.sqrt(-d * d / (4 * np.log(rho)))
     assert fwhm_est == pytest.approx(fwhm, rel=0.1)
 
@@ -68,7 +69,7 @@ def test_gaussian_to_t_has_nominal_tail_probability():
 
 
 def test_null_maps_exceed_a_threshold_at_the_nominal_rate(cfg, mask):
-    from analysis.sdm.coords import t_threshold
+    from analysis.sdm.inputs.coords import t_threshold
 
     rng = np.random.default_rng(7)
     df, p = 30, 0.01
@@ -142,7 +143,7 @@ def test_planted_effects_produce_peaks_near_their_centres(cfg):
     assert list(studies.columns[:7]) == ["study", "n1", "n2", "df", "t_thr", "threshold_kind",
                                          "contrasts_reported"]
     assert peaks["provenance"].str.startswith("simulated:").all()
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.inputs.dataset import SDMDataset
 
     assert SDMDataset(studies, peaks).ids == list(studies["study"])
     assert studies.attrs["true_g"].shape == (8, 2)
@@ -196,9 +197,8 @@ REPO_DATA = __import__("pathlib").Path(__file__).resolve().parents[1] / "data"
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import load_peaks, load_studies
+    from analysis.sdm.inputs.io import read_tsv_text
 
     text = read_tsv_text(REPO_DATA / "peaks.tsv").reset_index(drop=True)
     return text, load_peaks(REPO_DATA), load_studies(REPO_DATA)
@@ -229,7 +229,7 @@ def test_every_simulated_row_is_labelled_and_real_rows_are_real(committed, cfg):
 def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
     """The simulated stand-ins (generator v2, the design stage's world) list their maps' peaks
     as SPM does (the committed rows are the constructed v3: tests/test_standins.py)."""
-    from analysis.sdm.peaks import load_peaks, write_peaks
+    from analysis.data_tables import load_peaks, write_peaks
 
     _, _, studies = committed
     v2 = S.regenerate_peaks(REPO_DATA, cfg=cfg, version="2")
@@ -254,7 +254,7 @@ def test_simulated_standins_obey_the_reporting_rules(committed, cfg, tmp_path):
 
 def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
     from analysis.cli import main
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     keep = {"Moriguchi2007", "Bird2010", "Fujino2014"}  # real; one direction; Talairach
     studies = (data_copy / "studies.tsv").read_text().splitlines()
@@ -280,7 +280,7 @@ def test_write_rewrites_only_simulated_rows(data_copy, cfg, capsys):
 
 
 def test_published_effects_and_bad_input(data_copy):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     eff = S.published_effects(data_copy)
     assert eff[["x", "y", "z"]].to_numpy().tolist()[0] == [0, 48, 0]
@@ -387,7 +387,7 @@ def test_committed_peaks_total_the_papers_143_and_real_rows_are_untouched(commit
 
 
 def test_the_total_applies_to_the_papers_study_set_only(data_copy):
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     assert S.published_peak_total(data_copy, 11) == 143
     assert S.published_peak_total(data_copy, 3) is None  # a subset: no total

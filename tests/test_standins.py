@@ -18,9 +18,11 @@ import pytest
 
 from analysis import simulate as S
 from analysis import standins as ST
-from analysis.config import derive_rng, load_config
-from analysis.sdm import coords
-from analysis.sdm.effect_sizes import g_from_t
+from analysis.config import load_config
+from analysis.data_tables import load_dataset
+from analysis.sdm.inputs import coords
+from analysis.sdm.rng import derive_rng
+from analysis.sdm.statistics.effect_sizes import g_from_t
 
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -40,8 +42,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def committed():
-    from analysis.sdm.peaks import load_peaks
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import load_peaks, load_studies
 
     return load_peaks(REPO_DATA), load_studies(REPO_DATA)
 
@@ -80,7 +81,7 @@ def test_committed_rows_are_v3_and_keep_what_is_known(committed, cfg):
 
 def test_counts_per_study_and_direction_are_v2s(committed, v2_counts):
     """Same counts as the simulated stand-ins: the design stage simulates the same listing."""
-    from analysis.checks.design import design_quotas
+    from analysis.checks.design_simulation import design_quotas
 
     peaks, studies = committed
     stand = peaks[S.is_simulated(peaks["provenance"])]
@@ -151,12 +152,11 @@ def test_talairach_study_is_converted(committed):
 def test_v3_reproduces_table3(committed, cfg, tmp_path):
     """Whole-brain main analysis of data/ (configured seed, imputations and thresholds): the
     four published clusters and no other, each within the tolerances above."""
-    from analysis.sdm.dataset import SDMDataset
     from analysis.stages import meta
     from analysis.stages.params import data_checks
 
     assert cfg["sdm"]["analysis_roi_radius_mm"] is None  # whole mask
-    ds = SDMDataset.from_data_dir(REPO_DATA, **data_checks(cfg))
+    ds = load_dataset(REPO_DATA, **data_checks(cfg))
     n_imp = int(cfg["sdm"]["imputations"])
     seed = int(derive_rng(cfg["seed"], "meta/fit").integers(2**31 - 1))  # the stage's seed
     res = meta.fit_mean_model(ds, cfg, n_imp, seed)

@@ -12,8 +12,8 @@ import pytest
 from scipy import ndimage
 from scipy.stats import norm
 
-from analysis.sdm import tfce as T
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.inference import tfce as T
+from analysis.sdm.maps.space import MaskSpace
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from analysis import paths
-from analysis.io import write_json, write_text
+from analysis.io import write_json
+from analysis.sdm.inputs.io import write_text
 
 LGR = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ LGR = logging.getLogger(__name__)
 BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: modules imported before running: their ``@register`` calls take effect, and a module-level
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
-BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.meta",
-                              "analysis.bench.characterisation", "analysis.bench.calibration",
-                              "analysis.bench.paper", "analysis.bench.design"]
+BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.sdm_fit",
+                              "analysis.bench.characterisation_macm", "analysis.bench.calibration",
+                              "analysis.bench.paper", "analysis.bench.design_replicates"]
 
 
 def register(name: str, description: str):

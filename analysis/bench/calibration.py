@@ -5,13 +5,13 @@ simulated meta-analyses runs the whole pipeline with no planted effect:
 
 1. null peaks of ``n_studies`` studies (:func:`analysis.simulate.simulate_meta_dataset` with
    ``null=True``: smooth noise t-maps, SPM-like peak lists in both directions);
-2. SDM pre-processing (:func:`analysis.sdm.preprocess.preprocess`) on the analysis mask,
+2. SDM pre-processing (:func:`analysis.sdm.maps.preprocess.preprocess`) on the analysis mask,
    restricted to a sphere of ``roi_radius_mm`` around the published peaks through the
    configuration key ``sdm.analysis_roi_radius_mm`` (an in-memory override of
    :func:`analysis.config.load_config`; ``config.yaml`` is not touched);
 3. MetaNSUE multiple imputation and the random-effects mean model (the estimator of stage
    ``robustness``, imputations kept);
-4. the PSI permutation test (:func:`analysis.sdm.permutation.psi_permutation_test`);
+4. the PSI permutation test (:func:`analysis.sdm.inference.permutation.psi_permutation_test`);
 5. a family-wise error "hit" when any voxel has ``p_FWE < alpha`` in either direction, for the
    voxel-wise maximum statistic and for TFCE.
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from analysis.bench import peak_rss_gb, register
+from analysis.sdm.progress import progress as progress_bar
 
 LGR = logging.getLogger(__name__)
 
@@ -95,10 +95,9 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
              backend: str, n_jobs: int, seed: int | None,
              psi_overrides: dict | None = None) -> _Pipeline:
     from analysis.config import load_config
-    from analysis.grid import analysis_mask
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.preprocess import recreation_space
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.kernel import make_kernel
+    from analysis.sdm.maps.preprocess import recreation_space
+    from analysis.sdm.maps.space import MaskSpace
     from analysis.stages import params
 
     overrides: dict = {"sdm": {"analysis_roi_radius_mm": roi_radius_mm}}
@@ -107,7 +106,7 @@ def _prepare(roi_radius_mm: float | None, n_studies: int, imputations: int, perm
     if seed is not None:
         overrides["seed"] = int(seed)
     cfg = load_config(overrides)
-    space = MaskSpace(analysis_mask(cfg))
+    space = MaskSpace(params.masks(cfg)[0])
     # one kernel for every simulation (its bounded peak cache is reused across studies), on the
     # space where maps are recreated: the whole grey-matter mask, then restricted to the ROI
     ep = params.estimator_params(cfg)
@@ -138,10 +137,10 @@ def simulate_once(pipe: _Pipeline, i: int, alpha: float) -> dict:
         among the permutation maxima, peak counts, agreement of the observed PSI z with the
         estimator's z, and the seconds of each step.
     """
-    from analysis.config import derive_rng
-    from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.permutation import psi_permutation_test
-    from analysis.sdm.preprocess import preprocess
+    from analysis.sdm.inference.permutation import psi_permutation_test
+    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.sdm.maps.preprocess import preprocess
+    from analysis.sdm.rng import derive_rng
     from analysis.simulate import simulate_meta_dataset
     from analysis.stages import params
 
@@ -260,8 +259,8 @@ def null_calibration(simulations: int = DEFAULTS["simulations"],
                  pipe.imputations, pipe.permutations, pipe.space.n_voxels, roi_radius_mm)
         t_setup = time.perf_counter() - t0
         rows = []
-        bar = tqdm(range(n_sim), desc="null calibration", unit="meta-analysis",
-                   disable=not progress)
+        bar = progress_bar(range(n_sim), desc="null calibration", unit="meta-analysis",
+                           disable=not progress, logger=LGR)
         for i in bar:
             rows.append(simulate_once(pipe, i, alpha))
             bar.set_postfix(voxel=sum(r["hit_voxel"] for r in rows),

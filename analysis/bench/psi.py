@@ -25,7 +25,7 @@ def _psi_inputs(imputations: int, seed: int):
     from analysis import paths
     from analysis.config import load_config
     from analysis.grid import gm_mask
-    from analysis.sdm.permutation import PSIInputs
+    from analysis.sdm.inference.permutation import PSIInputs
     from analysis.stages import params
 
     cfg = load_config()
@@ -40,13 +40,13 @@ def naive_permutation(inputs, subjects, codes, b: int) -> tuple[float, float, fl
 
     For every imputation the subject images ``Z + g/J`` are built explicitly, permuted,
     averaged (``J x mean difference``), meta-analysed with
-    :func:`analysis.sdm.random_effects.fit_random_effects` (the inputs' heterogeneity estimator)
+    :func:`analysis.sdm.statistics.random_effects.fit_random_effects` (the inputs' heterogeneity estimator)
     and pooled; TFCE by labelling every
-    height (:func:`analysis.sdm.tfce.tfce_reference`).
+    height (:func:`analysis.sdm.inference.tfce.tfce_reference`).
     """
-    from analysis.sdm.permutation import rubin_z
-    from analysis.sdm.random_effects import fit_random_effects
-    from analysis.sdm.tfce import tfce_reference
+    from analysis.sdm.inference.tfce import tfce_reference
+    from analysis.sdm.statistics.pooling import rubin_z
+    from analysis.sdm.statistics.random_effects import fit_random_effects
 
     k1, k2 = inputs.variance_coefficients()
     jj = inputs.j
@@ -116,7 +116,7 @@ def _age_design(inputs, ds):
     """PSI inputs of the meta-regression on the patients' mean age (``age_patients_mean``;
     ``None`` without it or with fewer than 4 studies reporting it).
     """
-    from analysis.sdm.permutation import PSIInputs
+    from analysis.sdm.inference.permutation import PSIInputs
 
     studies = ds.studies.set_index("study").loc[inputs.studies]
     if "age_patients_mean" not in studies.columns:
@@ -134,8 +134,8 @@ def _freedman_lane_kernels(fl, n: int, seed: int) -> tuple[float, float, float]:
     """Seconds per Freedman-Lane permutation of the voxel-blocked kernel and of the voxel-major
     estimator kernel (one thread), and the largest z difference between them.
     """
-    from analysis.config import derive_rng
-    from analysis.sdm.permutation import _Engine, _freedman_lane_parts, make_codes
+    from analysis.sdm.inference.permutation import _Engine, _freedman_lane_parts, make_codes
+    from analysis.sdm.rng import derive_rng
 
     n = max(int(n), 1)
     codes = make_codes(fl, n + 1, derive_rng(seed, "psi/permutations"))
@@ -163,7 +163,7 @@ def _loaded_seconds_per_permutation(inputs, subjects, n: int, seed: int, args) -
     """Seconds per permutation while one CPU-bound process competes for the cores."""
     import multiprocessing as mp
 
-    from analysis.sdm.permutation import psi_permutation_test
+    from analysis.sdm.inference.permutation import psi_permutation_test
 
     ctx = mp.get_context("spawn")
     hog = ctx.Process(target=_busy, args=(3600.0,), daemon=True)
@@ -180,8 +180,13 @@ def _loaded_seconds_per_permutation(inputs, subjects, n: int, seed: int, args) -
 
 @register("psi", "PSI permutations x imputations on the 11-study data (FWE + TFCE maxima)")
 def bench_psi(args: argparse.Namespace) -> dict:
-    from analysis.config import derive_rng, load_config
-    from analysis.sdm.permutation import make_codes, make_subject_images, psi_permutation_test
+    from analysis.config import load_config
+    from analysis.sdm.inference.permutation import (
+        make_codes,
+        make_subject_images,
+        psi_permutation_test,
+    )
+    from analysis.sdm.rng import derive_rng
 
     cfg = load_config()
     n_perm = int(args.permutations)
@@ -212,7 +217,7 @@ def bench_psi(args: argparse.Namespace) -> dict:
     ratios, notes = {}, []
     # roofline: a plain streaming pass over what every permutation reads (subject images and
     # the imputations, in the kernel's layout), with the same number of threads
-    from analysis.sdm.re_kernels import blocked_layout
+    from analysis.sdm.statistics.re_kernels import blocked_layout
 
     data = [*subjects, blocked_layout(inputs.imputations)]
     t_roof = stream_seconds(data, int(args.n_jobs))
@@ -298,7 +303,7 @@ def bench_psi(args: argparse.Namespace) -> dict:
     metrics["naive_max_z"] = np.round(np.array(naive)[:, :2], 4).tolist()
     metrics["ours_max_z"] = np.round(ours.maxima.iloc[1:n_np, 1:3].to_numpy(), 4).tolist()
     metrics["naive_vs_ours_max_abs_z_diff"] = float(diff.max())
-    notes.append("the naive loop uses analysis.sdm.random_effects.fit_random_effects with the "
+    notes.append("the naive loop uses analysis.sdm.statistics.random_effects.fit_random_effects with the "
                  "same heterogeneity estimator (DerSimonian-Laird by default)")
     # NiMARE ALE Monte-Carlo FWE, fewer iterations, scaled linearly to the same count
     if args.nimare_iters > 0:
@@ -334,8 +339,8 @@ def bench_psi_enge(args: argparse.Namespace) -> dict:
 
     from analysis.config import load_config
     from analysis.fetch import fetch_dataset
-    from analysis.sdm.dataset import SDMDataset
-    from analysis.sdm.permutation import psi_permutation_test
+    from analysis.sdm.inference.permutation import psi_permutation_test
+    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages import params
 
     cfg = load_config()

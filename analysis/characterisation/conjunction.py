@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from analysis.characterisation.macm import vector_to_img
 from analysis.fetch import fetch_file
+from analysis.sdm.maps.space import ijk_to_mni, nearest_voxel
 
 LGR = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def clusters(vec: np.ndarray, min_voxels: int, label_atlases=("aal", "juelich"))
     peaks = ndimage.maximum_position(vol, lab, keep) if len(keep) else []
     rows = []
     for cid, pk in zip(keep, peaks, strict=True):
-        xyz = img.affine[:3, :3] @ np.asarray(pk, dtype=float) + img.affine[:3, 3]
+        xyz = ijk_to_mni(pk, img.affine)[0]
         row = {"voxels": int(sizes[cid - 1]), "x": int(round(xyz[0])), "y": int(round(xyz[1])),
                "z": int(round(xyz[2])), "peak_value": float(vol[pk])}
         for a in label_atlases:
@@ -126,8 +127,7 @@ def seed_network(seed, names: list[str], radius_mm: float = 6.0) -> tuple[str, f
     from analysis.characterisation.databases import neurosynth_mask, sphere_offsets
 
     mimg = neurosynth_mask()
-    ijk = np.rint(np.linalg.inv(mimg.affine) @ np.r_[np.asarray(seed, float), 1.0])[:3]
-    pts = (ijk.astype(int) + sphere_offsets(radius_mm)).T
+    pts = (nearest_voxel(seed, mimg.affine)[0] + sphere_offsets(radius_mm)).T
     img = nib.load(fetch_file(YEO7))
     vals = np.rint(np.asarray(img.dataobj)[tuple(pts)]).astype(int)
     counts = np.bincount(vals, minlength=len(names) + 1)

@@ -45,8 +45,9 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 
 from analysis.characterisation.macm import img_to_vector
-from analysis.errors import DataError
 from analysis.fetch import fetch_file
+from analysis.sdm.errors import DataError
+from analysis.sdm.maps.space import ijk_to_mni
 
 LGR = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def load_group_fc() -> np.ndarray:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         The file is not a 400 x 400 comma-separated matrix of numbers.
     """
     path = fetch_file(GROUP_FC)
@@ -123,7 +124,7 @@ def load_parcellation() -> np.ndarray:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         The file is not one integer label in 0..400 per vertex of both hemispheres.
     """
     path = fetch_file(PARCELLATION)
@@ -144,7 +145,7 @@ def load_surface_xyz() -> np.ndarray:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         A surface file is not a GIfTI whose first data array holds n x 3 coordinates.
     """
     parts = []
@@ -186,7 +187,7 @@ def parcel_matching() -> tuple[np.ndarray, np.ndarray]:
     vol = np.rint(np.asarray(vimg.dataobj)).astype(np.int64)
     ijk = np.argwhere(vol > 0)
     vlab = vol[tuple(ijk.T)]
-    vxyz = ijk @ vimg.affine[:3, :3].T + vimg.affine[:3, 3]
+    vxyz = ijk_to_mni(ijk, vimg.affine)
     n = 400
     surf_c = np.array([xyz[labels == p].mean(0) for p in range(1, n + 1)])
     cnt = np.bincount(vlab, minlength=n + 1)[1:, None]

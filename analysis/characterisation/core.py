@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.errors import DataError
-from analysis.io import save_nifti, write_tsv
+from analysis.sdm.errors import DataError
+from analysis.sdm.inputs.io import save_nifti, write_tsv
 
 LGR = logging.getLogger(__name__)
 

@@ -39,10 +39,13 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from analysis.errors import DataError
-from analysis.fetch import cache_dir, fetch_file, registry
-from analysis.io import atomic_path, sha256_file, write_json
-from analysis.sdm.coords import tal2mni_lancaster
+from analysis.fetch import fetch_file, registry
+from analysis.io import write_json
+from analysis.sdm.datasets import cache_dir
+from analysis.sdm.errors import DataError
+from analysis.sdm.inputs.coords import tal2mni_lancaster
+from analysis.sdm.inputs.io import atomic_path, sha256_file
+from analysis.sdm.maps.space import nearest_voxel
 
 LGR = logging.getLogger(__name__)
 
@@ -139,8 +142,7 @@ class CoordinateDB:
         """
         mimg = neurosynth_mask()
         mask = np.asarray(mimg.dataobj) > 0
-        ijk = np.rint(np.linalg.inv(mimg.affine) @ np.r_[np.asarray(seed, float), 1.0])[:3]
-        pts = ijk.astype(np.int64) + sphere_offsets(radius_mm, abs(mimg.affine[0, 0]))
+        pts = nearest_voxel(seed, mimg.affine)[0] + sphere_offsets(radius_mm, abs(mimg.affine[0, 0]))
         pts = pts[np.all((pts >= 0) & (pts < np.array(mask.shape)), axis=1)]
         index = np.full(mask.shape, -1, dtype=np.int64)
         index[mask] = np.arange(int(mask.sum()))
@@ -254,8 +256,7 @@ def build_incidence(foci: pd.DataFrame, n_studies: int, radius_mm: float, mask: 
     shape = mask.shape
     lookup = np.full(mask.size, -1, dtype=np.int64)
     lookup[mask.ravel()] = np.arange(int(mask.sum()))
-    ijk = np.rint((foci[["x", "y", "z"]].to_numpy() - affine[:3, 3])
-                  @ np.linalg.inv(affine[:3, :3]).T).astype(np.int64)
+    ijk = nearest_voxel(foci[["x", "y", "z"]].to_numpy(), affine)
     study = foci["study"].to_numpy().astype(np.int64)
     order = np.argsort(study, kind="stable")
     ijk, study = ijk[order], study[order]

@@ -54,11 +54,9 @@ def region_of(seed) -> tuple[str, np.ndarray]:
 
 def studies_in_region(db: CoordinateDB, region: np.ndarray) -> np.ndarray:
     """Boolean (n_studies,): study has >= 1 focus whose nearest grid voxel lies in ``region``."""
-    from analysis.sdm.space import grid_affine
+    from analysis.sdm.maps.space import grid_affine, nearest_voxel
 
-    aff = grid_affine()
-    ijk = np.rint((db.foci[["x", "y", "z"]].to_numpy() - aff[:3, 3])
-                  @ np.linalg.inv(aff[:3, :3]).T).astype(np.int64)
+    ijk = nearest_voxel(db.foci[["x", "y", "z"]].to_numpy(), grid_affine())
     ok = np.all((ijk >= 0) & (ijk < np.array(region.shape)), axis=1)
     hit = np.zeros(len(ijk), dtype=bool)
     hit[ok] = region[tuple(ijk[ok].T)]

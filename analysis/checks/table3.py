@@ -72,7 +72,7 @@ digit)
     2 mm grid without a mask: the grid points within ``sigma sqrt(2 ln(|z_peak| / z_thr))`` of the
     peak. SDM-PSI's anisotropic kernel is wider than this Gaussian in grey matter (as its bound
     maps of Enge et al., 2021, show), so the isotropic count is not an upper bound for it; pass
-    ``kernel`` (e.g. the engine's :func:`analysis.sdm.kernel.make_kernel` on the analysis mask)
+    ``kernel`` (e.g. the engine's :func:`analysis.sdm.maps.kernel.make_kernel` on the analysis mask)
     to count the connected voxels of that kernel inside its mask instead. A printed extent within
     the bound is ``consistent`` (one study's peak suffices; the extent says nothing about
     convergence across studies). A larger one is ``not checkable``: several peaks (of one or more
@@ -106,7 +106,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
+from analysis.sdm.maps.space import ijk_to_mni, mni_to_ijk
 
 LGR = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def load_published_table3(data_dir: str | Path | None = None) -> pd.DataFrame:
         message names the file, the row and the field).
     """
     from analysis import paths
-    from analysis.sdm.io import read_tsv_text
+    from analysis.sdm.inputs.io import read_tsv_text
 
     path = Path(data_dir or paths.data_dir()) / TABLE3_FILE
     raw = read_tsv_text(path, required=TABLE3_COLUMNS)
@@ -248,7 +249,7 @@ def study_samples(studies: pd.DataFrame, name: str = STUDIES_FILE) -> pd.DataFra
 
 def within_variances(samples: pd.DataFrame) -> np.ndarray:
     """Smallest variance of each study's Hedges' g, ``1/n1 + 1/n2`` (its exact value at g = 0)."""
-    from analysis.sdm.effect_sizes import g_variance
+    from analysis.sdm.statistics.hedges import g_variance
 
     return np.asarray(g_variance(0.0, samples["n1"].to_numpy(float),
                                  samples["n2"].to_numpy(float)), dtype=float)
@@ -264,7 +265,7 @@ def typical_within_variance(v: np.ndarray) -> float:
     """Higgins & Thompson's typical within-study variance ``(k-1) S1 / (S1² - S2)``, ``Sr = sum w^r``.
 
     For an intercept-only model this is ``(k - p) / tr P_FE`` of SDM-PSI's I²
-    (:mod:`analysis.sdm.random_effects`).
+    (:mod:`analysis.sdm.statistics.random_effects`).
     """
     w = 1.0 / np.asarray(v, dtype=float)
     return float((len(w) - 1) * w.sum() / (w.sum() ** 2 - (w * w).sum()))
@@ -347,13 +348,13 @@ def single_peak_extent(z_peak: float, z_thr: float, xyz, fwhm_mm: float,
     sigma = float(fwhm_mm) / math.sqrt(8.0 * math.log(2.0))
     r2 = 2.0 * sigma * sigma * math.log(a / z_thr)
     aff = np.asarray(affine, dtype=float)
-    centre = np.linalg.solve(aff[:3, :3], np.asarray(xyz, float) - aff[:3, 3])
+    centre = mni_to_ijk(xyz, aff)[0]
     step = float(np.min(np.abs(np.diag(aff[:3, :3]))))
     reach = int(math.ceil(math.sqrt(r2) / step)) + 1
     base = np.floor(centre).astype(int)
     rng = np.arange(-reach, reach + 2)
     ijk = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3) + base
-    pts = ijk @ aff[:3, :3].T + aff[:3, 3]
+    pts = ijk_to_mni(ijk, aff)
     d2 = np.sum((pts - np.asarray(xyz, float)) ** 2, axis=1)
     return int(np.count_nonzero(d2 <= r2 * (1 + 1e-12)))
 
@@ -369,7 +370,7 @@ def kernel_single_peak_extent(z_peak: float, z_thr: float, xyz, kernel) -> int:
         Peak (MNI mm).
     kernel : object
         Has ``weights(xyz) -> (voxel indices, K)`` and ``space.ijk`` (e.g.
-        :class:`analysis.sdm.kernel.IsotropicKernel` or ``AnisotropicKernel``).
+        :class:`analysis.sdm.maps.kernel.IsotropicKernel` or ``AnisotropicKernel``).
 
     Returns
     -------
@@ -412,7 +413,8 @@ def _ok(flag: bool) -> str:
 
 
 def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
-                       config: dict, kernel=None, float32_output: bool = True,
+                       p_uncorrected: float, min_cluster_voxels: int, fwhm_mm: float,
+                       kernel=None, float32_output: bool = True,
                        published_name: str = TABLE3_FILE,
                        studies_name: str = STUDIES_FILE) -> pd.DataFrame:
     """Check the printed Table 3 against itself, the samples and the paper's text.
@@ -424,12 +426,12 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
         (:func:`load_published_table3`) keep the printed number of decimals, which sets the
         rounding allowed; numeric cells use :data:`DEFAULT_DECIMALS` (Table 3's).
     studies : DataFrame
-        The included studies with ``n1``/``n2`` (:func:`analysis.sdm.studies.load_studies`) or
+        The included studies with ``n1``/``n2`` (:func:`analysis.data_tables.load_studies`) or
         ``n_patients``/``n_controls`` (raw ``studies.tsv``).
-    config : dict
-        The compendium's configuration (:func:`analysis.config.load_config`): voxel threshold
-        ``sdm.threshold.p_uncorrected`` (0.0025), extent ``sdm.threshold.min_cluster_voxels``
-        (11, i.e. k > 10) and kernel ``sdm.fwhm_mm`` (20), on SDM-PSI's grid.
+    p_uncorrected, min_cluster_voxels, fwhm_mm : float, int, float
+        The paper's voxel threshold (0.0025), extent (11, i.e. k > 10) and kernel FWHM (20 mm)
+        on SDM-PSI's grid; the pipeline passes the configuration's ``sdm.threshold`` and
+        ``sdm.fwhm_mm`` (:func:`analysis.stages.params.table3_check_params`).
     kernel : object, optional
         A kernel of the engine (``weights(xyz)``, ``space``) for the single-peak extent; default
         the isotropic Gaussian without a mask (see the module docstring).
@@ -454,13 +456,11 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
         A missing column, an unknown direction, a non-numeric cell (file, row, field named),
         or a study table without valid group sizes.
     """
-    from analysis.sdm.space import grid_affine
+    from analysis.sdm.maps.space import grid_affine
 
-    cfg = config
-    thr = cfg["sdm"]["threshold"]
-    alpha = float(thr["p_uncorrected"])
-    min_k = int(thr["min_cluster_voxels"])
-    fwhm = float(cfg["sdm"]["fwhm_mm"])
+    alpha = float(p_uncorrected)
+    min_k = int(min_cluster_voxels)
+    fwhm = float(fwhm_mm)
     affine = grid_affine()
     zc = z_threshold(alpha)
 
@@ -517,7 +517,7 @@ def table3_consistency(published: pd.DataFrame, studies: pd.DataFrame, *,
 
         # peak on the 2 mm grid
         xyz = x[["x", "y", "z"]].to_numpy(float)
-        ijk = np.linalg.solve(affine[:3, :3], xyz - affine[:3, 3])
+        ijk = mni_to_ijk(xyz, affine)[0]
         ok = bool(np.allclose(ijk, np.round(ijk), atol=1e-6))
         rows.append(_row(c, rec, "peak_coordinates",
                          ",".join(_text(rec[a], 0) for a in ("x", "y", "z")), np.nan, np.nan,

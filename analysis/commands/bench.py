@@ -44,7 +44,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                         "sdm.psi.tfce_subject_fwhm_mm)")
     p.add_argument("--nimare-iters", type=int, default=20,
                    help="Monte-Carlo iterations of the NiMARE comparison (0 = skip)")
-    # null-calibration (analysis/sdm/bench_calibration.py): its own counts, so that the options
+    # null-calibration (analysis/bench/calibration.py): its own counts, so that the options
     # above keep their meaning for the other benchmarks
     p.add_argument("--simulations", type=int, default=100,
                    help="null-calibration: simulated null meta-analyses (default 100)")
@@ -62,7 +62,7 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
-    # design (analysis/bench/design.py): the checks of stage "design" with more replicates
+    # design (analysis/bench/design_replicates.py): the checks of stage "design" with more replicates
     p.add_argument("--design-null-replicates", type=int, default=None,
                    help="design: whole-brain null meta-analyses (default 20)")
     p.add_argument("--design-sensitivity-replicates", type=int, default=None,

@@ -41,8 +41,8 @@ def run_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from analysis.characterisation.core import characterise, parse_seeds, write_tables
-    from analysis.errors import DataError
     from analysis.figures import figure3, figure4
+    from analysis.sdm.errors import DataError
 
     cfg = load_config()["characterisation"]
     seeds = parse_seeds(args.seeds)

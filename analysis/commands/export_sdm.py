@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 
 from analysis import paths
-from analysis.sdm.io import read_tsv_text
-from analysis.sdm.peaks import PEAK_COLUMNS, PEAKS_FILE
-from analysis.sdm.project import write_sdm_project
-from analysis.sdm.studies import STUDIES_FILE, load_studies
+from analysis.data_tables import PEAKS_FILE, STUDIES_FILE, load_studies
+from analysis.sdm.inputs.io import read_tsv_text
+from analysis.sdm.inputs.peaks import PEAK_COLUMNS
+from analysis.sdm.inputs.project import write_sdm_project
 
 EPILOG = """\
 examples:

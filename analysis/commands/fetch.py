@@ -32,8 +32,8 @@ def _where(relpath: str) -> str:
     sha = fetch.registry()[relpath]["sha256"]
     mirror = fetch.mirror_dir()
     if mirror is not None and (mirror / relpath).is_file():
-        return "mirror" if fetch._verified(mirror / relpath, sha) else "mirror (checksum differs)"
-    if fetch._verified(fetch.cache_dir() / relpath, sha):
+        return "mirror" if fetch.verified(mirror / relpath, sha) else "mirror (checksum differs)"
+    if fetch.verified(fetch.cache_dir() / relpath, sha):
         return "cache"
     return "missing"
 

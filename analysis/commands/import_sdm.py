@@ -13,8 +13,9 @@ import argparse
 from pathlib import Path
 
 from analysis import paths
-from analysis.sdm.peaks import UNKNOWN_LABEL, UNKNOWN_PREFIX
-from analysis.sdm.project import PROVENANCE_FILE, read_sdm_project, write_data_tables
+from analysis.data_tables import UNKNOWN_LABEL, write_data_tables
+from analysis.sdm.inputs.peaks import UNKNOWN_PREFIX
+from analysis.sdm.inputs.project import PROVENANCE_FILE, read_sdm_project
 
 EPILOG = """\
 examples:

@@ -1,10 +1,10 @@
 """``python -m analysis meta``: run the SDM-PSI engine on any SDM-PSI project folder.
 
-Reads ``sdm_table.txt`` and the peak files of the folder (:mod:`analysis.sdm.project`), fits
+Reads ``sdm_table.txt`` and the peak files of the folder (:mod:`analysis.sdm.inputs.project`), fits
 :class:`analysis.sdm.estimator.SDMPSI` and writes the maps (``g, var, z, tau2, i2, h2, q, q_z,
 p, p_pos, p_neg``; NIfTI), the cluster table (``clusters.tsv``, thresholds of the configuration:
 one-tailed p < 0.0025, peak SDM-Z > 1, k > 10) and ``summary.json``. With ``--permutations N``
-the PSI permutation test (:mod:`analysis.sdm.permutation`) adds the FWE-corrected maps.
+the PSI permutation test (:mod:`analysis.sdm.inference.permutation`) adds the FWE-corrected maps.
 
 The output folder is written whole or not at all: everything goes into a staging folder beside
 it (``.<name>.partial-<pid>``), which replaces the folder only once every file is written, so
@@ -83,10 +83,10 @@ def staged_output(out: Path) -> Iterator[Path]:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         ``out`` is a file, or a non-empty folder that is not the output of a ``meta`` run.
     """
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -172,7 +172,7 @@ def load_mask(path: Path):
     """The ``--mask`` image; a file that is not a NIfTI image is a one-line error naming it."""
     import nibabel as nib
 
-    from analysis.errors import DataError
+    from analysis.sdm.errors import DataError
 
     path = Path(path)
     if path.is_dir():
@@ -193,9 +193,9 @@ def load_mask(path: Path):
 def run_command(args: argparse.Namespace) -> int:
 
     from analysis.config import load_config
-    from analysis.errors import DataError
     from analysis.grid import gm_mask
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.errors import DataError
+    from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.stages import params
 
     cfg = load_config()
@@ -226,9 +226,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out: Path) -> dict:
     """Fit, threshold and (with ``--permutations``) correct; write everything into ``out``."""
-    from analysis.io import write_json, write_tsv
+    from analysis.io import write_json
     from analysis.labels import aal_labeler
-    from analysis.sdm.clusters import threshold_clusters
+    from analysis.sdm.inference.clusters import threshold_clusters
+    from analysis.sdm.inputs.io import write_tsv
     from analysis.stages import params
 
     t0 = time.perf_counter()
@@ -245,7 +246,7 @@ def _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out: 
         "n_clusters": clusters.peaks()["direction"].value_counts().to_dict(),
     }
     if args.permutations and args.permutations > 1:
-        from analysis.sdm.permutation import psi_permutation_test
+        from analysis.sdm.inference.permutation import psi_permutation_test
 
         psi = {**params.psi_params(cfg), "n_jobs": args.n_jobs}
         perm = psi_permutation_test(res, n_permutations=args.permutations, seed=seed,

@@ -36,9 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from analysis.sdm.io import read_tsv_text
-    from analysis.sdm.peaks import PEAKS_FILE
-    from analysis.sdm.studies import load_studies
+    from analysis.data_tables import PEAKS_FILE, load_studies
+    from analysis.sdm.inputs.io import read_tsv_text
     from analysis.simulate import regenerate_peaks, summarise_peaks
 
     cfg = load_config()

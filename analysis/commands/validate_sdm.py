@@ -9,7 +9,7 @@ handling of peaks without a statistic, DerSimonian-Laird heterogeneity, 50 imput
 
 - ``peaks``: from the peak files alone (SDM's ``pp/`` maps are not read); the kernel's default
   stretch template was fitted on SDM's maps of 25 of these 50 studies
-  (:mod:`analysis.sdm.kernel_fit`), so ``peaks_tissue_template`` repeats the run with the
+  (:mod:`analysis.kernel_template`), so ``peaks_tissue_template`` repeats the run with the
   tissue-similarity template, which owes nothing to these maps;
 - ``bounds``: from SDM's own bound maps (isolates the statistics from the kernel);
 - each under two seeds: the noise floor (imputation noise) beside every correlation;
@@ -79,7 +79,7 @@ def load_reference(folder: Path):
     """SDM's mask space and mod1 maps (vectors over ``sdm_mask``)."""
     import nibabel as nib
 
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.space import MaskSpace
 
     space = MaskSpace(nib.load(str(folder / "sdm_mask.nii.gz")))
     maps = {key: space.from_img(nib.load(str(folder / "analysis_mod1" / f"{stem}.nii.gz")))
@@ -175,7 +175,7 @@ TARGETS = {"peaks_z_r": 0.98, "peaks_tau2_r": 0.90, "peaks_cluster_mm": 4.0,
 
 def load_sdm_bounds(folder: Path, dataset, space) -> tuple:
     """SDM-PSI's own bound maps (``pp/<study>_lower|upper.nii.gz``) of every study of the table."""
-    from analysis.sdm.preprocess import read_bound_maps
+    from analysis.sdm.maps.preprocess import read_bound_maps
 
     studies = list(dataset.studies["study"])
     lower, upper = read_bound_maps(folder / "pp", studies, space)
@@ -219,9 +219,10 @@ def run_validation(out: Path | None = None, imputations: int | None = None,
     The two seeds of each give the noise floor (imputation noise) beside every correlation.
     """
     from analysis.config import load_config
-    from analysis.io import write_json, write_text
+    from analysis.io import write_json
     from analysis.resources import stretch_template
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.sdm.inputs.dataset import SDMDataset
+    from analysis.sdm.inputs.io import write_text
     from analysis.stages import params
 
     folder = folder or enge_folder()

@@ -2,7 +2,7 @@
 
 He et al. (2024) show the SDM-Z map thresholded at voxel p < 0.0025 (uncorrected, one-tailed),
 k > 10, on a template (drawn with MRIcroGL). Here the thresholded map (the clusters of
-:func:`analysis.sdm.clusters.threshold_clusters`, nothing else) is drawn with nilearn on the
+:func:`analysis.sdm.inference.clusters.threshold_clusters`, nothing else) is drawn with nilearn on the
 MNI152 template at the PDF's text width (:mod:`analysis.figures.print_size`): one orthogonal
 view through each reproduced cluster peak, increases in warm colours (row A), decreases in
 cool colours (row B), one colour bar per row labelled "SDM-Z" that starts at the voxel
@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from analysis.figures.print_size import TEXT_WIDTH_IN  # noqa: E402
-from analysis.sdm.clusters import DECREASE, INCREASE  # noqa: E402
+from analysis.sdm.inference.clusters import DECREASE, INCREASE  # noqa: E402
 
 LGR = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
 
     Parameters
     ----------
-    clusters : analysis.sdm.clusters.ClusterResult
+    clusters : analysis.sdm.inference.clusters.ClusterResult
         Thresholded map and cluster peaks (``params`` with ``p_threshold``, ``min_voxels``).
-    space : analysis.sdm.space.MaskSpace
+    space : analysis.sdm.maps.space.MaskSpace
         Voxel space of the map.
     title : str
         Figure title (the manuscript's caption numbers the figure; usually empty).

@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from analysis.sdm.effect_sizes import g_variance  # noqa: E402
+from analysis.sdm.statistics.hedges import g_variance
 
 LGR = logging.getLogger(__name__)
 FONT = 7.0  # points: the combined figure is drawn at the PDF's text width

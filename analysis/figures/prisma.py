@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from analysis import paths
-from analysis.errors import DataError
+from analysis.sdm.errors import DataError
 
 LGR = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def load_prisma(path: str | Path | None = None) -> dict[str, Any]:
 
     Raises
     ------
-    analysis.errors.DataError
+    analysis.sdm.errors.DataError
         Naming the file and field of the first problem: unreadable YAML, a missing section or
         count, a count that is not a non-negative integer or null, or counts that contradict
         the arithmetic of the flow diagram.

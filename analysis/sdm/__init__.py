@@ -8,22 +8,38 @@ A library with NiMARE's shape, usable without the rest of this package:
 >>> result = PSICorrector(n_iters=1000).transform(result)    # doctest: +SKIP
 >>> result.save_maps("out")                                  # doctest: +SKIP
 
-Modules: inputs (:mod:`~analysis.sdm.dataset`, :mod:`~analysis.sdm.project` for SDM project
-folders, :mod:`~analysis.sdm.studies`, :mod:`~analysis.sdm.peaks`, :mod:`~analysis.sdm.coords`,
-:mod:`~analysis.sdm.io`), space (:mod:`~analysis.sdm.space`), pre-processing
-(:mod:`~analysis.sdm.kernel`, :mod:`~analysis.sdm.templates`, :mod:`~analysis.sdm.kernel_fit`,
-:mod:`~analysis.sdm.preprocess`), statistics (:mod:`~analysis.sdm.effect_sizes`,
-:mod:`~analysis.sdm.metansue`, :mod:`~analysis.sdm.random_effects`,
-:mod:`~analysis.sdm.re_kernels`, :mod:`~analysis.sdm.rubin`, :mod:`~analysis.sdm.egger`,
-:mod:`~analysis.sdm.reference`), the estimator (:mod:`~analysis.sdm.estimator`), inference
-(:mod:`~analysis.sdm.permutation`, :mod:`~analysis.sdm.tfce`, :mod:`~analysis.sdm.clusters`,
-:mod:`~analysis.sdm.correct`), diagnostics (:mod:`~analysis.sdm.jackknife`,
-:mod:`~analysis.sdm.metaregression`). Errors: :mod:`~analysis.sdm.errors`.
+Sub-packages: :mod:`~analysis.sdm.inputs` (:mod:`~analysis.sdm.inputs.dataset`,
+:mod:`~analysis.sdm.inputs.project` for SDM project folders, the rule set of the study and peak
+tables :mod:`~analysis.sdm.inputs.studies` and :mod:`~analysis.sdm.inputs.peaks`,
+:mod:`~analysis.sdm.inputs.coords`, :mod:`~analysis.sdm.inputs.io`), :mod:`~analysis.sdm.maps`
+(space, kernels, templates, pre-processing: :mod:`~analysis.sdm.maps.space`,
+:mod:`~analysis.sdm.maps.kernel`, :mod:`~analysis.sdm.maps.templates`,
+:mod:`~analysis.sdm.maps.preprocess`), :mod:`~analysis.sdm.statistics` (the core: weighted least
+squares, DerSimonian-Laird and REML tau2, Rubin's rules, the hypothesis row, the Hedges-g
+variance; and :mod:`~analysis.sdm.statistics.effect_sizes`,
+:mod:`~analysis.sdm.statistics.metansue`, :mod:`~analysis.sdm.statistics.random_effects`,
+:mod:`~analysis.sdm.statistics.re_kernels`, :mod:`~analysis.sdm.statistics.rubin`),
+:mod:`~analysis.sdm.inference` (:mod:`~analysis.sdm.inference.permutation`,
+:mod:`~analysis.sdm.inference.tfce`, :mod:`~analysis.sdm.inference.clusters`,
+:mod:`~analysis.sdm.inference.correct`), :mod:`~analysis.sdm.diagnostics`
+(:mod:`~analysis.sdm.diagnostics.jackknife`, :mod:`~analysis.sdm.diagnostics.metaregression`,
+:mod:`~analysis.sdm.diagnostics.egger`). At the top: the estimator
+(:mod:`~analysis.sdm.estimator`), parameters (:mod:`~analysis.sdm.base`), random streams
+(:mod:`~analysis.sdm.rng`), progress (:mod:`~analysis.sdm.progress`), array back-ends
+(:mod:`~analysis.sdm.backend`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
+:class:`SDMPSI`: SDM-PSI's ``gray_matter_2mm`` mask, a public file fetched on first use from its
+canonical URL into the user cache and checked by SHA-256 (:mod:`~analysis.sdm.datasets`), and
+the kernel template fitted on SDM-PSI's maps, which the engine ships in ``analysis/sdm/data/``
+(its ``README.md`` gives the source).
+Estimators and transformers follow scikit-learn's parameter conventions (Buitinck et al. 2013),
+so ``sklearn.base.clone`` copies them (:mod:`~analysis.sdm.base`).
 
 References
 ----------
 Albajes-Eizagirre A, Solanes A, Vieta E, Radua J (2019). Voxel-based meta-analysis via
 permutation of subject images (PSI): theory and implementation for SDM. NeuroImage 186:174-184.
+Buitinck L et al. (2013). API design for machine learning software: experiences from the
+scikit-learn project. arXiv:1309.0238.
 """
 
 from __future__ import annotations
@@ -32,17 +48,18 @@ import importlib
 
 #: public names -> defining module (imported on first use: numba kernels compile lazily)
 _EXPORTS = {
-    "SDMDataset": "analysis.sdm.dataset",
+    "SDMDataset": "analysis.sdm.inputs.dataset",
     "SDMPSI": "analysis.sdm.estimator",
     "MetaResult": "analysis.sdm.estimator",
-    "PSICorrector": "analysis.sdm.correct",
-    "Jackknife": "analysis.sdm.correct",
-    "threshold_clusters": "analysis.sdm.clusters",
-    "psi_permutation_test": "analysis.sdm.permutation",
-    "read_sdm_project": "analysis.sdm.project",
-    "write_sdm_project": "analysis.sdm.project",
+    "PSICorrector": "analysis.sdm.inference.correct",
+    "Jackknife": "analysis.sdm.diagnostics.jackknife",
+    "threshold_clusters": "analysis.sdm.inference.clusters",
+    "psi_permutation_test": "analysis.sdm.inference.permutation",
+    "read_sdm_project": "analysis.sdm.inputs.project",
+    "write_sdm_project": "analysis.sdm.inputs.project",
     "DataError": "analysis.sdm.errors",
     "DataErrors": "analysis.sdm.errors",
+    "MissingCovariateWarning": "analysis.sdm.estimator",
 }
 
 __all__ = sorted(_EXPORTS)

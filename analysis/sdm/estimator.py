@@ -3,19 +3,19 @@
 ``SDMPSI(**params).fit(dataset, mask_img=None)`` runs, at every voxel of the mask, the steps of
 SDM-PSI before permutation (Albajes-Eizagirre et al. 2019):
 
-1. pre-processing: lower/upper Hedges-g bound maps (:func:`analysis.sdm.preprocess.preprocess`);
+1. pre-processing: lower/upper Hedges-g bound maps (:func:`analysis.sdm.maps.preprocess.preprocess`);
 2. MetaNSUE maximum likelihood (coefficients with conservative leave-n-out, then tau2;
-   :func:`analysis.sdm.metansue.censored_mle`);
-3. ``imputations`` study images per study (:func:`analysis.sdm.metansue.impute`);
+   :func:`analysis.sdm.statistics.metansue.mle.censored_mle`);
+3. ``imputations`` study images per study (:func:`analysis.sdm.statistics.metansue.imputation.impute`);
 4. random-effects meta-analysis / meta-regression of every imputed data set, between-study
    variance by DerSimonian-Laird (SDM-PSI's default) or REML (its ``AccurateHeterogeneity``),
    variance of each imputed value from the exact Hedges-g variance; compiled for the designs
-   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.re_kernels`, shared with the permutation test),
-   NumPy otherwise (:func:`analysis.sdm.random_effects.fit_random_effects`); covariates enter
+   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.statistics.re_kernels`, shared with the permutation test),
+   NumPy otherwise (:func:`analysis.sdm.statistics.random_effects.fit_random_effects`); covariates enter
    centred, so the intercept is the mean at the covariates' averages (as SDM-PSI);
-5. Rubin's rules (:func:`analysis.sdm.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
+5. Rubin's rules (:func:`analysis.sdm.statistics.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
 
-Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.permutation`)
+Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.inference.permutation`)
 from what :class:`MetaResult` keeps (bounds, MLE maps, imputed images, design).
 
 References
@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,12 +40,16 @@ import pandas as pd
 from scipy.stats import norm
 
 from analysis.sdm.base import ParamsMixin
-from analysis.sdm.metansue import censored_mle, impute, variance_coefficients
-from analysis.sdm.random_effects import fit_random_effects, q_to_z
-from analysis.sdm.re_kernels import check_heterogeneity, compiled_design, pooled_fit
+from analysis.sdm.maps.space import MaskSpace
 from analysis.sdm.rng import derive_rng
-from analysis.sdm.rubin import pool_fits
-from analysis.sdm.space import MaskSpace
+from analysis.sdm.statistics.hedges import variance_coefficients
+from analysis.sdm.statistics.hypothesis import hypothesis_row
+from analysis.sdm.statistics.metansue.imputation import impute
+from analysis.sdm.statistics.metansue.mle import censored_mle
+from analysis.sdm.statistics.model import check_heterogeneity
+from analysis.sdm.statistics.random_effects import fit_random_effects, q_to_z
+from analysis.sdm.statistics.re_kernels import compiled_design, pooled_fit
+from analysis.sdm.statistics.rubin import pool_fits
 
 LGR = logging.getLogger(__name__)
 
@@ -55,7 +60,7 @@ MAP_NAMES = ("g", "var", "z", "tau2", "i2", "h2", "q", "q_z", "p", "p_pos", "p_n
 
 @dataclass
 class MetaResult:
-    """Result of :meth:`SDMPSI.fit`.
+    """Result of :meth:`SDMPSI.fit` (NiMARE's ``MetaResult`` shape, Salo et al. 2023).
 
     Attributes
     ----------
@@ -63,23 +68,58 @@ class MetaResult:
         ``g`` (pooled hypothesis coefficient, Hedges g for a mean), ``var`` (Rubin variance),
         ``z`` (SDM-Z = g / sqrt(var)), ``tau2``, ``i2`` (I2 in percent, like SDM's ``_h_i2``),
         ``h2``, ``q`` (pooled Q), ``q_z``, ``p`` (one-tailed p of the observed direction,
-        ``1 - Phi(|z|)``), ``p_pos`` (``1 - Phi(z)``), ``p_neg`` (``Phi(z)``).
+        ``1 - Phi(|z|)``), ``p_pos`` (``1 - Phi(z)``), ``p_neg`` (``Phi(z)``); correctors add
+        theirs (:data:`analysis.sdm.inference.correct.CORRECTED_MAPS`).
     space : MaskSpace
+        The voxel space of the maps.
     df : int
         Heterogeneity degrees of freedom ``k - p``.
-    bounds : Bounds or None
-        The pre-processing bound maps (``lower``, ``upper``: (k, V) float32).
+    studies : list of str
+        The studies of the fit (after any left out for a missing covariate value).
+    n1, n2 : ndarray (k,)
+        Sample sizes (``n2`` NaN for one-sample studies).
+    X : ndarray (k, p)
+        Design (intercept and centred covariates); ``C`` : ndarray (p,), the hypothesis row.
     mle : dict
         MetaNSUE MLE: ``beta`` (V, p), ``tau2`` (V,), ``discarded``, ``n_leave_out``, ``X``, ``C``.
+    bounds : Bounds or None
+        The pre-processing bound maps of the studies of the fit (``lower``, ``upper``: (k, V)
+        float32); set by :meth:`SDMPSI.fit` and :meth:`SDMPSI.fit_preprocessed`, needed by
+        :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`.
     imputations : ndarray (m, k, V) float32 or None
         Imputed study images (Hedges g); their variances are ``k1 + k2 g^2``
-        (:func:`analysis.sdm.metansue.variance_coefficients`).
-    estimator : SDMPSI
-        A copy of the estimator that produced the result (re-fits of the diagnostics).
+        (:func:`analysis.sdm.statistics.hedges.variance_coefficients`); needed by
+        :class:`~analysis.sdm.inference.correct.PSICorrector`.
+    params : dict
+        The checked parameters of the fit, and ``design_columns`` when fitted from a table.
+    description_ : str
+        Methods text with citations.
+    timings : dict
+        Seconds per step.
     tables : dict of str -> pandas.DataFrame
-        Tables added downstream (e.g. clusters by
-        :class:`analysis.sdm.clusters.ClusterTable`, peaks FWE by :class:`PSICorrector`).
-    studies, n1, n2, X, C, params, description_, timings
+        Tables added downstream (e.g. ``permutation_maxima`` by
+        :class:`~analysis.sdm.inference.correct.PSICorrector`, ``jackknife`` and ``jackknife_summary``
+        by :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`).
+    estimator : SDMPSI
+        An unfitted estimator with the parameters that produced the result (it holds no
+        earlier result; the diagnostics re-fit with it).
+    corrector : PSICorrector or None
+        The corrector whose maps the result holds (an unfitted copy), as NiMARE's
+        ``MetaResult.corrector``.
+    diagnostics : list
+        The diagnostics applied (unfitted copies, e.g. :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`),
+        as NiMARE's ``MetaResult.diagnostics``.
+    permutation_ : PermutationResult or None
+        The permutation test behind the corrected maps
+        (:class:`analysis.sdm.inference.permutation.PermutationResult`: null maxima, the identity
+        permutation's maps, timings); ``None`` until :class:`~analysis.sdm.inference.correct.PSICorrector`
+        runs.
+    dropped_studies : list of str
+        Studies left out of the fit for a missing covariate value (``SDMPSI(missing="drop")``).
+    study_table : pandas.DataFrame or None
+        The study-table rows of the studies fitted, in their order (when the fit had a table:
+        :meth:`SDMPSI.fit`, :meth:`SDMPSI.fit_preprocessed`); e.g. the groups of
+        ``Jackknife(groups="disorder")``.
     """
 
     maps: dict
@@ -98,6 +138,11 @@ class MetaResult:
     timings: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
     estimator: object = None
+    corrector: object = None
+    diagnostics: list = field(default_factory=list)
+    permutation_: object = None
+    dropped_studies: list = field(default_factory=list)
+    study_table: object = None
 
     def get_map(self, name: str, return_type: str = "image"):
         """The map ``name``: a NIfTI image on the analysis grid (``return_type="image"``) or the
@@ -117,7 +162,7 @@ class MetaResult:
 
         Returns the written paths (NiMARE's ``MetaResult.save_maps``).
         """
-        from analysis.sdm.io import save_nifti
+        from analysis.sdm.inputs.io import save_nifti
 
         out_dir = Path(output_dir)
         lead = f"{prefix}{prefix_sep}" if prefix else ""
@@ -131,7 +176,7 @@ class MetaResult:
     def save_tables(self, output_dir=".", prefix: str = "", prefix_sep: str = "_",
                     names=None) -> list:
         """Write each table of ``tables`` as ``[<prefix><prefix_sep>]<name>.tsv`` (atomic)."""
-        from analysis.sdm.io import write_tsv
+        from analysis.sdm.inputs.io import write_tsv
 
         out_dir = Path(output_dir)
         lead = f"{prefix}{prefix_sep}" if prefix else ""
@@ -141,6 +186,18 @@ class MetaResult:
             write_tsv(path, self.tables[name])
             paths.append(path)
         return paths
+
+
+def copy_result(result: MetaResult) -> MetaResult:
+    """A shallow copy of a result with its own ``maps``, ``tables`` and ``diagnostics``: what a
+    transformer (:class:`~analysis.sdm.inference.correct.PSICorrector`,
+    :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`) returns, leaving its input as it was.
+    """
+    out = copy.copy(result)
+    out.maps = dict(result.maps)
+    out.tables = dict(result.tables)
+    out.diagnostics = list(getattr(result, "diagnostics", []))
+    return out
 
 
 def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str = "dl",
@@ -160,7 +217,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         Between-study variance of each imputation: DerSimonian-Laird (SDM-PSI's default) or
         REML (SDM-PSI's ``AccurateHeterogeneity``).
     max_iter, tol : optional
-        REML updates and tolerance (default :data:`analysis.sdm.random_effects.REML_MAX_ITER` / ``REML_TOL``).
+        REML updates and tolerance (default :data:`analysis.sdm.statistics.random_effects.REML_MAX_ITER` / ``REML_TOL``).
     chunk : int
         Voxels per block; n_jobs : int, threads over blocks.
 
@@ -170,7 +227,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int).
     """
     from analysis.sdm.progress import progress as progress_bar
-    from analysis.sdm.random_effects import _defaults
+    from analysis.sdm.statistics.random_effects import _defaults
 
     heterogeneity = check_heterogeneity(heterogeneity)
     d_iter, d_tol = _defaults()
@@ -180,7 +237,7 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     m, k, nv = imputed.shape
     k1, k2 = variance_coefficients(n1, n2)
     Xd = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
-    Cd = np.eye(Xd.shape[1])[0] if C is None else np.asarray(C, dtype=float).ravel()
+    Cd = hypothesis_row(C, Xd.shape[1])
     if compiled_design(Xd, Cd) is not None:
         return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity,
                           max_iter=max_iter, tol=tol, n_jobs=n_jobs)
@@ -211,6 +268,66 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     return out
 
 
+#: what :class:`SDMPSI` does with a study whose covariate value is missing (``missing=``)
+MISSING_POLICIES = ("raise", "drop")
+
+
+class MissingCovariateWarning(UserWarning):
+    """Studies were left out of a fit because a covariate value is missing."""
+
+
+def complete_cases(studies: pd.DataFrame, covariates=None, missing: str = "raise"
+                   ) -> np.ndarray:
+    """The studies with a value for every covariate, under the missing-value policy.
+
+    One policy for every design of the engine (:class:`SDMPSI` and
+    :func:`analysis.sdm.diagnostics.metaregression.covariate_design`): with ``missing="raise"`` a missing
+    value (NaN, None, an empty cell) is an error naming the first such row and column; with
+    ``"drop"`` the studies with a missing value in any covariate are left out (complete-case
+    analysis) and a :class:`MissingCovariateWarning` lists them.
+
+    Parameters
+    ----------
+    studies : pandas.DataFrame
+        Study table (column ``study`` names the studies in the warning).
+    covariates : list of str, optional
+        Columns of the design.
+    missing : {"raise", "drop"}
+        The policy.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (k,)
+        The studies kept.
+
+    Raises
+    ------
+    analysis.sdm.errors.DataError
+        A covariate is not a column, or (``"raise"``) has a missing value.
+    """
+    from analysis.sdm.errors import DataError
+
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
+    keep = np.ones(len(studies), dtype=bool)
+    for cov in covariates or []:
+        if cov not in studies.columns:
+            raise DataError("study table", f"covariate {cov!r} is not a column", field=cov)
+        na = studies[cov].isna().to_numpy()
+        if na.any() and missing == "raise":
+            row = int(np.flatnonzero(na)[0]) + 1
+            raise DataError("study table", f"covariate {cov!r} has missing values (with "
+                            f"missing='drop' such studies are left out)", row=row, field=cov)
+        keep &= ~na
+    if not keep.all():
+        ids = (studies["study"].astype(str).to_numpy() if "study" in studies.columns
+               else np.array([f"row {i + 1}" for i in range(len(studies))]))
+        warnings.warn(MissingCovariateWarning(
+            f"{int((~keep).sum())} of {len(keep)} studies left out for a missing value of "
+            f"{', '.join(covariates)}: {', '.join(ids[~keep])}"), stacklevel=2)
+    return keep
+
+
 def design_matrix(studies: pd.DataFrame, covariates=None, centre: bool = True
                   ) -> tuple[np.ndarray, list]:
     """Design ``[1, covariates]`` from study-table columns (numeric; text: dummy coding).
@@ -218,58 +335,59 @@ def design_matrix(studies: pd.DataFrame, covariates=None, centre: bool = True
     Covariate columns are centred on their means (``centre``, default): the intercept is then
     the effect at the covariates' averages, SDM-PSI's covariate-adjusted mean (its ``extract``
     output reports the intercept at the covariate mean, Li et al. 2023). Slopes do not change.
+    Studies with missing values must have been left out first (:func:`complete_cases`).
 
     Raises
     ------
-    analysis.errors.DataError
-        A covariate column is missing or has missing values.
+    analysis.sdm.errors.DataError
+        A covariate column is missing, has missing values or fewer than two distinct values,
+        or (with covariates) there are no more studies than design columns.
     """
     from analysis.sdm.errors import DataError
 
+    complete_cases(studies, covariates, missing="raise")
     cols = [np.ones(len(studies))]
     names = ["intercept"]
     for cov in covariates or []:
-        if cov not in studies.columns:
-            raise DataError("study table", f"covariate {cov!r} is not a column", field=cov)
         col = studies[cov]
-        if col.isna().any():
-            row = int(np.flatnonzero(col.isna().to_numpy())[0]) + 1
-            raise DataError("study table", f"covariate {cov!r} has missing values", row=row,
-                            field=cov)
         num = pd.to_numeric(col, errors="coerce")
         if num.notna().all():
-            cols.append(num.to_numpy(dtype=float))
+            new = [num.to_numpy(dtype=float)]
             names.append(cov)
         else:
             levels = sorted(col.astype(str).unique())
-            for lev in levels[1:]:
-                cols.append((col.astype(str) == lev).to_numpy(dtype=float))
-                names.append(f"{cov}[{lev}]")
-    X = np.column_stack(cols)
-    if centre and X.shape[1] > 1:
-        X[:, 1:] -= X[:, 1:].mean(axis=0)
-    return X, names
+            new = [(col.astype(str) == lev).to_numpy(dtype=float) for lev in levels[1:]]
+            names.extend(f"{cov}[{lev}]" for lev in levels[1:])
+        if not new or any(np.ptp(c) == 0 for c in new):
+            raise DataError("study table", f"covariate {cov!r} has fewer than 2 distinct values "
+                            f"among the {len(studies)} studies", field=cov)
+        cols.extend(new)
+    if len(cols) > 1 and len(studies) <= len(cols):
+        raise DataError("study table", f"{len(studies)} studies for a design of {len(cols)} "
+                        f"columns ({', '.join(names)}): too few studies")
+    if centre:  # each column on its own mean (a 1-D sum: the same bits for every design)
+        cols = [cols[0]] + [c - c.mean() for c in cols[1:]]
+    return np.column_stack(cols), names
 
 
 def parse_hypothesis(hypothesis, p: int) -> np.ndarray:
-    """Hypothesis row from None (intercept), a sequence, or SDM's ``"0+1+0"`` string."""
-    if hypothesis is None:
-        C = np.zeros(p)
-        C[0] = 1.0
-        return C
-    if isinstance(hypothesis, str):
-        hypothesis = [float(x) for x in hypothesis.replace(",", "+").split("+") if x.strip()]
-    C = np.asarray(hypothesis, dtype=float).ravel()
-    if C.size != p:
-        raise ValueError(f"hypothesis has {C.size} entries but the design has {p} columns")
-    return C
+    """Hypothesis row from None (intercept), a sequence, or SDM's ``"0+1+0"`` string
+    (:func:`analysis.sdm.statistics.hypothesis.hypothesis_row`).
+    """
+    return hypothesis_row(hypothesis, p)
 
 
 class SDMPSI(ParamsMixin):
     """SDM-PSI mean analysis / meta-regression (without permutations), NiMARE-style.
 
-    ``__init__`` only stores the parameters (nilearn's convention); :meth:`fit` checks them and
-    returns a :class:`MetaResult` (also kept as ``results_``). Defaults are SDM-PSI v6.21's.
+    ``__init__`` only stores the parameters (scikit-learn's and nilearn's convention,
+    Buitinck et al. 2013); :meth:`fit` checks them and returns a :class:`MetaResult` (also kept
+    as ``results_``). ``get_params(deep=True)``, ``set_params`` and ``sklearn.base.clone`` work
+    as for a scikit-learn estimator (:class:`analysis.sdm.base.ParamsMixin`). The defaults are
+    SDM-PSI v6.21's, with the settings validated against its run of Enge et al. (2021): its own
+    grey-matter mask (:func:`analysis.sdm.maps.space.sdm_gm_mask`, a public file fetched on first use
+    into the user cache, :mod:`analysis.sdm.datasets`) and the kernel template fitted on its
+    bound maps (``"enge_fit"``, :mod:`analysis.sdm.maps.templates`, shipped with the engine).
 
     Parameters
     ----------
@@ -278,21 +396,29 @@ class SDMPSI(ParamsMixin):
     imputations : int
         Number of imputed study images (50, as SDM-PSI).
     unknown_peak_mode : {"corrected", "sdm621"}
-        Effect of peaks without a statistic (:mod:`analysis.sdm.preprocess`).
+        Effect of peaks without a statistic (:mod:`analysis.sdm.maps.preprocess`).
     kernel_template : str or numpy.ndarray
-        Stretch template of the anisotropic kernel: a name of :mod:`analysis.sdm.templates` or a
-        (13, X, Y, Z) array fitted on SDM-PSI's own maps (:mod:`analysis.sdm.kernel_fit`).
+        Stretch template of the anisotropic kernel: a name of :mod:`analysis.sdm.maps.templates`
+        (default ``"enge_fit"``, fitted on SDM-PSI's own bound maps and shipped with the engine;
+        ``"gray_matter"``, the tissue model, agrees less with SDM-PSI) or a (13, X, Y, Z) array
+        (:mod:`analysis.kernel_template`).
     path_model, combine : str
-        Kernel path model and rule for several peaks (:func:`analysis.sdm.preprocess.preprocess`).
+        Kernel path model and rule for several peaks (:func:`analysis.sdm.maps.preprocess.preprocess`).
     outside_stretch, outside_radius : float
-        Peaks outside the mask (:func:`analysis.sdm.kernel.make_kernel`).
+        Peaks outside the mask (:func:`analysis.sdm.maps.kernel.make_kernel`).
     covariates : list of str, optional
         Study-table columns added to the design (intercept always included), centred on their
         means so that the intercept is the mean at the covariates' averages (as SDM-PSI).
     hypothesis : optional
         Hypothesis row over ``[intercept, covariates...]`` (default: the intercept).
+    missing : {"raise", "drop"}
+        A study without a value of a covariate: ``"raise"`` (default) stops the fit naming the
+        row and column; ``"drop"`` leaves such studies out (complete-case analysis), warns
+        (:class:`MissingCovariateWarning`) and lists them in ``MetaResult.dropped_studies``
+        (:func:`complete_cases`), e.g. for a meta-regression on a covariate some studies do
+        not report. SDM-PSI's manual states no rule for missing values; this is the engine's.
     leave_n_out : "auto" or int
-        Conservative leave-n-out of the MLE (:func:`analysis.sdm.metansue.censored_mle`).
+        Conservative leave-n-out of the MLE (:func:`analysis.sdm.statistics.metansue.mle.censored_mle`).
     heterogeneity : {"dl", "reml"}
         Between-study variance of each imputation's model: DerSimonian-Laird (SDM-PSI's default,
         ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``).
@@ -306,6 +432,21 @@ class SDMPSI(ParamsMixin):
     progress : bool
         Show progress bars.
 
+    Attributes
+    ----------
+    results_ : MetaResult
+        The result of the last fit (set by :meth:`fit`, :meth:`fit_preprocessed` and
+        :meth:`fit_bounds`; absent before). Its ``estimator`` is an unfitted copy of this
+        estimator, so a refit replaces the earlier result instead of keeping it alive.
+
+    References
+    ----------
+    Albajes-Eizagirre A, Solanes A, Vieta E, Radua J (2019). NeuroImage 186:174-184 (SDM-PSI).
+    Buitinck L et al. (2013). API design for machine learning software: experiences from the
+    scikit-learn project. arXiv:1309.0238.
+    Salo T et al. (2023). NiMARE: Neuroimaging Meta-Analysis Research Environment. Aperture
+    Neuro 3. doi:10.52294/001c.87681.
+
     Examples
     --------
     >>> est = SDMPSI(imputations=10, seed=0)            # doctest: +SKIP
@@ -314,10 +455,10 @@ class SDMPSI(ParamsMixin):
     """
 
     def __init__(self, fwhm: float = 20.0, anisotropy: float = 1.0, imputations: int = 50,
-                 unknown_peak_mode: str = "corrected", kernel_template="gray_matter",
+                 unknown_peak_mode: str = "corrected", kernel_template="enge_fit",
                  path_model: str = "gaussian", combine: str = "weighted",
                  outside_stretch: float = 1.5, outside_radius: float = 16.0,
-                 covariates=None, hypothesis=None, leave_n_out="auto",
+                 covariates=None, hypothesis=None, missing: str = "raise", leave_n_out="auto",
                  heterogeneity: str = "dl", seed: int = 0, n_jobs: int = 1,
                  keep_imputations: bool = True, progress: bool = False):
         self.fwhm = fwhm
@@ -331,6 +472,7 @@ class SDMPSI(ParamsMixin):
         self.outside_radius = outside_radius
         self.covariates = covariates
         self.hypothesis = hypothesis
+        self.missing = missing
         self.leave_n_out = leave_n_out
         self.heterogeneity = heterogeneity
         self.seed = seed
@@ -340,9 +482,9 @@ class SDMPSI(ParamsMixin):
 
     def _checked(self) -> dict:
         """Parameters checked and typed (called by :meth:`fit`)."""
-        from analysis.sdm.preprocess import COMBINE_RULES, UNKNOWN_PEAK_MODES
+        from analysis.sdm.maps.preprocess import COMBINE_RULES, UNKNOWN_PEAK_MODES
 
-        p = self.get_params()
+        p = self.get_params(deep=False)
         p["fwhm"], p["anisotropy"] = float(p["fwhm"]), float(p["anisotropy"])
         if p["fwhm"] <= 0 or not 0.0 <= p["anisotropy"] <= 1.0:
             raise ValueError(f"fwhm must be > 0 and anisotropy in [0, 1], got {p['fwhm']}, "
@@ -354,32 +496,39 @@ class SDMPSI(ParamsMixin):
             raise ValueError(f"unknown_peak_mode must be one of {UNKNOWN_PEAK_MODES}")
         if p["combine"] not in COMBINE_RULES:
             raise ValueError(f"combine must be one of {COMBINE_RULES}")
+        if p["missing"] not in MISSING_POLICIES:
+            raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {p['missing']!r}")
         p["heterogeneity"] = check_heterogeneity(p["heterogeneity"])
         p["covariates"] = list(p["covariates"] or [])
         p["seed"], p["n_jobs"] = int(p["seed"]), int(p["n_jobs"])
         return p
 
     def fit(self, dataset, mask_img=None, recreation_mask=None) -> MetaResult:
-        """Pre-process ``dataset`` (an :class:`~analysis.sdm.dataset.SDMDataset`) and fit.
+        """Pre-process ``dataset`` (an :class:`~analysis.sdm.inputs.dataset.SDMDataset`) and fit.
 
         Parameters
         ----------
         dataset : SDMDataset
+            Studies, peaks and optionally a mask.
         mask_img : nibabel image, optional
             Analysis mask on SDM-PSI's 2 mm grid; default the dataset's (``dataset.mask``, e.g.
-            the ``sdm_mask.nii.gz`` of an SDM project folder), else the MNI152 grey-matter mask
-            (:func:`analysis.sdm.space.mni152_gm_mask`).
+            the ``sdm_mask.nii.gz`` of an SDM project folder), else SDM-PSI's own grey-matter
+            mask ``gray_matter_2mm`` (:func:`analysis.sdm.maps.space.sdm_gm_mask`).
         recreation_mask : nibabel image, optional
             Whole mask the study maps are recreated on when ``mask_img`` is a region of it
-            (:func:`analysis.sdm.preprocess.recreation_space`).
+            (:func:`analysis.sdm.maps.preprocess.recreation_space`).
+
+        Returns
+        -------
+        MetaResult
         """
-        from analysis.sdm.preprocess import preprocess
-        from analysis.sdm.space import mni152_gm_mask
+        from analysis.sdm.maps.preprocess import preprocess
+        from analysis.sdm.maps.space import sdm_gm_mask
 
         p = self._checked()
         if mask_img is None:
             mask_img = getattr(dataset, "mask", None)
-        space = MaskSpace(mni152_gm_mask() if mask_img is None else mask_img)
+        space = MaskSpace(sdm_gm_mask() if mask_img is None else mask_img)
         t0 = time.perf_counter()
         bounds = preprocess(dataset, space, fwhm=p["fwhm"], anisotropy=p["anisotropy"],
                             unknown_peak_mode=p["unknown_peak_mode"],
@@ -388,18 +537,84 @@ class SDMPSI(ParamsMixin):
                             outside_radius=p["outside_radius"],
                             recreation_mask=recreation_mask, progress=p["progress"])
         t_pp = time.perf_counter() - t0
-        studies = dataset.studies.set_index("study").loc[list(bounds.studies)].reset_index()
-        X, names = design_matrix(studies, p["covariates"])
-        res = self.fit_bounds(bounds.lower, bounds.upper, bounds.n1, bounds.n2, space, X=X,
-                              studies=list(bounds.studies))
-        res.bounds = bounds
+        res = self.fit_preprocessed(bounds, dataset.studies)
         res.timings = {"preprocess_s": round(t_pp, 3), **res.timings}
+        return res
+
+    def fit_preprocessed(self, bounds, study_table=None) -> MetaResult:
+        """Fit from pre-processed bound maps, e.g. those an earlier fit kept.
+
+        The design comes from ``study_table`` under the ``missing`` policy
+        (:func:`complete_cases`, :func:`design_matrix`); the result keeps the bound maps of the
+        studies fitted, so the diagnostics (:class:`~analysis.sdm.diagnostics.jackknife.Jackknife`) can
+        re-fit subsets of them.
+
+        Parameters
+        ----------
+        bounds : analysis.sdm.maps.preprocess.Bounds
+            Bound maps of the studies (:func:`analysis.sdm.maps.preprocess.preprocess`).
+        study_table : pandas.DataFrame, optional
+            Study table with a ``study`` column and the covariates; needed with covariates.
+
+        Returns
+        -------
+        MetaResult
+        """
+        from analysis.sdm.errors import DataError
+
+        p = self._checked()
+        studies = list(bounds.studies)
+        table = None
+        if study_table is not None:
+            absent = sorted(set(studies) - set(study_table["study"]))
+            if absent:
+                raise DataError("study table", f"no row for the studies {absent}",
+                                field="study")
+            table = study_table.set_index("study").loc[studies].reset_index()
+        if p["covariates"]:
+            if table is None:
+                raise ValueError(f"covariates {p['covariates']} need the study table")
+            keep = complete_cases(table, p["covariates"], p["missing"])
+            X, names = design_matrix(table[keep].reset_index(drop=True), p["covariates"])
+        else:
+            keep = np.ones(len(studies), dtype=bool)
+            X, names = np.ones((len(studies), 1)), ["intercept"]
+        if not keep.all():
+            bounds = bounds.subset([s for s, k in zip(studies, keep, strict=True) if k])
+        res = self.fit_bounds(bounds.lower, bounds.upper, bounds.n1, bounds.n2, bounds.space,
+                              X=X, studies=list(bounds.studies))
+        res.bounds = bounds
         res.params["design_columns"] = names
+        res.study_table = None if table is None else table[keep].reset_index(drop=True)
+        res.dropped_studies = [s for s, k in zip(studies, keep, strict=True) if not k]
+        if res.dropped_studies:
+            res.description_ += (f" {len(res.dropped_studies)} studies without a value of the "
+                                 f"covariates were left out: {', '.join(res.dropped_studies)}.")
         return res
 
     def fit_bounds(self, lower, upper, n1, n2, space: MaskSpace, X=None, studies=None
                    ) -> MetaResult:
-        """Fit from ready-made bound maps (k, V), e.g. SDM-PSI's own ``pp/`` maps."""
+        """Fit from ready-made bound maps (k, V), e.g. SDM-PSI's own ``pp/`` maps.
+
+        Parameters
+        ----------
+        lower, upper : array-like, shape (k, V)
+            Bound maps (Hedges g).
+        n1, n2 : array-like, shape (k,)
+            Sample sizes (``n2`` None or NaN for one-sample studies).
+        space : MaskSpace
+            The voxel space of the maps.
+        X : array-like, shape (k, p), optional
+            Design (default: the intercept); the ``covariates`` parameter is not read here.
+        studies : list of str, optional
+            Study ids.
+
+        Returns
+        -------
+        MetaResult
+            Without bound maps (``bounds`` is None): use :meth:`fit_preprocessed` for a result
+            the diagnostics can re-fit.
+        """
         p = self._checked()
         lower = np.asarray(lower, dtype=np.float32)
         upper = np.asarray(upper, dtype=np.float32)
@@ -433,7 +648,7 @@ class SDMPSI(ParamsMixin):
             studies=list(studies) if studies is not None else [f"study{i}" for i in range(k)],
             n1=n1, n2=n2, X=X, C=C, mle=mle, imputations=imps if p["keep_imputations"] else None,
             params=params, description_=describe(params, k, space.n_voxels), timings=timings,
-            estimator=copy.copy(self))
+            estimator=self._parameter_copy())
         return self.results_
 
 

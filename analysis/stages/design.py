@@ -3,7 +3,7 @@
 Ten of the eleven studies' peak tables of He et al. (2024) are not public; the clusters of
 stage ``meta`` are computed on labelled simulated stand-ins and say nothing about the paper's
 data. Three things can nevertheless be checked, and this stage computes them
-(:mod:`analysis.checks.design`, :mod:`analysis.checks.table3`):
+(:mod:`analysis.checks.design_simulation`, :mod:`analysis.checks.table3`):
 
 1. **The FWE threshold of this design.** Simulated null meta-analyses matched to the design
    (every study with its real sample sizes, threshold, reported directions and as many peaks as
@@ -51,10 +51,10 @@ import time
 import numpy as np
 import pandas as pd
 
-from analysis.checks import design as D
+from analysis.checks import design_simulation as D
 from analysis.io import save_figure
-from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters
-from analysis.sdm.io import write_tsv
+from analysis.sdm.inference.clusters import DECREASE, INCREASE, threshold_clusters
+from analysis.sdm.inputs.io import write_tsv
 from analysis.sdm.progress import progress
 from analysis.stages import params
 
@@ -111,7 +111,7 @@ def sensitivity_space(config: dict, radius):
     """Analysis space of the sensitivity simulations: grey matter within ``radius`` mm of the
     published peaks (:func:`analysis.grid.analysis_mask`), or the configured mask (``None``).
     """
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.space import MaskSpace
 
     if radius is None:
         return MaskSpace(params.masks(config)[0])
@@ -312,7 +312,7 @@ def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = 
         ``sensitivity_voxels``.
     """
     from analysis.checks.table3 import table3_consistency, verdict_counts
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.maps.space import MaskSpace
     from analysis.simulate import published_effects
 
     t_start = time.perf_counter()
@@ -322,7 +322,7 @@ def compute(config: dict, data_dir, p: dict, rng_of, psi: pd.DataFrame | None = 
     text, published = _published(data_dir)
 
     # ---- 2. Table 3 against itself, the samples and the text
-    checks = table3_consistency(text, studies, config=cfg)
+    checks = table3_consistency(text, studies, **params.table3_check_params(cfg))
     counts = verdict_counts(checks)
     flagged = checks[checks["verdict"] != "consistent"]
 
@@ -390,10 +390,10 @@ def produce(ctx) -> dict:
 
 def draw_sensitivity(summary, published, p: dict, n_voxels: int, out,
                      n_studies: int = 11) -> None:
-    """``figures/design_sensitivity.{png,svg}`` (:func:`analysis.figures.design.plot_sensitivity`)."""
+    """``figures/design_sensitivity.{png,svg}`` (:func:`analysis.figures.design_sensitivity.plot_sensitivity`)."""
     import matplotlib.pyplot as plt
 
-    from analysis.figures.design import plot_sensitivity
+    from analysis.figures.design_sensitivity import plot_sensitivity
 
     note = (f"Simulated meta-analyses of the paper's design ({n_studies} studies, their sample sizes, "
             f"thresholds, reported directions and peak counts): {p['sensitivity_replicates']} "

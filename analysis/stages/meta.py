@@ -36,12 +36,12 @@ import pandas as pd
 from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure
 from analysis.labels import aal_labeler, cluster_breakdown, relabel_peaks
-from analysis.sdm.clusters import DECREASE, INCREASE, threshold_clusters, values_at_peaks
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
-from analysis.sdm.io import save_nifti, write_tsv
-from analysis.sdm.peaks import UNKNOWN_PREFIX
-from analysis.sdm.space import VOXEL_MM
+from analysis.sdm.inference.clusters import DECREASE, INCREASE, threshold_clusters, values_at_peaks
+from analysis.sdm.inputs.io import save_nifti, write_tsv
+from analysis.sdm.inputs.peaks import UNKNOWN_PREFIX
+from analysis.sdm.maps.space import VOXEL_MM
 from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
@@ -81,16 +81,16 @@ def load_published_table3(data_dir) -> pd.DataFrame:
 def input_provenance(dataset) -> dict:
     """Which studies' peaks are real, simulated stand-ins, or missing (all studies counted).
 
-    :func:`analysis.sdm.peaks.classify_provenance` over every study of the study table: a study is
+    :func:`analysis.data_tables.classify_provenance` over every study of the study table: a study is
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
     provenance when any starts with ``unknown:``; real when all start with ``original:`` or
     ``sdm-import:``; studies without peak rows are listed apart.
     ``generator_versions`` lists the stand-in generator versions of the simulated rows
-    (:func:`analysis.sdm.peaks.generator_versions`): ``["3"]`` for the constructed stand-ins
+    (:func:`analysis.data_tables.generator_versions`): ``["3"]`` for the constructed stand-ins
     of :mod:`analysis.standins`, whose main analysis reproduces the published Table 3 by
     construction, ``["2"]`` for the simulated ones of :mod:`analysis.simulate`.
     """
-    from analysis.sdm.peaks import classify_provenance, generator_versions
+    from analysis.data_tables import classify_provenance, generator_versions
 
     studies = list(dataset.studies["study"])
     peaks = dataset.peaks
@@ -211,12 +211,12 @@ def compare_with_published(table3: pd.DataFrame, published: pd.DataFrame, maps: 
 def egger_at(result, dataset, voxels: np.ndarray) -> np.ndarray:
     """Two-tailed Egger test p at the given voxels (Rubin-pooled over the imputations).
 
-    Uses :func:`analysis.sdm.egger.egger_test` on ``result.imputations[:, :, voxels]``.
+    Uses :func:`analysis.sdm.diagnostics.egger.egger_test` on ``result.imputations[:, :, voxels]``.
     """
     voxels = np.asarray(voxels, dtype=np.int64)
     if len(voxels) == 0:
         return np.zeros(0)
-    from analysis.sdm.egger import egger_test
+    from analysis.sdm.diagnostics.egger import egger_test
 
     imputed = np.asarray(result.imputations)[:, :, voxels]
     _, n1, n2 = study_info(result, dataset)
@@ -347,7 +347,7 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     ----------
     result : MetaResult-like
         ``.maps`` (dict of vectors: at least ``g, var, z, tau2, i2, p``), ``.space``
-        (:class:`~analysis.sdm.space.MaskSpace`) and ``.imputations`` (m x k x V imputed g).
+        (:class:`~analysis.sdm.maps.space.MaskSpace`) and ``.imputations`` (m x k x V imputed g).
     dataset : SDMDataset
         The studies (order of ``result.imputations``' second axis) with ``n1, n2``.
     published : DataFrame
@@ -460,7 +460,7 @@ def fit_mean_model(dataset, config: dict, imputations: int, seed: int):
 
 def save_fit(path, result, seed: int) -> None:
     """Write what re-fits need (:func:`load_fit`): bound maps, sample sizes, study ids, seed."""
-    from analysis.sdm.io import atomic_path
+    from analysis.sdm.inputs.io import atomic_path
 
     b = result.bounds
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -471,7 +471,7 @@ def save_fit(path, result, seed: int) -> None:
 
 def load_fit(path, space) -> tuple:
     """``(bounds, seed, imputations)`` written by :func:`save_fit`, on ``space``."""
-    from analysis.sdm.preprocess import Bounds
+    from analysis.sdm.maps.preprocess import Bounds
 
     with np.load(path) as z:
         bounds = Bounds(list(z["studies"]), z["lower"], z["upper"], z["g_thr"], z["n1"],

@@ -31,9 +31,9 @@ def peak_checks(config: dict) -> dict:
 
 def compendium_dataset(data_dir: str | Path, config: dict):
     """The compendium's ``studies.tsv`` + ``peaks.tsv`` as an :class:`~analysis.sdm.SDMDataset`."""
-    from analysis.sdm.dataset import SDMDataset
+    from analysis.data_tables import load_dataset
 
-    return SDMDataset.from_data_dir(data_dir, **data_checks(config))
+    return load_dataset(data_dir, **data_checks(config))
 
 
 def kernel_template(config: dict):
@@ -70,8 +70,10 @@ def masks(config: dict) -> tuple:
     """
     from analysis.grid import analysis_mask, gm_mask
 
-    mask = analysis_mask(config)
-    whole = gm_mask(config["sdm"]["mask"]) if config["sdm"].get("analysis_roi_radius_mm") else None
+    radius = config["sdm"].get("analysis_roi_radius_mm")
+    mask = analysis_mask(config["sdm"]["mask"], radius,
+                         config["characterisation"]["seeds_published"])
+    whole = gm_mask(config["sdm"]["mask"]) if radius else None
     return mask, whole
 
 
@@ -79,13 +81,13 @@ def kernel(config: dict, space, recreation_mask=None):
     """The configured kernel, prepared once on the space where maps are recreated.
 
     For an analysis on ``space`` the maps are recreated on the configured whole mask when
-    ``space`` is a region of it (:func:`analysis.sdm.preprocess.recreation_space`; the whole
+    ``space`` is a region of it (:func:`analysis.sdm.maps.preprocess.recreation_space`; the whole
     mask of :func:`masks` unless ``recreation_mask`` is given). Passed to
-    :func:`analysis.sdm.preprocess.preprocess` (``kernel=``), one kernel and its peak cache serve
+    :func:`analysis.sdm.maps.preprocess.preprocess` (``kernel=``), one kernel and its peak cache serve
     every simulated meta-analysis on ``space`` or on any region of the recreation space.
     """
-    from analysis.sdm.kernel import make_kernel
-    from analysis.sdm.preprocess import recreation_space
+    from analysis.sdm.maps.kernel import make_kernel
+    from analysis.sdm.maps.preprocess import recreation_space
 
     ep = estimator_params(config)
     whole = masks(config)[1] if recreation_mask is None else recreation_mask
@@ -96,7 +98,7 @@ def kernel(config: dict, space, recreation_mask=None):
 
 
 def threshold_params(config: dict) -> dict:
-    """Arguments of :func:`analysis.sdm.clusters.threshold_clusters` (``sdm.threshold``)."""
+    """Arguments of :func:`analysis.sdm.inference.clusters.threshold_clusters` (``sdm.threshold``)."""
     sdm = config["sdm"]
     thr = sdm["threshold"]
     return {"p_threshold": float(thr["p_uncorrected"]), "peak_z": float(thr["peak_z"]),
@@ -105,8 +107,18 @@ def threshold_params(config: dict) -> dict:
             "connectivity": int(thr["connectivity"])}
 
 
+def table3_check_params(config: dict) -> dict:
+    """Arguments of :func:`analysis.checks.table3.table3_consistency` (``sdm.threshold``,
+    ``sdm.fwhm_mm``).
+    """
+    thr = config["sdm"]["threshold"]
+    return {"p_uncorrected": float(thr["p_uncorrected"]),
+            "min_cluster_voxels": int(thr["min_cluster_voxels"]),
+            "fwhm_mm": float(config["sdm"]["fwhm_mm"])}
+
+
 def psi_params(config: dict) -> dict:
-    """Arguments of :func:`analysis.sdm.permutation.psi_permutation_test` (``sdm.psi``,
+    """Arguments of :func:`analysis.sdm.inference.permutation.psi_permutation_test` (``sdm.psi``,
     ``sdm.tfce``), without the number of permutations and the seed.
     """
     psi = config["sdm"]["psi"]

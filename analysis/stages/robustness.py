@@ -5,8 +5,12 @@ out jackknife, meta-regressions on mean age, percentage of women and treatment (
 effects), heterogeneity (I^2) at the peaks and family-wise-error-corrected inference by
 permutation of subject images (PSI; Albajes-Eizagirre et al. 2019). This stage re-creates the
 main fit exactly from the meta stage's bound maps and seed (``intermediate/meta_fit.npz``: no
-pre-processing is repeated; the agreement with ``results/maps/z.nii.gz`` is reported), then
-writes
+pre-processing is repeated; the agreement with ``results/maps/z.nii.gz`` is reported) and runs
+the engine's public API on it, ``SDMPSI.fit_preprocessed`` -> ``PSICorrector`` -> ``Jackknife``
+(leave one study out, then one ``sdm.robustness.jackknife_group`` out), with the meta-regressions
+as ``SDMPSI(covariates=[...], hypothesis=[0, 1], missing="drop")`` fits (a study without the
+covariate is left out of that regression and counted) permuted by the same ``PSICorrector``
+(Freedman-Lane), then writes
 
 - ``maps/corrp_voxel.nii.gz``, ``maps/corrp_voxel_neg.nii.gz``, ``maps/corrp_tfce.nii.gz``,
   ``maps/corrp_tfce_neg.nii.gz`` (``1 - p_FWE``; each direction corrected separately);
@@ -31,8 +35,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.clusters import INCREASE, threshold_clusters
-from analysis.sdm.io import save_nifti, write_tsv
+from analysis.sdm.inference.clusters import INCREASE, threshold_clusters
+from analysis.sdm.inputs.io import save_nifti, write_tsv
 from analysis.stages import params
 
 LGR = logging.getLogger(__name__)
@@ -73,10 +77,11 @@ def heterogeneity_at_peaks(maps: dict, peaks: pd.DataFrame, df: int) -> pd.DataF
 
 def produce(ctx) -> dict:
     """Stage ``robustness`` (see the module docstring)."""
-    from analysis.sdm import jackknife as jk
-    from analysis.sdm import metaregression as mr
-    from analysis.sdm.permutation import psi_permutation_test
-    from analysis.sdm.space import MaskSpace
+    from analysis.sdm.diagnostics import jackknife as jk
+    from analysis.sdm.diagnostics import metaregression as mr
+    from analysis.sdm.diagnostics.jackknife import Jackknife
+    from analysis.sdm.inference.correct import PSICorrector
+    from analysis.sdm.maps.space import MaskSpace
     from analysis.stages.meta import FIT_FILE, input_provenance, load_fit
 
     cfg = ctx.config
@@ -96,16 +101,12 @@ def produce(ctx) -> dict:
                            f"{n_imp}: rerun both stages")
     studies = list(bounds.studies)
     table = dataset.studies.set_index("study").loc[studies].reset_index()
-    n1, n2 = np.asarray(bounds.n1, float), np.asarray(bounds.n2, float)
 
-    def fit(idx, X=None, hypothesis=None, keep=False):
-        est = params.estimator(cfg, n_imp, seed, hypothesis=hypothesis, keep_imputations=keep)
-        return est.fit_bounds(bounds.lower[idx], bounds.upper[idx], n1[idx], n2[idx], space,
-                              X=X, studies=[studies[i] for i in idx])
+    def estimator(**kw):
+        return params.estimator(cfg, n_imp, seed, **kw)
 
     # ---- main fit (identical to stage "meta") and its clusters
-    all_idx = np.arange(len(studies))
-    base = fit(all_idx, keep=True)
+    base = estimator(keep_imputations=True).fit_preprocessed(bounds, table)
     z = base.maps["z"]
     meta_z_path = ctx.result("maps/z.nii.gz")
     agreement = None
@@ -117,51 +118,41 @@ def produce(ctx) -> dict:
 
     # ---- permutation FWE (PSI)
     psi = params.psi_params(cfg)
-    perm = psi_permutation_test(base, n_perm, seed=int(ctx.rng("psi").integers(2**31 - 1)),
-                                **psi, progress=True)
+    result = PSICorrector(n_iters=n_perm, seed=int(ctx.rng("psi").integers(2**31 - 1)), **psi,
+                          progress=True).transform(base)
+    perm = result.permutation_
     for name in ("corrp_voxel", "corrp_voxel_neg", "corrp_tfce", "corrp_tfce_neg"):
         save_nifti(ctx.out(f"maps/{name}.nii.gz"), perm.get_map(name))
     write_tsv(ctx.out("tables/permutation_maxima.tsv"), perm.maxima, float_format="%.6f")
-    base.imputations = None  # not needed any more (m x k x V float32)
+    base.imputations = result.imputations = None  # not needed any more (m x k x V float32)
     fwe = fwe_at_peaks(perm, peaks, z, alpha)
     write_tsv(ctx.out("tables/fwe_peaks.tsv"), fwe, float_format="%.6g")
 
     # ---- heterogeneity at the peaks
-    het = heterogeneity_at_peaks(base.maps, peaks, base.df)
+    het = heterogeneity_at_peaks(result.maps, peaks, result.df)
     write_tsv(ctx.out("tables/heterogeneity.tsv"), het, float_format="%.6g")
 
-    # ---- jackknife: leave one study out, leave one disorder out
-    loo = jk.leave_one_out_sets(studies)
-    lodo = jk.leave_group_out_sets(studies, list(table[rob["jackknife_group"]].astype(str)))
-    refits = {}  # a disorder with one study: its leave-one-out fit is reused
-    fits_loo = jk.refit_subsets(fit, studies, loo, progress=True, cache=refits)
-    fits_lodo = jk.refit_subsets(fit, studies, lodo, progress=True, cache=refits)
-    jt = pd.concat([
-        jk.cluster_survival(clusters.labels, peaks, {k: r.maps["z"] for k, r in fits_loo.items()},
-                            space, "leave-one-out",
-                            {k: len(r.n1) for k, r in fits_loo.items()}, **thr),
-        jk.cluster_survival(clusters.labels, peaks,
-                            {k: r.maps["z"] for k, r in fits_lodo.items()}, space,
-                            f"leave-one-{rob['jackknife_group']}-out",
-                            {k: len(r.n1) for k, r in fits_lodo.items()}, **thr),
-    ], ignore_index=True)
+    # ---- jackknife: leave one study out, then one group (disorder) out
+    group = rob["jackknife_group"]
+    result = Jackknife(**thr, progress=True).transform(result)
+    result = Jackknife(groups=group, **thr, progress=True).transform(result)
+    jt, summary = result.tables["jackknife"], result.tables["jackknife_summary"]
     write_tsv(ctx.out("tables/jackknife.tsv"), jt, float_format="%.6g")
-    summary = jk.survival_summary(jt)
     write_tsv(ctx.out("tables/jackknife_summary.tsv"), summary)
 
-    # ---- meta-regressions
+    # ---- meta-regressions (a study without the covariate is left out of that regression)
     regs = []
     n_mr = int(sdm["permutations_quick"] if ctx.quick else rob["metaregression_permutations"])
     for cov in sdm["covariates"]:
-        X, keep = mr.covariate_design(table, cov)
-        res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1], keep=n_mr > 1)
+        res = estimator(covariates=[cov], hypothesis=[0, 1], missing="drop",
+                        keep_imputations=n_mr > 1).fit_preprocessed(bounds, table)
         fl = None
         if n_mr > 1:  # Freedman-Lane permutation of studies (Winkler et al. 2014)
-            fl = psi_permutation_test(res, n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
-                                      **psi, progress=True)
+            fl = PSICorrector(n_iters=n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
+                              **psi, progress=True).transform(res).permutation_
             res.imputations = None
-        regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), perm=fl, alpha=alpha,
-                                      **thr))
+        regs.append(mr.slope_at_peaks(res, peaks, cov, len(res.dropped_studies), perm=fl,
+                                      alpha=alpha, **thr))
     reg = pd.concat(regs, ignore_index=True)
     write_tsv(ctx.out("tables/metaregression.tsv"), reg, float_format="%.6g")
 
@@ -170,13 +161,14 @@ def produce(ctx) -> dict:
     groups = table[col].astype(str)
     sub_rows, sub_fits = [], {}
     for level in dict.fromkeys(groups):
-        idx = np.flatnonzero(groups.to_numpy() == level)
-        if len(idx) < int(rob["subgroup_min_studies"]):
-            LGR.info("subgroup %s=%s: %d studies, below the minimum", col, level, len(idx))
+        members = [s for s, g in zip(studies, groups, strict=True) if g == level]
+        if len(members) < int(rob["subgroup_min_studies"]):
+            LGR.info("subgroup %s=%s: %d studies, below the minimum", col, level, len(members))
             sub_rows.append(pd.DataFrame([{"analysis": f"subgroup {col}", "left_out": level,
-                                           "n_studies": len(idx)}]))
+                                           "n_studies": len(members)}]))
             continue
-        sub_fits[level] = fit(idx)
+        sub_fits[level] = estimator(keep_imputations=False).fit_preprocessed(
+            bounds.subset(members))
     if sub_fits:
         sub_rows.insert(0, jk.cluster_survival(
             clusters.labels, peaks, {k: r.maps["z"] for k, r in sub_fits.items()}, space,
@@ -211,7 +203,7 @@ def produce(ctx) -> dict:
         "max_z_null_median": float(np.median(perm.maxima["max_z"].to_numpy()[1:]))
         if n_perm > 1 else None,
         "jackknife_leave_one_out": loo_counts("leave-one-out"),
-        "jackknife_leave_one_group_out": loo_counts(f"leave-one-{rob['jackknife_group']}-out"),
+        "jackknife_leave_one_group_out": loo_counts(f"leave-one-{group}-out"),
         "metaregression_min_p": float(sig_reg["p_two_tailed"].min()) if len(sig_reg) else None,
         "metaregression_any_p_below_0_05": bool((sig_reg["p_two_tailed"] < 0.05).any()),
         "metaregression_slope_clusters": {c: int(n) for c, n in

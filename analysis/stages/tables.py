@@ -24,10 +24,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.io import write_tsv
-from analysis.sdm.io import read_tsv_text
-from analysis.sdm.peaks import load_peaks
-from analysis.sdm.studies import CONTRASTS, load_studies
+from analysis.data_tables import load_peaks, load_studies
+from analysis.sdm.inputs.io import read_tsv_text, write_tsv
+from analysis.sdm.inputs.studies import CONTRASTS
 
 LGR = logging.getLogger(__name__)
 
@@ -158,10 +157,10 @@ def compute(data_dir: Path | None = None, checks: dict | None = None
     (:func:`analysis.stages.params.data_checks`; the engine's defaults when None).
     """
     from analysis import paths
-    from analysis.sdm.peaks import _split_checks
+    from analysis.data_tables import split_checks
 
     ddir = Path(data_dir or paths.data_dir())
-    study_kw, _ = _split_checks(checks or {})
+    study_kw, _ = split_checks(checks or {})
     studies = load_studies(ddir, **study_kw)
     peaks = load_peaks(ddir, studies=studies, **(checks or {}))
     pub = load_published(ddir)

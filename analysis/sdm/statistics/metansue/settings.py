@@ -1,0 +1,31 @@
+"""MetaNSUE's constants and the conservative leave-n-out count (Radua et al. 2015; R package
+``metansue``), shared by the NumPy path, the compiled kernels and the imputation.
+"""
+
+from __future__ import annotations
+
+#: bounds closer than this are a known effect (``lower == upper``)
+KNOWN_TOL = 1e-6
+#: upper end of the tau2 search
+TAU2_MAX = 999.0
+
+
+def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
+    """Number of studies discarded by the conservative leave-n-out of the MLE.
+
+    ``metansue``: 1 if k <= 30, 2 if k <= 59, 3 if k <= 77, then one more every 15 studies
+    (our extrapolation beyond 77 studies, an assumption). ``"auto"`` = that rule + 1, which
+    reproduces SDM-PSI's ``MleNLeaveOneOut = 3`` for Enge et al.'s 50 studies (the value in the
+    ``sdmpsi_params.xml`` of their public run); SDM-PSI does not document its rule, so ``"auto"``
+    for other k is an assumption.
+    An integer is used as is. Never more than k - 2 (at least two studies are kept).
+    """
+    if isinstance(rule, str):
+        if rule not in ("auto", "metansue"):
+            raise ValueError(f"leave_n_out must be 'auto', 'metansue' or an integer, not {rule!r}")
+        base = 1 if k <= 30 else 2 if k <= 59 else 3 if k <= 77 else 3 + -(-(k - 77) // 15)
+        n = base + (rule == "auto")
+    else:
+        n = int(rule)
+    return int(max(0, min(n, k - 2)))
+
