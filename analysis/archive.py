@@ -939,6 +939,15 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
 
 # --- the manuscript's "Data and code availability" -----------------------------------------------
 
+def _entities(value) -> list:
+    """The entities of a JSON-LD property: RO-Crate writes a single one as an object, several
+    as a list (a stage with one output, e.g. only its values).
+    """
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
+
+
 def availability_markdown(results: Path | None = None, root: Path | None = None) -> str:
     """The manuscript's data and code availability paragraph, generated from the RO-Crate of the
     archive that ``python -m analysis archive`` writes for these results.
@@ -973,7 +982,7 @@ def availability_markdown(results: Path | None = None, root: Path | None = None)
     name = f"{PROJECT}-{__version__}{'-quick' if quick else ''}.zip"
     actions = [e for e in graph.values() if e.get("@type") == "CreateAction"
                and e["@id"].startswith("#run-")]
-    n_results = len({r["@id"] for a in actions for r in a.get("result", [])})
+    n_results = len({r["@id"] for a in actions for r in _entities(a.get("result"))})
     datasets = sorted((e for e in graph.values() if e.get("@type") == "Dataset"
                        and e["@id"].startswith(f"{DATASETS_DIR}/")), key=lambda e: e["@id"])
     lines = []
@@ -981,7 +990,8 @@ def availability_markdown(results: Path | None = None, root: Path | None = None)
         lic = graph[d["license"]["@id"]].get("identifier", d["license"]["@id"])
         inside = "in the archive" if d.get("hasPart") else "not redistributable, fetched"
         lines.append(f"* `{d['name']}` ({d.get('url', 'no public URL')}, "
-                     f"{d['version'][:23]}): {lic}, {len(d.get('hasPart', []))} file(s), {inside}")
+                     f"{d['version'][:23]}): {lic}, {len(_entities(d.get('hasPart')))} file(s), "
+                     f"{inside}")
     profiles = ", ".join(sorted(graph[c["@id"]]["name"] for c in graph["./"]["conformsTo"]))
     return (
         f"The compendium is archived as `{name}` (`make archive`) for deposit beside the "

@@ -24,7 +24,7 @@ import copy
 import numpy as np
 
 from analysis.sdm.base import ParamsMixin
-from analysis.sdm.clusters import THRESHOLDS, threshold_clusters
+from analysis.sdm.clusters import THRESHOLDS, direction_labels, threshold_clusters
 from analysis.sdm.permutation import (
     CHUNK_SIZE,
     N_PERMUTATIONS,
@@ -179,7 +179,8 @@ class Jackknife(ParamsMixin):
         if result.X.shape[1] > 1:
             raise ValueError("the jackknife re-fits the mean model only (no covariates)")
         thr = self._thresholds()
-        base = threshold_clusters(result.maps["z"], result.space, local_peaks=False, **thr)
+        base = threshold_clusters(result.maps["z"], result.space, local_peaks=False,
+                                  directions=direction_labels(bounds.n2), **thr)
         studies = list(bounds.studies)
         refit = copy.copy(est).set_params(keep_imputations=False, progress=False)
 

@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.clusters import INCREASE, threshold_clusters
+from analysis.sdm.clusters import direction_labels, threshold_clusters
 from analysis.sdm.io import save_nifti, write_tsv
 from analysis.stages import params
 
@@ -48,7 +48,7 @@ def fwe_at_peaks(perm, peaks: pd.DataFrame, z_meta: np.ndarray, alpha: float) ->
     rows = []
     for r in peaks.itertuples(index=False):
         v = int(r.voxel)
-        pos = r.direction == INCREASE
+        pos = r.sdm_z > 0
         pv = perm.maps["p_voxel" if pos else "p_voxel_neg"][v]
         pt = perm.maps["p_tfce" if pos else "p_tfce_neg"][v]
         rows.append({"cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
@@ -112,7 +112,8 @@ def produce(ctx) -> dict:
     if meta_z_path.exists():
         agreement = float(np.nanmax(np.abs(space.from_img(nib.load(meta_z_path)) - z)))
         LGR.info("robustness: re-fit vs stage meta z: max |diff| = %.3g", agreement)
-    clusters = threshold_clusters(z, space, local_peaks=False, **thr)
+    clusters = threshold_clusters(z, space, local_peaks=False,
+                                  directions=direction_labels(n2), **thr)
     peaks = clusters.peaks()
 
     # ---- permutation FWE (PSI)
@@ -131,8 +132,15 @@ def produce(ctx) -> dict:
     write_tsv(ctx.out("tables/heterogeneity.tsv"), het, float_format="%.6g")
 
     # ---- jackknife: leave one study out, leave one disorder out
+    # analyses that need a study column the study table lacks are left out, with the reason
+    skipped = {}
+    group = rob["jackknife_group"]
     loo = jk.leave_one_out_sets(studies)
-    lodo = jk.leave_group_out_sets(studies, list(table[rob["jackknife_group"]].astype(str)))
+    lodo = {}
+    if _missing_column(table, group):
+        skipped[f"leave-one-{group}-out"] = _missing_column(table, group)
+    else:
+        lodo = jk.leave_group_out_sets(studies, list(table[group].astype(str)))
     refits = {}  # a disorder with one study: its leave-one-out fit is reused
     fits_loo = jk.refit_subsets(fit, studies, loo, progress=True, cache=refits)
     fits_lodo = jk.refit_subsets(fit, studies, lodo, progress=True, cache=refits)
@@ -142,7 +150,7 @@ def produce(ctx) -> dict:
                             {k: len(r.n1) for k, r in fits_loo.items()}, **thr),
         jk.cluster_survival(clusters.labels, peaks,
                             {k: r.maps["z"] for k, r in fits_lodo.items()}, space,
-                            f"leave-one-{rob['jackknife_group']}-out",
+                            f"leave-one-{group}-out",
                             {k: len(r.n1) for k, r in fits_lodo.items()}, **thr),
     ], ignore_index=True)
     write_tsv(ctx.out("tables/jackknife.tsv"), jt, float_format="%.6g")
@@ -153,6 +161,9 @@ def produce(ctx) -> dict:
     regs = []
     n_mr = int(sdm["permutations_quick"] if ctx.quick else rob["metaregression_permutations"])
     for cov in sdm["covariates"]:
+        if _missing_column(table, cov, varying=True):
+            skipped[f"metaregression {cov}"] = _missing_column(table, cov, varying=True)
+            continue
         X, keep = mr.covariate_design(table, cov)
         res = fit(np.flatnonzero(keep), X=X, hypothesis=[0, 1], keep=n_mr > 1)
         fl = None
@@ -162,14 +173,17 @@ def produce(ctx) -> dict:
             res.imputations = None
         regs.append(mr.slope_at_peaks(res, peaks, cov, int((~keep).sum()), perm=fl, alpha=alpha,
                                       **thr))
-    reg = pd.concat(regs, ignore_index=True)
+    reg = (pd.concat(regs, ignore_index=True) if regs
+           else pd.DataFrame(columns=mr.REGRESSION_COLUMNS))
     write_tsv(ctx.out("tables/metaregression.tsv"), reg, float_format="%.6g")
 
     # ---- subgroups (e.g. paradigm) with enough studies
     col = rob["subgroup_column"]
-    groups = table[col].astype(str)
     sub_rows, sub_fits = [], {}
-    for level in dict.fromkeys(groups):
+    if _missing_column(table, col):
+        skipped[f"subgroup {col}"] = _missing_column(table, col)
+    groups = table[col].astype(str) if col in table.columns else pd.Series([], dtype=str)
+    for level in ([] if f"subgroup {col}" in skipped else dict.fromkeys(groups)):
         idx = np.flatnonzero(groups.to_numpy() == level)
         if len(idx) < int(rob["subgroup_min_studies"]):
             LGR.info("subgroup %s=%s: %d studies, below the minimum", col, level, len(idx))
@@ -211,9 +225,10 @@ def produce(ctx) -> dict:
         "max_z_null_median": float(np.median(perm.maxima["max_z"].to_numpy()[1:]))
         if n_perm > 1 else None,
         "jackknife_leave_one_out": loo_counts("leave-one-out"),
-        "jackknife_leave_one_group_out": loo_counts(f"leave-one-{rob['jackknife_group']}-out"),
+        "jackknife_leave_one_group_out": loo_counts(f"leave-one-{group}-out"),
         "metaregression_min_p": float(sig_reg["p_two_tailed"].min()) if len(sig_reg) else None,
         "metaregression_any_p_below_0_05": bool((sig_reg["p_two_tailed"] < 0.05).any()),
+        "metaregression_covariates": list(dict.fromkeys(reg["covariate"])),
         "metaregression_slope_clusters": {c: int(n) for c, n in
                                           reg.groupby("covariate")["n_slope_clusters"].first()
                                           .items()},
@@ -223,4 +238,23 @@ def produce(ctx) -> dict:
                                      reg.groupby("covariate")["n_missing"].first().items()},
         "i2_percent_at_peaks": [round(float(x), 3) for x in het["i2_percent"]],
         "subgroups_fitted": sorted(sub_fits),
+        # analyses left out for these data, each with the reason (analysis -> reason)
+        "skipped": skipped,
     }
+
+
+def _missing_column(table: pd.DataFrame, column: str, varying: bool = False) -> str | None:
+    """Why the study table cannot serve an analysis by ``column``, or None when it can.
+
+    ``varying``: the column must also hold at least two distinct values (a covariate).
+    """
+    if column not in table.columns:
+        return f"the study table has no {column!r} column"
+    values = table[column]
+    text = values.astype(str).str.strip()
+    given = values.notna() & ~text.isin(["", "nan", "NA"])
+    if not given.any():
+        return f"no study of the study table gives a value of {column!r}"
+    if varying and values[given].nunique() < 2:
+        return f"every study of the study table has the same value of {column!r}"
+    return None
