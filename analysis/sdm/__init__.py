@@ -38,6 +38,7 @@ _EXPORTS = {
     "PSICorrector": "analysis.sdm.correct",
     "Jackknife": "analysis.sdm.correct",
     "threshold_clusters": "analysis.sdm.clusters",
+    "direction_labels": "analysis.sdm.clusters",
     "psi_permutation_test": "analysis.sdm.permutation",
     "read_sdm_project": "analysis.sdm.project",
     "write_sdm_project": "analysis.sdm.project",
