@@ -915,7 +915,9 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
         env["SOURCE_DATE_EPOCH"] = str(zip_stamp(archive))
         steps = [("pipeline", [str(py), "-m", "analysis", "run", "--config", str(cfg_file)]
                   + (["--quick"] if archived_quick else [])),
-                 ("render", [str(py), "-m", "analysis", "render"])]
+                 # the render checks the results against the configuration they were computed
+                 # with: the same --config as the run
+                 ("render", [str(py), "-m", "analysis", "render", "--config", str(cfg_file)])]
         for label, cmd in steps:
             t0 = time.perf_counter()
             log = work / f"{label}.log"
@@ -989,8 +991,9 @@ def availability_markdown(results: Path | None = None, root: Path | None = None)
     for d in datasets:
         lic = graph[d["license"]["@id"]].get("identifier", d["license"]["@id"])
         inside = "in the archive" if d.get("hasPart") else "not redistributable, fetched"
+        n_files = len(_entities(d.get("hasPart")))
         lines.append(f"* `{d['name']}` ({d.get('url', 'no public URL')}, "
-                     f"{d['version'][:23]}): {lic}, {len(_entities(d.get('hasPart')))} file(s), "
+                     f"{d['version'][:23]}): {lic}, {n_files} file{'' if n_files == 1 else 's'}, "
                      f"{inside}")
     profiles = ", ".join(sorted(graph[c["@id"]]["name"] for c in graph["./"]["conformsTo"]))
     return (

@@ -46,6 +46,22 @@ def _mirror() -> Path | None:
 
 
 @pytest.fixture(scope="session")
+def quick_results_dir(request, tmp_path_factory):
+    """The results folder of the tests' quick pipeline runs, one per session.
+
+    pytest's cache folder ``painemp-quick-results`` (kept between sessions) when the cache
+    plugin runs, else one temporary folder for the whole session (``make validate`` runs with
+    ``-p no:cacheprovider``). Every test that needs the quick pipeline runs ``run_stages`` on
+    this folder: the stage manifests make it reuse the stages already computed with the same
+    inputs, code and configuration, so the pipeline is computed once, not once per test.
+    """
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("painemp-quick-results"))
+    return tmp_path_factory.mktemp("painemp-quick-results")
+
+
+@pytest.fixture(scope="session")
 def mirror():
     """The local dataset mirror; CI always has it (.ci/run sets PAINEMP_MIRROR)."""
     m = _mirror()

@@ -170,14 +170,12 @@ def test_compare_trees_reports_each_kind_of_difference(tmp_path):
 # --- an archive of quick results -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def quick_archive(request, tmp_path_factory, mirror):
+def quick_archive(quick_results_dir, tmp_path_factory, mirror):
     """An archive of the manuscript tests' quick run (cached stages reused), with the manuscript
     rendered for it, written from the repository's HEAD."""
     from analysis import render as rd
 
-    cache = getattr(request.config, "cache", None)
-    results = (Path(cache.mkdir("painemp-quick-results")) if cache is not None
-               else tmp_path_factory.mktemp("painemp-quick-results"))
+    results = quick_results_dir
     cfg = load_config(load_config()["manuscript"]["test_overrides"])
     run_stages(quick=True, config=cfg, results_dir=results, data_dir=REPO / "data")
     _, stamp = ar.head_commit(REPO)

@@ -279,14 +279,12 @@ def test_design_configuration_is_validated():
 
 
 @pytest.fixture(scope="module")
-def quick_design(request):
+def quick_design(quick_results_dir):
     """The stage in quick mode with ``manuscript.test_overrides``, in the results folder the
-    manuscript tests use (pytest's cache: upstream stages are computed once and reused)."""
+    manuscript tests use (upstream stages are computed once and reused)."""
     from analysis.pipeline import run_stages
 
-    cache = getattr(request.config, "cache", None)
-    results = (Path(cache.mkdir("painemp-quick-results")) if cache is not None
-               else request.getfixturevalue("tmp_path_factory").mktemp("quick"))
+    results = quick_results_dir
     config = load_config(load_config()["manuscript"]["test_overrides"])
     run_stages(["design"], quick=True, config=config, results_dir=results, data_dir=DATA)
     return results, config

@@ -542,21 +542,12 @@ def _quick_run(results: Path, skip: list[str]):
 
 
 @pytest.fixture(scope="session")
-def quick_results(request):
-    """``run_stages(quick=True)`` into a results folder kept in pytest's cache (stage manifests
-    make reruns cheap when nothing changed), without the stages of
+def quick_results(quick_results_dir):
+    """``run_stages(quick=True)`` into the session's quick results folder (pytest's cache when
+    it runs; the stage manifests make reruns cheap when nothing changed), without the stages of
     ``manuscript.test_skip_stages`` (too slow for the default run)."""
     skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
-    return _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
-
-
-def _cache_dir(request, name: str) -> Path:
-    """pytest's cache folder ``name`` (kept between runs), or a fresh temporary folder when the
-    cache plugin is disabled (``-p no:cacheprovider``)."""
-    cache = getattr(request.config, "cache", None)
-    if cache is None:
-        return request.getfixturevalue("tmp_path_factory").mktemp(name)
-    return Path(cache.mkdir(name))
+    return _quick_run(quick_results_dir, skip)
 
 
 def test_all_stages_present(quick_results):
@@ -598,9 +589,9 @@ def test_manuscript_executes_without_quarto(quick_results, tmp_path, monkeypatch
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
-def test_manuscript_full_pipeline(request, tmp_path, monkeypatch):
+def test_manuscript_full_pipeline(quick_results_dir, tmp_path, monkeypatch):
     """Every stage (quick mode), then the manuscript with no placeholder allowed."""
-    run = _quick_run(_cache_dir(request, "painemp-quick-results-all"), [])
+    run = _quick_run(quick_results_dir, [])
     assert run[2] == [], f"stages not importable: {run[2]}"
     _check_manuscript(run, tmp_path, monkeypatch)
 

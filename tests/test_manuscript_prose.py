@@ -315,15 +315,15 @@ def _perturbed(src: Path, dest: Path, published: pd.DataFrame, n_extra: int | No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n_extra", [None, 0, 2], ids=["no-cluster", "published", "extra"])
-def test_manuscript_on_three_result_sets(request, tmp_path, monkeypatch, n_extra):
+def test_manuscript_on_three_result_sets(quick_results_dir, tmp_path, monkeypatch, n_extra):
     """The rendered HTML on three result sets: counts, captions, title and box agree."""
-    from test_manuscript import QMD, REPO, _cache_dir, _Html, _quick_run
+    from test_manuscript import QMD, REPO, _Html, _quick_run
 
     from analysis import render as rd
     from analysis.config import load_config
 
     skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
-    results, _, _ = _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
+    results, _, _ = _quick_run(quick_results_dir, skip)
     published = pd.read_csv(REPO / "data" / "published_table3.tsv", sep="\t")
     root = _perturbed(results, tmp_path / "results", published, n_extra)
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(root))
@@ -357,9 +357,9 @@ def test_manuscript_on_three_result_sets(request, tmp_path, monkeypatch, n_extra
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_provenance_box_on_the_first_screen(request, tmp_path, monkeypatch):
+def test_provenance_box_on_the_first_screen(quick_results_dir, tmp_path, monkeypatch):
     """At 1280 x 800 the data-provenance box starts on the first screen, above the contents."""
-    from test_manuscript import QMD, REPO, _cache_dir, _quick_run
+    from test_manuscript import QMD, REPO, _quick_run
 
     from analysis import browser
     from analysis import render as rd
@@ -370,7 +370,7 @@ def test_provenance_box_on_the_first_screen(request, tmp_path, monkeypatch):
     if mv.provenance(REPO / "data").all_real:
         pytest.skip("every study's peaks are real: no provenance box")
     skip = list(load_config()["manuscript"].get("test_skip_stages") or [])
-    results, _, _ = _quick_run(_cache_dir(request, "painemp-quick-results"), skip)
+    results, _, _ = _quick_run(quick_results_dir, skip)
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
     if skip:
         monkeypatch.setenv("PAINEMP_ALLOW_MISSING", "1")
