@@ -1,6 +1,6 @@
 # Reproducible compendium of He et al. 2024. Two commands on a fresh machine:
 #   make paper   - build the virtualenv from requirements.lock (first use only), compute, render
-#   make test    - the test suite (what CI runs through .ci/run)
+#   make test    - lint and the test suite (CI, .ci/run, runs it and then make validate)
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
@@ -47,8 +47,19 @@ bench: $(STAMP) ## speed and memory benchmarks, as ratios measured in the same r
 nightly: validate bench ## everything heavy
 
 regen: $(STAMP) ## regenerate the golden files on purpose (explain why in the commit)
-	@# pytest-regressions fails every test whose golden file it rewrote: run again to check
-	$(BIN)/pytest --force-regen -p no:cacheprovider > /dev/null || true
+	@# Pass 1 rewrites the golden files; pytest-regressions fails every test whose file it
+	@# rewrote or created, so pass 1 may fail, but only for that reason: any other failure
+	@# (or an error, an interruption) stops here with pass 1's output. Pass 2 must pass.
+	@log=$$(mktemp); \
+	COLUMNS=1000 $(BIN)/pytest --force-regen -p no:cacheprovider -q -rfE --tb=short > $$log 2>&1; rc=$$?; \
+	other=$$(grep -E '^(FAILED|ERROR) ' $$log | grep -v -e 'Files differ and --force-regen set' \
+	  -e 'File not found in data directory, created'); \
+	if [ $$rc -gt 1 ] || { [ $$rc -eq 1 ] && [ -n "$$other" ]; }; then \
+	  cat $$log; rm -f $$log; \
+	  echo "make regen: pass 1 failed (exit $$rc) for another reason than a rewritten golden file"; \
+	  [ -z "$$other" ] || echo "$$other"; exit 1; \
+	fi; \
+	grep -E '^FAILED ' $$log | sed 's/ - .*//; s/^FAILED/rewrote the golden file of/'; rm -f $$log
 	$(BIN)/pytest
 	@echo "golden files regenerated: review 'git diff tests/' and say why in the commit"
 

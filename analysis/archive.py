@@ -917,7 +917,9 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
         env["SOURCE_DATE_EPOCH"] = str(zip_stamp(archive))
         steps = [("pipeline", [str(py), "-m", "analysis", "run", "--config", str(cfg_file)]
                   + (["--quick"] if archived_quick else [])),
-                 ("render", [str(py), "-m", "analysis", "render"])]
+                 # the render checks the results against the configuration they were computed
+                 # with: the same --config as the run
+                 ("render", [str(py), "-m", "analysis", "render", "--config", str(cfg_file)])]
         for label, cmd in steps:
             t0 = time.perf_counter()
             log = work / f"{label}.log"
@@ -940,6 +942,15 @@ def verify_archive(archive: Path, python: Path | None = None, quick: bool | None
 
 
 # --- the manuscript's "Data and code availability" -----------------------------------------------
+
+def _entities(value) -> list:
+    """The entities of a JSON-LD property: RO-Crate writes a single one as an object, several
+    as a list (a stage with one output, e.g. only its values).
+    """
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
+
 
 def availability_markdown(results: Path | None = None, root: Path | None = None) -> str:
     """The manuscript's data and code availability paragraph, generated from the RO-Crate of the
@@ -975,15 +986,17 @@ def availability_markdown(results: Path | None = None, root: Path | None = None)
     name = f"{PROJECT}-{__version__}{'-quick' if quick else ''}.zip"
     actions = [e for e in graph.values() if e.get("@type") == "CreateAction"
                and e["@id"].startswith("#run-")]
-    n_results = len({r["@id"] for a in actions for r in a.get("result", [])})
+    n_results = len({r["@id"] for a in actions for r in _entities(a.get("result"))})
     datasets = sorted((e for e in graph.values() if e.get("@type") == "Dataset"
                        and e["@id"].startswith(f"{DATASETS_DIR}/")), key=lambda e: e["@id"])
     lines = []
     for d in datasets:
         lic = graph[d["license"]["@id"]].get("identifier", d["license"]["@id"])
         inside = "in the archive" if d.get("hasPart") else "not redistributable, fetched"
+        n_files = len(_entities(d.get("hasPart")))
         lines.append(f"* `{d['name']}` ({d.get('url', 'no public URL')}, "
-                     f"{d['version'][:23]}): {lic}, {len(d.get('hasPart', []))} file(s), {inside}")
+                     f"{d['version'][:23]}): {lic}, {n_files} file{'' if n_files == 1 else 's'}, "
+                     f"{inside}")
     profiles = ", ".join(sorted(graph[c["@id"]]["name"] for c in graph["./"]["conformsTo"]))
     return (
         f"The compendium is archived as `{name}` (`make archive`) for deposit beside the "

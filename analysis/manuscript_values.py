@@ -279,14 +279,54 @@ def run_mode(imputations: Any, permutations: Any, imputations_config: Any,
     return "quick" if quick else "full"
 
 
-def peaks_limitation(prov: Provenance) -> str:
+def peaks_limitation(prov: Provenance, v: Values | None = None) -> str:
     """The limitation that the provenance of the peaks sets on the voxel-wise results."""
+    sources = import_sources(v) if v is not None else []
+    if prov.all_real and sources:
+        return (f"Every study's peak coordinates were imported from {'; '.join(sources)}, so "
+                "the voxel-wise results re-analyse those data, within the limits of the open "
+                "engine described next.")
     if prov.all_real:
         return ("Every study's peak coordinates are the authors' own, so the voxel-wise "
                 "results re-analyse the original data, within the limits of the open engine "
                 "described next.")
     return (f"Only {prov.n_studies_real} of the {prov.n_studies} studies' peak coordinates are "
             "real in the current data; every voxel-wise result is conditional on that.")
+
+
+#: The limitation of the checks without the coordinates (stage ``design``).
+DESIGN_LIMITATION = (
+    "The checks without the coordinates rest on a model of the unpublished study maps (smooth "
+    "Gaussian noise, Gaussian effects, peaks listed as SPM lists them, each study with as many "
+    "peaks as the stand-in table gives it) and on a finite number of simulated meta-analyses "
+    "with fewer imputations than the paper; their intervals state the resulting precision and "
+    "`python -m analysis bench --only design` runs more. The sensitivity analyses are "
+    "restricted to the grey matter around the published peaks.")
+
+
+def design_limitation(v: Values):
+    """The limitation of the stage ``design``, or that it was not computed (Markdown)."""
+    from IPython.display import Markdown
+
+    reason = (v.raw.get("design") or {}).get("not_applicable") if isinstance(
+        v.raw.get("design"), dict) else None
+    if reason:
+        return Markdown(f"The checks without the coordinates (stage `design`) were not computed "
+                        f"for the data of this run: {reason}.")
+    return Markdown(DESIGN_LIMITATION)
+
+
+def table1_limitation(v: Values):
+    """Where the study table's numbers come from (Markdown)."""
+    from IPython.display import Markdown
+
+    if paper_sample(v) or not isinstance(v.raw.get("tables"), dict):
+        return Markdown("Discrepancies between the paper's Table 1 and the original reports "
+                        "(group sizes, pooled samples) are documented in `data/README.md`; the "
+                        "analysis uses the numbers of the paper's Table 1.")
+    return Markdown("The study table of this run is not the paper's Table 1: every sample number "
+                    "above is that of `data/studies.tsv`, and where it lacks a column of the "
+                    "paper's table the number is not computed.")
 
 
 def artefact_path(label: str, results_dir: str | Path | None = None) -> Path:
@@ -307,6 +347,33 @@ def _missing_note(label: str, path: Path):
     return Markdown(f"**[missing artefact: {ARTEFACTS[label][1]} from stage {stage}]**")
 
 
+def skipped(v: Values, stage: str) -> dict[str, str]:
+    """What a stage left out for the data of the run, with the reason of each (its values'
+    ``skipped``: an artefact path under ``results/`` or an analysis name -> reason).
+    """
+    rec = v.raw.get(stage)
+    out = rec.get("skipped") if isinstance(rec, dict) else None
+    return {str(k): str(r) for k, r in out.items()} if isinstance(out, dict) else {}
+
+
+def skipped_reason(label: str, results_dir: str | Path | None = None) -> str | None:
+    """Why the stage of ``label`` did not write its file for these data, or None."""
+    stage, rel = ARTEFACTS[label]
+    return skipped(Values(results_dir), stage).get(rel)
+
+
+#: Caption of a figure or table that its stage did not compute for the data of the run.
+NOT_COMPUTED = "Not computed for the data of this run."
+
+
+def _skipped_note(reason: str):
+    """What stands in place of a figure or table that its stage left out, and why."""
+    from IPython.display import Markdown
+
+    return Markdown(f"*Not computed for the data of this run: {reason}.*",
+                    metadata={"painemp": {"caption": NOT_COMPUTED}})
+
+
 def figure(label: str, results_dir: str | Path | None = None, caption: str | None = None,
            alt: str | None = None):
     """The figure file of ``label`` for display in a code cell (an IPython ``Image``).
@@ -323,7 +390,8 @@ def figure(label: str, results_dir: str | Path | None = None, caption: str | Non
 
     path = artefact_path(label, results_dir)
     if not path.exists():
-        return _missing_note(label, path)
+        reason = skipped_reason(label, results_dir)
+        return _skipped_note(reason) if reason else _missing_note(label, path)
     meta = {"painemp": {"caption": caption, "alt": alt}} if caption or alt else None
     return Image(filename=str(path), metadata=meta)
 
@@ -605,6 +673,9 @@ def table(label: str, results_dir: str | Path | None = None, query: str | None =
     def Markdown(text):  # noqa: N802 (IPython's name)
         return _Markdown(text, metadata={"painemp": {"caption": caption}} if caption else None)
 
+    reason = skipped_reason(label, results_dir)
+    if reason and not artefact_path(label, results_dir).exists():
+        return _skipped_note(reason)
     df = read_table(label, results_dir)
     if df is None:
         return _missing_note(label, artefact_path(label, results_dir))
@@ -777,7 +848,8 @@ def _region(aal_label: Any) -> str:
 
 DIRECTIONS = {"Patients>Controls": "Patients > controls", "Patients<Controls":
               "Patients < controls", "increase": "Patients > controls",
-              "decrease": "Patients < controls"}
+              "decrease": "Patients < controls", "Positive": "Positive effect",
+              "Negative": "Negative effect"}
 COVARIATES = {"age": "Mean age (years)", "female_pct": "Women (%)",
               "treated": "Treatment (treated vs untreated)"}
 COVARIATE_NAMES = {"age": "mean age", "female_pct": "percentage of women",
@@ -851,9 +923,11 @@ def _real_study_notes(df: pd.DataFrame) -> list[str]:
 
 
 def _demographics_notes(df: pd.DataFrame) -> list[str]:
-    notes = ["Age: mean (SD) of each group as reported by the study."]
     ages = [str(v) for c in ("Patient mean age (SD)", "Control mean age (SD)") if c in df
             for v in df[c]]
+    if all(_is_missing(a) for a in ages):
+        return []  # no age column shown
+    notes = ["Age: mean (SD) of each group as reported by the study."]
     if any(re.search(r"\(\s*NA\s*\)", a) for a in ages):
         notes.append(f"({MISSING}): SD of age not reported by the study.")
     return notes
@@ -1377,10 +1451,30 @@ class Outcome:
     z_at_published: tuple[float | None, ...] = ()
     z_published: tuple[float | None, ...] = ()
     figure_thresholded: tuple[bool, bool] = (True, True)
+    #: labels of the positive and negative direction (``meta.directions``)
+    directions: tuple[str, str] = ("Patients>Controls", "Patients<Controls")
+    #: why the results are not set beside the published Table 3 (None: they are)
+    not_compared: str | None = None
 
     @property
     def n_clusters(self) -> int:
         return self.n_increase + self.n_decrease
+
+    @property
+    def group_contrast(self) -> bool:
+        """The directions are patient-control differences (a two-sample meta-analysis)."""
+        return self.directions == ("Patients>Controls", "Patients<Controls")
+
+    @property
+    def compared(self) -> bool:
+        """The results are set beside the published Table 3."""
+        return self.not_compared is None
+
+    def direction_names(self) -> tuple[str, str]:
+        """Plural names of the two directions in the prose (``increases``, ``decreases``)."""
+        if self.group_contrast:
+            return "increases", "decreases"
+        return tuple(f"{d.lower()} effects" for d in self.directions)
 
 
 def _float_or_none(x: Any) -> float | None:
@@ -1408,11 +1502,18 @@ def outcome(v: Values) -> Outcome:
             z_pub = tuple(_float_or_none(x) for x in df["published_sdm_z"])
     flag = meta.get("figure2_thresholded")
     thresholded = (bool(flag), bool(flag)) if isinstance(flag, bool) else (n_inc > 0, n_dec > 0)
+    dirs = meta.get("directions") if isinstance(meta.get("directions"), dict) else {}
+    directions = (str(dirs.get("increase", "Patients>Controls")),
+                  str(dirs.get("decrease", "Patients<Controls")))
+    not_compared = skipped(v, "meta").get(ARTEFACTS["tbl-reproduction"][1])
+    if not_compared:  # no published peak to draw an unthresholded map at
+        thresholded = (True, True)
     return Outcome(known=True, n_increase=n_inc, n_decrease=n_dec,
                    n_published=len(at_pub) or len(z_pub),
-                   n_recovered=int(meta.get("published_matched_within_10mm", 0)),
+                   n_recovered=int(meta.get("published_matched_within_10mm") or 0),
                    z_at_published=tuple(_float_or_none(p.get("sdm_z")) for p in at_pub),
-                   z_published=z_pub, figure_thresholded=thresholded)
+                   z_published=z_pub, figure_thresholded=thresholded, directions=directions,
+                   not_compared=not_compared)
 
 
 def _nums(xs, digits: int = 2) -> str:
@@ -1424,8 +1525,95 @@ def _nums(xs, digits: int = 2) -> str:
 def _clusters_found(o: Outcome) -> str:
     if o.n_clusters == 0:
         return "no cluster in either direction"
+    if not o.group_contrast:
+        inc, dec = (d.lower() for d in o.directions)
+        return (f"{plural(o.n_increase, 'cluster')} of {inc} and "
+                f"{plural(o.n_decrease, 'cluster')} of {dec} pooled effects")
     return (f"{plural(o.n_increase, 'cluster')} of increased and "
             f"{plural(o.n_decrease, 'cluster')} of decreased activation in patients")
+
+
+def import_sources(v: Values) -> list[str]:
+    """The sources declared when the peaks were imported (``import-sdm --source``), from the
+    meta stage's record (``meta.import_sources``).
+    """
+    meta = v.raw.get("meta") if isinstance(v.raw.get("meta"), dict) else {}
+    return [str(x) for x in meta.get("import_sources") or []]
+
+
+def real_peaks_name(v: Values) -> str:
+    """How the prose names peaks that are all real: the authors' own, or those of the
+    declared import sources.
+    """
+    sources = import_sources(v)
+    if sources:
+        return f"the peak coordinates imported from {'; '.join(sources)}"
+    return "the authors' peak coordinates"
+
+
+def paper_sample(v: Values) -> bool:
+    """Whether the study table of the run is the paper's sample: false when the stage
+    ``tables`` recorded a number of studies, patients or controls that differs from the printed
+    one or that it could not compute (a study table without control groups).
+    """
+    t = v.raw.get("tables") if isinstance(v.raw.get("tables"), dict) else {}
+    for k in ("n_studies", "n_patients", "n_controls"):
+        if k in t and (t[k] is None or (f"{k}_published" in t
+                                        and t[k] != t[f"{k}_published"])):
+            return False
+    return True
+
+
+def sample_text(n_studies: Any, n_patients: Any, n_controls: Any, n_total: Any) -> str:
+    """``"11 studies with 296 patients and 229 controls"``; without patient and control
+    groups (one-sample studies), the participants.
+    """
+    if isinstance(n_patients, int) and isinstance(n_controls, int):
+        text = f"{n_studies} studies with {n_patients} patients and {n_controls} controls"
+        if isinstance(n_total, int) and n_total != n_patients + n_controls:
+            text += f" ({n_total - n_patients - n_controls} more in one-sample studies)"
+        return text
+    if n_patients is None and n_controls is None and isinstance(n_total, int):
+        return (f"{n_studies} one-sample studies with {n_total} participants (no patient or "
+                "control groups)")
+    return f"{n_studies} studies with {n_patients} patients and {n_controls} controls"
+
+
+def prisma_note(included: Any, n_studies: Any) -> str:
+    """A sentence when the study table is not the flowchart's set of included studies."""
+    if isinstance(included, int) and isinstance(n_studies, int) and included != n_studies:
+        return (f" The study table of this run holds {n_studies} studies, not the "
+                f"{included} of the flowchart, which describes the paper's search and not "
+                "these data.")
+    return ""
+
+
+def metaregression_methods(v: Values) -> str:
+    """What the meta-regressions of the run test (Methods), from the robustness stage."""
+    rob = v.raw.get("robustness") if isinstance(v.raw.get("robustness"), dict) else {}
+    covs = rob.get("metaregression_covariates")
+    left = {k.split(" ", 1)[1]: r for k, r in skipped(v, "robustness").items()
+            if k.startswith("metaregression ")}
+    if covs is None:  # values of a run without this record: the configured analysis
+        return ("meta-regressions test age, the percentage of women and treatment status, "
+                "the covariates of the paper")
+    if not covs:
+        why = "; ".join(f"{COVARIATE_NAMES.get(c, c)}: {r}" for c, r in left.items())
+        return f"no meta-regression is computed for these data ({why})" if why else (
+            "no meta-regression is computed")
+    names = [COVARIATE_NAMES.get(c, c) for c in covs]
+    text = "meta-regressions test " + (names[0] if len(names) == 1 else
+                                       ", ".join(names[:-1]) + " and " + names[-1])
+    if not left:
+        return text + ", the covariates of the paper"
+    return text + " (not " + "; ".join(f"{COVARIATE_NAMES.get(c, c)}: {r}"
+                                       for c, r in left.items()) + ")"
+
+
+def not_compared_sentence(o: Outcome) -> str:
+    """Why the results are not set beside the published Table 3."""
+    return (f"The results are not compared with the paper's Table 3 (@tbl-reproduction): "
+            f"{o.not_compared}.")
 
 
 def agreement_sentence(v: Values, prov: Provenance) -> str:
@@ -1433,6 +1621,8 @@ def agreement_sentence(v: Values, prov: Provenance) -> str:
     o, s = outcome(v), standins(v, prov)
     if not o.known:
         return "The comparison with the published Table 3 needs the meta stage's values."
+    if not o.compared:
+        return not_compared_sentence(o)
     matched = (f"{o.n_recovered} of the {o.n_published} published clusters "
                f"{'has' if o.n_recovered == 1 else 'have'} a reproduced cluster of the same "
                f"direction within {MATCH_MM} mm")
@@ -1473,7 +1663,10 @@ def abstract_results(v: Values, prov: Provenance) -> str:
     o, s = outcome(v), standins(v, prov)
     found = _clusters_found(o) if o.known else "results that need the meta stage's values"
     if not s.in_use and prov.all_real:
-        return (f"On the authors' peak coordinates the re-analysis finds {found}; "
+        if o.known and not o.compared:
+            return (f"On {real_peaks_name(v)} the re-analysis finds {found}. "
+                    + not_compared_sentence(o).replace(" (@tbl-reproduction)", ""))
+        return (f"On {real_peaks_name(v)} the re-analysis finds {found}; "
                 f"{o.n_recovered} of the {o.n_published} published clusters have a reproduced "
                 f"cluster of the same direction within {MATCH_MM} mm (see the Reproduction "
                 "section).")
@@ -1482,6 +1675,9 @@ def abstract_results(v: Values, prov: Provenance) -> str:
         others.append(f"{prov.n_studies_simulated} are simulated stand-ins")
     if prov.n_studies_no_peaks:
         others.append(f"{prov.n_studies_no_peaks} have no peaks")
+    if prov.n_studies_unknown:
+        others.append(f"{prov.n_studies_unknown} were imported without a record of their "
+                      "provenance")
     head = (f"Only {prov.n_studies_real} of the {prov.n_studies} studies' peak coordinates "
             f"are available to this compendium; {' and '.join(others)}.")
     held = o.known and o.n_recovered == o.n_published and o.n_clusters == o.n_published
@@ -1502,6 +1698,8 @@ def abstract_results(v: Values, prov: Provenance) -> str:
                 "the original data contain.")
     else:
         body = f" On the available peaks the main analysis finds {found}."
+    if not paper_sample(v):
+        return head + body
     return (head + body + " Checks that need no peak data (the reported sample statistics, "
             "the internal consistency of the paper's Table 3 and the characterisation of the "
             "published peaks) are genuine reproductions.")
@@ -1534,11 +1732,16 @@ def results_text(v: Values, prov: Provenance) -> str:
         return "The main analysis has not been run (meta stage missing)."
     found = _clusters_found(o)
     if not s.in_use and prov.all_real:
-        return (f"The meta-analysis of the authors' coordinates finds {found} "
-                "(@tbl-results, @fig-meta). " + agreement_sentence(v, prov))
+        sources = import_sources(v)
+        data = (f"the coordinates imported from {'; '.join(sources)}" if sources
+                else "the authors' coordinates")
+        return (f"The meta-analysis of {data} finds {found} (@tbl-results, @fig-meta). "
+                + agreement_sentence(v, prov))
     data = (f"On the data available here ({prov.n_studies_real} real and "
             f"{prov.n_studies_simulated} simulated studies"
             + (f", {prov.n_studies_no_peaks} without peaks" if prov.n_studies_no_peaks else "")
+            + (f", {prov.n_studies_unknown} of unknown provenance" if prov.n_studies_unknown
+               else "")
             + f") the main analysis finds {found} (@tbl-results, @fig-meta). ")
     return data + agreement_sentence(v, prov)
 
@@ -1559,27 +1762,37 @@ def figure2_caption(v: Values, prov: Provenance) -> tuple[str, str]:
                 "Brain slices of the main analysis.")
     thr = _thresholds(v)
     parts, alt = [], []
-    for letter, n, name, drawn in (("A", o.n_increase, "increases", o.figure_thresholded[0]),
-                                   ("B", o.n_decrease, "decreases", o.figure_thresholded[1])):
+    names = o.direction_names()
+    kinds = (("increased activation", "decreased activation") if o.group_contrast
+             else tuple(f"{d.lower()} effects" for d in o.directions))
+    for letter, n, name, kind, drawn in (
+            ("A", o.n_increase, names[0], kinds[0], o.figure_thresholded[0]),
+            ("B", o.n_decrease, names[1], kinds[1], o.figure_thresholded[1])):
         if n and drawn:
             parts.append(f"{letter}: {name}, {plural(n, 'cluster')} on slices through "
                          f"{'its peak' if n == 1 else 'their peaks'}")
-            alt.append(f"{plural(n, 'coloured cluster')} of {name[:-1]}d activation")
+            alt.append(f"{plural(n, 'coloured cluster')} of {kind}")
         elif drawn:
             parts.append(f"{letter}: {name}, no cluster survives (the row says so)")
-            alt.append(f"no cluster of {name[:-1]}d activation")
+            alt.append(f"no cluster of {kind}")
         else:
             parts.append(f"{letter}: {name}, no cluster; the slices through the published "
                          "peaks show the unthresholded |SDM-*Z*| map for orientation, not a "
                          "result")
             alt.append(f"the unthresholded map of {name} at the published peaks, where no "
                        "cluster survived")
-    if o.n_clusters:
+    if o.n_clusters and o.group_contrast:
         head = ("Regions where patients differ from controls during pain-empathic processing "
                 f"({thr}). ")
+    elif o.n_clusters:
+        head = f"Clusters of {' and '.join(kinds)} pooled over the studies ({thr}). "
     else:
         head = f"No cluster survived the thresholds of the main analysis ({thr}). "
-        if all(o.figure_thresholded):
+        if all(o.figure_thresholded) and not o.compared:
+            parts = ["A glass brain without any coloured cluster: there is no thresholded map "
+                     "to show"]
+            alt = ["a glass brain with no coloured cluster"]
+        elif all(o.figure_thresholded):
             parts = ["A glass brain shows only the published peaks (dots and squares); there is no "
                      "thresholded map to show"]
             alt = ["a glass brain with the published peaks marked and no coloured cluster"]
@@ -1607,21 +1820,40 @@ RESULT_CAPTIONS: dict[str, str] = {
 
 
 def caption(label: str, v: Values, prov: Provenance) -> str:
-    """The caption of a result table or figure, with the stand-in sentence where it applies."""
+    """The caption of a result table or figure, with the stand-in sentence where it applies.
+
+    Analyses a stage left out for the data of the run (``skipped``) are not named as done.
+    """
     if label == "fig-meta":
         return figure2_caption(v, prov)[0]
+    if label in ARTEFACTS and skipped(v, ARTEFACTS[label][0]).get(ARTEFACTS[label][1]):
+        return NOT_COMPUTED
     text = RESULT_CAPTIONS[label]
     if label == "tbl-results":
         o = outcome(v)
         if o.known and o.n_clusters == 0:
             text = ("Clusters of the voxel-wise meta-analysis (as the paper's Table 3): none "
                     f"survived the thresholds ({_thresholds(v)}).")
+    left = skipped(v, "robustness")
+    if label == "tbl-jackknife" and any(k.startswith("leave-one-") for k in left):
+        text = ("Jackknife re-analyses (leaving out one study at a time): in how many of them "
+                "each cluster survives the same thresholds, and without which studies it fails.")
+    if label == "tbl-metaregression" and any(k.startswith("metaregression ") for k in left):
+        rob = v.raw.get("robustness") if isinstance(v.raw.get("robustness"), dict) else {}
+        covs = [COVARIATE_NAMES.get(c, c) for c in rob.get("metaregression_covariates") or []]
+        text = (f"Meta-regressions on {' and '.join(covs)}: slopes at the cluster peaks and "
+                "across the whole brain." if covs else
+                "Meta-regressions: none computed for the data of this run.")
     return text + standin_caption(v, prov)
 
 
 def discussion_data(v: Values, prov: Provenance) -> str:
     """What the voxel-wise result can and cannot say, given the data (Discussion)."""
     o, s = outcome(v), standins(v, prov)
+    if prov.all_real and import_sources(v):
+        return (f"Every study's coordinates were imported from {'; '.join(import_sources(v))}, "
+                "so the voxel-wise result is a re-analysis of those data: "
+                + _clusters_found(o) + ".")
     if prov.all_real:
         return ("Every study's coordinates are the authors' own, so the voxel-wise result is a "
                 "re-analysis of the original data: " + _clusters_found(o) + ".")
@@ -1690,11 +1922,23 @@ def characterisation_discussion(v: Values, n_terms: int = 3) -> str:
 def conclusion(v: Values, prov: Provenance) -> str:
     """The Conclusion, from the values."""
     o, s = outcome(v), standins(v, prov)
-    sample = (f"The compendium re-runs the pre-registered SDM-PSI meta-analysis of He et al. "
-              f"on {v.fmt('n_studies')} studies ({v.fmt('n_patients')} patients, "
-              f"{v.fmt('n_controls')} controls) with one command.")
-    if prov.all_real:
-        main = (f" On the authors' coordinates it finds {_clusters_found(o)}; "
+    if paper_sample(v):
+        sample = (f"The compendium re-runs the pre-registered SDM-PSI meta-analysis of He et al. "
+                  f"on {v.fmt('n_studies')} studies ({v.fmt('n_patients')} patients, "
+                  f"{v.fmt('n_controls')} controls) with one command.")
+    else:
+        t = v.raw.get("tables") if isinstance(v.raw.get("tables"), dict) else {}
+        sample = ("The compendium runs the pipeline of the pre-registered SDM-PSI "
+                  "meta-analysis of He et al. on the "
+                  + sample_text(t.get("n_studies"), t.get("n_patients"), t.get("n_controls"),
+                                t.get("n_total"))
+                  + " of its study table, with one command.")
+    if prov.all_real and not o.compared:
+        main = f" On {real_peaks_name(v)} it finds {_clusters_found(o)}."
+    elif prov.all_real:
+        data = ("the coordinates imported from " + "; ".join(import_sources(v))
+                if import_sources(v) else "the authors' coordinates")
+        main = (f" On {data} it finds {_clusters_found(o)}; "
                 f"{o.n_recovered} of the {o.n_published} published clusters are matched.")
     elif s.by_construction:
         main = (f" Its voxel-wise results rest on stand-ins {BY_CONSTRUCTION}; they show a "

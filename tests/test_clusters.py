@@ -12,8 +12,11 @@ from scipy.stats import norm
 from analysis.sdm.inference.clusters import (
     DECREASE,
     INCREASE,
+    NEGATIVE,
+    POSITIVE,
     TABLE_COLUMNS,
     THRESHOLDS,
+    direction_labels,
     threshold_clusters,
     values_at_peaks,
 )
@@ -216,3 +219,25 @@ def test_reproduces_sdm_psi_cluster_report(enge_dir):
         other = threshold_clusters(z, sp, p_threshold=0.001, peak_z=0, min_voxels=50,
                                    p_vecs=(p_pos, p_neg), connectivity=conn, local_peaks=False)
         assert sorted(other.peaks()["cluster_voxels"]) != sorted(c["voxels"] for c in ref)
+
+
+def test_direction_labels_follow_the_design(space):
+    """Two-sample studies pool patient-control differences; with any one-sample study (Enge et
+    al. 2021) the directions are the sign of the pooled effect, and every table says so."""
+    assert direction_labels([18.0, 8.0]) == (INCREASE, DECREASE)
+    assert direction_labels([np.nan, np.nan]) == (POSITIVE, NEGATIVE)
+    assert direction_labels([18.0, np.nan]) == (POSITIVE, NEGATIVE)
+    z = np.zeros(space.n_voxels)
+    pos, d = _ball(space, (0, 48, 0), 6.0)
+    z[pos] = 5.0 - 0.2 * d[pos]
+    neg, d2 = _ball(space, (-22, -48, -28), 6.0)
+    z[neg] = -(5.0 - 0.2 * d2[neg])
+    res = threshold_clusters(z, space, directions=(POSITIVE, NEGATIVE))
+    assert list(res.peaks()["direction"]) == [POSITIVE, NEGATIVE]
+    assert res.directions == (POSITIVE, NEGATIVE)
+    assert res.n_clusters(POSITIVE) == 1 and res.n_clusters(INCREASE) == 0
+    default = threshold_clusters(z, space)
+    assert list(default.peaks()["direction"]) == [INCREASE, DECREASE]
+    np.testing.assert_array_equal(res.labels, default.labels)
+    with pytest.raises(ValueError, match="must differ"):
+        threshold_clusters(z, space, directions=("x", "x"))

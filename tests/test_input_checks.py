@@ -150,32 +150,3 @@ def test_blank_t_thr_is_refused_at_import(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sdm_table.txt, row 2, field 't_thr'" in err
     assert not (tmp_path / "data" / "studies.tsv").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-def test_enge_project_through_import_validate_and_meta(enge_dir, tmp_path, monkeypatch, capsys):
-    """The README's "substitute the authors' data" path on a published SDM-PSI project
-    (Enge et al. 2021): import-sdm --force into a copy of data/, validate-data, then the meta
-    stage in quick mode; its maps and Table 3 are written."""
-    import json
-    import shutil
-
-    import nibabel as nib
-
-    from analysis.cli import main
-    from analysis.paths import REPO_ROOT
-
-    data, results = tmp_path / "data", tmp_path / "results"
-    shutil.copytree(REPO_ROOT / "data", data)
-    monkeypatch.setenv("PAINEMP_DATA_DIR", str(data))
-    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
-    assert main(["import-sdm", str(enge_dir), "--force"]) == 0
-    assert main(["validate-data"]) == 0
-    assert "studies: 50" in capsys.readouterr().out
-    assert main(["run", "--stage", "meta", "--quick"]) == 0
-    values = json.loads((results / "values.json").read_text())["meta"]
-    assert values["imputations"] == 10
-    z = np.asarray(nib.load(results / "maps" / "z.nii.gz").dataobj)
-    assert np.isfinite(z).all() and np.abs(z).max() > 3  # Enge et al.: SDM-Z up to ~7
-    assert (results / "tables" / "table3.tsv").is_file()

@@ -163,6 +163,77 @@ def test_real_data_have_no_standin_wording(tmp_path):
     assert "4 of the 4 published clusters" in texts["agreement"]
 
 
+def _one_sample_results(tmp: Path, n_pos: int, n_neg: int) -> Path:
+    """Results of a one-sample project imported with a declared source (as Enge et al. 2021):
+    directions positive/negative, no comparison with the published Table 3, no patient or
+    control numbers, no meta-regression and no disorder jackknife, stage design skipped."""
+    (tmp / "tables").mkdir(parents=True)
+    rows = ([("Positive", -52, -46, 4, 4.2)] * n_pos + [("Negative", 40, 20, 30, -3.9)] * n_neg)
+    pd.DataFrame([{"direction": d, "region": "r", "aal_label": "a", "cluster_voxels": 50,
+                   "x": x, "y": y, "z": z, "sdm_z": sz, "p_voxel": 1e-4, "hedges_g": 0.4,
+                   "i2": 3.0, "egger_p": 0.5} for d, x, y, z, sz in rows]).to_csv(
+        tmp / "tables" / "table3.tsv", sep="\t", index=False)
+    reason = "the study table holds one-sample studies"
+    values = {
+        "meta": {"n_clusters_increase": n_pos, "n_clusters_decrease": n_neg,
+                 "published_matched_within_10mm": None, "at_published_peaks": [],
+                 "directions": {"increase": "Positive", "decrease": "Negative"},
+                 "design": "one-sample", "import_sources": ["Enge et al. (2021)"],
+                 "skipped": {"tables/table3_vs_published.tsv": reason},
+                 "parameters": {"p_uncorrected": 0.0025, "peak_z": 1.0,
+                                "min_cluster_voxels": 11}},
+        "tables": {"n_studies": 50, "n_patients": None, "n_controls": None, "n_total": 687,
+                   "n_studies_published": 11, "n_patients_published": 296,
+                   "n_controls_published": 229, "age_sd_ttest_p": None,
+                   "skipped": {"n_patients": "one-sample studies only"}},
+        "robustness": {"metaregression_covariates": [],
+                       "skipped": {"leave-one-disorder-out": "no 'disorder' column",
+                                   "metaregression age": "no study gives 'age'"}},
+        "design": {"not_applicable": reason,
+                   "skipped": {"tables/table3_checks.tsv": reason}},
+    }
+    (tmp / "values.json").write_text(json.dumps(values))
+    return tmp
+
+
+@pytest.mark.parametrize("n_pos,n_neg", [(0, 0), (3, 1)])
+def test_one_sample_data_are_not_worded_as_patients_or_compared(tmp_path, n_pos, n_neg):
+    """Another design than the paper's (one-sample studies): the prose names the directions
+    of the data, no patients or controls, no comparison with the published clusters, no
+    disorder jackknife or meta-regression that did not run, and the declared source."""
+    v = mv.Values(_one_sample_results(tmp_path, n_pos, n_neg))
+    texts = _texts(v, REAL)
+    texts["limitation"] = mv.peaks_limitation(REAL, v)
+    texts["design-limitation"] = mv.design_limitation(v).data
+    texts["table1-limitation"] = mv.table1_limitation(v).data
+    texts["methods-regressions"] = mv.metaregression_methods(v)
+    everything = " ".join(texts.values())
+    false_claims = (r"\d[\d,]* (patients|controls)|in patients|patients [<>]|patients differ|"
+                    r"published clusters|disorder")
+    assert not [k for k, t in texts.items() if re.search(false_claims, t, flags=re.I)]
+    assert "the authors'" not in everything and "Enge et al. (2021)" in texts["abstract"]
+    assert "not compared with the paper's Table 3" in texts["agreement"]
+    assert texts["tbl-reproduction"] == mv.NOT_COMPUTED
+    assert "one study at a time" in texts["tbl-jackknife"]
+    assert "none computed" in texts["tbl-metaregression"]
+    assert texts["methods-regressions"].startswith("no meta-regression is computed")
+    assert "not computed for the data of this run" in texts["design-limitation"]
+    assert "is not the paper's Table 1" in texts["table1-limitation"]
+    assert "50 one-sample studies with 687 participants" in texts["conclusion"]
+    if n_pos:
+        assert "3 clusters of positive and 1 cluster of negative pooled effects" in texts[
+            "results"]
+        assert "A: positive effects, 3 clusters" in texts["fig-meta"]
+        assert "coloured cluster of negative effects" in texts["fig-meta-alt"]
+    else:
+        assert "published peaks" not in texts["fig-meta"]
+    assert mv.sample_text(50, None, None, 687) == (
+        "50 one-sample studies with 687 participants (no patient or control groups)")
+    assert mv.sample_text(11, 296, 229, 525) == "11 studies with 296 patients and 229 controls"
+    assert mv.prisma_note(11, 50).startswith(" The study table of this run holds 50 studies")
+    assert mv.prisma_note(11, 11) == ""
+
+
 def test_figure2_caption_follows_the_thresholding_flag(tmp_path):
     """With meta.figure2_thresholded, a direction without clusters shows no unthresholded map."""
     root = _results(tmp_path, 0, 2, [0.2, 0.3, -3.8, -4.2], 2)

@@ -53,6 +53,8 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, mirror):
     exec(compile(_example(), "README.md", "exec"), {"__name__": "readme_example"})
     out = capsys.readouterr().out
     assert "sdm_z" in out and "leave-one-out" in out
+    # one-sample studies: the directions are the sign of the effect, in both tables
+    assert "Positive" in out and "Patients" not in out
     written = sorted(p.name for p in (tmp_path / "enge_mod1").iterdir())
     assert "mod1_z.nii.gz" in written and "mod1_corrp_voxel.nii.gz" in written
     assert "mod1_jackknife.tsv" in written and "mod1_permutation_maxima.tsv" in written

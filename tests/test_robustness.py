@@ -12,7 +12,13 @@ import pytest
 from analysis.sdm.diagnostics import jackknife as jk
 from analysis.sdm.diagnostics import metaregression as mr
 from analysis.sdm.errors import DataError
-from analysis.sdm.inference.clusters import DECREASE, INCREASE, threshold_clusters
+from analysis.sdm.inference.clusters import (
+    DECREASE,
+    INCREASE,
+    NEGATIVE,
+    POSITIVE,
+    threshold_clusters,
+)
 from analysis.sdm.maps.space import MaskSpace, grid_affine
 from analysis.stages import robustness as rs
 
@@ -88,6 +94,32 @@ def test_cluster_survival(blobs):
     pos = summ[summ.direction == INCREASE].iloc[0]
     assert (pos.n_analyses, pos.n_survive) == (4, 2)
     assert set(pos.failed_without.split(";")) == {"no_pos", "flipped"}
+
+
+def test_cluster_survival_compares_signs_not_labels(blobs):
+    """A cluster survives where a re-fit has a cluster of the same sign, whatever the direction
+    labels (one-sample data: positive, negative); an empty family (a leave-one-group-out the
+    study table cannot serve) does not break the summary."""
+    space, z = blobs
+    base = threshold_clusters(z, space, local_peaks=False, directions=(POSITIVE, NEGATIVE))
+    tab = jk.cluster_survival(base.labels, base.peaks(), {"same": z, "flipped": -z}, space)
+    got = tab.set_index(["left_out", "direction"])["survives"]
+    assert got[("same", POSITIVE)] and got[("same", NEGATIVE)]
+    assert not got[("flipped", POSITIVE)] and not got[("flipped", NEGATIVE)]
+    empty = jk.cluster_survival(base.labels, base.peaks(), {}, space, "leave-one-disorder-out")
+    summ = jk.survival_summary(pd.concat([tab, empty], ignore_index=True))
+    assert list(summ["n_survive"]) == [1, 1]
+    assert list(summ["failed_without"]) == ["flipped", "flipped"]
+
+
+def test_missing_study_columns_are_named():
+    table = pd.DataFrame({"study": ["a", "b", "c"], "age": [20.0, 20.0, 20.0],
+                          "female_pct": [np.nan] * 3, "disorder": ["x", "", "y"]})
+    assert rs._missing_column(table, "disorder") is None
+    assert "no 'paradigm' column" in rs._missing_column(table, "paradigm")
+    assert "no study" in rs._missing_column(table, "female_pct")
+    assert rs._missing_column(table, "age") is None
+    assert "same value" in rs._missing_column(table, "age", varying=True)
 
 
 def test_covariate_design():

@@ -101,3 +101,41 @@ def test_stage_writes_tables(stable_data, results_tmp):
         "Bird et al, 2010\tAlexithymia\t36\t0%")
     values = json.loads((results_tmp / "values.json").read_text())
     assert values["tables"]["n_patients"] == 296
+
+
+def test_one_sample_study_table(data_copy):
+    """A study table of another design (one-sample studies, as an SDM-PSI project imported with
+    ``import-sdm``, e.g. Enge et al. 2021): no patient or control numbers, no age, sex,
+    treatment, disorder or paradigm values; each is None with its reason, never 0 or NaN."""
+    (data_copy / "studies.tsv").write_text(
+        "study\tdesign\tn_patients\tn_controls\tt_thr\tthreshold\n"
+        "s1\tone-sample\t11\t\t3.17\tuncorrected\n"
+        "s2\tone-sample\t23\t\t1.72\tcorrected\n"
+        "s3\tone-sample\t14\t\t3.01\tuncorrected\n", encoding="utf-8")
+    (data_copy / "peaks.tsv").write_text(
+        "study\tpeak_id\tsign\tx\ty\tz\tspace\tstat_type\tstat_value\tprovenance\tnote\n"
+        "s1\t1\t1\t-52\t-46\t4\tMNI\tt\t4.1\tsdm-import:a project\t\n"
+        "s2\t1\t1\t-48\t-52\t8\tMNI\tnone\t\tsdm-import:a project\t\n", encoding="utf-8")
+    t1, t2, v = compute(data_copy)
+    assert v["design"] == "one-sample" and v["n_studies"] == 3 and v["n_total"] == 48
+    for key in ("n_patients", "n_controls", "age_mean", "age_sd", "female_pct_weighted",
+                "n_treated_studies", "disorder_counts", "paradigm_counts", "age_sd_ttest_t",
+                "age_sd_ttest_p", "age_sd_ttest_missing_as_zero"):
+        assert v[key] is None, key
+    assert set(v["skipped"]) >= {"n_patients", "n_controls", "age_mean", "female_pct",
+                                 "disorder_counts", "paradigm_counts", "age_sd_ttest"}
+    assert all(reason for reason in v["skipped"].values())
+    assert v["age_candidates"] == {} and v["age_definition"] is None
+    assert v["n_peaks_real"] == 2 and v["n_peaks_imported"] == 2
+    # the published numbers stay as printed
+    assert v["n_patients_published"] == 296 and v["age_sd_ttest_t_published"] == 0.13
+    json.dumps(v, allow_nan=False)
+    assert t1["Num."].tolist() == ["11", "23", "14"]
+    for col in ("Disease type", "Female (%)", "Patient n1", "Treatment (Y/N)", "Control n2",
+                "Patient mean age (SD)"):
+        assert set(t1[col]) == {"NA"}, col
+    assert t2["Study ID"].tolist() == ["s1", "s2", "s3"]
+    assert t2["Correction"].tolist() == ["t>3.17 uncorrected", "t>1.72 corrected",
+                                         "t>3.01 uncorrected"]
+    assert t2["Space"].tolist() == ["MNI", "MNI", "NA"]
+    assert set(t2["Coordinates (Pain > No Pain)"]) == {"NA"} and set(t2["Paradigm"]) == {"NA"}

@@ -29,6 +29,13 @@ LGR = logging.getLogger(__name__)
 
 #: direction, panel letter, colour map, sign of the map, marker colour of the published peaks
 ROWS = ((INCREASE, "A", "autumn", 1.0, "#0b3d91"), (DECREASE, "B", "winter", -1.0, "#8b0000"))
+
+
+def _rows(directions) -> tuple:
+    """:data:`ROWS` with the direction labels of a cluster result (e.g. positive and negative
+    effects of a one-sample meta-analysis, :func:`analysis.sdm.inference.clusters.direction_labels`).
+    """
+    return tuple((label, *row[1:]) for label, row in zip(directions, ROWS, strict=True))
 FONT = 7.0  # points; the figure is drawn at the PDF's text width, so this is the printed size
 
 
@@ -90,6 +97,7 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
     thr_text = _threshold_text(params)
     header_h = 0.45 if (title or simulated_note) else 0.25
 
+    rows = _rows(getattr(clusters, "directions", (INCREASE, DECREASE)))
     if peaks.empty:
         return _no_cluster_figure(published, thr_text, title, simulated_note)
 
@@ -101,12 +109,13 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
                             right=0.9, bottom=0.02, top=top - 0.13, hspace=0.62, wspace=0.04)
     vmax = float(np.max(np.abs(zt)))
     vmax = max(vmax, threshold_z + 0.01)
-    for row, (direction, letter, cmap, sign, marker) in enumerate(ROWS):
+    for row, (direction, letter, cmap, sign, marker) in enumerate(rows):
         sel = peaks[peaks["direction"] == direction]
         n_more = max(0, len(sel) - max_panels)
         sel = sel.head(max_panels)
         y_head = grid[row, 0].get_position(fig).y1 + 0.075
-        name = "increases" if sign > 0 else "decreases"
+        name = (("increases" if sign > 0 else "decreases") if direction in (INCREASE, DECREASE)
+                else f"{direction.lower()} effects")
         if sel.empty:
             ax = fig.add_subplot(grid[row, :])
             ax.set_axis_off()
@@ -152,8 +161,9 @@ def plot_figure2(clusters, space, title: str = "", simulated_note: str | None = 
         fig.text(0.01, y_head, f"{letter}  {direction}{more}", fontsize=FONT + 1,
                  weight="bold")
     _header(fig, title, simulated_note, top)
+    rings = "; rings: published peaks" if published is not None and len(published) else ""
     fig.text(0.5, top + 0.005, f"Clusters at {thr_text}; colour from the voxel threshold, "
-             f"|SDM-Z| = {threshold_z:.2f}; rings: published peaks.", ha="center",
+             f"|SDM-Z| = {threshold_z:.2f}{rings}.", ha="center",
              va="bottom", fontsize=FONT)
     return fig
 

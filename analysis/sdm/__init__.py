@@ -54,6 +54,7 @@ _EXPORTS = {
     "PSICorrector": "analysis.sdm.inference.correct",
     "Jackknife": "analysis.sdm.diagnostics.jackknife",
     "threshold_clusters": "analysis.sdm.inference.clusters",
+    "direction_labels": "analysis.sdm.inference.clusters",
     "psi_permutation_test": "analysis.sdm.inference.permutation",
     "read_sdm_project": "analysis.sdm.inputs.project",
     "write_sdm_project": "analysis.sdm.inputs.project",

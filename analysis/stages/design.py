@@ -373,8 +373,38 @@ TABLE_FORMATS = {"table3_checks": "%.6g", "design_null_maxima": "%.6f",
                  "design_sensitivity_replicates": "%.6g", "design_sensitivity": "%.6g"}
 
 
+#: what the stage writes (listed with the reason in ``skipped`` when the stage cannot apply)
+OUTPUTS = [*(f"tables/{name}.tsv" for name in TABLE_FORMATS),
+           "figures/design_sensitivity.png", "figures/design_sensitivity.svg"]
+
+
+def not_applicable(studies: pd.DataFrame) -> str | None:
+    """Why the stage cannot model a study table's design, or None when it can.
+
+    The stage simulates the paper's design: two-sample studies, each with the directions it
+    reported (``contrasts_reported``), tested against the published patient-control clusters.
+    """
+    from analysis.sdm.inputs.studies import study_design
+
+    design = study_design(studies)
+    if design != "two-sample":
+        what = "one-sample" if design == "one-sample" else "one-sample and two-sample"
+        return (f"the study table holds {what} studies; the checks simulate the paper's design "
+                "of patient-control studies and test the published patient-control clusters")
+    if "contrasts_reported" not in studies.columns:
+        return ("the study table has no 'contrasts_reported' column (the directions each study "
+                "reported, which the simulated studies keep)")
+    return None
+
+
 def produce(ctx) -> dict:
-    """Stage ``design`` (see the module docstring)."""
+    """Stage ``design`` (see the module docstring); for a study table whose design it cannot
+    model (:func:`not_applicable`) it writes nothing and records why (``skipped``).
+    """
+    reason = not_applicable(params.compendium_dataset(ctx.data_dir, ctx.config).studies)
+    if reason is not None:
+        LGR.info("design: not computed: %s", reason)
+        return {"not_applicable": reason, "skipped": {name: reason for name in OUTPUTS}}
     p = design_params(ctx.config, ctx.quick)
     psi_path = ctx.result("tables/permutation_maxima.tsv")
     psi = D.read_permutation_maxima(psi_path) if psi_path.exists() else None

@@ -38,9 +38,16 @@ from analysis.io import save_figure
 from analysis.labels import aal_labeler, cluster_breakdown, relabel_peaks
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
-from analysis.sdm.inference.clusters import DECREASE, INCREASE, threshold_clusters, values_at_peaks
+from analysis.sdm.inference.clusters import (
+    DECREASE,
+    INCREASE,
+    direction_labels,
+    threshold_clusters,
+    values_at_peaks,
+)
 from analysis.sdm.inputs.io import save_nifti, write_tsv
 from analysis.sdm.inputs.peaks import UNKNOWN_PREFIX
+from analysis.sdm.inputs.studies import study_design
 from analysis.sdm.maps.space import VOXEL_MM
 from analysis.stages import params
 
@@ -50,6 +57,8 @@ MAP_NAMES = ("g", "var", "z", "tau2", "i2", "p")
 TABLE3_COLUMNS = ["direction", "region", "aal_label", "cluster_voxels", "x", "y", "z", "sdm_z",
                   "p_voxel", "hedges_g", "i2", "egger_p"]
 PUBLISHED_FILE = "published_table3.tsv"
+#: provenance prefix of peaks imported from a declared source (``import-sdm --source``)
+IMPORT_PREFIX = "sdm-import:"
 #: Stand-in generator whose stand-ins reproduce the published Table 3 by construction
 #: (:mod:`analysis.standins`, ``simulated:v3:...`` provenance).
 CONSTRUCTED_VERSION = "3"
@@ -85,6 +94,7 @@ def input_provenance(dataset) -> dict:
     simulated when any of its peaks has ``provenance`` starting with ``simulated:``; of unknown
     provenance when any starts with ``unknown:``; real when all start with ``original:`` or
     ``sdm-import:``; studies without peak rows are listed apart.
+    ``import_sources`` lists the sources declared at import (``sdm-import:<source>``).
     ``generator_versions`` lists the stand-in generator versions of the simulated rows
     (:func:`analysis.data_tables.generator_versions`): ``["3"]`` for the constructed stand-ins
     of :mod:`analysis.standins`, whose main analysis reproduces the published Table 3 by
@@ -103,7 +113,9 @@ def input_provenance(dataset) -> dict:
             "n_peaks_simulated": v.n_peaks_simulated, "unknown": v.unknown,
             "n_peaks_unknown": v.n_peaks_unknown,
             "generator_versions": generator_versions(
-                prov[peaks["study"].astype(str).isin(set(studies))])}
+                prov[peaks["study"].astype(str).isin(set(studies))]),
+            "import_sources": sorted({p[len(IMPORT_PREFIX):] for p in prov
+                                      if p.startswith(IMPORT_PREFIX)})}
 
 
 def provenance_values(provenance: dict) -> dict:
@@ -133,7 +145,24 @@ def provenance_values(provenance: dict) -> dict:
         "standin_generator_versions": list(provenance.get("generator_versions", [])),
         "standins_reproduce_table3_by_construction": (
             list(provenance.get("generator_versions", [])) == [CONSTRUCTED_VERSION]),
+        # the sources declared at import (``import-sdm --source``), named by the manuscript
+        "import_sources": list(provenance.get("import_sources", [])),
     }
+
+
+def published_comparison_skipped(studies: pd.DataFrame) -> str | None:
+    """Why the results of a study table cannot be set beside the published Table 3, or None.
+
+    The published clusters are patient-control differences (``Patients>Controls``,
+    ``Patients<Controls``); only a meta-analysis of two-sample studies has that contrast.
+    """
+    design = study_design(studies)
+    if design == "two-sample":
+        return None
+    what = ("one-sample studies" if design == "one-sample"
+            else "one-sample and two-sample studies")
+    return (f"the study table holds {what}, so its directions are the sign of the pooled effect "
+            "(positive, negative), not the patient-control contrast of the published Table 3")
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,13 +361,16 @@ def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
                            "title": f"No cluster; published peak {i + 1}: {pub['aal_label']} "
                                     f"({pub['x']}, {pub['y']}, {pub['z']})"})
     note = "Simulated stand-in inputs: not the paper's data." if simulated else None
+    if not panels:  # no cluster, and no published peak to look at in data of this design
+        note = " ".join(x for x in ("No cluster survived the thresholds: there is no funnel "
+                                    "plot to draw.", note) if x)
     fig = plot_funnels(panels, note=note)
     save_figure(fig, out("figures/funnels.png"), dpi=300)
     save_figure(fig, out("figures/funnels.svg"))
     plt.close(fig)
 
 
-def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path], *,
+def report(result, dataset, published: pd.DataFrame | None, out: Callable[[str], Path], *,
            config: dict, provenance: dict, imputations: int,
            egger: Callable | None = None, figures: bool = True) -> dict:
     """Write the maps, tables and figures of one fitted mean model; return the cited values.
@@ -350,8 +382,10 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
         (:class:`~analysis.sdm.maps.space.MaskSpace`) and ``.imputations`` (m x k x V imputed g).
     dataset : SDMDataset
         The studies (order of ``result.imputations``' second axis) with ``n1, n2``.
-    published : DataFrame
-        Published Table 3.
+    published : DataFrame or None
+        Published Table 3; None when the data cannot be compared with it
+        (:func:`published_comparison_skipped`): no ``tables/table3_vs_published.tsv``, no
+        published peaks in the figures, the reason in the values (``skipped``).
     out : callable
         ``relpath -> Path`` where to write (``ctx.out``).
     config : dict
@@ -374,7 +408,10 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     maps = result.maps
     for name in MAP_NAMES:
         save_nifti(out(f"maps/{name}.nii.gz"), space.to_img(maps[name]))
+    studies = dataset.studies
+    increase, decrease = direction_labels(studies["n2"])
     clusters = threshold_clusters(maps["z"], space, labeler=aal_labeler,
+                                  directions=(increase, decrease),
                                   **params.threshold_params(config))
     save_nifti(out("maps/z_thresholded.nii.gz"), space.to_img(clusters.thresholded_z))
     lab_img = space.to_img(clusters.labels)
@@ -393,16 +430,23 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
     bd = (pd.concat(breakdown, ignore_index=True) if breakdown
           else pd.DataFrame(columns=["label", "voxels", "percent", "cluster"]))
     write_tsv(out("tables/table3_breakdown.tsv"), bd[["cluster", "label", "voxels", "percent"]])
-    pub_vox = space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
-    egger_pub = np.full(len(published), np.nan)
-    egger_pub[pub_vox >= 0] = egger(result, dataset, pub_vox[pub_vox >= 0])
-    comparison = compare_with_published(table3, published, maps, space, provenance["statement"],
-                                        egger_pub)
-    write_tsv(out("tables/table3_vs_published.tsv"), comparison, float_format="%.6g")
+    skipped: dict[str, str] = {}
+    if published is not None:
+        pub_vox = space.voxel_index(published[["x", "y", "z"]].to_numpy(float))
+        egger_pub = np.full(len(published), np.nan)
+        egger_pub[pub_vox >= 0] = egger(result, dataset, pub_vox[pub_vox >= 0])
+        comparison = compare_with_published(table3, published, maps, space,
+                                            provenance["statement"], egger_pub)
+        write_tsv(out("tables/table3_vs_published.tsv"), comparison, float_format="%.6g")
+        published = published.assign(reproduced_egger_p_at_published_peak=egger_pub)
+    else:
+        comparison = None
+        reason = published_comparison_skipped(studies) or "no published Table 3"
+        skipped["tables/table3_vs_published.tsv"] = reason
+        LGR.info("meta: no comparison with the published Table 3: %s", reason)
 
     if figures:
-        draw_figures(result, dataset, clusters, table3, provenance, out,
-                     published.assign(reproduced_egger_p_at_published_peak=egger_pub))
+        draw_figures(result, dataset, clusters, table3, provenance, out, published)
 
     clusters_values = [
         {"cluster": c + 1, "direction": r["direction"], "region": r["region"],
@@ -422,21 +466,26 @@ def report(result, dataset, published: pd.DataFrame, out: Callable[[str], Path],
                        "peak_z": float(config["sdm"]["threshold"]["peak_z"]),
                        "seed": int(config["seed"])},
         **provenance_values(provenance),
-        "n_clusters_increase": clusters.n_clusters(INCREASE),
-        "n_clusters_decrease": clusters.n_clusters(DECREASE),
+        "design": study_design(studies),
+        "directions": {"increase": increase, "decrease": decrease},
+        "n_clusters_increase": clusters.n_clusters(increase),
+        "n_clusters_decrease": clusters.n_clusters(decrease),
         # Figure 2 (analysis.figures.figure2) draws only the thresholded clusters, or a glass
         # brain with the published peaks when a direction has none
         "figure2_thresholded": True,
         "clusters": clusters_values,
         "threshold": clusters.params,
-        "published_matched_within_10mm": int((comparison["distance_mm"] <= 10).sum()),
-        "at_published_peaks": [
+        "published_matched_within_10mm": (
+            None if comparison is None else int((comparison["distance_mm"] <= 10).sum())),
+        "at_published_peaks": [] if comparison is None else [
             {"x": int(r["published_x"]), "y": int(r["published_y"]), "z": int(r["published_z"]),
              "sdm_z": round(float(r["reproduced_z_at_published_peak"]), 3),
              "hedges_g": round(float(r["reproduced_g_at_published_peak"]), 3),
              "egger_p": round(float(r["reproduced_egger_p_at_published_peak"]), 3)}
             for _, r in comparison.iterrows()
             if np.isfinite(r["reproduced_z_at_published_peak"])],
+        # analyses left out for these data, each with the reason (artefact -> reason)
+        "skipped": skipped,
         "n_voxels": int(space.n_voxels),
         "heterogeneity_estimator": HETEROGENEITY_NAMES[getattr(result, "params", {}).get(
             "heterogeneity", config["sdm"]["heterogeneity"])],
@@ -488,8 +537,9 @@ def produce(ctx) -> dict:
     cfg = ctx.config["sdm"]
     n_imp = int(cfg["imputations_quick"] if ctx.quick else cfg["imputations"])
     # one name per coordinate (analysis.labels.peak_labels); the paper's names stay as
-    # printed_region / printed_aal_label
-    published = relabel_peaks(load_published_table3(ctx.data_dir))
+    # printed_region / printed_aal_label. Data of another design are not compared with it.
+    published = (relabel_peaks(load_published_table3(ctx.data_dir))
+                 if published_comparison_skipped(dataset.studies) is None else None)
     provenance = input_provenance(dataset)
     LGR.info("meta: %d studies (%s), %d imputations", len(dataset.studies),
              provenance["statement"], n_imp)

@@ -35,7 +35,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from analysis.sdm.inference.clusters import INCREASE, threshold_clusters
+from analysis.sdm.inference.clusters import direction_labels, threshold_clusters
 from analysis.sdm.inputs.io import save_nifti, write_tsv
 from analysis.stages import params
 
@@ -52,7 +52,7 @@ def fwe_at_peaks(perm, peaks: pd.DataFrame, z_meta: np.ndarray, alpha: float) ->
     rows = []
     for r in peaks.itertuples(index=False):
         v = int(r.voxel)
-        pos = r.direction == INCREASE
+        pos = r.sdm_z > 0
         pv = perm.maps["p_voxel" if pos else "p_voxel_neg"][v]
         pt = perm.maps["p_tfce" if pos else "p_tfce_neg"][v]
         rows.append({"cluster": int(r.cluster), "direction": r.direction, "x": r.x, "y": r.y,
@@ -113,7 +113,8 @@ def produce(ctx) -> dict:
     if meta_z_path.exists():
         agreement = float(np.nanmax(np.abs(space.from_img(nib.load(meta_z_path)) - z)))
         LGR.info("robustness: re-fit vs stage meta z: max |diff| = %.3g", agreement)
-    clusters = threshold_clusters(z, space, local_peaks=False, **thr)
+    clusters = threshold_clusters(z, space, local_peaks=False,
+                                  directions=direction_labels(bounds.n2), **thr)
     peaks = clusters.peaks()
 
     # ---- permutation FWE (PSI)
@@ -132,10 +133,15 @@ def produce(ctx) -> dict:
     het = heterogeneity_at_peaks(result.maps, peaks, result.df)
     write_tsv(ctx.out("tables/heterogeneity.tsv"), het, float_format="%.6g")
 
-    # ---- jackknife: leave one study out, then one group (disorder) out
+    # ---- jackknife: leave one study out, then one group (disorder) out; analyses that need a
+    # study column the study table lacks are left out, with the reason
+    skipped = {}
     group = rob["jackknife_group"]
     result = Jackknife(**thr, progress=True).transform(result)
-    result = Jackknife(groups=group, **thr, progress=True).transform(result)
+    if _missing_column(table, group):
+        skipped[f"leave-one-{group}-out"] = _missing_column(table, group)
+    else:
+        result = Jackknife(groups=group, **thr, progress=True).transform(result)
     jt, summary = result.tables["jackknife"], result.tables["jackknife_summary"]
     write_tsv(ctx.out("tables/jackknife.tsv"), jt, float_format="%.6g")
     write_tsv(ctx.out("tables/jackknife_summary.tsv"), summary)
@@ -144,6 +150,9 @@ def produce(ctx) -> dict:
     regs = []
     n_mr = int(sdm["permutations_quick"] if ctx.quick else rob["metaregression_permutations"])
     for cov in sdm["covariates"]:
+        if _missing_column(table, cov, varying=True):
+            skipped[f"metaregression {cov}"] = _missing_column(table, cov, varying=True)
+            continue
         res = estimator(covariates=[cov], hypothesis=[0, 1], missing="drop",
                         keep_imputations=n_mr > 1).fit_preprocessed(bounds, table)
         fl = None
@@ -153,14 +162,17 @@ def produce(ctx) -> dict:
             res.imputations = None
         regs.append(mr.slope_at_peaks(res, peaks, cov, len(res.dropped_studies), perm=fl,
                                       alpha=alpha, **thr))
-    reg = pd.concat(regs, ignore_index=True)
+    reg = (pd.concat(regs, ignore_index=True) if regs
+           else pd.DataFrame(columns=mr.REGRESSION_COLUMNS))
     write_tsv(ctx.out("tables/metaregression.tsv"), reg, float_format="%.6g")
 
     # ---- subgroups (e.g. paradigm) with enough studies
     col = rob["subgroup_column"]
-    groups = table[col].astype(str)
     sub_rows, sub_fits = [], {}
-    for level in dict.fromkeys(groups):
+    if _missing_column(table, col):
+        skipped[f"subgroup {col}"] = _missing_column(table, col)
+    groups = table[col].astype(str) if col in table.columns else pd.Series([], dtype=str)
+    for level in ([] if f"subgroup {col}" in skipped else dict.fromkeys(groups)):
         members = [s for s, g in zip(studies, groups, strict=True) if g == level]
         if len(members) < int(rob["subgroup_min_studies"]):
             LGR.info("subgroup %s=%s: %d studies, below the minimum", col, level, len(members))
@@ -206,6 +218,7 @@ def produce(ctx) -> dict:
         "jackknife_leave_one_group_out": loo_counts(f"leave-one-{group}-out"),
         "metaregression_min_p": float(sig_reg["p_two_tailed"].min()) if len(sig_reg) else None,
         "metaregression_any_p_below_0_05": bool((sig_reg["p_two_tailed"] < 0.05).any()),
+        "metaregression_covariates": list(dict.fromkeys(reg["covariate"])),
         "metaregression_slope_clusters": {c: int(n) for c, n in
                                           reg.groupby("covariate")["n_slope_clusters"].first()
                                           .items()},
@@ -215,4 +228,23 @@ def produce(ctx) -> dict:
                                      reg.groupby("covariate")["n_missing"].first().items()},
         "i2_percent_at_peaks": [round(float(x), 3) for x in het["i2_percent"]],
         "subgroups_fitted": sorted(sub_fits),
+        # analyses left out for these data, each with the reason (analysis -> reason)
+        "skipped": skipped,
     }
+
+
+def _missing_column(table: pd.DataFrame, column: str, varying: bool = False) -> str | None:
+    """Why the study table cannot serve an analysis by ``column``, or None when it can.
+
+    ``varying``: the column must also hold at least two distinct values (a covariate).
+    """
+    if column not in table.columns:
+        return f"the study table has no {column!r} column"
+    values = table[column]
+    text = values.astype(str).str.strip()
+    given = values.notna() & ~text.isin(["", "nan", "NA"])
+    if not given.any():
+        return f"no study of the study table gives a value of {column!r}"
+    if varying and values[given].nunique() < 2:
+        return f"every study of the study table has the same value of {column!r}"
+    return None

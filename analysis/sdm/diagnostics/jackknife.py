@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis.sdm.base import ParamsMixin
 from analysis.sdm.estimator import copy_result
-from analysis.sdm.inference.clusters import THRESHOLDS, threshold_clusters
+from analysis.sdm.inference.clusters import THRESHOLDS, direction_labels, threshold_clusters
 from analysis.sdm.progress import progress as progress_bar
 
 LGR = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def cluster_survival(base_labels: np.ndarray, base_table: pd.DataFrame, z_maps: 
         Cluster numbers of the main analysis (``ClusterResult.labels``).
     base_table : DataFrame
         Cluster peaks of the main analysis (``ClusterResult.peaks()``: ``cluster, direction,
-        x, y, z, voxel``).
+        x, y, z, sdm_z, voxel``); a re-analysis cluster is of the same direction when its peak
+        SDM-Z has the sign of ``sdm_z``.
     z_maps : dict
         Re-analysis name -> SDM-Z vector.
     space : MaskSpace
@@ -129,10 +130,11 @@ def cluster_survival(base_labels: np.ndarray, base_table: pd.DataFrame, z_maps: 
     for name, z in z_maps.items():
         res = threshold_clusters(z, space, local_peaks=False, **threshold_kwargs)
         lab = res.labels
-        dirs = dict(zip(res.peaks()["cluster"], res.peaks()["direction"], strict=True))
+        # the direction of a cluster is the sign of its peak SDM-Z, whatever its label
+        signs = dict(zip(res.peaks()["cluster"], np.sign(res.peaks()["sdm_z"]), strict=True))
         for r in base_table.itertuples(index=False):
             in_base = base_labels == r.cluster
-            same_dir = np.isin(lab, [c for c, d in dirs.items() if d == r.direction])
+            same_dir = np.isin(lab, [c for c, s in signs.items() if s == np.sign(r.sdm_z)])
             overlap = int((in_base & same_dir).sum())
             rows.append({
                 "analysis": analysis, "left_out": name,
@@ -149,6 +151,8 @@ def survival_summary(table: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=["analysis", "cluster", "direction", "x", "y", "z",
                                      "n_analyses", "n_survive", "n_peak_survive", "failed_without"])
+    # boolean columns (an empty family concatenated to the table leaves them of object dtype)
+    table = table.astype({"survives": bool, "peak_survives": bool})
     g = table.groupby(["analysis", "cluster", "direction", "x", "y", "z"], sort=False)
     out = g.agg(n_analyses=("survives", "size"), n_survive=("survives", "sum"),
                 n_peak_survive=("peak_survives", "sum")).reset_index()
@@ -264,7 +268,8 @@ class Jackknife(ParamsMixin):
         if result.X.shape[1] > 1:
             raise ValueError("the jackknife re-fits the mean model only (no covariates)")
         thr = self._thresholds()
-        base = threshold_clusters(result.maps["z"], result.space, local_peaks=False, **thr)
+        base = threshold_clusters(result.maps["z"], result.space, local_peaks=False,
+                                  directions=direction_labels(bounds.n2), **thr)
         studies = list(bounds.studies)
         if self.groups is None:
             subsets, family = leave_one_out_sets(studies), "leave-one-out"

@@ -30,6 +30,9 @@ LGR = logging.getLogger(__name__)
 
 INCREASE = "Patients>Controls"
 DECREASE = "Patients<Controls"
+#: direction labels of a one-sample (or mixed) meta-analysis: the sign of the pooled effect
+POSITIVE = "Positive"
+NEGATIVE = "Negative"
 TABLE_COLUMNS = ["cluster", "direction", "peak_type", "region", "aal_label", "cluster_voxels",
                  "x", "y", "z", "sdm_z", "p_voxel"]
 
@@ -50,12 +53,15 @@ class ClusterResult:
         float32 vector: SDM-Z inside the reported clusters, 0 elsewhere.
     params : dict
         Thresholds used.
+    directions : tuple of str
+        Labels of the positive and the negative direction (:func:`direction_labels`).
     """
 
     table: pd.DataFrame
     labels: np.ndarray
     thresholded_z: np.ndarray
     params: dict = field(default_factory=dict)
+    directions: tuple[str, str] = (INCREASE, DECREASE)
 
     def peaks(self) -> pd.DataFrame:
         """Only the cluster peaks (one row per cluster), like the paper's Table 3."""
@@ -64,6 +70,32 @@ class ClusterResult:
     def n_clusters(self, direction: str) -> int:
         """Number of clusters in one direction."""
         return int((self.peaks()["direction"] == direction).sum())
+
+
+def direction_labels(n2) -> tuple[str, str]:
+    """Labels of the positive and negative direction of a meta-analysis, from its design.
+
+    A meta-analysis of two-sample studies only (every study with a control group) pools
+    patient-control differences: ``("Patients>Controls", "Patients<Controls")``, as in He et
+    al. (2024), Table 3. With any one-sample study (e.g. the task-activation studies of Enge et
+    al. 2021) the pooled effect is no group difference and the directions are the sign of the
+    effect: ``("Positive", "Negative")``.
+
+    Parameters
+    ----------
+    n2 : array-like
+        Control group sizes, one per study; NaN for a one-sample study
+        (:func:`analysis.data_tables.load_studies`).
+
+    Returns
+    -------
+    tuple of str
+        ``(positive direction, negative direction)``.
+    """
+    n2 = np.asarray(n2, dtype=float)
+    if n2.size and np.all(np.isfinite(n2)):
+        return INCREASE, DECREASE
+    return POSITIVE, NEGATIVE
 
 
 #: the thresholds of He et al. (2024) and SDM-PSI's reports: one-tailed voxel p < 0.0025, peak
@@ -112,6 +144,7 @@ def threshold_clusters(
     p_vecs: tuple | None = None,
     local_peaks: bool = True,
     labeler=None,
+    directions: tuple[str, str] = (INCREASE, DECREASE),
 ) -> ClusterResult:
     """Threshold an SDM-Z map in both directions and tabulate clusters and peaks.
 
@@ -141,11 +174,17 @@ def threshold_clusters(
         ``labeler(xyz) -> DataFrame`` giving, for the peaks' MNI coordinates (n, 3), the
         ``region`` and ``aal_label`` columns (e.g. :func:`analysis.labels.aal_labeler`); left
         empty without one.
+    directions : tuple of str
+        Labels of the positive and the negative direction in the ``direction`` column
+        (default: patients vs controls; :func:`direction_labels` gives them from the design).
 
     Returns
     -------
     ClusterResult
     """
+    increase, decrease = (str(d) for d in directions)
+    if increase == decrease:
+        raise ValueError(f"the two direction labels must differ, got {directions!r}")
     params = dict(THRESHOLDS)
     given = {"p_threshold": p_threshold, "peak_z": peak_z, "min_voxels": min_voxels,
              "local_peak_distance_mm": local_peak_distance_mm, "connectivity": connectivity}
@@ -164,7 +203,7 @@ def threshold_clusters(
     rows: list[dict] = []
     labels = np.zeros(space.n_voxels, dtype=np.int32)
     next_id = 1
-    for direction, sign, p in ((INCREASE, 1.0, p_pos), (DECREASE, -1.0, p_neg)):
+    for direction, sign, p in ((increase, 1.0, p_pos), (decrease, -1.0, p_neg)):
         supra = (np.asarray(p) < params["p_threshold"]) & (sign * z > 0)
         if not supra.any():
             continue
@@ -202,10 +241,11 @@ def threshold_clusters(
     table = table.astype({"cluster": int, "cluster_voxels": int, "x": int, "y": int, "z": int})
     thr_z = np.where(labels > 0, z, 0.0).astype(np.float32)
     LGR.info("clusters: %d increase, %d decrease (p < %g, peak z > %g, k >= %d)",
-             int((table.loc[table.peak_type == "cluster", "direction"] == INCREASE).sum()),
-             int((table.loc[table.peak_type == "cluster", "direction"] == DECREASE).sum()),
+             int((table.loc[table.peak_type == "cluster", "direction"] == increase).sum()),
+             int((table.loc[table.peak_type == "cluster", "direction"] == decrease).sum()),
              params["p_threshold"], params["peak_z"], params["min_voxels"])
-    return ClusterResult(table.rename(columns={"_vox": "voxel"}), labels, thr_z, params)
+    return ClusterResult(table.rename(columns={"_vox": "voxel"}), labels, thr_z, params,
+                         directions=(increase, decrease))
 
 
 def values_at_peaks(table: pd.DataFrame, maps: dict, space=None) -> pd.DataFrame:

@@ -279,6 +279,18 @@ def check_studies(raw: pd.DataFrame, file: str = STUDY_TABLE,
     return out.reset_index(drop=True), errors
 
 
+def study_design(studies: pd.DataFrame) -> str:
+    """``"two-sample"``, ``"one-sample"`` or ``"mixed"``: the designs of a study table's rows.
+
+    Parameters
+    ----------
+    studies : pandas.DataFrame
+        A checked study table (``n2`` NaN for a one-sample study).
+    """
+    two = np.isfinite(np.asarray(studies["n2"], dtype=float))
+    return "two-sample" if two.all() else "one-sample" if not two.any() else "mixed"
+
+
 def reported_signs(studies: pd.DataFrame) -> dict[str, set[int]]:
     """Peak signs each study may have: from ``contrasts_reported`` (both when absent)."""
     out = {}
