@@ -1,6 +1,6 @@
 # Reproducible compendium of He et al. 2024. Two commands on a fresh machine:
 #   make paper   - build the virtualenv from requirements.lock (first use only), compute, render
-#   make test    - lint and the test suite (CI, .ci/run, runs it and then make validate)
+#   make test    - lint and the test suite (what CI runs through .ci/run)
 SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
