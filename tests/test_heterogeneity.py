@@ -29,19 +29,12 @@ SDM = {"beta0": 0.168029, "g": -0.003211, "var": 0.000597, "z": -0.131442, "tau2
 @pytest.fixture(scope="module")
 def extract(mirror):
     from analysis.fetch import fetch_file
+    from analysis.sdm.diagnostics.extract import read_sdm_extract
 
-    path = fetch_file("validation/li2023_sdm_extract/extract_34_4_52.txt", download=False)
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1:]]
-    studies: dict[str, dict[int, tuple[float, float]]] = {}
-    for name, est, var, _ in rows[12:]:
-        study, imp = name.rsplit("_I", 1)
-        studies.setdefault(study, {})[int(imp)] = (float(est), float(var))
-    names = list(studies)
-    m = len(studies[names[0]])
-    y = np.array([[studies[s][j][0] for s in names] for j in range(m)])
-    v = np.array([[studies[s][j][1] for s in names] for j in range(m)])
-    x = np.array([1.0 if "_adults" in s else -1.0 for s in names])
-    return names, y, v, x
+    li = read_sdm_extract(fetch_file("validation/li2023_sdm_extract/extract_34_4_52.txt",
+                                     download=False))
+    x = np.array([1.0 if "_adults" in s else -1.0 for s in li.studies])
+    return li.studies, li.y, li.v, x
 
 
 def _fit(y, v, x, method):

@@ -156,6 +156,31 @@ class MetaResult:
             raise ValueError(f"return_type must be 'image' or 'array', got {return_type!r}")
         return self.space.to_img(self.maps[name])
 
+    def extract(self, xyz):
+        """Per-study values and the pooled model at the mask voxel nearest ``xyz`` (SDM-PSI's
+        extract; :func:`analysis.sdm.diagnostics.extract.extract`).
+
+        Parameters
+        ----------
+        xyz : array-like (3,)
+            MNI coordinate in mm.
+
+        Returns
+        -------
+        analysis.sdm.diagnostics.extract.VoxelExtract
+            ``studies`` (each study's mean and SD of its imputed g, variance, 95 % interval,
+            random-effects weight, exact or censored), ``pooled`` (g, var, z, p, tau2, I2, H2,
+            Q), ``to_frame()`` (tidy table) and ``to_sdm_text()`` (SDM-PSI's layout).
+
+        Raises
+        ------
+        ValueError
+            ``xyz`` is outside the mask.
+        """
+        from analysis.sdm.diagnostics.extract import extract
+
+        return extract(self, xyz)
+
     def save_maps(self, output_dir=".", prefix: str = "", prefix_sep: str = "_",
                   names=None) -> list:
         """Write ``[<prefix><prefix_sep>]<name>.nii.gz`` for each map (atomic writes).
