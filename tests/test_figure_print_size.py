@@ -143,6 +143,32 @@ def _funnel():
                        study_names=["a", "b", "c"])
 
 
+def _forest_panel(i):
+    from analysis.sdm.diagnostics.extract import extract_voxel
+
+    rng = np.random.default_rng(i)
+    n1, n2 = np.array([10, 20, 30, 15, 22]), np.array([12, np.nan, 25, 14, 20])
+    g = rng.normal(0.3, 0.2, (5, 5))
+    g[:, 0] = 0.5  # exact
+    ex = extract_voxel(g, n1, n2, studies=[f"Study{j}2020" for j in range(5)])
+    st = ex.studies.assign(group=["Autism Spectrum Disorder", "Schizophrenia"] * 2 + ["ASD"],
+                           simulated=[True, False, True, True, False])
+    return {"studies": st, "pooled": ex.pooled,
+            "title": f"Cluster {i}: Middle Temporal Gyrus, Right\n(60, -14, -12)"}
+
+
+def _forest():
+    from analysis.figures.forest import forest_plot
+
+    return forest_plot(**_forest_panel(1))
+
+
+def _forests():
+    from analysis.figures.forest import plot_forests
+
+    return plot_forests([_forest_panel(i) for i in range(4)], note="Simulated stand-in data.")
+
+
 def _sensitivity():
     from analysis.checks import design_simulation as D
     from analysis.figures.design_sensitivity import plot_sensitivity
@@ -180,6 +206,8 @@ PRODUCERS = {
     "figure4 terms": _figure4,
     "funnel plot": _funnel,
     "funnel plots of the clusters": _funnels,
+    "forest plot": _forest,
+    "forest plots of the clusters": _forests,
     "design sensitivity": _sensitivity,
 }
 

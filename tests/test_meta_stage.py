@@ -288,6 +288,37 @@ def test_stage_is_deterministic(quick_run, tmp_path):
     assert meta_values[0] == meta_values[1]
 
 
+def test_forest_plots_at_the_cluster_peaks(tmp_path, data_copy, space):
+    """One forest plot per cluster peak, the studies with simulated stand-in peaks marked, and
+    the extract's table at every peak (SIMULATED result: the machinery, not a finding)."""
+    from analysis.figures.forest import STANDIN_MARK
+    from analysis.sdm.diagnostics.extract import EXACT
+
+    ds = load_dataset(data_copy)
+    res = _synthetic_result(space, len(ds.studies))
+    _run_report(tmp_path, data_copy, space, res)
+    for c in range(1, 5):
+        assert (tmp_path / f"figures/forest_{c}.png").stat().st_size > 1000
+    assert not (tmp_path / "figures/forest_5.png").exists()
+    svg = (tmp_path / "figures/forests.svg").read_text()
+    assert "Simulated stand-in inputs" in svg
+    assert f"Bird2010{STANDIN_MARK}" in svg                 # a simulated study: marked
+    assert f"Moriguchi2007{STANDIN_MARK}" not in svg        # the real one: not marked
+    assert "Moriguchi2007" in svg
+    fp = pd.read_csv(tmp_path / "tables/forest_peaks.tsv", sep="\t")
+    assert list(fp.columns) == stage.FOREST_COLUMNS
+    assert fp.groupby("cluster")["row"].apply(list).map(
+        lambda r: r == ["study"] * len(ds.studies) + ["pooled"]).all()
+    studies = fp[fp["row"] == "study"]
+    # study 0 of the synthetic result is the same in every imputation: exact; the others vary
+    first = studies[studies["study"] == ds.studies["study"].iloc[0]]
+    assert (first["status"] == EXACT).all() and (first["g_sd"] == 0).all()
+    assert (studies[studies["study"] != ds.studies["study"].iloc[0]]["status"] != EXACT).all()
+    t3 = pd.read_csv(tmp_path / "tables/table3.tsv", sep="\t")
+    pooled = fp[fp["row"] == "pooled"]
+    assert np.array_equal(pooled[["x", "y", "z_mm"]].to_numpy(), t3[["x", "y", "z"]].to_numpy())
+
+
 def test_funnel_study_points_and_plot():
     from analysis.figures.funnel import funnel_plot, study_points
     from analysis.sdm.statistics.hedges import g_variance

@@ -14,7 +14,11 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   cluster of the same direction);
 - ``figures/figure2.{png,svg}``, ``figures/funnels.{png,svg}`` (every cluster's funnel plot
   in one supplementary figure), ``figures/funnel_<cluster>.png`` and
-  ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak).
+  ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak);
+- ``figures/forests.{png,svg}`` (every cluster peak's forest plot in one supplementary figure)
+  and ``figures/forest_<cluster>.png``, drawn from SDM-PSI's extract at the peak
+  (:func:`analysis.sdm.diagnostics.extract.extract_voxel` on the fit's own imputations), and
+  ``tables/forest_peaks.tsv`` (the extract's tidy table at every cluster peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
 ``data/peaks.tsv``) every output says so; the numbers are then not the paper's data. The values
@@ -36,6 +40,7 @@ import pandas as pd
 from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure
 from analysis.labels import aal_labeler, cluster_breakdown, relabel_peaks
+from analysis.sdm.diagnostics.extract import FRAME_COLUMNS
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
 from analysis.sdm.inference.clusters import (
@@ -370,6 +375,89 @@ def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
     plt.close(fig)
 
 
+#: columns of ``tables/forest_peaks.tsv``: the cluster, then the extract's tidy table
+FOREST_COLUMNS = ["cluster", *FRAME_COLUMNS]
+
+
+def extract_at_peaks(result, dataset, table3: pd.DataFrame, config: dict) -> dict:
+    """SDM-PSI's extract at every cluster peak of ``table3`` from the fit's own imputations.
+
+    Parameters
+    ----------
+    result : MetaResult-like
+        ``.imputations`` (m x k x V), ``.space``; ``.bounds``, ``.X``, ``.C`` and ``.params``
+        when it is a :class:`~analysis.sdm.estimator.MetaResult`.
+    dataset : SDMDataset
+        The studies (sample sizes when the result does not carry them).
+    table3 : DataFrame
+        Cluster peaks with ``voxel``.
+    config : dict
+        Configuration (``sdm.heterogeneity`` when the result does not record it).
+
+    Returns
+    -------
+    dict
+        Cluster number (1-based) -> :class:`~analysis.sdm.diagnostics.extract.VoxelExtract`.
+    """
+    from analysis.sdm.diagnostics.extract import extract_voxel
+
+    names, n1, n2 = study_info(result, dataset)
+    imputed = np.asarray(result.imputations)
+    bounds = getattr(result, "bounds", None)
+    method = getattr(result, "params", {}).get("heterogeneity", config["sdm"]["heterogeneity"])
+    out = {}
+    for c, pk in table3.iterrows():
+        v = int(pk["voxel"])
+        lo = up = None
+        if bounds is not None:
+            lo, up = bounds.lower[:, v], bounds.upper[:, v]
+        out[c + 1] = extract_voxel(
+            imputed[:, :, v], n1, n2, studies=names, X=getattr(result, "X", None),
+            C=getattr(result, "C", None), lower=lo, upper=up, heterogeneity=method,
+            xyz=(int(pk["x"]), int(pk["y"]), int(pk["z"])), voxel=v)
+    return out
+
+
+def draw_forests(forest: dict, table3: pd.DataFrame, dataset, config: dict, provenance: dict,
+                 out: Callable[[str], Path]) -> None:
+    """``figures/forest_<cluster>.png`` and ``figures/forests.{png,svg}`` (all clusters).
+
+    Studies are coloured by the study-table column ``sdm.robustness.jackknife_group`` (the
+    disorder) when the table has it, and the studies with simulated stand-in peaks (provenance
+    ``simulated:``, :func:`input_provenance`) are marked.
+    """
+    import matplotlib.pyplot as plt
+
+    from analysis.figures.forest import forest_plot, group_colours, plot_forests
+
+    col = config["sdm"]["robustness"]["jackknife_group"]
+    table = dataset.studies.set_index("study")
+    simulated = set(provenance["simulated"])
+    panels = []
+    for c, ex in forest.items():
+        st = ex.studies.assign(simulated=ex.studies["study"].isin(simulated))
+        if col in table.columns:
+            st["group"] = table.reindex(st["study"])[col].fillna("not given").astype(str).values
+        pk = table3.iloc[c - 1]
+        panels.append({"studies": st, "pooled": ex.pooled,
+                       "title": f"Cluster {c}: {pk['region']}\n({pk['x']}, {pk['y']}, "
+                                f"{pk['z']})"})
+    colours = group_colours([g for p in panels for g in p["studies"].get("group", [])]
+                            or ["study"])
+    for c, panel in zip(forest, panels, strict=True):
+        f = forest_plot(colours=colours, **panel)
+        save_figure(f, out(f"figures/forest_{c}.png"))
+        plt.close(f)
+    note = ("Simulated stand-in inputs: not the paper's data." if simulated else None)
+    if not panels:
+        note = " ".join(x for x in ("No cluster survived the thresholds: there is no forest "
+                                    "plot to draw.", note) if x)
+    fig = plot_forests(panels, note=note)
+    save_figure(fig, out("figures/forests.png"), dpi=300)
+    save_figure(fig, out("figures/forests.svg"))
+    plt.close(fig)
+
+
 def report(result, dataset, published: pd.DataFrame | None, out: Callable[[str], Path], *,
            config: dict, provenance: dict, imputations: int,
            egger: Callable | None = None, figures: bool = True) -> dict:
@@ -445,8 +533,14 @@ def report(result, dataset, published: pd.DataFrame | None, out: Callable[[str],
         skipped["tables/table3_vs_published.tsv"] = reason
         LGR.info("meta: no comparison with the published Table 3: %s", reason)
 
+    forest = extract_at_peaks(result, dataset, table3, config)
+    write_tsv(out("tables/forest_peaks.tsv"), pd.concat(
+        [e.to_frame().assign(cluster=c) for c, e in forest.items()], ignore_index=True
+    ).reindex(columns=FOREST_COLUMNS) if forest else pd.DataFrame(columns=FOREST_COLUMNS),
+        float_format="%.6g")
     if figures:
         draw_figures(result, dataset, clusters, table3, provenance, out, published)
+        draw_forests(forest, table3, dataset, config, provenance, out)
 
     clusters_values = [
         {"cluster": c + 1, "direction": r["direction"], "region": r["region"],
