@@ -53,6 +53,7 @@ ARTEFACTS: dict[str, tuple[str, str]] = {
     # interactive viewer (HTML only): the clusters of Table 3, thresholded as Figure 2
     "map-z-thresholded": ("meta", "maps/z_thresholded.nii.gz"),
     "fig-funnels": ("meta", "figures/funnels.png"),  # supplementary figure
+    "fig-forests": ("meta", "figures/forests.png"),  # supplementary figure
     # What can be checked without the coordinates (stage design, analysis/stages/design.py)
     "tbl-table3-checks": ("design", "tables/table3_checks.tsv"),
     "tbl-design-fwe": ("design", "tables/design_published_peaks.tsv"),
@@ -1813,6 +1814,12 @@ RESULT_CAPTIONS: dict[str, str] = {
                      "without which studies it fails.",
     "tbl-metaregression": "Meta-regressions on age, percentage of women and treatment: slopes "
                           "at the cluster peaks and across the whole brain.",
+    "fig-forests": "Forest plots at the cluster peaks of the main analysis: each study's Hedges' g "
+                   "at the peak (mean over the imputations) with its 95% interval (Rubin's "
+                   "rules: within- plus between-imputation variance), ordered by effect{group}; filled squares are effects known at the peak (lower "
+                   "= upper bound), open squares the mean of a censored study's imputations, "
+                   "square size its random-effects weight; the diamond is the pooled "
+                   "random-effects estimate and its 95% interval.",
     "tbl-reproduction": "Each cluster of the paper's Table 3: its published peak and effect, "
                         "the effect that this re-analysis finds at that peak, and the nearest "
                         "reproduced cluster of the same direction (distance in mm).",
@@ -1844,6 +1851,14 @@ def caption(label: str, v: Values, prov: Provenance) -> str:
         text = (f"Meta-regressions on {' and '.join(covs)}: slopes at the cluster peaks and "
                 "across the whole brain." if covs else
                 "Meta-regressions: none computed for the data of this run.")
+    if label == "fig-forests":
+        meta = v.raw.get("meta") if isinstance(v.raw.get("meta"), dict) else {}
+        group = meta.get("forest_group_column")
+        text = text.format(group=f" and coloured by {group}" if group else "")
+    if label == "fig-forests" and standins(v, prov).in_use:
+        text += (" Studies marked with a dagger (†) have simulated stand-in peaks "
+                 "(provenance in the peak table), not the authors' coordinates; their effects, "
+                 "and the pooled estimate, are those of the simulated data.")
     return text + standin_caption(v, prov)
 
 

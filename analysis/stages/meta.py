@@ -580,6 +580,10 @@ def report(result, dataset, published: pd.DataFrame | None, out: Callable[[str],
             if np.isfinite(r["reproduced_z_at_published_peak"])],
         # analyses left out for these data, each with the reason (artefact -> reason)
         "skipped": skipped,
+        # the study-table column that colours the forest plots (None: the table has none)
+        "forest_group_column": (config["sdm"]["robustness"]["jackknife_group"]
+                                if config["sdm"]["robustness"]["jackknife_group"]
+                                in studies.columns else None),
         "n_voxels": int(space.n_voxels),
         "heterogeneity_estimator": HETEROGENEITY_NAMES[getattr(result, "params", {}).get(
             "heterogeneity", config["sdm"]["heterogeneity"])],
