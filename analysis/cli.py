@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate-peaks": ("analysis.commands.simulate_peaks", "regenerate the simulated stand-in peaks"),
     "fetch": ("analysis.commands.fetch", "download (or find in the mirror) the public datasets"),
     "meta": ("analysis.commands.meta", "run the SDM-PSI engine on any SDM project folder"),
+    "extract": ("analysis.commands.extract", "per-study values and the pooled model at one voxel (SDM-PSI's extract)"),
     "validate-sdm": ("analysis.commands.validate_sdm", "compare the engine with the public SDM-PSI run"),
     "characterise": ("analysis.commands.characterise", "network and behavioural profile of MNI peaks"),
     "render": ("analysis.commands.render", "render the manuscript (Quarto, else pandoc + Typst)"),

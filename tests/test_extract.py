@@ -198,3 +198,54 @@ def test_tidy_table(fitted):
 def test_reader_errors_name_the_row(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_sdm_extract(_write(tmp_path / "bad.txt", text))
+
+
+# --------------------------------------------------------------------------------------------
+# the command line, on the quick pipeline run (stand-in peaks: machinery, not findings)
+
+
+def test_command_reproduces_the_stage_s_extract_at_a_cluster_peak(quick_results, tmp_path):
+    """``python -m analysis extract`` re-creates the meta stage's fit: at a Table 3 peak its
+    numbers are the stage's (Table 3, tables/forest_peaks.tsv)."""
+    import pandas as pd
+
+    from analysis.cli import main
+
+    results, ready, _ = quick_results
+    if "meta" not in ready:
+        pytest.skip("stage meta not in this run")
+    t3 = pd.read_csv(results / "tables/table3.tsv", sep="\t")
+    if t3.empty:
+        pytest.skip("no cluster in this run")
+    pk = t3.iloc[0]
+    out = tmp_path / "peak.tsv"
+    assert main(["extract", str(pk["x"]), str(pk["y"]), str(pk["z"]), "--results",
+                 str(results), "--format", "tsv", "--out", str(out)]) == 0
+    got = pd.read_csv(out, sep="\t")
+    pooled = got[got["row"] == "pooled"].iloc[0]
+    assert pooled["z"] == pytest.approx(pk["sdm_z"], abs=1e-5)
+    assert pooled["g"] == pytest.approx(pk["hedges_g"], abs=1e-5)
+    assert pooled["i2_percent"] == pytest.approx(pk["i2"], abs=1e-3)
+    stage = pd.read_csv(results / "tables/forest_peaks.tsv", sep="\t")
+    stage = stage[stage["cluster"] == 1].drop(columns="cluster").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, stage, check_exact=False, rtol=1e-5, atol=1e-6)
+    sdm = tmp_path / "peak.txt"
+    assert main(["extract", str(pk["x"]), str(pk["y"]), str(pk["z"]), "--results",
+                 str(results), "--out", str(sdm)]) == 0
+    back = read_sdm_extract(sdm)
+    assert back.header["z"] == pytest.approx(pk["sdm_z"], abs=1e-5)
+    assert back.y.shape[1] == len(stage) - 1
+
+
+def test_command_errors_are_one_line(quick_results, tmp_path, capsys):
+    from analysis.cli import main
+
+    results, ready, _ = quick_results
+    if "meta" not in ready:
+        pytest.skip("stage meta not in this run")
+    assert main(["extract", "90", "90", "90", "--results", str(results)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "outside the analysis mask" in err[0]
+    assert main(["extract", "0", "48", "0", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.json: not found" in err[0]

@@ -188,7 +188,7 @@ class VoxelExtract:
         for name in CORRP_ROWS:
             if name in self.corrected:
                 value = float(self.corrected[name])
-                rows.append((name, num(-value if name.endswith("_neg") else value), "NA",
+                rows.append((name, num(0.0 - value if name.endswith("_neg") else value), "NA",
                              "NA"))
         for i, study in enumerate(self.studies["study"]):
             for j in range(self.imputations.shape[0]):
