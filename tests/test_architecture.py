@@ -58,7 +58,7 @@ ENGINE_LAYOUT = {
                    "random_effects", "re_kernels", "rubin", "tau2", "wls"},
     "statistics/metansue": {"__init__", "compiled", "imputation", "mle", "settings"},
     "inference": {"__init__", "clusters", "correct", "permutation", "tfce"},
-    "diagnostics": {"__init__", "egger", "jackknife", "metaregression"},
+    "diagnostics": {"__init__", "egger", "jackknife", "metaregression", "voxel"},
 }
 #: folders whose module names are the names users type (a stage, a command)
 NAMED_FOLDERS = ("stages", "commands")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from analysis.sdm.diagnostics.extract import (
+from analysis.sdm.diagnostics.voxel import (
     CENSORED,
     EXACT,
     FRAME_COLUMNS,

@@ -144,7 +144,7 @@ def _funnel():
 
 
 def _forest_panel(i):
-    from analysis.sdm.diagnostics.extract import extract_voxel
+    from analysis.sdm.diagnostics.voxel import extract_voxel
 
     rng = np.random.default_rng(i)
     n1, n2 = np.array([10, 20, 30, 15, 22]), np.array([12, np.nan, 25, 14, 20])

@@ -29,7 +29,7 @@ SDM = {"beta0": 0.168029, "g": -0.003211, "var": 0.000597, "z": -0.131442, "tau2
 @pytest.fixture(scope="module")
 def extract(mirror):
     from analysis.fetch import fetch_file
-    from analysis.sdm.diagnostics.extract import read_sdm_extract
+    from analysis.sdm.diagnostics.voxel import read_sdm_extract
 
     li = read_sdm_extract(fetch_file("validation/li2023_sdm_extract/extract_34_4_52.txt",
                                      download=False))

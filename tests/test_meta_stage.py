@@ -292,7 +292,7 @@ def test_forest_plots_at_the_cluster_peaks(tmp_path, data_copy, space):
     """One forest plot per cluster peak, the studies with simulated stand-in peaks marked, and
     the extract's table at every peak (SIMULATED result: the machinery, not a finding)."""
     from analysis.figures.forest import STANDIN_MARK
-    from analysis.sdm.diagnostics.extract import EXACT
+    from analysis.sdm.diagnostics.voxel import EXACT
 
     ds = load_dataset(data_copy)
     res = _synthetic_result(space, len(ds.studies))

@@ -49,7 +49,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def voxel_extract(results: Path, xyz):
-    """The :class:`~analysis.sdm.diagnostics.extract.VoxelExtract` of the stage meta's fit.
+    """The :class:`~analysis.sdm.diagnostics.voxel.VoxelExtract` of the stage meta's fit.
 
     Raises
     ------
@@ -61,7 +61,7 @@ def voxel_extract(results: Path, xyz):
     import nibabel as nib
 
     from analysis.pipeline import recorded_config
-    from analysis.sdm.diagnostics.extract import CORRP_ROWS, voxel_of
+    from analysis.sdm.diagnostics.voxel import CORRP_ROWS, voxel_of
     from analysis.sdm.errors import DataError
     from analysis.sdm.maps.space import MaskSpace
     from analysis.stages import params

@@ -1,7 +1,7 @@
 """Forest plots of the study effects at a meta-analytic peak (SDM-PSI's extract, drawn).
 
 At one voxel each study has one imputed Hedges' g per imputation (MetaNSUE; Albajes-Eizagirre
-et al. 2019, NeuroImage 186:174-184); :func:`analysis.sdm.diagnostics.extract.extract_voxel`
+et al. 2019, NeuroImage 186:174-184); :func:`analysis.sdm.diagnostics.voxel.extract_voxel`
 summarises them: the mean over imputations, a 95 % interval from the Rubin-pooled variance
 (within + (1 + 1/m) between imputations; Rubin 1987), the random-effects weight, and whether
 the effect is exact at the voxel (lower = upper bound) or censored (imputed). The forest plot

@@ -158,7 +158,7 @@ class MetaResult:
 
     def extract(self, xyz):
         """Per-study values and the pooled model at the mask voxel nearest ``xyz`` (SDM-PSI's
-        extract; :func:`analysis.sdm.diagnostics.extract.extract`).
+        extract; :func:`analysis.sdm.diagnostics.voxel.extract`).
 
         Parameters
         ----------
@@ -167,7 +167,7 @@ class MetaResult:
 
         Returns
         -------
-        analysis.sdm.diagnostics.extract.VoxelExtract
+        analysis.sdm.diagnostics.voxel.VoxelExtract
             ``studies`` (each study's mean and SD of its imputed g, variance, 95 % interval,
             random-effects weight, exact or censored), ``pooled`` (g, var, z, p, tau2, I2, H2,
             Q), ``to_frame()`` (tidy table) and ``to_sdm_text()`` (SDM-PSI's layout).
@@ -177,7 +177,7 @@ class MetaResult:
         ValueError
             ``xyz`` is outside the mask.
         """
-        from analysis.sdm.diagnostics.extract import extract
+        from analysis.sdm.diagnostics.voxel import extract
 
         return extract(self, xyz)
 

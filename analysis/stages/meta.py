@@ -17,7 +17,7 @@ This stage runs the open engine (:class:`analysis.sdm.estimator.SDMPSI`) on ``da
   ``figures/funnel_published_<n>.png`` (reproduced study effects at the n-th published peak);
 - ``figures/forests.{png,svg}`` (every cluster peak's forest plot in one supplementary figure)
   and ``figures/forest_<cluster>.png``, drawn from SDM-PSI's extract at the peak
-  (:func:`analysis.sdm.diagnostics.extract.extract_voxel` on the fit's own imputations), and
+  (:func:`analysis.sdm.diagnostics.voxel.extract_voxel` on the fit's own imputations), and
   ``tables/forest_peaks.tsv`` (the extract's tidy table at every cluster peak).
 
 Where the peaks of some studies are simulated stand-ins (``provenance`` ``simulated:`` in
@@ -40,7 +40,7 @@ import pandas as pd
 from analysis.grid import MASK_DESCRIPTIONS
 from analysis.io import save_figure
 from analysis.labels import aal_labeler, cluster_breakdown, relabel_peaks
-from analysis.sdm.diagnostics.extract import FRAME_COLUMNS
+from analysis.sdm.diagnostics.voxel import FRAME_COLUMNS
 from analysis.sdm.errors import DataError
 from analysis.sdm.estimator import HETEROGENEITY_NAMES
 from analysis.sdm.inference.clusters import (
@@ -397,9 +397,9 @@ def extract_at_peaks(result, dataset, table3: pd.DataFrame, config: dict) -> dic
     Returns
     -------
     dict
-        Cluster number (1-based) -> :class:`~analysis.sdm.diagnostics.extract.VoxelExtract`.
+        Cluster number (1-based) -> :class:`~analysis.sdm.diagnostics.voxel.VoxelExtract`.
     """
-    from analysis.sdm.diagnostics.extract import extract_voxel
+    from analysis.sdm.diagnostics.voxel import extract_voxel
 
     names, n1, n2 = study_info(result, dataset)
     imputed = np.asarray(result.imputations)

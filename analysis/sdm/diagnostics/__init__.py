@@ -1,4 +1,4 @@
-"""Diagnostics of a fitted meta-analysis: jackknife, meta-regression and Egger's test.
+"""Diagnostics of a fitted meta-analysis: jackknife, meta-regression, Egger's test, extract.
 
 Modules
 -------
@@ -9,4 +9,7 @@ Modules
     Meta-regressions on study covariates.
 :mod:`~analysis.sdm.diagnostics.egger`
     Egger's test of funnel-plot asymmetry on the imputed data (Egger et al. 1997).
+:mod:`~analysis.sdm.diagnostics.voxel`
+    SDM-PSI's extract: every study's imputed effect, variance, weight and status and the pooled
+    model at one voxel, and the reader of SDM-PSI's extract file.
 """
