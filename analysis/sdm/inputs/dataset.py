@@ -172,7 +172,8 @@ def check_images(images: dict, studies: pd.DataFrame, source: str = "SDMDataset 
 
 def _nimare_images(dset, names: dict) -> tuple[dict, dict, dict]:
     """Each experiment's map in a NiMARE Dataset's ``images`` table, by preference
-    ``t`` > ``z`` > ``beta`` + ``se`` > ``beta`` + ``varcope`` (paths; NaN cells skipped)."""
+    ``t`` > ``z`` > ``beta`` + ``se`` > ``beta`` + ``varcope`` (paths; NaN cells skipped).
+    """
     table = getattr(dset, "images", None)
     if table is None or not len(table):
         return {}, {}, {}
@@ -310,7 +311,14 @@ class SDMDataset:
             raise DataErrors(errors)
         mask_path = folder / SDM_MASK_FILE
         mask = nib.load(str(mask_path)) if read_mask and mask_path.is_file() else None
-        found = {s: project_map_file(folder, s) for s in studies["study"]}
+        found, errors = {}, []
+        for s in studies["study"]:
+            try:
+                found[s] = project_map_file(folder, s)
+            except DataError as exc:
+                errors.append(exc)
+        if errors:
+            raise DataErrors(errors)
         images = check_images({s: f for s, f in found.items() if f is not None}, studies)
         out = cls.from_tables(studies, peaks, mask, checked=True)
         out.images = images

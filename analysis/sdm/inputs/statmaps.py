@@ -147,7 +147,8 @@ def t_from_z_map(z, df) -> np.ndarray:
 
 def t_from_beta(beta, se=None, varcope=None) -> np.ndarray:
     """t of a contrast estimate: ``beta / se`` or ``beta / sqrt(varcope)``; NaN where the
-    standard error is not positive."""
+    standard error is not positive.
+    """
     beta = np.asarray(beta, dtype=float)
     s = np.sqrt(np.asarray(varcope, dtype=float)) if se is None else np.asarray(se, dtype=float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -322,7 +323,8 @@ def exact_bounds(lower, upper, t, n1, n2) -> int:
 
 def project_map_file(folder, study: str) -> Path | None:
     """The statistical map of ``study`` in an SDM project folder (``<study>.nii.gz`` or
-    ``<study>.nii``), or None."""
+    ``<study>.nii``), or None.
+    """
     folder = Path(folder)
     found = [folder / f"{study}{s}" for s in MAP_SUFFIXES if (folder / f"{study}{s}").is_file()]
     if len(found) > 1:
