@@ -32,7 +32,7 @@ def test_maps_only_mean_equals_nimare_dersimonian_laird(dataset):
     d = r["max_abs_diff"]
     # the maps are float32, the engine's pooled maps too: agreement to float32 precision
     assert d["g"] < 1e-6 and d["z"] < 1e-5 and r["max_rel_diff_z"] < 1e-5
-    assert d["tau2"] < 1e-6 and d["i2"] < 1e-3 and d["q"] < 1e-4
+    assert d["tau2"] < 1e-6 and d["i2"] < 1e-4 and d["q"] < 1e-4
     # not a trivial agreement: the planted effect gives a clear positive z and heterogeneity
     # varies over the voxels
     assert r["z_range"][1] > 3
@@ -41,4 +41,4 @@ def test_maps_only_mean_equals_nimare_dersimonian_laird(dataset):
 def test_maps_only_reml_agrees_with_nimare_reml(dataset):
     r = compare_ibma(dataset, _cube(3), heterogeneity="reml")
     d = r["max_abs_diff"]
-    assert d["g"] < 1e-3 and d["z"] < 1e-2 and d["tau2"] < 1e-3
+    assert d["g"] < 1e-5 and d["z"] < 1e-4 and d["tau2"] < 1e-5
