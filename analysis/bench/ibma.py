@@ -179,8 +179,8 @@ def bench_ibma(args: argparse.Namespace) -> dict:
     cfg = load_config()
     k = int(getattr(args, "ibma_studies", 20) or 20)
     dataset = simulated_map_dataset(k, seed=int(cfg.get("seed", 0)), cfg=cfg)
-    # a slab of the grey-matter mask around the planted effect: NiMARE's per-voxel fits take
-    # about 7 ms a voxel here (a whole mask would take about 20 minutes per estimator)
+    # a cube of the grey-matter mask around the planted effect: NiMARE's fits took about 3 ms a
+    # voxel here (the whole mask would take about 10 minutes per estimator)
     mask = _small_mask(gm_mask(cfg["sdm"]["mask"]), half=SLAB_HALF)
     from analysis.sdm.estimator import SDMPSI
 
