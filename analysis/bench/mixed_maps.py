@@ -41,7 +41,8 @@ SPREAD = 0.9
 
 def peak_consistent_tmap(lower, upper, n1, n2, space, rng, fwhm_mm: float):
     """A t-map (NIfTI on the analysis grid) whose g lies inside a study's peak interval
-    (module docstring); simulated."""
+    (module docstring); simulated.
+    """
     from scipy.stats import norm
 
     from analysis.sdm.statistics.effect_sizes import t_from_g
