@@ -306,3 +306,23 @@ def test_map_shape_affine_and_coverage_checks(space):
     # a subset keeps the maps of the studies kept
     assert list(ds.subset(["simA", "simB"]).images) == ["simA"]
     assert ds.subset(["simB"]).images == {}
+
+
+def test_import_sdm_refuses_a_folder_with_maps(tmp_path, space, capsys):
+    """The compendium's data tables hold peaks only: a map is not dropped without a word."""
+    from analysis.cli import main
+
+    d = tmp_path / "proj"
+    d.mkdir()
+    (d / "sdm_table.txt").write_text("study\tn1\tn2\tt_thr\tthreshold\n"
+                                     "simA\t20\t20\t3.3\tuncorrected\n")
+    nib.save(_grid_map(space, np.full(space.n_voxels, 2.0)), d / "simA.nii.gz")
+    assert main(["import-sdm", str(d), "--data", str(tmp_path / "data")]) != 0
+    err = capsys.readouterr()
+    assert "1 studies have a statistical map (simA)" in err.out + err.err
+    assert not (tmp_path / "data" / "studies.tsv").exists()
+
+
+def test_description_names_the_map_studies(all_maps):
+    _, res = all_maps
+    assert "4 of the 4 studies entered as statistical maps" in res.description_
