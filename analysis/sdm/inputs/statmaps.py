@@ -36,9 +36,9 @@ Resampling
     rule, and on the analysis grid itself it returns the map unchanged.
 Names in an SDM project folder
     ``<study>.nii.gz`` or ``<study>.nii`` beside ``sdm_table.txt`` (the study's row names it,
-    as the peak file ``<study>.<software>_<space>.txt``); a study may have both. SDM-PSI's GUI
-    lists the images of a folder by study name; the exact spelling it requires is not
-    documented publicly, so this naming is the engine's rule.
+    as the peak file ``<study>.<software>_<space>.txt``); a study may have both. No public
+    source we could read states the file name SDM-PSI expects for an image, so this naming
+    is the engine's rule.
 
 Checks (every entry point: SDM project folder, :class:`~analysis.sdm.inputs.dataset.SDMDataset`,
 :meth:`~analysis.sdm.inputs.dataset.SDMDataset.from_nimare`), each a one-line error naming the
@@ -219,9 +219,8 @@ def read_study_map(img, df, kind: str = "t", source: str | None = None, *, se=No
 
     if kind not in MAP_KINDS:
         raise ValueError(f"kind must be one of {MAP_KINDS}, got {kind!r}")
-    base = load_map(img, source)
-    src = _name(base, source) if source is None and not isinstance(img, (str, Path)) else (
-        source or Path(img).name)
+    src = source or (Path(img).name if isinstance(img, (str, Path)) else _name(img, None))
+    base = load_map(img, src)
     if kind == "t":
         try:
             kind = intent_kind(img if not isinstance(img, (str, Path)) else nib.load(str(img)))
