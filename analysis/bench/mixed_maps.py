@@ -123,7 +123,7 @@ def mixed_inputs(dataset, space, ks=KS, imputations: int = 5, seed: int = 0,
         cl = threshold_clusters(z, space, local_peaks=False)
         row = {"k maps": k, "exact study-voxels (%)": 100 * float(bounds.known.mean()),
                "imputation SD, all studies": float(sd.mean()),
-               "imputation SD, peak-only studies": float(sd[rest].mean()) if rest else 0.0,
+               "imputation SD, peak-only studies": float(sd[rest].mean()) if rest else np.nan,
                "r(z, k=0)": float(np.corrcoef(z, z0)[0, 1]), "max z": float(z.max()),
                "voxels p<0.001": int((z > 3.0902).sum() + (z < -3.0902).sum()),
                "clusters": int((cl.table["peak_type"] == "cluster").sum())
@@ -145,7 +145,7 @@ def markdown_table(table: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             v = rec[c]
-            cells.append(f"{v:,}" if isinstance(v, (int, np.integer)) else
+            cells.append(f"{v:,}" if isinstance(v, (int, np.integer)) else "–" if np.isnan(v) else
                          f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
