@@ -52,7 +52,8 @@ MODULE_NAME = re.compile(r"^analysis(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 #: inference, diagnostics); a module elsewhere in the engine is a violation
 ENGINE_LAYOUT = {
     "": {"__init__", "backend", "base", "datasets", "errors", "estimator", "progress", "rng"},
-    "inputs": {"__init__", "coords", "dataset", "io", "peaks", "project", "studies"},
+    "inputs": {"__init__", "coords", "dataset", "io", "peaks", "project", "statmaps",
+               "studies"},
     "maps": {"__init__", "kernel", "preprocess", "space", "templates"},
     "statistics": {"__init__", "effect_sizes", "hedges", "hypothesis", "model", "pooling",
                    "random_effects", "re_kernels", "rubin", "tau2", "wls"},

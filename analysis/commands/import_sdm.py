@@ -47,6 +47,15 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {out} already has {', '.join(existing)}; use --force to replace")
         return 1
     studies, peaks = read_sdm_project(args.folder, source=args.source)
+    from analysis.sdm.errors import DataError
+    from analysis.sdm.inputs.statmaps import project_map_file
+
+    with_maps = [s for s in studies["study"] if project_map_file(args.folder, s) is not None]
+    if with_maps:  # data/ holds peaks only: a map would be dropped without a word
+        raise DataError(Path(args.folder).name, f"{len(with_maps)} studies have a statistical "
+                        f"map ({', '.join(with_maps[:5])}{', ...' if len(with_maps) > 5 else ''}), "
+                        "which studies.tsv / peaks.tsv cannot hold; analyse the folder with "
+                        "`meta --sdm-dir` instead", field="study")
     from analysis.config import load_config
     from analysis.stages.params import data_checks
 

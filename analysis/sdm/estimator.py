@@ -564,6 +564,11 @@ class SDMPSI(ParamsMixin):
         t_pp = time.perf_counter() - t0
         res = self.fit_preprocessed(bounds, dataset.studies)
         res.timings = {"preprocess_s": round(t_pp, 3), **res.timings}
+        n_maps = len([s for s in getattr(dataset, "images", None) or {} if s in res.studies])
+        if n_maps:
+            res.description_ += (f" {n_maps} of the {len(res.studies)} studies entered as "
+                                 "statistical maps: exact Hedges g wherever the map has a value, "
+                                 "the bounds of their peaks elsewhere (Radua et al., 2012).")
         return res
 
     def fit_preprocessed(self, bounds, study_table=None) -> MetaResult:

@@ -7,12 +7,16 @@
 - ``peaks``: one row per peak with ``study, x, y, z`` (MNI mm) and signed ``t`` (NaN when the
   statistic is unknown; then ``sign`` gives the direction);
 - ``mask``: the analysis mask of the project (SDM-PSI writes ``sdm_mask.nii.gz`` into a project
-  folder), or None.
+  folder), or None;
+- ``images``: the whole-brain statistical maps (t-maps, MNI, any grid) of the studies that have
+  one, by study id (:mod:`analysis.sdm.inputs.statmaps`): exact effects wherever the map has a
+  value, the peaks' bounds elsewhere.
 
 Readers: :meth:`SDMDataset.from_sdm_project` (an SDM-PSI project folder),
 :meth:`SDMDataset.from_tables` (validated ``studies.tsv`` / ``peaks.tsv`` of
 :mod:`analysis.sdm.inputs.studies` and :mod:`analysis.sdm.inputs.peaks`), :meth:`SDMDataset.from_nimare`
-(a NiMARE Dataset with t values); :meth:`SDMDataset.to_nimare` goes the other way.
+(a NiMARE Dataset with t values and/or ``t``, ``z``, ``beta`` + ``se`` / ``varcope`` images);
+:meth:`SDMDataset.to_nimare` goes the other way.
 """
 
 from __future__ import annotations
@@ -119,6 +123,83 @@ def check_dataset(studies: pd.DataFrame, peaks: pd.DataFrame, source: str = "SDM
         raise DataErrors(errors)
 
 
+def check_images(images: dict, studies: pd.DataFrame, source: str = "SDMDataset images",
+                 kinds: dict | None = None, extra: dict | None = None) -> dict:
+    """Read and check the statistical maps of a dataset as t-maps.
+
+    Parameters
+    ----------
+    images : dict of str -> path or nibabel image
+        Study id -> map.
+    studies : pandas.DataFrame
+        The checked study table (``n1``, ``n2``: degrees of freedom of z → t).
+    source : str
+        Names an in-memory map in errors (``<source> [<study>]``); a file is named by itself.
+    kinds : dict of str -> str, optional
+        Study id -> what its map holds (:data:`analysis.sdm.inputs.statmaps.MAP_KINDS`;
+        default ``"t"``).
+    extra : dict of str -> dict, optional
+        Study id -> ``{"se": ...}`` or ``{"varcope": ...}`` for beta maps.
+
+    Returns
+    -------
+    dict of str -> nibabel.Nifti1Image
+        Checked t-maps.
+
+    Raises
+    ------
+    DataErrors
+        Every map's problem, each naming the file (or study) and field.
+    """
+    from analysis.sdm.inputs.statmaps import read_study_map
+    from analysis.sdm.statistics.hedges import degrees_of_freedom
+
+    rows = studies.set_index("study")
+    out, errors = {}, []
+    for sid, img in images.items():
+        n1, n2 = float(rows.at[sid, "n1"]), float(rows.at[sid, "n2"])
+        df = float(degrees_of_freedom(n1, n2 if np.isfinite(n2) else None))
+        name = Path(img).name if isinstance(img, (str, Path)) else f"{source} [{sid}]"
+        try:
+            out[sid] = read_study_map(img, df, (kinds or {}).get(sid, "t"), name,
+                                      **(extra or {}).get(sid, {}))
+        except DataError as exc:
+            errors.append(exc)
+    if errors:
+        raise DataErrors(errors)
+    return out
+
+
+def _nimare_images(dset, names: dict) -> tuple[dict, dict, dict]:
+    """Each experiment's map in a NiMARE Dataset's ``images`` table, by preference
+    ``t`` > ``z`` > ``beta`` + ``se`` > ``beta`` + ``varcope`` (paths; NaN cells skipped).
+    """
+    table = getattr(dset, "images", None)
+    if table is None or not len(table):
+        return {}, {}, {}
+
+    def cell(rec, col):
+        v = rec.get(col)
+        return None if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else v
+
+    images, kinds, extra = {}, {}, {}
+    for rec in table.to_dict("records"):
+        sid = names.get(rec.get("id"))
+        if sid is None:
+            continue
+        if cell(rec, "t"):
+            images[sid], kinds[sid] = cell(rec, "t"), "t"
+        elif cell(rec, "z"):
+            images[sid], kinds[sid] = cell(rec, "z"), "z"
+        elif cell(rec, "beta") and cell(rec, "se"):
+            images[sid], kinds[sid] = cell(rec, "beta"), "beta+se"
+            extra[sid] = {"se": cell(rec, "se")}
+        elif cell(rec, "beta") and cell(rec, "varcope"):
+            images[sid], kinds[sid] = cell(rec, "beta"), "beta+varcope"
+            extra[sid] = {"varcope": cell(rec, "varcope")}
+    return images, kinds, extra
+
+
 @dataclass
 class SDMDataset:
     """Studies and MNI peaks for the SDM engine.
@@ -131,11 +212,16 @@ class SDMDataset:
         ``study, x, y, z, t, sign`` (MNI mm; ``t`` NaN when unknown).
     mask : nibabel image, optional
         The project's analysis mask on SDM-PSI's 2 mm grid.
+    images : dict of str -> path or nibabel image, optional
+        Study id -> its t-map (MNI, any grid and orientation; NaN or 0 outside the map), checked
+        by :func:`analysis.sdm.inputs.statmaps.check_t_map` (errors name the file, or
+        ``SDMDataset images``, and the field) and kept as float images.
     """
 
     studies: pd.DataFrame
     peaks: pd.DataFrame
     mask: object = None
+    images: dict = field(default_factory=dict)
     #: True when the tables were already checked (by a reader of this class, or a subset)
     checked: bool = field(default=False, repr=False, compare=False)
 
@@ -149,12 +235,18 @@ class SDMDataset:
         unknown = set(self.peaks["study"]) - set(self.studies["study"])
         if unknown:
             raise ValueError(f"peaks for unknown studies: {sorted(unknown)}")
+        self.images = dict(self.images or {})
+        unknown = set(self.images) - set(self.studies["study"])
+        if unknown:
+            raise ValueError(f"statistical maps for unknown studies: {sorted(unknown)}")
         if not self.checked:  # Python tables meet the bounds of every other entry point
             check_dataset(self.studies, self.peaks)
+            self.images = check_images(self.images, self.studies)
             self.checked = True
 
     def __repr__(self) -> str:
         return (f"SDMDataset({len(self.studies)} studies, {len(self.peaks)} peaks"
+                f"{f', {len(self.images)} maps' if self.images else ''}"
                 f"{', with mask' if self.mask is not None else ''})")
 
     @property
@@ -171,7 +263,8 @@ class SDMDataset:
         keep = set(keep)
         s = self.studies[self.studies["study"].isin(keep)].reset_index(drop=True)
         p = self.peaks[self.peaks["study"].isin(keep)].reset_index(drop=True)
-        return SDMDataset(s, p, self.mask, checked=self.checked)
+        images = {k: v for k, v in self.images.items() if k in keep}
+        return SDMDataset(s, p, self.mask, images, checked=self.checked)
 
     # ------------------------------------------------------------------------------------
     # readers
@@ -197,12 +290,16 @@ class SDMDataset:
         (Talairach to MNI, signed t) by the same checks as the compendium's own data
         (:func:`analysis.sdm.inputs.peaks.check_peaks`; its warnings are logged).
         The folder's ``sdm_mask.nii.gz`` (written by SDM-PSI) becomes the dataset's mask when
-        present and ``read_mask``. SDM-PSI's pre-processed maps (``pp/``) are never read here.
+        present and ``read_mask``. A study's statistical map ``<study>.nii.gz`` / ``<study>.nii``
+        (a t-map, or a z-map with NIfTI intent "z score"; :mod:`analysis.sdm.inputs.statmaps`)
+        is read beside or instead of its peak file. SDM-PSI's pre-processed maps (``pp/``) are
+        never read here.
         """
         import nibabel as nib
 
         from analysis.sdm.inputs.peaks import check_peaks
         from analysis.sdm.inputs.project import _typed_studies, read_sdm_project
+        from analysis.sdm.inputs.statmaps import project_map_file
 
         folder = Path(folder)
         raw_s, raw_p = read_sdm_project(folder)
@@ -214,22 +311,39 @@ class SDMDataset:
             raise DataErrors(errors)
         mask_path = folder / SDM_MASK_FILE
         mask = nib.load(str(mask_path)) if read_mask and mask_path.is_file() else None
-        return cls.from_tables(studies, peaks, mask, checked=True)
+        found, errors = {}, []
+        for s in studies["study"]:
+            try:
+                found[s] = project_map_file(folder, s)
+            except DataError as exc:
+                errors.append(exc)
+        if errors:
+            raise DataErrors(errors)
+        images = check_images({s: f for s, f in found.items() if f is not None}, studies)
+        out = cls.from_tables(studies, peaks, mask, checked=True)
+        out.images = images
+        return out
 
     # ------------------------------------------------------------------------------------
     # NiMARE
     @classmethod
     def from_nimare(cls, dset, t_thr=None, t_column: str = "t") -> SDMDataset:
-        """From a :class:`nimare.dataset.Dataset` whose coordinates carry signed t values.
+        """From a :class:`nimare.dataset.Dataset`: coordinates with signed t values and/or
+        statistical maps.
 
         Parameters
         ----------
         dset : nimare.dataset.Dataset
             Coordinates with a ``t`` column (signed; NaN for an unknown statistic, then a
             ``sign`` column is required), metadata ``sample_sizes`` (``[n]`` one-sample,
-            ``[n1, n2]`` two-sample) and, unless ``t_thr`` is given, ``t_thr``. Everything is
-            checked as every other entry point is (:func:`check_dataset`); errors name the
-            experiment (metadata row) or the coordinate row, and the field.
+            ``[n1, n2]`` two-sample) and, unless ``t_thr`` is given, ``t_thr``. An experiment
+            with an image in ``dset.images`` becomes a map study
+            (:mod:`analysis.sdm.inputs.statmaps`): its ``t`` image, else its ``z`` image
+            (converted to t with equal one-tailed probability), else ``beta`` / ``se``
+            (``t = beta / se``), else ``beta`` / ``varcope`` (``t = beta / sqrt(varcope)``).
+            Everything is checked as every other entry point is (:func:`check_dataset`,
+            :func:`check_images`); errors name the experiment (metadata row), the coordinate
+            row or the image file, and the field.
         t_thr : float, optional
             Voxel t threshold of every study (when the metadata have none).
         t_column : str
@@ -248,8 +362,10 @@ class SDMDataset:
         if "study_id" in dset.metadata.columns and dset.metadata["study_id"].is_unique:
             names = dict(zip(dset.metadata["id"], dset.metadata["study_id"], strict=True))
         if t_column not in coords.columns:
-            raise DataError(source, f"the coordinates have no {t_column!r} column (signed t "
-                            "values are needed for SDM)", field=t_column)
+            if len(coords):
+                raise DataError(source, f"the coordinates have no {t_column!r} column (signed t "
+                                "values are needed for SDM)", field=t_column)
+            coords = coords.assign(**{t_column: np.nan, "sign": np.nan})
         rows, errors = [], []
         for k, sid in enumerate(meta.index, start=1):
             def bad(msg, fld="sample_sizes", k=k, sid=sid):
@@ -294,7 +410,9 @@ class SDMDataset:
                               "z": coords["z"].to_numpy(float), "t": t,
                               "sign": sign.astype(np.int64)})
         check_dataset(studies, peaks, source)
-        return cls(studies, peaks, checked=True)
+        images, kinds, extra = _nimare_images(dset, names)
+        images = check_images(images, studies, f"{source} images", kinds, extra)
+        return cls(studies, peaks, images=images, checked=True)
 
     def to_nimare(self, target: str = "mni152_2mm"):
         """A :class:`nimare.dataset.Dataset` with the peaks (``t`` and ``sign`` columns), the

@@ -58,6 +58,7 @@ from analysis.sdm.inputs.peaks import (
     check_peaks,
     format_peaks,
 )
+from analysis.sdm.inputs.statmaps import project_map_file
 from analysis.sdm.inputs.studies import CORRECTED_VOXEL_P, check_studies
 
 LGR = logging.getLogger(__name__)
@@ -100,7 +101,9 @@ def read_sdm_project(folder: str | Path,
     Parameters
     ----------
     folder : path-like
-        Folder with ``sdm_table.txt`` and one peak file per study.
+        Folder with ``sdm_table.txt`` and, per study, a peak file, a statistical map
+        ``<study>.nii[.gz]`` (:mod:`analysis.sdm.inputs.statmaps`; read by
+        :meth:`~analysis.sdm.inputs.dataset.SDMDataset.from_sdm_project`) or both.
     source : str, optional
         Where peaks without a valid record in :data:`PROVENANCE_FILE` come from, as declared
         by the importer (e.g. "authors' SDM-PSI project of He et al. 2024"): their provenance
@@ -174,9 +177,16 @@ def read_sdm_project(folder: str | Path,
             continue
         table_rows[study.lower()] = row
         if study not in files:
-            errors.append(DataError(TABLE_FILE, f"no peak file <study>.<suffix>.txt for {study!r} "
-                                    f"(suffixes: {[*SUFFIX_SPACE, NO_PEAKS]})", row=row,
-                                    field="study"))
+            try:
+                has_map = project_map_file(folder, study) is not None
+            except DataError as exc:
+                errors.append(exc)
+                has_map = True
+            if not has_map:
+                errors.append(DataError(TABLE_FILE, f"no peak file <study>.<suffix>.txt (suffixes: "
+                                        f"{[*SUFFIX_SPACE, NO_PEAKS]}) and no statistical map "
+                                        f"<study>.nii[.gz] for {study!r}", row=row,
+                                        field="study"))
             suffix, path = "", None
         else:
             suffix, path = files.pop(study)

@@ -14,6 +14,10 @@ Far from every peak the effect is only known to lie between the two significance
 (``[-g_thr, g_thr]``); at a peak with known t it is known (``lower = upper = g_p``). A study
 without peaks has ``[-g_thr, g_thr]`` everywhere (an "NSUE" study, Radua et al. 2015).
 
+A study with a statistical map (``dataset.images``, :mod:`analysis.sdm.inputs.statmaps`) has
+``lower = upper = g`` of its resampled map at every voxel the map covers (effect-size SDM,
+Radua et al. 2012); elsewhere it keeps the bounds above (its peaks', or ``[-g_thr, g_thr]``).
+
 Several peaks (SDM-PSI's documentation does not state the rule; chosen by ``combine``, default
 config ``sdm.combine``):
 
@@ -376,7 +380,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     Parameters
     ----------
     dataset : SDMDataset
-        Studies (``study, n1, n2, t_thr``) and MNI peaks (``study, x, y, z, t, sign``).
+        Studies (``study, n1, n2, t_thr``), MNI peaks (``study, x, y, z, t, sign``) and the
+        studies' statistical maps (``images``; exact effects where they have a value).
     space : MaskSpace
         Voxel space (any mask on the 2 mm grid).
     fwhm : float
@@ -414,6 +419,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     Radua J et al. (2012) Eur Psychiatry 27:605-611; Radua J et al. (2014) Front Psychiatry 5:13;
     Albajes-Eizagirre A et al. (2019) NeuroImage 186:174-184.
     """
+    from analysis.sdm.inputs.statmaps import exact_bounds, sample_map
     from analysis.sdm.maps.kernel import make_kernel
 
     if combine not in COMBINE_RULES:
@@ -442,6 +448,8 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     for i in range(k):
         _check_study(studies.at[i, "study"], n1[i], n2[i], t_thr[i],
                      dataset.study_peaks(studies.at[i, "study"]), i + 1)
+    images = getattr(dataset, "images", None) or {}
+    n_exact: dict = {}
     for i in progress_bar(range(k), desc="SDM pre-processing", disable=not progress,
                           unit="study", logger=LGR):
         sid = studies.at[i, "study"]
@@ -450,6 +458,13 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
         lo, up = study_bounds(dataset.study_peaks(sid), n1[i], n2[i], t_thr[i], rec, kernel,
                               unknown_peak_mode, combine)
         lower[i], upper[i] = (lo, up) if index is None else (lo[index], up[index])
+        if sid in images:  # exact wherever its statistical map has a value
+            n_exact[sid] = exact_bounds(lower[i], upper[i],
+                                        sample_map(images[sid], space, f"map of study {sid!r}"),
+                                        n1[i], n2[i])
+    if n_exact:
+        LGR.info("statistical maps of %d studies: %s exact voxels", len(n_exact),
+                 ", ".join(f"{s} {v}" for s, v in n_exact.items()))
     g_thr = g_from_t(t_thr, n1, n2)
     LGR.info("pre-processed %d studies on %d voxels%s in %.1f s", k, space.n_voxels,
              "" if index is None else f" (recreated on {rec.n_voxels} voxels)",
