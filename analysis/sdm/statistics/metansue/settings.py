@@ -8,6 +8,15 @@ from __future__ import annotations
 KNOWN_TOL = 1e-6
 #: upper end of the tau2 search
 TAU2_MAX = 999.0
+#: paths of :func:`~analysis.sdm.statistics.metansue.mle.censored_mle`: ``"fast"`` (default;
+#: Brent's tau2 search to :data:`TAU_RTOL`, pruned leave-n-out candidates for every design) and
+#: ``"exact"`` (fixed-count golden section; every candidate of a design refitted)
+MLE_METHODS = ("fast", "exact")
+#: fast path: relative tolerance on tau of Brent's tau2 search
+TAU_RTOL = 1e-6
+#: least number of leave-one-out candidates refitted per round where candidates are pruned
+#: (intercept-only models on both paths, every design on the fast path)
+N_CANDIDATES = 3
 
 
 def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
