@@ -583,7 +583,7 @@ def _newton_design(beta, X, y, known, lo, up, v, s_lo, s_up, act, G, H, Gn, Hn, 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rtol, n_cand,
-                       beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
+                       margin, beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
     """MetaNSUE MLE of every column for a design ``X`` (k, p): the mathematics of the NumPy path
     (:func:`_start`, :func:`_newton`, :func:`_coef_mle`, :func:`_tau2_mle`) per voxel.
 
@@ -726,7 +726,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                         break  # sorted: only inactive studies remain
                     continue
                 if (n_cand >= 0 and c >= n_cand and key[cand] >= 0.0
-                        and key[cand] - 2.0 * err - 1e-9 > best_val):
+                        and key[cand] - margin * err - 1e-9 > best_val):
                     break
                 for j in range(p):
                     bc[j] = est_b[cand, j]
@@ -766,7 +766,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
 
 
 def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_golden: int = 28,
-                         n_cand: int = -1, tau_rtol: float = 0.0):
+                         n_cand: int = -1, tau_rtol: float = 0.0, margin: float = 2.0):
     """MLE of all columns for a design ``X`` with the compiled kernel :func:`_mle_design_kernel`
     (grid and golden-section settings of :func:`_tau2_mle`; ``n_cand`` and ``tau_rtol`` select
     the fast path's candidate ranking and tau2 search, see the kernel).
@@ -781,5 +781,5 @@ def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_go
                        np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
                        np.asarray(k2, float), np.ascontiguousarray(X, dtype=float),
                        np.ascontiguousarray(C, dtype=float), n_out, taus, int(n_golden),
-                       float(tau_rtol), int(n_cand), beta, tau2, disc)
+                       float(tau_rtol), int(n_cand), float(margin), beta, tau2, disc)
     return beta, tau2, disc

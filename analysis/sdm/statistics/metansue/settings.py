@@ -14,9 +14,14 @@ TAU2_MAX = 999.0
 MLE_METHODS = ("fast", "exact")
 #: fast path: relative tolerance on tau of Brent's tau2 search
 TAU_RTOL = 1e-6
-#: least number of leave-one-out candidates refitted per round where candidates are pruned
-#: (intercept-only models on both paths, every design on the fast path)
+#: least number of leave-one-out candidates refitted exactly per round of an intercept-only
+#: model's leave-n-out, exact path (the ranking of ``_mle_mean_kernel``)
 N_CANDIDATES = 3
+#: the same, fast path (at least one refit; the pruning margin still applies)
+N_CANDIDATES_FAST = 1
+#: least number of candidates refitted per round of a design's leave-n-out, fast path (the
+#: exact path refits every active study)
+N_CANDIDATES_DESIGN_FAST = 8
 
 
 def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
