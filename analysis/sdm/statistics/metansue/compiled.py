@@ -623,6 +623,8 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
         hs = np.empty(k)
         mu = np.empty(k)
         key = np.empty(k)
+        step2 = np.empty(k)
+        done = np.zeros(k, dtype=np.bool_)
         est_b = np.empty((k, p))
         known = np.zeros(k, dtype=np.bool_)
         act = np.ones(k, dtype=np.int8)
@@ -702,6 +704,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                 coef = gs[cand] / denom
                 finite = abs(denom) > 1e-8
                 val = 0.0
+                step2[cand] = 0.0
                 for j in range(p):
                     b0 = beta[j] + coef * new[j]
                     if abs(b0) < np.inf:
@@ -710,24 +713,38 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                         est_b[cand, j] = beta[j]
                         finite = False
                     val += est_b[cand, j] * C[j]
+                    step2[cand] += (est_b[cand, j] - beta[j]) ** 2
                 # a candidate without a usable estimate is always refitted (first)
                 key[cand] = abs(val) if finite else -1.0
-            if n_cand >= 0:
-                order = np.argsort(key)
-            else:
-                order = np.arange(k)
             best_val = np.inf
             best_i = -1
             err = 0.0
+            ratio = 0.0
+            for cand in range(k):
+                done[cand] = act[cand] == 0
             for c in range(k):
-                cand = order[c]
-                if act[cand] == 0:
-                    if n_cand >= 0:
-                        break  # sorted: only inactive studies remain
-                    continue
-                if (n_cand >= 0 and c >= n_cand and key[cand] >= 0.0
-                        and key[cand] - margin * err - 1e-9 > best_val):
-                    break
+                # the next candidate: the exact path takes every study in index order; the fast
+                # path the n_cand smallest estimates first, then the smallest lower bound
+                # ``|estimate| - margin (err + ratio |step|^2)`` while it can beat the best
+                cand = -1
+                if n_cand < 0:
+                    cand = c
+                    if done[cand]:
+                        continue
+                else:
+                    low = np.inf
+                    for i in range(k):
+                        if done[i]:
+                            continue
+                        lb = key[i]
+                        if c >= n_cand and key[i] >= 0.0:
+                            lb = key[i] - margin * (err + ratio * step2[i]) - 1e-9
+                        if lb < low:
+                            low = lb
+                            cand = i
+                    if cand < 0 or (c >= n_cand and low > best_val):
+                        break
+                done[cand] = True
                 for j in range(p):
                     bc[j] = est_b[cand, j]
                 act[cand] = 0
@@ -740,8 +757,12 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                     val += bc[j] * C[j]
                     e1 += (bc[j] - est_b[cand, j]) * C[j]
                 val = abs(val)
-                if key[cand] >= 0.0 and abs(e1) > err:  # |C' (refit - estimate)|
-                    err = abs(e1)
+                e1 = abs(e1)  # |C' (refit - estimate)|
+                if key[cand] >= 0.0:
+                    if step2[cand] > 1e-14:
+                        ratio = max(ratio, e1 / step2[cand])
+                    else:
+                        err = max(err, e1)
                 if val < best_val or (val == best_val and cand < best_i):
                     best_val = val
                     best_i = cand
