@@ -1,8 +1,8 @@
 """MetaNSUE's compiled (numba) per-voxel MLE kernels, parallel over voxels.
 
-:func:`_mle_mean_kernel` (intercept-only: safeguarded Newton for the mean, golden-section search
-for tau2) and :func:`_mle_design_kernel` (any design: the mathematics of the NumPy path of
-:mod:`analysis.sdm.statistics.metansue.mle`, per voxel). See
+:func:`_mle_mean_kernel` (intercept-only: safeguarded Newton for the mean, a grid and Brent's
+or a golden-section search for tau2) and :func:`_mle_design_kernel` (any design: the
+mathematics of the NumPy path of :mod:`analysis.sdm.statistics.metansue.mle`, per voxel). See
 :mod:`analysis.sdm.statistics.metansue` for the model, its sources and the measured agreement.
 """
 
@@ -403,7 +403,7 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
             disc_out[rnd, col] = best_i
             mu = best_mu
         beta_out[col] = mu
-        # tau2: grid over tau then golden section, with all studies and mu fixed
+        # tau2: grid over tau then a 1-D search, with all studies and mu fixed
         for i in range(k):
             muv[i] = mu
         tau2_out[col] = _tau2_search(muv, y, known, lo, up, v, v_lo, v_up, taus, n_golden,
@@ -593,14 +593,15 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
     ``beta + g_i / (1 - h_i x_i' H^-1 x_i) H^-1 x_i`` (non-finite components: the current
     beta), and the study whose refit has the smallest ``|C' beta|`` is discarded (ties: the
     lower index). ``n_cand < 0`` (the exact path): every active study is refitted. ``n_cand >=
-    0`` (the fast path, the ranking of :func:`_mle_mean_kernel`): the candidates are refitted
-    in the order of the estimate's ``|C' beta|``, at least ``n_cand`` of them and always those
-    without a usable estimate (``|1 - h_i x_i' H^-1 x_i| <= 1e-8`` or non-finite), until the
-    next estimate exceeds the best refit by more than twice the largest ``|C' (refit -
-    estimate)|`` seen in the round. tau2: log-spaced grid on tau, then Brent's method to the
-    relative tolerance ``tau_rtol`` (``tau_rtol <= 0``: ``n_golden`` golden-section steps, the
-    exact path) around the best grid point (:func:`_tau2_search`), with all studies and
-    ``mu_i = x_i' beta``.
+    0`` (the fast path): the ``n_cand`` candidates with the smallest estimated ``|C' beta|``
+    are refitted first, and always those without a usable estimate (``|1 - h_i x_i' H^-1 x_i|
+    <= 1e-8`` or non-finite); then, smallest first, every candidate whose lower bound
+    ``|C' b_i| - margin (e + r |b_i - beta|^2)`` (``b_i`` its estimate; ``r`` the largest
+    ``|C' (refit - estimate)| / |estimate - beta|^2`` of the refits so far, ``e`` the largest
+    error of refits that did not move) is below the best refit. tau2: log-spaced grid on tau,
+    then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
+    ``n_golden`` golden-section steps, the exact path) around the best grid point
+    (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
 
     Singular systems: the NumPy path takes the pseudo-inverse step only where LAPACK's solve
     meets an exactly zero pivot (then for the whole block); here a pivot below
@@ -776,7 +777,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                 beta[j] = best_beta[j]
         for j in range(p):
             beta_out[col, j] = beta[j]
-        # tau2: grid over tau then golden section, with all studies and mu_i = x_i' beta fixed
+        # tau2: grid over tau then a 1-D search, with all studies and mu_i = x_i' beta fixed
         for i in range(k):
             m_i = 0.0
             for j in range(p):
