@@ -23,7 +23,6 @@ from analysis.sdm.statistics.metansue.settings import (
     MLE_METHODS,
     N_CANDIDATES,
     N_CANDIDATES_DESIGN_FAST,
-    N_CANDIDATES_FAST,
     TAU2_MAX,
     TAU_RTOL,
     leave_n_out_count,
@@ -352,7 +351,7 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
         if simple:
             beta[sl], tau2[sl], disc[:, sl] = _mle_mean_compiled(
                 lo_u[:, sl], up_u[:, sl], k1, k2, n_out,
-                N_CANDIDATES_FAST if fast else N_CANDIDATES, TAU_RTOL if fast else 0.0)
+                N_CANDIDATES, TAU_RTOL if fast else 0.0)
         elif compiled:
             beta[sl], tau2[sl], disc[:, sl] = _mle_design_compiled(
                 lo_u[:, sl], up_u[:, sl], k1, k2, X, C, n_out,

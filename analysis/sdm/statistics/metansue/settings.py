@@ -15,10 +15,9 @@ MLE_METHODS = ("fast", "exact")
 #: fast path: relative tolerance on tau of Brent's tau2 search
 TAU_RTOL = 1e-6
 #: least number of leave-one-out candidates refitted exactly per round of an intercept-only
-#: model's leave-n-out, exact path (the ranking of ``_mle_mean_kernel``)
+#: model's leave-n-out, both paths (the ranking of ``_mle_mean_kernel``; with 1 the He et al.
+#: data discarded another study at 6 of 192,712 distinct bound patterns, max |dz| 0.23)
 N_CANDIDATES = 3
-#: the same, fast path (at least one refit; the pruning margin still applies)
-N_CANDIDATES_FAST = 1
 #: least number of candidates refitted per round of a design's leave-n-out, fast path (the
 #: exact path refits every active study)
 N_CANDIDATES_DESIGN_FAST = 8
