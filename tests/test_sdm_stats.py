@@ -256,6 +256,24 @@ def test_fast_mle_within_bounds_of_exact(rng, n_cov):
     assert np.abs(z[0] - z[1]).max() <= 0.05
 
 
+def test_mle_reports_progress_per_block(rng, caplog):
+    """Both kernels run in blocks of ``chunk`` distinct bound patterns and log their progress
+    (no terminal under pytest: log lines of :mod:`analysis.sdm.progress`)."""
+    import logging
+
+    lo, up, n1, n2 = _random_bounds(rng, nv=40)
+    X = np.c_[np.ones(len(n1)), rng.normal(size=len(n1))]
+    for design in (None, X):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            whole = mn_mle.censored_mle(lo, up, n1, n2, design)
+            blocks = mn_mle.censored_mle(lo, up, n1, n2, design, chunk=10, progress=True)
+        lines = [r.getMessage() for r in caplog.records if "MetaNSUE MLE" in r.getMessage()]
+        assert any("4/4" in line for line in lines), lines
+        np.testing.assert_array_equal(whole["beta"], blocks["beta"])
+        np.testing.assert_array_equal(whole["tau2"], blocks["tau2"])
+
+
 def test_small_solver_falls_back_to_minimum_norm():
     p = 3
     M = np.empty((p, 2 * p))

@@ -305,10 +305,11 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
         (24 intercept-only, 28 with a design) and every active study of a design refitted in
         every leave-n-out round. ``"fast"`` (default): tau2 by Brent's method to the relative
         tolerance :data:`~analysis.sdm.statistics.metansue.settings.TAU_RTOL` on tau, and the
-        leave-n-out candidates of a design ranked by their one-step estimates and refitted only
-        while one could still win (the rule the intercept-only kernel uses on both paths).
-        Measured against ``"exact"`` (50 imputations, the z maps): see
-        :mod:`analysis.sdm.statistics.metansue`.
+        leave-n-out candidates of a design ranked by their one-step estimates: the
+        :data:`~analysis.sdm.statistics.metansue.settings.N_CANDIDATES_DESIGN_FAST` most
+        promising refitted, the others only while a lower bound can still win. The
+        intercept-only kernel's candidate ranking is the same on both paths. Measured against
+        ``"exact"`` (50 imputations, the z maps): see :mod:`analysis.sdm.statistics.metansue`.
 
     Returns
     -------
