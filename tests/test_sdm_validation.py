@@ -152,3 +152,43 @@ def test_full_comparison_with_sdm_mod1(enge_dir, tmp_path):
     assert runs["peaks"]["n_clusters_within_8mm"] >= 6
     assert set(report["checks"]) >= {"peaks_z_r", "bounds_z_r"}
     assert (tmp_path / "validation_sdm.md").exists()
+
+
+@pytest.mark.slow
+def test_fast_mle_within_bounds_of_exact_on_mod1(enge_dir, reference_maps):
+    """``mle_method="fast"`` vs ``"exact"`` on SDM's own bound maps of Enge et al. (2021), 50
+    studies, 50 imputations (seed 1): SDM's 7 reported peaks with their 26 neighbours and 4,000
+    random voxels (seed 11), the mean (``mod1``) and the design ``[1, age, age^2, task type,
+    presentation modality]``. Acceptance bounds of the fast path: r(z) >= 0.9999 and max |dz|
+    <= 0.05 against the exact path, and for the mean the fidelity to SDM-PSI's ``mod1`` (r(z),
+    the largest |dz| at the 7 peaks) not worse.
+    """
+    from analysis.bench.sdm_fit import ENGE_COVARIATES
+    from analysis.sdm.estimator import design_matrix
+
+    space, ref_maps = reference_maps
+    clusters = vs.published_clusters(enge_dir)
+    peaks = space.voxel_index([(c["x"], c["y"], c["z"]) for c in clusters])
+    dist = np.abs(space.ijk[:, None, :] - space.ijk[peaks][None]).max(2).min(1)
+    rnd = np.random.default_rng(11).choice(space.n_voxels, 4000, replace=False)
+    cols = np.unique(np.r_[np.flatnonzero(dist <= 1), rnd])
+    vol = np.zeros(space.shape, np.uint8)
+    vol[tuple(space.ijk[cols].T)] = 1
+    sub = MaskSpace(nib.Nifti1Image(vol, space.affine))
+    dataset = SDMDataset.from_sdm_project(enge_dir)
+    lo, up, n1, n2, studies = vs.load_sdm_bounds(enge_dir, dataset, sub)
+    X, _ = design_matrix(dataset.studies.set_index("study").loc[studies].reset_index(),
+                         ENGE_COVARIATES)
+    pk = np.searchsorted(cols, peaks)
+    ref_z = ref_maps["z"][cols]
+    for design in (None, X):
+        z = {m: SDMPSI(imputations=50, seed=1, keep_imputations=False, mle_method=m)
+             .fit_bounds(lo, up, n1, n2, sub, X=design).maps["z"].astype(float)
+             for m in ("exact", "fast")}
+        assert np.corrcoef(z["exact"], z["fast"])[0, 1] >= 0.9999
+        assert np.abs(z["exact"] - z["fast"]).max() <= 0.05
+        if design is None:
+            r = {m: np.corrcoef(z[m], ref_z)[0, 1] for m in z}
+            at_peaks = {m: np.abs(z[m][pk] - ref_z[pk]).max() for m in z}
+            assert r["fast"] >= r["exact"] - 1e-6
+            assert at_peaks["fast"] <= at_peaks["exact"] + 1e-3

@@ -46,6 +46,7 @@ from analysis.sdm.statistics.hedges import variance_coefficients
 from analysis.sdm.statistics.hypothesis import hypothesis_row
 from analysis.sdm.statistics.metansue.imputation import impute
 from analysis.sdm.statistics.metansue.mle import censored_mle
+from analysis.sdm.statistics.metansue.settings import MLE_METHODS
 from analysis.sdm.statistics.model import check_heterogeneity
 from analysis.sdm.statistics.random_effects import fit_random_effects, q_to_z
 from analysis.sdm.statistics.re_kernels import compiled_design, pooled_fit
@@ -444,6 +445,11 @@ class SDMPSI(ParamsMixin):
         not report. SDM-PSI's manual states no rule for missing values; this is the engine's.
     leave_n_out : "auto" or int
         Conservative leave-n-out of the MLE (:func:`analysis.sdm.statistics.metansue.mle.censored_mle`).
+    mle_method : {"fast", "exact"}
+        Path of the MLE's compiled kernels (``method`` of
+        :func:`~analysis.sdm.statistics.metansue.mle.censored_mle`): ``"fast"`` (default;
+        Brent's tau2 search, pruned leave-n-out candidates) or ``"exact"`` (the fixed-count
+        golden section, every candidate of a design refitted), kept for validation.
     heterogeneity : {"dl", "reml"}
         Between-study variance of each imputation's model: DerSimonian-Laird (SDM-PSI's default,
         ``AccurateHeterogeneity=false``) or REML (``AccurateHeterogeneity=true``).
@@ -484,7 +490,7 @@ class SDMPSI(ParamsMixin):
                  path_model: str = "gaussian", combine: str = "weighted",
                  outside_stretch: float = 1.5, outside_radius: float = 16.0,
                  covariates=None, hypothesis=None, missing: str = "raise", leave_n_out="auto",
-                 heterogeneity: str = "dl", seed: int = 0, n_jobs: int = 1,
+                 mle_method: str = "fast", heterogeneity: str = "dl", seed: int = 0, n_jobs: int = 1,
                  keep_imputations: bool = True, progress: bool = False):
         self.fwhm = fwhm
         self.anisotropy = anisotropy
@@ -499,6 +505,7 @@ class SDMPSI(ParamsMixin):
         self.hypothesis = hypothesis
         self.missing = missing
         self.leave_n_out = leave_n_out
+        self.mle_method = mle_method
         self.heterogeneity = heterogeneity
         self.seed = seed
         self.n_jobs = n_jobs
@@ -524,6 +531,8 @@ class SDMPSI(ParamsMixin):
         if p["missing"] not in MISSING_POLICIES:
             raise ValueError(f"missing must be one of {MISSING_POLICIES}, got {p['missing']!r}")
         p["heterogeneity"] = check_heterogeneity(p["heterogeneity"])
+        if p["mle_method"] not in MLE_METHODS:
+            raise ValueError(f"mle_method must be one of {MLE_METHODS}, got {p['mle_method']!r}")
         p["covariates"] = list(p["covariates"] or [])
         p["seed"], p["n_jobs"] = int(p["seed"]), int(p["n_jobs"])
         return p
@@ -658,7 +667,7 @@ class SDMPSI(ParamsMixin):
         timings = {}
         t = time.perf_counter()
         mle = censored_mle(lower, upper, n1, n2, X, C, leave_n_out=p["leave_n_out"],
-                           progress=p["progress"])
+                           progress=p["progress"], method=p["mle_method"])
         timings["mle_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         rng = derive_rng(p["seed"], "sdm/impute")

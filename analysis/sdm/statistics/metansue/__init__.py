@@ -34,8 +34,8 @@ SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184):
    describes (Albajes-Eizagirre et al. 2019) -- SDM-PSI's own variance-targeting smoother is
    not public. Known voxels are copied.
 
-Intercept-only models use a compiled per-voxel kernel (safeguarded Newton for beta,
-golden-section search for tau2). Other designs use a compiled per-voxel kernel
+Intercept-only models use a compiled per-voxel kernel (safeguarded Newton for beta, a grid
+and a one-dimensional search for tau2). Other designs use a compiled per-voxel kernel
 (:func:`_mle_design_kernel`) with the mathematics of the NumPy path vectorised over voxels
 (``compiled=False``, the reference): damped Newton with step halving and a minimum-norm step
 where the Hessian is singular, every active study refitted in every leave-n-out round, the same
@@ -56,6 +56,27 @@ Time with 2 threads (NumPy path: one), measured beside other work: 11-study data
 about 1,850 s, extrapolated). Per thread the gain is 1.4-1.7 times: both paths evaluate the
 same likelihood terms (two normal CDFs, a log and two exponentials per censored study and
 Newton step); the kernel adds the parallelism over voxels.
+
+Fast and exact paths (``censored_mle(method=...)``, ``SDMPSI(mle_method=...)``). The exact
+path searches tau2 by a fixed number of golden-section steps (24 intercept-only, 28 with a
+design) and refits every active study of a design in every leave-n-out round. The fast path
+(the default) stops at the likelihood's optimum to a stated tolerance instead: tau2 by Brent's
+method (golden section with parabolic steps) to 1e-6 relative on tau between the grid
+neighbours of the best grid point; the leave-n-out candidates of a design ranked by their
+one-step estimates of ``|C' beta|``, the 8 most promising refitted, then the others only while
+a lower bound (the estimate less twice the largest one-step error seen, scaled by the squared
+length of the one-step move) can still beat the best refit; the intercept-only kernel keeps
+its ranking on both paths (at least three refits: with one, the He et al. data discarded
+another study at 6 of 192,712 distinct bound patterns and max |dz| reached 0.23). Measured on SDM-PSI's own bound maps of Enge
+et al. (2021) (50 studies, 3 rounds; SDM's 7 reported peaks with their 26 neighbours and 6,000
+random voxels, 50 imputations, seed 1) against the exact path: the mean (``mod1``) r(z)
+1 - 5e-13, max |dz| 2.1e-5, r(z) against SDM-PSI's ``mod1`` 0.95977 on both paths; the design
+``[1, age, age^2, task type, presentation modality]`` r(z) 1 - 1e-14, max |dz| 1.9e-6, MLE 4.4
+times faster. Cheaper rankings failed the accepted bound (max |dz| <= 0.05): with a fixed
+margin (twice the largest one-step error seen) after at least 3 or 8 refits another study was
+discarded at a few voxels (near-ties of consecutive greedy rounds), max |dz| 0.24 and 0.19;
+with the scaled bound after 3 refits (8.5 times faster) another study was still discarded at
+3 of 3,000 random voxels.
 
 Modules
 -------

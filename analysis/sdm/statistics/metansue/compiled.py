@@ -1,8 +1,8 @@
 """MetaNSUE's compiled (numba) per-voxel MLE kernels, parallel over voxels.
 
-:func:`_mle_mean_kernel` (intercept-only: safeguarded Newton for the mean, golden-section search
-for tau2) and :func:`_mle_design_kernel` (any design: the mathematics of the NumPy path of
-:mod:`analysis.sdm.statistics.metansue.mle`, per voxel). See
+:func:`_mle_mean_kernel` (intercept-only: safeguarded Newton for the mean, a grid and Brent's
+or a golden-section search for tau2) and :func:`_mle_design_kernel` (any design: the
+mathematics of the NumPy path of :mod:`analysis.sdm.statistics.metansue.mle`, per voxel). See
 :mod:`analysis.sdm.statistics.metansue` for the model, its sources and the measured agreement.
 """
 
@@ -183,10 +183,85 @@ def _tau2_f(t2, mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True)
-def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden):  # pragma: no cover
-    """tau2 MLE for fixed means ``mu[i]``: the best point of the grid ``taus`` (on tau), then
-    ``n_golden`` golden-section steps between its neighbours; the grid point is kept where
-    it is better than the final midpoint.
+def _brent_tau(a, b, mu, y, known, lo, up, v, v_lo, v_up, rtol):  # pragma: no cover - compiled
+    """Brent's minimisation (golden section with parabolic interpolation; Brent 1973, ch. 5) of
+    ``-l(tau^2)`` over ``tau`` in ``[a, b]``, stopped once the bracket around the best point is
+    within ``2 (rtol |tau| + 1e-9)`` (at most 100 evaluations): ``(tau, -l(tau^2))``.
+    """
+    cg = 0.3819660112501051
+    x = a + cg * (b - a)
+    w = x
+    vv = x
+    fx = _tau2_f(x * x, mu, y, known, lo, up, v, v_lo, v_up)
+    fw = fx
+    fv = fx
+    d = 0.0
+    e = 0.0
+    for _ in range(100):
+        xm = 0.5 * (a + b)
+        tol1 = rtol * abs(x) + 1e-9
+        tol2 = 2.0 * tol1
+        if abs(x - xm) <= tol2 - 0.5 * (b - a):
+            break
+        parabolic = False
+        if abs(e) > tol1:
+            r = (x - w) * (fx - fv)
+            q = (x - vv) * (fx - fw)
+            pp = (x - vv) * q - (x - w) * r
+            q = 2.0 * (q - r)
+            if q > 0.0:
+                pp = -pp
+            q = abs(q)
+            etemp = e
+            e = d
+            if abs(pp) < abs(0.5 * q * etemp) and pp > q * (a - x) and pp < q * (b - x):
+                d = pp / q
+                u = x + d
+                if u - a < tol2 or b - u < tol2:
+                    d = tol1 if xm >= x else -tol1
+                parabolic = True
+        if not parabolic:
+            e = (a - x) if x >= xm else (b - x)
+            d = cg * e
+        if abs(d) >= tol1:
+            u = x + d
+        else:
+            u = x + (tol1 if d >= 0.0 else -tol1)
+        fu = _tau2_f(u * u, mu, y, known, lo, up, v, v_lo, v_up)
+        if fu <= fx:
+            if u >= x:
+                a = x
+            else:
+                b = x
+            vv = w
+            fv = fw
+            w = x
+            fw = fx
+            x = u
+            fx = fu
+        else:
+            if u < x:
+                a = u
+            else:
+                b = u
+            if fu <= fw or w == x:
+                vv = w
+                fv = fw
+                w = u
+                fw = fu
+            elif fu <= fv or vv == x or vv == w:
+                vv = u
+                fv = fu
+    return x, fx
+
+
+@numba.njit(cache=True, nogil=True)
+def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden, rtol):  # pragma: no cover
+    """tau2 MLE for fixed means ``mu[i]``: the best point of the grid ``taus`` (on tau), then a
+    search between its neighbours -- ``rtol > 0``: Brent's method on tau to the relative
+    tolerance ``rtol`` (:func:`_brent_tau`, the fast path); ``rtol <= 0``: ``n_golden``
+    golden-section steps, the final midpoint (the exact path). The grid point is kept where it
+    is better than the search's result.
     """
     gr = (math.sqrt(5.0) - 1.0) / 2.0
     nt = taus.shape[0]
@@ -199,6 +274,11 @@ def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden):  # pragma
             bi = ti
     a = taus[max(bi - 1, 0)]
     b = taus[min(bi + 1, nt - 1)]
+    if rtol > 0.0:
+        t, ft = _brent_tau(a, b, mu, y, known, lo, up, v, v_lo, v_up, rtol)
+        if ft > bf:
+            t = taus[bi]
+        return t * t
     c = b - gr * (b - a)
     d = a + gr * (b - a)
     fc = _tau2_f(c * c, mu, y, known, lo, up, v, v_lo, v_up)
@@ -241,7 +321,7 @@ def _load_study(lower, upper, k1, k2, col, i, lo, up, known, y, v, v_lo, v_up, s
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, n_cand,
+def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_cand,
                      beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
     """Intercept-only MetaNSUE MLE of every column: beta with leave-n-out, then tau2.
 
@@ -323,15 +403,18 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, n_cand,
             disc_out[rnd, col] = best_i
             mu = best_mu
         beta_out[col] = mu
-        # tau2: grid over tau then golden section, with all studies and mu fixed
+        # tau2: grid over tau then a 1-D search, with all studies and mu fixed
         for i in range(k):
             muv[i] = mu
-        tau2_out[col] = _tau2_search(muv, y, known, lo, up, v, v_lo, v_up, taus, n_golden)
+        tau2_out[col] = _tau2_search(muv, y, known, lo, up, v, v_lo, v_up, taus, n_golden,
+                                     tau_rtol)
 
 
-def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3):
+def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3, tau_rtol: float = 0.0,
+                       n_golden: int = 24):
     """Intercept-only MLE of all columns with the compiled kernel (``n_cand``: exact refits of
-    leave-one-out candidates at least; -1 refits every candidate).
+    leave-one-out candidates at least, -1 refits every candidate; ``tau_rtol > 0``: Brent's
+    search for tau2 to that relative tolerance on tau, else ``n_golden`` golden-section steps).
     """
     k, n = lo_u.shape
     beta = np.empty(n)
@@ -340,8 +423,8 @@ def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3):
     taus = np.concatenate([[0.0], np.geomspace(1e-3, math.sqrt(TAU2_MAX), 13)])
     _mle_mean_kernel(np.ascontiguousarray(lo_u, dtype=float),
                      np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
-                     np.asarray(k2, float), n_out, taus, 24, int(n_cand), beta, tau2,
-                     disc)
+                     np.asarray(k2, float), n_out, taus, int(n_golden), float(tau_rtol),
+                     int(n_cand), beta, tau2, disc)
     return beta[:, None], tau2, disc
 
 
@@ -499,18 +582,26 @@ def _newton_design(beta, X, y, known, lo, up, v, s_lo, s_up, act, G, H, Gn, Hn, 
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
-                       beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
+def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rtol, n_cand,
+                       margin, beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
     """MetaNSUE MLE of every column for a design ``X`` (k, p): the mathematics of the NumPy path
     (:func:`_start`, :func:`_newton`, :func:`_coef_mle`, :func:`_tau2_mle`) per voxel.
 
     Coefficients: weighted least-squares start (midpoints, weights ``1/v(midpoint)``, ridge
     1e-9), damped Newton (:func:`_newton_design`). Conservative leave-n-out: in every round
-    every active study is refitted exactly by Newton from its one-step (Sherman-Morrison)
-    estimate ``beta + g_i / (1 - h_i x_i' H^-1 x_i) H^-1 x_i`` (non-finite components: the
-    current beta), and the study whose refit has the smallest ``|C' beta|`` is discarded (ties:
-    the lower index). tau2: log-spaced grid on tau, golden section around the best grid point,
-    with all studies and ``mu_i = x_i' beta``.
+    the active studies are refitted by Newton from their one-step (Sherman-Morrison) estimates
+    ``beta + g_i / (1 - h_i x_i' H^-1 x_i) H^-1 x_i`` (non-finite components: the current
+    beta), and the study whose refit has the smallest ``|C' beta|`` is discarded (ties: the
+    lower index). ``n_cand < 0`` (the exact path): every active study is refitted. ``n_cand >=
+    0`` (the fast path): the ``n_cand`` candidates with the smallest estimated ``|C' beta|``
+    are refitted first, and always those without a usable estimate (``|1 - h_i x_i' H^-1 x_i|
+    <= 1e-8`` or non-finite); then, smallest first, every candidate whose lower bound
+    ``|C' b_i| - margin (e + r |b_i - beta|^2)`` (``b_i`` its estimate; ``r`` the largest
+    ``|C' (refit - estimate)| / |estimate - beta|^2`` of the refits so far, ``e`` the largest
+    error of refits that did not move) is below the best refit. tau2: log-spaced grid on tau,
+    then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
+    ``n_golden`` golden-section steps, the exact path) around the best grid point
+    (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
 
     Singular systems: the NumPy path takes the pseudo-inverse step only where LAPACK's solve
     meets an exactly zero pivot (then for the whole block); here a pivot below
@@ -532,6 +623,10 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
         gs = np.empty(k)
         hs = np.empty(k)
         mu = np.empty(k)
+        key = np.empty(k)
+        step2 = np.empty(k)
+        done = np.zeros(k, dtype=np.bool_)
+        est_b = np.empty((k, p))
         known = np.zeros(k, dtype=np.bool_)
         act = np.ones(k, dtype=np.int8)
         beta = np.empty(p)
@@ -594,10 +689,10 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
             for j in range(p):
                 A[j, j] += 1e-12
             _solve_small(A, eye, Hinv, M)
-            best_val = np.inf
-            best_i = -1
+            # one-step (Sherman-Morrison) estimate of every active study's leave-one-out fit
             for cand in range(k):
                 if act[cand] == 0:
+                    key[cand] = np.inf
                     continue
                 lev = 0.0
                 for j in range(p):
@@ -606,19 +701,70 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
                         aj += Hinv[j, m] * X[cand, m]
                     new[j] = aj
                     lev += X[cand, j] * aj
-                coef = gs[cand] / (1.0 - hs[cand] * lev)
+                denom = 1.0 - hs[cand] * lev
+                coef = gs[cand] / denom
+                finite = abs(denom) > 1e-8
+                val = 0.0
+                step2[cand] = 0.0
                 for j in range(p):
                     b0 = beta[j] + coef * new[j]
-                    bc[j] = b0 if abs(b0) < np.inf else beta[j]
+                    if abs(b0) < np.inf:
+                        est_b[cand, j] = b0
+                    else:
+                        est_b[cand, j] = beta[j]
+                        finite = False
+                    val += est_b[cand, j] * C[j]
+                    step2[cand] += (est_b[cand, j] - beta[j]) ** 2
+                # a candidate without a usable estimate is always refitted (first)
+                key[cand] = abs(val) if finite else -1.0
+            best_val = np.inf
+            best_i = -1
+            err = 0.0
+            ratio = 0.0
+            for cand in range(k):
+                done[cand] = act[cand] == 0
+            for c in range(k):
+                # the next candidate: the exact path takes every study in index order; the fast
+                # path the n_cand smallest estimates first, then the smallest lower bound
+                # ``|estimate| - margin (err + ratio |step|^2)`` while it can beat the best
+                cand = -1
+                if n_cand < 0:
+                    cand = c
+                    if done[cand]:
+                        continue
+                else:
+                    low = np.inf
+                    for i in range(k):
+                        if done[i]:
+                            continue
+                        lb = key[i]
+                        if c >= n_cand and key[i] >= 0.0:
+                            lb = key[i] - margin * (err + ratio * step2[i]) - 1e-9
+                        if lb < low:
+                            low = lb
+                            cand = i
+                    if cand < 0 or (c >= n_cand and low > best_val):
+                        break
+                done[cand] = True
+                for j in range(p):
+                    bc[j] = est_b[cand, j]
                 act[cand] = 0
                 _newton_design(bc, X, y, known, lo, up, v, s_lo, s_up, act, G, H, Gn, Hn, A,
                                rhs, step, new, M)
                 act[cand] = 1
                 val = 0.0
+                e1 = 0.0
                 for j in range(p):
                     val += bc[j] * C[j]
+                    e1 += (bc[j] - est_b[cand, j]) * C[j]
                 val = abs(val)
-                if val < best_val:
+                e1 = abs(e1)  # |C' (refit - estimate)|
+                if key[cand] >= 0.0:
+                    if step2[cand] > 1e-14:
+                        ratio = max(ratio, e1 / step2[cand])
+                    else:
+                        err = max(err, e1)
+                if val < best_val or (val == best_val and cand < best_i):
                     best_val = val
                     best_i = cand
                     for j in range(p):
@@ -631,18 +777,21 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden,
                 beta[j] = best_beta[j]
         for j in range(p):
             beta_out[col, j] = beta[j]
-        # tau2: grid over tau then golden section, with all studies and mu_i = x_i' beta fixed
+        # tau2: grid over tau then a 1-D search, with all studies and mu_i = x_i' beta fixed
         for i in range(k):
             m_i = 0.0
             for j in range(p):
                 m_i += X[i, j] * beta[j]
             mu[i] = m_i
-        tau2_out[col] = _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden)
+        tau2_out[col] = _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden,
+                                     tau_rtol)
 
 
-def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_golden: int = 28):
+def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_golden: int = 28,
+                         n_cand: int = -1, tau_rtol: float = 0.0, margin: float = 2.0):
     """MLE of all columns for a design ``X`` with the compiled kernel :func:`_mle_design_kernel`
-    (grid and golden-section settings of :func:`_tau2_mle`).
+    (grid and golden-section settings of :func:`_tau2_mle`; ``n_cand`` and ``tau_rtol`` select
+    the fast path's candidate ranking and tau2 search, see the kernel).
     """
     k, n = lo_u.shape
     p = X.shape[1]
@@ -653,6 +802,6 @@ def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_go
     _mle_design_kernel(np.ascontiguousarray(lo_u, dtype=float),
                        np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
                        np.asarray(k2, float), np.ascontiguousarray(X, dtype=float),
-                       np.ascontiguousarray(C, dtype=float), n_out, taus, n_golden, beta, tau2,
-                       disc)
+                       np.ascontiguousarray(C, dtype=float), n_out, taus, int(n_golden),
+                       float(tau_rtol), int(n_cand), float(margin), beta, tau2, disc)
     return beta, tau2, disc
