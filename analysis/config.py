@@ -53,6 +53,7 @@ CONFIG_READERS = (
     "bench/design_replicates.py",
     "bench/sdm_fit.py",
     "bench/psi.py",
+    "bench/scaling.py",
 )
 
 #: Dotted keys that cannot change any result (outputs are byte-identical whatever their value):

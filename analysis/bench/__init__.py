@@ -39,7 +39,8 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 #: ``BENCHMARKS`` dict of zero-argument callables returning measurements is adopted as is
 BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.sdm_fit",
                               "analysis.bench.characterisation_macm", "analysis.bench.calibration",
-                              "analysis.bench.paper", "analysis.bench.design_replicates"]
+                              "analysis.bench.paper", "analysis.bench.design_replicates",
+                              "analysis.bench.scaling"]
 
 
 def register(name: str, description: str):

@@ -269,6 +269,8 @@ def _fit_and_write(args, cfg, est, dataset, mask, mask_name, folder, seed, out: 
                                         progress=True, **psi)
         perm.save(out)
         summary["permutations"] = int(args.permutations)
+        summary["permutation_timings_s"] = {"setup_s": perm.info["seconds_setup"],
+                                            "permutations_s": perm.info["seconds_permutations"]}
     summary["total_s"] = round(time.perf_counter() - t0, 2)
     write_json(out / "summary.json", summary)
     return {**summary, "n_cluster_peaks": len(clusters.peaks())}
