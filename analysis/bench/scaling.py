@@ -15,14 +15,14 @@ peak resident memory comes from ``wait4``.
 Full counts (50 imputations, 1,000 permutations) take hours at 200 studies and more on a
 small machine, so the counts measured (``--imputations``, ``--permutations``) may be smaller
 than the counts reported (``--scaling-target-imputations``, ``--scaling-target-permutations``):
-then every size runs twice, at ``m`` and ``2 m`` imputations, and
+then every size runs twice, at ``m`` and ``5 m`` imputations (at most the target), and
 
 * the imputation and pooling times and the time per permutation are extrapolated along the
   line through the two runs (a fixed part, e.g. the TFCE of every permuted map, plus a part
   proportional to the imputations: every permutation refits every imputation), the
   permutations in proportion to their number; pre-processing, the MLE and the PSI set-up do
   not depend on the imputations;
-* the peak memory at the target count is the ``2 m`` run's plus, for every further
+* the peak memory at the target count is the ``5 m`` run's plus, for every further
   imputation, the bytes of one more imputed map of every study held twice (the imputations and
   their voxel-blocked copy, :func:`psi_array_bytes`); the growth measured between the two runs
   is reported beside this model's, as its check (at small sizes it is lost in the noise of the
@@ -339,7 +339,9 @@ def bench_scaling(args: argparse.Namespace) -> dict:
     n_jobs = int(getattr(args, "n_jobs", 1) or 1)
     seed = int(cfg["seed"])
     extrapolated = m < m_target or p < p_target
-    counts = [m, 2 * m] if extrapolated and 2 * m <= m_target else [m]
+    # two imputation counts far enough apart that the growth per imputation is not lost in the
+    # noise of a busy machine
+    counts = [m, min(5 * m, m_target)] if m < m_target else [m]
     out_dir = Path(getattr(args, "out", None) or paths.results_dir() / "bench")
     rows = []
     with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
