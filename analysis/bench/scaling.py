@@ -13,8 +13,9 @@ times (pre-processing, MetaNSUE MLE, imputation, pooling, PSI set-up and permuta
 peak resident memory comes from ``wait4``.
 
 Full counts (50 imputations, 1,000 permutations) take hours at 200 studies and more on a
-small machine, so the counts measured (``--imputations``, ``--permutations``) may be smaller
-than the counts reported (``--scaling-target-imputations``, ``--scaling-target-permutations``):
+small machine, so the counts measured (``--scaling-imputations``, default 2, and
+``--scaling-permutations``, default 41) may be smaller than the counts reported
+(``--scaling-target-imputations``, ``--scaling-target-permutations``):
 then every size runs twice, at ``m`` and ``5 m`` imputations (at most the target), and
 
 * the imputation and pooling times and the time per permutation are extrapolated along the
@@ -31,6 +32,8 @@ then every size runs twice, at ``m`` and ``5 m`` imputations (at most the target
   voxel-blocked copy, subject images, bound maps) say what must be chunked where memory runs
   out.
 
+Projects above ``--scaling-max-run-studies`` (default 200), or whose PSI arrays would not fit
+in 80 % of the machine's memory, are not run; their memory model is still reported.
 Extrapolated cells are marked ``~`` in ``scaling.md`` and the notes say so. The table
 (``scaling.md``, ready for the README) and the plot (``scaling.png``: seconds and GB against
 studies, log-log, with a line of slope one for linear growth) go into the bench folder.
@@ -60,6 +63,12 @@ STUDY_COUNTS = (10, 50, 200, 500)
 #: the counts the table reports (SDM-PSI's defaults)
 TARGET_IMPUTATIONS = 50
 TARGET_PERMUTATIONS = 1000
+#: the counts measured by default (then extrapolated): two imputation counts, 2 and 10, and
+#: enough permutations to give each of two workers two chunks
+MEASURED_IMPUTATIONS = 2
+MEASURED_PERMUTATIONS = 41
+#: the largest project run by default (larger ones are only modelled)
+MAX_RUN_STUDIES = 200
 #: memory every size should stay within (GB)
 MEMORY_LIMIT_GB = 16.0
 #: stage columns of the table: (summary key, label, scales with the imputations)
@@ -330,12 +339,14 @@ def bench_scaling(args: argparse.Namespace) -> dict:
     n_peaks = int(getattr(args, "scaling_peaks", 10) or 10)
     m_target = int(getattr(args, "scaling_target_imputations", None) or TARGET_IMPUTATIONS)
     p_target = int(getattr(args, "scaling_target_permutations", None) or TARGET_PERMUTATIONS)
-    m = min(int(getattr(args, "imputations", m_target) or m_target), m_target)
-    p = min(int(getattr(args, "permutations", p_target) or p_target), p_target)
+    m = min(int(getattr(args, "scaling_imputations", 0) or MEASURED_IMPUTATIONS), m_target)
+    p = min(int(getattr(args, "scaling_permutations", 0) or MEASURED_PERMUTATIONS), p_target)
     p = max(p, 2)
     m = max(m, 2)  # Rubin's rules need two imputations
     timeout = float(getattr(args, "scaling_timeout", 0) or 0) or None
-    max_run = int(getattr(args, "scaling_max_run_studies", 0) or 0)
+    max_run = getattr(args, "scaling_max_run_studies", None)
+    max_run = MAX_RUN_STUDIES if max_run is None else int(max_run)
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     n_jobs = int(getattr(args, "n_jobs", 1) or 1)
     seed = int(cfg["seed"])
     extrapolated = m < m_target or p < p_target
@@ -365,6 +376,12 @@ def bench_scaling(args: argparse.Namespace) -> dict:
             rows.append(row)
             if max_run and k > max_run:
                 row["failed"] = f"not run (above --scaling-max-run-studies {max_run})"
+                continue
+            need = psi_array_bytes(k, n_subjects, n_voxels, counts[-1])["total"] / 1e9
+            if need > 0.8 * memory_gb:
+                row["failed"] = (f"not run: its PSI arrays at {counts[-1]} imputations "
+                                 f"({need:.1f} GB) exceed 80 % of this machine's memory "
+                                 f"({memory_gb:.1f} GB)")
                 continue
             LGR.info("scaling: %d studies (%s imputations, %d permutations)", k,
                      " and ".join(map(str, counts)), p)
@@ -420,9 +437,12 @@ def bench_scaling(args: argparse.Namespace) -> dict:
         notes.append(
             f"memory: at {m_target} imputations the PSI arrays of {over} studies exceed "
             f"{MEMORY_LIMIT_GB:.0f} GB ({worst['studies']} studies: {parts}); keeping them "
-            "within it needs the imputations and their voxel-blocked copy not held twice and "
-            "the permutations run over voxel chunks of memory-mapped imputations and subject "
-            "images")
+            "within it needs (1) the fit to impute and pool one imputation at a time (today "
+            "all (m, k, V) imputed maps exist at once), (2) the imputations not held twice "
+            "(the engine's voxel-blocked copy beside the result's), (3) the permutations run "
+            "voxel block by voxel block over memory-mapped blocked imputations and subject "
+            "images, keeping only each permutation's z map (4 bytes a voxel a permutation) "
+            "for the TFCE and the maxima")
     failed = [f"{r['studies']} studies: {r['failed']}" for r in rows if "failed" in r]
     notes += [f"not completed: {f}" for f in failed]
     md = "\n".join([f"# Scaling with the number of studies ({m_target} imputations, "

@@ -14,8 +14,9 @@ examples:
   python -m analysis bench --list
   python -m analysis bench --only psi --permutations 200 --n-jobs 2
   python -m analysis bench --only design --design-null-replicates 40
-  python -m analysis bench --only scaling --scaling-studies 10,50,200 --imputations 2 \
-      --permutations 5 --scaling-timeout 900
+  python -m analysis bench --only scaling --scaling-studies 10,50,200,500 \
+      --scaling-imputations 2 --scaling-permutations 41 --scaling-timeout 900
+  python -m analysis bench --only scaling --scaling-imputations 50 --scaling-permutations 1000
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
@@ -64,7 +65,11 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
-    # scaling (analysis/bench/scaling.py): measured at --imputations and --permutations
+    # scaling (analysis/bench/scaling.py)
+    p.add_argument("--scaling-imputations", type=int, default=None,
+                   help="scaling: imputations measured (and 5 times as many; default 2)")
+    p.add_argument("--scaling-permutations", type=int, default=None,
+                   help="scaling: permutations measured (default 41)")
     p.add_argument("--scaling-studies", default=None, metavar="K1,K2,...",
                    help="scaling: numbers of studies of the synthetic projects "
                         "(default 10,50,200,500)")
@@ -76,9 +81,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scaling-target-permutations", type=int, default=None,
                    help="scaling: permutations reported, extrapolated linearly when "
                         "--permutations is smaller (default 1000)")
-    p.add_argument("--scaling-max-run-studies", type=int, default=0,
+    p.add_argument("--scaling-max-run-studies", type=int, default=None,
                    help="scaling: larger projects are not run, only their PSI arrays "
-                        "modelled (0 = run every size)")
+                        "modelled (default 200; 0 = run every size)")
     p.add_argument("--scaling-timeout", type=float, default=0,
                    help="scaling: seconds a size's run may take before it is stopped and "
                         "reported as not completed (0 = no limit)")
