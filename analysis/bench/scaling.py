@@ -309,10 +309,14 @@ def scaling_plot(rows: list[dict], path: Path, m_target: int, p_target: int,
              label=f"at {m_target} imp." + (" (extrapolated)" if extrapolated else ""))
     ax2.plot([r["studies"] for r in rows], [r["psi_arrays_target_gb"] for r in rows], "^:",
              label=f"PSI arrays at {m_target} imp. (model)")
-    ax2.axhline(MEMORY_LIMIT_GB, color="grey", lw=1)
+    ax2.axhline(MEMORY_LIMIT_GB, color="grey", lw=1, label=f"{MEMORY_LIMIT_GB:.0f} GB")
     ax2.set(xscale="log", yscale="log", xlabel="studies", ylabel="GB",
             title="peak resident memory")
     ax2.legend(fontsize=7)
+    ticks = [r["studies"] for r in rows]
+    for ax in (ax1, ax2):
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
