@@ -104,3 +104,6 @@ def test_table_and_plot(tmp_path):
     assert "~1.0" in lines[2] and "| 500 |" in lines[3] and "21.00" in lines[3]
     png = S.scaling_plot([done, skipped], tmp_path / "scaling.png", 50, 1000, True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # no size completed (all stopped or too large): the memory model is still drawn
+    png = S.scaling_plot([skipped], tmp_path / "none.png", 50, 1000, True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

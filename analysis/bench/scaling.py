@@ -300,9 +300,13 @@ def scaling_plot(rows: list[dict], path: Path, m_target: int, p_target: int,
     if len(k):
         total0 = done[0]["meta_total_s"] + done[0]["psi_total_s"]
         ax1.plot(k, total0 * k / k[0], "k--", lw=1, label="linear in studies")
-    ax1.set(xscale="log", yscale="log", xlabel="studies", ylabel="seconds",
+    ax1.set(xscale="log", xlabel="studies", ylabel="seconds",
             title="time per stage" + (" (extrapolated counts)" if extrapolated else ""))
-    ax1.legend(fontsize=7)
+    if done:
+        ax1.set_yscale("log")
+        ax1.legend(fontsize=7)
+    else:
+        ax1.text(0.5, 0.5, "no size completed", ha="center", transform=ax1.transAxes)
     ax2.plot(k, [r["peak_rss_measured_gb"] for r in done], "o-",
              label=f"measured ({done[0]['measured_imputations'] if done else '?'} imp.)")
     ax2.plot(k, [r["peak_rss_target_gb"] for r in done], "s--",
@@ -389,8 +393,11 @@ def bench_scaling(args: argparse.Namespace) -> dict:
                 continue
             LGR.info("scaling: %d studies (%s imputations, %d permutations)", k,
                      " and ".join(map(str, counts)), p)
-            runs = [_measure(folder, mask_path, c, p, seed, n_jobs, timeout, work)
-                    for c in counts]
+            runs = []
+            for c in counts:
+                runs.append(_measure(folder, mask_path, c, p, seed, n_jobs, timeout, work))
+                if "failed" in runs[-1]:
+                    break  # more imputations would not do better
             row["runs"] = runs
             good = [r for r in runs if "failed" not in r]
             if len(good) < len(runs):
