@@ -54,6 +54,7 @@ CONFIG_READERS = (
     "bench/sdm_fit.py",
     "bench/psi.py",
     "bench/ibma.py",
+    "bench/scaling.py",
 )
 
 #: Dotted keys that cannot change any result (outputs are byte-identical whatever their value):

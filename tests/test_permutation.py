@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import minimize_scalar
 
@@ -246,20 +247,51 @@ def test_voxel_blocked_slope_kernel_agrees_with_the_estimator_kernel(toy, C):
     assert engines["single"].fl_fit is None  # Freedman-Lane parts kept only in blocked form
 
 
-def test_dask_cluster_gives_the_serial_result(toy):
-    distributed = pytest.importorskip(
-        "distributed", reason="dask[distributed] is the optional extra .[dask], not in "
-                              "requirements.lock: this test runs where it is installed")
-    from joblib import parallel_config
+def test_dask_cluster_of_worker_processes_gives_the_serial_result(toy):
+    """The permutation chunks run on a Dask ``LocalCluster`` of two worker processes, reached
+    by its scheduler address as an existing cluster would be: the maxima table and the maps
+    equal the serial run bit for bit, and the chunks did run in the workers."""
+    import os
 
-    serial = P.psi_permutation_test(toy, n_permutations=9, seed=4, backend="numba",
-                                    chunk_size=2)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster), parallel_config(backend="dask"):
-        par = P.psi_permutation_test(toy, n_permutations=9, seed=4, backend="numba",
-                                     chunk_size=2, n_jobs=2)
+    import distributed
+
+    from analysis.sdm.backend import dask_cluster
+
+    kw = dict(n_permutations=9, seed=4, backend="numba", chunk_size=2)
+    serial = P.psi_permutation_test(toy, **kw)
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=None, memory_limit=0) as cluster, \
+            dask_cluster(cluster.scheduler_address) as client, \
+            distributed.get_task_stream(client) as tasks:
+        pids = client.run(os.getpid)
+        par = P.psi_permutation_test(toy, **kw)  # n_jobs=1: the cluster's cores decide
+    assert len(pids) == 2 and os.getpid() not in pids.values()
+    ran_on = {t["worker"] for t in tasks.data}
+    assert ran_on and ran_on <= set(pids)
+    assert sum(1 for t in tasks.data if "_run_chunk" in str(t["key"])) >= 4  # 8 / chunk 2
+    pd.testing.assert_frame_equal(serial.maxima, par.maxima, check_exact=True)
     assert np.array_equal(serial.maxima.to_numpy(), par.maxima.to_numpy())
+    for name, arr in serial.maps.items():
+        assert np.array_equal(arr, par.maps[name], equal_nan=True), name
+
+
+def test_engine_size_counts_its_arrays(toy):
+    """Dask's ``sizeof`` (``sys.getsizeof``) sees the engine's arrays, so joblib's Dask back-end
+    scatters it to the cluster once rather than packing it into every chunk's task."""
+    import sys
+
+    subj = P.make_subject_images(toy.n1, toy.n2, toy.space, P.derive_rng(3, "psi/subject_images"))
+    engine = P._Engine(toy, subj, None, None, 0, 0.0, "numba", 256, {})
+    held = toy.imputations.nbytes + sum(s.nbytes for s in subj) + engine.blocked.nbytes
+    assert sys.getsizeof(engine) >= held
+
+
+def test_dask_cluster_needs_an_address():
+    from analysis.sdm.backend import dask_cluster
+
+    with pytest.raises(ValueError, match="scheduler address"):
+        with dask_cluster(" "):
+            pass
 
 
 def test_freedman_lane_meta_regression(toy):

@@ -169,12 +169,7 @@ def test_covariate_fit_runs(small_fit):
     assert res.params["design_columns"] == ["intercept", "age"]
 
 
-def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
-    """``python -m analysis meta`` on a small simulated SDM-PSI project folder."""
-    import json
-
-    from analysis.cli import main
-
+def _small_sdm_project(tmp_path):
     folder = tmp_path / "proj"
     folder.mkdir()
     (folder / "sdm_table.txt").write_text(
@@ -189,6 +184,16 @@ def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
     (folder / "simD.no_peaks.txt").write_text("")
     mask = tmp_path / "mask.nii.gz"
     nib.save(_box_mask(half=(10, 10, 8)), str(mask))
+    return folder, mask
+
+
+def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
+    """``python -m analysis meta`` on a small simulated SDM-PSI project folder."""
+    import json
+
+    from analysis.cli import main
+
+    folder, mask = _small_sdm_project(tmp_path)
     out = tmp_path / "out"
     rc = main(["meta", "--sdm-dir", str(folder), "--out", str(out), "--mask", str(mask),
                "--imputations", "4", "--anisotropy", "0", "--seed", "5"])
@@ -199,6 +204,31 @@ def test_meta_command_on_an_sdm_folder(tmp_path, mirror):
     assert summary["n_studies"] == 4 and summary["params"]["imputations"] == 4
     table = pd.read_csv(out / "clusters.tsv", sep="\t")
     assert "sdm_z" in table.columns
+
+
+def test_meta_command_runs_the_permutations_on_a_dask_scheduler(tmp_path, mirror):
+    """``--dask-scheduler ADDRESS``: the permutations run on that cluster (here a local one of
+    two worker threads) and write the same maxima and corrected maps as on this machine."""
+    import distributed
+
+    from analysis.cli import main
+
+    folder, mask = _small_sdm_project(tmp_path)
+    args = ["meta", "--sdm-dir", str(folder), "--mask", str(mask), "--imputations", "3",
+            "--anisotropy", "0", "--seed", "5", "--permutations", "12"]
+    assert main([*args, "--out", str(tmp_path / "here")]) == 0
+    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as watcher, \
+            distributed.get_task_stream(watcher) as tasks:
+        assert main([*args, "--out", str(tmp_path / "there"),
+                     "--dask-scheduler", cluster.scheduler_address]) == 0
+    assert any("_run_chunk" in str(t["key"]) for t in tasks.data)
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert (there / "fwe" / "maxima.tsv").read_bytes() == (here / "fwe" / "maxima.tsv").read_bytes()
+    for name in ("corrp_voxel", "corrp_tfce"):
+        assert np.array_equal(nib.load(str(here / f"{name}.nii.gz")).get_fdata(),
+                              nib.load(str(there / f"{name}.nii.gz")).get_fdata())
 
 
 def _censored_bounds(rng, k, nv):

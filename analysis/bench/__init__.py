@@ -40,7 +40,8 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.Namespace], dict], str]] = {}
 BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.sdm_fit",
                               "analysis.bench.characterisation_macm", "analysis.bench.calibration",
                               "analysis.bench.paper", "analysis.bench.design_replicates",
-                              "analysis.bench.ibma", "analysis.bench.mixed_maps"]
+                              "analysis.bench.ibma", "analysis.bench.mixed_maps",
+                              "analysis.bench.scaling"]
 
 
 def register(name: str, description: str):

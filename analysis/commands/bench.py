@@ -14,6 +14,9 @@ examples:
   python -m analysis bench --list
   python -m analysis bench --only psi --permutations 200 --n-jobs 2
   python -m analysis bench --only design --design-null-replicates 40
+  python -m analysis bench --only scaling --scaling-studies 10,50,200,500 \
+      --scaling-imputations 2 --scaling-permutations 41 --scaling-timeout 900
+  python -m analysis bench --only scaling --scaling-imputations 50 --scaling-permutations 1000
 """
 """Examples shown under ``--help`` (argparse epilog)."""
 
@@ -62,6 +65,28 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,
                    help="null-calibration: studies per meta-analysis (default 11)")
+    # scaling (analysis/bench/scaling.py)
+    p.add_argument("--scaling-imputations", type=int, default=None,
+                   help="scaling: imputations measured (and 5 times as many; default 2)")
+    p.add_argument("--scaling-permutations", type=int, default=None,
+                   help="scaling: permutations measured (default 41)")
+    p.add_argument("--scaling-studies", default=None, metavar="K1,K2,...",
+                   help="scaling: numbers of studies of the synthetic projects "
+                        "(default 10,50,200,500)")
+    p.add_argument("--scaling-peaks", type=int, default=10,
+                   help="scaling: peaks a study (default 10)")
+    p.add_argument("--scaling-target-imputations", type=int, default=None,
+                   help="scaling: imputations reported, extrapolated linearly when "
+                        "--imputations is smaller (default 50)")
+    p.add_argument("--scaling-target-permutations", type=int, default=None,
+                   help="scaling: permutations reported, extrapolated linearly when "
+                        "--permutations is smaller (default 1000)")
+    p.add_argument("--scaling-max-run-studies", type=int, default=None,
+                   help="scaling: larger projects are not run, only their PSI arrays "
+                        "modelled (default 200; 0 = run every size)")
+    p.add_argument("--scaling-timeout", type=float, default=0,
+                   help="scaling: seconds a size's run may take before it is stopped and "
+                        "reported as not completed (0 = no limit)")
     # design (analysis/bench/design_replicates.py): the checks of stage "design" with more replicates
     p.add_argument("--design-null-replicates", type=int, default=None,
                    help="design: whole-brain null meta-analyses (default 20)")

@@ -11,13 +11,18 @@ The permutation kernels are written once against the NumPy array API and run on
 
 Where the work runs (serial, joblib processes/threads, a Dask ``distributed`` cluster) is chosen
 separately, with :func:`joblib.parallel_config` around the call, e.g.
-``with joblib.parallel_config(backend="dask"): psi_permutation_test(...)``.
+``with joblib.parallel_config(backend="dask"): psi_permutation_test(...)``, or
+:func:`dask_cluster` for a cluster given by its scheduler address. The permutation chunks are
+independent and their results are put together in order, so a cluster gives the serial
+result bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from types import ModuleType
 
 import numpy as np
@@ -70,3 +75,41 @@ def to_numpy(a) -> np.ndarray:
     if hasattr(a, "get") and not isinstance(a, np.ndarray):  # cupy
         return a.get()
     return np.asarray(a)
+
+
+@contextlib.contextmanager
+def dask_cluster(address: str) -> Iterator:
+    """Run the joblib work inside the block (the PSI permutation chunks) on a Dask cluster.
+
+    Connects a :class:`distributed.Client` to the scheduler at ``address`` and makes Dask
+    joblib's back-end (:func:`joblib.parallel_config` ``backend="dask"``), so every worker
+    thread of the cluster takes permutation chunks whatever ``n_jobs`` says. The workers
+    must import this package (the same version) and its numba.
+
+    Parameters
+    ----------
+    address : str
+        The scheduler's address, e.g. ``"tcp://10.0.0.5:8786"`` (``dask scheduler`` prints it;
+        ``distributed.LocalCluster().scheduler_address`` on one machine).
+
+    Yields
+    ------
+    distributed.Client
+        The connected client (closed on leaving the block).
+
+    Examples
+    --------
+    >>> from analysis.sdm import PSICorrector  # doctest: +SKIP
+    >>> with dask_cluster("tcp://10.0.0.5:8786"):  # doctest: +SKIP
+    ...     result = PSICorrector(n_iters=1000).transform(result)
+    """
+    if not address or not str(address).strip():
+        raise ValueError("dask_cluster needs a scheduler address, e.g. 'tcp://host:8786'")
+    if importlib.util.find_spec("distributed") is None:
+        raise RuntimeError("a Dask cluster needs dask[distributed] (the extra "
+                           "painemp-compendium[dask]; it is in requirements.lock)")
+    import distributed
+    from joblib import parallel_config
+
+    with distributed.Client(str(address).strip()) as client, parallel_config(backend="dask"):
+        yield client

@@ -450,6 +450,15 @@ class _Engine:
             self.blocked = blocked_layout(self.fl_res)
             self.fl_fit = self.fl_res = None
 
+    def __sizeof__(self) -> int:
+        """Bytes of the arrays held, not just of the object: joblib's Dask back-end then sends
+        the engine to the cluster once (it scatters arguments above 1 kB by ``sizeof``) instead
+        of inside every permutation chunk.
+        """
+        arrays = [self.inputs.imputations, self.fl_fit, self.fl_res, self.blocked,
+                  self.blocked_fit, *(self.subjects or []), *(self.subjects_tfce or [])]
+        return object.__sizeof__(self) + sum(int(getattr(a, "nbytes", 0)) for a in arrays)
+
     @property
     def width(self) -> int:
         """Columns of the study-effect array ``A`` (the voxels, padded to whole blocks when the
