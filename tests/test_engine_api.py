@@ -334,6 +334,11 @@ def test_jackknife_leaves_out_groups(fitted):
     same = ["survives", "peak_survives", "overlap_voxels", "z_at_peak"]
     np.testing.assert_array_equal(lodo[lodo["left_out"] == "d3"][same].to_numpy(),
                                   t[t["left_out"] == "simE"][same].to_numpy())
+    # ... and is not re-fitted: the second jackknife reuses the first one's re-fit
+    without_e = tuple(sorted(s for s in STUDIES if s != "simE"))
+    assert len(loo.jackknife_refits) == len(STUDIES) and not result.jackknife_refits
+    assert by_col.jackknife_refits[without_e] is loo.jackknife_refits[without_e]
+    assert len(by_col.jackknife_refits) == len(STUDIES) + 2  # d1 and d2 are new subsets
     summ = by_col.tables["jackknife_summary"]
     assert set(summ["analysis"]) == {"leave-one-out", "leave-one-disorder-out"}
     # a mapping, a named Series and a label per study give the same rows

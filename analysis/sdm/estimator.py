@@ -121,6 +121,11 @@ class MetaResult:
         The study-table rows of the studies fitted, in their order (when the fit had a table:
         :meth:`SDMPSI.fit`, :meth:`SDMPSI.fit_preprocessed`); e.g. the groups of
         ``Jackknife(groups="disorder")``.
+    jackknife_refits : dict
+        The z maps of the study subsets :class:`~analysis.sdm.diagnostics.jackknife.Jackknife`
+        has re-fitted, by the subset's studies: a later jackknife of the same result (e.g. one
+        group out after one study out) does not re-fit a subset again (leaving out a group
+        of one study is leaving out that study).
     """
 
     maps: dict
@@ -144,6 +149,7 @@ class MetaResult:
     permutation_: object = None
     dropped_studies: list = field(default_factory=list)
     study_table: object = None
+    jackknife_refits: dict = field(default_factory=dict)
 
     def get_map(self, name: str, return_type: str = "image"):
         """The map ``name``: a NIfTI image on the analysis grid (``return_type="image"``) or the

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -284,13 +285,25 @@ class Jackknife(ParamsMixin):
                                     bounds.n2[idx], result.space,
                                     studies=[studies[i] for i in idx])
 
-        fits = refit_subsets(fit, studies, subsets, progress=self.progress)
+        # subsets re-fitted by an earlier jackknife of this result are reused (keyed by their
+        # studies; the refit cache of :func:`refit_subsets` is keyed by positions)
+        done = getattr(result, "jackknife_refits", None) or {}
+        pos = {s: i for i, s in enumerate(studies)}
+        cache = {tuple(sorted(pos[s] for s in key)): fit_ for key, fit_ in done.items()
+                 if all(s in pos for s in key)}
+        fits = refit_subsets(fit, studies, subsets, progress=self.progress, cache=cache)
         table = cluster_survival(base.labels, base.peaks(),
                                     {k: r.maps["z"] for k, r in fits.items()}, result.space,
                                     family, {k: len(r.n1) for k, r in fits.items()}, **thr)
         if "jackknife" in result.tables:
             table = pd.concat([result.tables["jackknife"], table], ignore_index=True)
         out = copy_result(result)
+        out.jackknife_refits = dict(done)
+        for key, fit_ in cache.items():  # new re-fits: keep the z map and the sample sizes
+            names = tuple(sorted(studies[i] for i in key))
+            if names not in done:
+                out.jackknife_refits[names] = SimpleNamespace(maps={"z": fit_.maps["z"]},
+                                                              n1=fit_.n1)
         out.tables["jackknife"] = table
         out.tables["jackknife_summary"] = survival_summary(table)
         out.diagnostics.append(self._parameter_copy())
