@@ -18,8 +18,8 @@ def _example() -> str:
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert len(blocks) == 1, "the Python API section has one example"
-    code = blocks[0]
+    assert blocks, "the Python API section has an example"
+    code = blocks[0]  # the example; the later blocks are fragments (test_readme_fragments_import)
     for big, small in SMALL.items():
         assert big in code, big
         code = code.replace(big, small)
@@ -58,3 +58,20 @@ def test_readme_python_api_example_runs(tmp_path, monkeypatch, capsys, mirror):
     written = sorted(p.name for p in (tmp_path / "enge_mod1").iterdir())
     assert "mod1_z.nii.gz" in written and "mod1_corrp_voxel.nii.gz" in written
     assert "mod1_jackknife.tsv" in written and "mod1_permutation_maxima.tsv" in written
+
+
+def test_readme_fragments_compile_and_their_imports_resolve():
+    """The Python API section's later blocks (fragments such as the Dask cluster's) are valid
+    Python, and every name they import exists."""
+    import importlib
+
+    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    fragments = re.findall(r"```python\n(.*?)```", section, flags=re.S)[1:]
+    assert fragments, "the Python API section has no fragment after its example"
+    for block in fragments:
+        compile(block, "README.md", "exec")
+        for mod, names in re.findall(r"^from (\S+) import (.+)$", block, flags=re.M):
+            module = importlib.import_module(mod)
+            for name in (n.split(" as ")[0].strip() for n in names.split(",")):
+                assert hasattr(module, name), f"README imports {name} from {mod}"
