@@ -82,25 +82,19 @@ ENGE_COVARIATES = ["age_mean_c", "age_mean_c_2", "task_type", "modality_pres"]
 
 @register("meta-covariates", "covariate-adjusted mean of Enge et al. (2021): 4 covariates, "
           "compiled MetaNSUE MLE vs the NumPy path")
-def bench_meta_covariates(args: argparse.Namespace) -> dict:
-    """SDM-PSI's own bound maps of Enge et al. (2021, ``pp/``; 50 studies) with the design
-    ``[1, age, age^2, task type, presentation modality]`` (centred) and the intercept as
-    hypothesis, 10 imputations, on a slab of ``--covariate-voxels`` voxels of SDM's mask (the
-    first in mask order; 0: the whole mask). The MLE is also timed with the NumPy path on a
-    tenth of the slab; whole-mask times are extrapolated linearly (labelled as such).
+def _enge_covariate_slab(args: argparse.Namespace):
+    """SDM-PSI's bound maps of Enge et al. (2021) on the first ``--covariate-voxels`` voxels of
+    SDM's mask (0: the whole mask) and the design ``[1, ENGE_COVARIATES]``: ``(dataset, full
+    space, slab space, voxels, lower, upper, X, design column names, n1, n2)``.
     """
     import nibabel as nib
 
-    from analysis.config import load_config
     from analysis.fetch import fetch_dataset
     from analysis.sdm.estimator import design_matrix
     from analysis.sdm.inputs.dataset import SDMDataset
     from analysis.sdm.maps.preprocess import read_bound_maps
     from analysis.sdm.maps.space import MaskSpace
-    from analysis.sdm.statistics.metansue.mle import censored_mle
-    from analysis.stages import params
 
-    cfg = load_config()
     folder = fetch_dataset("validation/enge2021_sdm")
     ds = SDMDataset.from_sdm_project(folder)
     full = MaskSpace(nib.load(folder / "sdm_mask.nii.gz"))
@@ -114,6 +108,22 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
     X, names = design_matrix(studies, ENGE_COVARIATES)
     n1 = studies["n1"].to_numpy(float)
     n2 = studies["n2"].to_numpy(float)
+    return ds, full, space, n_vox, lower, upper, X, names, n1, n2
+
+
+def bench_meta_covariates(args: argparse.Namespace) -> dict:
+    """SDM-PSI's own bound maps of Enge et al. (2021, ``pp/``; 50 studies) with the design
+    ``[1, age, age^2, task type, presentation modality]`` (centred) and the intercept as
+    hypothesis, 10 imputations, on a slab of ``--covariate-voxels`` voxels of SDM's mask (the
+    first in mask order; 0: the whole mask). The MLE is also timed with the NumPy path on a
+    tenth of the slab; whole-mask times are extrapolated linearly (labelled as such).
+    """
+    from analysis.config import load_config
+    from analysis.sdm.statistics.metansue.mle import censored_mle
+    from analysis.stages import params
+
+    cfg = load_config()
+    ds, full, space, n_vox, lower, upper, X, names, n1, n2 = _enge_covariate_slab(args)
     imputations = 10
     est = params.estimator(cfg, imputations, 1)
     # compile the kernels on a few voxels (cached by numba after the first run)
@@ -163,28 +173,9 @@ def bench_mle_fast(args: argparse.Namespace) -> dict:
     paths and the share of voxels where a different study was discarded. Whole-mask times are
     extrapolated linearly from the slab (labelled as such).
     """
-    import nibabel as nib
-
-    from analysis.fetch import fetch_dataset
-    from analysis.sdm.estimator import design_matrix
-    from analysis.sdm.inputs.dataset import SDMDataset
-    from analysis.sdm.maps.preprocess import read_bound_maps
-    from analysis.sdm.maps.space import MaskSpace
     from analysis.sdm.statistics.metansue.mle import censored_mle
 
-    folder = fetch_dataset("validation/enge2021_sdm")
-    ds = SDMDataset.from_sdm_project(folder)
-    full = MaskSpace(nib.load(folder / "sdm_mask.nii.gz"))
-    n_vox = int(getattr(args, "covariate_voxels", 0) or 0) or full.n_voxels
-    n_vox = min(n_vox, full.n_voxels)
-    slab = np.zeros(full.shape, dtype=np.uint8)
-    slab[tuple(full.ijk[:n_vox].T)] = 1
-    space = MaskSpace(nib.Nifti1Image(slab, full.affine))
-    lower, upper = read_bound_maps(folder / "pp", ds.ids, space)
-    studies = ds.studies.set_index("study").loc[ds.ids].reset_index()
-    X, names = design_matrix(studies, ENGE_COVARIATES)
-    n1 = studies["n1"].to_numpy(float)
-    n2 = studies["n2"].to_numpy(float)
+    ds, full, space, n_vox, lower, upper, X, names, n1, n2 = _enge_covariate_slab(args)
     scale = full.n_voxels / n_vox
     metrics = {"studies": len(ds.ids), "design_columns": names, "voxels_timed": n_vox,
                "mask_voxels": full.n_voxels}

@@ -164,18 +164,12 @@ def plot_forests(panels: list[dict], note: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    from analysis.figures.print_size import TEXT_WIDTH_IN
+    from analysis.figures.print_size import panel_grid
 
-    n = max(len(panels), 1)
-    ncol = 2 if n > 1 else 1
-    nrow = (n + ncol - 1) // ncol
     k = max([len(p["studies"]) for p in panels] or [1])
-    fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, (0.17 * k + 1.1) * nrow + 1.0),
-                             squeeze=False)
+    fig, axes = panel_grid(len(panels), 0.17 * k + 1.1, 1.0)
     groups = [str(g) for p in panels for g in p["studies"].get("group", pd.Series([], dtype=str))]
     colours = group_colours(groups or ["study"])
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_axis_off()
     any_sim = False
     for ax, kw in zip(axes.ravel(), panels, strict=False):
         forest_plot(ax=ax, legend=False, values=False, colours=colours, title_width=34, **kw)

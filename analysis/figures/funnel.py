@@ -140,15 +140,9 @@ def plot_funnels(panels: list[dict], note: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    from analysis.figures.print_size import TEXT_WIDTH_IN
+    from analysis.figures.print_size import panel_grid
 
-    n = max(len(panels), 1)
-    ncol = 2 if n > 1 else 1
-    nrow = (n + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, 2.6 * nrow + 0.6),
-                             squeeze=False)
-    for ax in axes.ravel()[len(panels):]:
-        ax.set_axis_off()
+    fig, axes = panel_grid(len(panels), 2.6, 0.6)
     for ax, kw in zip(axes.ravel(), panels, strict=False):
         funnel_plot(ax=ax, legend=False, title_width=46, **kw)
     handles, labels = {}, []

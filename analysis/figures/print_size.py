@@ -23,6 +23,31 @@ TEXT_WIDTH_IN = PAGE_WIDTH_IN - 2.0 * MARGIN_X_IN
 MIN_TEXT_PT = 6.0
 
 
+def panel_grid(n_panels: int, row_height_in: float, extra_in: float):
+    """A figure of text width with one panel per item, two per row (one when alone), and the
+    axes of the empty last places switched off: ``(fig, axes)`` with ``axes`` (rows, columns).
+
+    Parameters
+    ----------
+    n_panels : int
+        Number of panels.
+    row_height_in : float
+        Height of a row of panels (inches).
+    extra_in : float
+        Height added under the rows (legend, note; inches).
+    """
+    import matplotlib.pyplot as plt
+
+    n = max(n_panels, 1)
+    ncol = 2 if n > 1 else 1
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(TEXT_WIDTH_IN, row_height_in * nrow + extra_in),
+                             squeeze=False)
+    for ax in axes.ravel()[n_panels:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def print_scale(fig) -> float:
     """Fraction of its size at which the PDF prints ``fig``: ``min(1, text width / width)``."""
     return min(1.0, TEXT_WIDTH_IN / float(fig.get_figwidth()))
