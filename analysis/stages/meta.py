@@ -343,8 +343,6 @@ def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
     Without any cluster, the funnel plots of the reproduced data at the published peaks are
     shown instead, and their titles say so.
     """
-    import matplotlib.pyplot as plt
-
     from analysis.figures.funnel import plot_funnels
 
     panels = []
@@ -365,13 +363,23 @@ def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
                            "study_names": names,
                            "title": f"No cluster; published peak {i + 1}: {pub['aal_label']} "
                                     f"({pub['x']}, {pub['y']}, {pub['z']})"})
+    # no panel: no cluster, and no published peak to look at in data of this design
+    _save_panel_figure(plot_funnels, panels, "funnel", simulated, out)
+
+
+def _save_panel_figure(plot, panels: list, kind: str, simulated: bool, out) -> None:
+    """``figures/<kind>s.png`` (300 dpi) and ``.svg`` of ``plot(panels, note=...)``, the note
+    saying that the inputs are simulated stand-ins, or that there is no panel to draw.
+    """
+    import matplotlib.pyplot as plt
+
     note = "Simulated stand-in inputs: not the paper's data." if simulated else None
-    if not panels:  # no cluster, and no published peak to look at in data of this design
-        note = " ".join(x for x in ("No cluster survived the thresholds: there is no funnel "
-                                    "plot to draw.", note) if x)
-    fig = plot_funnels(panels, note=note)
-    save_figure(fig, out("figures/funnels.png"), dpi=300)
-    save_figure(fig, out("figures/funnels.svg"))
+    if not panels:
+        note = " ".join(x for x in ("No cluster survived the thresholds: there is no "
+                                    f"{kind} plot to draw.", note) if x)
+    fig = plot(panels, note=note)
+    save_figure(fig, out(f"figures/{kind}s.png"), dpi=300)
+    save_figure(fig, out(f"figures/{kind}s.svg"))
     plt.close(fig)
 
 
@@ -448,14 +456,7 @@ def draw_forests(forest: dict, table3: pd.DataFrame, dataset, config: dict, prov
         f = forest_plot(colours=colours, **panel)
         save_figure(f, out(f"figures/forest_{c}.png"))
         plt.close(f)
-    note = ("Simulated stand-in inputs: not the paper's data." if simulated else None)
-    if not panels:
-        note = " ".join(x for x in ("No cluster survived the thresholds: there is no forest "
-                                    "plot to draw.", note) if x)
-    fig = plot_forests(panels, note=note)
-    save_figure(fig, out("figures/forests.png"), dpi=300)
-    save_figure(fig, out("figures/forests.svg"))
-    plt.close(fig)
+    _save_panel_figure(plot_forests, panels, "forest", simulated, out)
 
 
 def report(result, dataset, published: pd.DataFrame | None, out: Callable[[str], Path], *,
