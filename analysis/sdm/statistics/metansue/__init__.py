@@ -76,7 +76,13 @@ times faster. Cheaper rankings failed the accepted bound (max |dz| <= 0.05): wit
 margin (twice the largest one-step error seen) after at least 3 or 8 refits another study was
 discarded at a few voxels (near-ties of consecutive greedy rounds), max |dz| 0.24 and 0.19;
 with the scaled bound after 3 refits (8.5 times faster) another study was still discarded at
-3 of 3,000 random voxels.
+3 of 3,000 random voxels. On both kernels the fast path also ends a round's search once a
+refit brings ``|C' beta|`` within ``MU_ZTOL`` (1e-3) of its standard errors of 0: where many
+removals do that equally well (large peak-only meta-analyses, whose bounds mostly straddle 0)
+the exact search refits nearly every study in every round. Synthetic 200-study project (10
+random peaks a study, 13 rounds, 4,000 random voxels): 15 ms a voxel -> 2.3 ms, coefficients
+equal to 4e-12; SDM-PSI's bound maps of Enge et al. (2021), whole mask: coefficients equal to
+8e-12 (another study at exact ties only, 1,273 voxels), tau2 to 3e-18.
 
 Modules
 -------

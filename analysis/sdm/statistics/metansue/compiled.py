@@ -322,14 +322,16 @@ def _load_study(lower, upper, k1, k2, col, i, lo, up, known, y, v, v_lo, v_up, s
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_cand,
-                     beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
+                     mu_ztol, beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
     """Intercept-only MetaNSUE MLE of every column: beta with leave-n-out, then tau2.
 
     Leave-n-out round: the leave-one-out minimiser of every active study is estimated by one
     Newton step from the current mu (``mu + g_i / (H - h_i)``; exact for known studies); the
     candidates are refitted exactly in the order of ``|estimate|``, at least ``n_cand`` of them
     (-1: all), and the search stops once the next estimate exceeds the best exact ``|mu|`` by more
-    than twice the largest one-step error seen in the round. On SDM-PSI's bound maps of Enge et
+    than twice the largest one-step error seen in the round, or (``mu_ztol > 0``, the fast path)
+    once the best exact ``|mu|`` is within ``mu_ztol`` standard errors ``1 / sqrt(H)`` of 0.
+    On SDM-PSI's bound maps of Enge et
     al. (2021) (50 studies, 3 rounds) this equals refitting every candidate at all of 1,500
     random voxels (|d beta| < 4e-8). The former rule (a 48-point grid estimate and exact refits
     of its 2 best candidates) chose another study at 115 of them (|d beta| up to 0.069).
@@ -378,6 +380,7 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
                 est[i] = mu + gs[i] / d if d > 1e-12 else mu
                 key[i] = abs(est[i])
             order = np.argsort(key)
+            tol_mu = mu_ztol / math.sqrt(h_tot) if mu_ztol > 0.0 and h_tot > 0.0 else 0.0
             best_val = np.inf
             best_i = -1
             best_mu = mu
@@ -386,7 +389,8 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
                 i = order[c]
                 if not np.isfinite(key[i]):
                     break
-                if n_cand >= 0 and c >= n_cand and key[i] - 2.0 * err - 1e-9 > best_val:
+                if n_cand >= 0 and c >= n_cand and (key[i] - 2.0 * err - 1e-9 > best_val
+                                                    or best_val <= tol_mu):
                     break
                 act[i] = 0
                 m2 = _fit_mean(est[i], y, known, lo, up, v, s_lo, s_up, act)
@@ -411,10 +415,12 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
 
 
 def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3, tau_rtol: float = 0.0,
-                       n_golden: int = 24):
+                       n_golden: int = 24, mu_ztol: float = 0.0):
     """Intercept-only MLE of all columns with the compiled kernel (``n_cand``: exact refits of
     leave-one-out candidates at least, -1 refits every candidate; ``tau_rtol > 0``: Brent's
-    search for tau2 to that relative tolerance on tau, else ``n_golden`` golden-section steps).
+    search for tau2 to that relative tolerance on tau, else ``n_golden`` golden-section steps;
+    ``mu_ztol > 0``: a round's search ends once a refit's ``|mu|`` is within that many standard
+    errors of 0, see the kernel).
     """
     k, n = lo_u.shape
     beta = np.empty(n)
@@ -424,7 +430,7 @@ def _mle_mean_compiled(lo_u, up_u, k1, k2, n_out, n_cand: int = 3, tau_rtol: flo
     _mle_mean_kernel(np.ascontiguousarray(lo_u, dtype=float),
                      np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
                      np.asarray(k2, float), n_out, taus, int(n_golden), float(tau_rtol),
-                     int(n_cand), beta, tau2, disc)
+                     int(n_cand), float(mu_ztol), beta, tau2, disc)
     return beta[:, None], tau2, disc
 
 
@@ -583,7 +589,7 @@ def _newton_design(beta, X, y, known, lo, up, v, s_lo, s_up, act, G, H, Gn, Hn, 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rtol, n_cand,
-                       margin, beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
+                       margin, mu_ztol, beta_out, tau2_out, disc_out):  # pragma: no cover - compiled
     """MetaNSUE MLE of every column for a design ``X`` (k, p): the mathematics of the NumPy path
     (:func:`_start`, :func:`_newton`, :func:`_coef_mle`, :func:`_tau2_mle`) per voxel.
 
@@ -598,7 +604,9 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
     <= 1e-8`` or non-finite); then, smallest first, every candidate whose lower bound
     ``|C' b_i| - margin (e + r |b_i - beta|^2)`` (``b_i`` its estimate; ``r`` the largest
     ``|C' (refit - estimate)| / |estimate - beta|^2`` of the refits so far, ``e`` the largest
-    error of refits that did not move) is below the best refit. tau2: log-spaced grid on tau,
+    error of refits that did not move) is below the best refit, until (``mu_ztol > 0``) the best
+    refit's ``|C' beta|`` is within ``mu_ztol`` standard errors ``sqrt(C' H^-1 C)`` of 0.
+    tau2: log-spaced grid on tau,
     then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
     ``n_golden`` golden-section steps, the exact path) around the best grid point
     (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
@@ -717,6 +725,15 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                     step2[cand] += (est_b[cand, j] - beta[j]) ** 2
                 # a candidate without a usable estimate is always refitted (first)
                 key[cand] = abs(val) if finite else -1.0
+            # the search also ends once a refit's |C' beta| is within mu_ztol standard errors
+            # (sqrt(C' H^-1 C)) of 0 (fast path)
+            tol_c = 0.0
+            if mu_ztol > 0.0:
+                var_c = 0.0
+                for j in range(p):
+                    for m in range(p):
+                        var_c += C[j] * Hinv[j, m] * C[m]
+                tol_c = mu_ztol * math.sqrt(var_c) if var_c > 0.0 else 0.0
             best_val = np.inf
             best_i = -1
             err = 0.0
@@ -743,7 +760,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
                         if lb < low:
                             low = lb
                             cand = i
-                    if cand < 0 or (c >= n_cand and low > best_val):
+                    if cand < 0 or (c >= n_cand and (low > best_val or best_val <= tol_c)):
                         break
                 done[cand] = True
                 for j in range(p):
@@ -788,7 +805,8 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
 
 
 def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_golden: int = 28,
-                         n_cand: int = -1, tau_rtol: float = 0.0, margin: float = 2.0):
+                         n_cand: int = -1, tau_rtol: float = 0.0, margin: float = 2.0,
+                         mu_ztol: float = 0.0):
     """MLE of all columns for a design ``X`` with the compiled kernel :func:`_mle_design_kernel`
     (grid and golden-section settings of :func:`_tau2_mle`; ``n_cand`` and ``tau_rtol`` select
     the fast path's candidate ranking and tau2 search, see the kernel).
@@ -803,5 +821,6 @@ def _mle_design_compiled(lo_u, up_u, k1, k2, X, C, n_out, n_grid: int = 14, n_go
                        np.ascontiguousarray(up_u, dtype=float), np.asarray(k1, float),
                        np.asarray(k2, float), np.ascontiguousarray(X, dtype=float),
                        np.ascontiguousarray(C, dtype=float), n_out, taus, int(n_golden),
-                       float(tau_rtol), int(n_cand), float(margin), beta, tau2, disc)
+                       float(tau_rtol), int(n_cand), float(margin), float(mu_ztol), beta, tau2,
+                       disc)
     return beta, tau2, disc

@@ -21,6 +21,7 @@ from analysis.sdm.statistics.metansue.compiled import _mle_design_compiled, _mle
 from analysis.sdm.statistics.metansue.settings import (
     KNOWN_TOL,
     MLE_METHODS,
+    MU_ZTOL,
     N_CANDIDATES,
     N_CANDIDATES_DESIGN_FAST,
     TAU2_MAX,
@@ -307,9 +308,12 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
         tolerance :data:`~analysis.sdm.statistics.metansue.settings.TAU_RTOL` on tau, and the
         leave-n-out candidates of a design ranked by their one-step estimates: the
         :data:`~analysis.sdm.statistics.metansue.settings.N_CANDIDATES_DESIGN_FAST` most
-        promising refitted, the others only while a lower bound can still win. The
-        intercept-only kernel's candidate ranking is the same on both paths. Measured against
-        ``"exact"`` (50 imputations, the z maps): see :mod:`analysis.sdm.statistics.metansue`.
+        promising refitted, the others only while a lower bound can still win; on both kernels
+        a round's search ends once a refit's ``|C' beta|`` is within
+        :data:`~analysis.sdm.statistics.metansue.settings.MU_ZTOL` standard errors of 0. The
+        intercept-only kernel's candidate ranking is otherwise the same on both paths. Measured
+        against ``"exact"`` (50 imputations, the z maps): see
+        :mod:`analysis.sdm.statistics.metansue`.
 
     Returns
     -------
@@ -352,11 +356,12 @@ def censored_mle(lower, upper, n1, n2=None, X=None, C=None, *, leave_n_out="auto
         if simple:
             beta[sl], tau2[sl], disc[:, sl] = _mle_mean_compiled(
                 lo_u[:, sl], up_u[:, sl], k1, k2, n_out,
-                N_CANDIDATES, TAU_RTOL if fast else 0.0)
+                N_CANDIDATES, TAU_RTOL if fast else 0.0, mu_ztol=MU_ZTOL if fast else 0.0)
         elif compiled:
             beta[sl], tau2[sl], disc[:, sl] = _mle_design_compiled(
                 lo_u[:, sl], up_u[:, sl], k1, k2, X, C, n_out,
-                n_cand=N_CANDIDATES_DESIGN_FAST if fast else -1, tau_rtol=TAU_RTOL if fast else 0.0)
+                n_cand=N_CANDIDATES_DESIGN_FAST if fast else -1, tau_rtol=TAU_RTOL if fast else 0.0,
+                mu_ztol=MU_ZTOL if fast else 0.0)
         else:
             prob = _Problem(lo_u[:, sl], up_u[:, sl], k1, k2, X)
             b, d = _coef_mle(prob, C, n_out)

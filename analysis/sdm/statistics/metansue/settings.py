@@ -21,6 +21,14 @@ N_CANDIDATES = 3
 #: least number of candidates refitted per round of a design's leave-n-out, fast path (the
 #: exact path refits every active study)
 N_CANDIDATES_DESIGN_FAST = 8
+#: fast path: a leave-n-out round's candidate search ends (after the least number of refits)
+#: once a refit brings the hypothesis ``|C' beta|`` within this many of its standard errors of
+#: 0 (``1 / sqrt(H)`` intercept-only, ``sqrt(C' H^-1 C)`` with a design; H the round's
+#: curvature). Where the hypothesis can be brought to 0, many studies' removals do so equally
+#: well and the exact search refits nearly all of them: with 200 studies (13 rounds) 15 ms a
+#: voxel instead of 2.3 ms, for the same coefficients to 4e-12 (the discarded studies differ at
+#: exact ties only)
+MU_ZTOL = 1e-3
 
 
 def leave_n_out_count(k: int, rule: str | int = "auto") -> int:
