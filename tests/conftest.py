@@ -97,6 +97,25 @@ def quick_results(request, mirror):
 
 
 @pytest.fixture(scope="session")
+def quick_manuscript(quick_results, tmp_path_factory):
+    """The manuscript of the session's quick run rendered once by pandoc and Typst (HTML and
+    PDF; ``SOURCE_DATE_EPOCH`` at the repository's HEAD commit, as ``make archive`` renders),
+    shared by the manuscript and archive tests: ``{"html": path, "pdf": path}``."""
+    from analysis import archive as ar
+    from analysis import render as rd
+
+    results, _, _ = quick_results
+    _, stamp = ar.head_commit(REPO)
+    out = tmp_path_factory.mktemp("quick-manuscript") / "_manuscript"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAINEMP_RESULTS_DIR", str(results))
+        mp.setenv("SOURCE_DATE_EPOCH", str(stamp - stamp % 2))
+        mp.delenv("PAINEMP_DATA_DIR", raising=False)
+        mp.delenv("PAINEMP_ALLOW_MISSING", raising=False)
+        return rd.render_pandoc(rd.QMD, out, timeout=600)
+
+
+@pytest.fixture(scope="session")
 def enge_dir(mirror):
     """The public SDM-PSI v6.21 run of Enge et al. (2021)."""
     from analysis.fetch import fetch_dataset

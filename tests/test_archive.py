@@ -170,12 +170,10 @@ def test_compare_trees_reports_each_kind_of_difference(tmp_path):
 # --- an archive of quick results -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def quick_archive(quick_results, tmp_path_factory, mirror):
+def quick_archive(quick_results, quick_manuscript, tmp_path_factory, mirror):
     """An archive of the session's quick run (fixture ``quick_results`` of conftest.py, shared
-    with the manuscript tests), with the manuscript rendered for it, written from the
-    repository's HEAD."""
-    from analysis import render as rd
-
+    with the manuscript tests), with the manuscript rendered for it (``quick_manuscript``),
+    written from the repository's HEAD."""
     results, _, missing = quick_results
     assert missing == []
     _, stamp = ar.head_commit(REPO)
@@ -186,11 +184,11 @@ def quick_archive(quick_results, tmp_path_factory, mirror):
         mp.setenv("PAINEMP_RESULTS_DIR", str(results))
         mp.setenv("SOURCE_DATE_EPOCH", str(stamp))
         mp.delenv("PAINEMP_DATA_DIR", raising=False)
-        rd.render_pandoc(rd.QMD, out / "_manuscript", timeout=600)
+        manuscript = quick_manuscript["html"].parent
         rep = ar.build_archive(root=REPO, out_dir=out / "dist", results=results,
-                               manuscript=out / "_manuscript", allow_dirty=True, render=False)
+                               manuscript=manuscript, allow_dirty=True, render=False)
         again = ar.build_archive(root=REPO, out_dir=out / "dist2", results=results,
-                                 manuscript=out / "_manuscript", allow_dirty=True, render=False)
+                                 manuscript=manuscript, allow_dirty=True, render=False)
     finally:
         mp.undo()
     return rep, again, results

@@ -564,8 +564,8 @@ def test_prisma_and_study_table_agree(quick_results):
     assert v.get("prisma_included") == v.get("n_studies")
 
 
-def test_manuscript_executes_without_quarto(quick_results, tmp_path, monkeypatch):
-    _check_manuscript(quick_results, tmp_path, monkeypatch)
+def test_manuscript_executes_without_quarto(quick_results, quick_manuscript, monkeypatch):
+    _check_manuscript(quick_results, quick_manuscript, monkeypatch)
 
 
 @pytest.mark.slow
@@ -576,15 +576,20 @@ def test_manuscript_full_pipeline(request, tmp_path, monkeypatch, mirror):
 
     run = quick_run(cache_dir(request, "painemp-quick-results-all"), [])
     assert run[2] == [], f"stages not importable: {run[2]}"
-    _check_manuscript(run, tmp_path, monkeypatch)
+    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(run[0]))
+    monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
+    monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
+    _check_manuscript(run, rd.render_pandoc(QMD, tmp_path / "_manuscript", timeout=600),
+                      monkeypatch)
 
 
-def _check_manuscript(quick_results, tmp_path, monkeypatch):
+def _check_manuscript(quick_results, out, monkeypatch):
+    """The manuscript ``out`` (``{"html", "pdf"}`` of :func:`analysis.render.render_pandoc`)
+    rendered from the results of ``quick_results``."""
     results, _, missing = quick_results
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
     monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
     monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
-    out = rd.render_pandoc(QMD, tmp_path / "_manuscript", timeout=600)
     assert set(out) == {"html", "pdf"} and all(p.stat().st_size > 0 for p in out.values())
     html = out["html"].read_text()
     page = _Html(html)

@@ -64,13 +64,27 @@ def _run_report(tmp_path, data_dir, space, result, egger=None, figures=True):
     return values, ds
 
 
-def test_report_outputs(tmp_path, data_copy, space):
-    ds = load_dataset(data_copy)
-    res = _synthetic_result(space, len(ds.studies))
-    values, ds = _run_report(tmp_path, data_copy, space, res)
+@pytest.fixture(scope="module")
+def synthetic_report(space, tmp_path_factory):
+    """One report, figures included, of the SIMULATED four-blob result on a copy of data/
+    (read only by the report), shared by the tests of its tables and its figures:
+    ``(output folder, data folder, values, dataset)``."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("synthetic-report")
+    data = root / "data"
+    shutil.copytree(REPO_ROOT / "data", data)
+    out = root / "out"
+    res = _synthetic_result(space, len(load_dataset(data).studies))
+    values, ds = _run_report(out, data, space, res)
+    return out, data, values, ds
+
+
+def test_report_outputs(synthetic_report):
+    out, data_copy, values, ds = synthetic_report
     for name in stage.MAP_NAMES + ("z_thresholded", "clusters"):
-        assert (tmp_path / "maps" / f"{name}.nii.gz").exists()
-    t3 = pd.read_csv(tmp_path / "tables/table3.tsv", sep="\t")
+        assert (out / "maps" / f"{name}.nii.gz").exists()
+    t3 = pd.read_csv(out / "tables/table3.tsv", sep="\t")
     pub = pd.read_csv(data_copy / "published_table3.tsv", sep="\t")
     assert list(t3.columns) == list(pub.columns) == stage.TABLE3_COLUMNS
     assert t3["direction"].tolist().count(INCREASE) == 2
@@ -81,14 +95,14 @@ def test_report_outputs(tmp_path, data_copy, space):
     assert np.allclose(t3["i2"], 1.0)  # percent, as given
     assert np.allclose(t3["hedges_g"], t3["sdm_z"] * 0.12, atol=1e-6)
     assert np.allclose(t3["egger_p"], 0.5)
-    cmp_ = pd.read_csv(tmp_path / "tables/table3_vs_published.tsv", sep="\t")
+    cmp_ = pd.read_csv(out / "tables/table3_vs_published.tsv", sep="\t")
     assert len(cmp_) == 4
     assert np.allclose(cmp_["distance_mm"], 0)
     assert cmp_["inputs"].str.contains("1 of 11 studies' inputs real").all()
     assert np.allclose(cmp_["published_sdm_z"], pub["sdm_z"])
     assert np.allclose(cmp_["reproduced_z_at_published_peak"],
                        [a for _, a in PUBLISHED_PEAKS], atol=1e-6)
-    bd = pd.read_csv(tmp_path / "tables/table3_breakdown.tsv", sep="\t")
+    bd = pd.read_csv(out / "tables/table3_breakdown.tsv", sep="\t")
     sizes = bd.groupby("cluster")["voxels"].sum().to_numpy()
     assert np.array_equal(sizes, t3["cluster_voxels"].to_numpy())
     assert np.allclose(cmp_["reproduced_egger_p_at_published_peak"], 0.5)
@@ -96,9 +110,9 @@ def test_report_outputs(tmp_path, data_copy, space):
     for f in ("figure2.png", "figure2.svg", "funnels.png", "funnels.svg", "funnel_1.png",
               "funnel_4.png",
               "funnel_published_1.png", "funnel_published_4.png"):
-        assert (tmp_path / "figures" / f).stat().st_size > 1000
-    assert not (tmp_path / "figures/funnel_5.png").exists()
-    svg = (tmp_path / "figures/figure2.svg").read_text()
+        assert (out / "figures" / f).stat().st_size > 1000
+    assert not (out / "figures/funnel_5.png").exists()
+    svg = (out / "figures/figure2.svg").read_text()
     assert "Simulated stand-in data" in svg
     assert values["n_clusters_increase"] == 2 and values["n_clusters_decrease"] == 2
     assert values["inputs_real"] == 1 and values["inputs_simulated"] == 10
@@ -288,24 +302,22 @@ def test_stage_is_deterministic(quick_run, tmp_path):
     assert meta_values[0] == meta_values[1]
 
 
-def test_forest_plots_at_the_cluster_peaks(tmp_path, data_copy, space):
+def test_forest_plots_at_the_cluster_peaks(synthetic_report):
     """One forest plot per cluster peak, the studies with simulated stand-in peaks marked, and
     the extract's table at every peak (SIMULATED result: the machinery, not a finding)."""
     from analysis.figures.forest import STANDIN_MARK
     from analysis.sdm.diagnostics.voxel import EXACT
 
-    ds = load_dataset(data_copy)
-    res = _synthetic_result(space, len(ds.studies))
-    _run_report(tmp_path, data_copy, space, res)
+    out, _, _, ds = synthetic_report
     for c in range(1, 5):
-        assert (tmp_path / f"figures/forest_{c}.png").stat().st_size > 1000
-    assert not (tmp_path / "figures/forest_5.png").exists()
-    svg = (tmp_path / "figures/forests.svg").read_text()
+        assert (out / f"figures/forest_{c}.png").stat().st_size > 1000
+    assert not (out / "figures/forest_5.png").exists()
+    svg = (out / "figures/forests.svg").read_text()
     assert "Simulated stand-in inputs" in svg
     assert f"Bird2010{STANDIN_MARK}" in svg                 # a simulated study: marked
     assert f"Moriguchi2007{STANDIN_MARK}" not in svg        # the real one: not marked
     assert "Moriguchi2007" in svg
-    fp = pd.read_csv(tmp_path / "tables/forest_peaks.tsv", sep="\t")
+    fp = pd.read_csv(out / "tables/forest_peaks.tsv", sep="\t")
     assert list(fp.columns) == stage.FOREST_COLUMNS
     assert fp.groupby("cluster")["row"].apply(list).map(
         lambda r: r == ["study"] * len(ds.studies) + ["pooled"]).all()
@@ -314,7 +326,7 @@ def test_forest_plots_at_the_cluster_peaks(tmp_path, data_copy, space):
     first = studies[studies["study"] == ds.studies["study"].iloc[0]]
     assert (first["status"] == EXACT).all() and (first["g_sd"] == 0).all()
     assert (studies[studies["study"] != ds.studies["study"].iloc[0]]["status"] != EXACT).all()
-    t3 = pd.read_csv(tmp_path / "tables/table3.tsv", sep="\t")
+    t3 = pd.read_csv(out / "tables/table3.tsv", sep="\t")
     pooled = fp[fp["row"] == "pooled"]
     assert np.array_equal(pooled[["x", "y", "z_mm"]].to_numpy(), t3[["x", "y", "z"]].to_numpy())
 
