@@ -280,6 +280,21 @@ def test_one_name_per_stage_and_command():
     assert repeated_names() == []
 
 
+def test_every_benchmark_registers_its_own_entry_point():
+    """Each benchmark of ``python -m analysis bench`` is registered on its function
+    ``bench_<name>`` (hyphens as underscores), not on a helper beside it."""
+    import importlib
+
+    from analysis.bench import BENCH_MODULES, BENCHMARKS
+
+    for module in BENCH_MODULES:
+        importlib.import_module(module)
+    assert "meta-covariates" in BENCHMARKS
+    wrong = {name: func.__name__ for name, (func, _) in BENCHMARKS.items()
+             if func.__name__ != "bench_" + name.replace("-", "_")}
+    assert wrong == {}
+
+
 # --------------------------------------------------------------------------------------------
 # every rule fails on a violation planted in a small tree
 # --------------------------------------------------------------------------------------------

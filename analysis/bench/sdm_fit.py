@@ -80,8 +80,6 @@ def bench_meta(args: argparse.Namespace) -> dict:
 ENGE_COVARIATES = ["age_mean_c", "age_mean_c_2", "task_type", "modality_pres"]
 
 
-@register("meta-covariates", "covariate-adjusted mean of Enge et al. (2021): 4 covariates, "
-          "compiled MetaNSUE MLE vs the NumPy path")
 def _enge_covariate_slab(args: argparse.Namespace):
     """SDM-PSI's bound maps of Enge et al. (2021) on the first ``--covariate-voxels`` voxels of
     SDM's mask (0: the whole mask) and the design ``[1, ENGE_COVARIATES]``: ``(dataset, full
@@ -111,6 +109,8 @@ def _enge_covariate_slab(args: argparse.Namespace):
     return ds, full, space, n_vox, lower, upper, X, names, n1, n2
 
 
+@register("meta-covariates", "covariate-adjusted mean of Enge et al. (2021): 4 covariates, "
+          "compiled MetaNSUE MLE vs the NumPy path")
 def bench_meta_covariates(args: argparse.Namespace) -> dict:
     """SDM-PSI's own bound maps of Enge et al. (2021, ``pp/``; 50 studies) with the design
     ``[1, age, age^2, task type, presentation modality]`` (centred) and the intercept as
