@@ -576,20 +576,19 @@ def test_manuscript_full_pipeline(request, tmp_path, monkeypatch, mirror):
 
     run = quick_run(cache_dir(request, "painemp-quick-results-all"), [])
     assert run[2] == [], f"stages not importable: {run[2]}"
-    monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(run[0]))
-    monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
-    monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
-    _check_manuscript(run, rd.render_pandoc(QMD, tmp_path / "_manuscript", timeout=600),
-                      monkeypatch)
+    _check_manuscript(run, None, monkeypatch, tmp_path)
 
 
-def _check_manuscript(quick_results, out, monkeypatch):
+def _check_manuscript(quick_results, out, monkeypatch, tmp_path=None):
     """The manuscript ``out`` (``{"html", "pdf"}`` of :func:`analysis.render.render_pandoc`)
-    rendered from the results of ``quick_results``."""
+    rendered from the results of ``quick_results``; ``out=None``: rendered here into
+    ``tmp_path``."""
     results, _, missing = quick_results
     monkeypatch.setenv("PAINEMP_RESULTS_DIR", str(results))
     monkeypatch.delenv("PAINEMP_DATA_DIR", raising=False)
     monkeypatch.delenv("PAINEMP_ALLOW_MISSING", raising=False)
+    if out is None:
+        out = rd.render_pandoc(QMD, tmp_path / "_manuscript", timeout=600)
     assert set(out) == {"html", "pdf"} and all(p.stat().st_size > 0 for p in out.values())
     html = out["html"].read_text()
     page = _Html(html)

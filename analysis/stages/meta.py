@@ -363,7 +363,6 @@ def draw_funnels(result, names, n1, n2, imputed, table3: pd.DataFrame,
                            "study_names": names,
                            "title": f"No cluster; published peak {i + 1}: {pub['aal_label']} "
                                     f"({pub['x']}, {pub['y']}, {pub['z']})"})
-    # no panel: no cluster, and no published peak to look at in data of this design
     _save_panel_figure(plot_funnels, panels, "funnel", simulated, out)
 
 
@@ -374,7 +373,7 @@ def _save_panel_figure(plot, panels: list, kind: str, simulated: bool, out) -> N
     import matplotlib.pyplot as plt
 
     note = "Simulated stand-in inputs: not the paper's data." if simulated else None
-    if not panels:
+    if not panels:  # no cluster, and no published peak to look at in data of this design
         note = " ".join(x for x in ("No cluster survived the thresholds: there is no "
                                     f"{kind} plot to draw.", note) if x)
     fig = plot(panels, note=note)

@@ -331,9 +331,8 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
     (-1: all), and the search stops once the next estimate exceeds the best exact ``|mu|`` by more
     than twice the largest one-step error seen in the round, or (``mu_ztol > 0``, the fast path)
     once the best exact ``|mu|`` is within ``mu_ztol`` standard errors ``1 / sqrt(H)`` of 0.
-    On SDM-PSI's bound maps of Enge et
-    al. (2021) (50 studies, 3 rounds) this equals refitting every candidate at all of 1,500
-    random voxels (|d beta| < 4e-8). The former rule (a 48-point grid estimate and exact refits
+    On SDM-PSI's bound maps of Enge et al. (2021) (50 studies, 3 rounds) this equals refitting
+    every candidate at all of 1,500 random voxels (|d beta| < 4e-8). The former rule (a 48-point grid estimate and exact refits
     of its 2 best candidates) chose another study at 115 of them (|d beta| up to 0.069).
     """
     k, nv = lower.shape
@@ -606,8 +605,7 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
     ``|C' (refit - estimate)| / |estimate - beta|^2`` of the refits so far, ``e`` the largest
     error of refits that did not move) is below the best refit, until (``mu_ztol > 0``) the best
     refit's ``|C' beta|`` is within ``mu_ztol`` standard errors ``sqrt(C' H^-1 C)`` of 0.
-    tau2: log-spaced grid on tau,
-    then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
+    tau2: log-spaced grid on tau, then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
     ``n_golden`` golden-section steps, the exact path) around the best grid point
     (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
 
