@@ -145,11 +145,24 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+#: module-like names a file spells (:func:`_spelled_modules`) by (path, mtime in ns, size):
+#: parsed again when the file changes
+_REFERENCES: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
 def _referenced_modules(path: Path) -> set[str]:
     """Package modules a file names: ``import``/``from ... import`` statements anywhere (also
     inside functions), names imported from a package that are themselves modules, and string
     constants that spell a module (``importlib.import_module("analysis.x")``, stage targets).
     """
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _REFERENCES:
+        _REFERENCES[key] = frozenset(_spelled_modules(path))
+    return {m for m in _REFERENCES[key] if _module_file(m) is not None}
+
+
+def _spelled_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -160,7 +173,7 @@ def _referenced_modules(path: Path) -> set[str]:
             found.update(f"{node.module}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             found.add(node.value.split(":")[0])
-    return {m for m in found if _MODULE_NAME.match(m) and _module_file(m) is not None}
+    return {m for m in found if _MODULE_NAME.match(m)}
 
 
 def module_closure(module: str) -> list[Path]:

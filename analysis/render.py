@@ -700,12 +700,15 @@ def quarto_available() -> str | None:
     return shutil.which("quarto")
 
 
-def render_quarto(quarto: str) -> Path:
-    """``quarto render`` of the manuscript project (HTML + Typst PDF) with the venv's Python."""
+def render_quarto(quarto: str, out_dir: Path | None = None) -> Path:
+    """``quarto render`` of the manuscript project (HTML + Typst PDF) with the venv's Python,
+    into the project's output folder or ``out_dir`` (``--output-dir``).
+    """
     env = dict(os.environ, QUARTO_PYTHON=sys.executable, PAINEMP_RENDERER="quarto")
     LGR.info("rendering with %s (QUARTO_PYTHON=%s)", quarto, sys.executable)
-    subprocess.run([quarto, "render"], cwd=paths.REPO_ROOT, env=env, check=True)
-    return OUT_DIR
+    cmd = [quarto, "render"] + ([] if out_dir is None else ["--output-dir", str(out_dir)])
+    subprocess.run(cmd, cwd=paths.REPO_ROOT, env=env, check=True)
+    return OUT_DIR if out_dir is None else Path(out_dir)
 
 
 def check_results_current(config: dict | None = None, allow_missing: bool = False) -> None:
@@ -730,7 +733,7 @@ def check_results_current(config: dict | None = None, allow_missing: bool = Fals
 
 
 def render(engine: str = "auto", allow_missing: bool = False,
-           config: dict | None = None) -> tuple[str, Path]:
+           config: dict | None = None, out_dir: Path | None = None) -> tuple[str, Path]:
     """Render with Quarto if available (``engine='auto'``), else with pandoc and Typst.
 
     Parameters
@@ -742,6 +745,8 @@ def render(engine: str = "auto", allow_missing: bool = False,
     config : dict, optional
         The configuration the results were computed with (default: ``config.yaml``), against
         which :func:`check_results_current` checks them before anything is rendered.
+    out_dir : path-like, optional
+        Output folder (default: ``_manuscript/`` in the repository).
 
     Returns
     -------
@@ -755,6 +760,7 @@ def render(engine: str = "auto", allow_missing: bool = False,
     if allow_missing:
         os.environ["PAINEMP_ALLOW_MISSING"] = "1"
     if engine in ("auto", "quarto") and quarto:
-        return "quarto", render_quarto(quarto)
-    render_pandoc()
-    return "pandoc", OUT_DIR
+        return "quarto", render_quarto(quarto, out_dir)
+    out = OUT_DIR if out_dir is None else Path(out_dir)
+    render_pandoc(out_dir=out)
+    return "pandoc", out

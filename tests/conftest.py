@@ -121,3 +121,18 @@ def enge_dir(mirror):
     from analysis.fetch import fetch_dataset
 
     return fetch_dataset("validation/enge2021_sdm", download=False)
+
+
+@pytest.fixture(scope="session")
+def enge_bounds(enge_dir):
+    """SDM-PSI's own bound maps (``pp/``) of the 50 studies of Enge et al. (2021), read once:
+    ``(space of sdm_mask, studies, lower, upper)``, float32 (k, V) in the order of ``studies``."""
+    import nibabel as nib
+
+    from analysis.sdm.maps.preprocess import read_bound_maps
+    from analysis.sdm.maps.space import MaskSpace
+
+    space = MaskSpace(nib.load(enge_dir / "sdm_mask.nii.gz"))
+    studies = sorted(p.name[:-len("_lower.nii.gz")] for p in (enge_dir / "pp").glob("*_lower.nii.gz"))
+    lower, upper = read_bound_maps(enge_dir / "pp", studies, space)
+    return space, studies, lower, upper

@@ -740,6 +740,23 @@ def test_quarto_path_is_called_with_the_venv_python(tmp_path, monkeypatch):
     args, python, renderer, cwd = log.read_text().strip().split("|")
     assert args == "render" and python == sys.executable and renderer == "quarto"
     assert Path(cwd) == REPO
+    # another output folder is passed to Quarto as its --output-dir
+    engine, out = rd.render("auto", out_dir=tmp_path / "elsewhere")
+    assert out == tmp_path / "elsewhere"
+    assert log.read_text().split("|")[0] == f"render --output-dir {tmp_path / 'elsewhere'}"
+
+
+def test_render_command_output_dir(monkeypatch, tmp_path):
+    """``render --output-dir DIR`` renders there (the paper benchmark leaves _manuscript/ alone)."""
+    from analysis.cli import main
+
+    calls = {}
+    monkeypatch.setattr(rd, "check_results_current", lambda *args, **kwargs: None)
+    monkeypatch.setattr(rd, "render_pandoc", lambda **kwargs: calls.update(kwargs))
+    assert main(["render", "--engine", "pandoc", "--output-dir", str(tmp_path / "m")]) == 0
+    assert calls == {"out_dir": tmp_path / "m"}
+    assert main(["render", "--engine", "pandoc"]) == 0
+    assert calls == {"out_dir": rd.OUT_DIR}
 
 
 def test_quarto_requested_but_missing(monkeypatch):

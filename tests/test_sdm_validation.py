@@ -60,11 +60,10 @@ def test_cluster_recovery_measure(reference_maps, enge_dir):
     assert at["at_global_max"]["sdm"]["g"] == pytest.approx(0.4748, abs=1e-4)
 
 
-def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, reference_maps):
+def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, enge_bounds):
     """Fast MetaNSUE MLE vs the per-voxel reference on SDM's own pp/ bound maps."""
-    space, _ = reference_maps
+    space, studies, lower, upper = enge_bounds
     dataset = SDMDataset.from_sdm_project(enge_dir)
-    studies = sorted(p.name[:-len("_lower.nii.gz")] for p in (enge_dir / "pp").glob("*_lower.nii.gz"))
     tab = dataset.studies.set_index("study").loc[studies]
     rng = np.random.default_rng(7)
     cols = rng.choice(space.n_voxels, 20, replace=False)
@@ -72,10 +71,7 @@ def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, reference_maps):
     near = space.voxel_index(dataset.peaks[dataset.peaks["study"].isin(studies)][["x", "y", "z"]]
                              .to_numpy()[:12])
     cols = np.unique(np.r_[cols, near[near >= 0]])
-    lo = np.stack([space.from_img(nib.load(str(enge_dir / "pp" / f"{s}_lower.nii.gz")))[cols]
-                   for s in studies]).astype(float)
-    up = np.stack([space.from_img(nib.load(str(enge_dir / "pp" / f"{s}_upper.nii.gz")))[cols]
-                   for s in studies]).astype(float)
+    lo, up = lower[:, cols].astype(float), upper[:, cols].astype(float)
     n1 = tab["n1"].to_numpy(float)
     fast = mn_mle.censored_mle(lo, up, n1, None)
     slow = ref.mle_map(lo, up, n1, None)
@@ -84,7 +80,7 @@ def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, reference_maps):
     np.testing.assert_allclose(fast["tau2"], slow["tau2"], rtol=2e-5, atol=1e-5)
 
 
-def test_statistics_from_sdm_bounds_match_mod1_on_subset(enge_dir, reference_maps):
+def test_statistics_from_sdm_bounds_match_mod1_on_subset(enge_dir, reference_maps, enge_bounds):
     """SDM's own bound maps -> MLE, 50 imputations, DL random effects, Rubin -> ``mod1``.
 
     489 voxels: SDM's 7 reported peaks with their 26 neighbours and 300 random voxels (seed
@@ -105,9 +101,10 @@ def test_statistics_from_sdm_bounds_match_mod1_on_subset(enge_dir, reference_map
     vol[tuple(space.ijk[cols].T)] = 1
     sub = MaskSpace(nib.Nifti1Image(vol, space.affine))
     dataset = SDMDataset.from_sdm_project(enge_dir)
-    studies = list(dataset.studies["study"])
-    lo, up = (np.stack([np.asarray(nib.load(str(enge_dir / "pp" / f"{s}_{b}.nii.gz")).dataobj)
-                        [vol > 0] for s in studies]) for b in ("lower", "upper"))
+    pp_space, pp_studies, lower, upper = enge_bounds
+    assert np.array_equal(pp_space.ijk, space.ijk)
+    rows = [pp_studies.index(s) for s in dataset.studies["study"]]
+    lo, up = lower[rows][:, cols], upper[rows][:, cols]  # cols sorted: the order of sub
     res = SDMPSI(imputations=50, seed=1, keep_imputations=False).fit_bounds(
         lo, up, dataset.studies["n1"].to_numpy(float), None, sub)
     ours = res.maps

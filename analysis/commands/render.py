@@ -50,6 +50,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a configuration override the results were computed with (run --set); "
                         "repeatable")
+    p.add_argument("--output-dir", metavar="DIR", type=Path, default=None,
+                   help="write index.html and index.pdf there instead of _manuscript/")
 
 
 def remove_stale_temp(base: str | os.PathLike | None = None) -> list[Path]:
@@ -105,7 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with private_temp():
             engine, out = render(args.engine, allow_missing=args.allow_missing,
-                                 config=config_from_args(args))
+                                 config=config_from_args(args), out_dir=args.output_dir)
     except RenderError as exc:
         print(f"error: {exc}")
         return 1

@@ -209,9 +209,14 @@ def threshold_clusters(
             continue
         lab, n = ndimage.label(space.to_volume(supra.astype(np.uint8)) > 0, structure=struct)
         idx = np.arange(1, n + 1)
-        sizes = ndimage.sum_labels(np.ones(lab.shape), lab, idx).astype(int)
         sz = space.to_volume(sign * z, fill=-np.inf)
-        peaks = np.asarray(ndimage.maximum(sz, lab, idx), dtype=float)
+        # size and peak of every component from its voxels only (ndimage.maximum with an
+        # index sorts the whole volume's labels: 0.15 s a call)
+        in_lab = lab > 0
+        lab_v = lab[in_lab]
+        sizes = np.bincount(lab_v, minlength=n + 1)[1:]
+        peaks = np.full(n, -np.inf)
+        np.maximum.at(peaks, lab_v - 1, sz[in_lab].astype(float))
         ok = (sizes >= params["min_voxels"]) & (peaks > params["peak_z"])
         # order: size desc, then peak desc, then lowest label for determinism
         order = np.lexsort((idx, -peaks, -sizes))
