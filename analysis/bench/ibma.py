@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.bench import register
+from analysis.sdm.heap import frozen_heap
 
 #: MNI centre of the planted effect of the simulated maps (left anterior insula)
 EFFECT_XYZ = (-38.0, 16.0, -2.0)
@@ -84,8 +85,11 @@ def simulated_map_dataset(k: int, seed: int, cfg: dict | None = None, g: float =
         columns=["study", "x", "y", "z", "t", "sign"]), images=images)
 
 
+@frozen_heap()
 def _nimare_ibma(g, v, space, heterogeneity: str, folder: Path):
-    """NiMARE's IBMA of the g maps ``g`` with variances ``v`` (k, V), written as NIfTI."""
+    """NiMARE's IBMA of the g maps ``g`` with variances ``v`` (k, V), written as NIfTI (the
+    heap frozen: nilearn's forced collections would walk this process' objects, not NiMARE's).
+    """
     import nibabel as nib
     from nimare.dataset import Dataset
     from nimare.meta.ibma import DerSimonianLaird, VarianceBasedLikelihood

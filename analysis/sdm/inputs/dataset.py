@@ -433,7 +433,11 @@ class SDMDataset:
             data[str(rec["study"])] = {"contrasts": {"1": contrast}}
         import warnings
 
-        with warnings.catch_warnings():  # NiMARE 0.22's estimators still take a Dataset
+        from analysis.sdm.heap import frozen_heap
+
+        # NiMARE 0.22's estimators still take a Dataset; its mask goes through nilearn, which
+        # forces full garbage collections (frozen_heap)
+        with warnings.catch_warnings(), frozen_heap():
             warnings.filterwarnings("ignore", "nimare.dataset.Dataset is deprecated",
                                     FutureWarning)
             return Dataset(data, target=target)
