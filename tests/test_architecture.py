@@ -51,7 +51,8 @@ MODULE_NAME = re.compile(r"^analysis(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 #: the engine's layout: its top-level modules and its sub-packages (inputs, maps, statistics,
 #: inference, diagnostics); a module elsewhere in the engine is a violation
 ENGINE_LAYOUT = {
-    "": {"__init__", "backend", "base", "datasets", "errors", "estimator", "progress", "rng"},
+    "": {"__init__", "backend", "base", "datasets", "errors", "estimator", "heap", "progress",
+         "rng"},
     "inputs": {"__init__", "coords", "dataset", "io", "peaks", "project", "statmaps",
                "studies"},
     "maps": {"__init__", "kernel", "preprocess", "space", "templates"},

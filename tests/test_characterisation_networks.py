@@ -193,7 +193,7 @@ def test_clusters_of_a_known_blob(mirror):
 def test_cluster_peak_on_a_plateau_is_its_first_voxel(mirror):
     """Maps with plateaus (MACM z at the floor of p) have tied maxima: the reported peak is the
     cluster's first voxel in C order among them, whatever NumPy's sort does with ties."""
-    from analysis.characterisation.macm import neurosynth_mask
+    from analysis.characterisation.databases import neurosynth_mask
     from analysis.sdm.maps.space import ijk_to_mni
 
     mimg = neurosynth_mask()

@@ -60,16 +60,20 @@ def test_cluster_recovery_measure(reference_maps, enge_dir):
     assert at["at_global_max"]["sdm"]["g"] == pytest.approx(0.4748, abs=1e-4)
 
 
-def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, enge_bounds):
-    """Fast MetaNSUE MLE vs the per-voxel reference on SDM's own pp/ bound maps."""
+@pytest.mark.parametrize(("n_random", "n_near"),
+                         [(4, 6), pytest.param(20, 12, marks=pytest.mark.slow)])
+def test_fast_mle_matches_reference_on_sdm_bounds(enge_dir, enge_bounds, n_random, n_near):
+    """Fast MetaNSUE MLE vs the per-voxel reference on SDM's own pp/ bound maps, at the voxels
+    of ``n_near`` reported peaks and ``n_random`` random ones (the pure-Python reference takes
+    about 0.5 s a voxel: the larger set runs with ``make validate``)."""
     space, studies, lower, upper = enge_bounds
     dataset = SDMDataset.from_sdm_project(enge_dir)
     tab = dataset.studies.set_index("study").loc[studies]
     rng = np.random.default_rng(7)
-    cols = rng.choice(space.n_voxels, 20, replace=False)
+    cols = rng.choice(space.n_voxels, n_random, replace=False)
     # add voxels close to reported peaks, where bounds are informative
     near = space.voxel_index(dataset.peaks[dataset.peaks["study"].isin(studies)][["x", "y", "z"]]
-                             .to_numpy()[:12])
+                             .to_numpy()[:n_near])
     cols = np.unique(np.r_[cols, near[near >= 0]])
     lo, up = lower[:, cols].astype(float), upper[:, cols].astype(float)
     n1 = tab["n1"].to_numpy(float)

@@ -26,7 +26,8 @@ variance; and :mod:`~analysis.sdm.statistics.effect_sizes`,
 :mod:`~analysis.sdm.diagnostics.egger`). At the top: the estimator
 (:mod:`~analysis.sdm.estimator`), parameters (:mod:`~analysis.sdm.base`), random streams
 (:mod:`~analysis.sdm.rng`), progress (:mod:`~analysis.sdm.progress`), array back-ends
-(:mod:`~analysis.sdm.backend`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
+(:mod:`~analysis.sdm.backend`), cheap forced garbage collections around nilearn
+(:mod:`~analysis.sdm.heap`). Errors: :mod:`~analysis.sdm.errors`. The defaults of
 :class:`SDMPSI`: SDM-PSI's ``gray_matter_2mm`` mask, a public file fetched on first use from its
 canonical URL into the user cache and checked by SHA-256 (:mod:`~analysis.sdm.datasets`), and
 the kernel template fitted on SDM-PSI's maps, which the engine ships in ``analysis/sdm/data/``
