@@ -35,7 +35,15 @@ SDM-PSI (Albajes-Eizagirre et al. 2019, NeuroImage 186:174-184):
    not public. Known voxels are copied.
 
 Intercept-only models use a compiled per-voxel kernel (safeguarded Newton for beta, a grid
-and a one-dimensional search for tau2). Other designs use a compiled per-voxel kernel
+and a one-dimensional search for tau2). Its Newton steps and leave-n-out ranking take the
+derivatives of a censored study's term without its logarithm (``phi(a) / Z`` directly, where
+``Z`` has no cancellation), and a Newton step shorter than the tolerance ends the search (before,
+a step that rounded to the bracket's end sent the search to the far midpoint of the bracket,
+where it could end at another stationary point: 31 of 30,000 random voxels of SDM-PSI's bound
+maps of the first 11 studies of Enge et al. 2021, |d beta| up to 0.078 from the per-voxel
+reference, when the derivatives were changed at the 1e-16 level). Against the former kernel on
+those 30,000 voxels, 11 and 50 studies: |d beta| <= 1e-11, |d tau2| <= 5e-7, and 1.45 and 1.6
+times faster (0.88 s to 0.61 s, 4.86 s to 3.04 s, 2 threads). Other designs use a compiled per-voxel kernel
 (:func:`_mle_design_kernel`) with the mathematics of the NumPy path vectorised over voxels
 (``compiled=False``, the reference): damped Newton with step halving and a minimum-norm step
 where the Hessian is singular, every active study refitted in every leave-n-out round, the same

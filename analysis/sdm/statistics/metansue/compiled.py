@@ -69,6 +69,55 @@ def _censored_coef(mu, lo, up, s_lo, s_up, want):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _censored_derivs(mu, lo, up, s_lo, s_up):  # pragma: no cover - compiled
+    """The first two derivatives in mu of :func:`_censored_coef`'s objective, without its value:
+    where the interval's probability ``Z`` has no harmful cancellation (the test of
+    :func:`_log_interval`) and ``1 / Z`` is finite, ``phi(a) / (Z s_lo)`` and
+    ``phi(b) / (Z s_up)`` directly, with no logarithm (the Newton steps of the intercept-only fit and the leave-n-out ranking need no
+    value); elsewhere :func:`_censored_coef`.
+    """
+    a = (lo - mu) / s_lo
+    b = (up - mu) / s_up
+    if not b > a:
+        return 0.0, 0.0
+    ra_, rb_ = (-b, -a) if a > 0.0 else (a, b)
+    pb = 0.5 * math.erfc(-rb_ / 1.4142135623730951)
+    pa = 0.5 * math.erfc(-ra_ / 1.4142135623730951)
+    z = pb - pa
+    if not (z > 1e-6 * pb and z > 1e-290):  # cancellation, or 1 / Z beyond the float range
+        _f, d1, d2 = _censored_coef(mu, lo, up, s_lo, s_up, True)
+        return d1, d2
+    scale = 1.0 / (z * 2.5066282746310002)  # 1 / (Z sqrt(2 pi))
+    ra = math.exp(-0.5 * a * a) * scale / s_lo
+    rb = math.exp(-0.5 * b * b) * scale / s_up
+    d1 = rb - ra
+    d2 = b * rb / s_up - a * ra / s_lo + d1 * d1
+    return d1, max(d2, 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _study_derivs(mu, y, known, lo, up, v, s_lo, s_up, i):  # pragma: no cover - compiled
+    """First two derivatives in mu of study ``i``'s objective (:func:`_study_coef`)."""
+    if known[i]:
+        return (mu - y[i]) / v[i], 1.0 / v[i]
+    return _censored_derivs(mu, lo[i], up[i], s_lo[i], s_up[i])
+
+
+@numba.njit(cache=True, nogil=True)
+def _coef_derivs(mu, y, known, lo, up, v, s_lo, s_up, act):  # pragma: no cover - compiled
+    """Sum over active studies of the first two derivatives of the coefficient objective."""
+    g = 0.0
+    h = 0.0
+    for i in range(y.shape[0]):
+        if act[i] == 0:
+            continue
+        gi, hi = _study_derivs(mu, y, known, lo, up, v, s_lo, s_up, i)
+        g += gi
+        h += hi
+    return g, h
+
+
+@numba.njit(cache=True, nogil=True)
 def _study_coef(mu, y, known, lo, up, v, s_lo, s_up, i, want):  # pragma: no cover - compiled
     """Objective of study ``i`` at ``mu`` and (if ``want``) its first two derivatives in mu.
 
@@ -135,11 +184,16 @@ def _valid_bracket(y, known, lo, up, s_lo, s_up, act):  # pragma: no cover - com
 def _newton_1d(mu, lo_b, hi_b, y, known, lo, up, v, s_lo, s_up, act):  # pragma: no cover
     """Safeguarded Newton on a 1-D objective with the minimiser bracketed in [lo_b, hi_b]
     (the derivative is <= 0 at lo_b and >= 0 at hi_b): bisection wherever the Newton step
-    leaves the current bracket.
+    leaves the current bracket; a Newton step shorter than the tolerance ends the search (such a
+    step can round to ``mu`` itself, an end of the bracket, which the bracket test would send
+    to the far midpoint).
     """
     mu = min(max(mu, lo_b), hi_b)
     for _ in range(100):
-        f, g, h = _coef_terms(mu, y, known, lo, up, v, s_lo, s_up, act, True)
+        g, h = _coef_derivs(mu, y, known, lo, up, v, s_lo, s_up, act)
+        if h > 0.0 and abs(g) < 1e-11 * h:
+            mu = mu - g / h
+            break
         if g > 0.0:
             hi_b = mu
         else:
@@ -369,7 +423,7 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
             h_tot = 0.0
             for i in range(k):
                 if act[i]:
-                    _f, gs[i], hs[i] = _study_coef(mu, y, known, lo, up, v, s_lo, s_up, i, True)
+                    gs[i], hs[i] = _study_derivs(mu, y, known, lo, up, v, s_lo, s_up, i)
                     h_tot += hs[i]
             for i in range(k):
                 if not act[i]:
