@@ -86,9 +86,7 @@ def test_enge_project_imports_runs_and_renders(enge_dir, tmp_path, monkeypatch, 
 
     # render, the second half of `make paper`, without Quarto
     monkeypatch.setattr(rd, "quarto_available", lambda: None)
-    pandoc = rd.render_pandoc
-    monkeypatch.setattr(rd, "render_pandoc", lambda: pandoc(out_dir=out, timeout=600))
-    assert main(["render", *TINY]) == 0
+    assert main(["render", *TINY, "--output-dir", str(out)]) == 0
     html = (out / "index.html").read_text()
     assert (out / "index.pdf").stat().st_size > 0
     from test_manuscript import _Html
