@@ -73,11 +73,10 @@ def read_enge(folder, studies=None) -> SDMDataset:
 
 
 @pytest.fixture(scope="module")
-def enge(enge_dir):
-    space = MaskSpace(nib.load(enge_dir / "sdm_mask.nii.gz"))
+def enge(enge_dir, enge_bounds):
+    space, studies, lower, upper = enge_bounds
     ds = read_enge(enge_dir, ENGE_STUDIES)
-    sdm = {s: (space.from_img(nib.load(enge_dir / "pp" / f"{s}_lower.nii.gz")).astype(float),
-               space.from_img(nib.load(enge_dir / "pp" / f"{s}_upper.nii.gz")).astype(float))
+    sdm = {s: (lower[studies.index(s)].astype(float), upper[studies.index(s)].astype(float))
            for s in ENGE_STUDIES}
     return space, ds, sdm
 

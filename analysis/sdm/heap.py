@@ -5,9 +5,10 @@ functions and maskers, hence by NiMARE's image-based estimators) forces a full c
 every call. A full collection walks every live object: in a pipeline or test process about
 0.14 s each, 24 calls per Figure 2 (3.4 s of the 13 s stage ``meta`` of a quick run) and 27
 per NiMARE image-based fit of six studies (4.3 s of 5.8 s), 3 per NiMARE ``Dataset`` made by
-:meth:`analysis.sdm.inputs.dataset.SDMDataset.to_nimare` (0.85 s in a test process). :func:`frozen_heap` moves the
-objects alive on entry to the collector's permanent generation (:func:`gc.freeze`) and releases
-them on exit, so those collections walk only what the block creates. Reference counting still
+:meth:`analysis.sdm.inputs.dataset.SDMDataset.to_nimare` (0.85 s in a test process).
+:func:`frozen_heap` moves the objects alive on entry to the collector's permanent generation
+(:func:`gc.freeze`) and releases them on exit, so those collections walk only what the block
+creates. Reference counting still
 frees everything as usual; only cyclic garbage among the frozen objects waits for the exit.
 """
 

@@ -43,8 +43,8 @@ where it could end at another stationary point: 31 of 30,000 random voxels of SD
 maps of the first 11 studies of Enge et al. 2021, |d beta| up to 0.078 from the per-voxel
 reference, when the derivatives were changed at the 1e-16 level). Against the former kernel on
 those 30,000 voxels, 11 and 50 studies: |d beta| <= 1e-11, |d tau2| <= 5e-7, and 1.45 and 1.6
-times faster (0.88 s to 0.61 s, 4.86 s to 3.04 s, 2 threads). Other designs use a compiled per-voxel kernel
-(:func:`_mle_design_kernel`) with the mathematics of the NumPy path vectorised over voxels
+times faster (0.88 s to 0.61 s, 4.86 s to 3.04 s, 2 threads). Other designs use a compiled
+per-voxel kernel (:func:`_mle_design_kernel`) with the mathematics of the NumPy path vectorised over voxels
 (``compiled=False``, the reference): damped Newton with step halving and a minimum-norm step
 where the Hessian is singular, every active study refitted in every leave-n-out round, the same
 tau2 grid and golden section. Voxels with identical bound patterns are solved once

@@ -28,13 +28,23 @@ def _log_ndtr(x):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _log_interval(a, b):  # pragma: no cover - compiled
-    """ln[Phi(b) - Phi(a)] for a < b (reflected so that the smaller tail is used)."""
+def _interval_cdfs(a, b):  # pragma: no cover - compiled
+    """``(Phi(a'), Phi(b'), a', b')`` for a < b, reflected (``a' = -b, b' = -a`` where a > 0)
+    so that the smaller tail is used: ``Phi(b') - Phi(a') = Phi(b) - Phi(a)``, and the
+    difference has no harmful cancellation where it exceeds ``1e-6 Phi(b')`` (erfc is
+    relatively accurate).
+    """
     if a > 0.0:
         a, b = -b, -a
-    pb = 0.5 * math.erfc(-b / 1.4142135623730951)
-    pa = 0.5 * math.erfc(-a / 1.4142135623730951)
-    if pb - pa > 1e-6 * pb:  # no harmful cancellation: direct (erfc is relatively accurate)
+    return (0.5 * math.erfc(-a / 1.4142135623730951), 0.5 * math.erfc(-b / 1.4142135623730951),
+            a, b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_interval(a, b):  # pragma: no cover - compiled
+    """ln[Phi(b) - Phi(a)] for a < b (reflected so that the smaller tail is used)."""
+    pa, pb, a, b = _interval_cdfs(a, b)
+    if pb - pa > 1e-6 * pb:  # no harmful cancellation: direct
         return math.log(pb - pa)
     lh = _log_ndtr(b)
     ll = _log_ndtr(a)
@@ -73,16 +83,14 @@ def _censored_derivs(mu, lo, up, s_lo, s_up):  # pragma: no cover - compiled
     """The first two derivatives in mu of :func:`_censored_coef`'s objective, without its value:
     where the interval's probability ``Z`` has no harmful cancellation (the test of
     :func:`_log_interval`) and ``1 / Z`` is finite, ``phi(a) / (Z s_lo)`` and
-    ``phi(b) / (Z s_up)`` directly, with no logarithm (the Newton steps of the intercept-only fit and the leave-n-out ranking need no
-    value); elsewhere :func:`_censored_coef`.
+    ``phi(b) / (Z s_up)`` directly, with no logarithm (the Newton steps of the intercept-only
+    fit and the leave-n-out ranking need no value); elsewhere :func:`_censored_coef`.
     """
     a = (lo - mu) / s_lo
     b = (up - mu) / s_up
     if not b > a:
         return 0.0, 0.0
-    ra_, rb_ = (-b, -a) if a > 0.0 else (a, b)
-    pb = 0.5 * math.erfc(-rb_ / 1.4142135623730951)
-    pa = 0.5 * math.erfc(-ra_ / 1.4142135623730951)
+    pa, pb, _a, _b = _interval_cdfs(a, b)
     z = pb - pa
     if not (z > 1e-6 * pb and z > 1e-290):  # cancellation, or 1 / Z beyond the float range
         _f, d1, d2 = _censored_coef(mu, lo, up, s_lo, s_up, True)
@@ -97,7 +105,12 @@ def _censored_derivs(mu, lo, up, s_lo, s_up):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _study_derivs(mu, y, known, lo, up, v, s_lo, s_up, i):  # pragma: no cover - compiled
-    """First two derivatives in mu of study ``i``'s objective (:func:`_study_coef`)."""
+    """First two derivatives in mu of study ``i``'s objective.
+
+    Known: ``(mu - y)^2 / (2 v)``. Censored: :func:`_censored_derivs` (the curvature is floored
+    at 0, so Newton directions stay descent directions; the barrier of :func:`_censored_coef` is
+    never reached by the intercept-only fit, which keeps mu inside :func:`_valid_bracket`).
+    """
     if known[i]:
         return (mu - y[i]) / v[i], 1.0 / v[i]
     return _censored_derivs(mu, lo[i], up[i], s_lo[i], s_up[i])
@@ -115,36 +128,6 @@ def _coef_derivs(mu, y, known, lo, up, v, s_lo, s_up, act):  # pragma: no cover 
         g += gi
         h += hi
     return g, h
-
-
-@numba.njit(cache=True, nogil=True)
-def _study_coef(mu, y, known, lo, up, v, s_lo, s_up, i, want):  # pragma: no cover - compiled
-    """Objective of study ``i`` at ``mu`` and (if ``want``) its first two derivatives in mu.
-
-    Known: ``(mu - y)^2 / (2 v)``. Censored: :func:`_censored_coef` (the curvature is floored
-    at 0, so Newton directions stay descent directions; its barrier is never reached by the
-    intercept-only fit, which keeps mu inside :func:`_valid_bracket`).
-    """
-    if known[i]:
-        r = mu - y[i]
-        return 0.5 * r * r / v[i], r / v[i], 1.0 / v[i]
-    return _censored_coef(mu, lo[i], up[i], s_lo[i], s_up[i], want)
-
-
-@numba.njit(cache=True, nogil=True)
-def _coef_terms(mu, y, known, lo, up, v, s_lo, s_up, act, want):  # pragma: no cover - compiled
-    """Sum over active studies of the coefficient objective (and derivatives if ``want``)."""
-    f = 0.0
-    g = 0.0
-    h = 0.0
-    for i in range(y.shape[0]):
-        if act[i] == 0:
-            continue
-        fi, gi, hi = _study_coef(mu, y, known, lo, up, v, s_lo, s_up, i, want)
-        f += fi
-        g += gi
-        h += hi
-    return f, g, h
 
 
 @numba.njit(cache=True, nogil=True)
@@ -386,8 +369,9 @@ def _mle_mean_kernel(lower, upper, k1, k2, n_out, taus, n_golden, tau_rtol, n_ca
     than twice the largest one-step error seen in the round, or (``mu_ztol > 0``, the fast path)
     once the best exact ``|mu|`` is within ``mu_ztol`` standard errors ``1 / sqrt(H)`` of 0.
     On SDM-PSI's bound maps of Enge et al. (2021) (50 studies, 3 rounds) this equals refitting
-    every candidate at all of 1,500 random voxels (|d beta| < 4e-8). The former rule (a 48-point grid estimate and exact refits
-    of its 2 best candidates) chose another study at 115 of them (|d beta| up to 0.069).
+    every candidate at all of 1,500 random voxels (|d beta| < 4e-8). The former rule (a 48-point
+    grid estimate and exact refits of its 2 best candidates) chose another study at 115 of them
+    (|d beta| up to 0.069).
     """
     k, nv = lower.shape
     for col in numba.prange(nv):
@@ -514,7 +498,7 @@ def _design_terms(beta, X, y, known, lo, up, v, s_lo, s_up, act, want, G, H):  #
         mu = 0.0
         for j in range(p):
             mu += X[i, j] * beta[j]
-        if known[i]:  # the known branch of _study_coef
+        if known[i]:  # the known branch of _study_derivs
             r = mu - y[i]
             fi = 0.5 * r * r / v[i]
             gi = r / v[i]
@@ -659,9 +643,9 @@ def _mle_design_kernel(lower, upper, k1, k2, X, C, n_out, taus, n_golden, tau_rt
     ``|C' (refit - estimate)| / |estimate - beta|^2`` of the refits so far, ``e`` the largest
     error of refits that did not move) is below the best refit, until (``mu_ztol > 0``) the best
     refit's ``|C' beta|`` is within ``mu_ztol`` standard errors ``sqrt(C' H^-1 C)`` of 0.
-    tau2: log-spaced grid on tau, then Brent's method to the relative tolerance ``tau_rtol`` (``tau_rtol <= 0``:
-    ``n_golden`` golden-section steps, the exact path) around the best grid point
-    (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
+    tau2: log-spaced grid on tau, then Brent's method to the relative tolerance ``tau_rtol``
+    (``tau_rtol <= 0``: ``n_golden`` golden-section steps, the exact path) around the best grid
+    point (:func:`_tau2_search`), with all studies and ``mu_i = x_i' beta``.
 
     Singular systems: the NumPy path takes the pseudo-inverse step only where LAPACK's solve
     meets an exactly zero pivot (then for the whole block); here a pivot below
