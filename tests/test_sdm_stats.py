@@ -281,6 +281,42 @@ def test_fast_mle_stops_at_hypothesis_tolerance(rng, n_cov):
     assert np.mean(np.abs(exact["beta"][:, 0]) < 1e-3) >= 0.5
 
 
+def test_tau2_slope_at_zero_matches_finite_difference(rng):
+    """``_tau2_slope0`` (the derivative of the tau2 objective at tau2 = 0) equals a central
+    difference of ``_tau2_f`` at a small tau2, for censored and known studies."""
+    lo, up, n1, n2 = _random_bounds(rng, k=11, nv=20, known_frac=0.3)
+    k1, k2 = mn_mle.variance_coefficients(n1, n2)
+    h = 1e-7
+    for col in range(lo.shape[1]):
+        lo_c, up_c = lo[:, col].copy(), up[:, col].copy()
+        known = np.abs(up_c - lo_c) < mn_settings.KNOWN_TOL
+        y = np.where(known, 0.5 * (lo_c + up_c), 0.0)
+        v = np.where(known, k1 + k2 * y * y, 1.0)
+        v_lo, v_up = k1 + k2 * lo_c * lo_c, k1 + k2 * up_c * up_c
+        mu = np.full(lo_c.shape, rng.normal(0.0, 0.2))
+        args = (mu, y, known, lo_c, up_c, v, v_lo, v_up)
+        slope = mn_compiled._tau2_slope0(*args)
+        fd = (mn_compiled._tau2_f(2 * h, *args) - mn_compiled._tau2_f(0.0, *args)) / (2 * h)
+        assert slope == pytest.approx(fd, rel=1e-4, abs=1e-6)
+
+
+def test_fast_tau2_search_returns_the_boundary_optimum_exactly(rng):
+    """Where tau = 0 is the grid's best point and the objective rises as tau2 leaves 0 (every
+    study censored on an interval around the common mean, the usual case far from the peaks),
+    the fast path returns tau2 = 0 itself, equal to the exact path's optimum to its own
+    resolution, instead of Brent's approach to the boundary."""
+    k, nv = 11, 50
+    n1 = rng.integers(10, 40, k).astype(float)
+    gthr = g_from_t(3.2, n1)[:, None]
+    lo = -gthr * rng.uniform(0.8, 1.0, (k, nv))
+    up = gthr * rng.uniform(0.8, 1.0, (k, nv))
+    fast = mn_mle.censored_mle(lo, up, n1, None, method="fast")
+    exact = mn_mle.censored_mle(lo, up, n1, None, method="exact")
+    assert (fast["tau2"] == 0.0).all()
+    np.testing.assert_allclose(exact["tau2"], 0.0, atol=1e-9)
+    np.testing.assert_array_equal(fast["beta"], exact["beta"])
+
+
 def test_mle_reports_progress_per_block(rng, caplog):
     """Both kernels run in blocks of ``chunk`` distinct bound patterns and log their progress
     (no terminal under pytest: log lines of :mod:`analysis.sdm.progress`)."""

