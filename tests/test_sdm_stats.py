@@ -300,6 +300,35 @@ def test_tau2_slope_at_zero_matches_finite_difference(rng):
         assert slope == pytest.approx(fd, rel=1e-4, abs=1e-6)
 
 
+def test_tau2_nondecreasing_implies_the_optimum_at_zero(rng):
+    """Where ``_tau2_nondecreasing`` holds, the tau2 objective never decreases on a fine grid of
+    tau2 (so 0 is its global optimum); it fails once a censored interval excludes the mean or a
+    known study lies farther than its standard error from it."""
+    lo, up, n1, n2 = _random_bounds(rng, k=11, nv=200, known_frac=0.2)
+    # half the voxels far from every peak: intervals around 0, a few known effects near 0
+    half = rng.uniform(0.05, 0.5, (11, 100))
+    lo[:, :100], up[:, :100] = -half, half * rng.uniform(0.5, 1.5, (11, 100))
+    lo[:2, :100] = up[:2, :100] = rng.normal(0.0, 0.2, (2, 100))
+    k1, k2 = mn_mle.variance_coefficients(n1, n2)
+    grid = np.r_[0.0, np.geomspace(1e-8, 50.0, 400)]
+    n_true = 0
+    for col in range(lo.shape[1]):
+        lo_c, up_c = lo[:, col].copy(), up[:, col].copy()
+        known = np.abs(up_c - lo_c) < mn_settings.KNOWN_TOL
+        y = np.where(known, 0.5 * (lo_c + up_c), 0.0)
+        v = np.where(known, k1 + k2 * y * y, 1.0)
+        v_lo, v_up = k1 + k2 * lo_c * lo_c, k1 + k2 * up_c * up_c
+        mu = np.full(lo_c.shape, rng.normal(0.0, 0.1))
+        holds = mn_compiled._tau2_nondecreasing(mu, y, known, lo_c, up_c, v)
+        inside = np.where(known, (y - mu) ** 2 <= v, (lo_c <= mu) & (mu <= up_c))
+        assert holds == inside.all()
+        if holds:
+            n_true += 1
+            f = [mn_compiled._tau2_f(t, mu, y, known, lo_c, up_c, v, v_lo, v_up) for t in grid]
+            assert np.all(np.diff(f) >= -1e-12)
+    assert n_true >= 5
+
+
 def test_fast_tau2_search_returns_the_boundary_optimum_exactly(rng):
     """Where tau = 0 is the grid's best point and the objective rises as tau2 leaves 0 (every
     study censored on an interval around the common mean, the usual case far from the peaks),
