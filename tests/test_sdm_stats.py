@@ -281,20 +281,23 @@ def test_fast_mle_stops_at_hypothesis_tolerance(rng, n_cov):
     assert np.mean(np.abs(exact["beta"][:, 0]) < 1e-3) >= 0.5
 
 
+def _tau2_args(lo, up, k1, k2, mean):
+    """Arguments ``(mu, y, known, lo, up, v, v_lo, v_up)`` of the compiled tau2 objective for
+    one voxel's bounds, every study's mean ``mean``."""
+    known = np.abs(up - lo) < mn_settings.KNOWN_TOL
+    y = np.where(known, 0.5 * (lo + up), 0.0)
+    v = np.where(known, k1 + k2 * y * y, 1.0)
+    return (np.full(lo.shape, mean), y, known, lo, up, v, k1 + k2 * lo * lo, k1 + k2 * up * up)
+
+
 def test_tau2_slope_at_zero_matches_finite_difference(rng):
-    """``_tau2_slope0`` (the derivative of the tau2 objective at tau2 = 0) equals a central
-    difference of ``_tau2_f`` at a small tau2, for censored and known studies."""
+    """``_tau2_slope0`` (the derivative of the tau2 objective at tau2 = 0) equals the difference
+    quotient of ``_tau2_f`` over ``[0, 2e-7]``, for censored and known studies."""
     lo, up, n1, n2 = _random_bounds(rng, k=11, nv=20, known_frac=0.3)
     k1, k2 = mn_mle.variance_coefficients(n1, n2)
     h = 1e-7
     for col in range(lo.shape[1]):
-        lo_c, up_c = lo[:, col].copy(), up[:, col].copy()
-        known = np.abs(up_c - lo_c) < mn_settings.KNOWN_TOL
-        y = np.where(known, 0.5 * (lo_c + up_c), 0.0)
-        v = np.where(known, k1 + k2 * y * y, 1.0)
-        v_lo, v_up = k1 + k2 * lo_c * lo_c, k1 + k2 * up_c * up_c
-        mu = np.full(lo_c.shape, rng.normal(0.0, 0.2))
-        args = (mu, y, known, lo_c, up_c, v, v_lo, v_up)
+        args = _tau2_args(lo[:, col].copy(), up[:, col].copy(), k1, k2, rng.normal(0.0, 0.2))
         slope = mn_compiled._tau2_slope0(*args)
         fd = (mn_compiled._tau2_f(2 * h, *args) - mn_compiled._tau2_f(0.0, *args)) / (2 * h)
         assert slope == pytest.approx(fd, rel=1e-4, abs=1e-6)
@@ -313,18 +316,14 @@ def test_tau2_nondecreasing_implies_the_optimum_at_zero(rng):
     grid = np.r_[0.0, np.geomspace(1e-8, 50.0, 400)]
     n_true = 0
     for col in range(lo.shape[1]):
-        lo_c, up_c = lo[:, col].copy(), up[:, col].copy()
-        known = np.abs(up_c - lo_c) < mn_settings.KNOWN_TOL
-        y = np.where(known, 0.5 * (lo_c + up_c), 0.0)
-        v = np.where(known, k1 + k2 * y * y, 1.0)
-        v_lo, v_up = k1 + k2 * lo_c * lo_c, k1 + k2 * up_c * up_c
-        mu = np.full(lo_c.shape, rng.normal(0.0, 0.1))
-        holds = mn_compiled._tau2_nondecreasing(mu, y, known, lo_c, up_c, v)
+        args = _tau2_args(lo[:, col].copy(), up[:, col].copy(), k1, k2, rng.normal(0.0, 0.1))
+        mu, y, known, lo_c, up_c, v = args[:6]
+        holds = mn_compiled._tau2_nondecreasing(*args[:6])
         inside = np.where(known, (y - mu) ** 2 <= v, (lo_c <= mu) & (mu <= up_c))
         assert holds == inside.all()
         if holds:
             n_true += 1
-            f = [mn_compiled._tau2_f(t, mu, y, known, lo_c, up_c, v, v_lo, v_up) for t in grid]
+            f = [mn_compiled._tau2_f(t, *args) for t in grid]
             assert np.all(np.diff(f) >= -1e-12)
     assert n_true >= 5
 
