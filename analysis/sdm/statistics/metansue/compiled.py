@@ -54,6 +54,14 @@ def _log_interval(a, b):  # pragma: no cover - compiled
     return lh + math.log1p(-math.exp(d))
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def _phi_over_z(x, logz):  # pragma: no cover - compiled
+    """``phi(x) / Z`` from ``ln Z`` (the normal density over an interval's probability), its
+    exponent capped at 700 so that a vanishing ``Z`` cannot overflow to inf.
+    """
+    return math.exp(min(-0.5 * x * x - _LOG_2PI_HALF - logz, 700.0))
+
+
 @numba.njit(cache=True, nogil=True)
 def _censored_coef(mu, lo, up, s_lo, s_up, want):  # pragma: no cover - compiled
     """Censored study's coefficient objective ``-ln[Phi((up - mu)/s_up) - Phi((lo - mu)/s_lo)]``
@@ -71,8 +79,8 @@ def _censored_coef(mu, lo, up, s_lo, s_up, want):  # pragma: no cover - compiled
         return 1e4, 0.0, 0.0
     if not want:
         return -logz, 0.0, 0.0
-    ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0)) / s_lo
-    rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0)) / s_up
+    ra = _phi_over_z(a, logz) / s_lo
+    rb = _phi_over_z(b, logz) / s_up
     d1 = rb - ra
     d2 = b * rb / s_up - a * ra / s_lo + d1 * d1
     return -logz, d1, max(d2, 0.0)
@@ -258,9 +266,7 @@ def _tau2_slope0(mu, y, known, lo, up, v, v_lo, v_up):  # pragma: no cover - com
         logz = _log_interval(a, b)
         if not abs(logz) < np.inf:
             return np.nan
-        ra = math.exp(min(-0.5 * a * a - _LOG_2PI_HALF - logz, 700.0))
-        rb = math.exp(min(-0.5 * b * b - _LOG_2PI_HALF - logz, 700.0))
-        g += 0.5 * (rb * b / v_up[i] - ra * a / v_lo[i])
+        g += 0.5 * (_phi_over_z(b, logz) * b / v_up[i] - _phi_over_z(a, logz) * a / v_lo[i])
     return g
 
 
