@@ -191,6 +191,44 @@ def test_stretch_below_one_widens_kernel():
     assert np.all(k2[b] >= k1[a] - 1e-12)
 
 
+def test_bounded_dijkstra_equals_scipy_dijkstra_with_limit():
+    """The compiled path search gives scipy's Dijkstra lengths bit for bit: from a virtual
+    source joined to the start voxels, with scipy's ``limit`` rule, on a random stretch
+    template (peaks inside the mask and beyond its edge)."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import dijkstra
+
+    from analysis.sdm.maps.kernel import _bounded_dijkstra
+
+    space = box_space()
+    rng = np.random.default_rng(3)
+    stretch = rng.uniform(0.5, 1.5, (len(OFFSETS), *space.shape)).astype(np.float32)
+    kern = AnisotropicKernel(space, stretch)
+    g = kern._graph
+    nv = space.n_voxels
+    limit = kern._limit() * (1 + 1e-9) + 1e-9
+    dist, pos = np.full(nv, np.inf), np.full(nv, -1, dtype=np.int64)
+    edge = space.xyz[np.argmin(space.xyz[:, 0])] - [6.0, 0.0, 0.0]
+    peaks = [*space.xyz[rng.choice(nv, 5, replace=False)] + 0.4, edge]
+    for p in peaks:
+        _, starts, lengths = kern._seeds(peak_position(p))
+        aug = sparse.csr_matrix(
+            (np.concatenate([g.data, lengths]), np.concatenate([g.indices, starts]),
+             np.concatenate([g.indptr, [g.indptr[-1] + len(starts)]])), shape=(nv + 1, nv + 1))
+        ref = dijkstra(aug, directed=True, indices=nv, limit=limit)[:nv]
+        idx, d = _bounded_dijkstra(g.indptr, g.indices, g.data, starts, lengths, limit, dist,
+                                   pos)
+        np.testing.assert_array_equal(idx, np.flatnonzero(np.isfinite(ref)))
+        np.testing.assert_array_equal(d, ref[idx])
+        assert np.isinf(dist).all() and (pos == -1).all()  # work arrays handed back clean
+    # the kernels of several peaks at once (threads) equal one peak at a time
+    batch = AnisotropicKernel(space, stretch)
+    batch.prefetch(np.array(peaks))
+    for p in peaks:
+        for a, b in zip(batch.weights(p), kern.weights(p), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_invalid_kernel_parameters():
     space = box_space()
     with pytest.raises(ValueError, match="anisotropy"):

@@ -45,7 +45,8 @@ Peak position
 Truncation
     Weights below ``2**-9`` are set to 0: the smallest non-zero kernel value in the SDM-PSI
     v6.21 bound maps of Enge et al. (2021) is 1/512 (measured). This also bounds the Dijkstra
-    search (``scipy.sparse.csgraph.dijkstra(limit=...)``): with ``alpha = 1`` and
+    search (:func:`_bounded_dijkstra`, compiled; the peaks of a study run in parallel threads):
+    with ``alpha = 1`` and
     ``sigma = 8.49`` mm no voxel farther than ``sigma sqrt(18 ln 2) = 30`` virtual mm from the
     peak is visited, i.e. the search is local and each peak costs milliseconds.
 
@@ -61,11 +62,12 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
 from analysis.sdm.maps.space import MaskSpace, mni_to_ijk, neighbour_indices
@@ -296,12 +298,13 @@ class AnisotropicKernel:
     def _key(xyz) -> tuple:
         return tuple(np.round(np.asarray(xyz, dtype=float), 6))
 
-    def prefetch(self, xyz, batch: int = 32) -> None:
-        """Compute and cache the kernels of many peaks, ``batch`` peaks per Dijkstra call.
+    def prefetch(self, xyz) -> None:
+        """Compute and cache the kernels of many peaks, in parallel threads.
 
-        Each peak becomes a virtual node joined to its peak voxels by edges of length 1e-9 mm,
-        so one :func:`scipy.sparse.csgraph.dijkstra` call serves a whole batch (scipy's
-        per-call input validation costs about as much as one local search).
+        Each peak's path lengths come from :func:`_bounded_dijkstra` (compiled, without the
+        GIL), started from its peak voxels at length 1e-9 mm (as a virtual source joined to
+        them by edges of that length) and stopped at the largest length that can still give
+        ``K >= truncate``; every peak visits only its neighbourhood.
         """
         todo, seen = [], set()
         for p in np.atleast_2d(np.asarray(xyz, dtype=float)):
@@ -309,37 +312,51 @@ class AnisotropicKernel:
             if k not in self._cache and k not in seen:
                 seen.add(k)
                 todo.append(p)
+        if not todo:
+            return
         if self.anisotropy == 0.0:
             for p in todo:
                 self._store(self._key(p), self._iso.weights(p))
             return
+        pts = [peak_position(p) for p in todo]
+        seeds = [self._seeds(p) for p in pts]
         g = self._graph
+        indptr, indices = g.indptr, g.indices
+        limit = self._limit() * (1 + 1e-9) + 1e-9
         nv = self.space.n_voxels
-        for b0 in range(0, len(todo), batch):
-            pts = [peak_position(p) for p in todo[b0:b0 + batch]]
-            srcs, links, lengths = [], [], []
-            for p in pts:
-                src = peak_voxels(p, self.space)
-                srcs.append(src)
-                if src.size:
-                    links.append(src)
-                    lengths.append(np.full(src.size, 1e-9))
-                else:  # outside the mask: straight segments to the in-mask voxels around it
-                    near = np.asarray(_tree(self.space).query_ball_point(p, self.outside_radius),
-                                      dtype=np.int64)
-                    d = np.linalg.norm(self.space.xyz[near] - p, axis=1)
-                    links.append(near)
-                    lengths.append(np.maximum(d * self.outside_stretch, 1e-9))
-            nb = len(pts)
-            extra_ptr = g.indptr[-1] + np.cumsum([len(x) for x in links])
-            indptr = np.concatenate([g.indptr, extra_ptr]).astype(g.indptr.dtype)
-            indices = np.concatenate([g.indices, *links]).astype(g.indices.dtype)
-            data = np.concatenate([g.data, *lengths])
-            aug = sparse.csr_matrix((data, indices, indptr), shape=(nv + nb, nv + nb))
-            dist = dijkstra(aug, directed=True, indices=np.arange(nv, nv + nb),
-                            limit=self._limit() * (1 + 1e-9) + 1e-9)
-            for p, key, src, row in zip(pts, todo[b0:b0 + batch], srcs, dist[:, :nv]):
-                self._store(self._key(key), self._from_distance(p, src, row))
+
+        def run(chunk):
+            dist, pos = np.full(nv, np.inf), np.full(nv, -1, dtype=np.int64)
+            return [_bounded_dijkstra(indptr, indices, g.data, seeds[i][1], seeds[i][2], limit,
+                                      dist, pos) for i in chunk]
+
+        n_threads = max(1, min(numba.get_num_threads(), len(pts)))
+        chunks = [range(t, len(pts), n_threads) for t in range(n_threads)]
+        if n_threads == 1:
+            found = run(chunks[0])
+            paths = dict(zip(chunks[0], found, strict=True))
+        else:
+            with ThreadPoolExecutor(n_threads) as ex:
+                paths = {i: r for chunk, res in zip(chunks, ex.map(run, chunks), strict=True)
+                         for i, r in zip(chunk, res, strict=True)}
+        for i, (p, key) in enumerate(zip(pts, todo, strict=True)):
+            idx, dist = paths[i]
+            self._store(self._key(key), self._from_distance(p, seeds[i][0], idx, dist))
+
+    def _seeds(self, p) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(peak voxels, first voxels of the paths, their path lengths)`` of peak ``p``.
+
+        A peak with voxels in the mask starts its paths there (length 1e-9 mm); a peak outside
+        the mask reaches the in-mask voxels within ``outside_radius`` along straight segments
+        of ``outside_stretch`` times their Euclidean length.
+        """
+        src = peak_voxels(p, self.space)
+        if src.size:
+            return src, src.astype(np.int64), np.full(src.size, 1e-9)
+        near = np.asarray(_tree(self.space).query_ball_point(p, self.outside_radius),
+                          dtype=np.int64)
+        d = np.linalg.norm(self.space.xyz[near] - p, axis=1)
+        return src, near, np.maximum(d * self.outside_stretch, 1e-9)
 
     def _store(self, key, value) -> None:
         """Cache one kernel; the oldest entries go once ``max_cache_entries`` is exceeded."""
@@ -349,9 +366,9 @@ class AnisotropicKernel:
             old = next(iter(self._cache))
             self._cached_size -= len(self._cache.pop(old)[0])
 
-    def _from_distance(self, xyz, src, dist) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.nonzero(np.isfinite(dist))[0]
-        big_d = np.maximum(dist[idx] - 1e-9, 0.0)
+    def _from_distance(self, xyz, src, idx, dist) -> tuple[np.ndarray, np.ndarray]:
+        """Kernel weights of the voxels ``idx`` at path lengths ``dist`` from peak ``xyz``."""
+        big_d = np.maximum(dist - 1e-9, 0.0)
         d2 = np.sum((self.space.xyz[idx] - xyz) ** 2, axis=1)
         a = self.anisotropy
         s2 = 2.0 * self.sigma ** 2
@@ -362,6 +379,117 @@ class AnisotropicKernel:
         k[np.isin(idx, src)] = 1.0
         keep = k >= self.truncate
         return idx[keep].astype(np.int32), k[keep].astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sift_up(hd, hv, pos, i, d, v):  # pragma: no cover - compiled
+    """Put voxel ``v`` with key ``d`` at heap slot ``i`` or above (binary min-heap)."""
+    while i > 0:
+        parent = (i - 1) >> 1
+        if hd[parent] <= d:
+            break
+        hd[i] = hd[parent]
+        hv[i] = hv[parent]
+        pos[hv[i]] = i
+        i = parent
+    hd[i] = d
+    hv[i] = v
+    pos[v] = i
+
+
+@numba.njit(cache=True, nogil=True)
+def _bounded_dijkstra(indptr, indices, weights, starts, start_dist, limit, dist, pos
+                      ):  # pragma: no cover - compiled
+    """Shortest path lengths from a set of start voxels, up to ``limit``.
+
+    The lengths of :func:`scipy.sparse.csgraph.dijkstra` with ``limit`` from a virtual source
+    joined to ``starts`` by edges of lengths ``start_dist`` (an edge is relaxed when the new
+    length is ``<= limit``): with positive edge lengths every reached voxel's length is the
+    minimum over its neighbours of (neighbour's length + edge), whatever the order of equal
+    lengths in the queue, so both give the same floating-point numbers. An indexed binary heap
+    (decrease-key); only reached voxels are touched.
+
+    Parameters
+    ----------
+    indptr, indices, weights : ndarray
+        The graph in CSR form (integer, integer, float64), positive weights.
+    starts : ndarray of int64
+    start_dist : ndarray of float64
+    limit : float
+    dist : ndarray of float64, shape (V,)
+        Work array, all ``inf`` on entry and on return.
+    pos : ndarray of int64, shape (V,)
+        Work array (heap slot of each voxel), all ``-1`` on entry and on return.
+
+    Returns
+    -------
+    idx : ndarray of int64
+        Reached voxels, ascending.
+    lengths : ndarray of float64
+        Their path lengths.
+    """
+    hd = np.empty(4096)
+    hv = np.empty(4096, np.int64)
+    reached = np.empty(4096, np.int64)
+    n = n_reached = 0
+    m = starts.size
+    u = -1
+    du = 0.0
+    while True:
+        # relax the start voxels first (from the virtual source), then the edges of u
+        lo = 0 if u < 0 else indptr[u]
+        hi = m if u < 0 else indptr[u + 1]
+        for j in range(lo, hi):
+            v = starts[j] if u < 0 else indices[j]
+            nd = start_dist[j] if u < 0 else du + weights[j]
+            if nd > limit or nd >= dist[v]:
+                continue
+            if pos[v] == -1:  # first reached: a new heap entry
+                if n == hd.size:
+                    hd = np.concatenate((hd, np.empty(n)))
+                    hv = np.concatenate((hv, np.empty(n, np.int64)))
+                if n_reached == reached.size:
+                    reached = np.concatenate((reached, np.empty(n_reached, np.int64)))
+                reached[n_reached] = v
+                n_reached += 1
+                i = n
+                n += 1
+            else:
+                i = pos[v]
+            dist[v] = nd
+            _sift_up(hd, hv, pos, i, nd, v)
+        if n == 0:
+            break
+        du = hd[0]
+        u = hv[0]
+        pos[u] = -2  # settled
+        n -= 1
+        if n > 0:  # the last entry moves down from the root
+            ld = hd[n]
+            lv = hv[n]
+            i = 0
+            while True:
+                c = 2 * i + 1
+                if c >= n:
+                    break
+                if c + 1 < n and hd[c + 1] < hd[c]:
+                    c += 1
+                if hd[c] >= ld:
+                    break
+                hd[i] = hd[c]
+                hv[i] = hv[c]
+                pos[hv[i]] = i
+                i = c
+            hd[i] = ld
+            hv[i] = lv
+            pos[lv] = i
+    idx = np.sort(reached[:n_reached])
+    lengths = np.empty(n_reached)
+    for i in range(n_reached):
+        lengths[i] = dist[idx[i]]
+        dist[idx[i]] = np.inf
+        pos[idx[i]] = -1
+    return idx, lengths
 
 
 def make_kernel(space: MaskSpace, *, fwhm: float = 20.0, anisotropy: float = 1.0,

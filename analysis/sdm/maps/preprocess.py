@@ -453,7 +453,7 @@ def preprocess(dataset, space: MaskSpace, *, fwhm: float = 20.0, anisotropy: flo
     for i in progress_bar(range(k), desc="SDM pre-processing", disable=not progress,
                           unit="study", logger=LGR):
         sid = studies.at[i, "study"]
-        if hasattr(kernel, "prefetch"):  # one batched Dijkstra call for the study's peaks
+        if hasattr(kernel, "prefetch"):  # the kernels of the study's peaks, in parallel
             kernel.prefetch(dataset.study_peaks(sid)[["x", "y", "z"]].to_numpy(dtype=float))
         lo, up = study_bounds(dataset.study_peaks(sid), n1[i], n2[i], t_thr[i], rec, kernel,
                               unknown_peak_mode, combine)
