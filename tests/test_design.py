@@ -97,6 +97,9 @@ def test_simulate_design_gives_engine_ready_tables(cfg, dataset):
     assert np.allclose(p["t"], p["t"].round(2))
     again, _ = D.simulate_design(studies, q, 7, "test/design", cfg)
     pd.testing.assert_frame_equal(p, again[0])
+    # studies simulated in threads: the same tables (each study has its own stream)
+    threaded, _ = D.simulate_design(studies, q, 7, "test/design", cfg, n_jobs=2)
+    pd.testing.assert_frame_equal(p, threaded[0])
 
 
 # ------------------------------------------------------------------------ null maximum

@@ -145,8 +145,8 @@ def design_quotas(studies: pd.DataFrame, peaks: pd.DataFrame) -> dict[str, dict[
 
 
 def simulate_design(studies: pd.DataFrame, quotas: dict, seed: int, stream: str, cfg: dict,
-                    effects: pd.DataFrame | None = None, scales: Sequence[float] = (1.0,)
-                    ) -> tuple[list[pd.DataFrame], np.ndarray]:
+                    effects: pd.DataFrame | None = None, scales: Sequence[float] = (1.0,),
+                    n_jobs: int = 1) -> tuple[list[pd.DataFrame], np.ndarray]:
     """One simulated meta-analysis of the design, for each scale of the planted effects.
 
     Study ``s`` draws from ``derive_rng(seed, f"{stream}/{s}")``, so a study's map does not
@@ -171,6 +171,9 @@ def simulate_design(studies: pd.DataFrame, quotas: dict, seed: int, stream: str,
         Planted effects ``x, y, z, g`` at scale 1 (none: the null).
     scales : sequence of float
         Multipliers of the effects' g.
+    n_jobs : int
+        Studies simulated at once in threads (joblib; -1 = all cores). The results do not
+        depend on it: every study has its own stream.
 
     Returns
     -------
@@ -180,17 +183,25 @@ def simulate_design(studies: pd.DataFrame, quotas: dict, seed: int, stream: str,
     true_g : ndarray, shape (len(scales), n_studies, n_effects)
         Each study's true effect at each planted effect.
     """
+    from joblib import Parallel, delayed
+
     from analysis.sdm.rng import derive_rng
     from analysis.simulate import simulate_study_family
 
-    per_scale: list[list[pd.DataFrame]] = [[] for _ in scales]
-    true_g = []
-    for r in studies.itertuples(index=False):
+    def one(r):
         n2 = pd.to_numeric(r.n2, errors="coerce")
         n2 = int(n2) if np.isfinite(n2) and n2 > 0 else None
-        listed, tg = simulate_study_family(int(r.n1), n2, float(r.t_thr), quotas[str(r.study)],
-                                           derive_rng(int(seed), f"{stream}/{r.study}"), cfg,
-                                           effects=effects, scales=scales)
+        return simulate_study_family(int(r.n1), n2, float(r.t_thr), quotas[str(r.study)],
+                                     derive_rng(int(seed), f"{stream}/{r.study}"), cfg,
+                                     effects=effects, scales=scales)
+
+    rows = list(studies.itertuples(index=False))
+    # the smoothing, labelling and filtering of scipy.ndimage run without the GIL
+    found = (Parallel(n_jobs=n_jobs, prefer="threads")(delayed(one)(r) for r in rows)
+             if n_jobs != 1 and len(rows) > 1 else [one(r) for r in rows])
+    per_scale: list[list[pd.DataFrame]] = [[] for _ in scales]
+    true_g = []
+    for r, (listed, tg) in zip(rows, found, strict=True):
         true_g.append(tg)
         for i, p in enumerate(listed):
             per_scale[i].append(pd.DataFrame({

@@ -133,14 +133,15 @@ def run_null(studies, quotas, config: dict, space, kernel, p: dict, rng_of) -> p
     sdm = config["sdm"]
     thr = params.threshold_params(config)
     tfce = params.psi_params(config)["tfce_params"] if p["tfce"] else None
-    # the pooling of the imputations in threads over voxel blocks (bit-identical results)
+    # the simulated studies and the pooling of the imputations in threads (bit-identical
+    # results)
     n_jobs = int(sdm["psi"]["n_jobs"])
     rows = []
     for i in progress(range(p["null_replicates"]), desc="design: null meta-analyses",
                       unit="meta-analysis", logger=LGR):
         t0 = time.perf_counter()
         peaks, _ = D.simulate_design(studies, quotas, int(config["seed"]), f"design/null/{i}",
-                                     config)
+                                     config, n_jobs=n_jobs)
         est = params.estimator(config, p["imputations"],
                                int(rng_of(f"null/{i}/fit").integers(2**31 - 1)),
                                keep_imputations=False, n_jobs=n_jobs)
@@ -246,7 +247,7 @@ def run_sensitivity(studies, quotas, config: dict, space, kernel, p: dict, effec
         for i in range(p["sensitivity_replicates"]):
             peaks, true_g = D.simulate_design(studies, quotas, int(config["seed"]),
                                               f"design/sensitivity/{i}", config,
-                                              effects=effects, scales=scales)
+                                              effects=effects, scales=scales, n_jobs=n_jobs)
             seed = int(rng_of(f"sensitivity/{i}/fit").integers(2**31 - 1))
             for j, c in enumerate(scales):
                 est = params.estimator(config, p["imputations"], seed, keep_imputations=False,
