@@ -398,6 +398,22 @@ def test_mle_compression_is_exact(rng):
     np.testing.assert_allclose(a["tau2"], b["tau2"], atol=1e-12)
 
 
+def test_distinct_columns_match_numpy_unique(rng):
+    """The hashed search finds np.unique's patterns; -0.0 and 0.0 stay apart (bit patterns);
+    two different columns with the same hash are told apart (the fallback)."""
+    a = rng.choice([-1.5, -0.0, 0.0, 0.25, 2.0], size=(6, 3000)).astype(np.float32)
+    first, inverse = mn_mle.distinct_columns(a)
+    np.testing.assert_array_equal(a[:, first[inverse]].view(np.uint32), a.view(np.uint32))
+    ref_patterns = np.unique(a.view(np.uint32).T, axis=0)
+    assert len(first) == len(ref_patterns) == len(np.unique(a[:, first].view(np.uint32).T,
+                                                            axis=0))
+    # words (3, 0) and (0, 1): 3 * m0 = m1 with the multipliers m_j = G (2 j + 1)
+    clash = np.array([[3, 0], [0, 1]], dtype=np.uint32)
+    first, inverse = mn_mle.distinct_columns(clash)
+    assert len(first) == 2
+    np.testing.assert_array_equal(clash[:, first[inverse]], clash)
+
+
 def test_truncnorm_ppf_matches_scipy(rng):
     u = rng.random(200)
     mean = rng.normal(0, 1, 200)
