@@ -398,20 +398,27 @@ def test_mle_compression_is_exact(rng):
     np.testing.assert_allclose(a["tau2"], b["tau2"], atol=1e-12)
 
 
-def test_distinct_columns_match_numpy_unique(rng):
+def test_distinct_columns_match_numpy_unique(rng, monkeypatch):
     """The hashed search finds np.unique's patterns; -0.0 and 0.0 stay apart (bit patterns);
-    two different columns with the same hash are told apart (the fallback)."""
+    columns that differ but share a hash are told apart (the fallback, forced here by a hash
+    that maps every column to 0)."""
+    column_hash = mn_mle._column_hash
     a = rng.choice([-1.5, -0.0, 0.0, 0.25, 2.0], size=(6, 3000)).astype(np.float32)
-    first, inverse = mn_mle.distinct_columns(a)
-    np.testing.assert_array_equal(a[:, first[inverse]].view(np.uint32), a.view(np.uint32))
     ref_patterns = np.unique(a.view(np.uint32).T, axis=0)
-    assert len(first) == len(ref_patterns) == len(np.unique(a[:, first].view(np.uint32).T,
-                                                            axis=0))
-    # words (3, 0) and (0, 1): 3 * m0 = m1 with the multipliers m_j = G (2 j + 1)
-    clash = np.array([[3, 0], [0, 1]], dtype=np.uint32)
-    first, inverse = mn_mle.distinct_columns(clash)
-    assert len(first) == 2
-    np.testing.assert_array_equal(clash[:, first[inverse]], clash)
+    for hashed in (True, False):
+        if not hashed:
+            monkeypatch.setattr(mn_mle, "_column_hash", lambda w: np.zeros(len(w), np.uint64))
+        first, inverse = mn_mle.distinct_columns(a)
+        np.testing.assert_array_equal(a[:, first[inverse]].view(np.uint32), a.view(np.uint32))
+        assert len(first) == len(ref_patterns) == len(
+            np.unique(a[:, first].view(np.uint32).T, axis=0))
+    # columns whose words differ by small integers (neighbouring floats), where a weighted
+    # sum of the words collides (e.g. w0 + 3 w1), get distinct hashes
+    i, j = np.meshgrid(np.arange(100, dtype=np.uint32), np.arange(100, dtype=np.uint32))
+    words = np.tile(np.float32(0.37).view(np.uint32), (i.size, 22))
+    words[:, 0] += i.ravel()
+    words[:, 1] += j.ravel()
+    assert len(np.unique(column_hash(words))) == i.size
 
 
 def test_truncnorm_ppf_matches_scipy(rng):

@@ -276,14 +276,28 @@ def _tau2_mle(prob: _Problem, mu, n_grid: int = 14, n_golden: int = 28):
     return tau * tau
 
 
+def _column_hash(words: np.ndarray) -> np.ndarray:
+    """64-bit hash of every row of ``words`` (unsigned integers): per word an XOR, a
+    multiplication by an odd constant (2^64 / golden ratio) and an xor-shift, so that
+    positions and bits mix (a plain weighted sum of the words collides on bound maps, whose
+    neighbouring floats differ by small integers in their bit patterns).
+    """
+    h = np.full(len(words), 0xCBF29CE484222325, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        h ^= words[:, j].astype(np.uint64)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return h
+
+
 def distinct_columns(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct columns of ``a`` (equal bit for bit), as ``np.unique(a.T, axis=0)`` finds
-    them but in another order and about six times faster.
+    them but in another order and several times faster.
 
-    Every column is hashed to 64 bits (a sum of its words times fixed odd multipliers, modulo
-    2^64) and the hashes are sorted; the columns that share a hash are then checked against
-    the first of them, and only if two different columns share one (a collision) does the
-    search fall back to ``np.unique``.
+    Every column is hashed to 64 bits (:func:`_column_hash`) and the hashes are sorted; the
+    columns that share a hash are then checked word for word against the first of them, and
+    only if two different columns share one (a collision) does the search fall back to
+    ``np.unique``.
 
     Returns
     -------
@@ -296,14 +310,10 @@ def distinct_columns(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     words = cols.view(np.uint8).reshape(len(cols), -1)
     if words.shape[1] % 4 == 0:
         words = cols.view(np.uint32).reshape(len(cols), -1)
-    mult = (np.uint64(0x9E3779B97F4A7C15) * (2 * np.arange(words.shape[1], dtype=np.uint64)
-                                               + np.uint64(1)))
-    h = np.zeros(len(cols), dtype=np.uint64)
-    for j in range(words.shape[1]):
-        h += words[:, j].astype(np.uint64) * mult[j]
-    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(_column_hash(words), return_index=True, return_inverse=True)
     inverse = inverse.ravel()
     if not np.array_equal(words[first[inverse]], words):  # a collision
+        LGR.debug("distinct_columns: a hash collision; np.unique instead")
         _, first, inverse = np.unique(words, axis=0, return_index=True, return_inverse=True)
         inverse = inverse.ravel()
     return first, inverse
