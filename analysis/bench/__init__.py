@@ -41,7 +41,7 @@ BENCH_MODULES: list[str] = ["analysis.bench.psi", "analysis.bench.sdm_fit",
                               "analysis.bench.characterisation_macm", "analysis.bench.calibration",
                               "analysis.bench.paper", "analysis.bench.design_replicates",
                               "analysis.bench.ibma", "analysis.bench.mixed_maps",
-                              "analysis.bench.scaling"]
+                              "analysis.bench.scaling", "analysis.bench.replicate_parts"]
 
 
 def register(name: str, description: str):
