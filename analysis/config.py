@@ -51,6 +51,7 @@ CONFIG_READERS = (
     "bench/calibration.py",
     "bench/characterisation_macm.py",
     "bench/design_replicates.py",
+    "bench/replicate_parts.py",
     "bench/sdm_fit.py",
     "bench/psi.py",
     "bench/ibma.py",
