@@ -195,9 +195,7 @@ def test_bounded_dijkstra_equals_scipy_dijkstra_with_limit():
     """The compiled path search gives scipy's Dijkstra lengths bit for bit: from a virtual
     source joined to the start voxels, with scipy's ``limit`` rule, on a random stretch
     template (peaks inside the mask and beyond its edge)."""
-    from scipy import sparse
-    from scipy.sparse.csgraph import dijkstra
-
+    from analysis.bench.replicate_parts import scipy_path_lengths
     from analysis.sdm.maps.kernel import _bounded_dijkstra
 
     space = box_space()
@@ -206,20 +204,16 @@ def test_bounded_dijkstra_equals_scipy_dijkstra_with_limit():
     kern = AnisotropicKernel(space, stretch)
     g = kern._graph
     nv = space.n_voxels
-    limit = kern._limit() * (1 + 1e-9) + 1e-9
     dist, pos = np.full(nv, np.inf), np.full(nv, -1, dtype=np.int64)
     edge = space.xyz[np.argmin(space.xyz[:, 0])] - [6.0, 0.0, 0.0]
     peaks = [*space.xyz[rng.choice(nv, 5, replace=False)] + 0.4, edge]
-    for p in peaks:
+    for p, (ref_idx, ref_d) in zip(peaks, scipy_path_lengths(kern, peaks, batch=4),
+                                   strict=True):
         _, starts, lengths = kern._seeds(peak_position(p))
-        aug = sparse.csr_matrix(
-            (np.concatenate([g.data, lengths]), np.concatenate([g.indices, starts]),
-             np.concatenate([g.indptr, [g.indptr[-1] + len(starts)]])), shape=(nv + 1, nv + 1))
-        ref = dijkstra(aug, directed=True, indices=nv, limit=limit)[:nv]
-        idx, d = _bounded_dijkstra(g.indptr, g.indices, g.data, starts, lengths, limit, dist,
-                                   pos)
-        np.testing.assert_array_equal(idx, np.flatnonzero(np.isfinite(ref)))
-        np.testing.assert_array_equal(d, ref[idx])
+        idx, d = _bounded_dijkstra(g.indptr, g.indices, g.data, starts, lengths, kern._limit(),
+                                   dist, pos)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(d, ref_d)
         assert np.isinf(dist).all() and (pos == -1).all()  # work arrays handed back clean
     # the kernels of several peaks at once (threads) equal one peak at a time
     batch = AnisotropicKernel(space, stretch)

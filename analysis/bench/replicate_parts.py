@@ -9,7 +9,7 @@ meta-analyses of the design (streams ``design/null/<i>``, as the stage) it times
 * the anisotropic kernels of every simulated peak: the compiled bounded Dijkstra with the
   peaks of a study in threads (``AnisotropicKernel.prefetch``) against
   :func:`scipy.sparse.csgraph.dijkstra` with ``limit`` on the mask graph augmented by one
-  virtual source per peak (:func:`scipy_kernels`, the former implementation); the weights must
+  virtual source per peak (:func:`scipy_path_lengths`, the former implementation); the weights must
   be identical;
 * the distinct bound patterns of the MetaNSUE MLE: hashing
   (:func:`analysis.sdm.statistics.metansue.mle.distinct_columns`) against
@@ -31,12 +31,12 @@ from analysis.bench import peak_rss_gb, register
 REPLICATES = 3
 
 
-def scipy_kernels(kernel, xyz, batch: int = 32) -> dict:
-    """Kernels of the peaks ``xyz`` by scipy's Dijkstra (reference of the compiled search).
+def scipy_path_lengths(kernel, xyz, batch: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Path lengths of the peaks ``xyz`` by scipy's Dijkstra (reference of the compiled search).
 
     ``batch`` peaks per call, each a virtual node joined to its start voxels
-    (``AnisotropicKernel._seeds``) on the mask graph; returns ``{key: (voxels, K)}`` as the
-    kernel's cache holds them.
+    (``AnisotropicKernel._seeds``) on the mask graph, searched up to ``kernel._limit()``;
+    returns ``(reached voxels, their path lengths)`` per peak.
     """
     from scipy import sparse
     from scipy.sparse.csgraph import dijkstra
@@ -45,8 +45,7 @@ def scipy_kernels(kernel, xyz, batch: int = 32) -> dict:
 
     g = kernel._graph
     nv = kernel.space.n_voxels
-    limit = kernel._limit() * (1 + 1e-9) + 1e-9
-    out = {}
+    out = []
     pts = [np.asarray(p, dtype=float) for p in np.atleast_2d(xyz)]
     for b0 in range(0, len(pts), batch):
         part = pts[b0:b0 + batch]
@@ -56,10 +55,25 @@ def scipy_kernels(kernel, xyz, batch: int = 32) -> dict:
             (np.concatenate([g.data, *(s[2] for s in seeds)]),
              np.concatenate([g.indices, *(s[1] for s in seeds)]),
              np.concatenate([g.indptr, ptr])), shape=(nv + len(part), nv + len(part)))
-        dist = dijkstra(aug, directed=True, indices=np.arange(nv, nv + len(part)), limit=limit)
-        for p, s, row in zip(part, seeds, dist[:, :nv], strict=True):
+        dist = dijkstra(aug, directed=True, indices=np.arange(nv, nv + len(part)),
+                        limit=kernel._limit())
+        for row in dist[:, :nv]:
             idx = np.flatnonzero(np.isfinite(row))
-            out[kernel._key(p)] = kernel._from_distance(peak_position(p), s[0], idx, row[idx])
+            out.append((idx, row[idx]))
+    return out
+
+
+def scipy_kernels(kernel, xyz) -> dict:
+    """Kernels of the peaks ``xyz`` from :func:`scipy_path_lengths`: ``{key: (voxels, K)}`` as
+    the kernel's cache holds them.
+    """
+    from analysis.sdm.maps.kernel import peak_position
+
+    pts = [np.asarray(p, dtype=float) for p in np.atleast_2d(xyz)]
+    out = {}
+    for p, (idx, d) in zip(pts, scipy_path_lengths(kernel, pts), strict=True):
+        src = kernel._seeds(peak_position(p))[0]
+        out[kernel._key(p)] = kernel._from_distance(peak_position(p), src, idx, d)
     return out
 
 
@@ -76,7 +90,6 @@ def bench_replicate_parts(args: argparse.Namespace) -> dict:
     from analysis.sdm.statistics.metansue.mle import distinct_columns
     from analysis.stages import params
 
-    n_rep = REPLICATES
     cfg = load_config()
     dataset = params.compendium_dataset(paths.data_dir(), cfg)
     studies = dataset.studies
@@ -87,7 +100,7 @@ def bench_replicate_parts(args: argparse.Namespace) -> dict:
          "uniq_numpy": 0.0, "uniq_hash": 0.0}
     n_peaks = 0
     kernel.prefetch(space.xyz[:2] + 0.5)  # load the compiled search
-    for i in range(n_rep):
+    for i in range(REPLICATES):
         stream = f"design/null/{i}"
         t0 = time.perf_counter()
         serial, _ = D.simulate_design(studies, quotas, int(cfg["seed"]), stream, cfg)
@@ -125,7 +138,7 @@ def bench_replicate_parts(args: argparse.Namespace) -> dict:
         t["uniq_hash"] += time.perf_counter() - t0
         if len(first) != len(uniq):
             raise AssertionError(f"replicate {i}: {len(first)} patterns, np.unique {len(uniq)}")
-    metrics = {"replicates": n_rep, "peaks": n_peaks, "voxels": int(space.n_voxels),
+    metrics = {"replicates": REPLICATES, "peaks": n_peaks, "voxels": int(space.n_voxels),
                **{f"{k}_s": round(v, 3) for k, v in t.items()},
                "peak_rss_gb": round(peak_rss_gb(), 2)}
     ratios = {"simulation (one thread / threads)": round(t["sim_serial"] / t["sim_threads"], 2),

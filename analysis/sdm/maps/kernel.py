@@ -280,12 +280,17 @@ class AnisotropicKernel:
         return (g + g.T).tocsr()
 
     def _limit(self) -> float:
-        """Largest path length D that can still give ``K >= truncate``."""
+        """Where the path search stops: the largest path length D that can still give
+        ``K >= truncate``, plus a relative margin of 1e-9 for rounding and the 1e-9 mm with
+        which every path starts.
+        """
         a = max(self.anisotropy, 1e-12)
         lnt = np.log(1.0 / self.truncate)
         if self.path_model == "gaussian":
-            return self.sigma * np.sqrt(2.0 * lnt / a)
-        return self.sigma * lnt / a
+            d = self.sigma * np.sqrt(2.0 * lnt / a)
+        else:
+            d = self.sigma * lnt / a
+        return d * (1 + 1e-9) + 1e-9
 
     def weights(self, xyz) -> tuple[np.ndarray, np.ndarray]:
         """Sparse kernel of one peak: ``(voxel indices, K)`` with ``K >= truncate`` (cached)."""
@@ -322,7 +327,7 @@ class AnisotropicKernel:
         seeds = [self._seeds(p) for p in pts]
         g = self._graph
         indptr, indices = g.indptr, g.indices
-        limit = self._limit() * (1 + 1e-9) + 1e-9
+        limit = self._limit()
         nv = self.space.n_voxels
 
         def run(chunk):
