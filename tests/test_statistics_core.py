@@ -23,9 +23,11 @@ from analysis.sdm.statistics.model import fit_columns
 from analysis.sdm.statistics.pooling import pool_chi2, pool_sqrt_mean, rubin_pool
 from analysis.sdm.statistics.re_kernels import (
     blocked_layout,
+    compiled_design,
     permuted_mean,
     permuted_slope,
     pooled_fit,
+    run_kernel,
 )
 from analysis.sdm.statistics.tau2 import reml
 from analysis.sdm.statistics.wls import to_columns
@@ -208,19 +210,33 @@ def test_columns_round_trip():
 
 # --------------------------------------------------------------------------------------------
 # the compiled kernels against the core
-@pytest.mark.parametrize("design", ["mean", "slope"])
+def _design_of(kind, rng, k):
+    """Design and hypothesis of a compiled kernel: ``mean``, ``slope`` or ``design`` (the
+    general kernel: an intercept, two numeric covariates and a dummy-coded one, hypothesis on
+    the intercept and a slope).
+    """
+    if kind == "mean":
+        return np.ones((k, 1)), hypothesis_row(None, 1)
+    if kind == "slope":
+        return np.c_[np.ones(k), rng.normal(size=k)], hypothesis_row([0.3, 1.0], 2)
+    X = np.c_[np.ones(k), rng.normal(size=(k, 2)), (np.arange(k) % 3 == 0)]
+    return X, hypothesis_row([1.0, 0.0, 0.5, 0.0], 4)
+
+
+@pytest.mark.parametrize("design", ["mean", "slope", "design"])
 @pytest.mark.parametrize("method", ["dl", "reml"])
 def test_estimator_kernels_match_the_core(design, method):
-    """``_mean_kernel`` / ``_slope_kernel`` (the estimator's and the identity permutation's fit)
-    against the core: coefficient, Rubin variance, tau2, I2 and pooled Q.
+    """``_mean_kernel`` / ``_slope_kernel`` / ``_design_kernel`` (the estimator's and the
+    identity permutation's fit) against the core: coefficient, Rubin variance, tau2, I2 and
+    pooled Q.
     """
-    rng = np.random.default_rng(4 if design == "mean" else 5)
+    rng = np.random.default_rng({"mean": 4, "slope": 5, "design": 11}[design])
     k, m, nv = 9, 4, 300
     n1, n2 = _studies(rng, k)
     k1, k2 = variance_coefficients(n1, n2)
     G = (rng.normal(0.2, 0.3, (m, k, nv)) * rng.uniform(0.2, 2.5, (1, 1, nv))).astype(np.float32)
-    X = np.ones((k, 1)) if design == "mean" else np.c_[np.ones(k), rng.normal(size=k)]
-    C = hypothesis_row(None if design == "mean" else [0.3, 1.0], X.shape[1])
+    X, C = _design_of(design, rng, k)
+    assert compiled_design(X, C) == design
     kw = {"max_iter": 200, "tol": 1e-13} if method == "reml" else {}
     ours = pooled_fit(G, k1, k2, X, C, heterogeneity=method, **kw)
     core = _core_pooled(G, k1, k2, X, C, method, **kw)
@@ -231,6 +247,55 @@ def test_estimator_kernels_match_the_core(design, method):
     np.testing.assert_allclose(ours["q"], core["q"], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(ours["q_p"], core["q_p"], rtol=1e-7, atol=1e-12)
     assert (core["tau2"] > 0).mean() > 0.2 and (core["tau2"] == 0).any()
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_design_kernel_permutation_modes_match_the_core(mode):
+    """``_design_kernel`` fed like the permutation test: subject permutation (``mode`` 0,
+    ``y = A + c G_j``) or Freedman-Lane (``mode`` 1, ``y = fit_j + res_j[order]``), DerSimonian-
+    Laird and REML.
+    """
+    rng = np.random.default_rng(13 + mode)
+    k, m, nv = 11, 3, 90
+    n1, n2 = _studies(rng, k)
+    k1, k2 = variance_coefficients(n1, n2)
+    X, C = _design_of("design", rng, k)
+    P2 = rng.normal(0.2, 0.3, (m, k, nv)).astype(np.float32)
+    if mode == 0:
+        P1 = rng.normal(0, 0.2, (1, k, nv)).astype(np.float32)
+        c, order = rng.uniform(-1, 1, k), None
+        Y = P1.astype(np.float64) + c[None, :, None] * P2.astype(np.float64)
+    else:
+        P1 = rng.normal(0.1, 0.2, (m, k, nv)).astype(np.float32)
+        c, order = None, rng.permutation(k)
+        Y = (P1 + P2[:, order]).astype(np.float64)  # the kernels add the two in float32
+    for method, kw in (("dl", {}), ("reml", {"max_iter": 200, "tol": 1e-13})):
+        out = run_kernel("design", P2, k1, k2, X, C, n_iter=kw.get("max_iter", 0),
+                         tol=kw.get("tol", 0.0), stats=False, A=P1, c=c, order=order, mode=mode)
+        core = _core_pooled(Y, k1, k2, X, C, method, **kw)
+        np.testing.assert_allclose(out[0], core["g"], rtol=1e-8, atol=1e-11, err_msg=method)
+        np.testing.assert_allclose(out[1], core["var"], rtol=1e-8, err_msg=method)
+        np.testing.assert_allclose(out[2], core["tau2"], rtol=1e-7, atol=1e-10, err_msg=method)
+
+
+def test_design_without_full_rank_gives_nan():
+    """Collinear design columns have no fit: the general kernel writes NaN, not a number from
+    round-off (as the slope kernel does for a constant covariate).
+    """
+    rng = np.random.default_rng(17)
+    k, m, nv = 8, 2, 20
+    n1, n2 = _studies(rng, k)
+    k1, k2 = variance_coefficients(n1, n2)
+    x = rng.normal(size=k)
+    X = np.c_[np.ones(k), x, 2.0 * x]
+    G = rng.normal(0.2, 0.3, (m, k, nv)).astype(np.float32)
+    out = pooled_fit(G, k1, k2, X, [1.0, 0.0, 0.0])
+    assert all(np.isnan(out[key]).all() for key in ("g", "var", "z", "tau2"))
+    out = run_kernel("design", G, k1, k2, X, [1.0, 0.0, 0.0], n_iter=5, tol=0.0, stats=True)
+    assert np.isnan(out).all()
+    fine = run_kernel("design", G, k1, k2, X[:, :2].copy(), [1.0, 0.0], n_iter=0, tol=0.0,
+                      stats=True)
+    assert np.isfinite(fine).all()
 
 
 def test_permutation_mean_kernel_matches_the_core():

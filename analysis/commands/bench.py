@@ -59,8 +59,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
                    help="null-calibration: analysis ROI radius around the published peaks "
                         "(mm; 0 = whole grey-matter mask; default 20)")
     p.add_argument("--covariate-voxels", type=int, default=32768,
-                   help="meta-covariates: voxels of SDM's mask timed (0 = the whole mask; "
-                        "default 32768)")
+                   help="meta-covariates, mle-fast: voxels of SDM's mask in the comparisons "
+                        "of paths (0 = the whole mask; default 32768)")
     p.add_argument("--paper-quick", action="store_true",
                    help="paper: run the pipeline in its quick mode (a preview of the timings)")
     p.add_argument("--sim-n-studies", type=int, default=11,

@@ -9,11 +9,12 @@ SDM-PSI before permutation (Albajes-Eizagirre et al. 2019):
 3. ``imputations`` study images per study (:func:`analysis.sdm.statistics.metansue.imputation.impute`);
 4. random-effects meta-analysis / meta-regression of every imputed data set, between-study
    variance by DerSimonian-Laird (SDM-PSI's default) or REML (its ``AccurateHeterogeneity``),
-   variance of each imputed value from the exact Hedges-g variance; compiled for the designs
-   ``[1]`` and ``[1, x]`` (:mod:`analysis.sdm.statistics.re_kernels`, shared with the permutation test),
-   NumPy otherwise (:func:`analysis.sdm.statistics.random_effects.fit_random_effects`); covariates enter
+   variance of each imputed value from the exact Hedges-g variance, every design compiled
+   (:mod:`analysis.sdm.statistics.re_kernels`, shared with the permutation test and checked
+   against :func:`analysis.sdm.statistics.random_effects.fit_random_effects`); covariates enter
    centred, so the intercept is the mean at the covariates' averages (as SDM-PSI);
-5. Rubin's rules (:func:`analysis.sdm.statistics.rubin.pool_fits`) -> maps ``g, var, z, tau2, i2, h2, q``.
+5. Rubin's rules (those of :mod:`analysis.sdm.statistics.rubin`, in the same kernels) -> maps
+   ``g, var, z, tau2, i2, h2, q``.
 
 Permutation inference (PSI, FWE, TFCE) is done downstream (:mod:`analysis.sdm.inference.permutation`)
 from what :class:`MetaResult` keeps (bounds, MLE maps, imputed images, design).
@@ -48,9 +49,8 @@ from analysis.sdm.statistics.metansue.imputation import impute
 from analysis.sdm.statistics.metansue.mle import censored_mle
 from analysis.sdm.statistics.metansue.settings import MLE_METHODS
 from analysis.sdm.statistics.model import check_heterogeneity
-from analysis.sdm.statistics.random_effects import fit_random_effects, q_to_z
-from analysis.sdm.statistics.re_kernels import compiled_design, pooled_fit
-from analysis.sdm.statistics.rubin import pool_fits
+from analysis.sdm.statistics.random_effects import q_to_z
+from analysis.sdm.statistics.re_kernels import pooled_fit
 
 LGR = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def copy_result(result: MetaResult) -> MetaResult:
 
 def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str = "dl",
                         max_iter: int | None = None, tol: float | None = None,
-                        chunk: int = 4096, n_jobs: int = 1, progress: bool = False) -> dict:
+                        n_jobs: int = 1, progress: bool = False) -> dict:
     """Random-effects model of every imputed data set, pooled with Rubin's rules.
 
     Parameters
@@ -250,15 +250,17 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
         REML (SDM-PSI's ``AccurateHeterogeneity``).
     max_iter, tol : optional
         REML updates and tolerance (default :data:`analysis.sdm.statistics.random_effects.REML_MAX_ITER` / ``REML_TOL``).
-    chunk : int
-        Voxels per block; n_jobs : int, threads over blocks.
+    n_jobs : int
+        Threads over voxel chunks (results do not depend on it).
+    progress : bool
+        Report the voxels done.
 
     Returns
     -------
     dict of (V,) arrays
-        ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int).
+        ``g, var, z, tau2, i2`` (fraction), ``h2, q, q_p`` and ``df`` (int): the compiled
+        kernel of the design (:func:`analysis.sdm.statistics.re_kernels.pooled_fit`).
     """
-    from analysis.sdm.progress import progress as progress_bar
     from analysis.sdm.statistics.random_effects import _defaults
 
     heterogeneity = check_heterogeneity(heterogeneity)
@@ -266,38 +268,12 @@ def analyse_imputations(imputed, n1, n2=None, X=None, C=None, heterogeneity: str
     max_iter = d_iter if max_iter is None else int(max_iter)
     tol = d_tol if tol is None else float(tol)
     imputed = np.asarray(imputed)
-    m, k, nv = imputed.shape
+    k = imputed.shape[1]
     k1, k2 = variance_coefficients(n1, n2)
     Xd = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
     Cd = hypothesis_row(C, Xd.shape[1])
-    if compiled_design(Xd, Cd) is not None:
-        return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity,
-                          max_iter=max_iter, tol=tol, n_jobs=n_jobs)
-    k1, k2 = k1[:, None], k2[:, None]
-    keys = ("g", "var", "z", "tau2", "i2", "h2", "q", "q_p")
-    out = {key: np.empty(nv) for key in keys}
-
-    def block(s):
-        sl = slice(s, min(s + chunk, nv))
-        y = imputed[:, :, sl].astype(float)
-        v = k1 + k2 * y * y
-        fits = fit_random_effects(y, v, Xd, Cd, max_iter=max_iter, tol=tol,
-                                  method=heterogeneity)
-        pooled = pool_fits(fits, Cd)
-        for key in keys:
-            out[key][sl] = pooled[key]
-
-    starts = list(range(0, nv, chunk))
-    if n_jobs == 1:
-        for s in progress_bar(starts, desc="meta-analysis of imputations", disable=not progress,
-                      leave=False):
-            block(s)
-    else:
-        from joblib import Parallel, delayed
-
-        Parallel(n_jobs=n_jobs, prefer="threads")(delayed(block)(s) for s in starts)
-    out["df"] = k - Xd.shape[1]
-    return out
+    return pooled_fit(imputed, k1, k2, Xd, Cd, heterogeneity=heterogeneity, max_iter=max_iter,
+                      tol=tol, n_jobs=n_jobs, progress=progress)
 
 
 #: what :class:`SDMPSI` does with a study whose covariate value is missing (``missing=``)

@@ -441,7 +441,8 @@ class _Engine:
         inp = self.inputs
         self.design = compiled_design(inp.X, inp.C) if self.backend == "numba" else None
         self.k1, self.k2 = inp.variance_coefficients()
-        if not self.voxel_blocked or self.design is None or self.n_iter != 0:
+        if (not self.voxel_blocked or self.design not in ("mean", "slope")
+                or self.n_iter != 0):
             return
         if self.subjects is not None:
             self.blocked = blocked_layout(inp.imputations)

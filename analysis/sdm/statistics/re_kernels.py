@@ -3,13 +3,14 @@
 One implementation of the per-imputation random-effects model serves the estimator
 (:func:`analysis.sdm.estimator.analyse_imputations`) and the PSI permutation kernels
 (:mod:`analysis.sdm.inference.permutation`): the z map of the identity permutation is the estimator's z map,
-bit for bit. Two designs are compiled: intercept only (:func:`_mean_kernel`) and ``[1, x]``
-(:func:`_slope_kernel`, meta-regression on one covariate); other designs use the statistics
-core (:func:`analysis.sdm.statistics.model.fit_columns`, through
-:func:`analysis.sdm.statistics.random_effects.fit_random_effects`). These kernels are the one other
-implementation of the core's formulas (DerSimonian-Laird, REML, weighted least squares, Rubin's
-rules), written as fused loops over voxels; ``tests/test_statistics_core.py`` checks them
-against the core on random inputs.
+bit for bit. Every design is compiled: intercept only (:func:`_mean_kernel`), ``[1, x]``
+(:func:`_slope_kernel`, meta-regression on one covariate; closed-form 2 x 2 algebra) and any
+other full-rank design (:func:`_design_kernel`, covariate-adjusted means and multi-covariate
+meta-regressions; a Cholesky factorisation of ``X'WX`` per voxel). These kernels are the one
+other implementation of the statistics core's formulas
+(:func:`analysis.sdm.statistics.model.fit_columns`: DerSimonian-Laird, REML, weighted least
+squares; :mod:`analysis.sdm.statistics.rubin`), written as fused loops over voxels;
+``tests/test_statistics_core.py`` checks them against the core on random inputs.
 
 Between-study variance of each imputation (SDM-PSI's ``AccurateHeterogeneity``):
 
@@ -40,10 +41,12 @@ Li X et al. (2023). Lifespan cognitive-control meta-analysis; SDM-PSI ``extract`
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import numba
 import numpy as np
 
+from analysis.sdm.progress import progress as progress_bar
 from analysis.sdm.statistics.hypothesis import hypothesis_row
 from analysis.sdm.statistics.model import check_heterogeneity
 from analysis.sdm.statistics.pooling import pool_chi2_moments
@@ -394,6 +397,260 @@ def _slope_kernel(P1, P2, c, order, mode, x, c0, c1, k1, k2, kt, max_iter, tol, 
         _rubin_pool(acc, m, v0, nb, out, stats)
 
 
+#: voxels per block of :func:`_design_kernel` (its per-study sums run over a block in SIMD lanes)
+DESIGN_BLOCK = 64
+
+
+@numba.njit(inline="always", **_INLINE)
+def _design_sums(S, B, XX, X, w, y, K, npair, p, nb, with_y):  # pragma: no cover - compiled
+    """``S[e] = sum_i w_i x_ia x_ib`` for the pairs ``e = (a <= b)`` (the packed upper triangle
+    of ``X'WX``) and, with ``with_y``, ``B[a] = sum_i w_i x_ia y_i`` of the voxels ``0..nb``.
+    The loop over voxels is innermost (SIMD lanes).
+    """
+    S[:npair, :nb] = 0.0
+    if with_y:
+        B[:p, :nb] = 0.0
+    for i in range(K):
+        for e in range(npair):
+            xe = XX[i, e]
+            for b in range(nb):
+                S[e, b] += w[i, b] * xe
+        if with_y:
+            for a in range(p):
+                xa = X[i, a]
+                for b in range(nb):
+                    B[a, b] += w[i, b] * xa * y[i, b]
+
+
+@numba.njit(inline="always", **_INLINE)
+def _spd_inverse(S, b, p, L, Minv):  # pragma: no cover - compiled
+    """``Minv = M^-1`` of the symmetric positive definite ``M`` packed in ``S[:, b]`` (upper
+    triangle, row by row), by Cholesky ``M = L L'``; False (and ``Minv`` undefined) when ``M``
+    is not positive definite (a pivot below ``1e-12`` times its diagonal entry: collinear
+    design columns).
+    """
+    e = 0
+    for a in range(p):
+        for c in range(a, p):
+            L[c, a] = S[e, b]  # the lower triangle of M, column a
+            e += 1
+    for a in range(p):
+        d = L[a, a]
+        for c in range(a):
+            d -= L[a, c] * L[a, c]
+        if not d > 1e-12 * L[a, a]:  # a column (numerically) in the span of the ones before
+            return False
+        d = math.sqrt(d)
+        L[a, a] = d
+        for r in range(a + 1, p):
+            s = L[r, a]
+            for c in range(a):
+                s -= L[r, c] * L[a, c]
+            L[r, a] = s / d
+    # L^-1 in place (lower triangular), then M^-1 = L^-T L^-1
+    for a in range(p):
+        L[a, a] = 1.0 / L[a, a]
+        for r in range(a + 1, p):
+            s = 0.0
+            for c in range(a, r):
+                s -= L[r, c] * L[c, a]
+            L[r, a] = s / L[r, r]
+    for a in range(p):
+        for c in range(a, p):
+            s = 0.0
+            for r in range(c, p):
+                s += L[r, a] * L[r, c]
+            Minv[a, c] = s
+            Minv[c, a] = s
+    return True
+
+
+@numba.njit(inline="always", **_INLINE)
+def _packed_trace(Minv, S, b, p):  # pragma: no cover - compiled
+    """``tr(M^-1 A)`` for a symmetric ``A`` packed in ``S[:, b]``."""
+    tr = 0.0
+    e = 0
+    for a in range(p):
+        for c in range(a, p):
+            tr += (1.0 if a == c else 2.0) * Minv[a, c] * S[e, b]
+            e += 1
+    return tr
+
+
+@numba.njit(inline="always", **_INLINE)
+def _solve(Minv, B, b, p, beta):  # pragma: no cover - compiled
+    """``beta = M^-1 B[:, b]``."""
+    for a in range(p):
+        s = 0.0
+        for c in range(p):
+            s += Minv[a, c] * B[c, b]
+        beta[a] = s
+
+
+@numba.njit(**_JIT)
+def _design_kernel(P1, P2, c, order, mode, X, XX, C, k1, k2, max_iter, tol, block, out,
+                   stats):  # pragma: no cover - compiled
+    """Any full-rank design ``X`` (k, p): the fit of :func:`_mean_kernel` and
+    :func:`_slope_kernel` with ``p x p`` algebra per voxel (Cholesky of ``X'WX``).
+
+    The effects are loaded as in :func:`_slope_kernel` (``mode`` 0 with ``P1 = A``: subject
+    permutation or, ``A = 0, c = 1``, the imputations themselves; ``mode`` 1: Freedman-Lane).
+    ``XX`` (k, p(p + 1)/2) holds ``x_ia x_ib`` of the pairs ``a <= b``. Per imputation and voxel:
+    DerSimonian-Laird (``Q_FE = y'Wy - B' M^-1 B``, ``tr P_FE = sum w - tr(M^-1 X'W^2X)``) or
+    REML updates from it (``y'PPy = sum w^2 r^2``, ``tr P = sum w - tr(M^-1 X'W^2X)``,
+    ``tr PP = sum w^2 - 2 tr(M^-1 X'W^3X) + tr((M^-1 X'W^2X)^2)``,
+    ``y'PPPy = sum w^3 r^2 - u' M^-1 u`` with ``u = X'W^2 r``), then ``C beta`` and
+    ``C M^-1 C'`` into Rubin's sums. A voxel whose ``X'WX`` is not positive definite in an
+    imputation (a design without full column rank) gets NaN in every row, not a number from
+    round-off; the slope kernel likewise gives NaN where ``X'WX`` is singular.
+    """
+    K = X.shape[0]
+    p = X.shape[1]
+    npair = XX.shape[1]
+    m = P2.shape[0]
+    nv = P2.shape[2]
+    df = K - p + 0.0
+    y = np.empty((K, block))
+    v = np.empty((K, block))
+    w = np.empty((K, block))
+    r = np.empty((K, block))
+    S = np.empty((npair, block))
+    S2 = np.empty((npair, block))
+    S3 = np.empty((npair, block))
+    B = np.empty((p, block))
+    sw = np.empty(block)
+    sw2 = np.empty(block)
+    t = np.empty(block)
+    qf = np.empty(block)
+    trf = np.empty(block)
+    ok = np.empty(block)
+    acc = np.empty((7, block))
+    L = np.empty((p, p))
+    Minv = np.empty((p, p))
+    Bm = np.empty((p, p))
+    beta = np.empty(p)
+    u = np.empty(p)
+    bad = np.empty(block)  # voxels where X'WX was not positive definite in some imputation
+    for v0 in range(0, nv, block):
+        nb = min(block, nv - v0)
+        acc[:, :nb] = 0.0
+        bad[:nb] = 0.0
+        for j in range(m):
+            _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb)
+            # DerSimonian-Laird start: fixed-effect weights
+            for i in range(K):
+                for b in range(nb):
+                    w[i, b] = 1.0 / v[i, b]
+            _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
+            for i in range(K):
+                for b in range(nb):
+                    r[i, b] = w[i, b] * w[i, b]
+            _design_sums(S2, B, XX, X, r, y, K, npair, p, nb, False)
+            for b in range(nb):
+                s0 = 0.0
+                syy = 0.0
+                for i in range(K):
+                    s0 += w[i, b]
+                    syy += w[i, b] * y[i, b] * y[i, b]
+                ok[b] = 1.0 if _spd_inverse(S, b, p, L, Minv) else 0.0
+                if ok[b] == 0.0:
+                    _dl_tau2(t, qf, trf, b, 0.0, 0.0, df)
+                    continue
+                _solve(Minv, B, b, p, beta)
+                q = syy
+                for a in range(p):
+                    q -= B[a, b] * beta[a]
+                _dl_tau2(t, qf, trf, b, q, s0 - _packed_trace(Minv, S2, b, p), df)
+            for _ in range(max_iter):
+                moving = 0.0
+                for i in range(K):
+                    for b in range(nb):
+                        w[i, b] = 1.0 / (v[i, b] + t[b])
+                _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
+                for i in range(K):
+                    for b in range(nb):
+                        r[i, b] = w[i, b] * w[i, b]
+                _design_sums(S2, B, XX, X, r, y, K, npair, p, nb, False)
+                for i in range(K):
+                    for b in range(nb):
+                        r[i, b] = r[i, b] * w[i, b]
+                _design_sums(S3, B, XX, X, r, y, K, npair, p, nb, False)
+                for b in range(nb):
+                    s0 = 0.0
+                    s1 = 0.0
+                    for i in range(K):
+                        s0 += w[i, b]
+                        s1 += w[i, b] * w[i, b]
+                    sw[b] = s0
+                    sw2[b] = s1
+                for b in range(nb):
+                    if ok[b] == 0.0 or not _spd_inverse(S, b, p, L, Minv):
+                        continue
+                    tb = t[b]
+                    _solve(Minv, B, b, p, beta)
+                    ypppy = 0.0  # y'PPy = sum w^2 r^2
+                    q3 = 0.0     # sum w^3 r^2
+                    for a in range(p):
+                        u[a] = 0.0
+                    for i in range(K):
+                        ri = y[i, b]
+                        for a in range(p):
+                            ri -= X[i, a] * beta[a]
+                        w2r = w[i, b] * w[i, b] * ri
+                        ypppy += w2r * ri
+                        q3 += w2r * ri * w[i, b]
+                        for a in range(p):
+                            u[a] += w2r * X[i, a]
+                    # Bm = M^-1 X'W^2X
+                    for a in range(p):
+                        for cc in range(p):
+                            s = 0.0
+                            for e2 in range(p):
+                                lo = e2 if e2 < cc else cc
+                                hi = cc if e2 < cc else e2
+                                s += Minv[a, e2] * S2[lo * p - lo * (lo - 1) // 2 + hi - lo, b]
+                            Bm[a, cc] = s
+                    trbb = 0.0
+                    trm2 = 0.0
+                    for a in range(p):
+                        trm2 += Bm[a, a]
+                        for cc in range(p):
+                            trbb += Bm[a, cc] * Bm[cc, a]
+                    upu = 0.0
+                    for a in range(p):
+                        for cc in range(p):
+                            upu += u[a] * Minv[a, cc] * u[cc]
+                    trp = sw[b] - trm2
+                    trpp = sw2[b] - 2.0 * _packed_trace(Minv, S3, b, p) + trbb
+                    obs = 2.0 * (q3 - upu) - trpp
+                    moving += _reml_update(t, b, tb, ypppy, trp, trpp, obs, tol)
+                if moving == 0.0:
+                    break
+            # random-effects fit at tau2
+            for i in range(K):
+                for b in range(nb):
+                    w[i, b] = 1.0 / (v[i, b] + t[b])
+            _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
+            for b in range(nb):
+                if ok[b] == 0.0 or not _spd_inverse(S, b, p, L, Minv):
+                    ok[b] = 0.0
+                    continue
+                _solve(Minv, B, b, p, beta)
+                cf = 0.0
+                var = 0.0
+                for a in range(p):
+                    cf += C[a] * beta[a]
+                    for cc in range(p):
+                        var += C[a] * Minv[a, cc] * C[cc]
+                _accumulate(acc, b, cf, var, t[b], qf[b], trf[b], df, stats)
+            for b in range(nb):
+                if ok[b] == 0.0:
+                    bad[b] = 1.0
+        _rubin_pool(acc, m, v0, nb, out, stats)
+        for b in range(nb):
+            if bad[b] != 0.0:
+                for row in range(out.shape[0]):
+                    out[row, v0 + b] = math.nan
 # ============================================================================================
 # Permutation kernel: voxel-blocked layout, single or double precision
 # ============================================================================================
@@ -663,8 +920,11 @@ def ktype(k: int) -> tuple:
     return (0.0,) * int(k)
 
 
-def compiled_design(X, C) -> str | None:
-    """``"mean"`` (intercept only, hypothesis on it), ``"slope"`` (``[1, x]``) or None."""
+def compiled_design(X, C) -> str:
+    """The compiled kernel of a design: ``"mean"`` (intercept only, hypothesis on it, with
+    :func:`_mean_kernel`), ``"slope"`` (``[1, x]``, :func:`_slope_kernel`) or ``"design"`` (any
+    other design, :func:`_design_kernel`).
+    """
     X = np.asarray(X, dtype=float)
     if X.ndim == 1:
         X = X[:, None]
@@ -672,7 +932,17 @@ def compiled_design(X, C) -> str | None:
         return "mean"
     if X.shape[1] == 2 and np.all(X[:, 0] == 1.0):
         return "slope"
-    return None
+    return "design"
+
+
+def packed_products(X) -> np.ndarray:
+    """``x_ia x_ib`` of every study ``i`` and pair ``a <= b`` of design columns, (k, p(p+1)/2),
+    in the packed order of :func:`_design_kernel` (the upper triangle row by row).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    p = X.shape[1]
+    return np.ascontiguousarray(np.stack([X[:, a] * X[:, b] for a in range(p)
+                                          for b in range(a, p)], axis=1))
 
 
 def run_kernel(design: str, G, k1, k2, X, C, *, n_iter: int, tol: float, stats: bool,
@@ -689,6 +959,12 @@ def run_kernel(design: str, G, k1, k2, X, C, *, n_iter: int, tol: float, stats: 
     k2 = np.asarray(k2, dtype=np.float64)
     if design == "mean":
         _mean_kernel(A, c, G, k1, k2, ktype(k), int(n_iter), float(tol), block, out, stats)
+    elif design == "design":
+        X = np.ascontiguousarray(np.asarray(X, dtype=np.float64).reshape(k, -1))
+        C = np.ascontiguousarray(np.asarray(C, dtype=np.float64).ravel())
+        order = np.arange(k) if order is None else np.asarray(order, dtype=np.int64)
+        _design_kernel(A, G, c, order, int(mode), X, packed_products(X), C, k1, k2,
+                       int(n_iter), float(tol), DESIGN_BLOCK, out, stats)
     else:
         X = np.asarray(X, dtype=np.float64).reshape(k, -1)
         C = np.asarray(C, dtype=np.float64).ravel()
@@ -700,8 +976,9 @@ def run_kernel(design: str, G, k1, k2, X, C, *, n_iter: int, tol: float, stats: 
 
 def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
                max_iter: int = 50, tol: float = 1e-6, n_jobs: int = 1,
-               chunk: int = 8192) -> dict:
-    """Random-effects fit of every imputation, Rubin-pooled, for a compiled design.
+               chunk: int = 8192, progress: bool = False) -> dict:
+    """Random-effects fit of every imputation, Rubin-pooled, with the compiled kernel of the
+    design (:func:`compiled_design`).
 
     Parameters
     ----------
@@ -710,7 +987,7 @@ def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
     k1, k2 : ndarray (k,)
         Variance coefficients, ``v(g) = k1 + k2 g^2``.
     X : ndarray (k, p), optional
-        Design: intercept only (default) or ``[1, x]``.
+        Design (default: intercept only); without full column rank the maps are NaN.
     C : array-like (p,), optional
         Hypothesis row (default: the intercept).
     heterogeneity : {"dl", "reml"}
@@ -718,9 +995,12 @@ def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
     max_iter, tol : int, float
         REML updates and tolerance (ignored for ``"dl"``).
     n_jobs : int
-        Threads over voxel chunks (results do not depend on it).
+        Threads over voxel chunks (joblib's convention: -1 every core; results do not depend
+        on it).
     chunk : int
         Voxels per chunk (a multiple of the kernels' 16-voxel block).
+    progress : bool
+        Report the voxels done (:func:`analysis.sdm.progress.progress`).
 
     Returns
     -------
@@ -732,8 +1012,6 @@ def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
     X = np.ones((k, 1)) if X is None else np.asarray(X, dtype=float).reshape(k, -1)
     C = hypothesis_row(C, X.shape[1])
     design = compiled_design(X, C)
-    if design is None:
-        raise ValueError("pooled_fit compiles the designs [1] and [1, x] only")
     n_iter = 0 if check_heterogeneity(heterogeneity) == "dl" else int(max_iter)
     chunk = max(16, int(chunk) // 16 * 16)
     out = np.empty((len(ROWS), nv))
@@ -742,15 +1020,21 @@ def pooled_fit(imputed, k1, k2, X=None, C=None, *, heterogeneity: str = "dl",
         e = min(s + chunk, nv)
         G = np.ascontiguousarray(imputed[:, :, s:e])
         out[:, s:e] = run_kernel(design, G, k1, k2, X, C, n_iter=n_iter, tol=tol, stats=True)
+        return s
 
     starts = range(0, nv, chunk)
-    if n_jobs == 1:
-        for s in starts:
-            run(s)
-    else:
-        from joblib import Parallel, delayed
+    with progress_bar(total=nv, desc="meta-analysis of imputations", unit="voxel",
+                      disable=not progress) as bar:
+        if n_jobs == 1:
+            for s in starts:
+                run(s)
+                bar.update(min(chunk, nv - s))
+        else:
+            from joblib import effective_n_jobs
 
-        Parallel(n_jobs=n_jobs, prefer="threads")(delayed(run)(s) for s in starts)
+            with ThreadPoolExecutor(max_workers=effective_n_jobs(n_jobs)) as pool:
+                for s in as_completed([pool.submit(run, s) for s in starts]):
+                    bar.update(min(chunk, nv - s.result()))
     df = k - X.shape[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         z = out[0] / np.sqrt(out[1])
