@@ -109,13 +109,14 @@ def _enge_covariate_slab(args: argparse.Namespace):
     return ds, full, space, n_vox, lower, upper, X, names, n1, n2
 
 
-@register("meta-covariates", "covariate-adjusted mean of Enge et al. (2021), 4 covariates, "
-          "whole mask: compiled fit vs the NumPy core, MLE and pooling")
+@register("meta-covariates", "covariate-adjusted mean and age meta-regression of Enge et al. "
+          "(2021), whole mask: compiled fit vs the NumPy core, MLE and pooling")
 def bench_meta_covariates(args: argparse.Namespace) -> dict:
     """SDM-PSI's own bound maps of Enge et al. (2021, ``pp/``; 50 studies) with the design
     ``[1, age, age^2, task type, presentation modality]`` (centred) and the intercept as
     hypothesis: the whole fit on the whole mask at ``--imputations`` (default 50) with
-    ``--n-jobs`` threads, measured, not extrapolated. Then, in the same process, on the first
+    ``--n-jobs`` threads, measured, not extrapolated, and likewise the meta-regression on age
+    alone (``[1, age]``, hypothesis on the slope). Then, in the same process, on the first
     ``--covariate-voxels`` voxels of the mask (mask order): the pooling of the fit's imputations
     by the compiled general-design kernel
     (:func:`analysis.sdm.statistics.re_kernels.pooled_fit`) against the statistics core
@@ -145,6 +146,12 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
     res = est.fit_bounds(lower, upper, n1, n2, space, X=X, studies=list(ds.ids))
     t_fit = time.perf_counter() - t0
     rss = peak_rss_gb()
+    # the meta-regression on age alone (design [1, age], hypothesis on the slope)
+    reg = params.estimator(cfg, imputations, 1, n_jobs=n_jobs, keep_imputations=False,
+                           hypothesis=[0, 1])
+    t0 = time.perf_counter()
+    age = reg.fit_bounds(lower, upper, n1, n2, space, X=X[:, :2], studies=list(ds.ids))
+    t_age = time.perf_counter() - t0
     # the pooling stage on a slab: compiled kernel vs the core
     n_slab = min(int(getattr(args, "covariate_voxels", 0) or 0) or full.n_voxels, full.n_voxels)
     G = np.ascontiguousarray(res.imputations[:, :, :n_slab])
@@ -175,6 +182,9 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
                "n_jobs": n_jobs, "mask_voxels": full.n_voxels,
                "fit_seconds_whole_mask": round(t_fit, 1), "fit_stages_s": res.timings,
                "target_met_2min_2cores": bool(t_fit <= 120), "peak_rss_gb": round(rss, 2),
+               "age_metaregression_seconds_whole_mask": round(t_age, 1),
+               "age_metaregression_stages_s": age.timings,
+               "age_metaregression_target_met_2min_2cores": bool(t_age <= 120),
                "slab_voxels": n_slab,
                "pooling_compiled_s_slab_one_thread": round(t_pool, 2),
                "pooling_numpy_core_s_slab": round(t_core, 2),
