@@ -338,3 +338,40 @@ def test_mle_survives_a_covariate_without_variation(rng):
     mean = SDMPSI(imputations=3, seed=1).fit_bounds(lo, up, n1, None, space)
     assert np.isfinite(with_cov.mle["beta"]).all()
     np.testing.assert_allclose(with_cov.mle["beta"][:, 0], mean.mle["beta"][:, 0], atol=1e-6)
+
+
+def test_shared_noise_fields_give_the_fits_they_would_draw_alone(small_fit):
+    """Fits given one ``noise_fields`` object (the main fit, a subset without its second study,
+    a covariate fit) equal the same fits without it, bit for bit, and draw each study
+    position's fields once.
+    """
+    from analysis.sdm.diagnostics.jackknife import Jackknife
+
+    est, _, res = small_fit
+    bounds, table = res.bounds, res.study_table
+    noise = est.noise_fields(bounds.space)
+    shared = est.fit_preprocessed(bounds, table, noise=noise)
+    assert noise.drawn == len(bounds.studies) and shared.noise is noise
+    np.testing.assert_array_equal(shared.imputations, res.imputations)
+    keep = [s for s in bounds.studies if s != bounds.studies[1]]
+    alone = est.fit_preprocessed(bounds.subset(keep))
+    with_noise = est.fit_preprocessed(bounds.subset(keep), noise=noise)
+    np.testing.assert_array_equal(with_noise.imputations, alone.imputations)
+    cov = SDMPSI(anisotropy=0.0, imputations=8, seed=11, covariates=["age"],
+                 hypothesis=[0, 1])
+    np.testing.assert_array_equal(cov.fit_preprocessed(bounds, table, noise=noise).maps["z"],
+                                  cov.fit_preprocessed(bounds, table).maps["z"])
+    assert noise.drawn == len(bounds.studies)  # nothing drawn again
+    jk_shared = Jackknife().transform(shared).tables["jackknife"]
+    jk_alone = Jackknife().transform(res).tables["jackknife"]
+    pd.testing.assert_frame_equal(jk_shared, jk_alone)
+
+
+def test_noise_fields_of_another_stream_are_refused(small_fit):
+    est, _, res = small_fit
+    other = SDMPSI(anisotropy=0.0, imputations=8, seed=12).noise_fields(res.bounds.space)
+    with pytest.raises(ValueError, match="noise fields were drawn for"):
+        est.fit_preprocessed(res.bounds, noise=other)
+    fewer = SDMPSI(anisotropy=0.0, imputations=4, seed=11).noise_fields(res.bounds.space)
+    with pytest.raises(ValueError, match="noise fields were drawn for"):
+        est.fit_preprocessed(res.bounds, noise=fewer)

@@ -45,7 +45,7 @@ from analysis.sdm.maps.space import MaskSpace
 from analysis.sdm.rng import derive_rng
 from analysis.sdm.statistics.hedges import variance_coefficients
 from analysis.sdm.statistics.hypothesis import hypothesis_row
-from analysis.sdm.statistics.metansue.imputation import impute
+from analysis.sdm.statistics.metansue.imputation import NoiseFields, impute
 from analysis.sdm.statistics.metansue.mle import censored_mle
 from analysis.sdm.statistics.metansue.settings import MLE_METHODS
 from analysis.sdm.statistics.model import check_heterogeneity
@@ -126,6 +126,9 @@ class MetaResult:
         has re-fitted, by the subset's studies: a later jackknife of the same result (e.g. one
         group out after one study out) does not re-fit a subset again (leaving out a group
         of one study is leaving out that study).
+    noise : NoiseFields or None
+        The imputation noise fields the fit was given (:meth:`SDMPSI.noise_fields`), which
+        :class:`~analysis.sdm.diagnostics.jackknife.Jackknife` passes on to its re-fits.
     """
 
     maps: dict
@@ -150,6 +153,7 @@ class MetaResult:
     dropped_studies: list = field(default_factory=list)
     study_table: object = None
     jackknife_refits: dict = field(default_factory=dict)
+    noise: object = None
 
     def get_map(self, name: str, return_type: str = "image"):
         """The map ``name``: a NIfTI image on the analysis grid (``return_type="image"``) or the
@@ -562,7 +566,26 @@ class SDMPSI(ParamsMixin):
                                  "the bounds of their peaks elsewhere (Radua et al., 2012).")
         return res
 
-    def fit_preprocessed(self, bounds, study_table=None) -> MetaResult:
+    def noise_fields(self, space: MaskSpace) -> NoiseFields:
+        """The imputation noise fields of this estimator's stream on ``space``, to share between
+        fits (:meth:`fit_bounds`, :meth:`fit_preprocessed` ``noise=``).
+
+        Every fit with the same ``seed``, ``imputations`` and ``fwhm`` on ``space`` draws the
+        same fields for its ``i``-th study, whatever the studies
+        (:class:`~analysis.sdm.statistics.metansue.imputation.NoiseFields`): fits of subsets of
+        one set of studies given one such object draw each position's fields once (the
+        jackknife's, meta-regressions' and subgroups' re-fits), with the same results as
+        without it.
+        """
+        p = self._checked()
+        return NoiseFields(derive_rng(p["seed"], "sdm/impute"), p["imputations"], space,
+                           p["fwhm"], key=self._noise_key(p))
+
+    @staticmethod
+    def _noise_key(p: dict) -> tuple:
+        return ("sdm/impute", int(p["seed"]), int(p["imputations"]), float(p["fwhm"]))
+
+    def fit_preprocessed(self, bounds, study_table=None, noise=None) -> MetaResult:
         """Fit from pre-processed bound maps, e.g. those an earlier fit kept.
 
         The design comes from ``study_table`` under the ``missing`` policy
@@ -576,6 +599,8 @@ class SDMPSI(ParamsMixin):
             Bound maps of the studies (:func:`analysis.sdm.maps.preprocess.preprocess`).
         study_table : pandas.DataFrame, optional
             Study table with a ``study`` column and the covariates; needed with covariates.
+        noise : NoiseFields, optional
+            Imputation noise fields shared with other fits (:meth:`noise_fields`).
 
         Returns
         -------
@@ -603,7 +628,7 @@ class SDMPSI(ParamsMixin):
         if not keep.all():
             bounds = bounds.subset([s for s, k in zip(studies, keep, strict=True) if k])
         res = self.fit_bounds(bounds.lower, bounds.upper, bounds.n1, bounds.n2, bounds.space,
-                              X=X, studies=list(bounds.studies))
+                              X=X, studies=list(bounds.studies), noise=noise)
         res.bounds = bounds
         res.params["design_columns"] = names
         res.study_table = None if table is None else table[keep].reset_index(drop=True)
@@ -613,8 +638,8 @@ class SDMPSI(ParamsMixin):
                                  f"covariates were left out: {', '.join(res.dropped_studies)}.")
         return res
 
-    def fit_bounds(self, lower, upper, n1, n2, space: MaskSpace, X=None, studies=None
-                   ) -> MetaResult:
+    def fit_bounds(self, lower, upper, n1, n2, space: MaskSpace, X=None, studies=None,
+                   noise=None) -> MetaResult:
         """Fit from ready-made bound maps (k, V), e.g. SDM-PSI's own ``pp/`` maps.
 
         Parameters
@@ -629,6 +654,9 @@ class SDMPSI(ParamsMixin):
             Design (default: the intercept); the ``covariates`` parameter is not read here.
         studies : list of str, optional
             Study ids.
+        noise : NoiseFields, optional
+            Imputation noise fields shared with other fits (:meth:`noise_fields`; drawn by an
+            estimator with this one's ``seed``, ``imputations`` and ``fwhm``, on ``space``).
 
         Returns
         -------
@@ -652,9 +680,13 @@ class SDMPSI(ParamsMixin):
                            progress=p["progress"], method=p["mle_method"])
         timings["mle_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
+        if noise is not None and not noise.matches(self._noise_key(p), p["imputations"], space):
+            raise ValueError(f"the noise fields were drawn for {noise.key} on a space of "
+                             f"{noise.space.n_voxels} voxels, this fit draws "
+                             f"{self._noise_key(p)} on {space.n_voxels} voxels")
         rng = derive_rng(p["seed"], "sdm/impute")
         imps = impute(lower, upper, mle, n1, n2, space, imputations=p["imputations"], rng=rng,
-                      fwhm_mm=p["fwhm"], progress=p["progress"])
+                      fwhm_mm=p["fwhm"], progress=p["progress"], noise=noise)
         timings["impute_s"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         pooled = analyse_imputations(imps, n1, n2, X, C, heterogeneity=p["heterogeneity"],
@@ -669,7 +701,7 @@ class SDMPSI(ParamsMixin):
             studies=list(studies) if studies is not None else [f"study{i}" for i in range(k)],
             n1=n1, n2=n2, X=X, C=C, mle=mle, imputations=imps if p["keep_imputations"] else None,
             params=params, description_=describe(params, k, space.n_voxels), timings=timings,
-            estimator=self._parameter_copy())
+            estimator=self._parameter_copy(), noise=noise)
         return self.results_
 
 

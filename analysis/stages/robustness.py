@@ -105,8 +105,10 @@ def produce(ctx) -> dict:
     def estimator(**kw):
         return params.estimator(cfg, n_imp, seed, **kw)
 
-    # ---- main fit (identical to stage "meta") and its clusters
-    base = estimator(keep_imputations=True).fit_preprocessed(bounds, table)
+    # ---- main fit (identical to stage "meta") and its clusters; every fit of this stage
+    # shares the imputation noise fields of its study positions (drawn once, same values)
+    noise = estimator().noise_fields(bounds.space)
+    base = estimator(keep_imputations=True).fit_preprocessed(bounds, table, noise=noise)
     z = base.maps["z"]
     meta_z_path = ctx.result("maps/z.nii.gz")
     agreement = None
@@ -154,7 +156,7 @@ def produce(ctx) -> dict:
             skipped[f"metaregression {cov}"] = _missing_column(table, cov, varying=True)
             continue
         res = estimator(covariates=[cov], hypothesis=[0, 1], missing="drop",
-                        keep_imputations=n_mr > 1).fit_preprocessed(bounds, table)
+                        keep_imputations=n_mr > 1).fit_preprocessed(bounds, table, noise=noise)
         fl = None
         if n_mr > 1:  # Freedman-Lane permutation of studies (Winkler et al. 2014)
             fl = PSICorrector(n_iters=n_mr, seed=int(ctx.rng(f"fl/{cov}").integers(2**31 - 1)),
@@ -180,7 +182,7 @@ def produce(ctx) -> dict:
                                            "n_studies": len(members)}]))
             continue
         sub_fits[level] = estimator(keep_imputations=False).fit_preprocessed(
-            bounds.subset(members))
+            bounds.subset(members), noise=noise)
     if sub_fits:
         sub_rows.insert(0, jk.cluster_survival(
             clusters.labels, peaks, {k: r.maps["z"] for k, r in sub_fits.items()}, space,

@@ -280,10 +280,12 @@ class Jackknife(ParamsMixin):
             family = f"leave-one-{name}-out"
         refit = est._parameter_copy().set_params(keep_imputations=False, progress=False)
 
+        noise = getattr(result, "noise", None)  # the fit's noise fields, drawn once
+
         def fit(idx):
             return refit.fit_bounds(bounds.lower[idx], bounds.upper[idx], bounds.n1[idx],
                                     bounds.n2[idx], result.space,
-                                    studies=[studies[i] for i in idx])
+                                    studies=[studies[i] for i in idx], noise=noise)
 
         # subsets re-fitted by an earlier jackknife of this result are reused (keyed by their
         # studies; the refit cache of :func:`refit_subsets` is keyed by positions)

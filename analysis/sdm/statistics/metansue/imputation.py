@@ -107,6 +107,63 @@ def correlated_fields(rng: np.random.Generator, n: int, space, fwhm_mm: float,
     return out
 
 
+class NoiseFields:
+    """The correlated noise fields of one imputation stream, study position by study position,
+    drawn once and kept.
+
+    :func:`impute` draws ``imputations`` fields (:func:`correlated_fields`) for each study in
+    turn from one stream, so the fields of the ``i``-th study of a fit depend only on the
+    stream's seed, ``i``, the number of imputations, the space and the FWHM, not on the studies'
+    data. Fits that share all of these (the re-fits of a result on subsets of its studies: the
+    jackknife, meta-regressions that drop a study, subgroups) therefore draw the same fields at
+    the same positions; passing one ``NoiseFields`` to all of them draws each position's fields
+    once, and every imputed value is the one the fit would draw on its own. Holds
+    ``imputations x V`` float32 values per position drawn.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The stream, before any draw (``derive_rng(seed, "sdm/impute")`` in the estimator).
+    imputations : int
+    space : MaskSpace
+    fwhm_mm : float
+    key : tuple, optional
+        What the stream was derived from (the estimator's seed, imputations and FWHM), compared
+        by the fits that are given these fields.
+    """
+
+    def __init__(self, rng: np.random.Generator, imputations: int, space, fwhm_mm: float,
+                 key: tuple = ()):
+        self.rng = rng
+        self.imputations = int(imputations)
+        self.space = space
+        self.fwhm_mm = float(fwhm_mm)
+        self.key = tuple(key)
+        self._fields: list[np.ndarray] = []
+
+    def __getitem__(self, position: int) -> np.ndarray:
+        """The ``(imputations, V)`` fields of study position ``position`` (drawn on first use,
+        with every position before it).
+        """
+        while len(self._fields) <= position:
+            self._fields.append(correlated_fields(self.rng, self.imputations, self.space,
+                                                  self.fwhm_mm))
+        return self._fields[position]
+
+    @property
+    def drawn(self) -> int:
+        """Positions drawn so far."""
+        return len(self._fields)
+
+    def matches(self, key: tuple, imputations: int, space) -> bool:
+        """Whether a fit with ``key``, ``imputations`` and ``space`` draws these fields."""
+        if tuple(key) != self.key or int(imputations) != self.imputations:
+            return False
+        return space is self.space or (space.shape == self.space.shape
+                                       and np.array_equal(space.affine, self.space.affine)
+                                       and np.array_equal(space.ijk, self.space.ijk))
+
+
 # ----------------------------------------------------------------------------- imputation
 def truncnorm_ppf(u, mean, sd, lo, up) -> np.ndarray:
     """Inverse CDF of N(mean, sd^2) truncated to [lo, up] at probability ``u`` (stable)."""
@@ -186,7 +243,8 @@ def _impute_study(fields, mu, sd, lo, up, known, out):  # pragma: no cover - com
 
 
 def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
-           fwhm_mm: float, progress: bool = False) -> np.ndarray:
+           fwhm_mm: float, progress: bool = False, noise: NoiseFields | None = None
+           ) -> np.ndarray:
     """Draw ``imputations`` study images per study (simple re-implementation of SDM-PSI's step).
 
     Parameters
@@ -205,6 +263,11 @@ def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
         Seeded generator (one stream; the draws depend only on it).
     fwhm_mm : float
         FWHM of the smoothing that correlates the noise (the kernel FWHM).
+    progress : bool
+        Report the studies done.
+    noise : NoiseFields, optional
+        The fields of ``rng``'s stream, shared with other fits (``rng`` is then not drawn
+        from); the imputed values are the same either way.
 
     Returns
     -------
@@ -221,7 +284,8 @@ def impute(lower, upper, mle: dict, n1, n2, space, *, imputations: int, rng,
     for i in progress_bar(range(k), desc="imputing study images", unit="study",
                           disable=not progress, logger=LGR):
         known = np.abs(upper[i] - lower[i]) < KNOWN_TOL
-        fields = correlated_fields(rng, imputations, space, fwhm_mm)
+        fields = (correlated_fields(rng, imputations, space, fwhm_mm) if noise is None
+                  else noise[i])
         mui = mu[i].astype(float)
         sd = np.sqrt(k1[i] + k2[i] * mui ** 2 + tau2)
         res = np.empty((imputations, nv), dtype=np.float32)
