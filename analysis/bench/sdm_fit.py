@@ -202,6 +202,54 @@ def bench_meta_covariates(args: argparse.Namespace) -> dict:
                       "the slab (its own compiled kernel)"]}
 
 
+#: studies of SDM-PSI's Enge et al. (2021) bound maps in ``shared-noise`` (the first, in order)
+SHARED_NOISE_STUDIES = 11
+#: leave-one-out re-fits timed by ``shared-noise``
+SHARED_NOISE_REFITS = 3
+
+
+@register("shared-noise", "leave-one-out re-fits drawing the imputation noise fields once "
+          "(shared NoiseFields) vs each fit drawing its own")
+def bench_shared_noise(args: argparse.Namespace) -> dict:
+    """The main fit and :data:`SHARED_NOISE_REFITS` leave-one-out re-fits of the first
+    :data:`SHARED_NOISE_STUDIES` studies of SDM-PSI's own bound maps of Enge et al. (2021),
+    whole mask, ``--imputations`` (default 50): once with one
+    :meth:`~analysis.sdm.estimator.SDMPSI.noise_fields` object shared by all fits (as the
+    robustness stage), once with every fit drawing its own fields (as before); the imputed maps
+    must be identical. The ratio compares the re-fits only (the main fit draws the fields in
+    both).
+    """
+    from analysis.config import load_config
+    from analysis.stages import params
+
+    cfg = load_config()
+    whole = argparse.Namespace(covariate_voxels=0)
+    ds, full, space, n_vox, lower, upper, X, names, n1, n2 = _enge_covariate_slab(whole)
+    k = SHARED_NOISE_STUDIES
+    lower, upper, n1, n2 = lower[:k], upper[:k], n1[:k], n2[:k]
+    est = params.estimator(cfg, int(args.imputations), 1, n_jobs=int(args.n_jobs))
+    subsets = [np.delete(np.arange(k), i) for i in range(SHARED_NOISE_REFITS)]
+    secs, z = {}, {}
+    for label in ("own", "shared"):
+        noise = est.noise_fields(space) if label == "shared" else None
+        est.fit_bounds(lower, upper, n1, n2, space, noise=noise)
+        t0 = time.perf_counter()
+        z[label] = [est.fit_bounds(lower[idx], upper[idx], n1[idx], n2[idx], space,
+                                   noise=noise).maps["z"] for idx in subsets]
+        secs[label] = time.perf_counter() - t0
+    identical = all(np.array_equal(a, b) for a, b in zip(z["own"], z["shared"], strict=True))
+    if not identical:
+        raise AssertionError("re-fits with shared noise fields differ from their own draws")
+    return {"metrics": {"studies": k, "refits": SHARED_NOISE_REFITS,
+                        "imputations": int(args.imputations), "voxels": full.n_voxels,
+                        "refits_own_fields_s": round(secs["own"], 2),
+                        "refits_shared_fields_s": round(secs["shared"], 2),
+                        "z_maps_identical": identical, "peak_rss_gb": round(peak_rss_gb(), 2)},
+            "ratios": {"own_over_shared": round(secs["own"] / secs["shared"], 2)},
+            "notes": ["SDM-PSI's bound maps of the first studies of Enge et al. (2021), "
+                      "leave-one-out of each of the first studies in turn"]}
+
+
 @register("mle-fast", "MetaNSUE MLE of Enge et al. (2021), intercept-only and 4 covariates: "
           "fast path vs exact path")
 def bench_mle_fast(args: argparse.Namespace) -> dict:
