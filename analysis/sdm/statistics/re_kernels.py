@@ -423,6 +423,21 @@ def _design_sums(S, B, XX, X, w, y, K, npair, p, nb, with_y):  # pragma: no cove
 
 
 @numba.njit(inline="always", **_INLINE)
+def _weighted_grams(w, r, v, t, S, S2, B, XX, X, y, K, npair, p, nb):  # pragma: no cover
+    """Weights ``w = 1 / (v + t)`` of the voxels ``0..nb``, ``S = X'WX`` and ``B = X'Wy``
+    (:func:`_design_sums`), ``r = w^2`` and ``S2 = X'W^2X``.
+    """
+    for i in range(K):
+        for b in range(nb):
+            w[i, b] = 1.0 / (v[i, b] + t[b])
+    _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
+    for i in range(K):
+        for b in range(nb):
+            r[i, b] = w[i, b] * w[i, b]
+    _design_sums(S2, B, XX, X, r, y, K, npair, p, nb, False)
+
+
+@numba.njit(inline="always", **_INLINE)
 def _spd_inverse(S, b, p, L, Minv):  # pragma: no cover - compiled
     """``Minv = M^-1`` of the symmetric positive definite ``M`` packed in ``S[:, b]`` (upper
     triangle, row by row), by Cholesky ``M = L L'``; False (and ``Minv`` undefined) when ``M``
@@ -537,15 +552,9 @@ def _design_kernel(P1, P2, c, order, mode, X, XX, C, k1, k2, max_iter, tol, bloc
         bad[:nb] = 0.0
         for j in range(m):
             _load_block(y, v, P1, P2, c, order, mode, k1, k2, j, v0, nb)
-            # DerSimonian-Laird start: fixed-effect weights
-            for i in range(K):
-                for b in range(nb):
-                    w[i, b] = 1.0 / v[i, b]
-            _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
-            for i in range(K):
-                for b in range(nb):
-                    r[i, b] = w[i, b] * w[i, b]
-            _design_sums(S2, B, XX, X, r, y, K, npair, p, nb, False)
+            # DerSimonian-Laird start: fixed-effect weights (tau2 = 0)
+            t[:nb] = 0.0
+            _weighted_grams(w, r, v, t, S, S2, B, XX, X, y, K, npair, p, nb)
             for b in range(nb):
                 s0 = 0.0
                 syy = 0.0
@@ -563,14 +572,7 @@ def _design_kernel(P1, P2, c, order, mode, X, XX, C, k1, k2, max_iter, tol, bloc
                 _dl_tau2(t, qf, trf, b, q, s0 - _packed_trace(Minv, S2, b, p), df)
             for _ in range(max_iter):
                 moving = 0.0
-                for i in range(K):
-                    for b in range(nb):
-                        w[i, b] = 1.0 / (v[i, b] + t[b])
-                _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
-                for i in range(K):
-                    for b in range(nb):
-                        r[i, b] = w[i, b] * w[i, b]
-                _design_sums(S2, B, XX, X, r, y, K, npair, p, nb, False)
+                _weighted_grams(w, r, v, t, S, S2, B, XX, X, y, K, npair, p, nb)
                 for i in range(K):
                     for b in range(nb):
                         r[i, b] = r[i, b] * w[i, b]
