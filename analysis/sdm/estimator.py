@@ -54,6 +54,9 @@ from analysis.sdm.statistics.re_kernels import pooled_fit
 
 LGR = logging.getLogger(__name__)
 
+#: name of the imputation stream, ``derive_rng(seed, IMPUTE_STREAM)``
+IMPUTE_STREAM = "sdm/impute"
+
 HETEROGENEITY_NAMES = {"dl": "DerSimonian-Laird", "reml": "restricted maximum-likelihood"}
 
 MAP_NAMES = ("g", "var", "z", "tau2", "i2", "h2", "q", "q_z", "p", "p_pos", "p_neg")
@@ -578,12 +581,12 @@ class SDMPSI(ParamsMixin):
         without it.
         """
         p = self._checked()
-        return NoiseFields(derive_rng(p["seed"], "sdm/impute"), p["imputations"], space,
+        return NoiseFields(derive_rng(p["seed"], IMPUTE_STREAM), p["imputations"], space,
                            p["fwhm"], key=self._noise_key(p))
 
     @staticmethod
     def _noise_key(p: dict) -> tuple:
-        return ("sdm/impute", int(p["seed"]), int(p["imputations"]), float(p["fwhm"]))
+        return (IMPUTE_STREAM, int(p["seed"]), int(p["imputations"]), float(p["fwhm"]))
 
     def fit_preprocessed(self, bounds, study_table=None, noise=None) -> MetaResult:
         """Fit from pre-processed bound maps, e.g. those an earlier fit kept.
@@ -684,7 +687,7 @@ class SDMPSI(ParamsMixin):
             raise ValueError(f"the noise fields were drawn for {noise.key} on a space of "
                              f"{noise.space.n_voxels} voxels, this fit draws "
                              f"{self._noise_key(p)} on {space.n_voxels} voxels")
-        rng = derive_rng(p["seed"], "sdm/impute")
+        rng = derive_rng(p["seed"], IMPUTE_STREAM)
         imps = impute(lower, upper, mle, n1, n2, space, imputations=p["imputations"], rng=rng,
                       fwhm_mm=p["fwhm"], progress=p["progress"], noise=noise)
         timings["impute_s"] = round(time.perf_counter() - t, 3)

@@ -635,7 +635,7 @@ def _design_kernel(P1, P2, c, order, mode, X, XX, C, k1, k2, max_iter, tol, bloc
             _design_sums(S, B, XX, X, w, y, K, npair, p, nb, True)
             for b in range(nb):
                 if ok[b] == 0.0 or not _spd_inverse(S, b, p, L, Minv):
-                    ok[b] = 0.0
+                    bad[b] = 1.0
                     continue
                 _solve(Minv, B, b, p, beta)
                 cf = 0.0
@@ -645,9 +645,6 @@ def _design_kernel(P1, P2, c, order, mode, X, XX, C, k1, k2, max_iter, tol, bloc
                     for cc in range(p):
                         var += C[a] * Minv[a, cc] * C[cc]
                 _accumulate(acc, b, cf, var, t[b], qf[b], trf[b], df, stats)
-            for b in range(nb):
-                if ok[b] == 0.0:
-                    bad[b] = 1.0
         _rubin_pool(acc, m, v0, nb, out, stats)
         for b in range(nb):
             if bad[b] != 0.0:
